@@ -1,0 +1,425 @@
+//! Wire framing: a big-endian `u32` length, then that many bytes of
+//! postcard. The length is checked against a maximum *before* any buffer is
+//! allocated, so a peer that announces 4 GiB costs us nothing.
+//!
+//! Every protocol stream starts with a [`Hello`] from both sides, naming the
+//! protocol and the range of versions each side speaks; [`Framed::hello`]
+//! exchanges them and picks the highest common version, or fails with
+//! [`Error::VersionMismatch`] naming both ranges.
+//!
+//! ```
+//! # use p2p_core::framing::{Framed, ProtocolId};
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! const PING: ProtocolId = ProtocolId { name: "example/ping", min: 1, max: 2 };
+//! let (a, b) = tokio::io::duplex(1024);
+//! let (ar, aw) = tokio::io::split(a);
+//! let (br, bw) = tokio::io::split(b);
+//! let mut left = Framed::new(Box::new(aw), Box::new(ar));
+//! let mut right = Framed::new(Box::new(bw), Box::new(br));
+//! let (l, r) = tokio::join!(left.hello(&PING), right.hello(&PING));
+//! assert_eq!((l?, r?), (2, 2));
+//! left.send(&"ping".to_string()).await?;
+//! assert_eq!(right.recv::<String>().await?, "ping");
+//! # Ok::<(), p2p_core::Error>(())
+//! # }).unwrap();
+//! ```
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+use crate::transport::{RecvStream, SendStream};
+
+/// Default maximum frame size: 4 MiB, enough for a chunk plus its header.
+pub const DEFAULT_MAX_FRAME: u32 = 4 * 1024 * 1024;
+
+/// Maximum size of a hello frame; a hello is a few dozen bytes.
+const MAX_HELLO_FRAME: u32 = 1024;
+
+/// Magic bytes at the start of every hello, so that a peer speaking
+/// something else entirely is told so instead of "malformed frame".
+const HELLO_MAGIC: [u8; 4] = *b"P2PS";
+
+/// Writes one frame holding `msg`.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T, max: u32) -> Result<()>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+    T: Serialize + ?Sized,
+{
+    let body =
+        postcard::to_stdvec(msg).map_err(|e| Error::protocol(format!("encoding frame: {e}")))?;
+    write_frame_bytes(w, &body, max).await
+}
+
+/// Writes one frame holding `body` as is.
+pub async fn write_frame_bytes<W>(w: &mut W, body: &[u8], max: u32) -> Result<()>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    if body.len() as u64 > u64::from(max) {
+        return Err(Error::FrameTooLarge {
+            len: body.len() as u64,
+            max,
+        });
+    }
+    let len = (body.len() as u32).to_be_bytes();
+    w.write_all(&len)
+        .await
+        .map_err(|e| Error::from_stream_io("writing frame", e))?;
+    w.write_all(body)
+        .await
+        .map_err(|e| Error::from_stream_io("writing frame", e))?;
+    Ok(())
+}
+
+/// Reads one frame's bytes into `buf` (reusing its allocation). Returns
+/// `Ok(false)` on a clean end of stream before a frame starts, and an error
+/// when the stream ends inside a frame or the length exceeds `max`.
+pub async fn read_frame_bytes<R>(r: &mut R, buf: &mut Vec<u8>, max: u32) -> Result<bool>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r
+            .read(&mut len[got..])
+            .await
+            .map_err(|e| Error::from_stream_io("reading frame length", e))?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            return Err(Error::protocol(format!(
+                "stream ended inside a frame header ({got} of 4 bytes)"
+            )));
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len);
+    if len > max {
+        return Err(Error::FrameTooLarge {
+            len: u64::from(len),
+            max,
+        });
+    }
+    buf.clear();
+    buf.resize(len as usize, 0);
+    r.read_exact(buf).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::protocol(format!("stream ended inside a frame of {len} bytes"))
+        } else {
+            Error::from_stream_io("reading frame", e)
+        }
+    })?;
+    Ok(true)
+}
+
+/// Decodes a frame body, naming the expected type in the error.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    postcard::from_bytes(body).map_err(|e| {
+        Error::protocol(format!(
+            "malformed {} frame ({} bytes): {e}",
+            short_type_name::<T>(),
+            body.len()
+        ))
+    })
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// A protocol's name and the versions this side speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolId {
+    /// Protocol name, e.g. `p2p/deploy`.
+    pub name: &'static str,
+    /// Oldest version this side still accepts.
+    pub min: u16,
+    /// Newest version this side speaks.
+    pub max: u16,
+}
+
+/// The first frame each side sends on a protocol stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always `P2PS`.
+    pub magic: [u8; 4],
+    /// Protocol name.
+    pub protocol: String,
+    /// Oldest version accepted.
+    pub min: u16,
+    /// Newest version spoken.
+    pub max: u16,
+}
+
+/// A framed bidirectional stream: typed send and receive with a size limit.
+pub struct Framed {
+    send: SendStream,
+    recv: RecvStream,
+    max: u32,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Framed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Framed")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Framed {
+    /// Wraps a stream with the [`DEFAULT_MAX_FRAME`] limit.
+    pub fn new(send: SendStream, recv: RecvStream) -> Self {
+        Self::with_max(send, recv, DEFAULT_MAX_FRAME)
+    }
+
+    /// Wraps a stream with a custom frame size limit.
+    pub fn with_max(send: SendStream, recv: RecvStream, max: u32) -> Self {
+        Framed {
+            send,
+            recv,
+            max,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The frame size limit.
+    pub fn max_frame(&self) -> u32 {
+        self.max
+    }
+
+    /// Sends one message.
+    pub async fn send<T: Serialize + ?Sized>(&mut self, msg: &T) -> Result<()> {
+        write_frame(&mut self.send, msg, self.max).await?;
+        self.send
+            .flush()
+            .await
+            .map_err(|e| Error::from_stream_io("flushing frame", e))
+    }
+
+    /// Receives one message; end of stream is an error.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
+        match self.recv_opt().await? {
+            Some(m) => Ok(m),
+            None => Err(Error::closed(format!(
+                "peer finished the stream while we expected a {}",
+                short_type_name::<T>()
+            ))),
+        }
+    }
+
+    /// Receives one message, or `None` when the peer finished the stream.
+    pub async fn recv_opt<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        if !read_frame_bytes(&mut self.recv, &mut self.buf, self.max).await? {
+            return Ok(None);
+        }
+        decode(&self.buf).map(Some)
+    }
+
+    /// Finishes the sending half; the peer's next receive sees end of stream.
+    pub async fn finish(&mut self) -> Result<()> {
+        self.send
+            .shutdown()
+            .await
+            .map_err(|e| Error::from_stream_io("finishing stream", e))
+    }
+
+    /// Exchanges hellos and returns the highest version both sides speak.
+    ///
+    /// Both sides send first and then read, so either side may call this
+    /// first. Fails with [`Error::Protocol`] when the peer speaks another
+    /// protocol (or not this framing at all) and with
+    /// [`Error::VersionMismatch`] when the version ranges do not overlap.
+    pub async fn hello(&mut self, ours: &ProtocolId) -> Result<u16> {
+        let hello = Hello {
+            magic: HELLO_MAGIC,
+            protocol: ours.name.to_string(),
+            min: ours.min,
+            max: ours.max,
+        };
+        write_frame(&mut self.send, &hello, MAX_HELLO_FRAME).await?;
+        self.send
+            .flush()
+            .await
+            .map_err(|e| Error::from_stream_io("sending hello", e))?;
+        let got = read_frame_bytes(&mut self.recv, &mut self.buf, MAX_HELLO_FRAME)
+            .await
+            .map_err(|e| match e {
+                Error::FrameTooLarge { len, .. } => Error::protocol(format!(
+                    "expected a {} hello, got a {len}-byte frame: the peer does not speak this protocol",
+                    ours.name
+                )),
+                other => other,
+            })?;
+        if !got {
+            return Err(Error::closed(format!(
+                "peer finished the stream before its {} hello",
+                ours.name
+            )));
+        }
+        let theirs: Hello = decode(&self.buf).map_err(|_| {
+            Error::protocol(format!(
+                "expected a {} hello: the peer does not speak this protocol",
+                ours.name
+            ))
+        })?;
+        negotiate(ours, &theirs)
+    }
+}
+
+/// Picks the highest version in both ranges of a hello exchange.
+pub fn negotiate(ours: &ProtocolId, theirs: &Hello) -> Result<u16> {
+    if theirs.magic != HELLO_MAGIC {
+        return Err(Error::protocol(format!(
+            "expected a {} hello: bad magic {:?}",
+            ours.name, theirs.magic
+        )));
+    }
+    if theirs.protocol != ours.name {
+        return Err(Error::protocol(format!(
+            "peer speaks protocol {:?}, expected {:?}",
+            theirs.protocol, ours.name
+        )));
+    }
+    let top = ours.max.min(theirs.max);
+    if theirs.min > theirs.max || top < ours.min.max(theirs.min) {
+        return Err(Error::VersionMismatch {
+            protocol: ours.name.to_string(),
+            ours_min: ours.min,
+            ours_max: ours.max,
+            theirs_min: theirs.min,
+            theirs_max: theirs.max,
+        });
+    }
+    Ok(top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: ProtocolId = ProtocolId {
+        name: "test/p",
+        min: 2,
+        max: 3,
+    };
+
+    fn pair() -> (Framed, Framed) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        (
+            Framed::new(Box::new(aw), Box::new(ar)),
+            Framed::new(Box::new(bw), Box::new(br)),
+        )
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_allocating() {
+        let (a, mut b) = tokio::io::duplex(64);
+        // Announce 4 GiB - 1 and send nothing else: the reader must refuse on
+        // the header alone (allocating would abort the test process).
+        tokio::io::AsyncWriteExt::write_all(&mut b, &u32::MAX.to_be_bytes())
+            .await
+            .unwrap();
+        let mut a = a;
+        let mut buf = Vec::new();
+        let err = read_frame_bytes(&mut a, &mut buf, 1024).await.unwrap_err();
+        assert!(
+            matches!(err, Error::FrameTooLarge { len, max: 1024 } if len == u64::from(u32::MAX))
+        );
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn writer_refuses_frames_over_the_limit() {
+        let (mut a, _b) = tokio::io::duplex(64);
+        let err = write_frame_bytes(&mut a, &[0u8; 100], 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { len: 100, max: 10 }));
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_a_protocol_error() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut b, &[0, 0, 0, 10, 1, 2])
+            .await
+            .unwrap();
+        drop(b);
+        let err = read_frame_bytes(&mut a, &mut Vec::new(), 1024)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("ended inside a frame of 10 bytes"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_body_is_a_protocol_error_naming_the_type() {
+        let err = decode::<Hello>(&[0xff; 3]).unwrap_err().to_string();
+        assert!(err.contains("malformed Hello frame"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hello_picks_highest_common_version() {
+        let (mut a, mut b) = pair();
+        let newer = ProtocolId { max: 5, ..P };
+        let (x, y) = tokio::join!(a.hello(&P), b.hello(&newer));
+        assert_eq!((x.unwrap(), y.unwrap()), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn disjoint_versions_fail_on_both_sides_with_both_ranges() {
+        let (mut a, mut b) = pair();
+        let old = ProtocolId {
+            min: 1,
+            max: 1,
+            ..P
+        };
+        let (x, y) = tokio::join!(a.hello(&P), b.hello(&old));
+        for e in [x.unwrap_err(), y.unwrap_err()] {
+            let text = e.to_string();
+            assert!(matches!(e, Error::VersionMismatch { .. }), "{text}");
+            assert!(text.contains("2..=3") && text.contains("1..=1"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_protocol_is_named_in_the_error() {
+        let (mut a, mut b) = pair();
+        let other = ProtocolId {
+            name: "test/q",
+            ..P
+        };
+        let (x, _) = tokio::join!(a.hello(&P), b.hello(&other));
+        let text = x.unwrap_err().to_string();
+        assert!(text.contains("test/q") && text.contains("test/p"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn non_hello_bytes_are_refused_without_allocating_their_length() {
+        let (mut a, b) = pair();
+        let Framed { send: mut raw, .. } = b;
+        let (x, _) = tokio::join!(a.hello(&P), async {
+            raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        });
+        let text = x.unwrap_err().to_string();
+        assert!(text.contains("does not speak this protocol"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn messages_round_trip_and_end_of_stream_is_none() {
+        let (mut a, mut b) = pair();
+        a.send(&(1u32, "x".to_string())).await.unwrap();
+        a.finish().await.unwrap();
+        assert_eq!(b.recv::<(u32, String)>().await.unwrap(), (1, "x".into()));
+        assert!(b.recv_opt::<u32>().await.unwrap().is_none());
+        assert!(matches!(b.recv::<u32>().await, Err(Error::Closed { .. })));
+    }
+}
