@@ -165,3 +165,26 @@ impl<P: Provider + ?Sized> Provider for Arc<P> {
         (**self).close(reason).await
     }
 }
+
+impl std::fmt::Debug for dyn Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connection(to {})", self.remote_id().short())
+    }
+}
+
+impl std::fmt::Debug for dyn Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Provider({} {})",
+            self.backend(),
+            self.local_id().short()
+        )
+    }
+}
+
+impl std::fmt::Debug for dyn Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listener")
+    }
+}

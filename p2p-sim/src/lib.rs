@@ -1,1 +1,62 @@
-//! tmp
+//! # p2p-sim
+//!
+//! A deterministic simulator for the p2p deployment SDK: a simulated
+//! network whose nodes are ordinary [`p2p_core::Provider`]s, simulated
+//! processes behind [`p2p_core::Runtime`], and in-memory storage, all in
+//! virtual time and reproducible from one seed. The same agent and
+//! controller code that runs on iroh or libp2p runs here, for fleets of
+//! hundreds of nodes, with partitions, loss and crashes.
+//!
+//! - [`SimNet`]: the network. Links have latency, jitter and loss (turned
+//!   into retransmission delay on reliable streams, never a silent hole);
+//!   nodes have upload and download bandwidth shared fairly between
+//!   concurrent flows; partitions can be two-way or one-way and heal;
+//!   nodes crash (tasks abort, peers see resets) and restart from a
+//!   factory with their storage kept; nodes on one LAN discover each other.
+//! - Determinism: one seed, child RNGs per component, ordered maps, events
+//!   ordered by (time, sequence), and a trace of every delivery and drop
+//!   whose [`SimNet::trace_hash`] is identical for the same seed and
+//!   workload, in any process.
+//! - Speed: run under a current-thread tokio runtime with paused time
+//!   (`#[tokio::test(start_paused = true)]`); idle time jumps to the next
+//!   event. `bench-report sim` measures simulated seconds per wall second
+//!   for 100 nodes exchanging traffic under the bandwidth model.
+//!
+//! ```
+//! use p2p_core::Provider;
+//! use p2p_sim::{LinkSpec, NodeConfig, SimNet};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> p2p_core::Result<()> {
+//! let net = SimNet::builder(7).default_link(LinkSpec::latency(std::time::Duration::from_millis(10))).build();
+//! let a = net.add_node_with("a", NodeConfig::default().mbit(100))?;
+//! let b = net.add_node("b")?;
+//! let mut listener = b.listen().await?;
+//! let conn = a.connect(&b.local_addr()).await?;
+//! let inbound = listener.accept().await?;
+//! let (mut send, _) = conn.open_bi().await?;
+//! send.write_all(b"hello").await.unwrap();
+//! send.shutdown().await.unwrap();
+//! let (_, mut recv) = inbound.accept_bi().await?;
+//! let mut got = String::new();
+//! recv.read_to_string(&mut got).await.unwrap();
+//! assert_eq!(got, "hello");
+//! net.partition(&["a"], &["b"])?;
+//! net.heal();
+//! println!("virtual time {:?}, trace {}", net.now(), net.trace_hash());
+//! # Ok(()) }
+//! ```
+
+mod clock;
+mod engine;
+mod link;
+mod net;
+mod provider;
+pub mod trace;
+
+pub use clock::SimClock;
+pub use engine::NetStats;
+pub use link::{LinkSpec, NodeConfig};
+pub use net::{NodeCtx, SimNet, SimNetBuilder};
+pub use provider::SimProvider;

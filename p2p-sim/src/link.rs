@@ -1,0 +1,90 @@
+//! Link and node parameters of the simulated network.
+
+use std::time::Duration;
+
+use p2p_core::NodeKey;
+
+/// Properties of the path from one node to another.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkSpec {
+    /// One-way propagation delay.
+    pub latency: Duration,
+    /// Extra delay drawn uniformly from `[0, jitter]` for each segment.
+    pub jitter: Duration,
+    /// Probability in `[0, 1)` that a segment is lost. Streams are
+    /// reliable: a lost segment is retransmitted after a timeout, so loss
+    /// shows up as delay and lower throughput, never as missing data.
+    pub loss: f64,
+}
+
+impl Default for LinkSpec {
+    /// 5 ms latency, 1 ms jitter, no loss.
+    fn default() -> Self {
+        LinkSpec {
+            latency: Duration::from_millis(5),
+            jitter: Duration::from_millis(1),
+            loss: 0.0,
+        }
+    }
+}
+
+impl LinkSpec {
+    /// A link with the given latency, no jitter, no loss.
+    pub fn latency(latency: Duration) -> Self {
+        LinkSpec {
+            latency,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        }
+    }
+
+    /// This link with `jitter`.
+    pub fn with_jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// This link with loss probability `loss` (clamped to `[0, 0.9]`).
+    pub fn with_loss(mut self, loss: f64) -> Self {
+        self.loss = loss.clamp(0.0, 0.9);
+        self
+    }
+}
+
+/// Per-node settings.
+#[derive(Debug, Clone, Default)]
+pub struct NodeConfig {
+    /// The node's key; derived from the network seed and the node name
+    /// when `None`.
+    pub key: Option<NodeKey>,
+    /// Upload capacity in bytes per second, shared fairly between all the
+    /// node's outgoing flows. `None` is unlimited.
+    pub upload: Option<u64>,
+    /// Download capacity in bytes per second, shared fairly between all
+    /// incoming flows. `None` is unlimited.
+    pub download: Option<u64>,
+    /// Discovery segment: nodes discover each other only within one LAN.
+    pub lan: u32,
+}
+
+impl NodeConfig {
+    /// Symmetric bandwidth in megabits per second.
+    pub fn mbit(mut self, mbit_per_s: u64) -> Self {
+        let bytes = mbit_per_s * 1_000_000 / 8;
+        self.upload = Some(bytes);
+        self.download = Some(bytes);
+        self
+    }
+
+    /// This config with a fixed key.
+    pub fn with_key(mut self, key: NodeKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// This config in discovery segment `lan`.
+    pub fn in_lan(mut self, lan: u32) -> Self {
+        self.lan = lan;
+        self
+    }
+}

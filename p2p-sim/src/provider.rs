@@ -1,0 +1,279 @@
+//! The simulator's [`Provider`]: [`SimProvider`] and its connection and
+//! stream handles.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use p2p_core::{
+    Connection, Discovered, Error, Listener, PeerAddr, PeerId, Provider, RecvStream, Result,
+    SendStream,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::engine::{ConnId, FlowId, NodeIdx, Shared};
+
+/// One incarnation of a simulated node, as a [`Provider`].
+///
+/// Addresses are node names: `local_addr()` is `<peer id>@<name>`. After the
+/// node crashes or the provider is closed, every call fails with
+/// [`Error::Closed`]; a restarted node gets a new `SimProvider`.
+///
+/// Bounds (virtual time): a dial to a name that does not exist fails at
+/// once with [`Error::Unreachable`], one to a node that is not listening
+/// after one round trip, one to a node that is down or cut off by a
+/// partition with [`Error::Timeout`] after the connect timeout (10 s by
+/// default). A close reaches the peer after one link latency, or after the
+/// idle timeout (30 s by default) when a partition is in the way.
+#[derive(Clone)]
+pub struct SimProvider {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) node: NodeIdx,
+    pub(crate) inc: u64,
+    pub(crate) id: PeerId,
+    pub(crate) name: String,
+}
+
+impl std::fmt::Debug for SimProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SimProvider({} {}, incarnation {})",
+            self.name,
+            self.id.short(),
+            self.inc
+        )
+    }
+}
+
+impl SimProvider {
+    /// The simulated node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[async_trait]
+impl Provider for SimProvider {
+    fn backend(&self) -> &'static str {
+        "sim"
+    }
+
+    fn local_id(&self) -> PeerId {
+        self.id
+    }
+
+    fn local_addr(&self) -> PeerAddr {
+        PeerAddr {
+            id: self.id,
+            addrs: vec![self.name.clone()],
+        }
+    }
+
+    async fn connect(&self, peer: &PeerAddr) -> Result<Arc<dyn Connection>> {
+        let (pending, rx) = self
+            .shared
+            .with(|st| st.connect(self.node, self.inc, peer))?;
+        let timeout = self.shared.with(|st| st.cfg.connect_timeout);
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::closed(format!(
+                "simulated node {} went down while dialing",
+                self.name
+            ))),
+            Err(_) => {
+                self.shared.with(|st| st.connect_timed_out(pending));
+                Err(Error::timeout(
+                    format!("connecting to {}", peer.id.short()),
+                    timeout,
+                ))
+            }
+        }
+    }
+
+    async fn listen(&self) -> Result<Box<dyn Listener>> {
+        let rx = self.shared.with(|st| st.listen(self.node, self.inc))?;
+        Ok(Box::new(SimListener {
+            rx,
+            shared: self.shared.clone(),
+            node: self.node,
+        }))
+    }
+
+    fn discovered(&self) -> Discovered {
+        match self.shared.with(|st| st.subscribe(self.node, self.inc)) {
+            Ok(rx) => {
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|a| (a, rx)) },
+                )
+                .boxed()
+            }
+            Err(_) => futures::stream::empty().boxed(),
+        }
+    }
+
+    async fn close(&self, reason: &str) {
+        let (node, inc) = (self.node, self.inc);
+        self.shared.with(|st| {
+            if st.nodes[node as usize].inc == inc {
+                st.take_down(node, reason, true);
+            }
+        });
+    }
+}
+
+struct SimListener {
+    rx: mpsc::Receiver<Arc<dyn Connection>>,
+    shared: Arc<Shared>,
+    node: NodeIdx,
+}
+
+#[async_trait]
+impl Listener for SimListener {
+    async fn accept(&mut self) -> Result<Arc<dyn Connection>> {
+        match self.rx.recv().await {
+            Some(c) => Ok(c),
+            None => {
+                let n = self.node;
+                let why = self.shared.with(|st| {
+                    let node = &st.nodes[n as usize];
+                    format!(
+                        "simulated node {} stopped listening ({})",
+                        node.name, node.down_reason
+                    )
+                });
+                Err(Error::closed(why))
+            }
+        }
+    }
+}
+
+/// One side of a simulated connection.
+pub(crate) struct SimConnection {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    side: usize,
+    remote: PeerId,
+}
+
+impl SimConnection {
+    pub(crate) fn new(shared: Arc<Shared>, conn: ConnId, side: usize, remote: PeerId) -> Self {
+        SimConnection {
+            shared,
+            conn,
+            side,
+            remote,
+        }
+    }
+
+    fn streams(&self, (out, inn): (FlowId, FlowId)) -> (SendStream, RecvStream) {
+        (
+            Box::new(SimSend {
+                shared: self.shared.clone(),
+                flow: out,
+            }),
+            Box::new(SimRecv {
+                shared: self.shared.clone(),
+                flow: inn,
+            }),
+        )
+    }
+}
+
+impl Drop for SimConnection {
+    fn drop(&mut self) {
+        let (c, side) = (self.conn, self.side);
+        self.shared.with(|st| st.handle_dropped(c, side));
+    }
+}
+
+#[async_trait]
+impl Connection for SimConnection {
+    fn remote_id(&self) -> PeerId {
+        self.remote
+    }
+
+    async fn open_bi(&self) -> Result<(SendStream, RecvStream)> {
+        let flows = self
+            .shared
+            .with(|st| st.open_stream(self.conn, self.side))?;
+        Ok(self.streams(flows))
+    }
+
+    async fn accept_bi(&self) -> Result<(SendStream, RecvStream)> {
+        let flows = std::future::poll_fn(|cx| {
+            self.shared
+                .with(|st| st.poll_accept(self.conn, self.side, cx))
+        })
+        .await?;
+        Ok(self.streams(flows))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.with(|st| st.is_connected(self.conn, self.side))
+    }
+
+    async fn close(&self, reason: &str) {
+        self.shared
+            .with(|st| st.close_end(self.conn, self.side, reason, true));
+    }
+}
+
+struct SimSend {
+    shared: Arc<Shared>,
+    flow: FlowId,
+}
+
+impl AsyncWrite for SimSend {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let flow = self.flow;
+        self.shared.with(|st| st.poll_write(flow, cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let flow = self.flow;
+        Poll::Ready(self.shared.with(|st| st.shutdown(flow)))
+    }
+}
+
+impl Drop for SimSend {
+    fn drop(&mut self) {
+        let flow = self.flow;
+        self.shared.with(|st| st.writer_dropped(flow));
+    }
+}
+
+struct SimRecv {
+    shared: Arc<Shared>,
+    flow: FlowId,
+}
+
+impl AsyncRead for SimRecv {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let flow = self.flow;
+        self.shared.with(|st| st.poll_read(flow, cx, buf))
+    }
+}
+
+impl Drop for SimRecv {
+    fn drop(&mut self) {
+        let flow = self.flow;
+        self.shared.with(|st| st.reader_dropped(flow));
+    }
+}

@@ -1,0 +1,471 @@
+//! The simulated network's model: bandwidth, fair sharing, partitions,
+//! crashes, restarts, discovery and loss, all in virtual time.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use p2p_core::{Connection, Error, Provider, Storage};
+use p2p_sim::{LinkSpec, NodeConfig, SimNet, SimProvider};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const MBIT_100: u64 = 100_000_000 / 8;
+
+fn net(seed: u64) -> SimNet {
+    SimNet::builder(seed)
+        .default_link(LinkSpec::latency(Duration::from_millis(1)))
+        .build()
+}
+
+/// Connects `a` to `b` and returns both ends.
+async fn connect(a: &SimProvider, b: &SimProvider) -> (Arc<dyn Connection>, Arc<dyn Connection>) {
+    let mut l = b.listen().await.unwrap();
+    let addr = b.local_addr();
+    let (x, y) = tokio::join!(a.connect(&addr), l.accept());
+    (x.unwrap(), y.unwrap())
+}
+
+/// Streams `total` bytes from `from` to a reader on `to` that counts them
+/// into `counter`; returns when the reader saw the end.
+async fn stream_bytes(
+    from: Arc<dyn Connection>,
+    to: Arc<dyn Connection>,
+    total: usize,
+    counter: Arc<AtomicU64>,
+) {
+    let writer = tokio::spawn(async move {
+        let (mut send, _r) = from.open_bi().await.unwrap();
+        let chunk = vec![0xa5u8; 1 << 20];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if send.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+        let _ = send.shutdown().await;
+        // Keep the connection until the reader is done.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+    let (_s, mut recv) = to.accept_bi().await.unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match recv.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    writer.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn hundred_megabytes_over_a_100_mbit_path_take_eight_seconds() {
+    let net = net(1);
+    let a = net
+        .add_node_with("a", NodeConfig::default().mbit(100))
+        .unwrap();
+    let b = net
+        .add_node_with("b", NodeConfig::default().mbit(100))
+        .unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    let got = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    stream_bytes(ab, ba, 100_000_000, got.clone()).await;
+    let took = start.elapsed().as_secs_f64();
+    assert_eq!(got.load(Ordering::Relaxed), 100_000_000);
+    assert!(
+        (took - 8.0).abs() / 8.0 < 0.02,
+        "100 MB at 100 Mbit/s took {took:.3} s of virtual time, expected 8 s within 2%"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_flows_sharing_an_uplink_each_get_half() {
+    let net = net(2);
+    let a = net
+        .add_node_with("a", NodeConfig::default().mbit(100))
+        .unwrap();
+    let b = net.add_node("b").unwrap();
+    let c = net.add_node("c").unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    let (ac, ca) = connect(&a, &c).await;
+    let (to_b, to_c) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let t1 = tokio::spawn(stream_bytes(ab, ba, 200_000_000, to_b.clone()));
+    let t2 = tokio::spawn(stream_bytes(ac, ca, 200_000_000, to_c.clone()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let half = (MBIT_100 * 4 / 2) as f64;
+    for (who, n) in [
+        ("b", to_b.load(Ordering::Relaxed)),
+        ("c", to_c.load(Ordering::Relaxed)),
+    ] {
+        let share = n as f64 / half;
+        assert!(
+            (share - 1.0).abs() < 0.05,
+            "flow to {who} got {n} bytes in 4 s, expected {half} (half the uplink) within 5%"
+        );
+    }
+    t1.abort();
+    t2.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_flows_into_one_downlink_each_get_half() {
+    let net = net(3);
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let c = net
+        .add_node_with("c", NodeConfig::default().mbit(100))
+        .unwrap();
+    let (ac, ca) = connect(&a, &c).await;
+    let (bc, cb) = connect(&b, &c).await;
+    let (from_a, from_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let t1 = tokio::spawn(stream_bytes(ac, ca, 200_000_000, from_a.clone()));
+    let t2 = tokio::spawn(stream_bytes(bc, cb, 200_000_000, from_b.clone()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let half = (MBIT_100 * 4 / 2) as f64;
+    for n in [
+        from_a.load(Ordering::Relaxed),
+        from_b.load(Ordering::Relaxed),
+    ] {
+        assert!(
+            (n as f64 / half - 1.0).abs() < 0.05,
+            "got {n}, expected {half} within 5%"
+        );
+    }
+    t1.abort();
+    t2.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn partition_stops_traffic_and_heal_resumes_it() {
+    let net = net(4);
+    let a = net
+        .add_node_with("a", NodeConfig::default().mbit(10))
+        .unwrap();
+    let b = net.add_node("b").unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    let got = Arc::new(AtomicU64::new(0));
+    let total = 10_000_000;
+    let transfer = tokio::spawn(stream_bytes(ab.clone(), ba.clone(), total, got.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    net.partition(&["a"], &["b"]).unwrap();
+    assert!(net.is_partitioned("a", "b") && net.is_partitioned("b", "a"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let frozen = got.load(Ordering::Relaxed);
+    assert!(frozen > 0 && frozen < total as u64);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        got.load(Ordering::Relaxed),
+        frozen,
+        "traffic crossed a partition"
+    );
+    assert!(net.stats().segments_parked > 0);
+    net.heal();
+    tokio::time::timeout(Duration::from_secs(30), transfer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.load(Ordering::Relaxed),
+        total as u64,
+        "transfer resumed after heal and completed intact"
+    );
+    assert!(
+        ab.is_connected() && ba.is_connected(),
+        "a short partition must not kill the connection"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn partition_longer_than_the_idle_timeout_ends_connections_on_both_sides() {
+    let net = SimNet::builder(5)
+        .idle_timeout(Duration::from_secs(20))
+        .build();
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    net.partition(&["a"], &["b"]).unwrap();
+    ab.close("giving up").await;
+    let err = tokio::time::timeout(Duration::from_secs(25), ba.accept_bi())
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::Closed { reason } if reason.contains("timed out")),
+        "{err}"
+    );
+    // Dials across the partition time out instead of hanging.
+    let r = a.connect(&b.local_addr()).await;
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_way_partition_blocks_only_that_direction() {
+    let net = net(6);
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    net.partition_oneway(&["a"], &["b"]).unwrap();
+    assert!(net.is_partitioned("a", "b") && !net.is_partitioned("b", "a"));
+    // b -> a still flows.
+    let (mut s, _r) = ba.open_bi().await.unwrap();
+    s.write_all(b"from b").await.unwrap();
+    s.shutdown().await.unwrap();
+    let (_s2, mut r) = tokio::time::timeout(Duration::from_secs(1), ab.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"from b");
+    // a -> b is held back until heal.
+    let (mut s, _r) = ab.open_bi().await.unwrap();
+    s.write_all(b"from a").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), ba.accept_bi())
+            .await
+            .is_err(),
+        "a's stream crossed a one-way partition"
+    );
+    net.heal();
+    let (_s, mut r) = tokio::time::timeout(Duration::from_secs(1), ba.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"from a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_resets_peers_aborts_tasks_and_restart_keeps_storage() {
+    let net = net(7);
+    let runs = Arc::new(AtomicU64::new(0));
+    let ticks = Arc::new(AtomicU64::new(0));
+    let (r2, t2) = (runs.clone(), ticks.clone());
+    net.spawn_node("server", NodeConfig::default(), move |ctx| {
+        let (runs, ticks) = (r2.clone(), t2.clone());
+        async move {
+            runs.fetch_add(1, Ordering::Relaxed);
+            let boots = ctx.storage.get("boots").await.unwrap().map_or(0, |v| v[0]);
+            ctx.storage.put("boots", &[boots + 1]).await.unwrap();
+            let ticks2 = ticks.clone();
+            ctx.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    ticks2.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let mut l = ctx.provider.listen().await.unwrap();
+            let mut held = Vec::new();
+            while let Ok(c) = l.accept().await {
+                held.push(c);
+            }
+        }
+    })
+    .unwrap();
+    let client = net.add_node("client").unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let server_addr = net.provider("server").unwrap().local_addr();
+    let conn = client.connect(&server_addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let before = ticks.load(Ordering::Relaxed);
+    assert_eq!(before, 3);
+
+    net.crash("server").unwrap();
+    assert!(!net.is_up("server"));
+    let err = tokio::time::timeout(Duration::from_secs(1), conn.accept_bi())
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("crashed"),
+        "peer must see a reset naming the crash: {err}"
+    );
+    assert!(!conn.is_connected());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        ticks.load(Ordering::Relaxed),
+        before,
+        "tasks of a crashed node must stop"
+    );
+    let r = client.connect(&server_addr).await;
+    assert!(
+        matches!(r, Err(Error::Timeout { .. })),
+        "a crashed node does not answer: {r:?}"
+    );
+
+    let again = net.restart("server").unwrap();
+    assert_eq!(again.local_id(), server_addr.id, "same key after restart");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        runs.load(Ordering::Relaxed),
+        2,
+        "factory runs again on restart"
+    );
+    assert_eq!(
+        net.storage("server").unwrap().get("boots").await.unwrap(),
+        Some(vec![2]),
+        "storage survives the crash"
+    );
+    client.connect(&server_addr).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_provider_handle_fails_after_crash() {
+    let net = net(8);
+    let a = net.add_node("a").unwrap();
+    net.add_node("b").unwrap();
+    net.crash("a").unwrap();
+    let b_addr = net.provider("b").unwrap().local_addr();
+    assert!(matches!(
+        a.connect(&b_addr).await,
+        Err(Error::Closed { .. })
+    ));
+    assert!(matches!(a.listen().await, Err(Error::Closed { .. })));
+    let a2 = net.restart("a").unwrap();
+    assert!(
+        a.connect(&b_addr).await.is_err(),
+        "old incarnation stays dead"
+    );
+    assert!(a2.listen().await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn discovery_finds_peers_on_the_same_lan_only_and_after_restart() {
+    let net = net(9);
+    let a = net.add_node("a").unwrap();
+    net.add_node("b").unwrap();
+    net.add_node_with("other-lan", NodeConfig::default().in_lan(2))
+        .unwrap();
+    let mut found = a.discovered();
+    let first = tokio::time::timeout(Duration::from_secs(1), found.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.addrs, ["b"]);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), found.next())
+            .await
+            .is_err(),
+        "a node on another LAN was discovered"
+    );
+    net.add_node("c").unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(1), found.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.addrs, ["c"]);
+    // A discovered address is dialable.
+    let c = net.provider("c").unwrap();
+    let _l = c.listen().await.unwrap();
+    a.connect(&next).await.unwrap();
+    net.crash("b").unwrap();
+    net.restart("b").unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(1), found.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.addrs, ["b"], "a restarted node announces itself again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn loss_delays_streams_but_never_corrupts_them() {
+    async fn transfer(loss: f64) -> (Duration, [u8; 32], u64) {
+        let net = SimNet::builder(10)
+            .default_link(LinkSpec::latency(Duration::from_millis(5)).with_loss(loss))
+            .build();
+        let a = net
+            .add_node_with("a", NodeConfig::default().mbit(50))
+            .unwrap();
+        let b = net
+            .add_node_with("b", NodeConfig::default().mbit(50))
+            .unwrap();
+        let (ab, ba) = connect(&a, &b).await;
+        let start = Instant::now();
+        let data: Vec<u8> = (0..10_000_000u32)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let want: [u8; 32] = Sha256::digest(&data).into();
+        let w = tokio::spawn(async move {
+            let (mut s, _r) = ab.open_bi().await.unwrap();
+            s.write_all(&data).await.unwrap();
+            s.shutdown().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        let (_s, mut r) = ba.accept_bi().await.unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        w.abort();
+        let digest: [u8; 32] = Sha256::digest(&got).into();
+        assert_eq!(digest, want, "data changed under loss {loss}");
+        (start.elapsed(), digest, net.stats().segments_lost)
+    }
+    let (clean, _, lost0) = transfer(0.0).await;
+    let (lossy, _, lost) = transfer(0.05).await;
+    assert_eq!(lost0, 0);
+    assert!(lost > 0, "5% loss lost nothing");
+    assert!(lossy > clean, "loss must cost time: {lossy:?} vs {clean:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_and_connections_are_freed_when_done() {
+    let net = net(11);
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    {
+        let (ab, ba) = connect(&a, &b).await;
+        for _ in 0..50 {
+            let (mut s, mut r) = ab.open_bi().await.unwrap();
+            s.write_all(b"x").await.unwrap();
+            s.shutdown().await.unwrap();
+            let (mut s2, mut r2) = ba.accept_bi().await.unwrap();
+            let mut v = Vec::new();
+            r2.read_to_end(&mut v).await.unwrap();
+            s2.shutdown().await.unwrap();
+            r.read_to_end(&mut v).await.unwrap();
+            drop((s, r, s2, r2));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(net.live_objects().1, 0, "finished streams must be freed");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        net.live_objects(),
+        (0, 0),
+        "dropped connections must be freed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_names_and_unknown_nodes_are_clear_errors() {
+    let net = net(12);
+    net.add_node("a").unwrap();
+    for bad in ["", "a b", "x,y", "p@q"] {
+        let e = net.add_node(bad).unwrap_err();
+        assert!(matches!(e, Error::Invalid { .. }), "{bad:?}: {e}");
+    }
+    assert!(matches!(
+        net.add_node("a"),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(net.crash("nope"), Err(Error::NotFound { .. })));
+    let a = net.provider("a").unwrap();
+    let ghost = p2p_core::PeerAddr::new(net.key_for("ghost").peer_id(), ["ghost"]).unwrap();
+    let e = a.connect(&ghost).await.err().unwrap();
+    assert!(
+        matches!(&e, Error::Unreachable { reason } if reason.contains("ghost")),
+        "{e}"
+    );
+}
