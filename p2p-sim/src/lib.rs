@@ -13,6 +13,12 @@
 //!   concurrent flows; partitions can be two-way or one-way and heal;
 //!   nodes crash (tasks abort, peers see resets) and restart from a
 //!   factory with their storage kept; nodes on one LAN discover each other.
+//! - [`SimRuntime`]: scripted processes ([`Script`]: healthy, exits with a
+//!   code after a time, unhealthy after a time, never healthy, slow start)
+//!   behind the real [`p2p_core::Runtime`] contract, with health checks,
+//!   restart policies, backoff and logs in virtual time. Every node started
+//!   with [`SimNet::spawn_node`] gets one per incarnation, reading the
+//!   network's shared [`ScriptBook`]; a crash kills its processes.
 //! - Determinism: one seed, child RNGs per component, ordered maps, events
 //!   ordered by (time, sequence), and a trace of every delivery and drop
 //!   whose [`SimNet::trace_hash`] is identical for the same seed and
@@ -52,11 +58,14 @@ mod clock;
 mod engine;
 mod link;
 mod net;
+pub mod process;
 mod provider;
+pub mod scenario;
 pub mod trace;
 
 pub use clock::SimClock;
 pub use engine::NetStats;
 pub use link::{LinkSpec, NodeConfig};
 pub use net::{NodeCtx, SimNet, SimNetBuilder};
+pub use process::{Script, ScriptBook, SimHealthChecker, SimRuntime};
 pub use provider::SimProvider;

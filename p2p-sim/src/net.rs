@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::clock::SimClock;
 use crate::engine::{Config, NetStats, NodeIdx, Shared, State};
 use crate::link::{LinkSpec, NodeConfig};
+use crate::process::{ScriptBook, SimRuntime};
 use crate::provider::SimProvider;
 use crate::trace::TraceEvent;
 
@@ -80,6 +81,7 @@ impl SimNetBuilder {
         SimNet {
             shared,
             clock: SimClock::with_epoch(self.clock_start_ms, epoch),
+            scripts: ScriptBook::new(),
         }
     }
 }
@@ -108,6 +110,9 @@ pub struct NodeCtx {
     pub clock: SimClock,
     /// A seed for this incarnation's own randomness (differs per restart).
     pub seed: u64,
+    /// This incarnation's simulated processes, scripted by
+    /// [`SimNet::scripts`]; all of them die when the node crashes.
+    pub runtime: Arc<SimRuntime>,
     net: SimNet,
 }
 
@@ -149,6 +154,7 @@ impl NodeCtx {
 pub struct SimNet {
     shared: Arc<Shared>,
     clock: SimClock,
+    scripts: ScriptBook,
 }
 
 impl std::fmt::Debug for SimNet {
@@ -188,6 +194,13 @@ impl SimNet {
     /// A wall clock following virtual time.
     pub fn clock(&self) -> SimClock {
         self.clock
+    }
+
+    /// The scripts that every node's [`SimRuntime`] follows: set how a
+    /// given app version behaves (`net.scripts().set("web", "2.0.0",
+    /// Script::exits_after(1, secs(5)))`) before or during a test.
+    pub fn scripts(&self) -> &ScriptBook {
+        &self.scripts
     }
 
     /// A deterministic RNG for a named component (a node's runtime, a test's
@@ -281,13 +294,22 @@ impl SimNet {
             let digest: [u8; 32] = h.finalize().into();
             let mut s = [0u8; 8];
             s.copy_from_slice(&digest[..8]);
+            let seed = u64::from_le_bytes(s);
+            let runtime = Arc::new(SimRuntime::new(
+                self.scripts.clone(),
+                Arc::new(self.clock),
+                seed,
+            ));
+            let dying = runtime.clone();
+            let _ = self.on_crash(&name, move || dying.shutdown());
             let ctx = NodeCtx {
                 name: name.clone(),
                 key,
                 provider: provider.clone(),
                 storage,
                 clock: self.clock,
-                seed: u64::from_le_bytes(s),
+                seed,
+                runtime,
                 net: self.clone(),
             };
             let _ = self.spawn_on(&name, factory(ctx));

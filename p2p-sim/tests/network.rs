@@ -323,6 +323,36 @@ async fn crash_resets_peers_aborts_tasks_and_restart_keeps_storage() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn crash_kills_the_nodes_simulated_processes() {
+    let net = net(13);
+    let slot: Arc<std::sync::Mutex<Option<Arc<p2p_sim::SimRuntime>>>> = Arc::default();
+    let s2 = slot.clone();
+    net.spawn_node("box", NodeConfig::default(), move |ctx| {
+        let slot = s2.clone();
+        async move {
+            ctx.runtime
+                .start(p2p_core::AppSpec::new("web", "1.0.0", "web"))
+                .await
+                .unwrap();
+            *slot.lock().unwrap() = Some(ctx.runtime.clone());
+            std::future::pending::<()>().await;
+        }
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rt = slot.lock().unwrap().clone().unwrap();
+    use p2p_core::Runtime;
+    assert!(rt.status("web").await.unwrap().state.is_live());
+    net.crash("box").unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let st = rt.status("web").await.unwrap();
+    assert!(
+        !st.state.is_live(),
+        "a crashed machine's apps must be dead, got {st:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn old_provider_handle_fails_after_crash() {
     let net = net(8);
     let a = net.add_node("a").unwrap();
