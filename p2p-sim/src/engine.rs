@@ -41,6 +41,8 @@ use crate::trace::{Trace, TraceEvent, TraceKind};
 pub(crate) type NodeIdx = u32;
 pub(crate) type ConnId = u64;
 pub(crate) type FlowId = u64;
+/// Where the result of a dial arrives.
+pub(crate) type DialReply = oneshot::Receiver<Result<Arc<dyn p2p_core::Connection>, Error>>;
 
 /// Streams waiting to be accepted on one side of a connection; past this,
 /// new streams are reset.
@@ -840,13 +842,7 @@ impl State {
         from: NodeIdx,
         inc: u64,
         addr: &PeerAddr,
-    ) -> Result<
-        (
-            u64,
-            oneshot::Receiver<Result<Arc<dyn p2p_core::Connection>, Error>>,
-        ),
-        Error,
-    > {
+    ) -> Result<(u64, DialReply), Error> {
         self.node_live(from, inc)?;
         let to = self.resolve(addr)?;
         let (tx, rx) = oneshot::channel();

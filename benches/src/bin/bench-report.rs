@@ -1,0 +1,45 @@
+//! Runs benchmark groups and prints one line per figure:
+//! `group name: value unit (target T, baseline B, ratio=R)`.
+//!
+//! Usage: cargo run --release -p p2p-benches --bin bench-report -- [GROUP...]
+
+use clap::Parser;
+use p2p_benches::groups::ALL;
+
+#[derive(Parser)]
+#[command(about = "Run benchmark groups and print their figures")]
+struct Args {
+    /// Groups to run (all when none is named).
+    groups: Vec<String>,
+    /// List the groups and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.list {
+        for g in ALL {
+            println!("{}: {}", g.name, g.about);
+        }
+        return;
+    }
+    for name in &args.groups {
+        if !ALL.iter().any(|g| g.name == name) {
+            let known: Vec<&str> = ALL.iter().map(|g| g.name).collect();
+            eprintln!("unknown group {name:?}; known groups: {}", known.join(", "));
+            std::process::exit(2);
+        }
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; run with --release for meaningful figures");
+    }
+    for g in ALL
+        .iter()
+        .filter(|g| args.groups.is_empty() || args.groups.iter().any(|n| n == g.name))
+    {
+        for figure in (g.run)() {
+            println!("{figure}");
+        }
+    }
+}

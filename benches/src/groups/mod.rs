@@ -1,0 +1,23 @@
+//! Benchmark groups. Each group is a function that measures and returns its
+//! figures; [`ALL`] lists them for `bench-report`.
+
+pub mod sim;
+
+use crate::Figure;
+
+/// A benchmark group: its name, what it measures, and its runner.
+pub struct Group {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// One line on what it measures.
+    pub about: &'static str,
+    /// Runs the group.
+    pub run: fn() -> Vec<Figure>,
+}
+
+/// Every group, in the order `bench-report` runs them.
+pub const ALL: &[Group] = &[Group {
+    name: "sim",
+    about: "simulated seconds per wall second for a 100-node fleet under the bandwidth model",
+    run: sim::run,
+}];
