@@ -7,7 +7,7 @@
 //! provider type, and once with every provider behind `Arc<dyn Provider>`
 //! (module `dyn_provider`). A backend's whole `tests/conformance.rs`:
 //!
-//! ```ignore
+//! ```text
 //! mod plain {
 //!     p2p_core::conformance_tests!(my_backend::TestNet::new(), #[tokio::test]);
 //! }
