@@ -51,6 +51,7 @@ use rand::{CryptoRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::addr::PeerAddr;
@@ -293,14 +294,17 @@ enum Msg {
 pub struct Admitted<P> {
     inner: P,
     policy: Arc<Admission>,
+    accept_loop: Mutex<Option<(JoinHandle<()>, AcceptTx)>>,
 }
+
+type AcceptTx = mpsc::Sender<Result<Arc<dyn Connection>>>;
 
 impl<P: fmt::Debug> fmt::Debug for Admitted<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Admitted")
             .field("inner", &self.inner)
             .field("policy", &self.policy)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -310,6 +314,7 @@ impl<P: Provider> Admitted<P> {
         Admitted {
             inner,
             policy: Arc::new(policy),
+            accept_loop: Mutex::new(None),
         }
     }
 
@@ -362,12 +367,31 @@ impl<P: Provider> Provider for Admitted<P> {
     }
 
     async fn listen(&self) -> Result<Box<dyn Listener>> {
+        let previous = {
+            let mut slot = self.accept_loop.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.take() {
+                Some((task, tx)) if !tx.is_closed() => {
+                    *slot = Some((task, tx));
+                    return Err(Error::AlreadyExists {
+                        what: "a listener on this admitted provider".into(),
+                    });
+                }
+                other => other,
+            }
+        };
+        // The previous listener was dropped: its accept loop notices at its
+        // next poll; wait for it so that it has released the inner listener.
+        if let Some((task, _)) = previous {
+            let _ = task.await;
+        }
         let mut inner = self.inner.listen().await?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let policy = self.policy.clone();
         let local = self.inner.local_id();
         let limit = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-        tokio::spawn(async move {
+        let loop_tx = tx.clone();
+        let task = tokio::spawn(async move {
+            let tx = loop_tx;
             loop {
                 let next = tokio::select! {
                     biased;
@@ -384,9 +408,12 @@ impl<P: Provider> Provider for Admitted<P> {
                         continue;
                     }
                 };
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
+                let permit = tokio::select! {
+                    biased;
+                    () = tx.closed() => break,
+                    p = limit.clone().acquire_owned() => p,
                 };
+                let Ok(permit) = permit else { break };
                 let (policy, tx) = (policy.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
@@ -411,6 +438,7 @@ impl<P: Provider> Provider for Admitted<P> {
                 });
             }
         });
+        *self.accept_loop.lock().unwrap_or_else(|p| p.into_inner()) = Some((task, tx));
         Ok(Box::new(AdmittedListener { rx }))
     }
 
@@ -423,6 +451,9 @@ impl<P: Provider> Provider for Admitted<P> {
     }
 }
 
+/// Yields connections admitted by the provider's accept loop, which runs
+/// in the background so that handshakes progress even while nobody is
+/// waiting in `accept`.
 struct AdmittedListener {
     rx: mpsc::Receiver<Result<Arc<dyn Connection>>>,
 }

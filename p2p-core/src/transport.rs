@@ -90,8 +90,10 @@ pub trait Provider: Send + Sync + 'static {
 ///   admitted). A connection refused by admission is never yielded.
 /// - Once the provider is closed, `accept` returns
 ///   [`Error::Closed`](crate::Error::Closed).
-/// - Dropping the listener stops accepting; connections already yielded
-///   stay open.
+/// - [`accept`](Listener::accept) is cancel-safe: dropping its future (in a
+///   `select!`, under a timeout) loses no connection.
+/// - Dropping the listener stops accepting at once, so `listen` may be
+///   called again; connections already yielded stay open.
 #[async_trait]
 pub trait Listener: Send {
     /// Waits for the next inbound connection.
@@ -120,7 +122,7 @@ pub trait Listener: Send {
 ///   [`Error::Closed`](crate::Error::Closed) carrying `reason` and
 ///   [`is_connected`](Connection::is_connected) turns false within a
 ///   bounded time (the backend documents the bound). When the last handle
-///   to a connection is dropped, it is closed.
+///   to a connection and the last of its streams are dropped, it is closed.
 #[async_trait]
 pub trait Connection: Send + Sync {
     /// The verified identity of the peer.

@@ -144,6 +144,8 @@ impl Shared {
         let now = self.now_ns();
         let (r, effects, scheduled) = {
             let mut st = self.lock();
+            // Events already due happen before this call, in time order.
+            st.run_due(now);
             st.now = now;
             let r = f(&mut st);
             (
@@ -241,6 +243,16 @@ impl Segment {
     }
 }
 
+/// Something held back by a partition until heal.
+enum Parked {
+    Segment(Segment),
+    Close {
+        conn: ConnId,
+        side: usize,
+        reason: String,
+    },
+}
+
 enum Event {
     UplinkDone {
         node: NodeIdx,
@@ -278,6 +290,9 @@ enum Event {
         from: NodeIdx,
         from_inc: u64,
         to: NodeIdx,
+    },
+    IdleCheck {
+        conn: ConnId,
     },
 }
 
@@ -394,8 +409,9 @@ pub(crate) struct State {
     ids: BTreeMap<PeerId, NodeIdx>,
     pub(crate) default_link: LinkSpec,
     links: BTreeMap<(NodeIdx, NodeIdx), LinkSpec>,
-    blocked: BTreeSet<(NodeIdx, NodeIdx)>,
-    parked: BTreeMap<(NodeIdx, NodeIdx), Vec<Segment>>,
+    /// Cut directed paths and since when (virtual ns).
+    blocked: BTreeMap<(NodeIdx, NodeIdx), u64>,
+    parked: BTreeMap<(NodeIdx, NodeIdx), Vec<Parked>>,
     conns: HashMap<ConnId, Conn>,
     flows: HashMap<FlowId, Flow>,
     pending: BTreeMap<u64, PendingConnect>,
@@ -431,7 +447,7 @@ impl State {
             ids: BTreeMap::new(),
             default_link,
             links: BTreeMap::new(),
-            blocked: BTreeSet::new(),
+            blocked: BTreeMap::new(),
             parked: BTreeMap::new(),
             conns: HashMap::new(),
             flows: HashMap::new(),
@@ -521,7 +537,7 @@ impl State {
     }
 
     pub(crate) fn is_blocked(&self, a: NodeIdx, b: NodeIdx) -> bool {
-        self.blocked.contains(&(a, b))
+        self.blocked.contains_key(&(a, b))
     }
 
     fn process(&mut self, ev: Event) {
@@ -566,6 +582,7 @@ impl State {
             Event::ConnectReply { pending, result } => self.connect_reply(pending, result),
             Event::CloseArrive { conn, side, reason } => self.close_end(conn, side, &reason, false),
             Event::Announce { from, from_inc, to } => self.announce(from, from_inc, to),
+            Event::IdleCheck { conn } => self.idle_check(conn),
         }
     }
 
@@ -631,8 +648,15 @@ impl State {
     /// Brings a node up as a new incarnation; returns its generation.
     pub(crate) fn bring_up(&mut self, n: NodeIdx) -> u64 {
         let node = &mut self.nodes[n as usize];
+        // After a graceful close the old incarnation's tasks and processes
+        // may still run; a new incarnation replaces them.
+        let tasks = std::mem::take(&mut node.tasks);
+        let hooks = std::mem::take(&mut node.hooks);
         node.inc += 1;
         node.up = true;
+        self.effects.push(Effect::Abort(tasks));
+        self.effects.push(Effect::Hooks(hooks));
+        let node = &self.nodes[n as usize];
         let inc = node.inc;
         let lan = node.cfg.lan;
         self.record(TraceKind::Up, n, n, 0, inc, 0);
@@ -703,7 +727,11 @@ impl State {
             .map(|(k, _)| *k)
             .collect();
         for k in dead {
-            self.pending.remove(&k);
+            if let Some(p) = self.pending.remove(&k)
+                && let Some(c) = p.conn
+            {
+                self.abandon_dial(c, "the dialer went down");
+            }
         }
     }
 
@@ -723,8 +751,51 @@ impl State {
     }
 
     pub(crate) fn block(&mut self, a: NodeIdx, b: NodeIdx) {
-        if a != b {
-            self.blocked.insert((a, b));
+        if a == b || self.blocked.contains_key(&(a, b)) {
+            return;
+        }
+        self.blocked.insert((a, b), self.now);
+        // Connections across the cut time out unless it heals first, as
+        // keep-alives would notice on a real transport.
+        let at = self.now + self.cfg.idle_timeout.as_nanos() as u64;
+        let crossing: Vec<ConnId> = self.nodes[a as usize]
+            .conns
+            .iter()
+            .copied()
+            .filter(|c| {
+                self.conns
+                    .get(c)
+                    .is_some_and(|conn| conn.ends.iter().any(|e| e.node == b))
+            })
+            .collect();
+        for conn in crossing {
+            self.schedule(at, Event::IdleCheck { conn });
+        }
+    }
+
+    /// Ends a connection whose path has been cut for the idle timeout.
+    fn idle_check(&mut self, c: ConnId) {
+        let Some(conn) = self.conns.get(&c) else {
+            return;
+        };
+        let (x, y) = (conn.ends[0].node, conn.ends[1].node);
+        let since = [(x, y), (y, x)]
+            .iter()
+            .filter_map(|k| self.blocked.get(k).copied())
+            .min();
+        let Some(since) = since else { return };
+        let idle = self.cfg.idle_timeout.as_nanos() as u64;
+        if self.now < since + idle {
+            // Healed and cut again since this check was scheduled.
+            self.schedule(since + idle, Event::IdleCheck { conn: c });
+            return;
+        }
+        let reason = format!(
+            "connection timed out: no word from the peer for {:?}",
+            self.cfg.idle_timeout
+        );
+        for side in 0..2 {
+            self.close_end(c, side, &reason, false);
         }
     }
 
@@ -733,13 +804,19 @@ impl State {
     pub(crate) fn heal(&mut self) {
         let was = std::mem::take(&mut self.blocked);
         let parked = std::mem::take(&mut self.parked);
-        for ((a, b), segs) in parked {
-            for seg in segs {
+        for ((a, b), held) in parked {
+            for p in held {
                 let at = self.now + self.delay(a, b);
-                self.schedule(at, Event::Arrive { seg });
+                let ev = match p {
+                    Parked::Segment(seg) => Event::Arrive { seg },
+                    Parked::Close { conn, side, reason } => {
+                        Event::CloseArrive { conn, side, reason }
+                    }
+                };
+                self.schedule(at, ev);
             }
         }
-        for (a, b) in was {
+        for (a, b) in was.into_keys() {
             let (na, nb) = (&self.nodes[a as usize], &self.nodes[b as usize]);
             if na.up && nb.up && na.cfg.lan == nb.cfg.lan && !nb.subs.is_empty() {
                 let inc = na.inc;
@@ -1070,17 +1147,20 @@ impl State {
             return;
         }
         let (me, peer) = (conn.ends[side].node, conn.ends[1 - side].node);
-        let (at, reason) = if self.is_blocked(me, peer) {
-            (
-                self.now + self.cfg.idle_timeout.as_nanos() as u64,
-                format!(
-                    "connection timed out: no word from peer for {:?}",
-                    self.cfg.idle_timeout
-                ),
-            )
-        } else {
-            (self.now + self.delay(me, peer), reason)
-        };
+        if self.is_blocked(me, peer) {
+            // Delivered on heal with its reason; if the cut lasts, the idle
+            // check ends the far side first.
+            self.parked
+                .entry((me, peer))
+                .or_default()
+                .push(Parked::Close {
+                    conn: c,
+                    side: 1 - side,
+                    reason,
+                });
+            return;
+        }
+        let at = self.now + self.delay(me, peer);
         self.schedule(
             at,
             Event::CloseArrive {
@@ -1304,7 +1384,10 @@ impl State {
                 seg.seq,
                 seg.len() as u64,
             );
-            self.parked.entry((src, dst)).or_default().push(seg);
+            self.parked
+                .entry((src, dst))
+                .or_default()
+                .push(Parked::Segment(seg));
             return;
         }
         if self.lost(src, dst) {
@@ -1408,10 +1491,22 @@ impl State {
                     return;
                 }
                 if end.accept_q.len() >= MAX_ACCEPT_QUEUE {
-                    f.writer_error = Some("stream refused: the peer's accept queue is full".into());
+                    let why = "stream refused: the peer's accept queue is full";
+                    f.writer_error = Some(why.into());
+                    f.reader = Handle::Gone;
                     if let Some(w) = f.writer_waker.take() {
                         w.wake();
                     }
+                    let reverse = f.reverse;
+                    if let Some(r) = self.flows.get_mut(&reverse) {
+                        r.reader_error = Some(why.into());
+                        r.writer = Handle::Gone;
+                        if let Some(w) = r.reader_waker.take() {
+                            w.wake();
+                        }
+                    }
+                    self.maybe_gc_flow(fid);
+                    self.maybe_gc_flow(reverse);
                     return;
                 }
                 end.accept_q.push_back(fid);

@@ -28,7 +28,8 @@
 //!   event. `bench-report sim` measures simulated seconds per wall second
 //!   for 100 nodes exchanging traffic under the bandwidth model (the
 //!   [`scenario`] fleet: 20 Mbit/s nodes, 10 ms links, 1% loss, a partition
-//!   and a crash): about **150x** on a 2-core machine (target 100x), with
+//!   and a crash): **125x to 150x** across runs on a 2-core machine (target
+//!   100x), with
 //!   the bandwidth model costing about 15% over unlimited links.
 //!
 //! ## Model notes

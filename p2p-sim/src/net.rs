@@ -323,15 +323,18 @@ impl SimNet {
         F: Future<Output = ()> + Send + 'static,
     {
         let n = self.idx(name)?;
+        if !self.shared.with(|st| st.nodes[n as usize].up) {
+            return Err(Error::closed(format!("simulated node {name} is down")));
+        }
+        // Spawn outside the state lock: a future rejected by a shutting-down
+        // runtime is dropped at once, and its handles' Drop takes the lock.
+        let task = tokio::spawn(fut).abort_handle();
         self.shared.with(|st| {
             let node = &mut st.nodes[n as usize];
-            if !node.up {
-                return Err(Error::closed(format!("simulated node {name} is down")));
-            }
             node.tasks.retain(|t| !t.is_finished());
-            node.tasks.push(tokio::spawn(fut).abort_handle());
-            Ok(())
-        })
+            node.tasks.push(task);
+        });
+        Ok(())
     }
 
     /// Runs `hook` when node `name` next crashes.

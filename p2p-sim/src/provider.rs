@@ -77,15 +77,25 @@ impl Provider for SimProvider {
         let (pending, rx) = self
             .shared
             .with(|st| st.connect(self.node, self.inc, peer))?;
+        // If the caller gives up first (its own timeout, a select!), the
+        // attempt must still be forgotten and any half-made connection closed.
+        let mut guard = DialGuard {
+            shared: self.shared.clone(),
+            pending: Some(pending),
+        };
         let timeout = self.shared.with(|st| st.cfg.connect_timeout);
-        match tokio::time::timeout(timeout, rx).await {
+        let outcome = tokio::time::timeout(timeout, rx).await;
+        if outcome.is_ok() {
+            guard.pending = None;
+        }
+        match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::closed(format!(
                 "simulated node {} went down while dialing",
                 self.name
             ))),
             Err(_) => {
-                self.shared.with(|st| st.connect_timed_out(pending));
+                drop(guard);
                 Err(Error::timeout(
                     format!("connecting to {}", peer.id.short()),
                     timeout,
@@ -100,6 +110,7 @@ impl Provider for SimProvider {
             rx,
             shared: self.shared.clone(),
             node: self.node,
+            inc: self.inc,
         }))
     }
 
@@ -126,35 +137,75 @@ impl Provider for SimProvider {
     }
 }
 
+struct DialGuard {
+    shared: Arc<Shared>,
+    pending: Option<u64>,
+}
+
+impl Drop for DialGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.shared.with(|st| st.connect_timed_out(p));
+        }
+    }
+}
+
 struct SimListener {
     rx: mpsc::Receiver<Arc<dyn Connection>>,
     shared: Arc<Shared>,
     node: NodeIdx,
+    inc: u64,
 }
 
 #[async_trait]
 impl Listener for SimListener {
     async fn accept(&mut self) -> Result<Arc<dyn Connection>> {
-        match self.rx.recv().await {
-            Some(c) => Ok(c),
-            None => {
-                let n = self.node;
-                let why = self.shared.with(|st| {
+        let (n, inc) = (self.node, self.inc);
+        let down = || {
+            self.shared.with(|st| {
+                st.node_live(n, inc).err().map(|_| {
                     let node = &st.nodes[n as usize];
-                    format!(
+                    Error::closed(format!(
                         "simulated node {} stopped listening ({})",
                         node.name, node.down_reason
-                    )
-                });
-                Err(Error::closed(why))
-            }
+                    ))
+                })
+            })
+        };
+        // Connections still queued when the node went down are not handed out.
+        if let Some(e) = down() {
+            return Err(e);
         }
+        match self.rx.recv().await {
+            Some(c) => match down() {
+                Some(e) => Err(e),
+                None => Ok(c),
+            },
+            None => Err(down().unwrap_or_else(|| Error::closed("listener closed"))),
+        }
+    }
+}
+
+/// Keeps one side of a connection open; held by the connection handle
+/// and by every stream, so that (as with QUIC) open streams keep their
+/// connection alive after the `Connection` handle is dropped.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    side: usize,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let (c, side) = (self.conn, self.side);
+        self.shared.with(|st| st.handle_dropped(c, side));
     }
 }
 
 /// One side of a simulated connection.
 pub(crate) struct SimConnection {
     shared: Arc<Shared>,
+    guard: Arc<ConnGuard>,
     conn: ConnId,
     side: usize,
     remote: PeerId,
@@ -163,6 +214,11 @@ pub(crate) struct SimConnection {
 impl SimConnection {
     pub(crate) fn new(shared: Arc<Shared>, conn: ConnId, side: usize, remote: PeerId) -> Self {
         SimConnection {
+            guard: Arc::new(ConnGuard {
+                shared: shared.clone(),
+                conn,
+                side,
+            }),
             shared,
             conn,
             side,
@@ -175,19 +231,14 @@ impl SimConnection {
             Box::new(SimSend {
                 shared: self.shared.clone(),
                 flow: out,
+                _conn: self.guard.clone(),
             }),
             Box::new(SimRecv {
                 shared: self.shared.clone(),
                 flow: inn,
+                _conn: self.guard.clone(),
             }),
         )
-    }
-}
-
-impl Drop for SimConnection {
-    fn drop(&mut self) {
-        let (c, side) = (self.conn, self.side);
-        self.shared.with(|st| st.handle_dropped(c, side));
     }
 }
 
@@ -226,6 +277,7 @@ impl Connection for SimConnection {
 struct SimSend {
     shared: Arc<Shared>,
     flow: FlowId,
+    _conn: Arc<ConnGuard>,
 }
 
 impl AsyncWrite for SimSend {
@@ -258,6 +310,7 @@ impl Drop for SimSend {
 struct SimRecv {
     shared: Arc<Shared>,
     flow: FlowId,
+    _conn: Arc<ConnGuard>,
 }
 
 impl AsyncRead for SimRecv {

@@ -93,3 +93,39 @@ async fn a_silent_peer_times_out_on_both_sides() {
             .is_err()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_an_admitted_listener_frees_the_inner_one_at_once() {
+    let net = SimNet::new(4);
+    let guarded = Admitted::new(net.add_node("guarded").unwrap(), policy());
+    let l = guarded.listen().await.unwrap();
+    drop(l);
+    let mut again = guarded
+        .listen()
+        .await
+        .expect("listen again right after dropping the listener");
+    let dialer = Admitted::new(net.add_node("dialer").unwrap(), policy());
+    let addr = guarded.local_addr();
+    let (c, a) = tokio::join!(dialer.connect(&addr), again.accept());
+    c.unwrap();
+    assert_eq!(a.unwrap().remote_id(), dialer.local_id());
+}
+
+#[tokio::test(start_paused = true)]
+async fn handshakes_progress_while_nobody_waits_in_accept() {
+    let net = SimNet::new(5);
+    let guarded = Admitted::new(net.add_node("guarded").unwrap(), policy());
+    let mut listener = guarded.listen().await.unwrap();
+    let dialer = Admitted::new(net.add_node("dialer").unwrap(), policy());
+    // Sequential code: the dial completes before anyone calls accept.
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        dialer.connect(&guarded.local_addr()),
+    )
+    .await
+    .expect("admission must not wait for accept to be called")
+    .unwrap();
+    let inbound = listener.accept().await.unwrap();
+    assert_eq!(inbound.remote_id(), dialer.local_id());
+    assert_eq!(conn.remote_id(), guarded.local_id());
+}

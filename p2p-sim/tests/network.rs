@@ -499,3 +499,176 @@ async fn bad_names_and_unknown_nodes_are_clear_errors() {
         "{e}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_refused_for_a_full_accept_queue_fails_the_openers_reader() {
+    let net = net(20);
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let (ab, _ba) = connect(&a, &b).await;
+    let mut kept = Vec::new();
+    for _ in 0..1024 {
+        let (mut s, r) = ab.open_bi().await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        kept.push((s, r));
+    }
+    let (mut s, mut r) = ab.open_bi().await.unwrap();
+    s.write_all(b"one too many").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut buf = Vec::new();
+    let res = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut buf))
+        .await
+        .expect("the opener's reader must not hang");
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("accept queue is full"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lasting_partition_times_out_idle_connections_on_both_sides() {
+    let net = SimNet::builder(21)
+        .idle_timeout(Duration::from_secs(20))
+        .build();
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    net.partition_oneway(&["a"], &["b"]).unwrap();
+    for (who, c) in [("dialer", &ab), ("listener", &ba)] {
+        let err = tokio::time::timeout(Duration::from_secs(25), c.accept_bi())
+            .await
+            .unwrap_or_else(|_| panic!("{who} never noticed the partition"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("timed out"), "{who}: {err}");
+        assert!(!c.is_connected());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_held_by_a_short_partition_arrives_on_heal_with_its_reason() {
+    let net = net(22);
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    net.partition(&["a"], &["b"]).unwrap();
+    ab.close("maintenance").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(ba.is_connected(), "the close cannot cross the partition");
+    net.heal();
+    let err = tokio::time::timeout(Duration::from_secs(1), ba.accept_bi())
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("maintenance"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_dial_leaves_nothing_behind() {
+    let net = net(23);
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let mut l = b.listen().await.unwrap();
+    // The answer cannot come back, and the caller gives up before the
+    // provider's own connect timeout.
+    net.partition_oneway(&["b"], &["a"]).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(1), a.connect(&b.local_addr())).await;
+    assert!(r.is_err());
+    let half_open = l.accept().await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(1), half_open.accept_bi())
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Closed { .. }), "{err}");
+    drop(half_open);
+    net.heal();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        net.live_objects(),
+        (0, 0),
+        "the half-made connection must be freed"
+    );
+
+    // A dialer that crashes mid-dial leaks nothing either.
+    let pending = {
+        let a = a.clone();
+        let addr = b.local_addr();
+        tokio::spawn(async move { a.connect(&addr).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    net.crash("a").unwrap();
+    let _ = pending.await;
+    if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(100), l.accept()).await {
+        drop(c);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(net.live_objects(), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_after_a_graceful_close_replaces_the_old_incarnation() {
+    let net = net(24);
+    let ticks = Arc::new(AtomicU64::new(0));
+    let t2 = ticks.clone();
+    net.spawn_node("n", NodeConfig::default(), move |ctx| {
+        let ticks = t2.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+                let _ = ctx.provider.local_id();
+            }
+        }
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    net.provider("n").unwrap().close("shutting down").await;
+    net.restart("n").unwrap();
+    let before = ticks.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(10_100)).await;
+    let after = ticks.load(Ordering::Relaxed) - before;
+    assert_eq!(after, 10, "exactly one incarnation may run after restart");
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_streams_keep_their_connection_alive() {
+    let net = net(25);
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    let (mut s, mut r) = ab.open_bi().await.unwrap();
+    drop(ab);
+    s.write_all(b"still here").await.unwrap();
+    s.shutdown().await.unwrap();
+    let (mut s2, mut r2) = ba.accept_bi().await.unwrap();
+    let mut got = Vec::new();
+    r2.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"still here");
+    s2.write_all(b"reply").await.unwrap();
+    s2.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    r.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"reply");
+    drop((s, r));
+    let err = tokio::time::timeout(Duration::from_secs(1), ba.accept_bi())
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::Closed { .. }),
+        "closing after the last stream: {err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_providers_listener_hands_out_nothing_queued() {
+    let net = net(26);
+    let a = net.add_node("a").unwrap();
+    let b = net.add_node("b").unwrap();
+    let mut l = b.listen().await.unwrap();
+    let _c = a.connect(&b.local_addr()).await.unwrap();
+    b.close("bye").await;
+    let r = l.accept().await;
+    assert!(matches!(r, Err(Error::Closed { .. })), "{r:?}");
+}
