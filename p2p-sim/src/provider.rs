@@ -204,24 +204,14 @@ impl Drop for ConnGuard {
 
 /// One side of a simulated connection.
 pub(crate) struct SimConnection {
-    shared: Arc<Shared>,
-    guard: Arc<ConnGuard>,
-    conn: ConnId,
-    side: usize,
+    end: Arc<ConnGuard>,
     remote: PeerId,
 }
 
 impl SimConnection {
     pub(crate) fn new(shared: Arc<Shared>, conn: ConnId, side: usize, remote: PeerId) -> Self {
         SimConnection {
-            guard: Arc::new(ConnGuard {
-                shared: shared.clone(),
-                conn,
-                side,
-            }),
-            shared,
-            conn,
-            side,
+            end: Arc::new(ConnGuard { shared, conn, side }),
             remote,
         }
     }
@@ -229,14 +219,12 @@ impl SimConnection {
     fn streams(&self, (out, inn): (FlowId, FlowId)) -> (SendStream, RecvStream) {
         (
             Box::new(SimSend {
-                shared: self.shared.clone(),
                 flow: out,
-                _conn: self.guard.clone(),
+                conn: self.end.clone(),
             }),
             Box::new(SimRecv {
-                shared: self.shared.clone(),
                 flow: inn,
-                _conn: self.guard.clone(),
+                conn: self.end.clone(),
             }),
         )
     }
@@ -250,34 +238,39 @@ impl Connection for SimConnection {
 
     async fn open_bi(&self) -> Result<(SendStream, RecvStream)> {
         let flows = self
+            .end
             .shared
-            .with(|st| st.open_stream(self.conn, self.side))?;
+            .with(|st| st.open_stream(self.end.conn, self.end.side))?;
         Ok(self.streams(flows))
     }
 
     async fn accept_bi(&self) -> Result<(SendStream, RecvStream)> {
         let flows = std::future::poll_fn(|cx| {
-            self.shared
-                .with(|st| st.poll_accept(self.conn, self.side, cx))
+            self.end
+                .shared
+                .with(|st| st.poll_accept(self.end.conn, self.end.side, cx))
         })
         .await?;
         Ok(self.streams(flows))
     }
 
     fn is_connected(&self) -> bool {
-        self.shared.with(|st| st.is_connected(self.conn, self.side))
+        self.end
+            .shared
+            .with(|st| st.is_connected(self.end.conn, self.end.side))
     }
 
     async fn close(&self, reason: &str) {
-        self.shared
-            .with(|st| st.close_end(self.conn, self.side, reason, true));
+        self.end
+            .shared
+            .with(|st| st.close_end(self.end.conn, self.end.side, reason, true));
     }
 }
 
 struct SimSend {
-    shared: Arc<Shared>,
     flow: FlowId,
-    _conn: Arc<ConnGuard>,
+    /// Keeps the connection open while the stream lives.
+    conn: Arc<ConnGuard>,
 }
 
 impl AsyncWrite for SimSend {
@@ -287,7 +280,7 @@ impl AsyncWrite for SimSend {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let flow = self.flow;
-        self.shared.with(|st| st.poll_write(flow, cx, buf))
+        self.conn.shared.with(|st| st.poll_write(flow, cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -296,21 +289,21 @@ impl AsyncWrite for SimSend {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let flow = self.flow;
-        Poll::Ready(self.shared.with(|st| st.shutdown(flow)))
+        Poll::Ready(self.conn.shared.with(|st| st.shutdown(flow)))
     }
 }
 
 impl Drop for SimSend {
     fn drop(&mut self) {
         let flow = self.flow;
-        self.shared.with(|st| st.writer_dropped(flow));
+        self.conn.shared.with(|st| st.writer_dropped(flow));
     }
 }
 
 struct SimRecv {
-    shared: Arc<Shared>,
     flow: FlowId,
-    _conn: Arc<ConnGuard>,
+    /// Keeps the connection open while the stream lives.
+    conn: Arc<ConnGuard>,
 }
 
 impl AsyncRead for SimRecv {
@@ -320,13 +313,13 @@ impl AsyncRead for SimRecv {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let flow = self.flow;
-        self.shared.with(|st| st.poll_read(flow, cx, buf))
+        self.conn.shared.with(|st| st.poll_read(flow, cx, buf))
     }
 }
 
 impl Drop for SimRecv {
     fn drop(&mut self) {
         let flow = self.flow;
-        self.shared.with(|st| st.reader_dropped(flow));
+        self.conn.shared.with(|st| st.reader_dropped(flow));
     }
 }
