@@ -1,0 +1,272 @@
+//! [`IrohConfig`]: everything an embedder can set on an iroh provider.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use p2p_core::PeerId;
+
+/// Where the provider may reach beyond the local network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Connectivity {
+    /// Direct addresses only: no relay servers, no DNS or pkarr lookups, no
+    /// port mapping, no probes to outside hosts. Peers are reached at the
+    /// socket addresses in their [`PeerAddr`](p2p_core::PeerAddr) or found
+    /// by mDNS. This is the default.
+    #[default]
+    LocalOnly,
+    /// The number 0 public infrastructure: the default relay servers (for
+    /// hole punching and as a fallback path) and the `iroh.link` DNS/pkarr
+    /// service, so that peers behind NAT can be dialed by id alone.
+    N0Relays,
+    /// Your own relay servers (`https://relay.example.com`), no DNS lookups.
+    CustomRelays(Vec<String>),
+}
+
+/// Configuration of an [`IrohProvider`](crate::IrohProvider).
+///
+/// The defaults are for a node on a LAN: bind an ephemeral port on all
+/// interfaces, local-only [`Connectivity`], mDNS discovery on, no
+/// allow-list, and QUIC windows sized for a gigabit link with a few
+/// milliseconds of round trip (see the crate docs for the measurements).
+///
+/// ```
+/// use p2p_iroh::IrohConfig;
+/// let cfg = IrohConfig::default()
+///     .bind("127.0.0.1:4433".parse().unwrap())
+///     .mdns(false);
+/// assert_eq!(cfg.bind_addrs, ["127.0.0.1:4433".parse().unwrap()]);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IrohConfig {
+    /// Socket addresses to bind. Empty means the iroh default: an ephemeral
+    /// port on `0.0.0.0` and, where the host has IPv6, on `[::]`. One
+    /// address per IP family.
+    pub bind_addrs: Vec<SocketAddr>,
+    /// Relays and lookups beyond the local network.
+    pub connectivity: Connectivity,
+    /// Find peers on the local network by mDNS and advertise this node.
+    pub mdns: bool,
+    /// The mDNS service name; nodes only discover nodes with the same name.
+    pub mdns_service: String,
+    /// When set, only these peers may connect to or be dialed by this node,
+    /// enforced in the endpoint's hooks before a connection is handed up.
+    pub allow_list: Option<BTreeSet<PeerId>>,
+    /// Bound on [`Provider::connect`](p2p_core::Provider::connect): QUIC
+    /// handshake plus the peer's welcome.
+    pub connect_timeout: Duration,
+    /// A connection with no traffic for this long is closed. Keep-alives
+    /// are sent at a third of it, so an idle but healthy connection stays up.
+    pub idle_timeout: Duration,
+    /// Bytes the peer may send on one stream before it is read
+    /// (`stream_receive_window`).
+    pub stream_receive_window: u32,
+    /// Bytes the peer may send on all streams of a connection before they
+    /// are read (`receive_window`).
+    pub receive_window: u32,
+    /// Bytes in flight to the peer without acknowledgement (`send_window`).
+    pub send_window: u64,
+    /// Streams the peer may have open towards us at once; more wait for
+    /// credit in `open_bi`.
+    pub max_concurrent_streams: u32,
+    /// How long [`Provider::close`](p2p_core::Provider::close) waits for
+    /// peers to acknowledge the close before returning anyway.
+    pub close_timeout: Duration,
+    /// Inbound handshakes in progress at once; further connection attempts
+    /// wait in the QUIC accept queue.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for IrohConfig {
+    fn default() -> Self {
+        IrohConfig {
+            bind_addrs: Vec::new(),
+            connectivity: Connectivity::LocalOnly,
+            mdns: true,
+            mdns_service: "p2p-deploy".to_string(),
+            allow_list: None,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            stream_receive_window: 2 * 1024 * 1024,
+            receive_window: 16 * 1024 * 1024,
+            send_window: 16 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            close_timeout: Duration::from_secs(3),
+            max_pending_handshakes: 64,
+        }
+    }
+}
+
+impl IrohConfig {
+    /// Loopback only, mDNS off: for tests and single-machine demos.
+    pub fn loopback() -> Self {
+        IrohConfig::default()
+            .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .mdns(false)
+    }
+
+    /// Binds `addr` (replacing the default bind addresses on the first call;
+    /// call again to add the other IP family).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind_addrs.push(addr);
+        self
+    }
+
+    /// Switches mDNS discovery on or off.
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Sets the mDNS service name.
+    pub fn mdns_service(mut self, name: impl Into<String>) -> Self {
+        self.mdns_service = name.into();
+        self
+    }
+
+    /// Restricts connections both ways to `peers`.
+    pub fn allow_list(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
+        self.allow_list = Some(peers.into_iter().collect());
+        self
+    }
+
+    /// Sets the reach beyond the local network.
+    pub fn connectivity(mut self, c: Connectivity) -> Self {
+        self.connectivity = c;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Sets the idle timeout.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Sets the three flow-control windows together. Raise them for links
+    /// with a large bandwidth-delay product: a window of `rate x RTT` bytes
+    /// per stream keeps one stream at `rate`.
+    pub fn windows(mut self, stream_receive: u32, receive: u32, send: u64) -> Self {
+        self.stream_receive_window = stream_receive;
+        self.receive_window = receive;
+        self.send_window = send;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> p2p_core::Result<()> {
+        let bad = |what: &'static str, reason: &str| Err(p2p_core::Error::invalid(what, reason));
+        if self.bind_addrs.iter().filter(|a| a.is_ipv4()).count() > 1
+            || self.bind_addrs.iter().filter(|a| a.is_ipv6()).count() > 1
+        {
+            return bad("bind_addrs", "at most one IPv4 and one IPv6 address");
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be more than zero");
+        }
+        if self.idle_timeout < Duration::from_millis(300) {
+            return bad("idle_timeout", "must be at least 300 ms");
+        }
+        if self.stream_receive_window < 16 * 1024 {
+            return bad("stream_receive_window", "must be at least 16 KiB");
+        }
+        if self.receive_window < self.stream_receive_window {
+            return bad(
+                "receive_window",
+                "must be at least the stream receive window",
+            );
+        }
+        if self.send_window < 16 * 1024 {
+            return bad("send_window", "must be at least 16 KiB");
+        }
+        if self.max_concurrent_streams == 0 {
+            return bad("max_concurrent_streams", "must be at least 1");
+        }
+        if self.max_pending_handshakes == 0 {
+            return bad("max_pending_handshakes", "must be at least 1");
+        }
+        if self.mdns_service.is_empty()
+            || self.mdns_service.len() > 15
+            || !self
+                .mdns_service
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return bad(
+                "mdns_service",
+                "must be 1 to 15 characters of letters, digits and '-' (a DNS-SD service name)",
+            );
+        }
+        if let Connectivity::CustomRelays(urls) = &self.connectivity {
+            if urls.is_empty() {
+                return bad("connectivity", "custom relays need at least one URL");
+            }
+            for u in urls {
+                if u.parse::<iroh::RelayUrl>().is_err() {
+                    return Err(p2p_core::Error::invalid(
+                        "connectivity",
+                        format!("relay URL {u:?} is not a valid URL"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_local_only() {
+        let c = IrohConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.connectivity, Connectivity::LocalOnly);
+        assert!(c.mdns);
+        IrohConfig::loopback().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let cases = [
+            (
+                IrohConfig::default()
+                    .bind("127.0.0.1:1".parse().unwrap())
+                    .bind("127.0.0.1:2".parse().unwrap()),
+                "bind_addrs",
+            ),
+            (
+                IrohConfig::default().connect_timeout(Duration::ZERO),
+                "connect_timeout",
+            ),
+            (
+                IrohConfig::default().idle_timeout(Duration::from_millis(1)),
+                "idle_timeout",
+            ),
+            (
+                IrohConfig::default().windows(1 << 20, 1 << 10, 1 << 20),
+                "receive_window",
+            ),
+            (
+                IrohConfig::default().mdns_service("has space"),
+                "mdns_service",
+            ),
+            (
+                IrohConfig::default()
+                    .connectivity(Connectivity::CustomRelays(vec!["not a url".into()])),
+                "connectivity",
+            ),
+        ];
+        for (cfg, field) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+}

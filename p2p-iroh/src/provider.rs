@@ -1,0 +1,582 @@
+//! [`IrohProvider`]: an iroh endpoint as a p2p-core [`Provider`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use iroh::endpoint::{
+    self, ConnectError, ConnectWithOptsError, ConnectingError, ConnectionError, Incoming,
+    PortmapperConfig, QuicTransportConfig, VarInt, WeakConnectionHandle, presets,
+};
+use iroh::{Endpoint, NetReportConfig, RelayMode, RelayUrl};
+use iroh_mdns_address_lookup::MdnsAddressLookup;
+use p2p_core::{
+    Connection, Discovered, Error, Listener, NodeKey, PeerAddr, PeerId, Provider, Result,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::{secret_key, to_endpoint_addr, to_peer_addr};
+use crate::config::{Connectivity, IrohConfig};
+use crate::conn::{
+    CLOSE_NORMAL, CLOSE_REFUSED, DENIED_PREFIX, IrohConnection, close_with, connection_error,
+};
+use crate::discovery::{PeerBook, run_mdns};
+use crate::hooks::AllowListHooks;
+
+/// The one ALPN of the SDK. Which protocol a stream speaks is named at the
+/// start of the stream by p2p-core's versioned hello
+/// ([`Framed::hello`](p2p_core::framing::Framed::hello)), so a node serves
+/// every SDK protocol over one connection per peer.
+pub const ALPN: &[u8] = b"p2p-deploy/1";
+
+/// Sent by the accepting side on a unidirectional stream once a connection
+/// has passed its hooks and reached a listener; the dialer's `connect`
+/// returns only after reading it.
+const WELCOME: &[u8] = b"p2p-iroh welcome v1";
+
+/// Why a connection was refused for lack of a listener; the dialer maps it
+/// to [`Error::Unreachable`].
+const NOT_ACCEPTING: &str = "not accepting connections: no listener";
+
+/// Inbound connections waiting for [`Listener::accept`].
+const ACCEPT_QUEUE: usize = 64;
+
+type ReasonSlot = Arc<Mutex<Option<String>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Connections of this provider, so that `close` can give each a reason.
+#[derive(Default)]
+struct Registry {
+    conns: BTreeMap<usize, (WeakConnectionHandle, ReasonSlot)>,
+}
+
+impl Registry {
+    fn track(&mut self, conn: &endpoint::Connection, slot: ReasonSlot) {
+        self.conns
+            .retain(|_, (weak, _)| weak.upgrade().is_some_and(|c| c.close_reason().is_none()));
+        self.conns
+            .insert(conn.stable_id(), (conn.weak_handle(), slot));
+    }
+
+    fn live(&mut self) -> Vec<(endpoint::Connection, ReasonSlot)> {
+        std::mem::take(&mut self.conns)
+            .into_values()
+            .filter_map(|(weak, slot)| weak.upgrade().map(|c| (c, slot)))
+            .collect()
+    }
+}
+
+/// State shared by the provider handle and its background tasks.
+struct Core {
+    endpoint: Endpoint,
+    config: IrohConfig,
+    listener: Mutex<Option<mpsc::Sender<IrohConnection>>>,
+    registry: Mutex<Registry>,
+    stop: CancellationToken,
+    close_reason: ReasonSlot,
+}
+
+impl Core {
+    fn closed_error(&self) -> Error {
+        Error::closed(
+            lock(&self.close_reason)
+                .clone()
+                .unwrap_or_else(|| "provider closed".to_string()),
+        )
+    }
+
+    fn wrap(&self, conn: endpoint::Connection) -> IrohConnection {
+        let c = IrohConnection::new(conn);
+        lock(&self.registry).track(c.inner(), c.reason_slot());
+        c
+    }
+}
+
+/// A p2p-core [`Provider`] over an iroh endpoint.
+///
+/// Built with [`IrohProvider::bind`]; cheap to clone (clones share the
+/// endpoint). Dropping the last clone stops its background tasks; call
+/// [`Provider::close`] first so that peers see a reason.
+#[derive(Clone)]
+pub struct IrohProvider {
+    inner: Arc<Handle>,
+}
+
+/// Owned by the provider clones only; its drop stops the tasks.
+struct Handle {
+    core: Arc<Core>,
+    id: PeerId,
+    book: PeerBook,
+    _mdns: Option<MdnsAddressLookup>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.core.stop.cancel();
+        self.book.close();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for IrohProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IrohProvider")
+            .field("id", &self.inner.id.short())
+            .field("bound", &self.inner.core.endpoint.bound_sockets())
+            .finish()
+    }
+}
+
+impl IrohProvider {
+    /// Binds an endpoint with identity `key` and starts accepting
+    /// handshakes (connections reach a [`Listener`] once one exists).
+    ///
+    /// Fails with [`Error::Invalid`] naming the field for a bad config, and
+    /// with [`Error::Io`] when the socket cannot be bound (address in use,
+    /// address not on this host).
+    pub async fn bind(key: &NodeKey, config: IrohConfig) -> Result<Self> {
+        config.validate()?;
+        let endpoint = build_endpoint(key, &config).await?;
+        let id = crate::addr::peer_id(&endpoint.id());
+        let book = PeerBook::default();
+        let core = Arc::new(Core {
+            endpoint: endpoint.clone(),
+            config: config.clone(),
+            listener: Mutex::new(None),
+            registry: Mutex::new(Registry::default()),
+            stop: CancellationToken::new(),
+            close_reason: Arc::new(Mutex::new(None)),
+        });
+        let mut tasks = vec![tokio::spawn(accept_loop(core.clone()))];
+        let mdns = if config.mdns {
+            let mdns = MdnsAddressLookup::builder()
+                .service_name(config.mdns_service.clone())
+                .build(endpoint.id())
+                .map_err(|e| {
+                    Error::io(
+                        "starting mDNS discovery (switch it off with IrohConfig::mdns(false))",
+                        std::io::Error::other(e.to_string()),
+                    )
+                })?;
+            endpoint
+                .address_lookup()
+                .map_err(|e| Error::protocol(format!("iroh address lookup unavailable: {e}")))?
+                .add(mdns.clone());
+            tasks.push(tokio::spawn(run_mdns(
+                mdns.clone(),
+                book.clone(),
+                core.stop.clone(),
+            )));
+            Some(mdns)
+        } else {
+            None
+        };
+        tracing::info!(
+            id = %id.short(),
+            bound = ?endpoint.bound_sockets(),
+            mdns = config.mdns,
+            connectivity = ?config.connectivity,
+            "iroh provider bound"
+        );
+        Ok(IrohProvider {
+            inner: Arc::new(Handle {
+                core,
+                id,
+                book,
+                _mdns: mdns,
+                tasks,
+            }),
+        })
+    }
+
+    /// The underlying iroh endpoint, for features the SDK does not wrap.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.core.endpoint
+    }
+
+    /// The local sockets the endpoint is bound to.
+    pub fn bound_sockets(&self) -> Vec<SocketAddr> {
+        self.inner.core.endpoint.bound_sockets()
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &IrohConfig {
+        &self.inner.core.config
+    }
+
+    /// Dials `peer` and waits for its welcome; returns the raw iroh
+    /// connection. Shared by `connect` and the benchmarks.
+    async fn dial(&self, peer: &PeerAddr) -> Result<IrohConnection> {
+        let core = &self.inner.core;
+        if core.stop.is_cancelled() {
+            return Err(core.closed_error());
+        }
+        if peer.id == self.inner.id {
+            return Err(Error::invalid(
+                "peer address",
+                "a node cannot connect to itself",
+            ));
+        }
+        let addr = to_endpoint_addr(peer)?;
+        if addr.addrs.is_empty()
+            && !core.config.mdns
+            && core.config.connectivity == Connectivity::LocalOnly
+        {
+            return Err(Error::unreachable(format!(
+                "no address for peer {} and discovery is off: give its address as id@ip:port",
+                peer.id.short()
+            )));
+        }
+        let who = peer.id.short();
+        let limit = core.config.connect_timeout;
+        let attempt = async {
+            let conn = core
+                .endpoint
+                .connect(addr, ALPN)
+                .await
+                .map_err(|e| connect_error(e, &who))?;
+            await_welcome(&conn, &who).await?;
+            Ok::<_, Error>(conn)
+        };
+        let conn = tokio::select! {
+            biased;
+            _ = core.stop.cancelled() => return Err(core.closed_error()),
+            r = tokio::time::timeout(limit, attempt) => match r {
+                Ok(r) => r?,
+                Err(_) => return Err(Error::timeout(format!("connecting to peer {who}"), limit)),
+            },
+        };
+        Ok(core.wrap(conn))
+    }
+}
+
+async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> {
+    let idle: endpoint::IdleTimeout = config
+        .idle_timeout
+        .try_into()
+        .map_err(|_| Error::invalid("idle_timeout", "too large"))?;
+    let keep_alive = (config.idle_timeout / 3).min(Duration::from_secs(5));
+    let transport = QuicTransportConfig::builder()
+        .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
+        .receive_window(VarInt::from_u32(config.receive_window))
+        .send_window(config.send_window)
+        .max_concurrent_bidi_streams(VarInt::from_u32(config.max_concurrent_streams))
+        // One inbound uni stream: the welcome. The SDK uses no others.
+        .max_concurrent_uni_streams(VarInt::from_u32(1))
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(keep_alive)
+        .build();
+    let mut b = match config.connectivity {
+        Connectivity::N0Relays => Endpoint::builder(presets::N0),
+        _ => Endpoint::builder(presets::Minimal),
+    };
+    b = b
+        .secret_key(secret_key(key))
+        .alpns(vec![ALPN.to_vec()])
+        .transport_config(transport)
+        .portmapper_config(PortmapperConfig::Disabled);
+    b = match &config.connectivity {
+        Connectivity::LocalOnly => b
+            .relay_mode(RelayMode::Disabled)
+            .clear_address_lookup()
+            .net_report_config(NetReportConfig::minimal()),
+        Connectivity::CustomRelays(urls) => {
+            let urls: Vec<RelayUrl> = urls.iter().filter_map(|u| u.parse().ok()).collect();
+            b.relay_mode(RelayMode::custom(urls)).clear_address_lookup()
+        }
+        Connectivity::N0Relays => b,
+    };
+    if !config.bind_addrs.is_empty() {
+        b = b.clear_ip_transports();
+        for a in &config.bind_addrs {
+            b = b
+                .bind_addr(*a)
+                .map_err(|e| Error::invalid("bind_addrs", format!("{a}: {e}")))?;
+        }
+    }
+    if let Some(allowed) = &config.allow_list {
+        b = b.hooks(AllowListHooks {
+            allowed: allowed.clone(),
+        });
+    }
+    b.bind().await.map_err(|e| {
+        Error::io(
+            format!("binding iroh endpoint on {:?}", config.bind_addrs),
+            std::io::Error::other(e.to_string()),
+        )
+    })
+}
+
+/// Reads the accepting side's welcome, or turns its refusal into the error
+/// the caller should see.
+async fn await_welcome(conn: &endpoint::Connection, who: &str) -> Result<()> {
+    let mut uni = conn.accept_uni().await.map_err(|e| refusal(e, who))?;
+    let msg = uni
+        .read_to_end(WELCOME.len())
+        .await
+        .map_err(|e| match conn.close_reason() {
+            Some(c) => refusal(c, who),
+            None => Error::protocol(format!("peer {who} sent a broken welcome: {e}")),
+        })?;
+    if msg != WELCOME {
+        close_with(conn, CLOSE_REFUSED, "protocol error: bad welcome");
+        return Err(Error::protocol(format!(
+            "peer {who} is not a p2p-iroh node (unexpected welcome)"
+        )));
+    }
+    Ok(())
+}
+
+/// A connection the peer closed before welcoming us.
+fn refusal(e: ConnectionError, who: &str) -> Error {
+    if let ConnectionError::ApplicationClosed(c) = &e {
+        let reason = String::from_utf8_lossy(&c.reason);
+        if let Some(r) = reason.strip_prefix(DENIED_PREFIX) {
+            return Error::denied(format!("peer {who} refused us: {r}"));
+        }
+        if reason == NOT_ACCEPTING {
+            return Error::unreachable(format!(
+                "peer {who} is up but not accepting connections (no listener)"
+            ));
+        }
+    }
+    connection_error(e, None)
+}
+
+fn connect_error(e: ConnectError, who: &str) -> Error {
+    match e {
+        ConnectError::Connect { source, .. } => match source {
+            ConnectWithOptsError::LocallyRejected { .. } => Error::denied(format!(
+                "peer {who} is not in this node's allow-list; refusing to dial it"
+            )),
+            ConnectWithOptsError::SelfConnect { .. } => {
+                Error::invalid("peer address", "a node cannot connect to itself")
+            }
+            ConnectWithOptsError::NoAddress { .. } => Error::unreachable(format!(
+                "no address known for peer {who}: give its address as id@ip:port or enable discovery"
+            )),
+            ConnectWithOptsError::EndpointClosed { .. } => Error::closed("provider closed"),
+            other => Error::unreachable(format!("cannot dial peer {who}: {other}")),
+        },
+        ConnectError::Connecting { source, .. } => match source {
+            ConnectingError::ConnectionError { source, .. } => match source {
+                ConnectionError::TimedOut => {
+                    Error::unreachable(format!("no answer from any address of peer {who}"))
+                }
+                ConnectionError::TransportError(t) => Error::protocol(format!(
+                    "handshake with peer {who} failed: {t} (is the peer id right?)"
+                )),
+                other => refusal(other, who),
+            },
+            ConnectingError::LocallyRejected { .. } => {
+                Error::denied(format!("peer {who} is not in this node's allow-list"))
+            }
+            other => Error::protocol(format!("handshake with peer {who} failed: {other}")),
+        },
+        ConnectError::Connection { source, .. } => refusal(source, who),
+        other => Error::unreachable(format!("cannot connect to peer {who}: {other}")),
+    }
+}
+
+/// Accepts QUIC connections until the provider stops; each handshake runs
+/// in its own task, at most `max_pending_handshakes` at once.
+async fn accept_loop(core: Arc<Core>) {
+    let pending = Arc::new(Semaphore::new(core.config.max_pending_handshakes));
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = core.stop.cancelled() => break,
+            i = core.endpoint.accept() => i,
+        };
+        let Some(incoming) = incoming else { break };
+        let permit = tokio::select! {
+            biased;
+            _ = core.stop.cancelled() => break,
+            p = pending.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            handle_incoming(&core, incoming).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_incoming(core: &Core, incoming: Incoming) {
+    let from = format!("{:?}", incoming.remote_addr());
+    let accepting = match incoming.accept() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%from, error = %e, "inbound connection failed before the handshake");
+            return;
+        }
+    };
+    let limit = core.config.connect_timeout;
+    let conn = tokio::select! {
+        biased;
+        _ = core.stop.cancelled() => return,
+        r = tokio::time::timeout(limit, accepting) => match r {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(%from, error = %e, "inbound handshake failed or was refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%from, "inbound handshake timed out");
+                return;
+            }
+        },
+    };
+    let tx = lock(&core.listener).clone().filter(|tx| !tx.is_closed());
+    let Some(tx) = tx else {
+        close_with(&conn, CLOSE_REFUSED, NOT_ACCEPTING);
+        return;
+    };
+    let slot = tokio::select! {
+        biased;
+        _ = core.stop.cancelled() => return,
+        s = tx.reserve_owned() => s,
+    };
+    let Ok(slot) = slot else {
+        close_with(&conn, CLOSE_REFUSED, NOT_ACCEPTING);
+        return;
+    };
+    let welcomed = async {
+        let mut uni = conn.open_uni().await.ok()?;
+        uni.write_all(WELCOME).await.ok()?;
+        uni.finish().ok()
+    };
+    if welcomed.await.is_none() {
+        tracing::debug!(%from, "inbound connection closed before the welcome");
+        return;
+    }
+    slot.send(core.wrap(conn));
+}
+
+/// Inbound connections of an [`IrohProvider`].
+pub struct IrohListener {
+    rx: mpsc::Receiver<IrohConnection>,
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for IrohListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IrohListener").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Listener for IrohListener {
+    async fn accept(&mut self) -> Result<Arc<dyn Connection>> {
+        tokio::select! {
+            biased;
+            _ = self.core.stop.cancelled() => Err(self.core.closed_error()),
+            c = self.rx.recv() => match c {
+                Some(c) => Ok(Arc::new(c) as Arc<dyn Connection>),
+                None => Err(self.core.closed_error()),
+            },
+        }
+    }
+}
+
+impl Drop for IrohListener {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(c) = self.rx.try_recv() {
+            close_with(c.inner(), CLOSE_REFUSED, NOT_ACCEPTING);
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for IrohProvider {
+    fn backend(&self) -> &'static str {
+        "iroh"
+    }
+
+    fn local_id(&self) -> PeerId {
+        self.inner.id
+    }
+
+    fn local_addr(&self) -> PeerAddr {
+        let ep = &self.inner.core.endpoint;
+        let mut addr = to_peer_addr(&ep.addr());
+        if addr.addrs.is_empty() {
+            // Before the first interface scan: the bound sockets, minus
+            // unspecified ones nobody can dial.
+            addr.addrs = ep
+                .bound_sockets()
+                .into_iter()
+                .filter(|a| !a.ip().is_unspecified())
+                .map(|a| a.to_string())
+                .collect();
+        }
+        addr
+    }
+
+    async fn connect(&self, peer: &PeerAddr) -> Result<Arc<dyn Connection>> {
+        Ok(Arc::new(self.dial(peer).await?))
+    }
+
+    async fn listen(&self) -> Result<Box<dyn Listener>> {
+        let core = &self.inner.core;
+        if core.stop.is_cancelled() {
+            return Err(core.closed_error());
+        }
+        let mut slot = lock(&core.listener);
+        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
+            return Err(Error::AlreadyExists {
+                what: "a listener on this iroh provider".to_string(),
+            });
+        }
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        *slot = Some(tx);
+        Ok(Box::new(IrohListener {
+            rx,
+            core: core.clone(),
+        }))
+    }
+
+    fn discovered(&self) -> Discovered {
+        self.inner.book.subscribe()
+    }
+
+    async fn close(&self, reason: &str) {
+        let core = &self.inner.core;
+        {
+            let mut r = lock(&core.close_reason);
+            if r.is_some() {
+                return;
+            }
+            *r = Some(reason.to_string());
+        }
+        core.stop.cancel();
+        self.inner.book.close();
+        lock(&core.listener).take();
+        let live = lock(&core.registry).live();
+        for (conn, slot) in live {
+            lock(&slot).get_or_insert_with(|| reason.to_string());
+            close_with(&conn, CLOSE_NORMAL, reason);
+        }
+        if tokio::time::timeout(core.config.close_timeout, core.endpoint.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!("iroh endpoint close timed out; peers will notice by idle timeout");
+        }
+        tracing::info!(id = %self.inner.id.short(), reason, "iroh provider closed");
+    }
+}
