@@ -68,7 +68,12 @@ impl IrohConnection {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        connection_error(e, local.as_deref())
+        match local {
+            // We closed it (or our provider did): whatever QUIC reports
+            // after that, the caller's answer is our reason.
+            Some(reason) => Error::closed(reason),
+            None => connection_error(e, None),
+        }
     }
 }
 
