@@ -22,6 +22,7 @@
 
 use std::fmt;
 
+pub mod alloc;
 pub mod groups;
 
 /// One measured figure.

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use iroh::endpoint::{IdleTimeout, QuicTransportConfig, VarInt};
 use p2p_core::PeerId;
 
 /// Where the provider may reach beyond the local network.
@@ -158,6 +159,28 @@ impl IrohConfig {
         self.receive_window = receive;
         self.send_window = send;
         self
+    }
+
+    /// The QUIC transport settings this config gives an endpoint: the
+    /// windows, stream limits, idle timeout and keep-alive. Public so that a
+    /// raw iroh endpoint can be built with exactly the provider's settings
+    /// (the `transport` benchmark does).
+    pub fn quic_transport_config(&self) -> p2p_core::Result<QuicTransportConfig> {
+        let idle: IdleTimeout = self
+            .idle_timeout
+            .try_into()
+            .map_err(|_| p2p_core::Error::invalid("idle_timeout", "too large"))?;
+        let keep_alive = (self.idle_timeout / 3).min(Duration::from_secs(5));
+        Ok(QuicTransportConfig::builder()
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.receive_window))
+            .send_window(self.send_window)
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_streams))
+            // One inbound uni stream: the welcome. The SDK uses no others.
+            .max_concurrent_uni_streams(VarInt::from_u32(1))
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(keep_alive)
+            .build())
     }
 
     pub(crate) fn validate(&self) -> p2p_core::Result<()> {

@@ -3,12 +3,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use iroh::endpoint::{
     self, ConnectError, ConnectWithOptsError, ConnectingError, ConnectionError, Incoming,
-    PortmapperConfig, QuicTransportConfig, VarInt, WeakConnectionHandle, presets,
+    PortmapperConfig, WeakConnectionHandle, presets,
 };
 use iroh::{Endpoint, NetReportConfig, RelayMode, RelayUrl};
 use iroh_mdns_address_lookup::MdnsAddressLookup;
@@ -261,21 +260,7 @@ impl IrohProvider {
 }
 
 async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> {
-    let idle: endpoint::IdleTimeout = config
-        .idle_timeout
-        .try_into()
-        .map_err(|_| Error::invalid("idle_timeout", "too large"))?;
-    let keep_alive = (config.idle_timeout / 3).min(Duration::from_secs(5));
-    let transport = QuicTransportConfig::builder()
-        .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
-        .receive_window(VarInt::from_u32(config.receive_window))
-        .send_window(config.send_window)
-        .max_concurrent_bidi_streams(VarInt::from_u32(config.max_concurrent_streams))
-        // One inbound uni stream: the welcome. The SDK uses no others.
-        .max_concurrent_uni_streams(VarInt::from_u32(1))
-        .max_idle_timeout(Some(idle))
-        .keep_alive_interval(keep_alive)
-        .build();
+    let transport = config.quic_transport_config()?;
     let mut b = match config.connectivity {
         Connectivity::N0Relays => Endpoint::builder(presets::N0),
         _ => Endpoint::builder(presets::Minimal),

@@ -540,12 +540,12 @@ fn spawn_instance(
 // Replaces whatever `spec.name` holds with a fresh, supervised instance.
 fn start_locked(shared: &Arc<Shared>, table: &mut Table, spec: AppSpec) -> Result<AppStatus> {
     let name = spec.name.clone();
-    if let Some(entry) = table.apps.get(&name) {
-        if entry.status.state.is_live() {
-            return Err(Error::AlreadyExists {
-                what: format!("app {name} ({:?})", entry.status.state),
-            });
-        }
+    if let Some(entry) = table.apps.get(&name)
+        && entry.status.state.is_live()
+    {
+        return Err(Error::AlreadyExists {
+            what: format!("app {name} ({:?})", entry.status.state),
+        });
     }
     let epoch = table.new_epoch();
     let rng = ChaCha8Rng::seed_from_u64(table.rng.next_u64());
@@ -987,10 +987,10 @@ impl HealthChecker for SimHealthChecker {
                 target.name, entry.status.state
             ));
         };
-        if let Some(pid) = target.pid {
-            if entry.status.pid != Some(pid) {
-                return HealthOutcome::Unhealthy(format!("pid {pid} is not running"));
-            }
+        if let Some(pid) = target.pid
+            && entry.status.pid != Some(pid)
+        {
+            return HealthOutcome::Unhealthy(format!("pid {pid} is not running"));
         }
         instance
             .script

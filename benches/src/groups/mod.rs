@@ -2,6 +2,7 @@
 //! figures; [`ALL`] lists them for `bench-report`.
 
 pub mod sim;
+pub mod transport;
 
 use crate::Figure;
 
@@ -16,8 +17,15 @@ pub struct Group {
 }
 
 /// Every group, in the order `bench-report` runs them.
-pub const ALL: &[Group] = &[Group {
-    name: "sim",
-    about: "simulated seconds per wall second for a 100-node fleet under the bandwidth model",
-    run: sim::run,
-}];
+pub const ALL: &[Group] = &[
+    Group {
+        name: "sim",
+        about: "simulated seconds per wall second for a 100-node fleet under the bandwidth model",
+        run: sim::run,
+    },
+    Group {
+        name: "transport",
+        about: "256 MiB over one stream, connect time and idle memory: SDK vs raw library vs TCP",
+        run: transport::run,
+    },
+];

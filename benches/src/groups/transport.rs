@@ -1,0 +1,283 @@
+//! Group `transport`: what the SDK's transports cost over the raw libraries.
+//!
+//! For iroh, on loopback in one process:
+//!
+//! - `iroh_sdk_stream`: 256 MiB over one stream through `IrohProvider`
+//!   (`Provider::connect`, `Connection::open_bi`, boxed tokio streams),
+//!   against the same transfer through a raw iroh endpoint and stream with
+//!   the same QUIC settings (the baseline). Target: ratio >= 0.9.
+//! - `iroh_raw_stream`: the raw iroh transfer, against a plain tokio TCP
+//!   socket copy of the same bytes (what QUIC in user space costs).
+//! - `iroh_connect_p50`: median time of 100 `Provider::connect` calls (QUIC
+//!   handshake plus the SDK's welcome), against raw iroh `Endpoint::connect`.
+//! - `iroh_idle_conn_heap`: live heap bytes per idle connection, both ends
+//!   counted (both are in this process), over 200 connections.
+//!
+//! Each throughput figure is the median of three runs, interleaved so that
+//! background noise hits all of them alike.
+
+#![allow(clippy::disallowed_methods)] // benchmarks measure wall time
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iroh::endpoint::presets;
+use iroh::{Endpoint, RelayMode, SecretKey};
+use p2p_core::{NodeKey, Provider};
+use p2p_iroh::{ALPN, IrohConfig, IrohProvider};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::Figure;
+
+const TOTAL: usize = 256 * 1024 * 1024;
+const CHUNK: usize = 1024 * 1024;
+const RUNS: usize = 5;
+const CONNECTS: usize = 100;
+const IDLE_CONNS: usize = 200;
+
+/// Runs the group.
+pub fn run() -> Vec<Figure> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run_async())
+}
+
+async fn run_async() -> Vec<Figure> {
+    let mut sdk = Vec::new();
+    let mut raw = Vec::new();
+    let mut tcp = Vec::new();
+    for _ in 0..RUNS {
+        sdk.push(sdk_throughput().await);
+        raw.push(raw_throughput().await);
+        tcp.push(tcp_throughput().await);
+    }
+    let (sdk, raw, tcp) = (median(sdk), median(raw), median(tcp));
+    let (sdk_connect, raw_connect) = connect_times().await;
+    let idle = idle_heap_per_connection().await;
+    let mut figures = vec![
+        Figure::new("transport", "iroh_sdk_stream", sdk, "MiB/s")
+            .target(">= 0.9 x raw iroh")
+            .baseline(raw, "MiB/s raw iroh stream"),
+        Figure::new("transport", "iroh_raw_stream", raw, "MiB/s")
+            .baseline(tcp, "MiB/s tokio TCP copy"),
+        Figure::new(
+            "transport",
+            "iroh_connect_p50",
+            sdk_connect.as_secs_f64() * 1e3,
+            "ms",
+        )
+        .baseline(raw_connect.as_secs_f64() * 1e3, "ms raw iroh connect"),
+    ];
+    figures.push(Figure::new(
+        "transport",
+        "iroh_idle_conn_heap",
+        idle / 1024.0,
+        "KiB per connection (both ends)",
+    ));
+    figures
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn mib_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64().max(1e-9)
+}
+
+/// Writes [`TOTAL`] bytes and finishes the stream.
+async fn send_all(mut w: impl AsyncWrite + Unpin) {
+    let buf = vec![0xa5u8; CHUNK];
+    let mut sent = 0;
+    while sent < TOTAL {
+        w.write_all(&buf).await.expect("write");
+        sent += CHUNK;
+    }
+    w.shutdown().await.expect("finish");
+}
+
+/// Reads to end of stream; returns the byte count.
+async fn recv_all(mut r: impl AsyncRead + Unpin) -> usize {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await.expect("read");
+        if n == 0 {
+            return total;
+        }
+        total += n;
+    }
+}
+
+fn key(n: u8) -> NodeKey {
+    NodeKey::from_seed([n; 32])
+}
+
+async fn sdk_pair() -> (IrohProvider, IrohProvider) {
+    let a = IrohProvider::bind(&key(1), IrohConfig::loopback())
+        .await
+        .expect("bind");
+    let b = IrohProvider::bind(&key(2), IrohConfig::loopback())
+        .await
+        .expect("bind");
+    (a, b)
+}
+
+async fn sdk_throughput() -> f64 {
+    let (a, b) = sdk_pair().await;
+    let mut l = b.listen().await.expect("listen");
+    let addr = b.local_addr();
+    let (ab, ba) = tokio::join!(a.connect(&addr), l.accept());
+    let (ab, ba) = (ab.expect("connect"), ba.expect("accept"));
+    let started = Instant::now();
+    let sender = async {
+        let (s, _r) = ab.open_bi().await.expect("open_bi");
+        send_all(s).await;
+    };
+    let receiver = async {
+        let (_s, r) = ba.accept_bi().await.expect("accept_bi");
+        recv_all(r).await
+    };
+    let ((), got) = tokio::join!(sender, receiver);
+    let elapsed = started.elapsed();
+    assert_eq!(got, TOTAL);
+    a.close("bench done").await;
+    b.close("bench done").await;
+    mib_per_s(TOTAL, elapsed)
+}
+
+/// A raw iroh endpoint on loopback with the QUIC settings `IrohProvider`
+/// uses by default.
+async fn raw_endpoint(n: u8) -> Endpoint {
+    let transport = IrohConfig::loopback()
+        .quic_transport_config()
+        .expect("default QUIC settings");
+    Endpoint::builder(presets::Minimal)
+        .relay_mode(RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind addr")
+        .secret_key(SecretKey::from_bytes(&[n; 32]))
+        .alpns(vec![ALPN.to_vec()])
+        .transport_config(transport)
+        .bind()
+        .await
+        .expect("bind raw endpoint")
+}
+
+fn raw_addr(ep: &Endpoint) -> iroh::EndpointAddr {
+    iroh::EndpointAddr::new(ep.id()).with_ip_addr(ep.bound_sockets()[0])
+}
+
+async fn raw_connect(
+    a: &Endpoint,
+    b: &Endpoint,
+) -> (iroh::endpoint::Connection, iroh::endpoint::Connection) {
+    let addr = raw_addr(b);
+    let (c, d) = tokio::join!(a.connect(addr, ALPN), async {
+        b.accept()
+            .await
+            .expect("incoming")
+            .accept()
+            .expect("accepting")
+            .await
+    });
+    (c.expect("raw connect"), d.expect("raw accept"))
+}
+
+async fn raw_throughput() -> f64 {
+    let (a, b) = (raw_endpoint(3).await, raw_endpoint(4).await);
+    let (ab, ba) = raw_connect(&a, &b).await;
+    let started = Instant::now();
+    let sender = async {
+        let (s, _r) = ab.open_bi().await.expect("open_bi");
+        send_all(s).await;
+    };
+    let receiver = async {
+        let (_s, r) = ba.accept_bi().await.expect("accept_bi");
+        recv_all(r).await
+    };
+    let ((), got) = tokio::join!(sender, receiver);
+    let elapsed = started.elapsed();
+    assert_eq!(got, TOTAL);
+    ab.close(0u32.into(), b"done");
+    a.close().await;
+    b.close().await;
+    mib_per_s(TOTAL, elapsed)
+}
+
+async fn tcp_throughput() -> f64 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind tcp");
+    let addr = l.local_addr().expect("addr");
+    let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+    let (c, (s, _)) = (c.expect("tcp connect"), s.expect("tcp accept"));
+    let started = Instant::now();
+    let ((), got) = tokio::join!(send_all(c), recv_all(s));
+    let elapsed = started.elapsed();
+    assert_eq!(got, TOTAL);
+    mib_per_s(TOTAL, elapsed)
+}
+
+/// Median connect time through the SDK and through raw iroh.
+async fn connect_times() -> (Duration, Duration) {
+    let (a, b) = sdk_pair().await;
+    let mut l = b.listen().await.expect("listen");
+    let addr = b.local_addr();
+    let mut sdk = Vec::with_capacity(CONNECTS);
+    for _ in 0..CONNECTS {
+        let started = Instant::now();
+        let (c, d) = tokio::join!(a.connect(&addr), l.accept());
+        sdk.push(started.elapsed());
+        let c = c.expect("connect");
+        drop(d.expect("accept"));
+        c.close("next").await;
+    }
+    a.close("bench done").await;
+    b.close("bench done").await;
+
+    let (a, b) = (raw_endpoint(5).await, raw_endpoint(6).await);
+    let mut raw = Vec::with_capacity(CONNECTS);
+    for _ in 0..CONNECTS {
+        let started = Instant::now();
+        let (c, _d) = raw_connect(&a, &b).await;
+        raw.push(started.elapsed());
+        c.close(0u32.into(), b"next");
+    }
+    a.close().await;
+    b.close().await;
+    sdk.sort();
+    raw.sort();
+    (sdk[CONNECTS / 2], raw[CONNECTS / 2])
+}
+
+/// Heap bytes per idle SDK connection.
+async fn idle_heap_per_connection() -> f64 {
+    let (a, b) = sdk_pair().await;
+    let a = Arc::new(a);
+    let mut l = b.listen().await.expect("listen");
+    let addr = b.local_addr();
+    // One connection first, so that per-endpoint state is already there.
+    let (c, d) = tokio::join!(a.connect(&addr), l.accept());
+    let mut keep = vec![(c.expect("connect"), d.expect("accept"))];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = crate::alloc::live_bytes();
+    for _ in 0..IDLE_CONNS {
+        let (c, d) = tokio::join!(a.connect(&addr), l.accept());
+        keep.push((c.expect("connect"), d.expect("accept")));
+    }
+    // Let handshakes settle and buffers drain.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = crate::alloc::live_bytes();
+    let per = after.saturating_sub(before) as f64 / IDLE_CONNS as f64;
+    drop(keep);
+    a.close("bench done").await;
+    b.close("bench done").await;
+    per
+}
