@@ -114,6 +114,22 @@ async fn recv_all(mut r: impl AsyncRead + Unpin) -> usize {
     }
 }
 
+/// Moves [`TOTAL`] bytes from the stream `open` gives to the one `accept`
+/// gives; MiB/s from the first write to the reader's end of stream.
+async fn timed_transfer<W, R>(open: impl Future<Output = W>, accept: impl Future<Output = R>) -> f64
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let started = Instant::now();
+    let ((), got) = tokio::join!(async { send_all(open.await).await }, async {
+        recv_all(accept.await).await
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(got, TOTAL, "receiver got a different byte count");
+    mib_per_s(TOTAL, elapsed)
+}
+
 fn key(n: u8) -> NodeKey {
     NodeKey::from_seed([n; 32])
 }
@@ -134,21 +150,13 @@ async fn sdk_throughput() -> f64 {
     let addr = b.local_addr();
     let (ab, ba) = tokio::join!(a.connect(&addr), l.accept());
     let (ab, ba) = (ab.expect("connect"), ba.expect("accept"));
-    let started = Instant::now();
-    let sender = async {
-        let (s, _r) = ab.open_bi().await.expect("open_bi");
-        send_all(s).await;
-    };
-    let receiver = async {
-        let (_s, r) = ba.accept_bi().await.expect("accept_bi");
-        recv_all(r).await
-    };
-    let ((), got) = tokio::join!(sender, receiver);
-    let elapsed = started.elapsed();
-    assert_eq!(got, TOTAL);
+    let speed = timed_transfer(async { ab.open_bi().await.expect("open_bi").0 }, async {
+        ba.accept_bi().await.expect("accept_bi").1
+    })
+    .await;
     a.close("bench done").await;
     b.close("bench done").await;
-    mib_per_s(TOTAL, elapsed)
+    speed
 }
 
 /// A raw iroh endpoint on loopback with the QUIC settings `IrohProvider`
@@ -193,22 +201,14 @@ async fn raw_connect(
 async fn raw_throughput() -> f64 {
     let (a, b) = (raw_endpoint(3).await, raw_endpoint(4).await);
     let (ab, ba) = raw_connect(&a, &b).await;
-    let started = Instant::now();
-    let sender = async {
-        let (s, _r) = ab.open_bi().await.expect("open_bi");
-        send_all(s).await;
-    };
-    let receiver = async {
-        let (_s, r) = ba.accept_bi().await.expect("accept_bi");
-        recv_all(r).await
-    };
-    let ((), got) = tokio::join!(sender, receiver);
-    let elapsed = started.elapsed();
-    assert_eq!(got, TOTAL);
+    let speed = timed_transfer(async { ab.open_bi().await.expect("open_bi").0 }, async {
+        ba.accept_bi().await.expect("accept_bi").1
+    })
+    .await;
     ab.close(0u32.into(), b"done");
     a.close().await;
     b.close().await;
-    mib_per_s(TOTAL, elapsed)
+    speed
 }
 
 async fn tcp_throughput() -> f64 {
