@@ -166,6 +166,13 @@ impl IrohConfig {
     /// raw iroh endpoint can be built with exactly the provider's settings
     /// (the `transport` benchmark does).
     pub fn quic_transport_config(&self) -> p2p_core::Result<QuicTransportConfig> {
+        self.quic_transport_config_with_uni(1)
+    }
+
+    pub(crate) fn quic_transport_config_with_uni(
+        &self,
+        uni_streams: u32,
+    ) -> p2p_core::Result<QuicTransportConfig> {
         let idle: IdleTimeout = self
             .idle_timeout
             .try_into()
@@ -176,8 +183,9 @@ impl IrohConfig {
             .receive_window(VarInt::from_u32(self.receive_window))
             .send_window(self.send_window)
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_streams))
-            // One inbound uni stream: the welcome. The SDK uses no others.
-            .max_concurrent_uni_streams(VarInt::from_u32(1))
+            // The dialer takes one inbound uni stream, the welcome; the
+            // accepting side takes none. The SDK uses no others.
+            .max_concurrent_uni_streams(VarInt::from_u32(uni_streams))
             .max_idle_timeout(Some(idle))
             .keep_alive_interval(keep_alive)
             .build())

@@ -11,14 +11,13 @@ use p2p_core::{Discovered, PeerAddr, PeerId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Updates a subscriber may fall behind by before it misses some (it sees
-/// them again when the peer re-announces).
-const SUBSCRIBER_BUFFER: usize = 256;
-
 #[derive(Default)]
 struct Book {
     known: BTreeMap<PeerId, PeerAddr>,
-    subscribers: Vec<mpsc::Sender<PeerAddr>>,
+    /// Unbounded: updates come only when a peer appears or changes its
+    /// addresses, and mDNS does not repeat an unchanged one, so a dropped
+    /// update would be lost for good.
+    subscribers: Vec<mpsc::UnboundedSender<PeerAddr>>,
     closed: bool,
 }
 
@@ -40,14 +39,7 @@ impl PeerBook {
             return;
         }
         book.known.insert(addr.id, addr.clone());
-        book.subscribers.retain(|tx| match tx.try_send(addr.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!(peer = %addr.id.short(), "discovery subscriber lagging; update dropped");
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        book.subscribers.retain(|tx| tx.send(addr.clone()).is_ok());
     }
 
     /// Forgets a peer that stopped announcing itself.
@@ -59,7 +51,7 @@ impl PeerBook {
     /// off nothing is ever seen, so it stays pending until [`close`].
     pub(crate) fn subscribe(&self) -> Discovered {
         let mut book = self.lock();
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let (tx, rx) = mpsc::unbounded_channel();
         let snapshot: Vec<PeerAddr> = book.known.values().cloned().collect();
         if !book.closed {
             book.subscribers.push(tx);
@@ -77,7 +69,9 @@ impl PeerBook {
     }
 }
 
-fn tokio_stream_from(mut rx: mpsc::Receiver<PeerAddr>) -> impl futures::Stream<Item = PeerAddr> {
+fn tokio_stream_from(
+    mut rx: mpsc::UnboundedReceiver<PeerAddr>,
+) -> impl futures::Stream<Item = PeerAddr> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use iroh::endpoint::{
-    self, ConnectError, ConnectWithOptsError, ConnectingError, ConnectionError, Incoming,
-    PortmapperConfig, WeakConnectionHandle, presets,
+    self, ConnectError, ConnectOptions, ConnectWithOptsError, ConnectingError, ConnectionError,
+    Incoming, PortmapperConfig, QuicTransportConfig, WeakConnectionHandle, presets,
 };
 use iroh::{Endpoint, NetReportConfig, RelayMode, RelayUrl};
 use iroh_mdns_address_lookup::MdnsAddressLookup;
@@ -51,35 +51,63 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Connections of this provider, so that `close` can give each a reason.
+/// Every connection is registered right after its handshake, on both
+/// sides; once the provider closes, a connection registered late is closed
+/// at once with the provider's reason.
 #[derive(Default)]
 struct Registry {
     conns: BTreeMap<usize, (WeakConnectionHandle, ReasonSlot)>,
+    closed: Option<String>,
 }
 
 impl Registry {
-    fn track(&mut self, conn: &endpoint::Connection, slot: ReasonSlot) {
+    /// Registers `conn`, or returns the provider's close reason.
+    fn track(&mut self, conn: &endpoint::Connection, slot: ReasonSlot) -> Option<String> {
+        if let Some(reason) = &self.closed {
+            return Some(reason.clone());
+        }
         self.conns
             .retain(|_, (weak, _)| weak.upgrade().is_some_and(|c| c.close_reason().is_none()));
         self.conns
             .insert(conn.stable_id(), (conn.weak_handle(), slot));
+        None
     }
 
-    fn live(&mut self) -> Vec<(endpoint::Connection, ReasonSlot)> {
+    /// Marks the provider closed and returns the connections still open.
+    fn close(&mut self, reason: &str) -> Vec<(endpoint::Connection, ReasonSlot)> {
+        self.closed = Some(reason.to_string());
         std::mem::take(&mut self.conns)
             .into_values()
             .filter_map(|(weak, slot)| weak.upgrade().map(|c| (c, slot)))
+            .filter(|(c, _)| c.close_reason().is_none())
             .collect()
     }
 }
+
+/// Closes `conns` with `reason`, recording it as their local reason.
+fn close_all(conns: Vec<(endpoint::Connection, ReasonSlot)>, reason: &str) {
+    for (conn, slot) in conns {
+        lock(&slot).get_or_insert_with(|| reason.to_string());
+        close_with(&conn, CLOSE_NORMAL, reason);
+    }
+}
+
+/// The listener's side of the hand-over: a connection is sent only while
+/// `open` is true, checked under the lock that the listener's drop takes,
+/// so no connection lands in a queue nobody reads.
+type Gate = Arc<Mutex<bool>>;
 
 /// State shared by the provider handle and its background tasks.
 struct Core {
     endpoint: Endpoint,
     config: IrohConfig,
-    listener: Mutex<Option<mpsc::Sender<IrohConnection>>>,
+    listener: Mutex<Option<(mpsc::Sender<IrohConnection>, Gate)>>,
     registry: Mutex<Registry>,
     stop: CancellationToken,
     close_reason: ReasonSlot,
+    /// QUIC settings for dialing: like the endpoint's, but accepting the
+    /// one unidirectional stream that carries the welcome.
+    dial_transport: QuicTransportConfig,
 }
 
 impl Core {
@@ -91,10 +119,41 @@ impl Core {
         )
     }
 
-    fn wrap(&self, conn: endpoint::Connection) -> IrohConnection {
+    /// Wraps and registers a connection that just finished its handshake;
+    /// fails (closing it) when the provider is closed.
+    fn wrap(&self, conn: endpoint::Connection) -> Result<IrohConnection> {
         let c = IrohConnection::new(conn);
-        lock(&self.registry).track(c.inner(), c.reason_slot());
-        c
+        let refused = lock(&self.registry).track(c.inner(), c.reason_slot());
+        match refused {
+            None => Ok(c),
+            Some(reason) => {
+                close_all(vec![(c.inner().clone(), c.reason_slot())], &reason);
+                Err(Error::closed(reason))
+            }
+        }
+    }
+
+    /// The live listener's sender and gate, if there is one.
+    fn live_listener(&self) -> Option<(mpsc::Sender<IrohConnection>, Gate)> {
+        lock(&self.listener)
+            .clone()
+            .filter(|(tx, gate)| !tx.is_closed() && *lock(gate))
+    }
+
+    /// Closes the endpoint in a task of its own and waits for it at most
+    /// `close_timeout`: dropping iroh's close future half way would leave
+    /// its actors running.
+    async fn close_endpoint(&self) {
+        let ep = self.endpoint.clone();
+        let closing = tokio::spawn(async move { ep.close().await });
+        if tokio::time::timeout(self.config.close_timeout, closing)
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                "iroh endpoint still draining after close_timeout; peers that did not acknowledge notice by idle timeout"
+            );
+        }
     }
 }
 
@@ -123,6 +182,15 @@ impl Drop for Handle {
         self.book.close();
         for t in &self.tasks {
             t.abort();
+        }
+        // Dropped without `close`: still tell peers and release the socket.
+        if !self.core.endpoint.is_closed() {
+            let live = lock(&self.core.registry).close("node shut down");
+            close_all(live, "node shut down");
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let ep = self.core.endpoint.clone();
+                rt.spawn(async move { ep.close().await });
+            }
         }
     }
 }
@@ -155,6 +223,7 @@ impl IrohProvider {
             registry: Mutex::new(Registry::default()),
             stop: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
+            dial_transport: config.quic_transport_config()?,
         });
         let mut tasks = vec![tokio::spawn(accept_loop(core.clone()))];
         let mdns = if config.mdns {
@@ -238,13 +307,18 @@ impl IrohProvider {
         }
         let who = peer.id.short();
         let limit = core.config.connect_timeout;
+        let options = ConnectOptions::new().with_transport_config(core.dial_transport.clone());
         let attempt = async {
-            let conn = core
+            let connecting = core
                 .endpoint
-                .connect(addr, ALPN)
+                .connect_with_opts(addr, ALPN, options)
                 .await
-                .map_err(|e| connect_error(e, &who))?;
-            await_welcome(&conn, &who).await?;
+                .map_err(|e| connect_error(e.into(), &who))?;
+            let conn = connecting
+                .await
+                .map_err(|e| connect_error(e.into(), &who))?;
+            let conn = core.wrap(conn)?;
+            await_welcome(conn.inner(), &who).await?;
             Ok::<_, Error>(conn)
         };
         let conn = tokio::select! {
@@ -255,12 +329,13 @@ impl IrohProvider {
                 Err(_) => return Err(Error::timeout(format!("connecting to peer {who}"), limit)),
             },
         };
-        Ok(core.wrap(conn))
+        Ok(conn)
     }
 }
 
 async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> {
-    let transport = config.quic_transport_config()?;
+    // Accepted connections take no unidirectional streams at all.
+    let transport = config.quic_transport_config_with_uni(0)?;
     let mut b = match config.connectivity {
         Connectivity::N0Relays => Endpoint::builder(presets::N0),
         _ => Endpoint::builder(presets::Minimal),
@@ -311,7 +386,10 @@ async fn await_welcome(conn: &endpoint::Connection, who: &str) -> Result<()> {
         .await
         .map_err(|e| match conn.close_reason() {
             Some(c) => refusal(c, who),
-            None => Error::protocol(format!("peer {who} sent a broken welcome: {e}")),
+            None => {
+                close_with(conn, CLOSE_REFUSED, "protocol error: broken welcome");
+                Error::protocol(format!("peer {who} sent a broken welcome: {e}"))
+            }
         })?;
     if msg != WELCOME {
         close_with(conn, CLOSE_REFUSED, "protocol error: bad welcome");
@@ -335,7 +413,12 @@ fn refusal(e: ConnectionError, who: &str) -> Error {
             ));
         }
     }
-    connection_error(e, None)
+    // The connection never opened for the caller: whatever ended it, the
+    // peer could not be reached as a working connection.
+    Error::unreachable(format!(
+        "peer {who} ended the connection before accepting it: {}",
+        connection_error(e, None)
+    ))
 }
 
 fn connect_error(e: ConnectError, who: &str) -> Error {
@@ -360,6 +443,10 @@ fn connect_error(e: ConnectError, who: &str) -> Error {
                 }
                 ConnectionError::TransportError(t) => Error::protocol(format!(
                     "handshake with peer {who} failed: {t} (is the peer id right?)"
+                )),
+                ConnectionError::ConnectionClosed(c) => Error::protocol(format!(
+                    "peer {who} refused the QUIC handshake: {c} (not a p2p-iroh node, or another ALPN than {:?})",
+                    String::from_utf8_lossy(ALPN)
                 )),
                 other => refusal(other, who),
             },
@@ -425,35 +512,53 @@ async fn handle_incoming(core: &Core, incoming: Incoming) {
             }
         },
     };
-    let tx = lock(&core.listener).clone().filter(|tx| !tx.is_closed());
-    let Some(tx) = tx else {
-        close_with(&conn, CLOSE_REFUSED, NOT_ACCEPTING);
-        return;
+    let Ok(conn) = core.wrap(conn) else { return };
+    // Everything from here is bounded: a dialer that never takes the
+    // welcome (no uni stream credit) must not hold a slot for long.
+    let handover = async {
+        let (permit, gate) = reserve(core).await.ok_or(NOT_ACCEPTING)?;
+        let mut uni = conn.inner().open_uni().await.map_err(|_| "closed")?;
+        uni.write_all(WELCOME).await.map_err(|_| "closed")?;
+        uni.finish().map_err(|_| "closed")?;
+        Ok::<_, &'static str>((permit, gate))
     };
-    let slot = tokio::select! {
+    let outcome = tokio::select! {
         biased;
         _ = core.stop.cancelled() => return,
-        s = tx.reserve_owned() => s,
+        r = tokio::time::timeout(limit, handover) => r.unwrap_or(Err("welcome timed out")),
     };
-    let Ok(slot) = slot else {
-        close_with(&conn, CLOSE_REFUSED, NOT_ACCEPTING);
-        return;
-    };
-    let welcomed = async {
-        let mut uni = conn.open_uni().await.ok()?;
-        uni.write_all(WELCOME).await.ok()?;
-        uni.finish().ok()
-    };
-    if welcomed.await.is_none() {
-        tracing::debug!(%from, "inbound connection closed before the welcome");
-        return;
+    match outcome {
+        Ok((permit, gate)) => {
+            let open = lock(&gate);
+            if *open {
+                permit.send(conn);
+            } else {
+                close_with(conn.inner(), CLOSE_REFUSED, NOT_ACCEPTING);
+            }
+        }
+        Err(why) => {
+            tracing::debug!(%from, why, "inbound connection not handed to a listener");
+            close_with(conn.inner(), CLOSE_REFUSED, why);
+        }
     }
-    slot.send(core.wrap(conn));
+}
+
+/// A slot in the live listener's queue. Tries twice, so that a listener
+/// replaced while we waited is still found.
+async fn reserve(core: &Core) -> Option<(mpsc::OwnedPermit<IrohConnection>, Gate)> {
+    for _ in 0..2 {
+        let (tx, gate) = core.live_listener()?;
+        if let Ok(permit) = tx.reserve_owned().await {
+            return Some((permit, gate));
+        }
+    }
+    None
 }
 
 /// Inbound connections of an [`IrohProvider`].
 pub struct IrohListener {
     rx: mpsc::Receiver<IrohConnection>,
+    gate: Gate,
     core: Arc<Core>,
 }
 
@@ -479,6 +584,8 @@ impl Listener for IrohListener {
 
 impl Drop for IrohListener {
     fn drop(&mut self) {
+        let mut open = lock(&self.gate);
+        *open = false;
         self.rx.close();
         while let Ok(c) = self.rx.try_recv() {
             close_with(c.inner(), CLOSE_REFUSED, NOT_ACCEPTING);
@@ -521,16 +628,17 @@ impl Provider for IrohProvider {
         if core.stop.is_cancelled() {
             return Err(core.closed_error());
         }
-        let mut slot = lock(&core.listener);
-        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
+        if core.live_listener().is_some() {
             return Err(Error::AlreadyExists {
                 what: "a listener on this iroh provider".to_string(),
             });
         }
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        *slot = Some(tx);
+        let gate: Gate = Arc::new(Mutex::new(true));
+        *lock(&core.listener) = Some((tx, gate.clone()));
         Ok(Box::new(IrohListener {
             rx,
+            gate,
             core: core.clone(),
         }))
     }
@@ -551,17 +659,9 @@ impl Provider for IrohProvider {
         core.stop.cancel();
         self.inner.book.close();
         lock(&core.listener).take();
-        let live = lock(&core.registry).live();
-        for (conn, slot) in live {
-            lock(&slot).get_or_insert_with(|| reason.to_string());
-            close_with(&conn, CLOSE_NORMAL, reason);
-        }
-        if tokio::time::timeout(core.config.close_timeout, core.endpoint.close())
-            .await
-            .is_err()
-        {
-            tracing::debug!("iroh endpoint close timed out; peers will notice by idle timeout");
-        }
+        let live = lock(&core.registry).close(reason);
+        close_all(live, reason);
+        core.close_endpoint().await;
         tracing::info!(id = %self.inner.id.short(), reason, "iroh provider closed");
     }
 }

@@ -277,3 +277,89 @@ async fn with_discovery_off_the_stream_waits_then_ends_on_close() {
     let end = timeout(STEP, d.next()).await.unwrap();
     assert!(end.is_none(), "stream must end when the provider closes");
 }
+
+/// A dialer that never takes the welcome (it grants no stream credit) is
+/// cut off after the connect timeout and cannot block other peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_refusing_the_welcome_cannot_block_the_acceptor() {
+    use iroh::endpoint::{QuicTransportConfig, VarInt, presets};
+    let mut c = cfg().connect_timeout(Duration::from_secs(2));
+    c.max_pending_handshakes = 2;
+    let b = node_with(2, c).await;
+    let mut bl = b.listen().await.unwrap();
+    let evil = iroh::Endpoint::builder(presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .unwrap()
+        .secret_key(iroh::SecretKey::from_bytes(&[0xee; 32]))
+        .transport_config(
+            QuicTransportConfig::builder()
+                .max_concurrent_uni_streams(VarInt::from_u32(0))
+                .build(),
+        )
+        .bind()
+        .await
+        .unwrap();
+    let target = p2p_iroh::addr::to_endpoint_addr(&b.local_addr()).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(evil.connect(target.clone(), p2p_iroh::ALPN).await.unwrap());
+    }
+    // A good peer still gets in, once the stalled hand-overs time out.
+    let good = node(3).await;
+    let addr = b.local_addr();
+    let (c, a) = timeout(STEP, async {
+        tokio::join!(good.connect(&addr), bl.accept())
+    })
+    .await
+    .unwrap();
+    c.unwrap();
+    assert_eq!(a.unwrap().remote_id(), good.local_id());
+    for conn in &held {
+        let e = timeout(STEP, conn.closed()).await.unwrap();
+        assert!(e.to_string().contains("welcome timed out"), "{e}");
+    }
+    evil.close().await;
+}
+
+/// Dropping a provider without `close` still tells its peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_provider_closes_its_connections_with_a_reason() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut bl = b.listen().await.unwrap();
+    let addr = b.local_addr();
+    let (ab, ba) = timeout(STEP, async { tokio::join!(a.connect(&addr), bl.accept()) })
+        .await
+        .unwrap();
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    // The connection handle outlives the provider: only the provider's
+    // drop can have closed it.
+    drop(a);
+    match timeout(STEP, ba.accept_bi()).await.unwrap() {
+        Err(Error::Closed { reason }) => assert!(reason.contains("shut down"), "{reason}"),
+        other => panic!("expected Closed, got {:?}", other.map(|_| ())),
+    }
+    assert!(!ab.is_connected());
+}
+
+/// The contract: when the last handle to a connection (and its streams) is
+/// dropped, the connection closes and the peer notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_connection_handle_closes_it() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut bl = b.listen().await.unwrap();
+    let addr = b.local_addr();
+    let (ab, ba) = timeout(STEP, async { tokio::join!(a.connect(&addr), bl.accept()) })
+        .await
+        .unwrap();
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    drop(ab);
+    let r = timeout(STEP, ba.accept_bi()).await.unwrap();
+    assert!(
+        matches!(r, Err(Error::Closed { .. })),
+        "peer must see the close"
+    );
+}
