@@ -47,7 +47,7 @@
 //! | `connectivity` | `LocalOnly` | relays and lookups, above |
 //! | `mdns`, `mdns_service` | on, `p2p-deploy` | LAN discovery; only nodes with the same service name see each other |
 //! | `allow_list` | none | peers allowed both ways, enforced in endpoint hooks |
-//! | `connect_timeout` | 10 s | bound on `connect`: handshake plus welcome |
+//! | `connect_timeout` | 10 s | bound on `connect` (handshake plus welcome), and on an inbound hand-over |
 //! | `idle_timeout` | 30 s | keep-alives every third of it (at most 5 s) |
 //! | `stream_receive_window` | 2 MiB | per stream; keeps one stream at 1 Gbit/s up to 16 ms RTT |
 //! | `receive_window`, `send_window` | 16 MiB | per connection |
@@ -89,7 +89,9 @@
 //! handed the connection to a listener, which it signals with a short
 //! welcome on a unidirectional stream. So a refusal is an error from
 //! `connect` (`Denied`, or `Unreachable` when the peer has no listener),
-//! not a connection that dies a moment later.
+//! not a connection that dies a moment later. A dialer that does not take
+//! the welcome within `connect_timeout` is disconnected, so it cannot hold
+//! one of the `max_pending_handshakes` slots for long.
 //!
 //! ## Discovery
 //!
