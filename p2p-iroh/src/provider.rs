@@ -133,6 +133,13 @@ impl Core {
         }
     }
 
+    /// Marks the provider closed and closes its open connections with
+    /// `reason`; connections registered later are refused with it.
+    fn close_connections(&self, reason: &str) {
+        let live = lock(&self.registry).close(reason);
+        close_all(live, reason);
+    }
+
     /// The live listener's sender and gate, if there is one.
     fn live_listener(&self) -> Option<(mpsc::Sender<IrohConnection>, Gate)> {
         lock(&self.listener)
@@ -185,8 +192,7 @@ impl Drop for Handle {
         }
         // Dropped without `close`: still tell peers and release the socket.
         if !self.core.endpoint.is_closed() {
-            let live = lock(&self.core.registry).close("node shut down");
-            close_all(live, "node shut down");
+            self.core.close_connections("node shut down");
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let ep = self.core.endpoint.clone();
                 rt.spawn(async move { ep.close().await });
@@ -659,8 +665,7 @@ impl Provider for IrohProvider {
         core.stop.cancel();
         self.inner.book.close();
         lock(&core.listener).take();
-        let live = lock(&core.registry).close(reason);
-        close_all(live, reason);
+        core.close_connections(reason);
         core.close_endpoint().await;
         tracing::info!(id = %self.inner.id.short(), reason, "iroh provider closed");
     }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use p2p_core::{Admission, Admitted, Error, NodeKey, PeerAddr, PreSharedKey, Provider};
+use p2p_core::{
+    Admission, Admitted, Connection, Error, Listener, NodeKey, PeerAddr, PreSharedKey, Provider,
+    Result,
+};
 use p2p_iroh::{IrohConfig, IrohProvider};
 use rand::SeedableRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +31,20 @@ async fn node(n: u8) -> IrohProvider {
 
 async fn node_with(n: u8, c: IrohConfig) -> IrohProvider {
     IrohProvider::bind(&key(n), c).await.unwrap()
+}
+
+/// `from` dials `to` while `to`'s listener `l` accepts; both results.
+async fn link(
+    from: &dyn Provider,
+    to: &dyn Provider,
+    l: &mut Box<dyn Listener>,
+) -> (Result<Arc<dyn Connection>>, Result<Arc<dyn Connection>>) {
+    let addr = to.local_addr();
+    timeout(STEP, async {
+        tokio::join!(from.connect(&addr), l.accept())
+    })
+    .await
+    .expect("connect and accept within the step bound")
 }
 
 fn denied_reason<T>(r: p2p_core::Result<T>, what: &str) -> String {
@@ -63,12 +80,7 @@ async fn native_allow_list_refuses_strangers_both_ways() {
 
     // The friend gets through both ways, and the strict listener yields it
     // and nothing else.
-    let (c, a) = timeout(STEP, async {
-        let addr = strict.local_addr();
-        tokio::join!(friend.connect(&addr), strict_l.accept())
-    })
-    .await
-    .unwrap();
+    let (c, a) = link(&friend, &strict, &mut strict_l).await;
     c.unwrap();
     assert_eq!(a.unwrap().remote_id(), friend.local_id());
     let extra = timeout(Duration::from_secs(2), strict_l.accept()).await;
@@ -77,12 +89,7 @@ async fn native_allow_list_refuses_strangers_both_ways() {
         "strict listener yielded a second connection"
     );
     let mut friend_l = friend.listen().await.unwrap();
-    let (c, a) = timeout(STEP, async {
-        let addr = friend.local_addr();
-        tokio::join!(strict.connect(&addr), friend_l.accept())
-    })
-    .await
-    .unwrap();
+    let (c, a) = link(&strict, &friend, &mut friend_l).await;
     c.unwrap();
     a.unwrap();
     // The stranger's listener never saw the strict node's refused dial.
@@ -110,12 +117,7 @@ async fn native_allow_list_and_admission_wrapper_stack() {
         policy(2, 1),
     );
     let mut bl = b.listen().await.unwrap();
-    let (c, d) = timeout(STEP, async {
-        let addr = b.local_addr();
-        tokio::join!(a.connect(&addr), bl.accept())
-    })
-    .await
-    .unwrap();
+    let (c, d) = link(&a, &b, &mut bl).await;
     let (c, d) = (c.unwrap(), d.unwrap());
     let (mut s, mut r) = c.open_bi().await.unwrap();
     s.write_all(b"through both layers").await.unwrap();
@@ -139,21 +141,11 @@ async fn closing_the_provider_tells_peers_why_and_returns_promptly() {
     let b = node(2).await;
     let mut bl = b.listen().await.unwrap();
     let mut al = a.listen().await.unwrap();
-    let (ab, ba) = timeout(STEP, async {
-        let addr = b.local_addr();
-        tokio::join!(a.connect(&addr), bl.accept())
-    })
-    .await
-    .unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
     let (ab, ba) = (ab.unwrap(), ba.unwrap());
     // A second connection, the other way, with an open stream.
     let c = node(3).await;
-    let (ca, ac) = timeout(STEP, async {
-        let addr = a.local_addr();
-        tokio::join!(c.connect(&addr), al.accept())
-    })
-    .await
-    .unwrap();
+    let (ca, ac) = link(&c, &a, &mut al).await;
     let (ca, _ac) = (ca.unwrap(), ac.unwrap());
     let (mut s, _r) = ca.open_bi().await.unwrap();
     s.write_all(b"x").await.unwrap();
@@ -210,12 +202,7 @@ async fn without_a_listener_dials_are_refused_not_hung() {
     }
     drop(l);
     let mut l = b.listen().await.unwrap();
-    let (c, d) = timeout(STEP, async {
-        let addr = b.local_addr();
-        tokio::join!(a.connect(&addr), l.accept())
-    })
-    .await
-    .unwrap();
+    let (c, d) = link(&a, &b, &mut l).await;
     c.unwrap();
     d.unwrap();
 }
@@ -308,12 +295,7 @@ async fn a_dialer_refusing_the_welcome_cannot_block_the_acceptor() {
     }
     // A good peer still gets in, once the stalled hand-overs time out.
     let good = node(3).await;
-    let addr = b.local_addr();
-    let (c, a) = timeout(STEP, async {
-        tokio::join!(good.connect(&addr), bl.accept())
-    })
-    .await
-    .unwrap();
+    let (c, a) = link(&good, &b, &mut bl).await;
     c.unwrap();
     assert_eq!(a.unwrap().remote_id(), good.local_id());
     for conn in &held {
@@ -329,10 +311,7 @@ async fn dropping_the_provider_closes_its_connections_with_a_reason() {
     let a = node(1).await;
     let b = node(2).await;
     let mut bl = b.listen().await.unwrap();
-    let addr = b.local_addr();
-    let (ab, ba) = timeout(STEP, async { tokio::join!(a.connect(&addr), bl.accept()) })
-        .await
-        .unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
     let (ab, ba) = (ab.unwrap(), ba.unwrap());
     // The connection handle outlives the provider: only the provider's
     // drop can have closed it.
@@ -351,10 +330,7 @@ async fn dropping_the_last_connection_handle_closes_it() {
     let a = node(1).await;
     let b = node(2).await;
     let mut bl = b.listen().await.unwrap();
-    let addr = b.local_addr();
-    let (ab, ba) = timeout(STEP, async { tokio::join!(a.connect(&addr), bl.accept()) })
-        .await
-        .unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
     let (ab, ba) = (ab.unwrap(), ba.unwrap());
     drop(ab);
     let r = timeout(STEP, ba.accept_bi()).await.unwrap();
