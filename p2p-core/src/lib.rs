@@ -37,6 +37,7 @@ pub mod admission;
 pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod discovery;
 pub mod error;
 pub mod framing;
 pub mod id;

@@ -23,8 +23,9 @@ use crate::config::{Connectivity, IrohConfig};
 use crate::conn::{
     CLOSE_NORMAL, CLOSE_REFUSED, DENIED_PREFIX, IrohConnection, close_with, connection_error,
 };
-use crate::discovery::{PeerBook, run_mdns};
+use crate::discovery::run_mdns;
 use crate::hooks::AllowListHooks;
+use p2p_core::discovery::PeerBook;
 
 /// The one ALPN of the SDK. Which protocol a stream speaks is named at the
 /// start of the stream by p2p-core's versioned hello
