@@ -1,0 +1,242 @@
+//! [`Libp2pConfig`]: everything an embedder can set on a libp2p provider.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use p2p_core::{PeerId, PreSharedKey};
+
+/// Configuration of a [`Libp2pProvider`](crate::Libp2pProvider).
+///
+/// The defaults are for a node on a LAN: listen on an ephemeral port on
+/// all IPv4 interfaces (TCP, and QUIC on UDP), mDNS on, no pre-shared key,
+/// no allow-list.
+///
+/// ```
+/// use p2p_core::PreSharedKey;
+/// use p2p_libp2p::Libp2pConfig;
+/// let cfg = Libp2pConfig::default()
+///     .bind("0.0.0.0:4001".parse().unwrap())
+///     .psk(PreSharedKey::from_bytes([7; 32])) // TCP only from here on
+///     .mdns(false);
+/// assert!(!cfg.quic_enabled());
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Libp2pConfig {
+    /// Socket addresses to listen on: TCP at each, and QUIC on the same IP
+    /// (its own ephemeral port when the port is 0, else the same port
+    /// number on UDP) when QUIC is enabled. Empty means `0.0.0.0:0`.
+    pub bind_addrs: Vec<SocketAddr>,
+    /// Listen on and dial QUIC as well as TCP. Ignored, and QUIC stays off,
+    /// when a pre-shared key is set: see [`Libp2pConfig::quic_enabled`].
+    pub quic: bool,
+    /// The private network key. Every TCP connection starts with the pnet
+    /// handshake under this key, so a peer without it cannot complete the
+    /// transport handshake.
+    pub psk: Option<PreSharedKey>,
+    /// Find peers on the local network by mDNS and answer their queries.
+    pub mdns: bool,
+    /// When set, only these peers may connect to or be dialed by this node
+    /// (libp2p's allow-list behaviour refuses everyone else when the
+    /// connection is set up).
+    pub allow_list: Option<BTreeSet<PeerId>>,
+    /// Bound on [`Provider::connect`](p2p_core::Provider::connect): dial,
+    /// transport handshake and the peer's welcome. Also bounds the
+    /// pre-shared-key nonce exchange and an inbound hand-over.
+    pub connect_timeout: Duration,
+    /// A libp2p connection that carries no SDK connection for this long is
+    /// closed. SDK connections keep theirs open however long they are idle.
+    pub idle_timeout: Duration,
+    /// Pings go out this often on every connection; a connection whose
+    /// ping fails (no answer within the same interval) is closed, so a
+    /// vanished peer is noticed even when no data flows.
+    pub ping_interval: Duration,
+    /// Streams a peer may have open on one libp2p connection (yamux), and
+    /// streams of one SDK connection waiting in `accept_bi`.
+    pub max_concurrent_streams: usize,
+    /// Established libp2p connections per peer (simultaneous dials can
+    /// make two).
+    pub max_connections_per_peer: u32,
+    /// Established inbound libp2p connections in total.
+    pub max_incoming_connections: u32,
+    /// Inbound connections in their handshake at once.
+    pub max_pending_incoming: u32,
+    /// Inbound SDK connections accepted by the transport but not yet taken
+    /// by [`Listener::accept`](p2p_core::Listener::accept); beyond this a
+    /// dialer is told the node is busy.
+    pub accept_backlog: usize,
+    /// How long [`Provider::close`](p2p_core::Provider::close) waits for
+    /// close reasons to be sent before it drops the connections anyway.
+    pub close_timeout: Duration,
+    /// Depth of the bounded channel from provider handles to the task that
+    /// drives the libp2p swarm.
+    pub command_buffer: usize,
+}
+
+impl Default for Libp2pConfig {
+    fn default() -> Self {
+        Libp2pConfig {
+            bind_addrs: Vec::new(),
+            quic: true,
+            psk: None,
+            mdns: true,
+            allow_list: None,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(15),
+            max_concurrent_streams: 256,
+            max_connections_per_peer: 4,
+            max_incoming_connections: 1024,
+            max_pending_incoming: 128,
+            accept_backlog: 64,
+            close_timeout: Duration::from_secs(3),
+            command_buffer: 64,
+        }
+    }
+}
+
+impl Libp2pConfig {
+    /// Loopback only, mDNS off: for tests and single-machine demos.
+    pub fn loopback() -> Self {
+        Libp2pConfig::default()
+            .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .mdns(false)
+    }
+
+    /// Adds a listen address (the first call replaces the default).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind_addrs.push(addr);
+        self
+    }
+
+    /// Switches QUIC on or off (it is off anyway with a pre-shared key).
+    pub fn quic(mut self, on: bool) -> Self {
+        self.quic = on;
+        self
+    }
+
+    /// Makes this node a member of the private network of `key`.
+    pub fn psk(mut self, key: PreSharedKey) -> Self {
+        self.psk = Some(key);
+        self
+    }
+
+    /// Switches mDNS discovery on or off.
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Restricts connections both ways to `peers`.
+    pub fn allow_list(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
+        self.allow_list = Some(peers.into_iter().collect());
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Sets the idle timeout of libp2p connections without SDK connections.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Whether this config listens on and dials QUIC: only when asked for
+    /// *and* no pre-shared key is set. pnet encrypts a byte stream before
+    /// the security handshake; QUIC brings its own TLS handshake over UDP
+    /// datagrams that pnet cannot wrap, so a QUIC listener would let
+    /// anyone without the key complete a handshake. With a key the node
+    /// therefore opens no UDP socket at all.
+    pub fn quic_enabled(&self) -> bool {
+        self.quic && self.psk.is_none()
+    }
+
+    /// The bound on transport set-up (TCP or QUIC, pnet, noise, yamux):
+    /// three quarters of `connect_timeout`, leaving the rest for the
+    /// welcome, so that a failed handshake is reported as what it is
+    /// rather than as `connect` timing out.
+    pub(crate) fn setup_timeout(&self) -> Duration {
+        self.connect_timeout * 3 / 4
+    }
+
+    pub(crate) fn validate(&self) -> p2p_core::Result<()> {
+        let bad = |what: &'static str, reason: &str| Err(p2p_core::Error::invalid(what, reason));
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be more than zero");
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle_timeout", "must be more than zero");
+        }
+        if self.ping_interval < Duration::from_millis(100) {
+            return bad("ping_interval", "must be at least 100 ms");
+        }
+        if self.max_concurrent_streams == 0 {
+            return bad("max_concurrent_streams", "must be at least 1");
+        }
+        if self.max_connections_per_peer == 0 {
+            return bad("max_connections_per_peer", "must be at least 1");
+        }
+        if self.max_incoming_connections == 0 {
+            return bad("max_incoming_connections", "must be at least 1");
+        }
+        if self.max_pending_incoming == 0 {
+            return bad("max_pending_incoming", "must be at least 1");
+        }
+        if self.accept_backlog == 0 {
+            return bad("accept_backlog", "must be at least 1");
+        }
+        if self.command_buffer == 0 {
+            return bad("command_buffer", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Libp2pConfig::default();
+        c.validate().unwrap();
+        assert!(c.quic_enabled() && c.mdns && c.psk.is_none());
+        Libp2pConfig::loopback().validate().unwrap();
+    }
+
+    #[test]
+    fn a_pre_shared_key_switches_quic_off() {
+        let c = Libp2pConfig::default().psk(PreSharedKey::from_bytes([1; 32]));
+        assert!(c.quic, "the request stays recorded");
+        assert!(!c.quic_enabled(), "but QUIC must not be used with a key");
+        assert!(!Libp2pConfig::default().quic(false).quic_enabled());
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let c = Libp2pConfig {
+            max_concurrent_streams: 0,
+            ..Libp2pConfig::default()
+        };
+        let cases = [
+            (
+                Libp2pConfig::default().connect_timeout(Duration::ZERO),
+                "connect_timeout",
+            ),
+            (
+                Libp2pConfig::default().idle_timeout(Duration::ZERO),
+                "idle_timeout",
+            ),
+            (c, "max_concurrent_streams"),
+        ];
+        for (cfg, field) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! [`Libp2pProvider`]: the p2p-core [`Provider`] over a libp2p swarm.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{ConnectionId, Swarm};
+use libp2p::{Multiaddr, Stream, allow_block_list, connection_limits, mdns, ping};
+use p2p_core::discovery::PeerBook;
+use p2p_core::framing::{decode, read_frame_bytes, write_frame};
+use p2p_core::{
+    Connection, Discovered, Error, Listener, NodeKey, PeerAddr, PeerId, Provider, Result,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::addr;
+use crate::config::Libp2pConfig;
+use crate::driver::{Behaviour, Command, Driver};
+use crate::session::{
+    Gates, HEADER_LEN, Header, Io, Kind, Libp2pConnection, MAX_CONTROL_FRAME, OPEN_ATTEMPTS,
+    OpenReply, PROTOCOL, Refusal, Registry, Session, SessionEnv, SessionKey, backoff, route_data,
+    truncate,
+};
+use crate::transport::build_transport;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// State shared by provider handles, the listener and the tasks.
+struct Core {
+    local: PeerId,
+    config: Libp2pConfig,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    gates: Arc<Gates>,
+    registry: Arc<Registry>,
+    listener: Mutex<Option<mpsc::Sender<Libp2pConnection>>>,
+    /// The close reason, once closed.
+    closed: Mutex<Option<String>>,
+    stop: CancellationToken,
+    listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
+    book: PeerBook,
+    epoch: u64,
+    next_session: AtomicU64,
+}
+
+impl Core {
+    fn closed_error(&self) -> Error {
+        let reason = lock(&self.closed)
+            .clone()
+            .unwrap_or_else(|| "closed".into());
+        Error::closed(format!("the provider is closed: {reason}"))
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.stop.is_cancelled() {
+            Err(self.closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn env(&self) -> SessionEnv {
+        SessionEnv {
+            control: self.control.clone(),
+            gates: self.gates.clone(),
+            registry: Arc::downgrade(&self.registry),
+            open_timeout: self.config.connect_timeout,
+            close_timeout: self.config.close_timeout,
+            max_streams: self.config.max_concurrent_streams,
+        }
+    }
+
+    fn allowed(&self, peer: &PeerId) -> bool {
+        self.config
+            .allow_list
+            .as_ref()
+            .is_none_or(|l| l.contains(peer))
+    }
+
+    fn new_session_id(&self) -> u128 {
+        (u128::from(self.epoch) << 64)
+            | u128::from(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())
+    }
+
+    async fn is_open(&self, conn: ConnectionId) -> bool {
+        self.command(|reply| Command::IsOpen { conn, reply })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Closes everything; idempotent.
+    async fn close(&self, reason: &str) {
+        {
+            let mut closed = lock(&self.closed);
+            if closed.is_some() {
+                return;
+            }
+            *closed = Some(truncate(reason).to_string());
+        }
+        self.stop.cancel();
+        lock(&self.listener).take();
+        let sessions = self.registry.drain();
+        let local = format!(
+            "connection closed: the provider closed: {}",
+            truncate(reason)
+        );
+        futures::future::join_all(sessions.iter().map(|s| s.close(reason, local.clone()))).await;
+        let _ = tokio::time::timeout(
+            self.config.close_timeout,
+            self.command(|reply| Command::Shutdown { reply }),
+        )
+        .await;
+        self.book.close();
+    }
+}
+
+/// A p2p-core [`Provider`] over libp2p: TCP + noise + yamux, QUIC when no
+/// pre-shared key is set, pnet with one, mDNS, an allow-list and
+/// connection limits. See the [crate docs](crate) for the whole picture.
+///
+/// Cloning gives another handle to the same node. When the last handle is
+/// dropped the node closes as if [`Provider::close`] had been called.
+#[derive(Clone)]
+pub struct Libp2pProvider {
+    core: Arc<Core>,
+    _handle: Arc<Handle>,
+}
+
+/// Closes the node when the last provider handle goes.
+struct Handle {
+    core: Arc<Core>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if self.core.stop.is_cancelled() {
+            return;
+        }
+        let core = self.core.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { core.close("the provider was dropped").await });
+            }
+            Err(_) => {
+                core.stop.cancel();
+                lock(&core.listener).take();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Libp2pProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Libp2pProvider")
+            .field("id", &self.core.local.short())
+            .field("addrs", &*lock(&self.core.listen_addrs))
+            .finish()
+    }
+}
+
+fn listen_multiaddrs(config: &Libp2pConfig) -> Vec<Multiaddr> {
+    let binds: Vec<SocketAddr> = if config.bind_addrs.is_empty() {
+        vec![SocketAddr::from(([0, 0, 0, 0], 0))]
+    } else {
+        config.bind_addrs.clone()
+    };
+    let mut out = Vec::new();
+    for b in binds {
+        let ip = match b.ip() {
+            std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
+            std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
+        };
+        let base = Multiaddr::empty().with(ip);
+        out.push(base.clone().with(Protocol::Tcp(b.port())));
+        if config.quic_enabled() {
+            out.push(base.with(Protocol::Udp(b.port())).with(Protocol::QuicV1));
+        }
+    }
+    out
+}
+
+/// A per-process random number, so that session ids of a restarted node
+/// never collide with those of its previous run.
+fn random_epoch() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+}
+
+impl Libp2pProvider {
+    /// Starts a node with identity `key`: builds the swarm, listens on the
+    /// configured addresses and waits until it has addresses to give out.
+    ///
+    /// Fails with [`Error::Invalid`] naming the field for a bad config or
+    /// an address it cannot listen on.
+    pub async fn bind(key: &NodeKey, config: Libp2pConfig) -> Result<Self> {
+        config.validate()?;
+        let keypair = addr::keypair(key);
+        let lp_local = keypair.public().to_peer_id();
+        let transport = build_transport(&keypair, &config)?;
+        let stream = libp2p_stream::Behaviour::new();
+        let mut control = stream.new_control();
+        let incoming = control.accept(PROTOCOL).map_err(|e| Error::Backend {
+            backend: "libp2p",
+            source: Box::new(e),
+        })?;
+        let allow = config.allow_list.as_ref().map(|list| {
+            let mut b = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+            for p in list {
+                b.allow_peer(addr::to_libp2p(p));
+            }
+            b
+        });
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+            .with_max_established_incoming(Some(config.max_incoming_connections))
+            .with_max_pending_incoming(Some(config.max_pending_incoming));
+        let mdns = if config.mdns {
+            let mc = mdns::Config::default();
+            Some(
+                mdns::tokio::Behaviour::new(mc, lp_local)
+                    .map_err(|e| Error::io("starting mDNS", e))?,
+            )
+        } else {
+            None
+        };
+        let ping = ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(config.ping_interval)
+                .with_timeout(config.ping_interval),
+        );
+        let behaviour = Behaviour {
+            allow: Toggle::from(allow),
+            limits: connection_limits::Behaviour::new(limits),
+            stream,
+            ping,
+            mdns: Toggle::from(mdns),
+        };
+        let swarm_config = libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(config.idle_timeout)
+            .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy);
+        let swarm = Swarm::new(transport, behaviour, lp_local, swarm_config);
+
+        let listen_addrs = Arc::new(Mutex::new(Vec::new()));
+        let book = PeerBook::default();
+        let mut driver = Driver::new(
+            swarm,
+            listen_addrs.clone(),
+            book.clone(),
+            config.setup_timeout(),
+            config.close_timeout,
+        );
+        driver.listen(&listen_multiaddrs(&config)).await?;
+        let (tx, rx) = mpsc::channel(config.command_buffer);
+        tokio::spawn(driver.run(rx));
+
+        let core = Arc::new(Core {
+            local: key.peer_id(),
+            config,
+            commands: tx,
+            control,
+            gates: Arc::default(),
+            registry: Arc::new(Registry::default()),
+            listener: Mutex::new(None),
+            closed: Mutex::new(None),
+            stop: CancellationToken::new(),
+            listen_addrs,
+            book,
+            epoch: random_epoch(),
+            next_session: AtomicU64::new(0),
+        });
+        tokio::spawn(route_inbound(core.clone(), incoming));
+        Ok(Libp2pProvider {
+            _handle: Arc::new(Handle { core: core.clone() }),
+            core,
+        })
+    }
+
+    /// The configuration this provider runs with.
+    pub fn config(&self) -> &Libp2pConfig {
+        &self.core.config
+    }
+
+    /// The multiaddrs the node listens on, without the `/p2p/` suffix.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.core.listen_addrs).clone()
+    }
+
+    /// Opens an SDK connection to `peer`.
+    pub async fn dial(&self, peer: &PeerAddr) -> Result<Libp2pConnection> {
+        let core = &self.core;
+        core.check_open()?;
+        let who = format!("peer {}", peer.id.short());
+        if peer.id == core.local {
+            return Err(Error::invalid(
+                "peer address",
+                format!("{who} is this node itself"),
+            ));
+        }
+        if !core.allowed(&peer.id) {
+            return Err(Error::denied(format!(
+                "admission denied: {who} is not in this node's allow-list"
+            )));
+        }
+        let mut addrs = addr::to_multiaddrs(peer)?;
+        if !core.config.quic_enabled() {
+            let before = addrs.len();
+            addrs.retain(|a| !addr::is_quic(a));
+            if before > 0 && addrs.is_empty() {
+                return Err(Error::invalid(
+                    "peer address",
+                    format!(
+                        "{peer}: only QUIC addresses, and QUIC is off on this node \
+                         (it has a pre-shared key, or QUIC disabled); give a TCP address"
+                    ),
+                ));
+            }
+        }
+        let limit = core.config.connect_timeout;
+        tokio::time::timeout(limit, self.hand_over(peer.id, addrs, &who))
+            .await
+            .map_err(|_| Error::timeout(format!("connecting to {who}"), limit))?
+    }
+
+    async fn hand_over(
+        &self,
+        id: PeerId,
+        addrs: Vec<Multiaddr>,
+        who: &str,
+    ) -> Result<Libp2pConnection> {
+        let core = &self.core;
+        let lp = addr::to_libp2p(&id);
+        let mut last_err = None;
+        for attempt in 0..OPEN_ATTEMPTS {
+            let conn = core
+                .command(|reply| Command::Dial {
+                    peer: lp,
+                    addrs: addrs.clone(),
+                    who: who.to_string(),
+                    reply,
+                })
+                .await??;
+            let session = core.new_session_id();
+            match open_session(core, lp, session, who).await {
+                Ok((io, reply)) => {
+                    reply.into_result(who)?;
+                    let key = SessionKey {
+                        peer: lp,
+                        id: session,
+                        we_dialed: true,
+                    };
+                    return Ok(Session::start(key, id, core.env(), io));
+                }
+                Err(e) => {
+                    // Give the swarm a moment to notice a connection the
+                    // peer closed right after the handshake: that is how
+                    // libp2p's allow-list and connection limits refuse.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !core.is_open(conn).await {
+                        return Err(Error::denied(format!(
+                            "admission denied: {who} closed the connection right after the \
+                             handshake; it does not admit this node (allow-list or connection \
+                             limit) or it is shutting down ({e})"
+                        )));
+                    }
+                    tracing::debug!(attempt, error = %e, "hand-over failed; trying again");
+                    last_err = Some(e);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::unreachable(format!("{who}: hand-over failed"))))
+    }
+}
+
+/// Opens the control stream of a new session and reads the peer's answer.
+async fn open_session(
+    core: &Core,
+    peer: libp2p::PeerId,
+    session: u128,
+    who: &str,
+) -> Result<(Io, OpenReply)> {
+    let _gate = core.gates.pass(peer).await;
+    let mut control = core.control.clone();
+    let stream = control
+        .open_stream(peer, PROTOCOL)
+        .await
+        .map_err(|e| Error::unreachable(format!("opening a stream to {who}: {e}")))?;
+    let mut io = stream.compat();
+    let header = Header {
+        kind: Kind::Open,
+        session,
+    }
+    .encode();
+    let io_err = |e| Error::from_stream_io(&format!("hand-over with {who}"), e);
+    io.write_all(&header).await.map_err(io_err)?;
+    io.flush().await.map_err(io_err)?;
+    let mut buf = Vec::new();
+    if !read_frame_bytes(&mut io, &mut buf, MAX_CONTROL_FRAME).await? {
+        return Err(Error::closed(format!(
+            "{who} ended the hand-over without an answer"
+        )));
+    }
+    let reply: OpenReply = decode(&buf)?;
+    Ok((io, reply))
+}
+
+/// Takes every inbound stream off `libp2p-stream` at once and handles it
+/// in its own task: `libp2p-stream` drops inbound streams while its
+/// hand-off channel is full, so this loop must never wait on a peer.
+async fn route_inbound(core: Arc<Core>, mut incoming: libp2p_stream::IncomingStreams) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = core.stop.cancelled() => return,
+            next = incoming.next() => next,
+        };
+        let Some((peer, stream)) = next else { return };
+        tokio::spawn(handle_inbound(core.clone(), peer, stream));
+    }
+}
+
+async fn handle_inbound(core: Arc<Core>, peer: libp2p::PeerId, stream: Stream) {
+    let mut io = stream.compat();
+    let mut raw = [0u8; HEADER_LEN];
+    let limit = core.config.connect_timeout;
+    match tokio::time::timeout(limit, io.read_exact(&mut raw)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "inbound stream ended before its header");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "inbound stream sent no header in time");
+            return;
+        }
+    }
+    let header = match Header::decode(&raw) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "inbound stream with a bad header");
+            return;
+        }
+    };
+    match header.kind {
+        Kind::Data { opener_dialed } => {
+            let key = SessionKey {
+                peer,
+                id: header.session,
+                we_dialed: !opener_dialed,
+            };
+            route_data(core.registry.get(&key), io, limit).await;
+        }
+        Kind::Open => accept_session(&core, peer, header.session, io).await,
+    }
+}
+
+/// Answers a dialer's open: welcome and hand the connection to the
+/// listener, or refuse with why.
+async fn accept_session(core: &Arc<Core>, peer: libp2p::PeerId, session: u128, mut io: Io) {
+    let limit = core.config.connect_timeout;
+    let refuse = |code, reason: &str| OpenReply::Refused {
+        code,
+        reason: reason.to_string(),
+    };
+    let remote = addr::from_libp2p(&peer);
+    let permit = match &remote {
+        Err(e) => Err(refuse(Refusal::Denied, &e.to_string())),
+        Ok(_) if core.stop.is_cancelled() => Err(refuse(Refusal::Closing, "the node is closing")),
+        Ok(id) if !core.allowed(id) => Err(refuse(
+            Refusal::Denied,
+            "admission denied: not in the peer's allow-list",
+        )),
+        Ok(_) => {
+            let tx = lock(&core.listener).clone();
+            match tx.map(|tx| tx.try_reserve_owned()) {
+                None | Some(Err(mpsc::error::TrySendError::Closed(_))) => {
+                    Err(refuse(Refusal::NotAccepting, "no listener"))
+                }
+                Some(Err(mpsc::error::TrySendError::Full(_))) => Err(refuse(
+                    Refusal::Busy,
+                    "too many connections waiting to be accepted",
+                )),
+                Some(Ok(permit)) => Ok(permit),
+            }
+        }
+    };
+    let reply = match &permit {
+        Ok(_) => OpenReply::Welcome,
+        Err(r) => r.clone(),
+    };
+    let sent = tokio::time::timeout(limit, write_frame(&mut io, &reply, MAX_CONTROL_FRAME)).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::debug!(%peer, "could not answer a hand-over");
+        return;
+    }
+    let (Ok(permit), Ok(remote)) = (permit, remote) else {
+        let _ = tokio::time::timeout(limit, io.shutdown()).await;
+        return;
+    };
+    let key = SessionKey {
+        peer,
+        id: session,
+        we_dialed: false,
+    };
+    permit.send(Session::start(key, remote, core.env(), io));
+}
+
+/// Inbound connections of a [`Libp2pProvider`].
+pub struct Libp2pListener {
+    rx: mpsc::Receiver<Libp2pConnection>,
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Libp2pListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Libp2pListener")
+            .field("node", &self.core.local.short())
+            .finish()
+    }
+}
+
+impl Libp2pListener {
+    /// Waits for the next inbound connection, with its concrete type.
+    pub async fn accept_connection(&mut self) -> Result<Libp2pConnection> {
+        match self.rx.recv().await {
+            Some(c) => Ok(c),
+            None => Err(self.core.closed_error()),
+        }
+    }
+}
+
+#[async_trait]
+impl Listener for Libp2pListener {
+    async fn accept(&mut self) -> Result<Arc<dyn Connection>> {
+        Ok(Arc::new(self.accept_connection().await?))
+    }
+}
+
+#[async_trait]
+impl Provider for Libp2pProvider {
+    fn backend(&self) -> &'static str {
+        "libp2p"
+    }
+
+    fn local_id(&self) -> PeerId {
+        self.core.local
+    }
+
+    fn local_addr(&self) -> PeerAddr {
+        let addrs = lock(&self.core.listen_addrs).clone();
+        addr::to_peer_addr(&self.core.local, addrs)
+            .unwrap_or_else(|_| PeerAddr::id_only(self.core.local))
+    }
+
+    async fn connect(&self, peer: &PeerAddr) -> Result<Arc<dyn Connection>> {
+        Ok(Arc::new(self.dial(peer).await?))
+    }
+
+    async fn listen(&self) -> Result<Box<dyn Listener>> {
+        self.core.check_open()?;
+        let mut slot = lock(&self.core.listener);
+        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
+            return Err(Error::AlreadyExists {
+                what: "listener".into(),
+            });
+        }
+        let (tx, rx) = mpsc::channel(self.core.config.accept_backlog);
+        *slot = Some(tx);
+        Ok(Box::new(Libp2pListener {
+            rx,
+            core: self.core.clone(),
+        }))
+    }
+
+    fn discovered(&self) -> Discovered {
+        self.core.book.subscribe()
+    }
+
+    async fn close(&self, reason: &str) {
+        self.core.close(reason).await;
+    }
+}

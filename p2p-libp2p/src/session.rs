@@ -1,0 +1,820 @@
+//! SDK connections over libp2p: the wire format, [`Libp2pConnection`] and
+//! its streams.
+//!
+//! libp2p keeps one (rarely two) connections per peer and `libp2p-stream`
+//! opens streams to a *peer*, not to a connection. An SDK connection is
+//! therefore a session: a control stream opened by the dialer, plus any
+//! number of data streams, each of which names its session in a header.
+//! Many sessions to one peer share its libp2p connection, and the inbound
+//! streams of a peer are demultiplexed to their sessions by that header.
+//!
+//! Every stream starts with a 20-byte header from its opener:
+//!
+//! | bytes | meaning |
+//! |---|---|
+//! | 2 | magic `PD` |
+//! | 1 | version, 1 |
+//! | 1 | kind: 1 open a session, 2 data stream of a session the opener dialed, 3 data stream of a session the receiver dialed |
+//! | 16 | session id, chosen by the dialer |
+//!
+//! The receiver answers an open with one frame (p2p-core framing) holding
+//! an [`OpenReply`], and a data stream with one byte: [`ACK_OK`] once the
+//! stream is queued for `accept_bi`, [`ACK_NO_SESSION`] when the session
+//! is gone. The opener waits for that answer, which gives `open_bi` its
+//! backpressure and makes a stream that `libp2p-stream` drops (it drops
+//! inbound streams when its hand-off channel is momentarily full) visible
+//! to the opener, which then opens it again.
+//!
+//! After the welcome the control stream carries one [`ControlMsg::Close`]
+//! with the reason, from whichever side closes first. The end of the
+//! control stream without one, or its failure, means the peer or the
+//! libp2p connection is gone.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use libp2p::{Stream, StreamProtocol};
+use p2p_core::framing::{decode, read_frame_bytes, write_frame};
+use p2p_core::{Connection, Error, PeerId, RecvStream, Result, SendStream};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// The one libp2p protocol the SDK speaks; which SDK protocol a stream
+/// carries is named by p2p-core's hello at its start.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/p2p-deploy/1");
+
+const MAGIC: [u8; 2] = *b"PD";
+const VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 20;
+/// Control frames are small: a reason is cut to [`MAX_REASON`] bytes.
+pub(crate) const MAX_CONTROL_FRAME: u32 = 4096;
+const MAX_REASON: usize = 1024;
+/// A data stream was queued for the peer's `accept_bi`.
+pub(crate) const ACK_OK: u8 = 1;
+/// The receiver has no such session (it was closed).
+pub(crate) const ACK_NO_SESSION: u8 = 2;
+/// How often `open_bi` and `connect` open a stream again when the peer
+/// dropped it before answering.
+pub(crate) const OPEN_ATTEMPTS: u32 = 10;
+
+/// A libp2p stream as tokio I/O.
+pub(crate) type Io = Compat<Stream>;
+
+/// What a stream header announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Open a session.
+    Open,
+    /// A data stream; `opener_dialed` tells whose id the session id is.
+    Data { opener_dialed: bool },
+}
+
+/// A parsed stream header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) kind: Kind,
+    pub(crate) session: u128,
+}
+
+impl Header {
+    pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[..2].copy_from_slice(&MAGIC);
+        out[2] = VERSION;
+        out[3] = match self.kind {
+            Kind::Open => 1,
+            Kind::Data {
+                opener_dialed: true,
+            } => 2,
+            Kind::Data {
+                opener_dialed: false,
+            } => 3,
+        };
+        out[4..].copy_from_slice(&self.session.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn decode(b: &[u8; HEADER_LEN]) -> Result<Header> {
+        if b[..2] != MAGIC {
+            return Err(Error::protocol(
+                "stream does not start with the p2p-deploy header",
+            ));
+        }
+        if b[2] != VERSION {
+            return Err(Error::VersionMismatch {
+                protocol: "p2p-libp2p stream header".into(),
+                ours_min: u16::from(VERSION),
+                ours_max: u16::from(VERSION),
+                theirs_min: u16::from(b[2]),
+                theirs_max: u16::from(b[2]),
+            });
+        }
+        let kind = match b[3] {
+            1 => Kind::Open,
+            2 => Kind::Data {
+                opener_dialed: true,
+            },
+            3 => Kind::Data {
+                opener_dialed: false,
+            },
+            k => return Err(Error::protocol(format!("unknown stream kind {k}"))),
+        };
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[4..]);
+        Ok(Header {
+            kind,
+            session: u128::from_be_bytes(id),
+        })
+    }
+}
+
+/// The receiver's answer to an open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum OpenReply {
+    /// A listener took the connection.
+    Welcome,
+    /// Refused, with why.
+    Refused { code: Refusal, reason: String },
+}
+
+/// Why an open was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Refusal {
+    /// No listener.
+    NotAccepting,
+    /// Admission refused the peer.
+    Denied,
+    /// The accept backlog is full.
+    Busy,
+    /// The node is shutting down.
+    Closing,
+}
+
+impl OpenReply {
+    /// The error a dialer reports for a refusal.
+    pub(crate) fn into_result(self, who: &str) -> Result<()> {
+        match self {
+            OpenReply::Welcome => Ok(()),
+            OpenReply::Refused { code, reason } => Err(match code {
+                Refusal::NotAccepting => {
+                    Error::unreachable(format!("{who} is not accepting connections: {reason}"))
+                }
+                Refusal::Denied => Error::denied(format!("{who}: {reason}")),
+                Refusal::Busy => Error::unreachable(format!("{who} is busy: {reason}")),
+                Refusal::Closing => Error::unreachable(format!("{who} is shutting down: {reason}")),
+            }),
+        }
+    }
+}
+
+/// Messages on the control stream after the welcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ControlMsg {
+    /// The sender closed the connection.
+    Close { reason: String },
+}
+
+/// Cuts `reason` to [`MAX_REASON`] bytes on a character boundary.
+pub(crate) fn truncate(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// Identifies a session among all sessions with all peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SessionKey {
+    pub(crate) peer: libp2p::PeerId,
+    pub(crate) id: u128,
+    pub(crate) we_dialed: bool,
+}
+
+/// The live sessions of a provider.
+#[derive(Default)]
+pub(crate) struct Registry {
+    sessions: Mutex<BTreeMap<SessionKey, Arc<Session>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    pub(crate) fn get(&self, key: &SessionKey) -> Option<Arc<Session>> {
+        lock(&self.sessions).get(key).cloned()
+    }
+
+    fn insert(&self, s: Arc<Session>) {
+        lock(&self.sessions).insert(s.key, s);
+    }
+
+    fn remove(&self, key: &SessionKey) {
+        lock(&self.sessions).remove(key);
+    }
+
+    /// Takes every session out, for closing them all.
+    pub(crate) fn drain(&self) -> Vec<Arc<Session>> {
+        std::mem::take(&mut *lock(&self.sessions))
+            .into_values()
+            .collect()
+    }
+}
+
+/// One gate per peer: at most one stream to a peer is between "opened"
+/// and "answered" at a time.
+///
+/// `libp2p-stream` hands inbound streams over through a channel with room
+/// for one and drops any stream that arrives while it is full, so a burst
+/// of opens towards one peer would lose all but the first. Waiting for
+/// each stream's answer before opening the next keeps the channel free.
+/// Streams from several peers can still collide at a receiver; those are
+/// opened again (see [`OPEN_ATTEMPTS`]).
+#[derive(Default)]
+pub(crate) struct Gates {
+    gates: Mutex<BTreeMap<libp2p::PeerId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Gates {
+    /// Waits for the gate of `peer`.
+    pub(crate) async fn pass(&self, peer: libp2p::PeerId) -> tokio::sync::OwnedMutexGuard<()> {
+        let gate = {
+            let mut gates = lock(&self.gates);
+            // Forget gates nobody holds or waits for.
+            gates.retain(|p, g| *p == peer || Arc::strong_count(g) > 1);
+            gates.entry(peer).or_default().clone()
+        };
+        gate.lock_owned().await
+    }
+}
+
+/// Settings a session needs from the provider.
+#[derive(Clone)]
+pub(crate) struct SessionEnv {
+    pub(crate) control: libp2p_stream::Control,
+    pub(crate) gates: Arc<Gates>,
+    pub(crate) registry: Weak<Registry>,
+    pub(crate) open_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) max_streams: usize,
+}
+
+/// One SDK connection's state, shared by its handles, its streams, the
+/// registry and its control reader.
+pub(crate) struct Session {
+    key: SessionKey,
+    remote: PeerId,
+    env: SessionEnv,
+    closed: CancellationToken,
+    reason: Mutex<Option<String>>,
+    inbound_tx: mpsc::Sender<Io>,
+    inbound_rx: tokio::sync::Mutex<mpsc::Receiver<Io>>,
+    control_send: Mutex<Option<WriteHalf<Io>>>,
+    guard: OnceLock<Weak<Guard>>,
+}
+
+impl Session {
+    /// Registers a new session whose control stream is `control` (the
+    /// welcome already exchanged), starts its control reader, and returns
+    /// the first handle.
+    pub(crate) fn start(
+        key: SessionKey,
+        remote: PeerId,
+        env: SessionEnv,
+        control: Io,
+    ) -> Libp2pConnection {
+        let (read, write) = tokio::io::split(control);
+        let (inbound_tx, inbound_rx) = mpsc::channel(env.max_streams);
+        let registry = env.registry.upgrade();
+        let session = Arc::new(Session {
+            key,
+            remote,
+            env,
+            closed: CancellationToken::new(),
+            reason: Mutex::new(None),
+            inbound_tx,
+            inbound_rx: tokio::sync::Mutex::new(inbound_rx),
+            control_send: Mutex::new(Some(write)),
+            guard: OnceLock::new(),
+        });
+        let guard = Arc::new(Guard {
+            session: session.clone(),
+        });
+        let _ = session.guard.set(Arc::downgrade(&guard));
+        match registry {
+            Some(r) => r.insert(session.clone()),
+            None => {
+                session.mark_closed("the provider is closed".into());
+            }
+        }
+        tokio::spawn(read_control(session.clone(), read));
+        Libp2pConnection { guard }
+    }
+
+    fn who(&self) -> String {
+        format!("peer {}", self.remote.short())
+    }
+
+    /// Marks the session closed with `reason` (the first reason wins), ends
+    /// its streams and unregisters it. True if this call closed it.
+    fn mark_closed(&self, reason: String) -> bool {
+        {
+            let mut r = lock(&self.reason);
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(reason);
+        }
+        self.closed.cancel();
+        if let Some(reg) = self.env.registry.upgrade() {
+            reg.remove(&self.key);
+        }
+        true
+    }
+
+    fn closed_error(&self) -> Error {
+        let reason = lock(&self.reason)
+            .clone()
+            .unwrap_or_else(|| "connection closed".into());
+        Error::closed(reason)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.is_cancelled() {
+            Err(self.closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Closes with `reason` and tells the peer, within the close timeout.
+    pub(crate) async fn close(&self, reason: &str, local_reason: String) {
+        if !self.mark_closed(local_reason) {
+            return;
+        }
+        let writer = lock(&self.control_send).take();
+        if let Some(mut w) = writer {
+            let msg = ControlMsg::Close {
+                reason: truncate(reason).to_string(),
+            };
+            let _ = tokio::time::timeout(self.env.close_timeout, async {
+                write_frame(&mut w, &msg, MAX_CONTROL_FRAME).await?;
+                w.shutdown()
+                    .await
+                    .map_err(|e| Error::from_stream_io("finishing the control stream", e))
+            })
+            .await;
+        }
+    }
+
+    /// Queues an inbound data stream for `accept_bi`: waits for room (the
+    /// peer's `open_bi` waits meanwhile), acknowledges, then queues.
+    pub(crate) async fn deliver(&self, mut io: Io) {
+        let permit = tokio::select! {
+            biased;
+            _ = self.closed.cancelled() => None,
+            p = self.inbound_tx.reserve() => p.ok(),
+        };
+        let ack = if permit.is_some() {
+            ACK_OK
+        } else {
+            ACK_NO_SESSION
+        };
+        let sent = async {
+            io.write_u8(ack).await?;
+            io.flush().await
+        };
+        let acked = tokio::time::timeout(self.env.open_timeout, sent)
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if let (true, Some(p)) = (acked, permit) {
+            p.send(io);
+        }
+    }
+
+    fn guard(&self) -> Option<Arc<Guard>> {
+        self.guard.get().and_then(Weak::upgrade)
+    }
+}
+
+/// Reads the control stream until the peer closes or the session ends.
+async fn read_control(session: Arc<Session>, mut read: ReadHalf<Io>) {
+    let mut buf = Vec::new();
+    let r = tokio::select! {
+        biased;
+        _ = session.closed.cancelled() => return,
+        r = read_frame_bytes(&mut read, &mut buf, MAX_CONTROL_FRAME) => r,
+    };
+    let who = session.who();
+    let reason = match r {
+        Ok(true) => match decode::<ControlMsg>(&buf) {
+            Ok(ControlMsg::Close { reason }) => format!("closed by {who}: {reason}"),
+            Err(e) => format!("{who} sent a malformed control message: {e}"),
+        },
+        Ok(false) => format!("{who} ended the connection without a reason"),
+        Err(e) => format!("connection to {who} lost: {e}"),
+    };
+    tracing::debug!(%reason, "connection ended");
+    session.mark_closed(reason);
+    // Answer a close by finishing our side of the control stream.
+    let writer = lock(&session.control_send).take();
+    if let Some(mut w) = writer {
+        let _ = tokio::time::timeout(session.env.close_timeout, w.shutdown()).await;
+    }
+}
+
+/// Keeps a session open: held by every connection handle and every stream.
+/// When the last one goes, the session is closed and the peer told.
+pub(crate) struct Guard {
+    session: Arc<Session>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let s = self.session.clone();
+        if s.closed.is_cancelled() {
+            return;
+        }
+        const WHY: &str = "the connection was dropped";
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { s.close(WHY, format!("connection closed: {WHY}")).await });
+            }
+            // No runtime to send the reason on: the peer sees the control
+            // stream end instead.
+            Err(_) => {
+                s.mark_closed(format!("connection closed: {WHY}"));
+            }
+        }
+    }
+}
+
+/// A connection to one peer over libp2p: a p2p-core
+/// [`Connection`](p2p_core::Connection).
+///
+/// Cloning gives another handle to the same connection; it closes when
+/// [`close`](Connection::close) is called or when the last handle and the
+/// last of its streams are dropped.
+#[derive(Clone)]
+pub struct Libp2pConnection {
+    guard: Arc<Guard>,
+}
+
+impl std::fmt::Debug for Libp2pConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.guard.session;
+        f.debug_struct("Libp2pConnection")
+            .field("remote", &s.remote.short())
+            .field("we_dialed", &s.key.we_dialed)
+            .field("connected", &!s.closed.is_cancelled())
+            .finish()
+    }
+}
+
+impl Libp2pConnection {
+    /// Whether this side dialed the connection.
+    pub fn we_dialed(&self) -> bool {
+        self.guard.session.key.we_dialed
+    }
+
+    fn wrap(&self, io: Io) -> (SendStream, RecvStream) {
+        wrap(io, &self.guard)
+    }
+}
+
+fn wrap(io: Io, guard: &Arc<Guard>) -> (SendStream, RecvStream) {
+    let (r, w) = tokio::io::split(io);
+    let life = || Life {
+        guard: guard.clone(),
+        ended: Box::pin(guard.session.closed.clone().cancelled_owned()),
+    };
+    (
+        Box::new(SdkSend {
+            inner: w,
+            life: life(),
+        }),
+        Box::new(SdkRecv {
+            inner: r,
+            life: life(),
+        }),
+    )
+}
+
+#[async_trait]
+impl Connection for Libp2pConnection {
+    fn remote_id(&self) -> PeerId {
+        self.guard.session.remote
+    }
+
+    async fn open_bi(&self) -> Result<(SendStream, RecvStream)> {
+        let s = &self.guard.session;
+        let header = Header {
+            kind: Kind::Data {
+                opener_dialed: s.key.we_dialed,
+            },
+            session: s.key.id,
+        }
+        .encode();
+        let mut last_err = None;
+        for attempt in 0..OPEN_ATTEMPTS {
+            s.check_open()?;
+            let attempt_result = tokio::select! {
+                biased;
+                _ = s.closed.cancelled() => return Err(s.closed_error()),
+                r = open_data_stream(s, &header) => r,
+            };
+            match attempt_result {
+                Ok(Some(io)) => return Ok(self.wrap(io)),
+                Ok(None) => {
+                    s.mark_closed(format!("{} no longer has this connection", s.who()));
+                    return Err(s.closed_error());
+                }
+                Err(Retry(e)) => {
+                    tracing::debug!(attempt, error = %e, "stream dropped before the peer answered; opening again");
+                    last_err = Some(e);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::closed("stream could not be opened")))
+    }
+
+    async fn accept_bi(&self) -> Result<(SendStream, RecvStream)> {
+        let s = &self.guard.session;
+        s.check_open()?;
+        let mut rx = tokio::select! {
+            biased;
+            _ = s.closed.cancelled() => return Err(s.closed_error()),
+            rx = s.inbound_rx.lock() => rx,
+        };
+        tokio::select! {
+            biased;
+            _ = s.closed.cancelled() => Err(s.closed_error()),
+            io = rx.recv() => match io {
+                Some(io) => Ok(self.wrap(io)),
+                None => Err(s.closed_error()),
+            },
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.guard.session.closed.is_cancelled()
+    }
+
+    async fn close(&self, reason: &str) {
+        self.guard
+            .session
+            .close(reason, format!("connection closed: {}", truncate(reason)))
+            .await;
+    }
+}
+
+/// The pause before attempt `attempt + 1`: doubling from 2 ms, capped at
+/// 200 ms, with jitter so that colliding openers spread out.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    use std::hash::BuildHasher;
+    let base = (2u64 << attempt.min(7)).min(200);
+    let jitter = std::collections::hash_map::RandomState::new().hash_one(attempt) % (base + 1);
+    Duration::from_millis(base / 2 + jitter / 2)
+}
+
+/// An attempt failed in a way worth another try.
+struct Retry(Error);
+
+/// Opens one data stream: `Some` once the peer queued it, `None` when the
+/// peer has no such session.
+async fn open_data_stream(
+    s: &Session,
+    header: &[u8; HEADER_LEN],
+) -> std::result::Result<Option<Io>, Retry> {
+    let _gate = s.env.gates.pass(s.key.peer).await;
+    let mut control = s.env.control.clone();
+    let opened = tokio::time::timeout(
+        s.env.open_timeout,
+        control.open_stream(s.key.peer, PROTOCOL),
+    )
+    .await;
+    let stream = match opened {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return Err(Retry(Error::closed(format!(
+                "opening a stream to {}: {e}",
+                s.who()
+            ))));
+        }
+        Err(_) => {
+            return Err(Retry(Error::timeout(
+                format!("opening a stream to {}", s.who()),
+                s.env.open_timeout,
+            )));
+        }
+    };
+    let mut io = stream.compat();
+    let exchange = async {
+        io.write_all(header).await?;
+        io.flush().await?;
+        io.read_u8().await
+    };
+    match exchange.await {
+        Ok(ACK_OK) => Ok(Some(io)),
+        Ok(ACK_NO_SESSION) => Ok(None),
+        Ok(other) => Err(Retry(Error::protocol(format!(
+            "{} answered a new stream with {other}",
+            s.who()
+        )))),
+        Err(e) => Err(Retry(Error::from_stream_io(
+            &format!("opening a stream to {}", s.who()),
+            e,
+        ))),
+    }
+}
+
+/// What every stream of a session holds: the session alive, and a way to
+/// wake up when it ends.
+struct Life {
+    guard: Arc<Guard>,
+    ended: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Life {
+    fn error(&self) -> io::Error {
+        self.guard.session.closed_error().into_io()
+    }
+
+    /// Ready when the session has ended; registers `cx` otherwise.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
+        self.ended.as_mut().poll(cx).is_ready()
+    }
+
+    fn is_ended(&self) -> bool {
+        self.guard.session.closed.is_cancelled()
+    }
+}
+
+use std::future::Future;
+
+struct SdkRecv {
+    inner: ReadHalf<Io>,
+    life: Life,
+}
+
+impl AsyncRead for SdkRecv {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.life.is_ended() {
+            return Poll::Ready(Err(self.life.error()));
+        }
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Pending if self.life.poll_ended(cx) => Poll::Ready(Err(self.life.error())),
+            other => other,
+        }
+    }
+}
+
+struct SdkSend {
+    inner: WriteHalf<Io>,
+    life: Life,
+}
+
+impl SdkSend {
+    fn guarded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(Pin<&mut WriteHalf<Io>>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.life.is_ended() {
+            return Poll::Ready(Err(self.life.error()));
+        }
+        match f(Pin::new(&mut self.inner), cx) {
+            Poll::Pending if self.life.poll_ended(cx) => Poll::Ready(Err(self.life.error())),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for SdkSend {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.guarded(cx, |w, cx| w.poll_write(cx, buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.guarded(cx, |w, cx| w.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.guarded(cx, |w, cx| w.poll_shutdown(cx))
+    }
+}
+
+/// Accepts an inbound data stream for an existing session, answering the
+/// opener. Streams for unknown sessions are refused with
+/// [`ACK_NO_SESSION`].
+pub(crate) async fn route_data(session: Option<Arc<Session>>, mut io: Io, open_timeout: Duration) {
+    match session.filter(|s| s.guard().is_some() && !s.closed.is_cancelled()) {
+        Some(s) => s.deliver(io).await,
+        None => {
+            let _ = tokio::time::timeout(open_timeout, async {
+                io.write_u8(ACK_NO_SESSION).await?;
+                io.shutdown().await
+            })
+            .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_bad_ones_are_named() {
+        for kind in [
+            Kind::Open,
+            Kind::Data {
+                opener_dialed: true,
+            },
+            Kind::Data {
+                opener_dialed: false,
+            },
+        ] {
+            let h = Header {
+                kind,
+                session: 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+            };
+            assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+        }
+        let mut b = Header {
+            kind: Kind::Open,
+            session: 1,
+        }
+        .encode();
+        b[2] = 9;
+        assert!(matches!(
+            Header::decode(&b),
+            Err(Error::VersionMismatch { .. })
+        ));
+        b[2] = VERSION;
+        b[3] = 7;
+        assert!(
+            Header::decode(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("kind 7")
+        );
+        b[0] = b'X';
+        assert!(
+            Header::decode(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("header")
+        );
+    }
+
+    #[test]
+    fn refusals_map_to_the_errors_a_dialer_acts_on() {
+        let r = |code| OpenReply::Refused {
+            code,
+            reason: "why".into(),
+        };
+        assert!(OpenReply::Welcome.into_result("p").is_ok());
+        assert!(matches!(
+            r(Refusal::NotAccepting).into_result("p"),
+            Err(Error::Unreachable { .. })
+        ));
+        assert!(matches!(
+            r(Refusal::Denied).into_result("p"),
+            Err(Error::Denied { .. })
+        ));
+        assert!(matches!(
+            r(Refusal::Busy).into_result("p"),
+            Err(Error::Unreachable { .. })
+        ));
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_REASON);
+        let cut = truncate(&long);
+        assert!(cut.len() <= MAX_REASON && cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate("short"), "short");
+    }
+}
