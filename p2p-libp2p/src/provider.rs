@@ -198,6 +198,22 @@ fn listen_multiaddrs(config: &Libp2pConfig) -> Vec<Multiaddr> {
     out
 }
 
+/// Fails when a fixed port is taken. libp2p's TCP listeners set
+/// `SO_REUSEPORT`, so a second node on the same port would otherwise start
+/// and silently share the port's inbound connections with the first.
+fn check_ports_free(config: &Libp2pConfig) -> Result<()> {
+    for b in config.bind_addrs.iter().filter(|b| b.port() != 0) {
+        let taken = |proto: &str, e: std::io::Error| {
+            Error::invalid("bind_addrs", format!("cannot listen on {proto} {b}: {e}"))
+        };
+        std::net::TcpListener::bind(b).map_err(|e| taken("TCP", e))?;
+        if config.quic_enabled() {
+            std::net::UdpSocket::bind(b).map_err(|e| taken("UDP", e))?;
+        }
+    }
+    Ok(())
+}
+
 /// A per-process random number, so that session ids of a restarted node
 /// never collide with those of its previous run.
 fn random_epoch() -> u64 {
@@ -213,6 +229,7 @@ impl Libp2pProvider {
     /// an address it cannot listen on.
     pub async fn bind(key: &NodeKey, config: Libp2pConfig) -> Result<Self> {
         config.validate()?;
+        check_ports_free(&config)?;
         let keypair = addr::keypair(key);
         let lp_local = keypair.public().to_peer_id();
         let transport = build_transport(&keypair, &config)?;

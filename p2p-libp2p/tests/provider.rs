@@ -1,0 +1,462 @@
+//! Behaviour of the libp2p provider beyond the conformance suite: QUIC and
+//! TCP, the native allow-list and connection limits, graceful shutdown,
+//! refusals, idle connections, and bursts of streams from many peers.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use p2p_core::{
+    Admission, Admitted, Connection, Error, Listener, NodeKey, PeerAddr, PreSharedKey, Provider,
+    Result,
+};
+use p2p_libp2p::{Libp2pConfig, Libp2pProvider};
+use rand::SeedableRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const STEP: Duration = Duration::from_secs(20);
+
+fn key(n: u8) -> NodeKey {
+    NodeKey::from_seed([n; 32])
+}
+
+fn cfg() -> Libp2pConfig {
+    Libp2pConfig::loopback().connect_timeout(Duration::from_secs(5))
+}
+
+async fn node(n: u8) -> Libp2pProvider {
+    node_with(n, cfg()).await
+}
+
+async fn node_with(n: u8, c: Libp2pConfig) -> Libp2pProvider {
+    Libp2pProvider::bind(&key(n), c).await.unwrap()
+}
+
+/// `from` dials `to` while `to`'s listener `l` accepts; both results.
+async fn link(
+    from: &dyn Provider,
+    to: &dyn Provider,
+    l: &mut Box<dyn Listener>,
+) -> (Result<Arc<dyn Connection>>, Result<Arc<dyn Connection>>) {
+    let addr = to.local_addr();
+    link_to(from, &addr, l).await
+}
+
+async fn link_to(
+    from: &dyn Provider,
+    addr: &PeerAddr,
+    l: &mut Box<dyn Listener>,
+) -> (Result<Arc<dyn Connection>>, Result<Arc<dyn Connection>>) {
+    timeout(STEP, async { tokio::join!(from.connect(addr), l.accept()) })
+        .await
+        .expect("connect and accept within the step bound")
+}
+
+/// A round trip on a new stream from `a` to `b`.
+async fn echo(a: &dyn Connection, b: &dyn Connection, msg: &[u8]) {
+    let (mut s, mut r) = a.open_bi().await.unwrap();
+    s.write_all(msg).await.unwrap();
+    s.shutdown().await.unwrap();
+    let (mut bs, mut br) = b.accept_bi().await.unwrap();
+    let mut got = Vec::new();
+    br.read_to_end(&mut got).await.unwrap();
+    bs.write_all(&got).await.unwrap();
+    bs.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, msg);
+}
+
+fn denied_reason<T>(r: Result<T>, what: &str) -> String {
+    match r {
+        Err(Error::Denied { reason }) => reason,
+        Err(other) => panic!("{what}: expected Denied, got {other}"),
+        Ok(_) => panic!("{what}: succeeded, must be denied"),
+    }
+}
+
+fn only(addr: &PeerAddr, quic: bool) -> PeerAddr {
+    let addrs: Vec<String> = addr
+        .addrs
+        .iter()
+        .filter(|a| a.contains("/quic-v1") == quic)
+        .cloned()
+        .collect();
+    assert!(
+        !addrs.is_empty(),
+        "{addr} has no {} address",
+        if quic { "QUIC" } else { "TCP" }
+    );
+    PeerAddr::new(addr.id, addrs).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_and_tcp_both_carry_connections_without_a_key() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut bl = b.listen().await.unwrap();
+    let full = b.local_addr();
+    assert!(full.addrs.iter().any(|a| a.ends_with("/quic-v1")), "{full}");
+    assert!(full.addrs.iter().any(|a| a.contains("/tcp/")), "{full}");
+    for quic in [true, false] {
+        let (c, d) = link_to(&a, &only(&full, quic), &mut bl).await;
+        let (c, d) = (c.unwrap(), d.unwrap());
+        echo(&*c, &*d, b"over one transport").await;
+        c.close("done").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_key_quic_is_off_and_quic_addresses_are_refused() {
+    let psk = PreSharedKey::from_bytes([4; 32]);
+    let a = node_with(1, cfg().psk(psk.clone())).await;
+    assert!(!a.config().quic_enabled());
+    assert!(
+        a.listen_addrs()
+            .iter()
+            .all(|m| !m.to_string().contains("udp")),
+        "a node with a pre-shared key must not listen on UDP: {:?}",
+        a.listen_addrs()
+    );
+    let plain = node(2).await;
+    let _l = plain.listen().await.unwrap();
+    let quic_only = only(&plain.local_addr(), true);
+    match a.connect(&quic_only).await {
+        Err(Error::Invalid { reason, .. }) => assert!(reason.contains("QUIC"), "{reason}"),
+        other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+    }
+    // Between two keyed nodes, TCP carries the connection.
+    let b = node_with(3, cfg().psk(psk)).await;
+    let mut bl = b.listen().await.unwrap();
+    let (c, d) = link(&a, &b, &mut bl).await;
+    echo(&*c.unwrap(), &*d.unwrap(), b"private network").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_allow_list_refuses_strangers_both_ways() {
+    let strict = node_with(1, cfg().allow_list([key(2).peer_id()])).await;
+    let friend = node(2).await;
+    let stranger = node(3).await;
+    let mut strict_l = strict.listen().await.unwrap();
+    let _stranger_l = stranger.listen().await.unwrap();
+
+    let r = timeout(STEP, stranger.connect(&strict.local_addr()))
+        .await
+        .unwrap();
+    let why = denied_reason(r, "stranger dialing a strict node");
+    assert!(why.contains("admission denied"), "{why}");
+    let r = timeout(STEP, strict.connect(&stranger.local_addr()))
+        .await
+        .unwrap();
+    let why = denied_reason(r, "strict node dialing a stranger");
+    assert!(why.contains("allow-list"), "{why}");
+
+    let (c, d) = link(&friend, &strict, &mut strict_l).await;
+    let (c, d) = (c.unwrap(), d.unwrap());
+    assert_eq!(d.remote_id(), friend.local_id());
+    echo(&*c, &*d, b"friends talk").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_admission_and_the_wrapper_stack() {
+    let psk = PreSharedKey::from_bytes([9; 32]);
+    let policy = |n: u64, allowed: u8| {
+        Admission::new(&mut rand_chacha::ChaCha20Rng::seed_from_u64(n))
+            .with_psk(PreSharedKey::from_bytes([8; 32]))
+            .with_allow_list([key(allowed).peer_id()])
+    };
+    let native = |allowed: u8| cfg().psk(psk.clone()).allow_list([key(allowed).peer_id()]);
+    let a = Admitted::new(node_with(1, native(2)).await, policy(1, 2));
+    let b = Admitted::new(node_with(2, native(1)).await, policy(2, 1));
+    let mut bl = b.listen().await.unwrap();
+    let (c, d) = link(&a, &b, &mut bl).await;
+    echo(&*c.unwrap(), &*d.unwrap(), b"through both layers").await;
+
+    // A node with both keys but outside the native list is refused by
+    // libp2p before the wrapper's handshake starts.
+    let c3 = Admitted::new(node_with(3, cfg().psk(psk)).await, policy(3, 2));
+    let r = timeout(STEP, c3.connect(&b.local_addr())).await.unwrap();
+    denied_reason(r, "node outside the native allow-list");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_refuse_peers_beyond_them() {
+    let mut c = cfg();
+    c.max_incoming_connections = 1;
+    let b = node_with(1, c).await;
+    let mut bl = b.listen().await.unwrap();
+    let first = node(2).await;
+    let (x, y) = link(&first, &b, &mut bl).await;
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let second = node(3).await;
+    let r = timeout(STEP, second.connect(&b.local_addr()))
+        .await
+        .unwrap();
+    let why = denied_reason(r, "peer beyond the incoming connection limit");
+    assert!(why.contains("connection limit"), "{why}");
+    // The first peer is unaffected, and more SDK connections from it share
+    // its libp2p connection, so the limit does not count them.
+    echo(&*x, &*y, b"still fine").await;
+    let (x2, y2) = link(&first, &b, &mut bl).await;
+    echo(&*x2.unwrap(), &*y2.unwrap(), b"second session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_provider_tells_peers_why_and_returns_promptly() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut bl = b.listen().await.unwrap();
+    let mut al = a.listen().await.unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    let c = node(3).await;
+    let (ca, ac) = link(&c, &a, &mut al).await;
+    let (ca, _ac) = (ca.unwrap(), ac.unwrap());
+    let (mut s, _r) = ca.open_bi().await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    s.flush().await.unwrap();
+
+    timeout(Duration::from_secs(10), a.close("node a is upgrading"))
+        .await
+        .expect("close must return within its bound");
+    for (who, conn) in [("b", &ba), ("c", &ca)] {
+        match timeout(STEP, conn.accept_bi()).await.unwrap() {
+            Err(Error::Closed { reason }) => {
+                assert!(reason.contains("node a is upgrading"), "{who}: {reason}")
+            }
+            other => panic!("{who}: expected Closed, got {:?}", other.map(|_| ())),
+        }
+    }
+    let e = ab.open_bi().await.err().unwrap();
+    assert!(e.to_string().contains("node a is upgrading"), "{e}");
+    let e = al.accept().await.err().unwrap();
+    assert!(matches!(e, Error::Closed { .. }), "{e}");
+    let e = a.connect(&b.local_addr()).await.err().unwrap();
+    assert!(matches!(e, Error::Closed { .. }), "{e}");
+    assert!(a.listen().await.is_err());
+    timeout(Duration::from_secs(1), a.close("again"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_listener_dials_are_refused_not_hung() {
+    let a = node(1).await;
+    let b = node(2).await;
+    match timeout(STEP, a.connect(&b.local_addr())).await.unwrap() {
+        Err(Error::Unreachable { reason }) => {
+            assert!(reason.contains("not accepting"), "{reason}")
+        }
+        Err(other) => panic!("expected Unreachable, got {other}"),
+        Ok(_) => panic!("connected to a node without a listener"),
+    }
+    let l = b.listen().await.unwrap();
+    match b.listen().await {
+        Err(Error::AlreadyExists { .. }) => {}
+        other => panic!("second listener: {:?}", other.map(|_| ())),
+    }
+    drop(l);
+    let mut l = b.listen().await.unwrap();
+    let (c, d) = link(&a, &b, &mut l).await;
+    c.unwrap();
+    d.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_identity_at_the_address_is_an_error() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let _bl = b.listen().await.unwrap();
+    let impostor = PeerAddr::new(key(7).peer_id(), b.local_addr().addrs).unwrap();
+    match timeout(STEP, a.connect(&impostor)).await.unwrap() {
+        Err(Error::Unreachable { reason }) => assert!(reason.contains("belongs to"), "{reason}"),
+        other => panic!("expected Unreachable, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_are_checked_and_printed_dialable() {
+    let a = node(1).await;
+    let addr = a.local_addr();
+    assert_eq!(addr.id, key(1).peer_id());
+    assert!(
+        addr.addrs
+            .iter()
+            .any(|s| s.starts_with("/ip4/127.0.0.1/tcp/")),
+        "local_addr must list the loopback TCP address: {addr}"
+    );
+    assert!(addr.addrs.iter().all(|s| !s.contains("/p2p/")), "{addr}");
+    assert_eq!(addr.to_string().parse::<PeerAddr>().unwrap(), addr);
+
+    let bad = PeerAddr::new(key(2).peer_id(), ["127.0.0.1:4001"]).unwrap();
+    match a.connect(&bad).await {
+        Err(Error::Invalid { reason, .. }) => assert!(reason.contains("127.0.0.1:4001")),
+        other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+    }
+    match a.connect(&PeerAddr::id_only(key(2).peer_id())).await {
+        Err(Error::Unreachable { reason }) => assert!(reason.contains("no address"), "{reason}"),
+        other => panic!("expected Unreachable, got {:?}", other.map(|_| ())),
+    }
+    match a.connect(&addr).await {
+        Err(Error::Invalid { .. }) => {}
+        other => panic!("dialing itself: {:?}", other.map(|_| ())),
+    }
+    let e = Libp2pProvider::bind(
+        &key(3),
+        Libp2pConfig::loopback().idle_timeout(Duration::ZERO),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("idle_timeout"), "{e}");
+    // The TCP port a listens on is taken.
+    let port = a
+        .listen_addrs()
+        .iter()
+        .find_map(|m| {
+            m.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+        })
+        .unwrap();
+    let taken: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let e = Libp2pProvider::bind(
+        &key(4),
+        Libp2pConfig::default().mdns(false).quic(false).bind(taken),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("bind_addrs"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_discovery_off_the_stream_waits_then_ends_on_close() {
+    let a = node(1).await;
+    let mut d = a.discovered();
+    let r = timeout(Duration::from_millis(300), d.next()).await;
+    assert!(r.is_err(), "discovery off must yield nothing");
+    a.close("bye").await;
+    let end = timeout(STEP, d.next()).await.unwrap();
+    assert!(end.is_none(), "stream must end when the provider closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_provider_closes_its_connections_with_a_reason() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut bl = b.listen().await.unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    drop(a);
+    match timeout(STEP, ba.accept_bi()).await.unwrap() {
+        Err(Error::Closed { reason }) => assert!(reason.contains("dropped"), "{reason}"),
+        other => panic!("expected Closed, got {:?}", other.map(|_| ())),
+    }
+    assert!(!ab.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_its_connection_handle_then_the_connection_closes() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut bl = b.listen().await.unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    let (mut s, mut r) = ab.open_bi().await.unwrap();
+    drop(ab);
+    // The stream keeps the connection open.
+    s.write_all(b"after the handle").await.unwrap();
+    s.shutdown().await.unwrap();
+    let (mut bs, mut br) = timeout(STEP, ba.accept_bi()).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    br.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"after the handle");
+    bs.write_all(b"ok").await.unwrap();
+    bs.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"ok");
+    assert!(ba.is_connected());
+    // The last stream goes: the peer sees the connection close.
+    drop((s, r));
+    match timeout(STEP, ba.accept_bi()).await.unwrap() {
+        Err(Error::Closed { reason }) => assert!(reason.contains("dropped"), "{reason}"),
+        other => panic!("expected Closed, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_outlives_the_idle_timeout() {
+    let c = cfg().idle_timeout(Duration::from_millis(300));
+    let a = node_with(1, c.clone()).await;
+    let b = node_with(2, c).await;
+    let mut bl = b.listen().await.unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(ab.is_connected() && ba.is_connected());
+    echo(&*ab, &*ba, b"still here").await;
+}
+
+/// Three peers open 40 streams each at once towards one node: every stream
+/// arrives, on the right connection, although libp2p-stream drops
+/// inbound streams while its hand-off is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_streams_from_many_peers_all_arrive() {
+    const STREAMS: usize = 40;
+    let hub = Arc::new(node(1).await);
+    let mut hl = hub.listen().await.unwrap();
+    let mut pairs = Vec::new();
+    for n in 2..5u8 {
+        let p = node(n).await;
+        let (c, d) = link(&p, &*hub, &mut hl).await;
+        pairs.push((p, c.unwrap(), d.unwrap()));
+    }
+    let mut tasks = Vec::new();
+    for (i, (_, c, d)) in pairs.iter().enumerate() {
+        let (c, d) = (c.clone(), d.clone());
+        tasks.push(tokio::spawn(async move {
+            let server = {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    for _ in 0..STREAMS {
+                        let (mut s, mut r) = d.accept_bi().await.unwrap();
+                        tokio::spawn(async move {
+                            let mut got = Vec::new();
+                            r.read_to_end(&mut got).await.unwrap();
+                            s.write_all(&got).await.unwrap();
+                            s.shutdown().await.unwrap();
+                        });
+                    }
+                })
+            };
+            let clients: Vec<_> = (0..STREAMS)
+                .map(|j| {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let msg = format!("peer {i} stream {j}");
+                        let (mut s, mut r) = c.open_bi().await.unwrap();
+                        s.write_all(msg.as_bytes()).await.unwrap();
+                        s.shutdown().await.unwrap();
+                        let mut back = String::new();
+                        r.read_to_string(&mut back).await.unwrap();
+                        assert_eq!(back, msg);
+                    })
+                })
+                .collect();
+            for c in clients {
+                c.await.unwrap();
+            }
+            server.await.unwrap();
+        }));
+    }
+    timeout(Duration::from_secs(60), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await
+    .expect("all streams within a minute");
+}
