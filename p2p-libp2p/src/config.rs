@@ -37,6 +37,10 @@ pub struct Libp2pConfig {
     pub psk: Option<PreSharedKey>,
     /// Find peers on the local network by mDNS and answer their queries.
     pub mdns: bool,
+    /// How often mDNS asks the network who is there, after a quick series
+    /// of probes at start-up. Nodes that are already up learn of a
+    /// newcomer at their next query, so this bounds how late they see it.
+    pub mdns_query_interval: Duration,
     /// When set, only these peers may connect to or be dialed by this node
     /// (libp2p's allow-list behaviour refuses everyone else when the
     /// connection is set up).
@@ -81,6 +85,7 @@ impl Default for Libp2pConfig {
             quic: true,
             psk: None,
             mdns: true,
+            mdns_query_interval: Duration::from_secs(30),
             allow_list: None,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -171,6 +176,9 @@ impl Libp2pConfig {
         }
         if self.idle_timeout.is_zero() {
             return bad("idle_timeout", "must be more than zero");
+        }
+        if self.mdns_query_interval < Duration::from_secs(1) {
+            return bad("mdns_query_interval", "must be at least 1 s");
         }
         if self.ping_interval < Duration::from_millis(100) {
             return bad("ping_interval", "must be at least 100 ms");

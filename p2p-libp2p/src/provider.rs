@@ -251,7 +251,10 @@ impl Libp2pProvider {
             .with_max_established_incoming(Some(config.max_incoming_connections))
             .with_max_pending_incoming(Some(config.max_pending_incoming));
         let mdns = if config.mdns {
-            let mc = mdns::Config::default();
+            let mc = mdns::Config {
+                query_interval: config.mdns_query_interval,
+                ..mdns::Config::default()
+            };
             Some(
                 mdns::tokio::Behaviour::new(mc, lp_local)
                     .map_err(|e| Error::io("starting mDNS", e))?,
