@@ -1,22 +1,4 @@
-//! Group `transport`: what the SDK's transports cost over the raw libraries.
-//!
-//! For iroh, on loopback in one process:
-//!
-//! - `iroh_sdk_stream`: 256 MiB over one stream through `IrohProvider`
-//!   (`Provider::connect`, `Connection::open_bi`, boxed tokio streams),
-//!   against the same transfer through a raw iroh endpoint and stream with
-//!   the same QUIC settings (the baseline). Target: ratio >= 0.9.
-//! - `iroh_raw_stream`: the raw iroh transfer, against a plain tokio TCP
-//!   socket copy of the same bytes (what QUIC in user space costs).
-//! - `iroh_connect_p50`: median time of 100 `Provider::connect` calls (QUIC
-//!   handshake plus the SDK's welcome), against raw iroh `Endpoint::connect`.
-//! - `iroh_idle_conn_heap`: live heap bytes per idle connection, both ends
-//!   counted (both are in this process), over 200 connections.
-//!
-//! Each throughput figure is the median of three runs, interleaved so that
-//! background noise hits all of them alike.
-
-#![allow(clippy::disallowed_methods)] // benchmarks measure wall time
+//! The iroh half of group `transport`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,27 +8,12 @@ use iroh::endpoint::presets;
 use iroh::{Endpoint, RelayMode, SecretKey};
 use p2p_core::{NodeKey, Provider};
 use p2p_iroh::{ALPN, IrohConfig, IrohProvider};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::{CONNECTS, IDLE_CONNS, RUNS, median, tcp_throughput, timed_transfer};
 use crate::Figure;
 
-const TOTAL: usize = 256 * 1024 * 1024;
-const CHUNK: usize = 1024 * 1024;
-const RUNS: usize = 5;
-const CONNECTS: usize = 100;
-const IDLE_CONNS: usize = 200;
-
-/// Runs the group.
-pub fn run() -> Vec<Figure> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run_async())
-}
-
-async fn run_async() -> Vec<Figure> {
+/// The iroh figures; the TCP baseline is measured alongside.
+pub(super) async fn figures() -> Vec<Figure> {
     let mut sdk = Vec::new();
     let mut raw = Vec::new();
     let mut tcp = Vec::new();
@@ -58,7 +25,7 @@ async fn run_async() -> Vec<Figure> {
     let (sdk, raw, tcp) = (median(sdk), median(raw), median(tcp));
     let (sdk_connect, raw_connect) = connect_times().await;
     let idle = idle_heap_per_connection().await;
-    let mut figures = vec![
+    vec![
         Figure::new("transport", "iroh_sdk_stream", sdk, "MiB/s")
             .target(">= 0.9 x raw iroh")
             .baseline(raw, "MiB/s raw iroh stream"),
@@ -71,63 +38,13 @@ async fn run_async() -> Vec<Figure> {
             "ms",
         )
         .baseline(raw_connect.as_secs_f64() * 1e3, "ms raw iroh connect"),
-    ];
-    figures.push(Figure::new(
-        "transport",
-        "iroh_idle_conn_heap",
-        idle / 1024.0,
-        "KiB per connection (both ends)",
-    ));
-    figures
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn mib_per_s(bytes: usize, d: Duration) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64().max(1e-9)
-}
-
-/// Writes [`TOTAL`] bytes and finishes the stream.
-async fn send_all(mut w: impl AsyncWrite + Unpin) {
-    let buf = vec![0xa5u8; CHUNK];
-    let mut sent = 0;
-    while sent < TOTAL {
-        w.write_all(&buf).await.expect("write");
-        sent += CHUNK;
-    }
-    w.shutdown().await.expect("finish");
-}
-
-/// Reads to end of stream; returns the byte count.
-async fn recv_all(mut r: impl AsyncRead + Unpin) -> usize {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0;
-    loop {
-        let n = r.read(&mut buf).await.expect("read");
-        if n == 0 {
-            return total;
-        }
-        total += n;
-    }
-}
-
-/// Moves [`TOTAL`] bytes from the stream `open` gives to the one `accept`
-/// gives; MiB/s from the first write to the reader's end of stream.
-async fn timed_transfer<W, R>(open: impl Future<Output = W>, accept: impl Future<Output = R>) -> f64
-where
-    W: AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
-{
-    let started = Instant::now();
-    let ((), got) = tokio::join!(async { send_all(open.await).await }, async {
-        recv_all(accept.await).await
-    });
-    let elapsed = started.elapsed();
-    assert_eq!(got, TOTAL, "receiver got a different byte count");
-    mib_per_s(TOTAL, elapsed)
+        Figure::new(
+            "transport",
+            "iroh_idle_conn_heap",
+            idle / 1024.0,
+            "KiB per connection (both ends)",
+        ),
+    ]
 }
 
 fn key(n: u8) -> NodeKey {
@@ -209,20 +126,6 @@ async fn raw_throughput() -> f64 {
     a.close().await;
     b.close().await;
     speed
-}
-
-async fn tcp_throughput() -> f64 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind tcp");
-    let addr = l.local_addr().expect("addr");
-    let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
-    let (c, (s, _)) = (c.expect("tcp connect"), s.expect("tcp accept"));
-    let started = Instant::now();
-    let ((), got) = tokio::join!(send_all(c), recv_all(s));
-    let elapsed = started.elapsed();
-    assert_eq!(got, TOTAL);
-    mib_per_s(TOTAL, elapsed)
 }
 
 /// Median connect time through the SDK and through raw iroh.
