@@ -30,6 +30,8 @@ pub struct Libp2pConfig {
     pub bind_addrs: Vec<SocketAddr>,
     /// Listen on and dial QUIC as well as TCP. Ignored, and QUIC stays off,
     /// when a pre-shared key is set: see [`Libp2pConfig::quic_enabled`].
+    /// (mDNS, when on, uses UDP port 5353 for discovery either way; it
+    /// carries no connections.)
     pub quic: bool,
     /// The private network key. Every TCP connection starts with the pnet
     /// handshake under this key, so a peer without it cannot complete the
@@ -56,8 +58,12 @@ pub struct Libp2pConfig {
     /// ping fails (no answer within the same interval) is closed, so a
     /// vanished peer is noticed even when no data flows.
     pub ping_interval: Duration,
-    /// Streams a peer may have open on one libp2p connection (yamux), and
-    /// streams of one SDK connection waiting in `accept_bi`.
+    /// Streams this node keeps open towards one peer, across all SDK
+    /// connections to it (control streams included); `open_bi` waits for
+    /// room beyond it. yamux allows twice this per libp2p connection, one
+    /// share per side, so peers should use the same value. Half of it is
+    /// the queue of streams waiting in one connection's `accept_bi`.
+    /// At most 2000.
     pub max_concurrent_streams: usize,
     /// Established libp2p connections per peer (simultaneous dials can
     /// make two).
@@ -71,7 +77,8 @@ pub struct Libp2pConfig {
     /// dialer is told the node is busy.
     pub accept_backlog: usize,
     /// How long [`Provider::close`](p2p_core::Provider::close) waits for
-    /// close reasons to be sent before it drops the connections anyway.
+    /// close reasons to be sent, and then for the libp2p connections to
+    /// close, before it goes on anyway: `close` returns within twice this.
     pub close_timeout: Duration,
     /// Depth of the bounded channel from provider handles to the task that
     /// drives the libp2p swarm.
@@ -156,7 +163,8 @@ impl Libp2pConfig {
     /// the security handshake; QUIC brings its own TLS handshake over UDP
     /// datagrams that pnet cannot wrap, so a QUIC listener would let
     /// anyone without the key complete a handshake. With a key the node
-    /// therefore opens no UDP socket at all.
+    /// therefore neither listens on nor dials UDP for connections (mDNS,
+    /// if on, still uses UDP for discovery).
     pub fn quic_enabled(&self) -> bool {
         self.quic && self.psk.is_none()
     }
@@ -183,8 +191,8 @@ impl Libp2pConfig {
         if self.ping_interval < Duration::from_millis(100) {
             return bad("ping_interval", "must be at least 100 ms");
         }
-        if self.max_concurrent_streams == 0 {
-            return bad("max_concurrent_streams", "must be at least 1");
+        if self.max_concurrent_streams < 2 || self.max_concurrent_streams > 2000 {
+            return bad("max_concurrent_streams", "must be 2 to 2000");
         }
         if self.max_connections_per_peer == 0 {
             return bad("max_connections_per_peer", "must be at least 1");

@@ -40,10 +40,10 @@ pub(crate) enum Command {
         who: String,
         reply: oneshot::Sender<Result<ConnectionId>>,
     },
-    /// Whether a connection is still open.
-    IsOpen {
+    /// Whether a connection is still open, and if not, how it ended.
+    ConnState {
         conn: ConnectionId,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<ConnState>,
     },
     /// Close every connection, stop listening, and end the task.
     Shutdown { reply: oneshot::Sender<()> },
@@ -51,11 +51,28 @@ pub(crate) enum Command {
 
 type DialWaiters = Vec<(String, oneshot::Sender<Result<ConnectionId>>)>;
 
+/// What became of a libp2p connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    /// Still open.
+    Open,
+    /// The peer ended it (or it broke), this long after it was set up.
+    ClosedByPeer { after: Duration },
+    /// Closed here, or unknown.
+    Closed,
+}
+
+/// How many ended connections are remembered for [`Command::ConnState`].
+const REMEMBER_CLOSED: usize = 256;
+
 /// The swarm task's state.
 pub(crate) struct Driver {
     pub(crate) swarm: Swarm<Behaviour>,
     pending: BTreeMap<libp2p::PeerId, (ConnectionId, DialWaiters)>,
-    connections: BTreeMap<ConnectionId, libp2p::PeerId>,
+    connections: BTreeMap<ConnectionId, (libp2p::PeerId, tokio::time::Instant)>,
+    /// Recently ended connections and how they ended.
+    ended: BTreeMap<ConnectionId, ConnState>,
+    listeners: Vec<libp2p::core::transport::ListenerId>,
     listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
     found: BTreeMap<p2p_core::PeerId, Vec<Multiaddr>>,
     book: PeerBook,
@@ -79,6 +96,8 @@ impl Driver {
             swarm,
             pending: BTreeMap::new(),
             connections: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            listeners: Vec::new(),
             listen_addrs,
             found: BTreeMap::new(),
             book,
@@ -97,6 +116,7 @@ impl Driver {
                 .listen_on(a.clone())
                 .map_err(|e| Error::invalid("bind_addrs", format!("cannot listen on {a}: {e}")))?;
             waiting.push((id, a.clone()));
+            self.listeners.push(id);
         }
         let find = |w: &[(libp2p::core::transport::ListenerId, Multiaddr)], id| {
             w.iter().find(|(l, _)| *l == id).map(|(_, a)| a.clone())
@@ -166,8 +186,13 @@ impl Driver {
                 who,
                 reply,
             } => self.dial(peer, addrs, who, reply),
-            Command::IsOpen { conn, reply } => {
-                let _ = reply.send(self.connections.contains_key(&conn));
+            Command::ConnState { conn, reply } => {
+                let state = if self.connections.contains_key(&conn) {
+                    ConnState::Open
+                } else {
+                    self.ended.get(&conn).copied().unwrap_or(ConnState::Closed)
+                };
+                let _ = reply.send(state);
             }
             Command::Shutdown { .. } => unreachable!("handled by run"),
         }
@@ -183,7 +208,7 @@ impl Driver {
         if let Some(conn) = self
             .connections
             .iter()
-            .find_map(|(c, p)| (*p == peer).then_some(*c))
+            .find_map(|(c, (p, _))| (*p == peer).then_some(*c))
         {
             let _ = reply.send(Ok(conn));
             return;
@@ -215,7 +240,8 @@ impl Driver {
                 connection_id,
                 ..
             } => {
-                self.connections.insert(connection_id, peer_id);
+                self.connections
+                    .insert(connection_id, (peer_id, tokio::time::Instant::now()));
                 if let Some((_, waiters)) = self.pending.remove(&peer_id) {
                     for (_, w) in waiters {
                         let _ = w.send(Ok(connection_id));
@@ -228,7 +254,21 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(?connection_id, ?cause, "libp2p connection closed");
-                self.connections.remove(&connection_id);
+                if let Some((_, since)) = self.connections.remove(&connection_id) {
+                    // An I/O error is the peer closing or the link failing;
+                    // no cause means we closed it, a keep-alive timeout that
+                    // it was idle.
+                    let state = match cause {
+                        Some(libp2p::swarm::ConnectionError::IO(_)) => ConnState::ClosedByPeer {
+                            after: since.elapsed(),
+                        },
+                        _ => ConnState::Closed,
+                    };
+                    self.ended.insert(connection_id, state);
+                    while self.ended.len() > REMEMBER_CLOSED {
+                        self.ended.pop_first();
+                    }
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -319,15 +359,20 @@ impl Driver {
                 ))));
             }
         }
+        for id in std::mem::take(&mut self.listeners) {
+            self.swarm.remove_listener(id);
+        }
         let peers: Vec<libp2p::PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             let _ = self.swarm.disconnect_peer_id(p);
         }
-        let listeners: Vec<_> = self.swarm.listeners().cloned().collect();
-        drop(listeners);
         let _ = tokio::time::timeout(self.close_timeout, async {
             while !self.connections.is_empty() {
                 let ev = self.swarm.select_next_some().await;
+                // One that was in its handshake when we stopped listening.
+                if let SwarmEvent::ConnectionEstablished { connection_id, .. } = &ev {
+                    self.swarm.close_connection(*connection_id);
+                }
                 self.on_event(ev);
             }
         })

@@ -25,7 +25,8 @@
 //!
 //! Every node speaks TCP + noise + yamux. Without a pre-shared key it also
 //! listens on and dials QUIC (`/udp/<port>/quic-v1`); with one it uses TCP
-//! only and opens no UDP socket at all.
+//! only and opens no UDP socket for connections (mDNS, when on, still uses
+//! UDP port 5353 for discovery).
 //!
 //! **Why no QUIC with a pre-shared key.** libp2p's private networks (pnet)
 //! encrypt the raw byte stream under the key *before* the security
@@ -98,13 +99,23 @@
 //!
 //! `libp2p-stream` hands inbound streams over through a channel with room
 //! for one and drops a stream that arrives while it is full (libp2p issue
-//! #5651). So the receiver acknowledges every stream with one byte once it
-//! is queued for `accept_bi`, `open_bi` returns after that acknowledgement,
-//! and at most one stream to a given peer is between opened and
-//! acknowledged at a time. A stream still lost to a burst from several
-//! peers is opened again. The cost is one round trip per `open_bi`, and
-//! opens to one peer are serialized at one per round trip; data on open
-//! streams is not affected.
+//! #5651). So the receiver answers every stream header at once with one
+//! byte, and at most one stream to a given peer is between opened and
+//! answered at a time; a stream still lost to a burst from several peers
+//! is opened again. A second byte follows once the stream is queued for
+//! the peer's `accept_bi`, and `open_bi` returns after it: when a
+//! connection's queue (half of `max_concurrent_streams`) is full, `open_bi`
+//! waits for room. The streams this node opens to one peer, over all
+//! connections to it, are limited to `max_concurrent_streams`; `open_bi`
+//! waits beyond that too, so yamux's own limit (twice that, one share per
+//! side) is never hit. The cost is one round trip per `open_bi`, and opens
+//! to one peer start at most one per round trip; data on open streams is
+//! not affected. Dropping a send half without `shutdown` finishes it.
+//!
+//! Bounds: `connect` returns or fails within `connect_timeout`. A close
+//! reaches the peer in one trip of its control message; a peer that
+//! vanishes without closing is noticed when ping fails, within about twice
+//! `ping_interval`.
 //!
 //! ## Admission
 //!
@@ -138,9 +149,10 @@
 //! [`Provider::close`](p2p_core::Provider::close) sends the reason on every
 //! connection (peers get [`Error::Closed`](p2p_core::Error::Closed) carrying
 //! it), stops accepting, closes the libp2p connections and the listeners,
-//! and ends discovery subscriptions, waiting at most `close_timeout` for
-//! each step. It is idempotent; dropping the last provider handle does the
-//! same in the background.
+//! and ends discovery subscriptions. It waits at most `close_timeout` for
+//! the close reasons to go out and as long again for the connections to
+//! close, so it returns within twice `close_timeout`. It is idempotent;
+//! dropping the last provider handle does the same in the background.
 //!
 //! ## Measured figures
 //!

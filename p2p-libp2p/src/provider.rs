@@ -23,13 +23,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::addr;
 use crate::config::Libp2pConfig;
-use crate::driver::{Behaviour, Command, Driver};
+use crate::driver::{Behaviour, Command, ConnState, Driver};
 use crate::session::{
     Gates, HEADER_LEN, Header, Io, Kind, Libp2pConnection, MAX_CONTROL_FRAME, OPEN_ATTEMPTS,
-    OpenReply, PROTOCOL, Refusal, Registry, Session, SessionEnv, SessionKey, backoff, route_data,
-    truncate,
+    OpenReply, PROTOCOL, RECEIVED, Refusal, Registry, Session, SessionEnv, SessionKey, Slot,
+    backoff, open_raw, route_data, truncate,
 };
 use crate::transport::build_transport;
+
+/// Inbound streams whose header is being read or which wait for room in a
+/// connection's accept queue, across all peers; more are dropped.
+const MAX_INBOUND_HANDOVERS: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -43,7 +47,10 @@ struct Core {
     control: libp2p_stream::Control,
     gates: Arc<Gates>,
     registry: Arc<Registry>,
-    listener: Mutex<Option<mpsc::Sender<Libp2pConnection>>>,
+    /// The live listener's id and queue.
+    listener: Mutex<Option<(u64, mpsc::Sender<Libp2pConnection>)>>,
+    /// Inbound streams in their hand-over (header, routing) at once.
+    inbound: Arc<tokio::sync::Semaphore>,
     /// The close reason, once closed.
     closed: Mutex<Option<String>>,
     stop: CancellationToken,
@@ -101,10 +108,10 @@ impl Core {
         rx.await.map_err(|_| self.closed_error())
     }
 
-    async fn is_open(&self, conn: ConnectionId) -> bool {
-        self.command(|reply| Command::IsOpen { conn, reply })
+    async fn conn_state(&self, conn: ConnectionId) -> ConnState {
+        self.command(|reply| Command::ConnState { conn, reply })
             .await
-            .unwrap_or(false)
+            .unwrap_or(ConnState::Closed)
     }
 
     /// Closes everything; idempotent.
@@ -292,14 +299,16 @@ impl Libp2pProvider {
         let (tx, rx) = mpsc::channel(config.command_buffer);
         tokio::spawn(driver.run(rx));
 
+        let stream_budget = config.max_concurrent_streams;
         let core = Arc::new(Core {
             local: key.peer_id(),
             config,
             commands: tx,
             control,
-            gates: Arc::default(),
+            gates: Arc::new(Gates::new(stream_budget)),
             registry: Arc::new(Registry::default()),
             listener: Mutex::new(None),
+            inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_HANDOVERS)),
             closed: Mutex::new(None),
             stop: CancellationToken::new(),
             listen_addrs,
@@ -360,6 +369,21 @@ impl Libp2pProvider {
             .map_err(|_| Error::timeout(format!("connecting to {who}"), limit))?
     }
 
+    /// Waits briefly for the swarm to report whether libp2p connection
+    /// `conn` closed (a close travels a round trip behind the failure it
+    /// caused).
+    async fn fate_of(&self, conn: ConnectionId) -> ConnState {
+        let wait = (self.core.config.connect_timeout / 4).min(Duration::from_secs(1));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let state = self.core.conn_state(conn).await;
+            if state != ConnState::Open || tokio::time::Instant::now() >= deadline {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn hand_over(
         &self,
         id: PeerId,
@@ -380,26 +404,40 @@ impl Libp2pProvider {
                 .await??;
             let session = core.new_session_id();
             match open_session(core, lp, session, who).await {
-                Ok((io, reply)) => {
+                Ok((io, reply, slot)) => {
                     reply.into_result(who)?;
                     let key = SessionKey {
                         peer: lp,
                         id: session,
                         we_dialed: true,
                     };
-                    return Ok(Session::start(key, id, core.env(), io));
+                    let conn = Session::start(key, id, core.env(), io, Some(slot));
+                    if !conn.is_connected() {
+                        return Err(core.closed_error());
+                    }
+                    return Ok(conn);
                 }
                 Err(e) => {
-                    // Give the swarm a moment to notice a connection the
-                    // peer closed right after the handshake: that is how
-                    // libp2p's allow-list and connection limits refuse.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    if !core.is_open(conn).await {
-                        return Err(Error::denied(format!(
-                            "admission denied: {who} closed the connection right after the \
-                             handshake; it does not admit this node (allow-list or connection \
-                             limit) or it is shutting down ({e})"
-                        )));
+                    core.check_open()?;
+                    match self.fate_of(conn).await {
+                        ConnState::ClosedByPeer { after }
+                            if after <= core.config.connect_timeout =>
+                        {
+                            // How libp2p's allow-list and connection limits
+                            // refuse: the peer closes a connection as soon
+                            // as it is established.
+                            return Err(Error::denied(format!(
+                                "admission denied: {who} closed the connection {after:.1?} after \
+                                 the handshake; it does not admit this node (allow-list or \
+                                 connection limit), or it is shutting down ({e})"
+                            )));
+                        }
+                        ConnState::ClosedByPeer { .. } | ConnState::Closed => {
+                            return Err(Error::unreachable(format!(
+                                "the connection to {who} was lost during the hand-over ({e})"
+                            )));
+                        }
+                        ConnState::Open => {}
                     }
                     tracing::debug!(attempt, error = %e, "hand-over failed; trying again");
                     last_err = Some(e);
@@ -417,22 +455,22 @@ async fn open_session(
     peer: libp2p::PeerId,
     session: u128,
     who: &str,
-) -> Result<(Io, OpenReply)> {
-    let _gate = core.gates.pass(peer).await;
-    let mut control = core.control.clone();
-    let stream = control
-        .open_stream(peer, PROTOCOL)
-        .await
-        .map_err(|e| Error::unreachable(format!("opening a stream to {who}: {e}")))?;
-    let mut io = stream.compat();
+) -> Result<(Io, OpenReply, Slot)> {
+    let slot = core.gates.slot(peer).await;
     let header = Header {
         kind: Kind::Open,
         session,
     }
     .encode();
-    let io_err = |e| Error::from_stream_io(&format!("hand-over with {who}"), e);
-    io.write_all(&header).await.map_err(io_err)?;
-    io.flush().await.map_err(io_err)?;
+    let mut io = open_raw(
+        &core.control,
+        &core.gates,
+        peer,
+        &header,
+        core.config.connect_timeout,
+        who,
+    )
+    .await?;
     let mut buf = Vec::new();
     if !read_frame_bytes(&mut io, &mut buf, MAX_CONTROL_FRAME).await? {
         return Err(Error::closed(format!(
@@ -440,7 +478,7 @@ async fn open_session(
         )));
     }
     let reply: OpenReply = decode(&buf)?;
-    Ok((io, reply))
+    Ok((io, reply, slot))
 }
 
 /// Takes every inbound stream off `libp2p-stream` at once and handles it
@@ -454,7 +492,17 @@ async fn route_inbound(core: Arc<Core>, mut incoming: libp2p_stream::IncomingStr
             next = incoming.next() => next,
         };
         let Some((peer, stream)) = next else { return };
-        tokio::spawn(handle_inbound(core.clone(), peer, stream));
+        // Bounded: beyond the cap a stream is dropped, which its opener
+        // sees and retries.
+        let Ok(permit) = core.inbound.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many inbound streams in hand-over; dropping one");
+            continue;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            handle_inbound(core, peer, stream).await;
+            drop(permit);
+        });
     }
 }
 
@@ -462,7 +510,8 @@ async fn handle_inbound(core: Arc<Core>, peer: libp2p::PeerId, stream: Stream) {
     let mut io = stream.compat();
     let mut raw = [0u8; HEADER_LEN];
     let limit = core.config.connect_timeout;
-    match tokio::time::timeout(limit, io.read_exact(&mut raw)).await {
+    let header_wait = limit / 4;
+    match tokio::time::timeout(header_wait, io.read_exact(&mut raw)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "inbound stream ended before its header");
@@ -480,6 +529,17 @@ async fn handle_inbound(core: Arc<Core>, peer: libp2p::PeerId, stream: Stream) {
             return;
         }
     };
+    // Tell the opener the stream made it past libp2p-stream's hand-off.
+    let received = async {
+        io.write_u8(RECEIVED).await?;
+        io.flush().await
+    };
+    if !matches!(
+        tokio::time::timeout(header_wait, received).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
     match header.kind {
         Kind::Data { opener_dialed } => {
             let key = SessionKey {
@@ -502,6 +562,11 @@ async fn accept_session(core: &Arc<Core>, peer: libp2p::PeerId, session: u128, m
         reason: reason.to_string(),
     };
     let remote = addr::from_libp2p(&peer);
+    let key = SessionKey {
+        peer,
+        id: session,
+        we_dialed: false,
+    };
     let permit = match &remote {
         Err(e) => Err(refuse(Refusal::Denied, &e.to_string())),
         Ok(_) if core.stop.is_cancelled() => Err(refuse(Refusal::Closing, "the node is closing")),
@@ -509,8 +574,12 @@ async fn accept_session(core: &Arc<Core>, peer: libp2p::PeerId, session: u128, m
             Refusal::Denied,
             "admission denied: not in the peer's allow-list",
         )),
+        Ok(_) if core.registry.contains(&key) => Err(refuse(
+            Refusal::Denied,
+            "a connection with this session id is already open",
+        )),
         Ok(_) => {
-            let tx = lock(&core.listener).clone();
+            let tx = lock(&core.listener).as_ref().map(|(_, tx)| tx.clone());
             match tx.map(|tx| tx.try_reserve_owned()) {
                 None | Some(Err(mpsc::error::TrySendError::Closed(_))) => {
                     Err(refuse(Refusal::NotAccepting, "no listener"))
@@ -536,18 +605,30 @@ async fn accept_session(core: &Arc<Core>, peer: libp2p::PeerId, session: u128, m
         let _ = tokio::time::timeout(limit, io.shutdown()).await;
         return;
     };
-    let key = SessionKey {
-        peer,
-        id: session,
-        we_dialed: false,
-    };
-    permit.send(Session::start(key, remote, core.env(), io));
+    // Dropped (and so closed, telling the dialer) if the provider closed
+    // or the listener went away meanwhile.
+    let conn = Session::start(key, remote, core.env(), io, None);
+    if conn.is_connected() && !core.stop.is_cancelled() {
+        permit.send(conn);
+    }
 }
 
 /// Inbound connections of a [`Libp2pProvider`].
 pub struct Libp2pListener {
     rx: mpsc::Receiver<Libp2pConnection>,
     core: Arc<Core>,
+    id: u64,
+}
+
+impl Drop for Libp2pListener {
+    /// Stops accepting at once: connections already queued are dropped,
+    /// which closes them and tells their dialers.
+    fn drop(&mut self) {
+        let mut slot = lock(&self.core.listener);
+        if slot.as_ref().is_some_and(|(id, _)| *id == self.id) {
+            slot.take();
+        }
+    }
 }
 
 impl std::fmt::Debug for Libp2pListener {
@@ -561,9 +642,10 @@ impl std::fmt::Debug for Libp2pListener {
 impl Libp2pListener {
     /// Waits for the next inbound connection, with its concrete type.
     pub async fn accept_connection(&mut self) -> Result<Libp2pConnection> {
-        match self.rx.recv().await {
-            Some(c) => Ok(c),
-            None => Err(self.core.closed_error()),
+        tokio::select! {
+            biased;
+            _ = self.core.stop.cancelled() => Err(self.core.closed_error()),
+            c = self.rx.recv() => c.ok_or_else(|| self.core.closed_error()),
         }
     }
 }
@@ -598,16 +680,18 @@ impl Provider for Libp2pProvider {
     async fn listen(&self) -> Result<Box<dyn Listener>> {
         self.core.check_open()?;
         let mut slot = lock(&self.core.listener);
-        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
+        if slot.as_ref().is_some_and(|(_, tx)| !tx.is_closed()) {
             return Err(Error::AlreadyExists {
                 what: "listener".into(),
             });
         }
         let (tx, rx) = mpsc::channel(self.core.config.accept_backlog);
-        *slot = Some(tx);
+        let id = self.core.next_session.fetch_add(1, Ordering::Relaxed);
+        *slot = Some((id, tx));
         Ok(Box::new(Libp2pListener {
             rx,
             core: self.core.clone(),
+            id,
         }))
     }
 

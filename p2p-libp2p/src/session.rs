@@ -17,13 +17,19 @@
 //! | 1 | kind: 1 open a session, 2 data stream of a session the opener dialed, 3 data stream of a session the receiver dialed |
 //! | 16 | session id, chosen by the dialer |
 //!
-//! The receiver answers an open with one frame (p2p-core framing) holding
-//! an [`OpenReply`], and a data stream with one byte: [`ACK_OK`] once the
-//! stream is queued for `accept_bi`, [`ACK_NO_SESSION`] when the session
-//! is gone. The opener waits for that answer, which gives `open_bi` its
-//! backpressure and makes a stream that `libp2p-stream` drops (it drops
-//! inbound streams when its hand-off channel is momentarily full) visible
-//! to the opener, which then opens it again.
+//! The receiver answers every header at once with the byte [`RECEIVED`],
+//! then an open with one frame (p2p-core framing) holding an
+//! [`OpenReply`], and a data stream with one more byte: [`ACK_OK`] once
+//! the stream is queued for `accept_bi`, [`ACK_NO_SESSION`] when the
+//! session is gone.
+//!
+//! `libp2p-stream` hands inbound streams over through a channel with room
+//! for one and drops a stream that arrives while it is full. So an opener
+//! opens at most one stream to a peer at a time until that stream is
+//! [`RECEIVED`] (see [`Gates`]); a stream dropped anyway (by a burst from
+//! several peers) ends before `RECEIVED` and is opened again. The second
+//! answer gives `open_bi` its backpressure: it returns once the peer has
+//! room for the stream.
 //!
 //! After the welcome the control stream carries one [`ControlMsg::Close`]
 //! with the reason, from whichever side closes first. The end of the
@@ -57,6 +63,8 @@ pub(crate) const HEADER_LEN: usize = 20;
 /// Control frames are small: a reason is cut to [`MAX_REASON`] bytes.
 pub(crate) const MAX_CONTROL_FRAME: u32 = 4096;
 const MAX_REASON: usize = 1024;
+/// The receiver took the stream from `libp2p-stream` and read its header.
+pub(crate) const RECEIVED: u8 = 0x7e;
 /// A data stream was queued for the peer's `accept_bi`.
 pub(crate) const ACK_OK: u8 = 1;
 /// The receiver has no such session (it was closed).
@@ -206,6 +214,7 @@ pub(crate) struct SessionKey {
 #[derive(Default)]
 pub(crate) struct Registry {
     sessions: Mutex<BTreeMap<SessionKey, Arc<Session>>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -217,47 +226,145 @@ impl Registry {
         lock(&self.sessions).get(key).cloned()
     }
 
-    fn insert(&self, s: Arc<Session>) {
-        lock(&self.sessions).insert(s.key, s);
+    /// Whether a session with this key is live.
+    pub(crate) fn contains(&self, key: &SessionKey) -> bool {
+        lock(&self.sessions).contains_key(key)
     }
 
-    fn remove(&self, key: &SessionKey) {
-        lock(&self.sessions).remove(key);
+    /// Adds a session; false once the registry was drained for closing,
+    /// or when its key is taken.
+    fn insert(&self, s: Arc<Session>) -> bool {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        match lock(&self.sessions).entry(s.key) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(s);
+                true
+            }
+            std::collections::btree_map::Entry::Occupied(_) => false,
+        }
     }
 
-    /// Takes every session out, for closing them all.
+    /// Removes `s`, and only `s`: never a later session with the same key.
+    fn remove(&self, s: &Session) {
+        let mut sessions = lock(&self.sessions);
+        if sessions
+            .get(&s.key)
+            .is_some_and(|there| std::ptr::eq(Arc::as_ptr(there), s))
+        {
+            sessions.remove(&s.key);
+        }
+    }
+
+    /// Takes every session out, for closing them all; later inserts fail.
     pub(crate) fn drain(&self) -> Vec<Arc<Session>> {
-        std::mem::take(&mut *lock(&self.sessions))
-            .into_values()
-            .collect()
+        let mut sessions = lock(&self.sessions);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        std::mem::take(&mut *sessions).into_values().collect()
     }
 }
 
-/// One gate per peer: at most one stream to a peer is between "opened"
-/// and "answered" at a time.
+/// Per peer: a gate, so that at most one stream to the peer is between
+/// "opened" and [`RECEIVED`] at a time, and a budget of open streams.
 ///
 /// `libp2p-stream` hands inbound streams over through a channel with room
 /// for one and drops any stream that arrives while it is full, so a burst
 /// of opens towards one peer would lose all but the first. Waiting for
-/// each stream's answer before opening the next keeps the channel free.
-/// Streams from several peers can still collide at a receiver; those are
-/// opened again (see [`OPEN_ATTEMPTS`]).
-#[derive(Default)]
+/// each stream's [`RECEIVED`] before opening the next keeps the channel
+/// free. Streams from several peers can still collide at a receiver; those
+/// are opened again (see [`OPEN_ATTEMPTS`]).
+///
+/// yamux counts the streams of both directions against one limit and
+/// closes the whole connection when a peer opens one past it; the budget
+/// keeps this node's streams to a peer (control streams included) within
+/// its share of that limit, and `open_bi` waits for room instead.
 pub(crate) struct Gates {
-    gates: Mutex<BTreeMap<libp2p::PeerId, Arc<tokio::sync::Mutex<()>>>>,
+    peers: Mutex<BTreeMap<libp2p::PeerId, PeerGate>>,
+    budget: usize,
 }
 
+struct PeerGate {
+    gate: Arc<tokio::sync::Mutex<()>>,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// A stream's share of a peer's budget, returned when the stream goes.
+pub(crate) type Slot = tokio::sync::OwnedSemaphorePermit;
+
 impl Gates {
+    /// Gates allowing `budget` open streams per peer.
+    pub(crate) fn new(budget: usize) -> Self {
+        Gates {
+            peers: Mutex::new(BTreeMap::new()),
+            budget,
+        }
+    }
+
+    fn peer(
+        &self,
+        peer: libp2p::PeerId,
+    ) -> (Arc<tokio::sync::Mutex<()>>, Arc<tokio::sync::Semaphore>) {
+        let mut peers = lock(&self.peers);
+        // Forget peers with no stream open and nobody waiting.
+        peers.retain(|p, g| {
+            *p == peer || Arc::strong_count(&g.gate) > 1 || Arc::strong_count(&g.budget) > 1
+        });
+        let g = peers.entry(peer).or_insert_with(|| PeerGate {
+            gate: Arc::default(),
+            budget: Arc::new(tokio::sync::Semaphore::new(self.budget)),
+        });
+        (g.gate.clone(), g.budget.clone())
+    }
+
+    /// Waits for room for one more stream to `peer`.
+    pub(crate) async fn slot(&self, peer: libp2p::PeerId) -> Slot {
+        let (_, budget) = self.peer(peer);
+        budget
+            .acquire_owned()
+            .await
+            .expect("the budget semaphore is never closed")
+    }
+
     /// Waits for the gate of `peer`.
     pub(crate) async fn pass(&self, peer: libp2p::PeerId) -> tokio::sync::OwnedMutexGuard<()> {
-        let gate = {
-            let mut gates = lock(&self.gates);
-            // Forget gates nobody holds or waits for.
-            gates.retain(|p, g| *p == peer || Arc::strong_count(g) > 1);
-            gates.entry(peer).or_default().clone()
-        };
+        let (gate, _) = self.peer(peer);
         gate.lock_owned().await
     }
+}
+
+/// Opens a stream to `peer` and sends `header`, holding the peer's gate
+/// until the peer answers [`RECEIVED`] (bounded by `limit`).
+pub(crate) async fn open_raw(
+    control: &libp2p_stream::Control,
+    gates: &Gates,
+    peer: libp2p::PeerId,
+    header: &[u8; HEADER_LEN],
+    limit: Duration,
+    who: &str,
+) -> Result<Io> {
+    let _gate = gates.pass(peer).await;
+    let mut control = control.clone();
+    let exchange = async {
+        let stream = control
+            .open_stream(peer, PROTOCOL)
+            .await
+            .map_err(|e| Error::unreachable(format!("opening a stream to {who}: {e}")))?;
+        let mut io = stream.compat();
+        let io_err = |e| Error::from_stream_io(&format!("opening a stream to {who}"), e);
+        io.write_all(header).await.map_err(io_err)?;
+        io.flush().await.map_err(io_err)?;
+        match io.read_u8().await.map_err(io_err)? {
+            RECEIVED => Ok(io),
+            other => Err(Error::protocol(format!(
+                "{who} answered a new stream with {other}, not the expected {RECEIVED}"
+            ))),
+        }
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| Error::timeout(format!("opening a stream to {who}"), limit))?
 }
 
 /// Settings a session needs from the provider.
@@ -282,6 +389,8 @@ pub(crate) struct Session {
     inbound_tx: mpsc::Sender<Io>,
     inbound_rx: tokio::sync::Mutex<mpsc::Receiver<Io>>,
     control_send: Mutex<Option<WriteHalf<Io>>>,
+    /// The control stream's share of the peer's stream budget (dialer).
+    _control_slot: Option<Slot>,
     guard: OnceLock<Weak<Guard>>,
 }
 
@@ -289,14 +398,18 @@ impl Session {
     /// Registers a new session whose control stream is `control` (the
     /// welcome already exchanged), starts its control reader, and returns
     /// the first handle.
+    ///
+    /// If the provider closed meanwhile, or the key is taken, the session
+    /// starts closed: check [`Connection::is_connected`].
     pub(crate) fn start(
         key: SessionKey,
         remote: PeerId,
         env: SessionEnv,
         control: Io,
+        control_slot: Option<Slot>,
     ) -> Libp2pConnection {
         let (read, write) = tokio::io::split(control);
-        let (inbound_tx, inbound_rx) = mpsc::channel(env.max_streams);
+        let (inbound_tx, inbound_rx) = mpsc::channel((env.max_streams / 2).max(1));
         let registry = env.registry.upgrade();
         let session = Arc::new(Session {
             key,
@@ -307,17 +420,15 @@ impl Session {
             inbound_tx,
             inbound_rx: tokio::sync::Mutex::new(inbound_rx),
             control_send: Mutex::new(Some(write)),
+            _control_slot: control_slot,
             guard: OnceLock::new(),
         });
         let guard = Arc::new(Guard {
             session: session.clone(),
         });
         let _ = session.guard.set(Arc::downgrade(&guard));
-        match registry {
-            Some(r) => r.insert(session.clone()),
-            None => {
-                session.mark_closed("the provider is closed".into());
-            }
+        if !registry.is_some_and(|r| r.insert(session.clone())) {
+            session.mark_closed("connection closed: the provider is closed".into());
         }
         tokio::spawn(read_control(session.clone(), read));
         Libp2pConnection { guard }
@@ -339,12 +450,12 @@ impl Session {
         }
         self.closed.cancel();
         if let Some(reg) = self.env.registry.upgrade() {
-            reg.remove(&self.key);
+            reg.remove(self);
         }
         true
     }
 
-    fn closed_error(&self) -> Error {
+    pub(crate) fn closed_error(&self) -> Error {
         let reason = lock(&self.reason)
             .clone()
             .unwrap_or_else(|| "connection closed".into());
@@ -489,20 +600,23 @@ impl Libp2pConnection {
         self.guard.session.key.we_dialed
     }
 
-    fn wrap(&self, io: Io) -> (SendStream, RecvStream) {
-        wrap(io, &self.guard)
+    fn wrap(&self, io: Io, slot: Option<Slot>) -> (SendStream, RecvStream) {
+        wrap(io, &self.guard, slot)
     }
 }
 
-fn wrap(io: Io, guard: &Arc<Guard>) -> (SendStream, RecvStream) {
+fn wrap(io: Io, guard: &Arc<Guard>, slot: Option<Slot>) -> (SendStream, RecvStream) {
     let (r, w) = tokio::io::split(io);
+    let slot = slot.map(Arc::new);
     let life = || Life {
         guard: guard.clone(),
         ended: Box::pin(guard.session.closed.clone().cancelled_owned()),
+        _slot: slot.clone(),
     };
     (
         Box::new(SdkSend {
-            inner: w,
+            inner: Some(w),
+            finished: false,
             life: life(),
         }),
         Box::new(SdkRecv {
@@ -536,7 +650,7 @@ impl Connection for Libp2pConnection {
                 r = open_data_stream(s, &header) => r,
             };
             match attempt_result {
-                Ok(Some(io)) => return Ok(self.wrap(io)),
+                Ok(Some((io, slot))) => return Ok(self.wrap(io, Some(slot))),
                 Ok(None) => {
                     s.mark_closed(format!("{} no longer has this connection", s.who()));
                     return Err(s.closed_error());
@@ -563,7 +677,7 @@ impl Connection for Libp2pConnection {
             biased;
             _ = s.closed.cancelled() => Err(s.closed_error()),
             io = rx.recv() => match io {
-                Some(io) => Ok(self.wrap(io)),
+                Some(io) => Ok(self.wrap(io, None)),
                 None => Err(s.closed_error()),
             },
         }
@@ -598,37 +712,21 @@ struct Retry(Error);
 async fn open_data_stream(
     s: &Session,
     header: &[u8; HEADER_LEN],
-) -> std::result::Result<Option<Io>, Retry> {
-    let _gate = s.env.gates.pass(s.key.peer).await;
-    let mut control = s.env.control.clone();
-    let opened = tokio::time::timeout(
+) -> std::result::Result<Option<(Io, Slot)>, Retry> {
+    let slot = s.env.gates.slot(s.key.peer).await;
+    let mut io = open_raw(
+        &s.env.control,
+        &s.env.gates,
+        s.key.peer,
+        header,
         s.env.open_timeout,
-        control.open_stream(s.key.peer, PROTOCOL),
+        &s.who(),
     )
-    .await;
-    let stream = match opened {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            return Err(Retry(Error::closed(format!(
-                "opening a stream to {}: {e}",
-                s.who()
-            ))));
-        }
-        Err(_) => {
-            return Err(Retry(Error::timeout(
-                format!("opening a stream to {}", s.who()),
-                s.env.open_timeout,
-            )));
-        }
-    };
-    let mut io = stream.compat();
-    let exchange = async {
-        io.write_all(header).await?;
-        io.flush().await?;
-        io.read_u8().await
-    };
-    match exchange.await {
-        Ok(ACK_OK) => Ok(Some(io)),
+    .await
+    .map_err(Retry)?;
+    // Past the gate: wait for room in the peer's accept queue.
+    match io.read_u8().await {
+        Ok(ACK_OK) => Ok(Some((io, slot))),
         Ok(ACK_NO_SESSION) => Ok(None),
         Ok(other) => Err(Retry(Error::protocol(format!(
             "{} answered a new stream with {other}",
@@ -646,6 +744,9 @@ async fn open_data_stream(
 struct Life {
     guard: Arc<Guard>,
     ended: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// This node's share of the peer's stream budget, for streams it
+    /// opened; shared by both halves, returned when both are gone.
+    _slot: Option<Arc<Slot>>,
 }
 
 impl Life {
@@ -687,7 +788,10 @@ impl AsyncRead for SdkRecv {
 }
 
 struct SdkSend {
-    inner: WriteHalf<Io>,
+    /// `None` only while being dropped.
+    inner: Option<WriteHalf<Io>>,
+    /// Shut down cleanly: nothing to do on drop.
+    finished: bool,
     life: Life,
 }
 
@@ -700,7 +804,10 @@ impl SdkSend {
         if self.life.is_ended() {
             return Poll::Ready(Err(self.life.error()));
         }
-        match f(Pin::new(&mut self.inner), cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Err(io::Error::other("stream dropped")));
+        };
+        match f(Pin::new(inner), cx) {
             Poll::Pending if self.life.poll_ended(cx) => Poll::Ready(Err(self.life.error())),
             other => other,
         }
@@ -721,7 +828,33 @@ impl AsyncWrite for SdkSend {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.guarded(cx, |w, cx| w.poll_shutdown(cx))
+        let r = self.guarded(cx, |w, cx| w.poll_shutdown(cx));
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.finished = true;
+        }
+        r
+    }
+}
+
+impl Drop for SdkSend {
+    /// The two halves share one yamux stream, which ends only when both
+    /// are gone; so a send half dropped without `shutdown` finishes its
+    /// direction here, and the peer reads end of stream.
+    fn drop(&mut self) {
+        if self.finished || self.life.is_ended() {
+            return;
+        }
+        let (Some(mut w), Ok(rt)) = (self.inner.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let limit = self.life.guard.session.env.close_timeout;
+        // Keeps the connection open until the finish is sent.
+        let guard = self.life.guard.clone();
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(limit, w.shutdown()).await;
+            drop(guard);
+        });
     }
 }
 

@@ -78,7 +78,8 @@ fn from_upgrade<X: StdError + Send + Sync + 'static>(
 ) -> io::Error {
     match e {
         TransportTimeoutError::Timeout if psk => labelled(DialStage::Psk(format!(
-            "no handshake within {setup:?} although the peer accepted the TCP connection"
+            "no handshake within {setup:?} although the peer accepted the TCP connection \
+             and sent its nonce: most likely a different key"
         ))),
         TransportTimeoutError::Timeout => labelled(DialStage::Timeout),
         TransportTimeoutError::TimerError(e) => labelled(DialStage::Handshake(e.to_string())),
@@ -88,9 +89,15 @@ fn from_upgrade<X: StdError + Send + Sync + 'static>(
 }
 
 /// The yamux settings of a config.
+///
+/// yamux counts the streams of both directions together and closes the
+/// connection when the peer opens one past its limit, so the limit is
+/// twice what each side may open (plus room for ping): each side keeps to
+/// `max_concurrent_streams` through the per-peer budget in the session
+/// layer.
 fn yamux_config(config: &Libp2pConfig) -> yamux::Config {
     let mut y = yamux::Config::default();
-    y.set_max_num_streams(config.max_concurrent_streams);
+    y.set_max_num_streams(2 * config.max_concurrent_streams + 8);
     y
 }
 
@@ -109,15 +116,21 @@ pub fn build_transport(
     let noise = noise::Config::new(key).map_err(backend)?;
     let yamux = yamux_config(config);
     let setup = config.setup_timeout();
+    // With a key, a third (see below); without one, TCP may take the rest.
+    let tcp_wait = if config.psk.is_some() {
+        setup / 3
+    } else {
+        setup
+    };
     let tcp = TransportTimeout::with_outgoing_timeout(
         tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)),
-        setup / 2,
+        tcp_wait,
     )
     .map_err(move |e| {
         labelled(DialStage::Tcp(match e {
             TransportTimeoutError::Timeout => io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no TCP connection within {:?}", setup / 2),
+                format!("no TCP connection within {tcp_wait:?}"),
             ),
             TransportTimeoutError::TimerError(e) | TransportTimeoutError::Other(e) => e,
         }))
@@ -125,10 +138,12 @@ pub fn build_transport(
     let stream_stack = match &config.psk {
         Some(psk) => {
             let psk = pnet::PreSharedKey::new(*psk.as_bytes());
-            // The nonce exchange gets half the set-up time, so that a peer
-            // that never answers it (it has no key) is reported as a
-            // refused handshake before the whole set-up times out.
-            let nonce_wait = setup / 2;
+            // TCP connect and the nonce exchange get a third of the set-up
+            // time each, so that a peer that never answers the nonce (it
+            // has no key) is reported as a refused handshake, and a set-up
+            // that times out after both succeeded had a TCP connection and
+            // a nonce from the peer but no handshake: keys that differ.
+            let nonce_wait = setup / 3;
             tcp.and_then(move |socket, _| async move {
                 match tokio::time::timeout(nonce_wait, pnet::PnetConfig::new(psk).handshake(socket))
                     .await

@@ -460,3 +460,109 @@ async fn bursts_of_streams_from_many_peers_all_arrive() {
     .await
     .expect("all streams within a minute");
 }
+
+/// Streams nobody accepts do not break the connection: past the peer's
+/// accept queue `open_bi` waits for room (and other connections to the
+/// same peer keep working), past this node's stream budget it waits too,
+/// and everything completes once the peer accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unaccepted_streams_wait_for_room_instead_of_breaking_the_connection() {
+    let mut c = cfg();
+    c.max_concurrent_streams = 8; // accept queue 4 per connection
+    let a = node_with(1, c.clone()).await;
+    let b = node_with(2, c).await;
+    let mut bl = b.listen().await.unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(timeout(STEP, ab.open_bi()).await.unwrap().unwrap());
+    }
+    // The fifth waits for room in b's queue.
+    let waiting = {
+        let ab = ab.clone();
+        tokio::spawn(async move { ab.open_bi().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "open_bi must wait for room");
+    // Meanwhile a second connection to the same peer still opens streams.
+    let (ab2, ba2) = link(&a, &b, &mut bl).await;
+    echo(&*ab2.unwrap(), &*ba2.unwrap(), b"not blocked").await;
+    // b accepts: the waiting open completes, nothing was lost.
+    for _ in 0..5 {
+        timeout(STEP, ba.accept_bi()).await.unwrap().unwrap();
+    }
+    timeout(STEP, waiting).await.unwrap().unwrap().unwrap();
+    assert!(ab.is_connected() && ba.is_connected());
+    echo(&*ab, &*ba, b"connection intact").await;
+}
+
+/// Dropping a send half without `shutdown` finishes the stream: the peer
+/// reads to the end while this side still holds the receive half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_send_half_finishes_the_stream() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut bl = b.listen().await.unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    let (mut s, mut r) = ab.open_bi().await.unwrap();
+    s.write_all(b"request").await.unwrap();
+    s.flush().await.unwrap();
+    drop(s);
+    let (mut bs, mut br) = timeout(STEP, ba.accept_bi()).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    timeout(STEP, br.read_to_end(&mut got))
+        .await
+        .expect("the peer must see the end of a dropped send half")
+        .unwrap();
+    assert_eq!(got, b"request");
+    bs.write_all(b"reply").await.unwrap();
+    bs.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    r.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"reply");
+}
+
+/// A connection closed while the listener is not looking is never yielded
+/// after close; `accept` reports the close at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_after_close_reports_closed_even_with_a_backlog() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut bl = b.listen().await.unwrap();
+    // Two connections wait in b's backlog.
+    let c1 = timeout(STEP, a.connect(&b.local_addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    let c2 = timeout(STEP, a.connect(&b.local_addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    b.close("going away").await;
+    match timeout(STEP, bl.accept()).await.unwrap() {
+        Err(Error::Closed { reason }) => assert!(reason.contains("going away"), "{reason}"),
+        other => panic!("expected Closed, got {:?}", other.map(|c| c.remote_id())),
+    }
+    for c in [c1, c2] {
+        let e = timeout(STEP, c.accept_bi()).await.unwrap().err().unwrap();
+        assert!(matches!(e, Error::Closed { .. }), "{e}");
+    }
+}
+
+/// Dropping the listener closes the connections still in its backlog, and
+/// their dialers hear of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_listener_closes_its_backlog() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let bl = b.listen().await.unwrap();
+    let c = timeout(STEP, a.connect(&b.local_addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(bl);
+    let e = timeout(STEP, c.accept_bi()).await.unwrap().err().unwrap();
+    assert!(matches!(e, Error::Closed { .. }), "{e}");
+}
