@@ -36,6 +36,8 @@ use crate::error::Error;
 use crate::id::{NodeKey, PeerId};
 use crate::transport::{Connection, Listener, Provider, RecvStream, SendStream};
 
+pub mod mdns;
+
 /// Time bounds a backend promises; the suite fails a case that exceeds them.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {

@@ -127,6 +127,24 @@ pub enum Error {
     },
 }
 
+/// Cuts a close reason (or any message bound for the wire) to at most
+/// `max` bytes, on a character boundary.
+///
+/// ```
+/// assert_eq!(p2p_core::error::truncate_reason("héllo", 2), "h");
+/// assert_eq!(p2p_core::error::truncate_reason("short", 64), "short");
+/// ```
+pub fn truncate_reason(reason: &str, max: usize) -> &str {
+    if reason.len() <= max {
+        return reason;
+    }
+    let mut end = max;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 impl Error {
     /// Shorthand for [`Error::Closed`].
     pub fn closed(reason: impl Into<String>) -> Self {

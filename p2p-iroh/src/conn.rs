@@ -83,14 +83,7 @@ pub(crate) fn close_with(conn: &endpoint::Connection, code: u32, reason: &str) {
 }
 
 fn truncate(reason: &str) -> &str {
-    if reason.len() <= MAX_REASON {
-        return reason;
-    }
-    let mut end = MAX_REASON;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
+    p2p_core::error::truncate_reason(reason, MAX_REASON)
 }
 
 /// Maps a QUIC connection error to the SDK error a caller can act on.

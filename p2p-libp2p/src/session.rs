@@ -192,14 +192,7 @@ pub(crate) enum ControlMsg {
 
 /// Cuts `reason` to [`MAX_REASON`] bytes on a character boundary.
 pub(crate) fn truncate(reason: &str) -> &str {
-    if reason.len() <= MAX_REASON {
-        return reason;
-    }
-    let mut end = MAX_REASON;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
+    p2p_core::error::truncate_reason(reason, MAX_REASON)
 }
 
 /// Identifies a session among all sessions with all peers.
@@ -941,13 +934,5 @@ mod tests {
             r(Refusal::Busy).into_result("p"),
             Err(Error::Unreachable { .. })
         ));
-    }
-
-    #[test]
-    fn long_reasons_are_cut_on_a_char_boundary() {
-        let long = "é".repeat(MAX_REASON);
-        let cut = truncate(&long);
-        assert!(cut.len() <= MAX_REASON && cut.chars().all(|c| c == 'é'));
-        assert_eq!(truncate("short"), "short");
     }
 }

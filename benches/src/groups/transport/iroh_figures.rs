@@ -9,20 +9,12 @@ use iroh::{Endpoint, RelayMode, SecretKey};
 use p2p_core::{NodeKey, Provider};
 use p2p_iroh::{ALPN, IrohConfig, IrohProvider};
 
-use super::{CONNECTS, IDLE_CONNS, RUNS, median, tcp_throughput, timed_transfer};
+use super::{CONNECTS, IDLE_CONNS, interleaved, timed_transfer};
 use crate::Figure;
 
 /// The iroh figures; the TCP baseline is measured alongside.
 pub(super) async fn figures() -> Vec<Figure> {
-    let mut sdk = Vec::new();
-    let mut raw = Vec::new();
-    let mut tcp = Vec::new();
-    for _ in 0..RUNS {
-        sdk.push(sdk_throughput().await);
-        raw.push(raw_throughput().await);
-        tcp.push(tcp_throughput().await);
-    }
-    let (sdk, raw, tcp) = (median(sdk), median(raw), median(tcp));
+    let (sdk, raw, tcp) = interleaved(sdk_throughput, raw_throughput).await;
     let (sdk_connect, raw_connect) = connect_times().await;
     let idle = idle_heap_per_connection().await;
     vec![

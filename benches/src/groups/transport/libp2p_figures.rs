@@ -10,7 +10,7 @@ use p2p_core::{NodeKey, Provider};
 use p2p_libp2p::{Libp2pConfig, Libp2pProvider};
 
 use super::timed_transfer;
-use super::{CHUNK, CONNECTS, IDLE_CONNS, RUNS, TOTAL, median, mib_per_s, tcp_throughput};
+use super::{CHUNK, CONNECTS, IDLE_CONNS, TOTAL, interleaved, mib_per_s};
 use crate::Figure;
 
 /// Distinct peers for the per-connection heap figure.
@@ -25,15 +25,7 @@ fn config() -> Libp2pConfig {
 
 /// The libp2p figures; the TCP baseline is measured alongside.
 pub(super) async fn figures() -> Vec<Figure> {
-    let mut sdk = Vec::new();
-    let mut raw = Vec::new();
-    let mut tcp = Vec::new();
-    for _ in 0..RUNS {
-        sdk.push(sdk_throughput().await);
-        raw.push(raw_throughput().await);
-        tcp.push(tcp_throughput().await);
-    }
-    let (sdk, raw, tcp) = (median(sdk), median(raw), median(tcp));
+    let (sdk, raw, tcp) = interleaved(sdk_throughput, raw_throughput).await;
     let (sdk_connect, raw_connect) = connect_times().await;
     let conn_heap = idle_heap_per_peer().await;
     let session_heap = idle_heap_per_session().await;

@@ -64,6 +64,22 @@ pub fn run() -> Vec<Figure> {
     })
 }
 
+/// Medians of [`RUNS`] interleaved runs of the SDK transfer, the raw
+/// library's and the TCP copy, so that background noise hits all alike.
+pub(super) async fn interleaved<S, R>(sdk: impl Fn() -> S, raw: impl Fn() -> R) -> (f64, f64, f64)
+where
+    S: Future<Output = f64>,
+    R: Future<Output = f64>,
+{
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        a.push(sdk().await);
+        b.push(raw().await);
+        c.push(tcp_throughput().await);
+    }
+    (median(a), median(b), median(c))
+}
+
 pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
