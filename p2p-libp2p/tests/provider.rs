@@ -405,6 +405,17 @@ async fn an_idle_connection_outlives_the_idle_timeout() {
 /// inbound streams while its hand-off is busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_of_streams_from_many_peers_all_arrive() {
+    bursts_from_many_peers().await;
+}
+
+/// The same on one thread, where the task that takes streams from
+/// libp2p-stream cannot run between two streams the swarm hands over.
+#[tokio::test]
+async fn bursts_of_streams_from_many_peers_all_arrive_on_one_thread() {
+    bursts_from_many_peers().await;
+}
+
+async fn bursts_from_many_peers() {
     const STREAMS: usize = 40;
     let hub = Arc::new(node(1).await);
     let mut hl = hub.listen().await.unwrap();
