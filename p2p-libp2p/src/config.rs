@@ -59,11 +59,11 @@ pub struct Libp2pConfig {
     /// vanished peer is noticed even when no data flows.
     pub ping_interval: Duration,
     /// Streams this node keeps open towards one peer, across all SDK
-    /// connections to it (control streams included); `open_bi` waits for
-    /// room beyond it. yamux allows twice this per libp2p connection, one
-    /// share per side, so peers should use the same value. Half of it is
-    /// the queue of streams waiting in one connection's `accept_bi`.
-    /// At most 2000.
+    /// connections to it; `open_bi` waits for room beyond it. A quarter of
+    /// it is the queue of streams waiting in one connection's `accept_bi`,
+    /// and the most opens of one connection that may wait for room in the
+    /// peer's queue. yamux allows twice this per libp2p connection (at
+    /// least 1024), for both sides together. At most 2000.
     pub max_concurrent_streams: usize,
     /// Established libp2p connections per peer (simultaneous dials can
     /// make two).
@@ -175,6 +175,13 @@ impl Libp2pConfig {
     /// rather than as `connect` timing out.
     pub(crate) fn setup_timeout(&self) -> Duration {
         self.connect_timeout * 3 / 4
+    }
+
+    /// The bound on a TCP connect: a third of the set-up time, so that a
+    /// set-up that times out later had a TCP connection (see
+    /// `transport::from_upgrade`).
+    pub(crate) fn tcp_timeout(&self) -> Duration {
+        self.setup_timeout() / 3
     }
 
     pub(crate) fn validate(&self) -> p2p_core::Result<()> {

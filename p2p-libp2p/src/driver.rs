@@ -77,6 +77,7 @@ pub(crate) struct Driver {
     found: BTreeMap<p2p_core::PeerId, Vec<Multiaddr>>,
     book: PeerBook,
     setup: Duration,
+    tcp_wait: Duration,
     close_timeout: Duration,
 }
 
@@ -90,6 +91,7 @@ impl Driver {
         listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
         book: PeerBook,
         setup: Duration,
+        tcp_wait: Duration,
         close_timeout: Duration,
     ) -> Self {
         Driver {
@@ -102,6 +104,7 @@ impl Driver {
             found: BTreeMap::new(),
             book,
             setup,
+            tcp_wait,
             close_timeout,
         }
     }
@@ -228,7 +231,7 @@ impl Driver {
                 self.pending.insert(peer, (conn, vec![(who, reply)]));
             }
             Err(e) => {
-                let _ = reply.send(Err(dial_error(&who, e, self.setup)));
+                let _ = reply.send(Err(dial_error(&who, e, self.setup, self.tcp_wait)));
             }
         }
     }
@@ -281,7 +284,7 @@ impl Driver {
             {
                 if let Some((_, waiters)) = self.pending.remove(&peer) {
                     let who = waiters.first().map(|(w, _)| w.clone()).unwrap_or_default();
-                    let e = dial_error(&who, error, self.setup);
+                    let e = dial_error(&who, error, self.setup, self.tcp_wait);
                     for (_, w) in waiters {
                         let _ = w.send(Err(same_error(&e)));
                     }
@@ -396,9 +399,9 @@ fn same_error(e: &Error) -> Error {
 }
 
 /// Maps a failed dial into the error the caller of `connect` gets.
-pub(crate) fn dial_error(who: &str, e: DialError, setup: Duration) -> Error {
+pub(crate) fn dial_error(who: &str, e: DialError, setup: Duration, tcp_wait: Duration) -> Error {
     match e {
-        DialError::Transport(list) => classify(who, &list, setup),
+        DialError::Transport(list) => classify(who, &list, setup, tcp_wait),
         DialError::NoAddresses => Error::unreachable(format!(
             "no address known for {who}: give one in its peer address, or enable mDNS"
         )),

@@ -56,7 +56,7 @@
 //! | `connect_timeout` | 10 s | bound on `connect`; transport set-up gets three quarters of it |
 //! | `idle_timeout` | 60 s | a libp2p connection without SDK connections closes after this; SDK connections keep theirs open while idle |
 //! | `ping_interval` | 15 s | liveness of idle connections |
-//! | `max_concurrent_streams` | 256 | yamux streams per connection, and streams waiting in one connection's `accept_bi` |
+//! | `max_concurrent_streams` | 256 | streams this node keeps open to one peer; a quarter of it is one connection's `accept_bi` queue; yamux allows twice it (at least 1024) per libp2p connection |
 //! | `max_connections_per_peer` | 4 | established libp2p connections per peer |
 //! | `max_incoming_connections` | 1024 | established inbound libp2p connections |
 //! | `max_pending_incoming` | 128 | inbound connections in their handshake |
@@ -104,13 +104,16 @@
 //! answered at a time; a stream still lost to a burst from several peers
 //! is opened again. A second byte follows once the stream is queued for
 //! the peer's `accept_bi`, and `open_bi` returns after it: when a
-//! connection's queue (half of `max_concurrent_streams`) is full, `open_bi`
-//! waits for room. The streams this node opens to one peer, over all
+//! connection's queue (a quarter of `max_concurrent_streams`) is full,
+//! `open_bi` waits for room, and at most as many opens of one connection
+//! wait at once, so a peer that does not accept on one connection does not
+//! starve the others. The streams this node opens to one peer, over all
 //! connections to it, are limited to `max_concurrent_streams`; `open_bi`
-//! waits beyond that too, so yamux's own limit (twice that, one share per
-//! side) is never hit. The cost is one round trip per `open_bi`, and opens
-//! to one peer start at most one per round trip; data on open streams is
-//! not affected. Dropping a send half without `shutdown` finishes it.
+//! waits beyond that too, which keeps both sides well under yamux's limit
+//! (twice that, at least 1024), past which yamux would end the libp2p
+//! connection. The cost is one round trip per `open_bi`, and opens to one
+//! peer start at most one per round trip; data on open streams is not
+//! affected. Dropping a send half without `shutdown` finishes it.
 //!
 //! Bounds: `connect` returns or fails within `connect_timeout`. A close
 //! reaches the peer in one trip of its control message; a peer that

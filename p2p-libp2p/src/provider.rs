@@ -26,14 +26,49 @@ use crate::config::Libp2pConfig;
 use crate::driver::{Behaviour, Command, ConnState, Driver};
 use crate::session::{
     Gates, HEADER_LEN, Header, Io, Kind, Libp2pConnection, MAX_CONTROL_FRAME, OPEN_ATTEMPTS,
-    OpenReply, PROTOCOL, RECEIVED, Refusal, Registry, Session, SessionEnv, SessionKey, Slot,
-    backoff, open_raw, route_data, truncate,
+    OpenReply, PROTOCOL, RECEIVED, Refusal, Registry, Session, SessionEnv, SessionKey, backoff,
+    open_raw, route_data, truncate,
 };
 use crate::transport::build_transport;
 
 /// Inbound streams whose header is being read or which wait for room in a
 /// connection's accept queue, across all peers; more are dropped.
 const MAX_INBOUND_HANDOVERS: usize = 4096;
+/// The same from one peer, so that one peer cannot take them all.
+const MAX_INBOUND_HANDOVERS_PER_PEER: usize = 512;
+
+/// Counts one inbound hand-over of a peer while it lives.
+struct PeerHandOver {
+    core: Arc<Core>,
+    peer: libp2p::PeerId,
+}
+
+impl PeerHandOver {
+    fn start(core: &Arc<Core>, peer: libp2p::PeerId) -> Option<Self> {
+        let mut counts = lock(&core.handovers);
+        let n = counts.entry(peer).or_insert(0);
+        if *n >= MAX_INBOUND_HANDOVERS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerHandOver {
+            core: core.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerHandOver {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.core.handovers);
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -51,6 +86,8 @@ struct Core {
     listener: Mutex<Option<(u64, mpsc::Sender<Libp2pConnection>)>>,
     /// Inbound streams in their hand-over (header, routing) at once.
     inbound: Arc<tokio::sync::Semaphore>,
+    /// Inbound hand-overs in progress per peer.
+    handovers: Mutex<std::collections::BTreeMap<libp2p::PeerId, usize>>,
     /// The close reason, once closed.
     closed: Mutex<Option<String>>,
     stop: CancellationToken,
@@ -293,6 +330,7 @@ impl Libp2pProvider {
             listen_addrs.clone(),
             book.clone(),
             config.setup_timeout(),
+            config.tcp_timeout(),
             config.close_timeout,
         );
         driver.listen(&listen_multiaddrs(&config)).await?;
@@ -309,6 +347,7 @@ impl Libp2pProvider {
             registry: Arc::new(Registry::default()),
             listener: Mutex::new(None),
             inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_HANDOVERS)),
+            handovers: Mutex::default(),
             closed: Mutex::new(None),
             stop: CancellationToken::new(),
             listen_addrs,
@@ -404,20 +443,27 @@ impl Libp2pProvider {
                 .await??;
             let session = core.new_session_id();
             match open_session(core, lp, session, who).await {
-                Ok((io, reply, slot)) => {
+                Ok((io, reply)) => {
                     reply.into_result(who)?;
                     let key = SessionKey {
                         peer: lp,
                         id: session,
                         we_dialed: true,
                     };
-                    let conn = Session::start(key, id, core.env(), io, Some(slot));
+                    let conn = Session::start(key, id, core.env(), io);
                     if !conn.is_connected() {
                         return Err(core.closed_error());
                     }
                     return Ok(conn);
                 }
-                Err(e) => {
+                Err(HandOverError {
+                    error,
+                    received: true,
+                }) => {
+                    // The peer took the stream, then failed to answer.
+                    return Err(error);
+                }
+                Err(HandOverError { error: e, .. }) => {
                     core.check_open()?;
                     match self.fate_of(conn).await {
                         ConnState::ClosedByPeer { after }
@@ -450,13 +496,19 @@ impl Libp2pProvider {
 }
 
 /// Opens the control stream of a new session and reads the peer's answer.
+/// Why a hand-over failed, and whether the peer had taken the stream
+/// (answered `RECEIVED`) before it did.
+struct HandOverError {
+    error: Error,
+    received: bool,
+}
+
 async fn open_session(
     core: &Core,
     peer: libp2p::PeerId,
     session: u128,
     who: &str,
-) -> Result<(Io, OpenReply, Slot)> {
-    let slot = core.gates.slot(peer).await;
+) -> std::result::Result<(Io, OpenReply), HandOverError> {
     let header = Header {
         kind: Kind::Open,
         session,
@@ -470,15 +522,26 @@ async fn open_session(
         core.config.connect_timeout,
         who,
     )
-    .await?;
+    .await
+    .map_err(|error| HandOverError {
+        error,
+        received: false,
+    })?;
+    let after = |error| HandOverError {
+        error,
+        received: true,
+    };
     let mut buf = Vec::new();
-    if !read_frame_bytes(&mut io, &mut buf, MAX_CONTROL_FRAME).await? {
-        return Err(Error::closed(format!(
+    if !read_frame_bytes(&mut io, &mut buf, MAX_CONTROL_FRAME)
+        .await
+        .map_err(after)?
+    {
+        return Err(after(Error::unreachable(format!(
             "{who} ended the hand-over without an answer"
-        )));
+        ))));
     }
-    let reply: OpenReply = decode(&buf)?;
-    Ok((io, reply, slot))
+    let reply: OpenReply = decode(&buf).map_err(after)?;
+    Ok((io, reply))
 }
 
 /// Takes every inbound stream off `libp2p-stream` at once and handles it
@@ -492,16 +555,20 @@ async fn route_inbound(core: Arc<Core>, mut incoming: libp2p_stream::IncomingStr
             next = incoming.next() => next,
         };
         let Some((peer, stream)) = next else { return };
-        // Bounded: beyond the cap a stream is dropped, which its opener
-        // sees and retries.
+        // Bounded, in all and per peer: beyond the caps a stream is
+        // dropped, which its opener sees and retries.
         let Ok(permit) = core.inbound.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "too many inbound streams in hand-over; dropping one");
+            continue;
+        };
+        let Some(per_peer) = PeerHandOver::start(&core, peer) else {
+            tracing::debug!(%peer, "too many inbound streams from one peer in hand-over; dropping one");
             continue;
         };
         let core = core.clone();
         tokio::spawn(async move {
             handle_inbound(core, peer, stream).await;
-            drop(permit);
+            drop((permit, per_peer));
         });
     }
 }
@@ -592,22 +659,30 @@ async fn accept_session(core: &Arc<Core>, peer: libp2p::PeerId, session: u128, m
             }
         }
     };
-    let reply = match &permit {
-        Ok(_) => OpenReply::Welcome,
-        Err(r) => r.clone(),
+    let (permit, remote) = match (permit, remote) {
+        (Ok(permit), Ok(remote)) => (permit, remote),
+        (refused, _) => {
+            let refusal = refused
+                .err()
+                .unwrap_or_else(|| refuse(Refusal::Denied, "not a p2p-deploy peer id"));
+            let _ = tokio::time::timeout(limit, async {
+                write_frame(&mut io, &refusal, MAX_CONTROL_FRAME).await?;
+                io.shutdown()
+                    .await
+                    .map_err(|e| Error::from_stream_io("refusing a connection", e))
+            })
+            .await;
+            return;
+        }
     };
-    let sent = tokio::time::timeout(limit, write_frame(&mut io, &reply, MAX_CONTROL_FRAME)).await;
-    if !matches!(sent, Ok(Ok(()))) {
+    // Registered before the welcome goes out, so that the dialer's first
+    // stream always finds it. Dropped (and so closed, telling the dialer)
+    // if the provider closed or the listener went away meanwhile.
+    let conn = Session::start(key, remote, core.env(), io);
+    if !conn.session().hand_over(&OpenReply::Welcome).await {
         tracing::debug!(%peer, "could not answer a hand-over");
         return;
     }
-    let (Ok(permit), Ok(remote)) = (permit, remote) else {
-        let _ = tokio::time::timeout(limit, io.shutdown()).await;
-        return;
-    };
-    // Dropped (and so closed, telling the dialer) if the provider closed
-    // or the listener went away meanwhile.
-    let conn = Session::start(key, remote, core.env(), io, None);
     if conn.is_connected() && !core.stop.is_cancelled() {
         permit.send(conn);
     }

@@ -227,10 +227,13 @@ impl Registry {
     /// Adds a session; false once the registry was drained for closing,
     /// or when its key is taken.
     fn insert(&self, s: Arc<Session>) -> bool {
+        // Checked under the map's lock, which `drain` holds when it sets
+        // the flag: no session slips in after a drain.
+        let mut sessions = lock(&self.sessions);
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return false;
         }
-        match lock(&self.sessions).entry(s.key) {
+        match sessions.entry(s.key) {
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(s);
                 true
@@ -382,8 +385,14 @@ pub(crate) struct Session {
     inbound_tx: mpsc::Sender<Io>,
     inbound_rx: tokio::sync::Mutex<mpsc::Receiver<Io>>,
     control_send: Mutex<Option<WriteHalf<Io>>>,
-    /// The control stream's share of the peer's stream budget (dialer).
-    _control_slot: Option<Slot>,
+    /// Whether the peer has its answer to the open (always, on the
+    /// dialer): before that, a close must not put a frame on the control
+    /// stream, where the dialer expects the answer.
+    handed_over: std::sync::atomic::AtomicBool,
+    /// Opens of this connection waiting for room in the peer's queue; a
+    /// cap, so that one connection whose peer does not accept cannot take
+    /// the whole per-peer stream budget.
+    pending_opens: Arc<tokio::sync::Semaphore>,
     guard: OnceLock<Weak<Guard>>,
 }
 
@@ -391,6 +400,7 @@ impl Session {
     /// Registers a new session whose control stream is `control` (the
     /// welcome already exchanged), starts its control reader, and returns
     /// the first handle.
+    /// On the accepting side, call [`Session::hand_over`] next.
     ///
     /// If the provider closed meanwhile, or the key is taken, the session
     /// starts closed: check [`Connection::is_connected`].
@@ -399,10 +409,10 @@ impl Session {
         remote: PeerId,
         env: SessionEnv,
         control: Io,
-        control_slot: Option<Slot>,
     ) -> Libp2pConnection {
         let (read, write) = tokio::io::split(control);
-        let (inbound_tx, inbound_rx) = mpsc::channel((env.max_streams / 2).max(1));
+        let share = (env.max_streams / 4).max(1);
+        let (inbound_tx, inbound_rx) = mpsc::channel(share);
         let registry = env.registry.upgrade();
         let session = Arc::new(Session {
             key,
@@ -413,7 +423,8 @@ impl Session {
             inbound_tx,
             inbound_rx: tokio::sync::Mutex::new(inbound_rx),
             control_send: Mutex::new(Some(write)),
-            _control_slot: control_slot,
+            handed_over: std::sync::atomic::AtomicBool::new(key.we_dialed),
+            pending_opens: Arc::new(tokio::sync::Semaphore::new(share)),
             guard: OnceLock::new(),
         });
         let guard = Arc::new(Guard {
@@ -425,6 +436,32 @@ impl Session {
         }
         tokio::spawn(read_control(session.clone(), read));
         Libp2pConnection { guard }
+    }
+
+    /// Sends the dialer its answer (the acceptor's first frame on the
+    /// control stream). False if the session closed first or the write
+    /// failed, which closes it.
+    pub(crate) async fn hand_over(&self, reply: &OpenReply) -> bool {
+        let Some(mut w) = lock(&self.control_send).take() else {
+            return false;
+        };
+        let sent = tokio::time::timeout(
+            self.env.open_timeout,
+            write_frame(&mut w, reply, MAX_CONTROL_FRAME),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.mark_closed(format!("could not answer {}", self.who()));
+            return false;
+        }
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut slot = lock(&self.control_send);
+        if self.closed.is_cancelled() {
+            return false;
+        }
+        *slot = Some(w);
+        true
     }
 
     fn who(&self) -> String {
@@ -445,7 +482,19 @@ impl Session {
         if let Some(reg) = self.env.registry.upgrade() {
             reg.remove(self);
         }
+        // Let go of the control stream (the reader task drops its half as
+        // it sees the cancellation) and of streams nobody accepted.
+        drop(lock(&self.control_send).take());
+        self.drain_inbound();
         true
+    }
+
+    /// Drops streams queued for `accept_bi` once the session is closed.
+    fn drain_inbound(&self) {
+        if let Ok(mut rx) = self.inbound_rx.try_lock() {
+            rx.close();
+            while rx.try_recv().is_ok() {}
+        }
     }
 
     pub(crate) fn closed_error(&self) -> Error {
@@ -465,11 +514,12 @@ impl Session {
 
     /// Closes with `reason` and tells the peer, within the close timeout.
     pub(crate) async fn close(&self, reason: &str, local_reason: String) {
+        let writer = lock(&self.control_send).take();
         if !self.mark_closed(local_reason) {
             return;
         }
-        let writer = lock(&self.control_send).take();
-        if let Some(mut w) = writer {
+        let handed_over = self.handed_over.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(mut w) = writer.filter(|_| handed_over) {
             let msg = ControlMsg::Close {
                 reason: truncate(reason).to_string(),
             };
@@ -486,10 +536,14 @@ impl Session {
     /// Queues an inbound data stream for `accept_bi`: waits for room (the
     /// peer's `open_bi` waits meanwhile), acknowledges, then queues.
     pub(crate) async fn deliver(&self, mut io: Io) {
+        // The opener sends nothing until it has the answer, so anything
+        // readable meanwhile (end of stream, a reset) means it gave up.
+        let mut probe = [0u8; 1];
         let permit = tokio::select! {
             biased;
             _ = self.closed.cancelled() => None,
             p = self.inbound_tx.reserve() => p.ok(),
+            _ = io.read(&mut probe) => return,
         };
         let ack = if permit.is_some() {
             ACK_OK
@@ -531,9 +585,9 @@ async fn read_control(session: Arc<Session>, mut read: ReadHalf<Io>) {
         Err(e) => format!("connection to {who} lost: {e}"),
     };
     tracing::debug!(%reason, "connection ended");
-    session.mark_closed(reason);
     // Answer a close by finishing our side of the control stream.
     let writer = lock(&session.control_send).take();
+    session.mark_closed(reason);
     if let Some(mut w) = writer {
         let _ = tokio::time::timeout(session.env.close_timeout, w.shutdown()).await;
     }
@@ -588,6 +642,10 @@ impl std::fmt::Debug for Libp2pConnection {
 }
 
 impl Libp2pConnection {
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.guard.session
+    }
+
     /// Whether this side dialed the connection.
     pub fn we_dialed(&self) -> bool {
         self.guard.session.key.we_dialed
@@ -668,7 +726,11 @@ impl Connection for Libp2pConnection {
         };
         tokio::select! {
             biased;
-            _ = s.closed.cancelled() => Err(s.closed_error()),
+            _ = s.closed.cancelled() => {
+                rx.close();
+                while rx.try_recv().is_ok() {}
+                Err(s.closed_error())
+            }
             io = rx.recv() => match io {
                 Some(io) => Ok(self.wrap(io, None)),
                 None => Err(s.closed_error()),
@@ -706,6 +768,12 @@ async fn open_data_stream(
     s: &Session,
     header: &[u8; HEADER_LEN],
 ) -> std::result::Result<Option<(Io, Slot)>, Retry> {
+    let _pending = s
+        .pending_opens
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the pending-opens semaphore is never closed");
     let slot = s.env.gates.slot(s.key.peer).await;
     let mut io = open_raw(
         &s.env.control,
@@ -842,11 +910,12 @@ impl Drop for SdkSend {
             return;
         };
         let limit = self.life.guard.session.env.close_timeout;
-        // Keeps the connection open until the finish is sent.
-        let guard = self.life.guard.clone();
+        // Keep the connection open and the budget taken until the finish
+        // is sent.
+        let held = (self.life.guard.clone(), self.life._slot.take());
         rt.spawn(async move {
             let _ = tokio::time::timeout(limit, w.shutdown()).await;
-            drop(guard);
+            drop(held);
         });
     }
 }

@@ -67,10 +67,11 @@ fn labelled(stage: DialStage) -> io::Error {
 /// Labels what the upgraded stack reports: a timeout of the whole set-up,
 /// a stage labelled further down, or else a failed security handshake.
 ///
-/// With a pre-shared key the TCP connect has its own, shorter bound, so a
-/// set-up that times out had a TCP connection whose handshake never
-/// completed: what pnet does when the keys differ (both sides read
-/// garbage and wait for more of it).
+/// The TCP connect has its own, shorter bound, so a set-up that times out
+/// had a TCP connection whose handshake never completed. With keys that
+/// differ, or a key on one side only, that is what happens: one side
+/// reads pnet's random bytes as a handshake message announcing more bytes
+/// than will come, and waits for them.
 fn from_upgrade<X: StdError + Send + Sync + 'static>(
     e: TransportTimeoutError<X>,
     psk: bool,
@@ -81,11 +82,22 @@ fn from_upgrade<X: StdError + Send + Sync + 'static>(
             "no handshake within {setup:?} although the peer accepted the TCP connection \
              and sent its nonce: most likely a different key"
         ))),
-        TransportTimeoutError::Timeout => labelled(DialStage::Timeout),
+        TransportTimeoutError::Timeout => labelled(DialStage::Handshake(format!(
+            "no handshake within {setup:?} although the peer accepted the TCP connection; \
+             it may require a pre-shared key"
+        ))),
         TransportTimeoutError::TimerError(e) => labelled(DialStage::Handshake(e.to_string())),
         TransportTimeoutError::Other(x) if stage_of(&x).is_some() => io::Error::other(x),
         TransportTimeoutError::Other(x) => labelled(DialStage::Handshake(x.to_string())),
     }
+}
+
+/// Streams yamux allows on one connection, both directions together: at
+/// least 1024, and room for both sides' budgets. A receiver holds a
+/// stream until its app drops it, which can be after the opener let go,
+/// so the limit leaves headroom over the budgets.
+pub(crate) fn yamux_stream_limit(config: &Libp2pConfig) -> usize {
+    (2 * config.max_concurrent_streams + 8).max(1024)
 }
 
 /// The yamux settings of a config.
@@ -97,7 +109,7 @@ fn from_upgrade<X: StdError + Send + Sync + 'static>(
 /// layer.
 fn yamux_config(config: &Libp2pConfig) -> yamux::Config {
     let mut y = yamux::Config::default();
-    y.set_max_num_streams(2 * config.max_concurrent_streams + 8);
+    y.set_max_num_streams(yamux_stream_limit(config));
     y
 }
 
@@ -116,12 +128,7 @@ pub fn build_transport(
     let noise = noise::Config::new(key).map_err(backend)?;
     let yamux = yamux_config(config);
     let setup = config.setup_timeout();
-    // With a key, a third (see below); without one, TCP may take the rest.
-    let tcp_wait = if config.psk.is_some() {
-        setup / 3
-    } else {
-        setup
-    };
+    let tcp_wait = config.tcp_timeout();
     let tcp = TransportTimeout::with_outgoing_timeout(
         tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)),
         tcp_wait,
@@ -232,6 +239,7 @@ pub(crate) fn classify(
     who: &str,
     errors: &[(Multiaddr, TransportError<io::Error>)],
     setup: Duration,
+    tcp_wait: Duration,
 ) -> Error {
     let mut worst: Option<Error> = None;
     for (addr, err) in errors {
@@ -244,7 +252,7 @@ pub(crate) fn classify(
             ),
             TransportError::Other(io) => match stage_of(io) {
                 Some(DialStage::Tcp(tcp)) if tcp.kind() == io::ErrorKind::TimedOut => {
-                    Error::timeout(format!("TCP connect to {who} at {addr}"), setup)
+                    Error::timeout(format!("TCP connect to {who} at {addr}"), tcp_wait)
                 }
                 Some(DialStage::Tcp(tcp)) => {
                     Error::unreachable(format!("{who} at {addr}: TCP connection failed: {tcp}"))

@@ -473,37 +473,44 @@ async fn bursts_from_many_peers() {
 }
 
 /// Streams nobody accepts do not break the connection: past the peer's
-/// accept queue `open_bi` waits for room (and other connections to the
-/// same peer keep working), past this node's stream budget it waits too,
-/// and everything completes once the peer accepts.
+/// accept queue `open_bi` waits for room, one connection's waiting opens
+/// are capped so other connections to the same peer keep working, and
+/// everything completes once the peer accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unaccepted_streams_wait_for_room_instead_of_breaking_the_connection() {
     let mut c = cfg();
-    c.max_concurrent_streams = 8; // accept queue 4 per connection
+    c.max_concurrent_streams = 8; // queue and waiting opens: 2 per connection
     let a = node_with(1, c.clone()).await;
     let b = node_with(2, c).await;
     let mut bl = b.listen().await.unwrap();
     let (ab, ba) = link(&a, &b, &mut bl).await;
     let (ab, ba) = (ab.unwrap(), ba.unwrap());
     let mut held = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..2 {
         held.push(timeout(STEP, ab.open_bi()).await.unwrap().unwrap());
     }
-    // The fifth waits for room in b's queue.
-    let waiting = {
-        let ab = ab.clone();
-        tokio::spawn(async move { ab.open_bi().await })
-    };
+    // Three more wait: two for room in b's queue, one for its turn.
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let ab = ab.clone();
+            tokio::spawn(async move { ab.open_bi().await })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "open_bi must wait for room");
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "open_bi must wait for room"
+    );
     // Meanwhile a second connection to the same peer still opens streams.
     let (ab2, ba2) = link(&a, &b, &mut bl).await;
     echo(&*ab2.unwrap(), &*ba2.unwrap(), b"not blocked").await;
-    // b accepts: the waiting open completes, nothing was lost.
+    // b accepts: the waiting opens complete, nothing was lost.
     for _ in 0..5 {
         timeout(STEP, ba.accept_bi()).await.unwrap().unwrap();
     }
-    timeout(STEP, waiting).await.unwrap().unwrap().unwrap();
+    for w in waiting {
+        timeout(STEP, w).await.unwrap().unwrap().unwrap();
+    }
     assert!(ab.is_connected() && ba.is_connected());
     echo(&*ab, &*ba, b"connection intact").await;
 }
@@ -576,4 +583,44 @@ async fn dropping_the_listener_closes_its_backlog() {
     drop(bl);
     let e = timeout(STEP, c.accept_bi()).await.unwrap().err().unwrap();
     assert!(matches!(e, Error::Closed { .. }), "{e}");
+}
+
+/// An `open_bi` given up while it waits for room (here under a timeout)
+/// leaves nothing behind: the peer never yields the abandoned stream, and
+/// this node's stream budget is whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_opens_leave_no_ghost_streams_or_lost_budget() {
+    let mut c = cfg();
+    c.max_concurrent_streams = 8; // queue of 2 per connection
+    let a = node_with(1, c.clone()).await;
+    let b = node_with(2, c).await;
+    let mut bl = b.listen().await.unwrap();
+    let (ab, ba) = link(&a, &b, &mut bl).await;
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(ab.open_bi().await.unwrap());
+    }
+    for _ in 0..20 {
+        let r = timeout(Duration::from_millis(50), ab.open_bi()).await;
+        assert!(r.is_err(), "the queue is full: open_bi must wait");
+    }
+    // Give the peer time to notice the abandoned streams.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        timeout(STEP, ba.accept_bi()).await.unwrap().unwrap();
+    }
+    let ghost = timeout(Duration::from_millis(500), ba.accept_bi()).await;
+    assert!(ghost.is_err(), "an abandoned stream was yielded");
+    drop(held);
+    // The budget is whole: a full queue's worth opens at once again.
+    for _ in 0..2 {
+        timeout(STEP, ab.open_bi()).await.unwrap().unwrap();
+    }
+    for _ in 0..2 {
+        timeout(STEP, ba.accept_bi()).await.unwrap().unwrap();
+    }
+    timeout(STEP, echo(&*ab, &*ba, b"after the storm"))
+        .await
+        .unwrap();
 }
