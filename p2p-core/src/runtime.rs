@@ -32,6 +32,10 @@ pub struct AppSpec {
     pub args: Vec<String>,
     /// Environment added to a clean base environment.
     pub env: BTreeMap<String, String>,
+    /// Run as this user (a name or a numeric uid) instead of the
+    /// supervisor's own; needs the privilege to switch users.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Health check; `None` means "running is healthy".
     pub health: Option<HealthCheckSpec>,
     /// What to do when the app exits.
@@ -57,6 +61,7 @@ impl AppSpec {
             entrypoint: entrypoint.into(),
             args: Vec::new(),
             env: BTreeMap::new(),
+            user: None,
             health: None,
             restart: RestartPolicy::default(),
             limits: ResourceLimits::default(),

@@ -1,0 +1,313 @@
+//! [`ProcessHealthChecker`]: the four probes against real processes and
+//! sockets.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use p2p_core::runtime::{HealthCheckSpec, HealthChecker, HealthOutcome, HealthProbe, ProbeTarget};
+use p2p_core::{Error, Result};
+use tokio::io::AsyncReadExt;
+
+/// Probes real processes: alive, TCP connect, HTTP GET (through
+/// `reqwest`), or a command's exit status.
+///
+/// ```no_run
+/// use p2p_core::runtime::{HealthCheckSpec, HealthChecker, HealthProbe, ProbeTarget};
+/// use p2p_runtime::ProcessHealthChecker;
+/// # async fn demo() {
+/// let checker = ProcessHealthChecker::new();
+/// let spec = HealthCheckSpec::new(HealthProbe::Http { url: "http://127.0.0.1:8080/health".into() });
+/// let target = ProbeTarget { name: "web".into(), version: "1.0.0".into(), pid: None };
+/// println!("{:?}", checker.probe(&target, &spec).await);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProcessHealthChecker {
+    http: reqwest::Client,
+}
+
+impl Default for ProcessHealthChecker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessHealthChecker {
+    /// A checker with its own HTTP client (no proxies, no redirects).
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        ProcessHealthChecker { http }
+    }
+}
+
+#[async_trait]
+impl HealthChecker for ProcessHealthChecker {
+    async fn probe(&self, target: &ProbeTarget, spec: &HealthCheckSpec) -> HealthOutcome {
+        match tokio::time::timeout(spec.timeout, self.run(target, &spec.probe)).await {
+            Ok(outcome) => outcome,
+            Err(_) => HealthOutcome::Unhealthy(format!(
+                "{} timed out after {:?}",
+                describe(&spec.probe),
+                spec.timeout
+            )),
+        }
+    }
+}
+
+fn describe(p: &HealthProbe) -> String {
+    match p {
+        HealthProbe::Process => "process check".into(),
+        HealthProbe::Tcp { addr } => format!("TCP connect to {addr}"),
+        HealthProbe::Http { url } => format!("HTTP GET {url}"),
+        HealthProbe::Exec { command, .. } => format!("command {command}"),
+    }
+}
+
+impl ProcessHealthChecker {
+    async fn run(&self, target: &ProbeTarget, probe: &HealthProbe) -> HealthOutcome {
+        let bad = HealthOutcome::Unhealthy;
+        match probe {
+            HealthProbe::Process => match target.pid {
+                Some(pid) if process_alive(pid) => HealthOutcome::Healthy,
+                Some(pid) => bad(format!("process {pid} is not running")),
+                None => bad("no process".into()),
+            },
+            HealthProbe::Tcp { addr } => {
+                match tokio::net::TcpStream::connect(addr.as_str()).await {
+                    Ok(_) => HealthOutcome::Healthy,
+                    Err(e) => bad(format!("TCP connect to {addr}: {e}")),
+                }
+            }
+            HealthProbe::Http { url } => match self.http.get(url).send().await {
+                Ok(r) if r.status().is_success() => HealthOutcome::Healthy,
+                Ok(r) => bad(format!("HTTP GET {url}: status {}", r.status())),
+                Err(e) => bad(format!("HTTP GET {url}: {}", error_chain(&e))),
+            },
+            HealthProbe::Exec { command, args } => {
+                let child = tokio::process::Command::new(command)
+                    .args(args)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn();
+                let mut child = match child {
+                    Ok(c) => c,
+                    Err(e) => return bad(format!("cannot run {command}: {e}")),
+                };
+                let mut err = Vec::new();
+                if let Some(mut s) = child.stderr.take() {
+                    // The first bytes say why; the rest is drained.
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if err.len() < 512 {
+                            err.extend_from_slice(&buf[..n.min(512 - err.len())]);
+                        }
+                    }
+                }
+                match child.wait().await {
+                    Ok(s) if s.success() => HealthOutcome::Healthy,
+                    Ok(s) => {
+                        let why = String::from_utf8_lossy(&err);
+                        let why = why.trim();
+                        if why.is_empty() {
+                            bad(format!("{command} exited with {s}"))
+                        } else {
+                            bad(format!("{command} exited with {s}: {why}"))
+                        }
+                    }
+                    Err(e) => bad(format!("waiting for {command}: {e}")),
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Alive and not a zombie.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Checks a probe's target before an app starts, so that a typo is an
+/// error at start rather than an app that never becomes healthy.
+pub(crate) fn check_probe(probe: &HealthProbe, workdir: &Path) -> Result<()> {
+    let bad = |reason: String| Err(Error::invalid("health check", reason));
+    match probe {
+        HealthProbe::Process => Ok(()),
+        HealthProbe::Tcp { addr } => {
+            let Some((host, port)) = addr.rsplit_once(':') else {
+                return bad(format!("TCP target {addr:?} is not host:port"));
+            };
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return bad(format!("TCP target {addr:?} is not host:port"));
+            }
+            Ok(())
+        }
+        HealthProbe::Http { url } => {
+            let u = reqwest::Url::parse(url)
+                .map_err(|e| Error::invalid("health check", format!("URL {url:?}: {e}")))?;
+            match u.scheme() {
+                "http" => Ok(()),
+                "https" => bad(format!(
+                    "URL {url:?}: https is not supported by health checks; probe the app over http"
+                )),
+                other => bad(format!("URL {url:?}: scheme {other:?} is not http")),
+            }
+        }
+        HealthProbe::Exec { command, .. } => resolve_program(command, workdir, None)
+            .map(|_| ())
+            .map_err(|e| match e {
+                Error::Invalid { reason, .. } => Error::invalid("health check", reason),
+                other => other,
+            }),
+    }
+}
+
+/// Finds `program` as `execve` would: a path with a `/` is taken
+/// relative to `workdir`; a bare name is looked up in `path_var` (or the
+/// default `PATH`). It must be an executable file.
+pub(crate) fn resolve_program(
+    program: &str,
+    workdir: &Path,
+    path_var: Option<&str>,
+) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |reason: String| Err(Error::invalid("entrypoint", reason));
+    if program.is_empty() {
+        return bad("the program is empty".into());
+    }
+    let check = |p: &Path| -> std::result::Result<PathBuf, String> {
+        match std::fs::metadata(p) {
+            Err(e) => Err(format!("{}: {e}", p.display())),
+            Ok(m) if !m.is_file() => Err(format!("{} is not a file", p.display())),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                Err(format!("{} is not executable", p.display()))
+            }
+            Ok(_) => Ok(p.to_path_buf()),
+        }
+    };
+    if program.contains('/') {
+        let p = workdir.join(program);
+        return check(&p).or_else(bad);
+    }
+    let path = path_var.unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        if let Ok(p) = check(&Path::new(dir).join(program)) {
+            return Ok(p);
+        }
+    }
+    bad(format!("{program:?} was not found in PATH ({path})"))
+}
+
+/// `PATH` for apps whose spec sets none.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_targets_are_named_at_start() {
+        let wd = Path::new("/");
+        for (p, want) in [
+            (
+                HealthProbe::Tcp {
+                    addr: "localhost".into(),
+                },
+                "host:port",
+            ),
+            (
+                HealthProbe::Tcp {
+                    addr: "h:99999".into(),
+                },
+                "host:port",
+            ),
+            (
+                HealthProbe::Http {
+                    url: "not a url".into(),
+                },
+                "URL",
+            ),
+            (
+                HealthProbe::Http {
+                    url: "https://x/".into(),
+                },
+                "https",
+            ),
+            (
+                HealthProbe::Exec {
+                    command: "no-such-program-p2p".into(),
+                    args: vec![],
+                },
+                "not found",
+            ),
+        ] {
+            let e = check_probe(&p, wd).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("health check"), "{e}");
+        }
+        check_probe(
+            &HealthProbe::Tcp {
+                addr: "127.0.0.1:80".into(),
+            },
+            wd,
+        )
+        .unwrap();
+        check_probe(
+            &HealthProbe::Http {
+                url: "http://127.0.0.1:1/h".into(),
+            },
+            wd,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn programs_resolve_like_execve() {
+        let wd = Path::new("/");
+        assert!(resolve_program("sh", wd, None).unwrap().ends_with("sh"));
+        assert!(
+            resolve_program("etc/passwd", wd, None)
+                .unwrap_err()
+                .to_string()
+                .contains("not executable")
+        );
+        assert!(
+            resolve_program("./etc", wd, None)
+                .unwrap_err()
+                .to_string()
+                .contains("not a file")
+        );
+        assert!(
+            resolve_program("./nope", wd, None)
+                .unwrap_err()
+                .to_string()
+                .contains("No such file")
+        );
+    }
+}

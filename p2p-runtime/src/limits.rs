@@ -1,0 +1,401 @@
+//! Resource limits: cgroup v2 where the host has the controllers there,
+//! cgroup v1 otherwise, else rlimits; and whether an app was killed for
+//! exceeding its memory limit.
+//!
+//! A process joins its cgroup before it runs any of the app's code: it is
+//! started through `/bin/sh`, which writes its own pid into each
+//! `cgroup.procs` file, applies the rlimit if that is the mechanism, and
+//! then `exec`s the app (same pid). So nothing the app forks can escape
+//! the limit, and no `unsafe` `pre_exec` hook is needed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use p2p_core::runtime::ResourceLimits;
+use p2p_core::{Error, Result};
+
+/// How limits are enforced on this host, as detected by [`Cgroups::detect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitSupport {
+    /// A cgroup v2 directory with the `memory` and `cpu` controllers
+    /// enabled for children.
+    V2 {
+        /// Where this runtime makes one cgroup per app.
+        base: PathBuf,
+    },
+    /// cgroup v1 hierarchies (either may be missing).
+    V1 {
+        /// Where app cgroups go in the memory hierarchy.
+        memory: Option<PathBuf>,
+        /// Where app cgroups go in the cpu hierarchy.
+        cpu: Option<PathBuf>,
+    },
+    /// No writable cgroup: memory through `RLIMIT_AS`, CPU not limited.
+    Rlimit,
+}
+
+/// The host's cgroup support, probed once per runtime.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    support: LimitSupport,
+}
+
+/// One mount from `/proc/self/mountinfo`: mount point, fs type, options.
+fn mounts() -> Vec<(PathBuf, String, String)> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let point = pre.split_whitespace().nth(4)?;
+            let mut post = post.split_whitespace();
+            let fstype = post.next()?.to_string();
+            let _source = post.next()?;
+            let opts = post.next().unwrap_or("").to_string();
+            Some((PathBuf::from(point), fstype, opts))
+        })
+        .collect()
+}
+
+/// This process's cgroup path per hierarchy: (controllers, path).
+fn own_cgroups() -> Vec<(String, String)> {
+    let Ok(text) = fs::read_to_string("/proc/self/cgroup") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            let ctrls = parts.next()?.to_string();
+            let path = parts.next()?.to_string();
+            Some((ctrls, path))
+        })
+        .collect()
+}
+
+fn join(mount: &Path, path: &str) -> PathBuf {
+    mount.join(path.trim_start_matches('/'))
+}
+
+/// Makes `dir` (and checks it is ours to write).
+fn make_dir(dir: &Path) -> bool {
+    fs::create_dir_all(dir).is_ok() && dir.join("cgroup.procs").exists()
+}
+
+impl Cgroups {
+    /// Probes the host: makes `<own cgroup>/<name>` in the first mechanism
+    /// that works, in order v2, v1, rlimits.
+    pub fn detect(name: &str) -> Self {
+        let mounts = mounts();
+        let own = own_cgroups();
+        if let Some(base) = Self::try_v2(&mounts, &own, name) {
+            return Cgroups {
+                support: LimitSupport::V2 { base },
+            };
+        }
+        let v1 = |ctrl: &str| -> Option<PathBuf> {
+            let (mount, _, _) = mounts
+                .iter()
+                .find(|(_, t, o)| t == "cgroup" && o.split(',').any(|x| x == ctrl))?;
+            let (_, path) = own.iter().find(|(c, _)| c.split(',').any(|x| x == ctrl))?;
+            let base = join(mount, path).join(name);
+            make_dir(&base).then_some(base)
+        };
+        let (memory, cpu) = (v1("memory"), v1("cpu"));
+        if memory.is_some() || cpu.is_some() {
+            return Cgroups {
+                support: LimitSupport::V1 { memory, cpu },
+            };
+        }
+        Cgroups {
+            support: LimitSupport::Rlimit,
+        }
+    }
+
+    fn try_v2(
+        mounts: &[(PathBuf, String, String)],
+        own: &[(String, String)],
+        name: &str,
+    ) -> Option<PathBuf> {
+        let (mount, _, _) = mounts.iter().find(|(_, t, _)| t == "cgroup2")?;
+        let (_, path) = own.iter().find(|(c, _)| c.is_empty())?;
+        let ours = join(mount, path);
+        let controllers = fs::read_to_string(ours.join("cgroup.controllers")).ok()?;
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        if !has("memory") || !has("cpu") {
+            return None;
+        }
+        let base = ours.join(name);
+        if !make_dir(&base) {
+            return None;
+        }
+        // Children of `base` get the controllers only if `ours` and `base`
+        // delegate them; with processes in `ours` (not the root) the
+        // kernel refuses, and v2 is not usable here.
+        let enable =
+            |dir: &Path| fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu").is_ok();
+        if enable(&ours) && enable(&base) {
+            Some(base)
+        } else {
+            let _ = fs::remove_dir(&base);
+            None
+        }
+    }
+
+    /// What was detected.
+    pub fn support(&self) -> &LimitSupport {
+        &self.support
+    }
+
+    /// Makes the cgroups of app `app` with `limits`, or says how the
+    /// rlimit applies. Nothing is made when there are no limits.
+    pub(crate) fn prepare(&self, app: &str, limits: &ResourceLimits) -> Result<Applied> {
+        if limits.memory_bytes.is_none() && limits.cpu_millis.is_none() {
+            return Ok(Applied::none());
+        }
+        let write = |dir: &Path, file: &str, value: String| {
+            fs::write(dir.join(file), &value)
+                .map_err(|e| Error::io(format!("setting {file} = {value} in {}", dir.display()), e))
+        };
+        let fresh = |dir: PathBuf| -> Result<PathBuf> {
+            remove_cgroup(&dir);
+            fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating cgroup {}", dir.display()), e))?;
+            Ok(dir)
+        };
+        match &self.support {
+            LimitSupport::V2 { base } => {
+                let dir = fresh(base.join(app))?;
+                if let Some(m) = limits.memory_bytes {
+                    write(&dir, "memory.max", m.to_string())?;
+                    let _ = write(&dir, "memory.swap.max", "0".into());
+                }
+                if let Some(c) = limits.cpu_millis {
+                    write(&dir, "cpu.max", format!("{} 100000", u64::from(c) * 100))?;
+                }
+                Ok(Applied {
+                    dirs: vec![dir.clone()],
+                    oom_file: limits
+                        .memory_bytes
+                        .map(|_| (dir.join("memory.events"), "oom_kill")),
+                    rlimit_as: None,
+                    mechanism: Some("cgroup v2".into()),
+                })
+            }
+            LimitSupport::V1 { memory, cpu } => {
+                let mut dirs = Vec::new();
+                let mut notes = Vec::new();
+                let mut oom_file = None;
+                let mut rlimit_as = None;
+                if let Some(m) = limits.memory_bytes {
+                    match memory {
+                        Some(base) => {
+                            let dir = fresh(base.join(app))?;
+                            write(&dir, "memory.limit_in_bytes", m.to_string())?;
+                            // Swap may not be accounted; where it is, no swap.
+                            let _ = write(&dir, "memory.memsw.limit_in_bytes", m.to_string());
+                            oom_file = Some((dir.join("memory.oom_control"), "oom_kill"));
+                            dirs.push(dir);
+                        }
+                        None => {
+                            rlimit_as = Some(m);
+                            notes.push("memory by rlimit");
+                        }
+                    }
+                }
+                if let Some(c) = limits.cpu_millis {
+                    match cpu {
+                        Some(base) => {
+                            let dir = fresh(base.join(app))?;
+                            write(&dir, "cpu.cfs_period_us", "100000".into())?;
+                            write(&dir, "cpu.cfs_quota_us", (u64::from(c) * 100).to_string())?;
+                            dirs.push(dir);
+                        }
+                        None => notes.push("CPU not limited: no cpu controller"),
+                    }
+                }
+                let mut mechanism = "cgroup v1".to_string();
+                if !notes.is_empty() {
+                    mechanism = format!("{mechanism} ({})", notes.join("; "));
+                }
+                Ok(Applied {
+                    dirs,
+                    oom_file,
+                    rlimit_as,
+                    mechanism: Some(mechanism),
+                })
+            }
+            LimitSupport::Rlimit => {
+                let mut mechanism = "rlimit".to_string();
+                if limits.cpu_millis.is_some() {
+                    mechanism.push_str(" (CPU not limited: no writable cgroup)");
+                }
+                Ok(Applied {
+                    dirs: Vec::new(),
+                    oom_file: None,
+                    rlimit_as: limits.memory_bytes,
+                    mechanism: Some(mechanism),
+                })
+            }
+        }
+    }
+
+    /// Removes the runtime's own cgroup directory (app cgroups must be
+    /// gone already).
+    pub(crate) fn cleanup(&self) {
+        match &self.support {
+            LimitSupport::V2 { base } => {
+                let _ = fs::remove_dir(base);
+            }
+            LimitSupport::V1 { memory, cpu } => {
+                for b in [memory, cpu].into_iter().flatten() {
+                    let _ = fs::remove_dir(b);
+                }
+            }
+            LimitSupport::Rlimit => {}
+        }
+    }
+}
+
+/// The limits applied to one app instance.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Applied {
+    /// cgroup directories the process joins.
+    pub(crate) dirs: Vec<PathBuf>,
+    /// The file and key that count OOM kills.
+    oom_file: Option<(PathBuf, &'static str)>,
+    /// `RLIMIT_AS` in bytes, when that is the memory mechanism.
+    pub(crate) rlimit_as: Option<u64>,
+    /// What status reports in `limits_applied`.
+    pub(crate) mechanism: Option<String>,
+}
+
+/// The shell wrapper: join the cgroups, apply the rlimit, run the app.
+pub(crate) const WRAPPER: &str = r#"IFS=:
+for f in $P2P_RUNTIME_CGROUPS; do echo $$ > "$f" || exit 125; done
+unset IFS P2P_RUNTIME_CGROUPS
+if [ -n "$P2P_RUNTIME_RLIMIT_AS_KIB" ]; then ulimit -v "$P2P_RUNTIME_RLIMIT_AS_KIB" || exit 125; fi
+unset P2P_RUNTIME_RLIMIT_AS_KIB
+exec "$@""#;
+
+impl Applied {
+    fn none() -> Self {
+        Applied::default()
+    }
+
+    /// Whether the process must start through [`WRAPPER`].
+    pub(crate) fn needs_wrapper(&self) -> bool {
+        !self.dirs.is_empty() || self.rlimit_as.is_some()
+    }
+
+    /// The environment the wrapper reads.
+    pub(crate) fn wrapper_env(&self) -> Vec<(String, String)> {
+        let procs: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect();
+        let mut env = vec![("P2P_RUNTIME_CGROUPS".to_string(), procs.join(":"))];
+        if let Some(b) = self.rlimit_as {
+            env.push((
+                "P2P_RUNTIME_RLIMIT_AS_KIB".to_string(),
+                (b / 1024).max(1).to_string(),
+            ));
+        }
+        env
+    }
+
+    /// OOM kills counted so far in this app's cgroup.
+    pub(crate) fn oom_kills(&self) -> u64 {
+        let Some((file, key)) = &self.oom_file else {
+            return 0;
+        };
+        fs::read_to_string(file)
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == *key).then(|| v.trim().parse().ok()).flatten()
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// Kills whatever is left in the cgroups and removes them.
+    pub(crate) async fn release(&self) {
+        for dir in &self.dirs {
+            for _ in 0..50 {
+                kill_all_in(dir);
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+fn kill_all_in(dir: &Path) {
+    let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
+        return;
+    };
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Best-effort removal of a leftover cgroup (from a previous run).
+fn remove_cgroup(dir: &Path) {
+    if dir.exists() {
+        kill_all_in(dir);
+        let _ = fs::remove_dir(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_limits_nothing_is_made() {
+        let cg = Cgroups {
+            support: LimitSupport::Rlimit,
+        };
+        let a = cg.prepare("x", &ResourceLimits::default()).unwrap();
+        assert!(!a.needs_wrapper());
+        assert_eq!(a.mechanism, None);
+    }
+
+    #[test]
+    fn rlimit_fallback_says_cpu_is_not_limited() {
+        let cg = Cgroups {
+            support: LimitSupport::Rlimit,
+        };
+        let a = cg
+            .prepare(
+                "x",
+                &ResourceLimits {
+                    memory_bytes: Some(64 << 20),
+                    cpu_millis: Some(500),
+                },
+            )
+            .unwrap();
+        assert!(a.needs_wrapper());
+        assert_eq!(a.rlimit_as, Some(64 << 20));
+        let m = a.mechanism.clone().unwrap();
+        assert!(
+            m.starts_with("rlimit") && m.contains("CPU not limited"),
+            "{m}"
+        );
+        let env = a.wrapper_env();
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "P2P_RUNTIME_RLIMIT_AS_KIB" && v == "65536")
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! Captured output: each stream to its own size-rotated file, a combined
+//! file for reading both in arrival order, tail without reading whole
+//! files, and follow through a broadcast that never blocks the app.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use p2p_core::runtime::{LogLine, LogLines, LogSelection, LogStream};
+use p2p_core::{Error, Result};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::broadcast;
+
+/// A line longer than this is split; protects the supervisor from an app
+/// that writes without newlines.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+/// Lines a follower may fall behind before it loses some.
+const FOLLOW_BUFFER: usize = 4096;
+
+/// Log file sizes and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    /// A file is rotated when a write would take it past this.
+    pub max_bytes: u64,
+    /// Files kept per stream, the current one included.
+    pub files: usize,
+}
+
+impl Default for LogRotation {
+    /// 10 MiB x 5 files per stream.
+    fn default() -> Self {
+        LogRotation {
+            max_bytes: 10 * 1024 * 1024,
+            files: 5,
+        }
+    }
+}
+
+/// One rotated file: `<name>`, `<name>.1` (newest rotated) ... `<name>.<files-1>`.
+struct Rotated {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl Rotated {
+    fn open(path: PathBuf) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(Rotated { path, file, len })
+    }
+
+    fn write(&mut self, bytes: &[u8], rot: LogRotation) -> io::Result<()> {
+        if self.len > 0 && self.len + bytes.len() as u64 > rot.max_bytes {
+            self.rotate(rot)?;
+        }
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self, rot: LogRotation) -> io::Result<()> {
+        let keep = rot.files.max(1);
+        let numbered = |n: usize| rotated_path(&self.path, n);
+        // Drop the oldest, shift the rest up by one.
+        let _ = fs::remove_file(numbered(keep - 1));
+        for n in (1..keep - 1).rev() {
+            let from = numbered(n);
+            if from.exists() {
+                fs::rename(&from, numbered(n + 1))?;
+            }
+        }
+        if keep > 1 {
+            fs::rename(&self.path, numbered(1))?;
+        } else {
+            fs::remove_file(&self.path)?;
+        }
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+fn rotated_path(path: &Path, n: usize) -> PathBuf {
+    if n == 0 {
+        return path.to_path_buf();
+    }
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+struct Files {
+    stdout: Rotated,
+    stderr: Rotated,
+    /// Both streams, each line tagged `o ` or `e `.
+    combined: Rotated,
+}
+
+/// The captured output of one app, across its restarts.
+pub(crate) struct AppLogs {
+    dir: PathBuf,
+    rotation: LogRotation,
+    files: Mutex<Files>,
+    /// `None` once the app is removed, which ends every follower.
+    followers: Mutex<Option<broadcast::Sender<LogLine>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AppLogs {
+    /// Opens (creating) the log files of an app in `dir`.
+    pub(crate) fn open(dir: PathBuf, rotation: LogRotation) -> Result<Arc<Self>> {
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating log directory {}", dir.display()), e))?;
+        let open = |name: &str| {
+            let p = dir.join(name);
+            Rotated::open(p.clone()).map_err(|e| Error::io(format!("opening {}", p.display()), e))
+        };
+        let files = Files {
+            stdout: open("stdout.log")?,
+            stderr: open("stderr.log")?,
+            combined: open("combined.log")?,
+        };
+        let (tx, _) = broadcast::channel(FOLLOW_BUFFER);
+        Ok(Arc::new(AppLogs {
+            dir,
+            rotation,
+            files: Mutex::new(files),
+            followers: Mutex::new(Some(tx)),
+        }))
+    }
+
+    /// The directory holding the files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records one line (without its newline).
+    pub(crate) fn write(&self, stream: LogStream, line: &str) {
+        let rot = self.rotation;
+        {
+            let mut files = lock(&self.files);
+            let mut one = Vec::with_capacity(line.len() + 3);
+            one.extend_from_slice(line.as_bytes());
+            one.push(b'\n');
+            let (file, tag) = match stream {
+                LogStream::Stderr => (&mut files.stderr, b"e "),
+                _ => (&mut files.stdout, b"o "),
+            };
+            if let Err(e) = file.write(&one, rot) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write an app log");
+            }
+            one.splice(0..0, tag.iter().copied());
+            if let Err(e) = files.combined.write(&one, rot) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write an app log");
+            }
+            // Sent under the file lock, so that a new follower's tail and
+            // its live lines neither overlap nor leave a gap.
+            if let Some(tx) = lock(&self.followers).as_ref() {
+                let _ = tx.send(LogLine {
+                    stream,
+                    line: line.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Ends every follower; later writes reach only the files.
+    pub(crate) fn close_followers(&self) {
+        lock(&self.followers).take();
+    }
+
+    /// The selected lines: a tail from the files, then (with `follow`)
+    /// live lines until the app is removed.
+    pub(crate) fn read(&self, sel: &LogSelection) -> Result<LogLines> {
+        let want = sel.tail.unwrap_or(usize::MAX);
+        let (tail, live) = {
+            let files = lock(&self.files);
+            let live = if sel.follow {
+                lock(&self.followers).as_ref().map(|tx| tx.subscribe())
+            } else {
+                None
+            };
+            let tail = if want == 0 {
+                Vec::new()
+            } else {
+                match sel.stream {
+                    LogStream::Stdout => tail_lines(&files.stdout.path, self.rotation, want)?
+                        .into_iter()
+                        .map(|line| LogLine {
+                            stream: LogStream::Stdout,
+                            line,
+                        })
+                        .collect(),
+                    LogStream::Stderr => tail_lines(&files.stderr.path, self.rotation, want)?
+                        .into_iter()
+                        .map(|line| LogLine {
+                            stream: LogStream::Stderr,
+                            line,
+                        })
+                        .collect(),
+                    LogStream::Both => tail_lines(&files.combined.path, self.rotation, want)?
+                        .into_iter()
+                        .map(untag)
+                        .collect(),
+                }
+            };
+            (tail, live)
+        };
+        let stream = sel.stream;
+        let head = futures::stream::iter(tail.into_iter().map(Ok));
+        match live {
+            None => Ok(head.boxed()),
+            Some(rx) => {
+                let follow = futures::stream::unfold(rx, move |mut rx| async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(l) if stream == LogStream::Both || l.stream == stream => {
+                                return Some((Ok(l), rx));
+                            }
+                            Ok(_) => {}
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::debug!(lost = n, "a log follower fell behind");
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                });
+                Ok(head.chain(follow).boxed())
+            }
+        }
+    }
+}
+
+fn untag(l: String) -> LogLine {
+    match l.split_at_checked(2) {
+        Some(("e ", rest)) => LogLine {
+            stream: LogStream::Stderr,
+            line: rest.to_string(),
+        },
+        Some(("o ", rest)) => LogLine {
+            stream: LogStream::Stdout,
+            line: rest.to_string(),
+        },
+        _ => LogLine {
+            stream: LogStream::Stdout,
+            line: l,
+        },
+    }
+}
+
+/// The last `n` lines of a rotated file set, oldest first, read backwards
+/// in blocks: memory is bounded by the lines returned, not the files.
+pub(crate) fn tail_lines(path: &Path, rot: LogRotation, n: usize) -> Result<Vec<String>> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    // A line cut across two files (rotation never cuts one) cannot happen:
+    // every write is whole lines.
+    for k in 0..rot.files.max(1) {
+        if lines.len() >= n {
+            break;
+        }
+        let p = rotated_path(path, k);
+        let mut f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
+        };
+        let need = n - lines.len();
+        let mut found = tail_of_file(&mut f, need)
+            .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+        found.append(&mut lines);
+        lines = found;
+    }
+    let start = lines.len().saturating_sub(n);
+    Ok(lines
+        .drain(start..)
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .collect())
+}
+
+/// The last `n` lines of one file, oldest first. Reads blocks from the
+/// end until it has seen enough line ends.
+fn tail_of_file(f: &mut File, n: usize) -> io::Result<Vec<Vec<u8>>> {
+    const BLOCK: u64 = 16 * 1024;
+    let len = f.metadata()?.len();
+    if len == 0 || n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut pos = len;
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut newlines = 0usize;
+    while pos > 0 && newlines <= n {
+        let take = BLOCK.min(pos);
+        pos -= take;
+        let mut block = vec![0u8; take as usize];
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut block)?;
+        newlines += block.iter().filter(|b| **b == b'\n').count();
+        blocks.push(block);
+    }
+    let mut data: Vec<u8> = blocks.into_iter().rev().flatten().collect();
+    if data.last() == Some(&b'\n') {
+        data.pop();
+    }
+    let mut lines: Vec<Vec<u8>> = data.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+    // Without reaching the file's start, the first piece may be cut.
+    if pos > 0 {
+        lines.remove(0);
+    }
+    let start = lines.len().saturating_sub(n);
+    Ok(lines.split_off(start))
+}
+
+/// Copies an app's output stream into `logs`, line by line, until the
+/// stream ends (the process exited). Lines over [`MAX_LINE`] are split.
+pub(crate) async fn pump(logs: Arc<AppLogs>, stream: LogStream, out: impl AsyncRead + Unpin) {
+    let mut r = BufReader::with_capacity(16 * 1024, out);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        let mut limited = (&mut r).take(MAX_LINE as u64);
+        match limited.read_until(b'\n', &mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                logs.write(stream, &String::from_utf8_lossy(&buf));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading app output failed");
+                return;
+            }
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rot(max: u64, files: usize) -> LogRotation {
+        LogRotation {
+            max_bytes: max,
+            files,
+        }
+    }
+
+    #[test]
+    fn tail_reads_backwards_across_blocks_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AppLogs::open(dir.path().to_path_buf(), rot(10_000, 3)).unwrap();
+        for i in 0..5000 {
+            logs.write(LogStream::Stdout, &format!("line {i}"));
+        }
+        let path = dir.path().join("stdout.log");
+        let got = tail_lines(&path, rot(10_000, 3), 3).unwrap();
+        assert_eq!(got, ["line 4997", "line 4998", "line 4999"]);
+        // Rotation happened; the tail spans files.
+        assert!(rotated_path(&path, 1).exists());
+        let got = tail_lines(&path, rot(10_000, 3), 6000).unwrap();
+        let first: usize = got[0].strip_prefix("line ").unwrap().parse().unwrap();
+        assert_eq!(got.len(), 5000 - first, "a contiguous run up to the end");
+        assert_eq!(got.last().unwrap(), "line 4999");
+        assert!(!rotated_path(&path, 3).exists(), "only 3 files are kept");
+    }
+
+    #[test]
+    fn tail_of_short_and_empty_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AppLogs::open(dir.path().to_path_buf(), LogRotation::default()).unwrap();
+        let path = dir.path().join("stderr.log");
+        assert!(
+            tail_lines(&path, LogRotation::default(), 5)
+                .unwrap()
+                .is_empty()
+        );
+        logs.write(LogStream::Stderr, "only");
+        logs.write(LogStream::Stderr, "");
+        logs.write(LogStream::Stderr, "last");
+        assert_eq!(
+            tail_lines(&path, LogRotation::default(), 10).unwrap(),
+            ["only", "", "last"]
+        );
+    }
+
+    #[tokio::test]
+    async fn both_streams_come_back_in_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AppLogs::open(dir.path().to_path_buf(), LogRotation::default()).unwrap();
+        logs.write(LogStream::Stdout, "a");
+        logs.write(LogStream::Stderr, "b");
+        logs.write(LogStream::Stdout, "c");
+        let sel = LogSelection {
+            stream: LogStream::Both,
+            tail: None,
+            follow: false,
+        };
+        let got: Vec<LogLine> = logs.read(&sel).unwrap().map(|l| l.unwrap()).collect().await;
+        let text: Vec<(LogStream, &str)> =
+            got.iter().map(|l| (l.stream, l.line.as_str())).collect();
+        assert_eq!(
+            text,
+            [
+                (LogStream::Stdout, "a"),
+                (LogStream::Stderr, "b"),
+                (LogStream::Stdout, "c")
+            ]
+        );
+    }
+}

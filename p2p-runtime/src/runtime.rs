@@ -1,0 +1,683 @@
+//! [`ProcessRuntime`]: the p2p-core [`Runtime`] over OS processes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use p2p_core::runtime::{
+    AppSpec, AppState, AppStatus, ExitStatus, HealthChecker, HealthOutcome, LogLines, LogSelection,
+    LogStream, ProbeTarget, RestartDecision, RestartMode, RestartTracker, Runtime,
+};
+use p2p_core::{Clock, Error, Result};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{DEFAULT_PATH, ProcessHealthChecker, check_probe, resolve_program};
+use crate::limits::{Applied, Cgroups, WRAPPER};
+use crate::logs::{AppLogs, LogRotation, pump};
+
+/// Configuration of a [`ProcessRuntime`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RuntimeConfig {
+    /// Directory for the runtime's files: app logs go to
+    /// `<root>/logs/<app>/{stdout,stderr,combined}.log`.
+    pub root: PathBuf,
+    /// Log file size and count per stream.
+    pub log_rotation: LogRotation,
+    /// Seed of the random numbers that jitter restart backoff.
+    pub seed: u64,
+    /// Name of the cgroup this runtime makes under its own, one child per
+    /// app. Two runtimes in one process need different names.
+    pub cgroup_name: String,
+}
+
+impl RuntimeConfig {
+    /// Files under `root`, default rotation (10 MiB x 5), seed 0, cgroup
+    /// `p2p-runtime-<pid>`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            root: root.into(),
+            log_rotation: LogRotation::default(),
+            seed: 0,
+            cgroup_name: format!("p2p-runtime-{}", std::process::id()),
+        }
+    }
+
+    /// Sets the log rotation.
+    pub fn log_rotation(mut self, r: LogRotation) -> Self {
+        self.log_rotation = r;
+        self
+    }
+
+    /// Sets the backoff jitter seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the cgroup name.
+    pub fn cgroup_name(mut self, name: impl Into<String>) -> Self {
+        self.cgroup_name = name.into();
+        self
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Inner {
+    config: RuntimeConfig,
+    clock: Arc<dyn Clock>,
+    checker: Arc<dyn HealthChecker>,
+    cgroups: Cgroups,
+    rng: Mutex<ChaCha8Rng>,
+    apps: Mutex<BTreeMap<String, Arc<App>>>,
+}
+
+/// One app: its spec, status, logs and supervisor task.
+struct App {
+    spec: AppSpec,
+    status: Mutex<AppStatus>,
+    logs: Arc<AppLogs>,
+    stop: CancellationToken,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set when the supervisor task has ended.
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl App {
+    fn set(&self, f: impl FnOnce(&mut AppStatus)) {
+        f(&mut lock(&self.status));
+    }
+
+    fn status(&self) -> AppStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Waits for the supervisor task to end.
+    async fn finished(&self) {
+        if let Some(t) = self.task.lock().await.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A [`Runtime`] over OS processes: each app in its own process group,
+/// supervised by a task that restarts it per its policy, captures its
+/// output, probes its health and applies its resource limits. See the
+/// [crate docs](crate).
+#[derive(Clone)]
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ProcessRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessRuntime")
+            .field("root", &self.inner.config.root)
+            .field("limits", self.inner.cgroups.support())
+            .finish()
+    }
+}
+
+impl ProcessRuntime {
+    /// A runtime with files under `config.root`, timestamps from `clock`
+    /// and [`ProcessHealthChecker`] probes. Probes the host's cgroups once.
+    pub fn new(config: RuntimeConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::with_checker(config, clock, Arc::new(ProcessHealthChecker::new()))
+    }
+
+    /// The same with another health checker.
+    pub fn with_checker(
+        config: RuntimeConfig,
+        clock: Arc<dyn Clock>,
+        checker: Arc<dyn HealthChecker>,
+    ) -> Result<Self> {
+        if config.log_rotation.max_bytes < 1024 || config.log_rotation.files == 0 {
+            return Err(Error::invalid(
+                "log_rotation",
+                "files must be at least 1 KiB and at least one kept",
+            ));
+        }
+        let logs = config.root.join("logs");
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
+        let cgroups = Cgroups::detect(&config.cgroup_name);
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        Ok(ProcessRuntime {
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                checker,
+                cgroups,
+                rng: Mutex::new(rng),
+                apps: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    /// How resource limits are enforced on this host.
+    pub fn limit_support(&self) -> &crate::LimitSupport {
+        self.inner.cgroups.support()
+    }
+
+    /// Where the logs of app `name` are written.
+    pub fn log_dir(&self, name: &str) -> PathBuf {
+        self.inner.config.root.join("logs").join(name)
+    }
+
+    /// Stops every app (as [`Runtime::stop`]) and removes the runtime's
+    /// cgroup. Call it before dropping the runtime: a dropped runtime kills
+    /// its apps' main processes, but not what they spawned.
+    pub async fn shutdown(&self) {
+        let apps: Vec<Arc<App>> = lock(&self.inner.apps).values().cloned().collect();
+        futures::future::join_all(apps.iter().map(|a| async move {
+            a.stop.cancel();
+            a.finished().await;
+        }))
+        .await;
+        self.inner.cgroups.cleanup();
+    }
+
+    fn app(&self, name: &str) -> Result<Arc<App>> {
+        lock(&self.inner.apps)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                what: format!("app {name:?}"),
+            })
+    }
+}
+
+/// Checks everything about a spec that can be checked before anything
+/// runs; each problem is an [`Error::Invalid`] naming the field.
+fn validate(spec: &AppSpec) -> Result<Option<(u32, u32)>> {
+    if spec.name.is_empty()
+        || spec.name.len() > 64
+        || !spec
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || spec.name.starts_with('.')
+    {
+        return Err(Error::invalid(
+            "name",
+            format!(
+                "{:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'",
+                spec.name
+            ),
+        ));
+    }
+    match std::fs::metadata(&spec.workdir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::invalid(
+                "workdir",
+                format!("{} is not a directory", spec.workdir.display()),
+            ));
+        }
+        Err(e) => {
+            return Err(Error::invalid(
+                "workdir",
+                format!("{}: {e}", spec.workdir.display()),
+            ));
+        }
+    }
+    resolve_program(
+        &spec.entrypoint,
+        &spec.workdir,
+        spec.env.get("PATH").map(String::as_str),
+    )?;
+    if let Some(h) = &spec.health {
+        check_probe(&h.probe, &spec.workdir)?;
+        if h.interval.is_zero() || h.timeout.is_zero() {
+            return Err(Error::invalid(
+                "health check",
+                "interval and timeout must be more than zero",
+            ));
+        }
+    }
+    if spec.limits.memory_bytes.is_some_and(|m| m < 1024 * 1024) {
+        return Err(Error::invalid("limits", "a memory limit below 1 MiB"));
+    }
+    if spec.limits.cpu_millis == Some(0) {
+        return Err(Error::invalid("limits", "a CPU limit of zero"));
+    }
+    let user = match &spec.user {
+        None => None,
+        Some(u) => {
+            let found = match u.parse::<u32>() {
+                Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+                Err(_) => nix::unistd::User::from_name(u),
+            };
+            match found {
+                Ok(Some(user)) => Some((user.uid.as_raw(), user.gid.as_raw())),
+                Ok(None) => return Err(Error::invalid("user", format!("no user {u:?}"))),
+                Err(e) => return Err(Error::invalid("user", format!("looking up {u:?}: {e}"))),
+            }
+        }
+    };
+    Ok(user)
+}
+
+/// The command that runs `spec` (through the limits wrapper if needed).
+fn command(spec: &AppSpec, applied: &Applied, user: Option<(u32, u32)>) -> Result<Command> {
+    let program = resolve_program(
+        &spec.entrypoint,
+        &spec.workdir,
+        spec.env.get("PATH").map(String::as_str),
+    )?;
+    let mut cmd = if applied.needs_wrapper() {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(WRAPPER).arg("p2p-runtime").arg(&program);
+        c
+    } else {
+        Command::new(&program)
+    };
+    cmd.args(&spec.args)
+        .current_dir(&spec.workdir)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("P2P_APP_NAME", &spec.name)
+        .env("P2P_APP_VERSION", &spec.version)
+        .envs(&spec.env)
+        .envs(
+            applied
+                .wrapper_env()
+                .into_iter()
+                .filter(|_| applied.needs_wrapper()),
+        )
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    Ok(cmd)
+}
+
+/// How one run of the process ended.
+enum End {
+    /// Stopped on request.
+    Stopped,
+    /// Exited by itself.
+    Exited(std::process::ExitStatus),
+    /// Restarted for failing its health check.
+    Unhealthy(std::process::ExitStatus, String),
+}
+
+fn exit_of(st: &std::process::ExitStatus) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => ExitStatus::Code(c),
+        (None, Some(s)) => ExitStatus::Signal(s),
+        (None, None) => ExitStatus::Code(-1),
+    }
+}
+
+fn group_alive(pgid: Pid) -> bool {
+    killpg(pgid, None).is_ok()
+}
+
+/// TERM to the group, up to `grace` for the main process and then the
+/// rest of the group to exit, then KILL to the group.
+async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) -> std::process::ExitStatus {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    let mut status = tokio::time::timeout_at(deadline, child.wait())
+        .await
+        .ok()
+        .and_then(|r| r.ok());
+    while Instant::now() < deadline && group_alive(pgid) && status.is_some() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    if status.is_none() {
+        status = child.wait().await.ok();
+    }
+    status.unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        std::process::ExitStatus::from_raw(9)
+    })
+}
+
+/// Supervises one app until it is stopped, fails for good, or exits under
+/// a policy that does not restart it.
+async fn supervise(
+    rt: Arc<Inner>,
+    app: Arc<App>,
+    user: Option<(u32, u32)>,
+    ready: oneshot::Sender<Result<()>>,
+) {
+    let spec = &app.spec;
+    let mut tracker = RestartTracker::new(spec.restart);
+    let mut ready = Some(ready);
+    let fail = |why: String| {
+        app.set(|s| {
+            s.state = AppState::Failed;
+            s.pid = None;
+            s.reason = Some(why);
+        });
+    };
+    loop {
+        let applied = match rt.cgroups.prepare(&spec.name, &spec.limits) {
+            Ok(a) => a,
+            Err(e) => {
+                fail(format!("cannot apply resource limits: {e}"));
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                }
+                return;
+            }
+        };
+        let spawned = command(spec, &applied, user).and_then(|mut c| {
+            c.spawn()
+                .map_err(|e| Error::io(format!("starting {}", spec.entrypoint), e))
+        });
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                applied.release().await;
+                fail(format!("could not start: {e}"));
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                }
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let pgid = Pid::from_raw(pid as i32);
+        let oom_before = applied.oom_kills();
+        let started = Instant::now();
+        app.set(|s| {
+            s.state = if spec.health.is_some() {
+                AppState::Starting
+            } else {
+                AppState::Running
+            };
+            s.pid = Some(pid);
+            s.started_at = Some(rt.clock.now());
+            s.health = None;
+            s.healthy_streak = 0;
+            s.reason = None;
+            s.limits_applied = applied.mechanism.clone();
+        });
+        if let Some(r) = ready.take() {
+            let _ = r.send(Ok(()));
+        }
+        let pumps = [
+            child
+                .stdout
+                .take()
+                .map(|o| tokio::spawn(pump(app.logs.clone(), LogStream::Stdout, o))),
+            child
+                .stderr
+                .take()
+                .map(|e| tokio::spawn(pump(app.logs.clone(), LogStream::Stderr, e))),
+        ];
+
+        let (htx, mut hrx) = mpsc::channel::<(HealthOutcome, Duration)>(4);
+        let prober = spec.health.clone().map(|h| {
+            let checker = rt.checker.clone();
+            let target = ProbeTarget {
+                name: spec.name.clone(),
+                version: spec.version.clone(),
+                pid: Some(pid),
+            };
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(h.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let outcome = checker.probe(&target, &h).await;
+                    if htx.send((outcome, started.elapsed())).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        let mut failures = 0u32;
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = app.stop.cancelled() => {
+                    stop_group(&mut child, pgid, spec.stop_grace).await;
+                    break End::Stopped;
+                }
+                st = child.wait() => {
+                    let st = st.unwrap_or_else(|_| {
+                        use std::os::unix::process::ExitStatusExt;
+                        std::process::ExitStatus::from_raw(9)
+                    });
+                    break End::Exited(st);
+                }
+                Some((outcome, since)) = hrx.recv() => {
+                    let h = spec.health.as_ref().expect("a prober runs only with a health check");
+                    let healthy = outcome.is_healthy();
+                    let mut episode = None;
+                    app.set(|s| {
+                        if healthy {
+                            failures = 0;
+                            s.healthy_streak += 1;
+                            s.state = AppState::Healthy;
+                        } else {
+                            s.healthy_streak = 0;
+                            if since >= h.start_period {
+                                failures += 1;
+                                if failures >= h.retries.max(1) {
+                                    if s.state != AppState::Unhealthy {
+                                        episode = Some(match &outcome {
+                                            HealthOutcome::Unhealthy(why) => why.clone(),
+                                            HealthOutcome::Healthy => String::new(),
+                                        });
+                                    }
+                                    s.state = AppState::Unhealthy;
+                                } else if s.state == AppState::Healthy {
+                                    s.state = AppState::Running;
+                                }
+                            }
+                        }
+                        s.health = Some(outcome);
+                    });
+                    // Once per unhealthy episode: restart if the policy
+                    // restarts failed apps, else stay up and unhealthy.
+                    if let Some(why) = episode
+                        && spec.restart.mode != RestartMode::Never
+                    {
+                        let st = stop_group(&mut child, pgid, spec.stop_grace).await;
+                        break End::Unhealthy(st, why);
+                    }
+                }
+            }
+        };
+        if let Some(p) = prober {
+            p.abort();
+        }
+        // Whatever the app left in its group goes with it.
+        let _ = killpg(pgid, Signal::SIGKILL);
+        for p in pumps.into_iter().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
+        }
+        let ran_for = started.elapsed();
+        let oom = applied.oom_kills() > oom_before;
+        applied.release().await;
+        let (st, unhealthy) = match end {
+            End::Stopped => {
+                app.set(|s| {
+                    s.state = AppState::Stopped;
+                    s.pid = None;
+                    s.reason = Some("stopped on request".into());
+                });
+                return;
+            }
+            End::Exited(st) => (st, None),
+            End::Unhealthy(st, why) => (st, Some(why)),
+        };
+        let exit = exit_of(&st);
+        app.set(|s| {
+            s.exit = Some(exit);
+            s.pid = None;
+        });
+        if oom {
+            let limit = spec.limits.memory_bytes.unwrap_or(0);
+            fail(format!(
+                "killed for exceeding its memory limit of {limit} bytes ({})",
+                app.status().limits_applied.unwrap_or_default()
+            ));
+            return;
+        }
+        let failed = !st.success() || unhealthy.is_some();
+        let jitter: f64 = lock(&rt.rng).random();
+        let why = match &unhealthy {
+            Some(w) => format!("restarted after failing its health check: {w}"),
+            None => format!("exited with {st}"),
+        };
+        match tracker.on_exit(failed, ran_for, jitter) {
+            RestartDecision::RestartAfter(delay) => {
+                app.set(|s| {
+                    s.state = AppState::BackingOff;
+                    s.restarts += 1;
+                    s.reason = Some(format!("{why}; restarting in {delay:?}"));
+                });
+                tokio::select! {
+                    biased;
+                    _ = app.stop.cancelled() => {
+                        app.set(|s| {
+                            s.state = AppState::Stopped;
+                            s.reason = Some("stopped on request".into());
+                        });
+                        return;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            RestartDecision::Stop => {
+                app.set(|s| {
+                    s.state = AppState::Stopped;
+                    s.reason = Some(why);
+                });
+                return;
+            }
+            RestartDecision::GiveUp { reason } => {
+                fail(format!("{reason}; last: {why}"));
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn start(&self, spec: AppSpec) -> Result<AppStatus> {
+        let user = validate(&spec)?;
+        let name = spec.name.clone();
+        // Checked and registered under one lock: two starts of one name
+        // cannot both pass.
+        let app = {
+            let mut apps = lock(&self.inner.apps);
+            let logs = match apps.get(&name) {
+                Some(a) if !a.done.load(std::sync::atomic::Ordering::Acquire) => {
+                    return Err(Error::AlreadyExists {
+                        what: format!("app {name:?}"),
+                    });
+                }
+                Some(a) => a.logs.clone(),
+                None => AppLogs::open(self.log_dir(&name), self.inner.config.log_rotation)?,
+            };
+            let app = Arc::new(App {
+                status: Mutex::new(AppStatus {
+                    name: name.clone(),
+                    version: spec.version.clone(),
+                    state: AppState::Starting,
+                    pid: None,
+                    exit: None,
+                    restarts: 0,
+                    started_at: None,
+                    health: None,
+                    healthy_streak: 0,
+                    reason: None,
+                    limits_applied: None,
+                }),
+                spec,
+                logs,
+                stop: CancellationToken::new(),
+                task: tokio::sync::Mutex::new(None),
+                done: std::sync::atomic::AtomicBool::new(false),
+            });
+            apps.insert(name, app.clone());
+            app
+        };
+        let (tx, rx) = oneshot::channel();
+        let task = {
+            let (inner, app) = (self.inner.clone(), app.clone());
+            tokio::spawn(async move {
+                supervise(inner, app.clone(), user, tx).await;
+                app.done.store(true, std::sync::atomic::Ordering::Release);
+            })
+        };
+        *app.task.lock().await = Some(task);
+        match rx.await {
+            Ok(Ok(())) => Ok(app.status()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::closed("the supervisor ended before the app started")),
+        }
+    }
+
+    async fn stop(&self, name: &str) -> Result<AppStatus> {
+        let app = self.app(name)?;
+        app.stop.cancel();
+        app.finished().await;
+        app.set(|s| {
+            s.state = AppState::Stopped;
+            s.pid = None;
+        });
+        Ok(app.status())
+    }
+
+    async fn restart(&self, name: &str) -> Result<AppStatus> {
+        let app = self.app(name)?;
+        self.stop(name).await?;
+        self.start(app.spec.clone()).await
+    }
+
+    async fn status(&self, name: &str) -> Result<AppStatus> {
+        Ok(self.app(name)?.status())
+    }
+
+    async fn list(&self) -> Result<Vec<AppStatus>> {
+        let apps: Vec<Arc<App>> = lock(&self.inner.apps).values().cloned().collect();
+        Ok(apps.iter().map(|a| a.status()).collect())
+    }
+
+    async fn remove(&self, name: &str) -> Result<()> {
+        let app = self.app(name)?;
+        app.stop.cancel();
+        app.finished().await;
+        lock(&self.inner.apps).remove(name);
+        app.logs.close_followers();
+        let dir = app.logs.dir().to_path_buf();
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io(format!("removing {}", dir.display()), e));
+        }
+        Ok(())
+    }
+
+    async fn logs(&self, name: &str, selection: LogSelection) -> Result<LogLines> {
+        self.app(name)?.logs.read(&selection)
+    }
+}
