@@ -4,12 +4,18 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use p2p_core::runtime::{HealthCheckSpec, HealthChecker, HealthOutcome, HealthProbe, ProbeTarget};
 use p2p_core::{Error, Result};
 use tokio::io::AsyncReadExt;
 
-/// Probes real processes: alive, TCP connect, HTTP GET (through
-/// `reqwest`), or a command's exit status.
+/// Probes real processes: alive, TCP connect, HTTP GET (through hyper's
+/// client; plain `http://` only, which is what an app's local health
+/// endpoint speaks), or a command's exit status.
 ///
 /// ```no_run
 /// use p2p_core::runtime::{HealthCheckSpec, HealthChecker, HealthProbe, ProbeTarget};
@@ -21,9 +27,15 @@ use tokio::io::AsyncReadExt;
 /// println!("{:?}", checker.probe(&target, &spec).await);
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProcessHealthChecker {
-    http: reqwest::Client,
+    http: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl std::fmt::Debug for ProcessHealthChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProcessHealthChecker")
+    }
 }
 
 impl Default for ProcessHealthChecker {
@@ -33,13 +45,10 @@ impl Default for ProcessHealthChecker {
 }
 
 impl ProcessHealthChecker {
-    /// A checker with its own HTTP client (no proxies, no redirects).
+    /// A checker with its own HTTP client (no proxies, redirects not
+    /// followed: a 3xx answer is unhealthy).
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let http = Client::builder(TokioExecutor::new()).build_http();
         ProcessHealthChecker { http }
     }
 }
@@ -82,11 +91,17 @@ impl ProcessHealthChecker {
                     Err(e) => bad(format!("TCP connect to {addr}: {e}")),
                 }
             }
-            HealthProbe::Http { url } => match self.http.get(url).send().await {
-                Ok(r) if r.status().is_success() => HealthOutcome::Healthy,
-                Ok(r) => bad(format!("HTTP GET {url}: status {}", r.status())),
-                Err(e) => bad(format!("HTTP GET {url}: {}", error_chain(&e))),
-            },
+            HealthProbe::Http { url } => {
+                let uri = match url.parse::<hyper::Uri>() {
+                    Ok(u) => u,
+                    Err(e) => return bad(format!("HTTP GET {url}: {e}")),
+                };
+                match self.http.get(uri).await {
+                    Ok(r) if r.status().is_success() => HealthOutcome::Healthy,
+                    Ok(r) => bad(format!("HTTP GET {url}: status {}", r.status())),
+                    Err(e) => bad(format!("HTTP GET {url}: {}", error_chain(&e))),
+                }
+            }
             HealthProbe::Exec { command, args } => {
                 let child = tokio::process::Command::new(command)
                     .args(args)
@@ -169,14 +184,17 @@ pub(crate) fn check_probe(probe: &HealthProbe, workdir: &Path) -> Result<()> {
             Ok(())
         }
         HealthProbe::Http { url } => {
-            let u = reqwest::Url::parse(url)
+            let u: hyper::Uri = url
+                .parse()
                 .map_err(|e| Error::invalid("health check", format!("URL {url:?}: {e}")))?;
-            match u.scheme() {
-                "http" => Ok(()),
-                "https" => bad(format!(
+            match u.scheme_str() {
+                Some("http") if u.host().is_some() => Ok(()),
+                Some("http") => bad(format!("URL {url:?} has no host")),
+                Some("https") => bad(format!(
                     "URL {url:?}: https is not supported by health checks; probe the app over http"
                 )),
-                other => bad(format!("URL {url:?}: scheme {other:?} is not http")),
+                Some(other) => bad(format!("URL {url:?}: scheme {other:?} is not http")),
+                None => bad(format!("URL {url:?} is not absolute (http://host:port/path)")),
             }
         }
         HealthProbe::Exec { command, .. } => resolve_program(command, workdir, None)

@@ -107,8 +107,16 @@ pub(crate) struct AppLogs {
     dir: PathBuf,
     rotation: LogRotation,
     files: Mutex<Files>,
-    /// `None` once the app is removed, which ends every follower.
-    followers: Mutex<Option<broadcast::Sender<LogLine>>>,
+    followers: Mutex<Followers>,
+}
+
+/// The live-line channel, made when the first follower comes and dropped
+/// when the last one goes, so that an app nobody follows costs no buffer.
+#[derive(Default)]
+struct Followers {
+    tx: Option<broadcast::Sender<LogLine>>,
+    /// Set when the app is removed: no more followers.
+    closed: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,12 +137,11 @@ impl AppLogs {
             stderr: open("stderr.log")?,
             combined: open("combined.log")?,
         };
-        let (tx, _) = broadcast::channel(FOLLOW_BUFFER);
         Ok(Arc::new(AppLogs {
             dir,
             rotation,
             files: Mutex::new(files),
-            followers: Mutex::new(Some(tx)),
+            followers: Mutex::new(Followers::default()),
         }))
     }
 
@@ -164,18 +171,25 @@ impl AppLogs {
             }
             // Sent under the file lock, so that a new follower's tail and
             // its live lines neither overlap nor leave a gap.
-            if let Some(tx) = lock(&self.followers).as_ref() {
-                let _ = tx.send(LogLine {
-                    stream,
-                    line: line.to_string(),
-                });
+            let mut followers = lock(&self.followers);
+            if let Some(tx) = followers.tx.as_ref() {
+                if tx.receiver_count() == 0 {
+                    followers.tx = None;
+                } else {
+                    let _ = tx.send(LogLine {
+                        stream,
+                        line: line.to_string(),
+                    });
+                }
             }
         }
     }
 
     /// Ends every follower; later writes reach only the files.
     pub(crate) fn close_followers(&self) {
-        lock(&self.followers).take();
+        let mut f = lock(&self.followers);
+        f.closed = true;
+        f.tx = None;
     }
 
     /// The selected lines: a tail from the files, then (with `follow`)
@@ -185,7 +199,16 @@ impl AppLogs {
         let (tail, live) = {
             let files = lock(&self.files);
             let live = if sel.follow {
-                lock(&self.followers).as_ref().map(|tx| tx.subscribe())
+                let mut f = lock(&self.followers);
+                if f.closed {
+                    None
+                } else {
+                    Some(
+                        f.tx
+                            .get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
+                            .subscribe(),
+                    )
+                }
             } else {
                 None
             };
@@ -322,8 +345,8 @@ fn tail_of_file(f: &mut File, n: usize) -> io::Result<Vec<Vec<u8>>> {
 /// Copies an app's output stream into `logs`, line by line, until the
 /// stream ends (the process exited). Lines over [`MAX_LINE`] are split.
 pub(crate) async fn pump(logs: Arc<AppLogs>, stream: LogStream, out: impl AsyncRead + Unpin) {
-    let mut r = BufReader::with_capacity(16 * 1024, out);
-    let mut buf = Vec::with_capacity(1024);
+    let mut r = BufReader::with_capacity(4 * 1024, out);
+    let mut buf = Vec::with_capacity(256);
     loop {
         buf.clear();
         let mut limited = (&mut r).take(MAX_LINE as u64);

@@ -1,6 +1,7 @@
 //! Benchmark groups. Each group is a function that measures and returns its
 //! figures; [`ALL`] lists them for `bench-report`.
 
+pub mod runtime;
 pub mod sim;
 pub mod transport;
 
@@ -27,5 +28,10 @@ pub const ALL: &[Group] = &[
         name: "transport",
         about: "256 MiB over one stream, connect time and idle memory: SDK vs raw library vs TCP",
         run: transport::run,
+    },
+    Group {
+        name: "runtime",
+        about: "process supervision: crash to replacement running, log line to follower, heap per app",
+        run: runtime::run,
     },
 ];
