@@ -194,7 +194,9 @@ pub(crate) fn check_probe(probe: &HealthProbe, workdir: &Path) -> Result<()> {
                     "URL {url:?}: https is not supported by health checks; probe the app over http"
                 )),
                 Some(other) => bad(format!("URL {url:?}: scheme {other:?} is not http")),
-                None => bad(format!("URL {url:?} is not absolute (http://host:port/path)")),
+                None => bad(format!(
+                    "URL {url:?} is not absolute (http://host:port/path)"
+                )),
             }
         }
         HealthProbe::Exec { command, .. } => resolve_program(command, workdir, None)

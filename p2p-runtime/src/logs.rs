@@ -204,8 +204,7 @@ impl AppLogs {
                     None
                 } else {
                     Some(
-                        f.tx
-                            .get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
+                        f.tx.get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
                             .subscribe(),
                     )
                 }

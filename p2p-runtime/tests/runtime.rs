@@ -669,3 +669,110 @@ async fn an_app_over_its_memory_limit_is_killed_and_reported() {
     assert!(reason.contains("memory limit"), "{reason}");
     rt.shutdown().await;
 }
+
+/// The limits are written where the mechanism says, the app is in its
+/// cgroup, and the cgroups are gone once the app stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_applied_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), "limits");
+    let (memory, cpu) = match rt.limit_support().clone() {
+        LimitSupport::V1 { memory, cpu } => (memory, cpu),
+        other => {
+            println!(
+                "SKIPPED limits_are_applied_and_cleaned_up: checks cgroup v1 files, host has {other:?}"
+            );
+            return;
+        }
+    };
+    let mut spec = sh("limited", dir.path(), "exec sleep 1000");
+    spec.limits = ResourceLimits {
+        memory_bytes: Some(64 * 1024 * 1024),
+        cpu_millis: Some(500),
+    };
+    let s = rt.start(spec).await.unwrap();
+    let pid = s.pid.unwrap().to_string();
+    assert!(s.limits_applied.unwrap().starts_with("cgroup v1"));
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    if let Some(m) = &memory {
+        let d = m.join("limited");
+        assert_eq!(
+            read(d.join("memory.limit_in_bytes")).trim(),
+            (64 * 1024 * 1024).to_string()
+        );
+        // The wrapper joins as its first step, a moment after the spawn.
+        wait_for("the app in its memory cgroup", || {
+            read(d.join("cgroup.procs")).lines().any(|l| l == pid)
+        })
+        .await;
+    }
+    if let Some(c) = &cpu {
+        let d = c.join("limited");
+        assert_eq!(read(d.join("cpu.cfs_quota_us")).trim(), "50000");
+        wait_for("the app in its cpu cgroup", || {
+            read(d.join("cgroup.procs")).lines().any(|l| l == pid)
+        })
+        .await;
+    }
+    rt.stop("limited").await.unwrap();
+    for base in [memory, cpu].into_iter().flatten() {
+        assert!(
+            !base.join("limited").exists(),
+            "cgroup left behind in {}",
+            base.display()
+        );
+    }
+    rt.shutdown().await;
+}
+
+/// With `user` set the app runs as that user (needs root: skipped otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_runs_as_its_user() {
+    if !nix_is_root() {
+        println!("SKIPPED an_app_runs_as_its_user: needs root to switch users");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), "user");
+    let mut spec = sh("as-nobody", "/".as_ref(), "id -u; id -G; exec sleep 1000");
+    spec.user = Some("nobody".into());
+    rt.start(spec).await.unwrap();
+    wait_for_lines(&rt, "as-nobody", 2).await;
+    let lines: Vec<String> = rt
+        .logs(
+            "as-nobody",
+            LogSelection {
+                stream: LogStream::Stdout,
+                tail: None,
+                follow: false,
+            },
+        )
+        .await
+        .unwrap()
+        .map(|l| l.unwrap().line)
+        .collect()
+        .await;
+    let uid = std::process::Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        .unwrap();
+    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+    assert_eq!(lines[0], uid);
+    assert!(
+        !lines[1].split_whitespace().any(|g| g == "0"),
+        "root's groups kept: {}",
+        lines[1]
+    );
+    rt.shutdown().await;
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
