@@ -43,12 +43,15 @@
 //! `PATH` (a standard one unless the spec sets it), `P2P_APP_NAME`,
 //! `P2P_APP_VERSION`, then the spec's `env`; stdin is `/dev/null`. With
 //! `user` set, it runs as that user and group with no supplementary groups
-//! (which needs root).
+//! (which needs root; inside a cgroup the switch is made by `setpriv` from
+//! util-linux after the app joined its cgroup).
 //!
 //! Stopping sends SIGTERM to the whole group, waits up to `stop_grace` for
 //! the app and then the rest of its group to exit, then sends SIGKILL to
 //! the group. When an app exits by itself, whatever it left in its group is
-//! killed too, so no child outlives it.
+//! killed too, so no child outlives it. Where cgroups work, every app also
+//! has a cgroup, limits or not, and everything in it is killed as well:
+//! that catches children that left the process group (`setsid`).
 //!
 //! ## States and restarts
 //!
@@ -72,8 +75,10 @@
 //!
 //! [`ProcessHealthChecker`] probes: the process is alive (not a zombie), a
 //! TCP connect, an HTTP GET answering 2xx (hyper's client, plain http), or
-//! a command exiting 0 (its first stderr bytes become the reason). Each
-//! probe is cut off at `timeout`. Probes run every `interval`; failures in
+//! a command exiting 0 (its first stderr bytes become the reason; a
+//! relative command is taken in the app's directory, and it runs with the
+//! supervisor's environment and user, not the app's). Each probe is cut
+//! off at `timeout`. Probes run every `interval`; failures in
 //! the `start_period` do not count; `retries` failures in a row make the
 //! app `Unhealthy`. An unhealthy app is restarted under its policy once per
 //! episode (stopped gracefully, then the backoff); under `never` it stays
@@ -99,8 +104,11 @@
 //! offers, probed once per runtime ([`LimitSupport`]):
 //!
 //! 1. cgroup v2, when this process's cgroup has the `memory` and `cpu`
-//!    controllers and can delegate them (`memory.max`, `memory.swap.max`,
-//!    `cpu.max`);
+//!    controllers and can delegate them to a child (`memory.max`,
+//!    `memory.swap.max`, `cpu.max`). The kernel allows that only when the
+//!    supervisor's own cgroup holds no processes itself, so run it in a
+//!    delegated cgroup (systemd `Delegate=yes` with the service's processes
+//!    in a leaf); otherwise v1 or rlimits apply and status says which;
 //! 2. cgroup v1 hierarchies (`memory.limit_in_bytes`,
 //!    `memory.memsw.limit_in_bytes` where swap is accounted,
 //!    `cpu.cfs_quota_us`);

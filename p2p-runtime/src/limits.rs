@@ -150,96 +150,106 @@ impl Cgroups {
     }
 
     /// Makes the cgroups of app `app` with `limits`, or says how the
-    /// rlimit applies. Nothing is made when there are no limits.
+    /// rlimit applies. Where cgroups work, every app gets one, limits or
+    /// not: it is how stop finds every process the app made, even those
+    /// that left its process group. On an error nothing is left behind.
     pub(crate) fn prepare(&self, app: &str, limits: &ResourceLimits) -> Result<Applied> {
-        if limits.memory_bytes.is_none() && limits.cpu_millis.is_none() {
-            return Ok(Applied::none());
+        let mut applied = Applied::none();
+        match self.prepare_into(app, limits, &mut applied) {
+            Ok(()) => Ok(applied),
+            Err(e) => {
+                for d in &applied.dirs {
+                    remove_cgroup(d);
+                }
+                Err(e)
+            }
         }
+    }
+
+    fn prepare_into(&self, app: &str, limits: &ResourceLimits, out: &mut Applied) -> Result<()> {
+        let none = limits.memory_bytes.is_none() && limits.cpu_millis.is_none();
         let write = |dir: &Path, file: &str, value: String| {
             fs::write(dir.join(file), &value)
                 .map_err(|e| Error::io(format!("setting {file} = {value} in {}", dir.display()), e))
         };
-        let fresh = |dir: PathBuf| -> Result<PathBuf> {
+        let fresh = |dir: PathBuf, out: &mut Applied| -> Result<PathBuf> {
+            if let Some(d) = out.dirs.iter().find(|d| **d == dir) {
+                // Co-mounted hierarchies: one directory for both.
+                return Ok(d.clone());
+            }
             remove_cgroup(&dir);
             fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("creating cgroup {}", dir.display()), e))?;
+            out.dirs.push(dir.clone());
             Ok(dir)
         };
         match &self.support {
             LimitSupport::V2 { base } => {
-                let dir = fresh(base.join(app))?;
+                let dir = fresh(base.join(app), out)?;
                 if let Some(m) = limits.memory_bytes {
                     write(&dir, "memory.max", m.to_string())?;
                     let _ = write(&dir, "memory.swap.max", "0".into());
+                    out.oom_file = Some((dir.join("memory.events"), "oom_kill"));
                 }
                 if let Some(c) = limits.cpu_millis {
                     write(&dir, "cpu.max", format!("{} 100000", u64::from(c) * 100))?;
                 }
-                Ok(Applied {
-                    dirs: vec![dir.clone()],
-                    oom_file: limits
-                        .memory_bytes
-                        .map(|_| (dir.join("memory.events"), "oom_kill")),
-                    rlimit_as: None,
-                    mechanism: Some("cgroup v2".into()),
-                })
+                if !none {
+                    out.mechanism = Some("cgroup v2".into());
+                }
             }
             LimitSupport::V1 { memory, cpu } => {
-                let mut dirs = Vec::new();
                 let mut notes = Vec::new();
-                let mut oom_file = None;
-                let mut rlimit_as = None;
-                if let Some(m) = limits.memory_bytes {
-                    match memory {
-                        Some(base) => {
-                            let dir = fresh(base.join(app))?;
-                            write(&dir, "memory.limit_in_bytes", m.to_string())?;
-                            // Swap may not be accounted; where it is, no swap.
-                            let _ = write(&dir, "memory.memsw.limit_in_bytes", m.to_string());
-                            oom_file = Some((dir.join("memory.oom_control"), "oom_kill"));
-                            dirs.push(dir);
-                        }
-                        None => {
-                            rlimit_as = Some(m);
-                            notes.push("memory by rlimit");
-                        }
+                match (memory, limits.memory_bytes) {
+                    (Some(base), Some(m)) => {
+                        let dir = fresh(base.join(app), out)?;
+                        write(&dir, "memory.limit_in_bytes", m.to_string())?;
+                        // Swap may not be accounted; where it is, no swap.
+                        let _ = write(&dir, "memory.memsw.limit_in_bytes", m.to_string());
+                        out.oom_file = Some((dir.join("memory.oom_control"), "oom_kill"));
                     }
-                }
-                if let Some(c) = limits.cpu_millis {
-                    match cpu {
-                        Some(base) => {
-                            let dir = fresh(base.join(app))?;
-                            write(&dir, "cpu.cfs_period_us", "100000".into())?;
-                            write(&dir, "cpu.cfs_quota_us", (u64::from(c) * 100).to_string())?;
-                            dirs.push(dir);
-                        }
-                        None => notes.push("CPU not limited: no cpu controller"),
+                    (None, Some(m)) => {
+                        out.rlimit_as = Some(m);
+                        notes.push("memory by rlimit");
                     }
+                    (Some(base), None) => {
+                        // Tracking only: no limit written.
+                        fresh(base.join(app), out)?;
+                    }
+                    (None, None) => {}
                 }
-                let mut mechanism = "cgroup v1".to_string();
-                if !notes.is_empty() {
-                    mechanism = format!("{mechanism} ({})", notes.join("; "));
+                match (cpu, limits.cpu_millis) {
+                    (Some(base), Some(c)) => {
+                        let dir = fresh(base.join(app), out)?;
+                        write(&dir, "cpu.cfs_period_us", "100000".into())?;
+                        write(&dir, "cpu.cfs_quota_us", (u64::from(c) * 100).to_string())?;
+                    }
+                    (None, Some(_)) => notes.push("CPU not limited: no cpu controller"),
+                    (Some(base), None) if memory.is_none() => {
+                        fresh(base.join(app), out)?;
+                    }
+                    _ => {}
                 }
-                Ok(Applied {
-                    dirs,
-                    oom_file,
-                    rlimit_as,
-                    mechanism: Some(mechanism),
-                })
+                if !none {
+                    let mut mechanism = "cgroup v1".to_string();
+                    if !notes.is_empty() {
+                        mechanism = format!("{mechanism} ({})", notes.join("; "));
+                    }
+                    out.mechanism = Some(mechanism);
+                }
             }
             LimitSupport::Rlimit => {
-                let mut mechanism = "rlimit".to_string();
-                if limits.cpu_millis.is_some() {
-                    mechanism.push_str(" (CPU not limited: no writable cgroup)");
+                if !none {
+                    let mut mechanism = "rlimit".to_string();
+                    if limits.cpu_millis.is_some() {
+                        mechanism.push_str(" (CPU not limited: no writable cgroup)");
+                    }
+                    out.rlimit_as = limits.memory_bytes;
+                    out.mechanism = Some(mechanism);
                 }
-                Ok(Applied {
-                    dirs: Vec::new(),
-                    oom_file: None,
-                    rlimit_as: limits.memory_bytes,
-                    mechanism: Some(mechanism),
-                })
             }
         }
+        Ok(())
     }
 
     /// Removes the runtime's own cgroup directory (app cgroups must be
@@ -273,7 +283,8 @@ pub(crate) struct Applied {
 }
 
 /// The shell wrapper: join the cgroups, apply the rlimit, run the app.
-pub(crate) const WRAPPER: &str = r#"IFS=:
+pub(crate) const WRAPPER: &str = r#"set -f
+IFS=:
 for f in $P2P_RUNTIME_CGROUPS; do echo $$ > "$f" || exit 125; done
 unset IFS P2P_RUNTIME_CGROUPS
 if [ -n "$P2P_RUNTIME_RLIMIT_AS_KIB" ]; then ulimit -v "$P2P_RUNTIME_RLIMIT_AS_KIB" || exit 125; fi
@@ -288,6 +299,19 @@ impl Applied {
     /// Whether the process must start through [`WRAPPER`].
     pub(crate) fn needs_wrapper(&self) -> bool {
         !self.dirs.is_empty() || self.rlimit_as.is_some()
+    }
+
+    /// Whether the app's processes are tracked by a cgroup.
+    pub(crate) fn tracked(&self) -> bool {
+        !self.dirs.is_empty()
+    }
+
+    /// Kills every process in the app's cgroups (those that left its
+    /// process group included).
+    pub(crate) fn kill_all(&self) {
+        for d in &self.dirs {
+            kill_all_in(d);
+        }
     }
 
     /// The environment the wrapper reads.
@@ -362,7 +386,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn without_limits_nothing_is_made() {
+    fn without_limits_and_cgroups_nothing_is_made() {
         let cg = Cgroups {
             support: LimitSupport::Rlimit,
         };

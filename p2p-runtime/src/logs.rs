@@ -63,6 +63,12 @@ impl Rotated {
 
     fn rotate(&mut self, rot: LogRotation) -> io::Result<()> {
         let keep = rot.files.max(1);
+        if keep == 1 {
+            // One file: start it over.
+            self.file.set_len(0)?;
+            self.len = 0;
+            return Ok(());
+        }
         let numbered = |n: usize| rotated_path(&self.path, n);
         // Drop the oldest, shift the rest up by one.
         let _ = fs::remove_file(numbered(keep - 1));
@@ -72,11 +78,7 @@ impl Rotated {
                 fs::rename(&from, numbered(n + 1))?;
             }
         }
-        if keep > 1 {
-            fs::rename(&self.path, numbered(1))?;
-        } else {
-            fs::remove_file(&self.path)?;
-        }
+        fs::rename(&self.path, numbered(1))?;
         self.file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -194,9 +196,13 @@ impl AppLogs {
 
     /// The selected lines: a tail from the files, then (with `follow`)
     /// live lines until the app is removed.
-    pub(crate) fn read(&self, sel: &LogSelection) -> Result<LogLines> {
+    ///
+    /// Under the write lock it only subscribes and opens the files (open
+    /// handles stay valid across rotation); the tail is read afterwards on
+    /// a blocking thread, so a large tail never holds up the app's output.
+    pub(crate) async fn read(&self, sel: &LogSelection) -> Result<LogLines> {
         let want = sel.tail.unwrap_or(usize::MAX);
-        let (tail, live) = {
+        let (snapshot, live) = {
             let files = lock(&self.files);
             let live = if sel.follow {
                 let mut f = lock(&self.followers);
@@ -211,33 +217,29 @@ impl AppLogs {
             } else {
                 None
             };
-            let tail = if want == 0 {
+            let path = match sel.stream {
+                LogStream::Stdout => &files.stdout.path,
+                LogStream::Stderr => &files.stderr.path,
+                LogStream::Both => &files.combined.path,
+            };
+            let snapshot = if want == 0 {
                 Vec::new()
             } else {
-                match sel.stream {
-                    LogStream::Stdout => tail_lines(&files.stdout.path, self.rotation, want)?
-                        .into_iter()
-                        .map(|line| LogLine {
-                            stream: LogStream::Stdout,
-                            line,
-                        })
-                        .collect(),
-                    LogStream::Stderr => tail_lines(&files.stderr.path, self.rotation, want)?
-                        .into_iter()
-                        .map(|line| LogLine {
-                            stream: LogStream::Stderr,
-                            line,
-                        })
-                        .collect(),
-                    LogStream::Both => tail_lines(&files.combined.path, self.rotation, want)?
-                        .into_iter()
-                        .map(untag)
-                        .collect(),
-                }
+                open_set(path, self.rotation)?
             };
-            (tail, live)
+            (snapshot, live)
         };
         let stream = sel.stream;
+        let tail = tokio::task::spawn_blocking(move || tail_of_set(snapshot, want))
+            .await
+            .map_err(|e| Error::io("reading logs", io::Error::other(e)))??;
+        let tail: Vec<LogLine> = tail
+            .into_iter()
+            .map(|line| match stream {
+                LogStream::Both => untag(line),
+                s => LogLine { stream: s, line },
+            })
+            .collect();
         let head = futures::stream::iter(tail.into_iter().map(Ok));
         match live {
             None => Ok(head.boxed()),
@@ -262,6 +264,47 @@ impl AppLogs {
     }
 }
 
+/// The files of a rotated set, newest first, opened with their lengths
+/// now: lines written later are not read from them.
+fn open_set(path: &Path, rot: LogRotation) -> Result<Vec<(File, u64)>> {
+    let mut out = Vec::new();
+    for k in 0..rot.files.max(1) {
+        let p = rotated_path(path, k);
+        match File::open(&p) {
+            Ok(f) => {
+                let len = f
+                    .metadata()
+                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
+                    .len();
+                out.push((f, len));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
+        }
+    }
+    Ok(out)
+}
+
+/// The last `n` lines of opened files (newest first), oldest line first.
+fn tail_of_set(files: Vec<(File, u64)>, n: usize) -> Result<Vec<String>> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for (mut f, len) in files {
+        if lines.len() >= n {
+            break;
+        }
+        let need = n - lines.len();
+        let mut found =
+            tail_of_file(&mut f, len, need).map_err(|e| Error::io("reading a log file", e))?;
+        found.append(&mut lines);
+        lines = found;
+    }
+    let start = lines.len().saturating_sub(n);
+    Ok(lines
+        .drain(start..)
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .collect())
+}
+
 fn untag(l: String) -> LogLine {
     match l.split_at_checked(2) {
         Some(("e ", rest)) => LogLine {
@@ -281,38 +324,15 @@ fn untag(l: String) -> LogLine {
 
 /// The last `n` lines of a rotated file set, oldest first, read backwards
 /// in blocks: memory is bounded by the lines returned, not the files.
+#[cfg(test)]
 pub(crate) fn tail_lines(path: &Path, rot: LogRotation, n: usize) -> Result<Vec<String>> {
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    // A line cut across two files (rotation never cuts one) cannot happen:
-    // every write is whole lines.
-    for k in 0..rot.files.max(1) {
-        if lines.len() >= n {
-            break;
-        }
-        let p = rotated_path(path, k);
-        let mut f = match File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
-        };
-        let need = n - lines.len();
-        let mut found = tail_of_file(&mut f, need)
-            .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
-        found.append(&mut lines);
-        lines = found;
-    }
-    let start = lines.len().saturating_sub(n);
-    Ok(lines
-        .drain(start..)
-        .map(|l| String::from_utf8_lossy(&l).into_owned())
-        .collect())
+    tail_of_set(open_set(path, rot)?, n)
 }
 
 /// The last `n` lines of one file, oldest first. Reads blocks from the
 /// end until it has seen enough line ends.
-fn tail_of_file(f: &mut File, n: usize) -> io::Result<Vec<Vec<u8>>> {
+fn tail_of_file(f: &mut File, len: u64, n: usize) -> io::Result<Vec<Vec<u8>>> {
     const BLOCK: u64 = 16 * 1024;
-    let len = f.metadata()?.len();
     if len == 0 || n == 0 {
         return Ok(Vec::new());
     }
@@ -401,6 +421,19 @@ mod tests {
     }
 
     #[test]
+    fn a_single_file_starts_over_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AppLogs::open(dir.path().to_path_buf(), rot(1024, 1)).unwrap();
+        for i in 0..500 {
+            logs.write(LogStream::Stdout, &format!("line {i}"));
+        }
+        let path = dir.path().join("stdout.log");
+        assert!(std::fs::metadata(&path).unwrap().len() <= 1024);
+        assert!(!rotated_path(&path, 1).exists());
+        assert_eq!(tail_lines(&path, rot(1024, 1), 1).unwrap(), ["line 499"]);
+    }
+
+    #[test]
     fn tail_of_short_and_empty_files() {
         let dir = tempfile::tempdir().unwrap();
         let logs = AppLogs::open(dir.path().to_path_buf(), LogRotation::default()).unwrap();
@@ -431,7 +464,13 @@ mod tests {
             tail: None,
             follow: false,
         };
-        let got: Vec<LogLine> = logs.read(&sel).unwrap().map(|l| l.unwrap()).collect().await;
+        let got: Vec<LogLine> = logs
+            .read(&sel)
+            .await
+            .unwrap()
+            .map(|l| l.unwrap())
+            .collect()
+            .await;
         let text: Vec<(LogStream, &str)> =
             got.iter().map(|l| (l.stream, l.line.as_str())).collect();
         assert_eq!(

@@ -1,7 +1,7 @@
 //! [`ProcessRuntime`]: the p2p-core [`Runtime`] over OS processes.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use p2p_core::runtime::{
-    AppSpec, AppState, AppStatus, ExitStatus, HealthChecker, HealthOutcome, LogLines, LogSelection,
-    LogStream, ProbeTarget, RestartDecision, RestartMode, RestartTracker, Runtime,
+    AppSpec, AppState, AppStatus, ExitStatus, HealthChecker, HealthOutcome, HealthProbe, LogLines,
+    LogSelection, LogStream, ProbeTarget, RestartDecision, RestartMode, RestartTracker, Runtime,
 };
 use p2p_core::{Clock, Error, Result};
 use rand::{RngExt, SeedableRng};
@@ -91,9 +91,17 @@ struct App {
     status: Mutex<AppStatus>,
     logs: Arc<AppLogs>,
     stop: CancellationToken,
-    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Set when the supervisor task has ended.
-    done: std::sync::atomic::AtomicBool,
+    /// Cancelled when the supervisor task has ended, however it ended.
+    done: CancellationToken,
+}
+
+/// Marks an app's supervisor as ended when dropped: also on a panic.
+struct DoneGuard(CancellationToken);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl App {
@@ -107,9 +115,11 @@ impl App {
 
     /// Waits for the supervisor task to end.
     async fn finished(&self) {
-        if let Some(t) = self.task.lock().await.take() {
-            let _ = t.await;
-        }
+        self.done.cancelled().await;
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.is_cancelled()
     }
 }
 
@@ -144,6 +154,19 @@ impl ProcessRuntime {
         clock: Arc<dyn Clock>,
         checker: Arc<dyn HealthChecker>,
     ) -> Result<Self> {
+        let n = &config.cgroup_name;
+        if n.is_empty()
+            || n.len() > 64
+            || n.starts_with('.')
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Error::invalid(
+                "cgroup_name",
+                format!("{n:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"),
+            ));
+        }
         if config.log_rotation.max_bytes < 1024 || config.log_rotation.files == 0 {
             return Err(Error::invalid(
                 "log_rotation",
@@ -177,14 +200,17 @@ impl ProcessRuntime {
         self.inner.config.root.join("logs").join(name)
     }
 
-    /// Stops every app (as [`Runtime::stop`]) and removes the runtime's
-    /// cgroup. Call it before dropping the runtime: a dropped runtime kills
-    /// its apps' main processes, but not what they spawned.
+    /// Stops every app (as [`Runtime::stop`]), ends log followers and
+    /// removes the runtime's cgroup. Call it before dropping the runtime:
+    /// supervisors keep running (and restarting apps) until their apps are
+    /// stopped, or until the tokio runtime they run on shuts down, which
+    /// kills the apps' main processes only.
     pub async fn shutdown(&self) {
         let apps: Vec<Arc<App>> = lock(&self.inner.apps).values().cloned().collect();
         futures::future::join_all(apps.iter().map(|a| async move {
             a.stop.cancel();
             a.finished().await;
+            a.logs.close_followers();
         }))
         .await;
         self.inner.cgroups.cleanup();
@@ -248,6 +274,21 @@ fn validate(spec: &AppSpec) -> Result<Option<(u32, u32)>> {
             ));
         }
     }
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let durations = [
+        ("stop_grace", Some(spec.stop_grace)),
+        ("restart", Some(spec.restart.initial_backoff)),
+        ("restart", Some(spec.restart.max_backoff)),
+        ("restart", Some(spec.restart.stable_after)),
+        ("health check", spec.health.as_ref().map(|h| h.interval)),
+        ("health check", spec.health.as_ref().map(|h| h.timeout)),
+        ("health check", spec.health.as_ref().map(|h| h.start_period)),
+    ];
+    for (field, d) in durations {
+        if d.is_some_and(|d| d > DAY) {
+            return Err(Error::invalid(field, "a duration of more than a day"));
+        }
+    }
     if spec.limits.memory_bytes.is_some_and(|m| m < 1024 * 1024) {
         return Err(Error::invalid("limits", "a memory limit below 1 MiB"));
     }
@@ -279,11 +320,31 @@ fn command(spec: &AppSpec, applied: &Applied, user: Option<(u32, u32)>) -> Resul
         spec.env.get("PATH").map(String::as_str),
     )?;
     let mut cmd = if applied.needs_wrapper() {
+        // The wrapper joins the cgroups as the supervisor's user; with
+        // `user` set, setpriv then drops to that user before the app runs.
         let mut c = Command::new("/bin/sh");
-        c.arg("-c").arg(WRAPPER).arg("p2p-runtime").arg(&program);
+        c.arg("-c").arg(WRAPPER).arg("p2p-runtime");
+        if let Some((uid, gid)) = user {
+            let setpriv = resolve_program("setpriv", Path::new("/"), None).map_err(|_| {
+                Error::invalid(
+                    "user",
+                    "running an app as another user inside a cgroup needs `setpriv` (util-linux)",
+                )
+            })?;
+            c.arg(setpriv)
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg("--");
+        }
+        c.arg(&program);
         c
     } else {
-        Command::new(&program)
+        let mut c = Command::new(&program);
+        if let Some((uid, gid)) = user {
+            c.uid(uid).gid(gid);
+        }
+        c
     };
     cmd.args(&spec.args)
         .current_dir(&spec.workdir)
@@ -303,16 +364,13 @@ fn command(spec: &AppSpec, applied: &Applied, user: Option<(u32, u32)>) -> Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
-    }
     Ok(cmd)
 }
 
 /// How one run of the process ended.
 enum End {
     /// Stopped on request.
-    Stopped,
+    Stopped(std::process::ExitStatus),
     /// Exited by itself.
     Exited(std::process::ExitStatus),
     /// Restarted for failing its health check.
@@ -334,7 +392,12 @@ fn group_alive(pgid: Pid) -> bool {
 
 /// TERM to the group, up to `grace` for the main process and then the
 /// rest of the group to exit, then KILL to the group.
-async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) -> std::process::ExitStatus {
+async fn stop_group(
+    child: &mut Child,
+    pgid: Pid,
+    grace: Duration,
+    applied: &Applied,
+) -> std::process::ExitStatus {
     let _ = killpg(pgid, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     let mut status = tokio::time::timeout_at(deadline, child.wait())
@@ -345,6 +408,7 @@ async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) -> std::proce
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = killpg(pgid, Signal::SIGKILL);
+    applied.kill_all();
     if status.is_none() {
         status = child.wait().await.ok();
     }
@@ -430,7 +494,14 @@ async fn supervise(
         ];
 
         let (htx, mut hrx) = mpsc::channel::<(HealthOutcome, Duration)>(4);
-        let prober = spec.health.clone().map(|h| {
+        let prober = spec.health.clone().map(|mut h| {
+            // A relative probe command means the app's directory, as it
+            // did when the spec was checked.
+            if let HealthProbe::Exec { command, .. } = &mut h.probe
+                && let Ok(p) = resolve_program(command, &spec.workdir, None)
+            {
+                *command = p.display().to_string();
+            }
             let checker = rt.checker.clone();
             let target = ProbeTarget {
                 name: spec.name.clone(),
@@ -440,9 +511,15 @@ async fn supervise(
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(h.interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // A checker that overruns its timeout still counts as failed.
+                let limit = h.timeout + Duration::from_secs(1);
                 loop {
                     tick.tick().await;
-                    let outcome = checker.probe(&target, &h).await;
+                    let outcome = tokio::time::timeout(limit, checker.probe(&target, &h))
+                        .await
+                        .unwrap_or_else(|_| {
+                            HealthOutcome::Unhealthy(format!("probe timed out after {limit:?}"))
+                        });
                     if htx.send((outcome, started.elapsed())).await.is_err() {
                         return;
                     }
@@ -454,8 +531,8 @@ async fn supervise(
             tokio::select! {
                 biased;
                 _ = app.stop.cancelled() => {
-                    stop_group(&mut child, pgid, spec.stop_grace).await;
-                    break End::Stopped;
+                    let st = stop_group(&mut child, pgid, spec.stop_grace, &applied).await;
+                    break End::Stopped(st);
                 }
                 st = child.wait() => {
                     let st = st.unwrap_or_else(|_| {
@@ -497,7 +574,7 @@ async fn supervise(
                     if let Some(why) = episode
                         && spec.restart.mode != RestartMode::Never
                     {
-                        let st = stop_group(&mut child, pgid, spec.stop_grace).await;
+                        let st = stop_group(&mut child, pgid, spec.stop_grace, &applied).await;
                         break End::Unhealthy(st, why);
                     }
                 }
@@ -506,31 +583,45 @@ async fn supervise(
         if let Some(p) = prober {
             p.abort();
         }
-        // Whatever the app left in its group goes with it.
-        let _ = killpg(pgid, Signal::SIGKILL);
+        let (st, unhealthy, stopped) = match end {
+            End::Stopped(st) => (st, None, true),
+            End::Exited(st) => (st, None, false),
+            End::Unhealthy(st, why) => (st, Some(why), false),
+        };
+        // Status first: the process is gone.
+        app.set(|s| {
+            s.pid = None;
+            s.exit = Some(exit_of(&st));
+        });
+        // Whatever the app left behind goes with it: its process group,
+        // and (where cgroups work) every process in its cgroup, which
+        // catches those that left the group. Without a cgroup, the group
+        // is signalled only while it still has members, so that a reused
+        // process-group id is never hit.
+        if applied.tracked() {
+            applied.kill_all();
+        } else if group_alive(pgid) {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
         for p in pumps.into_iter().flatten() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
+            let abort = p.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), p)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
         let ran_for = started.elapsed();
         let oom = applied.oom_kills() > oom_before;
         applied.release().await;
-        let (st, unhealthy) = match end {
-            End::Stopped => {
-                app.set(|s| {
-                    s.state = AppState::Stopped;
-                    s.pid = None;
-                    s.reason = Some("stopped on request".into());
-                });
-                return;
-            }
-            End::Exited(st) => (st, None),
-            End::Unhealthy(st, why) => (st, Some(why)),
-        };
-        let exit = exit_of(&st);
-        app.set(|s| {
-            s.exit = Some(exit);
-            s.pid = None;
-        });
+        if stopped {
+            app.set(|s| {
+                s.state = AppState::Stopped;
+                s.reason = Some("stopped on request".into());
+            });
+            return;
+        }
         if oom {
             let limit = spec.limits.memory_bytes.unwrap_or(0);
             fail(format!(
@@ -584,12 +675,35 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: AppSpec) -> Result<AppStatus> {
         let user = validate(&spec)?;
         let name = spec.name.clone();
-        // Checked and registered under one lock: two starts of one name
-        // cannot both pass.
+        // An instance that is backing off, or whose supervisor is just
+        // finishing, is replaced: wait for it to end first.
+        let previous = lock(&self.inner.apps).get(&name).cloned();
+        if let Some(prev) = previous.filter(|p| !p.is_done()) {
+            match prev.status().state {
+                AppState::BackingOff => prev.stop.cancel(),
+                AppState::Stopped | AppState::Failed => {}
+                _ => {
+                    return Err(Error::AlreadyExists {
+                        what: format!("app {name:?}"),
+                    });
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(5), prev.finished())
+                .await
+                .is_err()
+            {
+                return Err(Error::AlreadyExists {
+                    what: format!("app {name:?} (its supervisor is still ending)"),
+                });
+            }
+        }
+        // Checked, registered and spawned under one lock: two starts of
+        // one name cannot both pass, and a stop always finds the task.
+        let (tx, rx) = oneshot::channel();
         let app = {
             let mut apps = lock(&self.inner.apps);
             let logs = match apps.get(&name) {
-                Some(a) if !a.done.load(std::sync::atomic::Ordering::Acquire) => {
+                Some(a) if !a.is_done() => {
                     return Err(Error::AlreadyExists {
                         what: format!("app {name:?}"),
                     });
@@ -614,21 +728,17 @@ impl Runtime for ProcessRuntime {
                 spec,
                 logs,
                 stop: CancellationToken::new(),
-                task: tokio::sync::Mutex::new(None),
-                done: std::sync::atomic::AtomicBool::new(false),
+                done: CancellationToken::new(),
+            });
+            let guard = DoneGuard(app.done.clone());
+            let (inner, sup) = (self.inner.clone(), app.clone());
+            tokio::spawn(async move {
+                let _guard = guard;
+                supervise(inner, sup, user, tx).await;
             });
             apps.insert(name, app.clone());
             app
         };
-        let (tx, rx) = oneshot::channel();
-        let task = {
-            let (inner, app) = (self.inner.clone(), app.clone());
-            tokio::spawn(async move {
-                supervise(inner, app.clone(), user, tx).await;
-                app.done.store(true, std::sync::atomic::Ordering::Release);
-            })
-        };
-        *app.task.lock().await = Some(task);
         match rx.await {
             Ok(Ok(())) => Ok(app.status()),
             Ok(Err(e)) => Err(e),
@@ -666,7 +776,15 @@ impl Runtime for ProcessRuntime {
         let app = self.app(name)?;
         app.stop.cancel();
         app.finished().await;
-        lock(&self.inner.apps).remove(name);
+        {
+            let mut apps = lock(&self.inner.apps);
+            // Only this instance: a start that replaced it meanwhile keeps
+            // its entry, and its logs.
+            if !apps.get(name).is_some_and(|a| Arc::ptr_eq(a, &app)) {
+                return Ok(());
+            }
+            apps.remove(name);
+        }
         app.logs.close_followers();
         let dir = app.logs.dir().to_path_buf();
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
@@ -678,6 +796,6 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn logs(&self, name: &str, selection: LogSelection) -> Result<LogLines> {
-        self.app(name)?.logs.read(&selection)
+        self.app(name)?.logs.read(&selection).await
     }
 }

@@ -736,6 +736,9 @@ async fn an_app_runs_as_its_user() {
     let rt = runtime(dir.path(), "user");
     let mut spec = sh("as-nobody", "/".as_ref(), "id -u; id -G; exec sleep 1000");
     spec.user = Some("nobody".into());
+    // With a limit, the app joins its cgroup as root and then drops to
+    // its user.
+    spec.limits.memory_bytes = Some(64 * 1024 * 1024);
     rt.start(spec).await.unwrap();
     wait_for_lines(&rt, "as-nobody", 2).await;
     let lines: Vec<String> = rt
@@ -775,4 +778,45 @@ fn nix_is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// A child that leaves the process group (`setsid`) is still ended with
+/// its app, through the app's cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_left_the_group_is_still_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), "setsid");
+    if matches!(rt.limit_support(), LimitSupport::Rlimit) {
+        println!(
+            "SKIPPED a_child_that_left_the_group_is_still_stopped: no writable cgroup to track it"
+        );
+        return;
+    }
+    let s = rt
+        .start(sh(
+            "escaper",
+            dir.path(),
+            "setsid sleep 1000 & echo $! > child.pid; exec sleep 1000",
+        ))
+        .await
+        .unwrap();
+    let pid_file = dir.path().join("child.pid");
+    wait_for("the child's pid", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<u32>().is_ok())
+    })
+    .await;
+    let child: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stopped = rt.stop("escaper").await.unwrap();
+    assert_eq!(
+        stopped.exit,
+        Some(ExitStatus::Signal(15)),
+        "stop records how it ended"
+    );
+    wait_for("the escaped child to die", || !alive(child)).await;
+    assert!(!alive(s.pid.unwrap()));
+    rt.shutdown().await;
 }
