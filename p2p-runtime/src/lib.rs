@@ -94,7 +94,8 @@
 //! it costs the lines returned, not the file size. Followers get lines
 //! through a broadcast fed by the supervisor as it writes them, so rotation
 //! does not affect them, and the app never waits for a follower: one that
-//! falls more than 4096 lines behind loses lines. The broadcast exists only
+//! falls more than 4096 lines behind loses lines (so a stalled follower
+//! holds at most 4096 lines of memory). The broadcast exists only
 //! while someone follows. Removing an app ends its followers and deletes
 //! its logs.
 //!
@@ -104,11 +105,11 @@
 //! offers, probed once per runtime ([`LimitSupport`]):
 //!
 //! 1. cgroup v2, when this process's cgroup has the `memory` and `cpu`
-//!    controllers and can delegate them to a child (`memory.max`,
-//!    `memory.swap.max`, `cpu.max`). The kernel allows that only when the
-//!    supervisor's own cgroup holds no processes itself, so run it in a
-//!    delegated cgroup (systemd `Delegate=yes` with the service's processes
-//!    in a leaf); otherwise v1 or rlimits apply and status says which;
+//!    controllers and can enable them for a child (`memory.max`,
+//!    `memory.swap.max`, `cpu.max`). The kernel allows that only in a
+//!    cgroup that holds no processes of its own (or the root), and the
+//!    supervisor lives in its own cgroup, so under systemd this is not the
+//!    case today; then v1 or rlimits apply, and status says which;
 //! 2. cgroup v1 hierarchies (`memory.limit_in_bytes`,
 //!    `memory.memsw.limit_in_bytes` where swap is accounted,
 //!    `cpu.cfs_quota_us`);

@@ -64,8 +64,13 @@ impl Rotated {
     fn rotate(&mut self, rot: LogRotation) -> io::Result<()> {
         let keep = rot.files.max(1);
         if keep == 1 {
-            // One file: start it over.
-            self.file.set_len(0)?;
+            // One file: start a new one. Unlinked rather than truncated,
+            // so that a reader holding the old file keeps its bytes.
+            fs::remove_file(&self.path)?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.len = 0;
             return Ok(());
         }

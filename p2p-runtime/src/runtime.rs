@@ -72,6 +72,13 @@ impl RuntimeConfig {
     }
 }
 
+/// A number unique within this runtime (for tombstone names).
+fn rt_unique(inner: &Inner) -> u64 {
+    inner
+        .unique
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -83,6 +90,7 @@ struct Inner {
     cgroups: Cgroups,
     rng: Mutex<ChaCha8Rng>,
     apps: Mutex<BTreeMap<String, Arc<App>>>,
+    unique: std::sync::atomic::AtomicU64,
 }
 
 /// One app: its spec, status, logs and supervisor task.
@@ -186,6 +194,7 @@ impl ProcessRuntime {
                 cgroups,
                 rng: Mutex::new(rng),
                 apps: Mutex::new(BTreeMap::new()),
+                unique: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -292,8 +301,17 @@ fn validate(spec: &AppSpec) -> Result<Option<(u32, u32)>> {
     if spec.limits.memory_bytes.is_some_and(|m| m < 1024 * 1024) {
         return Err(Error::invalid("limits", "a memory limit below 1 MiB"));
     }
-    if spec.limits.cpu_millis == Some(0) {
-        return Err(Error::invalid("limits", "a CPU limit of zero"));
+    if spec.limits.cpu_millis.is_some_and(|c| c < 10) {
+        return Err(Error::invalid(
+            "limits",
+            "a CPU limit under 10 thousandths of a core",
+        ));
+    }
+    if spec.user.is_some() && resolve_program("setpriv", Path::new("/"), None).is_err() {
+        return Err(Error::invalid(
+            "user",
+            "running an app as another user needs `setpriv` (util-linux) on this host",
+        ));
     }
     let user = match &spec.user {
         None => None,
@@ -407,7 +425,9 @@ async fn stop_group(
     while Instant::now() < deadline && group_alive(pgid) && status.is_some() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = killpg(pgid, Signal::SIGKILL);
+    if status.is_none() || group_alive(pgid) {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
     applied.kill_all();
     if status.is_none() {
         status = child.wait().await.ok();
@@ -437,29 +457,50 @@ async fn supervise(
         });
     };
     loop {
-        let applied = match rt.cgroups.prepare(&spec.name, &spec.limits) {
-            Ok(a) => a,
-            Err(e) => {
-                fail(format!("cannot apply resource limits: {e}"));
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Err(e));
-                }
-                return;
-            }
+        // A stop that came while backing off wins over the next run.
+        if app.stop.is_cancelled() {
+            app.set(|s| {
+                s.state = AppState::Stopped;
+                s.reason = Some("stopped on request".into());
+            });
+            return;
+        }
+        let prepared = rt
+            .cgroups
+            .prepare(&spec.name, &spec.limits)
+            .map_err(|e| Error::io("applying resource limits", e.into_io()));
+        let spawned = match prepared {
+            Err(e) => Err((e, None)),
+            Ok(applied) => match command(spec, &applied, user).and_then(|mut c| {
+                c.spawn()
+                    .map_err(|e| Error::io(format!("starting {}", spec.entrypoint), e))
+            }) {
+                Ok(c) => Ok((c, applied)),
+                Err(e) => Err((e, Some(applied))),
+            },
         };
-        let spawned = command(spec, &applied, user).and_then(|mut c| {
-            c.spawn()
-                .map_err(|e| Error::io(format!("starting {}", spec.entrypoint), e))
-        });
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                applied.release().await;
-                fail(format!("could not start: {e}"));
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Err(e));
+        let (mut child, applied) = match spawned {
+            Ok(ok) => ok,
+            Err((e, applied)) => {
+                if let Some(a) = applied {
+                    a.release().await;
                 }
-                return;
+                match ready.take() {
+                    // The first start: the caller gets the error.
+                    Some(r) => {
+                        fail(format!("could not start: {e}"));
+                        let _ = r.send(Err(e));
+                        return;
+                    }
+                    // A restart: a failed run, under the policy's backoff.
+                    None => {
+                        let why = format!("could not start: {e}");
+                        if after_run(&rt, &app, &mut tracker, true, Duration::ZERO, why).await {
+                            continue;
+                        }
+                        return;
+                    }
+                }
             }
         };
         let pid = child.id().unwrap_or(0);
@@ -497,10 +538,26 @@ async fn supervise(
         let prober = spec.health.clone().map(|mut h| {
             // A relative probe command means the app's directory, as it
             // did when the spec was checked.
-            if let HealthProbe::Exec { command, .. } = &mut h.probe
-                && let Ok(p) = resolve_program(command, &spec.workdir, None)
-            {
-                *command = p.display().to_string();
+            if let HealthProbe::Exec { command, args } = &mut h.probe {
+                if let Ok(p) = resolve_program(command, &spec.workdir, None) {
+                    *command = p.display().to_string();
+                }
+                // The probe runs as the app's user, never as the
+                // supervisor's (a probe command is the app's own code).
+                if let (Some((uid, gid)), Ok(setpriv)) =
+                    (user, resolve_program("setpriv", Path::new("/"), None))
+                {
+                    let mut wrapped = vec![
+                        format!("--reuid={uid}"),
+                        format!("--regid={gid}"),
+                        "--clear-groups".to_string(),
+                        "--".to_string(),
+                        command.clone(),
+                    ];
+                    wrapped.append(args);
+                    *command = setpriv.display().to_string();
+                    *args = wrapped;
+                }
             }
             let checker = rt.checker.clone();
             let target = ProbeTarget {
@@ -588,6 +645,7 @@ async fn supervise(
             End::Exited(st) => (st, None, false),
             End::Unhealthy(st, why) => (st, Some(why), false),
         };
+        let ran_for = started.elapsed();
         // Status first: the process is gone.
         app.set(|s| {
             s.pid = None;
@@ -612,7 +670,6 @@ async fn supervise(
                 abort.abort();
             }
         }
-        let ran_for = started.elapsed();
         let oom = applied.oom_kills() > oom_before;
         applied.release().await;
         if stopped {
@@ -622,7 +679,7 @@ async fn supervise(
             });
             return;
         }
-        if oom {
+        if oom && exit_of(&st) == ExitStatus::Signal(9) {
             let limit = spec.limits.memory_bytes.unwrap_or(0);
             fail(format!(
                 "killed for exceeding its memory limit of {limit} bytes ({})",
@@ -631,41 +688,61 @@ async fn supervise(
             return;
         }
         let failed = !st.success() || unhealthy.is_some();
-        let jitter: f64 = lock(&rt.rng).random();
         let why = match &unhealthy {
             Some(w) => format!("restarted after failing its health check: {w}"),
             None => format!("exited with {st}"),
         };
-        match tracker.on_exit(failed, ran_for, jitter) {
-            RestartDecision::RestartAfter(delay) => {
-                app.set(|s| {
-                    s.state = AppState::BackingOff;
-                    s.restarts += 1;
-                    s.reason = Some(format!("{why}; restarting in {delay:?}"));
-                });
-                tokio::select! {
-                    biased;
-                    _ = app.stop.cancelled() => {
-                        app.set(|s| {
-                            s.state = AppState::Stopped;
-                            s.reason = Some("stopped on request".into());
-                        });
-                        return;
-                    }
-                    _ = tokio::time::sleep(delay) => {}
+        if !after_run(&rt, &app, &mut tracker, failed, ran_for, why).await {
+            return;
+        }
+    }
+}
+
+/// Applies the restart policy after a run that ended (or could not
+/// start): backs off and returns true to run again, or settles the app
+/// (`Stopped`, `Failed`) and returns false.
+async fn after_run(
+    rt: &Inner,
+    app: &App,
+    tracker: &mut RestartTracker,
+    failed: bool,
+    ran_for: Duration,
+    why: String,
+) -> bool {
+    let jitter: f64 = lock(&rt.rng).random();
+    match tracker.on_exit(failed, ran_for, jitter) {
+        RestartDecision::RestartAfter(delay) => {
+            app.set(|s| {
+                s.state = AppState::BackingOff;
+                s.restarts += 1;
+                s.reason = Some(format!("{why}; restarting in {delay:?}"));
+            });
+            tokio::select! {
+                biased;
+                _ = app.stop.cancelled() => {
+                    app.set(|s| {
+                        s.state = AppState::Stopped;
+                        s.reason = Some("stopped on request".into());
+                    });
+                    false
                 }
+                _ = tokio::time::sleep(delay) => true,
             }
-            RestartDecision::Stop => {
-                app.set(|s| {
-                    s.state = AppState::Stopped;
-                    s.reason = Some(why);
-                });
-                return;
-            }
-            RestartDecision::GiveUp { reason } => {
-                fail(format!("{reason}; last: {why}"));
-                return;
-            }
+        }
+        RestartDecision::Stop => {
+            app.set(|s| {
+                s.state = AppState::Stopped;
+                s.reason = Some(why);
+            });
+            false
+        }
+        RestartDecision::GiveUp { reason } => {
+            app.set(|s| {
+                s.state = AppState::Failed;
+                s.pid = None;
+                s.reason = Some(format!("{reason}; last: {why}"));
+            });
+            false
         }
     }
 }
@@ -675,26 +752,24 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: AppSpec) -> Result<AppStatus> {
         let user = validate(&spec)?;
         let name = spec.name.clone();
-        // An instance that is backing off, or whose supervisor is just
-        // finishing, is replaced: wait for it to end first.
+        // An instance with no process (backing off, settled, or cleaning
+        // up after an exit) is replaced: stopped, then waited for. One
+        // with a process, or whose first start is under way, is live.
         let previous = lock(&self.inner.apps).get(&name).cloned();
         if let Some(prev) = previous.filter(|p| !p.is_done()) {
-            match prev.status().state {
-                AppState::BackingOff => prev.stop.cancel(),
-                AppState::Stopped | AppState::Failed => {}
-                _ => {
-                    return Err(Error::AlreadyExists {
-                        what: format!("app {name:?}"),
-                    });
-                }
-            }
-            if tokio::time::timeout(Duration::from_secs(5), prev.finished())
-                .await
-                .is_err()
-            {
+            let st = prev.status();
+            if st.pid.is_some() || (st.state == AppState::Starting && st.started_at.is_none()) {
                 return Err(Error::AlreadyExists {
-                    what: format!("app {name:?} (its supervisor is still ending)"),
+                    what: format!("app {name:?}"),
                 });
+            }
+            prev.stop.cancel();
+            let wait = prev.spec.stop_grace + Duration::from_secs(5);
+            if tokio::time::timeout(wait, prev.finished()).await.is_err() {
+                return Err(Error::timeout(
+                    format!("replacing app {name:?}: its supervisor did not end"),
+                    wait,
+                ));
             }
         }
         // Checked, registered and spawned under one lock: two starts of
@@ -751,6 +826,9 @@ impl Runtime for ProcessRuntime {
         app.stop.cancel();
         app.finished().await;
         app.set(|s| {
+            if s.state != AppState::Stopped {
+                s.reason = Some("stopped on request".into());
+            }
             s.state = AppState::Stopped;
             s.pid = None;
         });
@@ -776,7 +854,7 @@ impl Runtime for ProcessRuntime {
         let app = self.app(name)?;
         app.stop.cancel();
         app.finished().await;
-        {
+        let removed = {
             let mut apps = lock(&self.inner.apps);
             // Only this instance: a start that replaced it meanwhile keeps
             // its entry, and its logs.
@@ -784,9 +862,18 @@ impl Runtime for ProcessRuntime {
                 return Ok(());
             }
             apps.remove(name);
-        }
-        app.logs.close_followers();
-        let dir = app.logs.dir().to_path_buf();
+            app.logs.close_followers();
+            // Moved aside under the lock, so that a start of the same name
+            // right after makes fresh files that this removal cannot touch.
+            let dir = app.logs.dir().to_path_buf();
+            let tomb = dir.with_file_name(format!(".removed-{name}-{}", rt_unique(&self.inner)));
+            match std::fs::rename(&dir, &tomb) {
+                Ok(()) => tomb,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io(format!("removing {}", dir.display()), e)),
+            }
+        };
+        let dir = removed;
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {

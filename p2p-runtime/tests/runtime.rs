@@ -240,7 +240,7 @@ async fn logs_are_captured_per_stream_tailed_and_followed() {
     let spec = sh(
         "talker",
         dir.path(),
-        "echo out-1; sleep 0.1; echo err-1 >&2; sleep 0.1; echo out-2; while read l < fifo; do echo \"$l\"; done",
+        "echo out-1; sleep 0.3; echo err-1 >&2; sleep 0.3; echo out-2; while read l < fifo; do echo \"$l\"; done",
     );
     nix_mkfifo(&dir.path().join("fifo"));
     rt.start(spec).await.unwrap();
@@ -418,11 +418,9 @@ async fn serve_http(status: &'static str) -> std::net::SocketAddr {
     addr
 }
 
+/// Port 1 on loopback: privileged, so no test process can be listening.
 fn closed_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a.to_string()
+    "127.0.0.1:1".to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -818,5 +816,47 @@ async fn a_child_that_left_the_group_is_still_stopped() {
     );
     wait_for("the escaped child to die", || !alive(child)).await;
     assert!(!alive(s.pid.unwrap()));
+    rt.shutdown().await;
+}
+
+/// A restart that cannot start (the program vanished for a moment) is a
+/// failed run under the backoff, not the end of the app; and an app that
+/// is backing off can be replaced by a new start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_cannot_start_backs_off_and_a_backing_off_app_can_be_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), "vanish");
+    let script = dir.path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran >> runs\nexit 1\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = AppSpec {
+        workdir: dir.path().to_path_buf(),
+        restart: RestartPolicy {
+            mode: RestartMode::Always,
+            initial_backoff: Duration::from_millis(300),
+            max_backoff: Duration::from_millis(300),
+            stable_after: Duration::from_secs(60),
+            max_restarts: 10,
+        },
+        ..AppSpec::new("vanishing", "1", "./run.sh")
+    };
+    rt.start(spec.clone()).await.unwrap();
+    wait_state(&rt, "vanishing", AppState::BackingOff).await;
+    std::fs::remove_file(&script).unwrap();
+    // The next run cannot start: still backing off, with the reason.
+    wait_for("a failed start to be reported", || {
+        futures::executor::block_on(rt.status("vanishing"))
+            .unwrap()
+            .reason
+            .is_some_and(|r| r.contains("could not start"))
+    })
+    .await;
+    let s = rt.status("vanishing").await.unwrap();
+    assert_eq!(s.state, AppState::BackingOff, "{s:?}");
+    // Replacing it while it backs off works.
+    let replacement = sh("vanishing", dir.path(), "exec sleep 1000");
+    let s = timeout(STEP, rt.start(replacement)).await.unwrap().unwrap();
+    assert_eq!(s.state, AppState::Running);
     rt.shutdown().await;
 }
