@@ -1,0 +1,50 @@
+//! # p2p-deploy
+//!
+//! Packages, signing and trust for the p2p deployment SDK: what a release
+//! is, how it is built and signed, and how a node decides to accept it.
+//! Depends on p2p-core only, like everything above the transports.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use p2p_core::{Ed25519Signer, SystemClock};
+//! use p2p_deploy::{build, BuildOptions, PackageFile, TrustStore};
+//! use p2p_deploy::trust::read_secret_key;
+//!
+//! # async fn demo() -> p2p_core::Result<()> {
+//! // Package a directory holding p2p.toml; same files, same bytes.
+//! build(Path::new("./web"), Path::new("web-1.4.2.p2p"), &SystemClock, BuildOptions::default())?;
+//! // Sign in place, as many publishers as the fleet's threshold wants.
+//! let key = read_secret_key(Path::new("alice.key"))?;
+//! let mut pkg = PackageFile::open(Path::new("web-1.4.2.p2p"))?;
+//! pkg.sign(&key).await?;
+//! // A node verifies against its trust store: signatures, then every byte.
+//! let trust = TrustStore::load(Path::new("/etc/p2pd/trusted"))?;
+//! let keys = PackageFile::open(Path::new("web-1.4.2.p2p"))?.verify(&trust)?;
+//! println!("signed by {} trusted key(s)", keys.len());
+//! # Ok(()) }
+//! ```
+//!
+//! - [`manifest`]: `p2p.toml`, validated with errors that name the field.
+//! - [`build`]: a directory to a deterministic tar + zstd archive (sorted
+//!   entries, zero times and owners, modes 0644/0755 by the execute bit,
+//!   `.p2pignore` in gitignore syntax), hashed in the same pass: archive
+//!   SHA-256 and one SHA-256 per chunk (1 MiB by default).
+//! - [`package`]: the [`Descriptor`] (manifest, sizes, hashes, creation
+//!   time from the injected clock) in canonical postcard bytes, whose
+//!   SHA-256 is the [`PackageId`]; the one-file package format (magic,
+//!   version, archive, descriptor, signatures: layout in the module docs);
+//!   signing in place; verification of every archive byte in one pass.
+//! - [`trust`]: key files, the [`TrustStore`] (trusted and revoked keys,
+//!   a threshold, signatures required unless explicitly switched off for
+//!   development, with a warning on every use) and the anti-downgrade
+//!   rule. Every way a package can be wrong is its own [`VerifyError`].
+
+mod archive;
+pub mod manifest;
+pub mod package;
+pub mod trust;
+
+pub use archive::IGNORE_FILE;
+pub use manifest::{MANIFEST_FILE, Manifest};
+pub use package::{BuildOptions, Descriptor, PackageFile, PackageId, build};
+pub use trust::{TrustStore, VerifyError, check_not_downgrade};

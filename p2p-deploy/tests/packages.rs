@@ -1,0 +1,409 @@
+//! Packages end to end: determinism, the ignore file, signing, and every
+//! way a package can be wrong refused with its own error.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use p2p_core::{Ed25519Signer, Error, Signer, Timestamp};
+use p2p_deploy::trust::{read_public_key, read_secret_key, write_key_pair};
+use p2p_deploy::{
+    BuildOptions, Descriptor, PackageFile, TrustStore, VerifyError, build, check_not_downgrade,
+};
+use proptest::prelude::*;
+
+struct FixedClock;
+impl p2p_core::Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(1_700_000_000_000)
+    }
+}
+
+fn write(p: &Path, content: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Incompressible bytes, the same every time.
+fn noise(n: usize) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut v = vec![0u8; n];
+    rand_chacha::ChaCha8Rng::seed_from_u64(7).fill_bytes(&mut v);
+    v
+}
+
+/// An app directory with a manifest, a script, data and a subdirectory.
+fn app_dir(root: &Path, version: &str) -> PathBuf {
+    let d = root.join(format!("app-{version}"));
+    write(
+        &d.join("p2p.toml"),
+        format!("name = \"web\"\nversion = \"{version}\"\nentrypoint = \"bin/run.sh\"\n")
+            .as_bytes(),
+        0o644,
+    );
+    write(
+        &d.join("bin/run.sh"),
+        b"#!/bin/sh\nexec sleep 1000\n",
+        0o755,
+    );
+    write(&d.join("data/big.bin"), &noise(300_000), 0o600);
+    write(&d.join("README"), b"hello\n", 0o640);
+    std::os::unix::fs::symlink("bin/run.sh", d.join("start")).unwrap();
+    d
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions {
+        chunk_size: 64 * 1024,
+        ..BuildOptions::default()
+    }
+}
+
+fn signer(n: u8) -> Ed25519Signer {
+    Ed25519Signer::from_seed(&[n; 32])
+}
+
+async fn signed(root: &Path, version: &str, signers: &[u8]) -> PackageFile {
+    let out = root.join(format!("web-{version}.p2p"));
+    build(&app_dir(root, version), &out, &FixedClock, opts()).unwrap();
+    let mut pkg = PackageFile::open(&out).unwrap();
+    for n in signers {
+        pkg.sign(&signer(*n)).await.unwrap();
+    }
+    PackageFile::open(&out).unwrap()
+}
+
+fn trust(keys: &[u8]) -> TrustStore {
+    TrustStore::new(keys.iter().map(|n| signer(*n).key_id()))
+}
+
+#[test]
+fn the_same_directory_gives_the_same_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = app_dir(t.path(), "1.0.0");
+    build(&d, &t.path().join("a.p2p"), &FixedClock, opts()).unwrap();
+    // Times, owners and non-executable mode bits do not matter.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("README"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(d.join("data/big.bin"), noise(300_000)).unwrap();
+    build(&d, &t.path().join("b.p2p"), &FixedClock, opts()).unwrap();
+    let (a, b) = (
+        std::fs::read(t.path().join("a.p2p")).unwrap(),
+        std::fs::read(t.path().join("b.p2p")).unwrap(),
+    );
+    assert!(a == b, "two builds of one directory differ");
+    // The executable bit does.
+    std::fs::set_permissions(d.join("bin/run.sh"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    build(&d, &t.path().join("c.p2p"), &FixedClock, opts()).unwrap();
+    assert_ne!(a, std::fs::read(t.path().join("c.p2p")).unwrap());
+}
+
+#[test]
+fn the_ignore_file_leaves_paths_out_and_the_archive_unpacks_to_the_files() {
+    let t = tempfile::tempdir().unwrap();
+    let d = app_dir(t.path(), "1.0.0");
+    write(&d.join(".p2pignore"), b"*.log\ntmp/\n", 0o644);
+    write(&d.join("debug.log"), b"noise", 0o644);
+    write(&d.join("tmp/x"), b"scratch", 0o644);
+    let out = t.path().join("w.p2p");
+    build(&d, &out, &FixedClock, opts()).unwrap();
+    let pkg = PackageFile::open(&out).unwrap();
+    let dec = zstd::stream::read::Decoder::new(pkg.archive_reader().unwrap()).unwrap();
+    let mut ar = tar::Archive::new(dec);
+    let mut names: Vec<(String, u32)> = ar
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().mode().unwrap(),
+            )
+        })
+        .collect();
+    names.sort();
+    let paths: Vec<&str> = names.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            ".p2pignore",
+            "README",
+            "bin/",
+            "bin/run.sh",
+            "data/",
+            "data/big.bin",
+            "p2p.toml",
+            "start"
+        ]
+    );
+    let mode = |p: &str| names.iter().find(|(n, _)| n == p).unwrap().1;
+    assert_eq!(mode("bin/run.sh"), 0o755);
+    assert_eq!(mode("data/big.bin"), 0o644);
+}
+
+#[test]
+fn bad_directories_are_refused_with_nothing_written() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out.p2p");
+    // No manifest.
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = build(&empty, &out, &FixedClock, opts())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("p2p.toml"), "{e}");
+    // A malformed manifest names the file and the field.
+    let d = app_dir(t.path(), "1.0.0");
+    write(
+        &d.join("p2p.toml"),
+        b"name = \"web\"\nversion = \"one\"\nentrypoint = \"x\"\n",
+        0o644,
+    );
+    let e = build(&d, &out, &FixedClock, opts())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("p2p.toml") && e.contains("version"), "{e}");
+    // A symlink out of the package.
+    let d = app_dir(t.path(), "2.0.0");
+    std::os::unix::fs::symlink("../../etc/passwd", d.join("data/escape")).unwrap();
+    let e = build(&d, &out, &FixedClock, opts())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside"), "{e}");
+    // A fifo.
+    let d = app_dir(t.path(), "3.0.0");
+    let st = std::process::Command::new("mkfifo")
+        .arg(d.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = build(&d, &out, &FixedClock, opts())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fifo"), "{e}");
+    assert!(!out.exists(), "a failed build left a file");
+}
+
+#[tokio::test]
+async fn a_signed_package_verifies_and_inspects() {
+    let t = tempfile::tempdir().unwrap();
+    let pkg = signed(t.path(), "1.2.3", &[1]).await;
+    assert_eq!(pkg.descriptor.manifest.version.to_string(), "1.2.3");
+    assert_eq!(pkg.descriptor.created_at, FixedClock.now());
+    assert_eq!(pkg.id(), pkg.descriptor.id());
+    assert_eq!(
+        pkg.descriptor.chunks.len() as u64,
+        pkg.descriptor.archive_size.div_ceil(64 * 1024)
+    );
+    let keys = pkg.verify(&trust(&[1])).unwrap();
+    assert_eq!(keys, [signer(1).key_id()]);
+    // Signing again with the same key replaces, not adds.
+    let mut again = PackageFile::open(&pkg.path).unwrap();
+    again.sign(&signer(1)).await.unwrap();
+    assert_eq!(PackageFile::open(&pkg.path).unwrap().signatures.len(), 1);
+}
+
+use p2p_core::Clock;
+
+fn flip(path: &Path, offset: u64) {
+    let mut b = std::fs::read(path).unwrap();
+    b[offset as usize] ^= 0x01;
+    std::fs::write(path, b).unwrap();
+}
+
+#[tokio::test]
+async fn every_tampering_is_refused_with_its_own_error() {
+    let t = tempfile::tempdir().unwrap();
+    let trusted = trust(&[1]);
+    let verify = |p: &Path| PackageFile::open(p).and_then(|f| f.verify(&trusted));
+
+    // A byte of the archive (in its third chunk).
+    let pkg = signed(t.path(), "1.0.0", &[1]).await;
+    flip(&pkg.path, pkg.archive_offset + 2 * 64 * 1024 + 5);
+    assert_eq!(
+        verify(&pkg.path).unwrap_err(),
+        VerifyError::ChunkHash { index: 2 }
+    );
+
+    // The archive cut short (header and descriptor disagree).
+    let pkg = signed(t.path(), "1.0.1", &[1]).await;
+    let mut b = std::fs::read(&pkg.path).unwrap();
+    b.truncate(b.len() - 10);
+    std::fs::write(&pkg.path, &b).unwrap();
+    assert!(matches!(
+        verify(&pkg.path).unwrap_err(),
+        VerifyError::Truncated(_)
+    ));
+
+    // A byte of the descriptor (inside the archive hash it vouches for).
+    let pkg = signed(t.path(), "1.0.2", &[1]).await;
+    let d_off = pkg.archive_offset + pkg.archive_len;
+    let hash_at = pkg
+        .descriptor_bytes
+        .windows(32)
+        .position(|w| w == pkg.descriptor.archive_sha256)
+        .unwrap() as u64;
+    flip(&pkg.path, d_off + hash_at + 3);
+    assert!(matches!(
+        verify(&pkg.path).unwrap_err(),
+        VerifyError::BadSignature { .. }
+    ));
+
+    // A byte of the signature.
+    let pkg = signed(t.path(), "1.0.3", &[1]).await;
+    let size = std::fs::metadata(&pkg.path).unwrap().len();
+    flip(&pkg.path, size - 3);
+    assert!(matches!(
+        verify(&pkg.path).unwrap_err(),
+        VerifyError::BadSignature { .. }
+    ));
+
+    // A signature taken from another package.
+    let a = signed(t.path(), "2.0.0", &[1]).await;
+    let b = signed(t.path(), "2.0.1", &[]).await;
+    let sig_a = a.signatures[0].clone();
+    let mut forged = b.clone();
+    forged.signatures = vec![sig_a];
+    assert!(matches!(
+        forged.verify(&trusted).unwrap_err(),
+        VerifyError::BadSignature { .. }
+    ));
+
+    // Unsigned; untrusted; revoked; below threshold.
+    assert_eq!(b.verify(&trusted).unwrap_err(), VerifyError::Unsigned);
+    b.verify(&trust(&[1]).allow_unsigned()).unwrap();
+    let by2 = signed(t.path(), "3.0.0", &[2]).await;
+    assert!(matches!(
+        by2.verify(&trusted).unwrap_err(),
+        VerifyError::UntrustedKey { .. }
+    ));
+    let revoked = trust(&[1, 2]).revoke(signer(2).key_id());
+    let both = signed(t.path(), "3.0.1", &[1, 2]).await;
+    assert!(matches!(
+        both.verify(&revoked).unwrap_err(),
+        VerifyError::RevokedKey { .. }
+    ));
+    assert_eq!(
+        a.verify(&trust(&[1, 2]).with_threshold(2)).unwrap_err(),
+        VerifyError::BelowThreshold {
+            valid: 1,
+            needed: 2
+        }
+    );
+    both.verify(&trust(&[1, 2]).with_threshold(2)).unwrap();
+}
+
+#[test]
+fn foreign_and_truncated_files_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("photo.jpg");
+    std::fs::write(&p, b"\xff\xd8\xff\xe0 not a package at all, just bytes").unwrap();
+    let e = PackageFile::open(&p).unwrap_err();
+    assert!(
+        matches!(&e, VerifyError::NotAPackage(f) if f.contains("photo.jpg")),
+        "{e}"
+    );
+    std::fs::write(&p, b"P2PDPKG\n\x00\x09").unwrap();
+    assert!(matches!(
+        PackageFile::open(&p).unwrap_err(),
+        VerifyError::NotAPackage(_)
+    ));
+    let mut h = b"P2PDPKG\n".to_vec();
+    h.extend_from_slice(&[0, 9]);
+    h.resize(40, 0);
+    std::fs::write(&p, &h).unwrap();
+    assert_eq!(
+        PackageFile::open(&p).unwrap_err(),
+        VerifyError::UnsupportedFormat(9)
+    );
+}
+
+#[test]
+fn downgrades_need_an_explicit_rollback_to_an_installed_version() {
+    let v = |s: &str| semver::Version::parse(s).unwrap();
+    let installed = [v("1.0.0"), v("1.2.0")];
+    check_not_downgrade(&v("1.3.0"), &installed, false).unwrap();
+    check_not_downgrade(&v("1.2.0"), &installed, false).unwrap();
+    assert!(matches!(
+        check_not_downgrade(&v("1.1.0"), &installed, false).unwrap_err(),
+        VerifyError::Downgrade { .. }
+    ));
+    check_not_downgrade(&v("1.0.0"), &installed, true).unwrap();
+    assert!(
+        check_not_downgrade(&v("1.1.0"), &installed, true).is_err(),
+        "rollback only to an installed version"
+    );
+    assert!(matches!(
+        Error::from(check_not_downgrade(&v("0.9.0"), &installed, false).unwrap_err()),
+        Error::Denied { .. }
+    ));
+}
+
+#[tokio::test]
+async fn key_files_round_trip_and_bad_ones_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let s = signer(5);
+    let (secret, public) = write_key_pair(&t.path().join("alice"), &s, "alice@build").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(read_public_key(&public).unwrap(), s.key_id());
+    let back = read_secret_key(&secret).unwrap();
+    assert_eq!(back.sign(b"m").await.unwrap(), s.sign(b"m").await.unwrap());
+    assert!(
+        write_key_pair(&t.path().join("alice"), &s, "again").is_err(),
+        "no overwrite"
+    );
+    // Too open.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = read_secret_key(&secret).unwrap_err().to_string();
+    assert!(e.contains("alice.key") && e.contains("0600"), "{e}");
+    // Wrong size.
+    let short = t.path().join("short.pub");
+    std::fs::write(&short, "p2p-ed25519-public abcd\n").unwrap();
+    let e = read_public_key(&short).unwrap_err().to_string();
+    assert!(e.contains("short.pub") && e.contains("2 bytes"), "{e}");
+    // The trust store reads a directory and its revocations.
+    let store = t.path().join("trust");
+    std::fs::create_dir_all(store.join("revoked")).unwrap();
+    std::fs::copy(&public, store.join("alice.pub")).unwrap();
+    let ts = TrustStore::load(&store).unwrap();
+    assert!(ts.trusted().contains(&s.key_id()));
+    std::fs::copy(&short, store.join("bad.pub")).unwrap();
+    let e = TrustStore::load(&store).unwrap_err().to_string();
+    assert!(e.contains("bad.pub"), "{e}");
+}
+
+proptest! {
+    #[test]
+    fn descriptors_round_trip_canonically(
+        size in 0u64..10_000_000,
+        chunk_kib in 4u32..2048,
+        seed in any::<[u8; 32]>(),
+        millis in 0u64..4_000_000_000_000,
+        name in "[a-z][a-z0-9-]{0,20}",
+        major in 0u64..100, minor in 0u64..100, patch in 0u64..100,
+    ) {
+        let chunk_size = chunk_kib * 1024;
+        let n = size.div_ceil(u64::from(chunk_size)).max(1) as usize;
+        let manifest = p2p_deploy::Manifest::parse(&format!(
+            "name = \"{name}\"\nversion = \"{major}.{minor}.{patch}\"\nentrypoint = \"run\"\n"
+        )).unwrap();
+        let d = Descriptor {
+            manifest,
+            archive_size: size,
+            archive_sha256: seed,
+            chunk_size,
+            chunks: vec![seed; n],
+            created_at: Timestamp(millis),
+        };
+        let bytes = d.to_bytes();
+        let back = Descriptor::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(&back, &d);
+        prop_assert_eq!(back.to_bytes(), bytes);
+        prop_assert_eq!(back.id(), d.id());
+    }
+}
