@@ -38,13 +38,18 @@
 //!   a threshold, signatures required unless explicitly switched off for
 //!   development, with a warning on every use) and the anti-downgrade
 //!   rule. Every way a package can be wrong is its own [`VerifyError`].
+//! - [`unpack`]: an archive into `versions/<name>/<version>` through a
+//!   staging directory and an atomic rename, refusing every unsafe entry,
+//!   or nothing at all.
 
 mod archive;
 pub mod manifest;
 pub mod package;
 pub mod trust;
+pub mod unpack;
 
 pub use archive::IGNORE_FILE;
 pub use manifest::{MANIFEST_FILE, Manifest};
 pub use package::{BuildOptions, Descriptor, PackageFile, PackageId, build};
 pub use trust::{TrustStore, VerifyError, check_not_downgrade};
+pub use unpack::{UnpackLimits, unpack};

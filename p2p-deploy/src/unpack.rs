@@ -1,0 +1,280 @@
+//! Safe unpacking: an archive into `versions/<name>/<version>`, or
+//! nothing at all.
+//!
+//! Entries are extracted into a staging directory next to the target,
+//! refusing (with an error naming the entry):
+//!
+//! - absolute paths and paths with `..`;
+//! - paths that pass through a symlink (so no write lands outside through
+//!   a link made by an earlier entry);
+//! - symlinks whose target leaves the package, and hard links to anything
+//!   but a file already extracted;
+//! - device files, fifos and any other special entry;
+//! - more than [`UnpackLimits::max_bytes`] of content or
+//!   [`UnpackLimits::max_entries`] entries (and the decompressor's window
+//!   is capped, so a small archive cannot claim a huge buffer).
+//!
+//! Files are written with mode 0755 or 0644 (by the execute bit) and
+//! synced, directories synced, and the staging directory renamed into
+//! place atomically. On any failure the staging directory is removed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use p2p_core::{Error, Result};
+
+use crate::archive::link_stays_inside;
+use crate::manifest::check_name;
+
+/// Bounds on what an archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct UnpackLimits {
+    /// Total bytes of file content.
+    pub max_bytes: u64,
+    /// Number of entries.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    /// 8 GiB, 1 million entries.
+    fn default() -> Self {
+        UnpackLimits {
+            max_bytes: 8 << 30,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+fn refuse(entry: &str, why: impl std::fmt::Display) -> Error {
+    Error::invalid("archive", format!("entry {entry:?}: {why}"))
+}
+
+/// The directory a version is installed in: `<root>/<name>/<version>`.
+pub fn version_dir(root: &Path, name: &str, version: &semver::Version) -> Result<PathBuf> {
+    check_name("name", name)?;
+    Ok(root.join(name).join(version.to_string()))
+}
+
+/// Unpacks the tar + zstd `archive` into `<root>/<name>/<version>`.
+/// Fails with [`Error::AlreadyExists`] if that version is there already,
+/// and leaves nothing behind on any error.
+pub fn unpack(
+    archive: impl Read,
+    root: &Path,
+    name: &str,
+    version: &semver::Version,
+    limits: UnpackLimits,
+) -> Result<PathBuf> {
+    let target = version_dir(root, name, version)?;
+    if target.exists() {
+        return Err(Error::AlreadyExists {
+            what: format!("{}", target.display()),
+        });
+    }
+    let app_dir = target
+        .parent()
+        .expect("a version dir has a parent")
+        .to_path_buf();
+    fs::create_dir_all(&app_dir)
+        .map_err(|e| Error::io(format!("creating {}", app_dir.display()), e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(&app_dir)
+        .map_err(|e| {
+            Error::io(
+                format!("creating a staging directory in {}", app_dir.display()),
+                e,
+            )
+        })?;
+    extract(archive, staging.path(), limits)?;
+    sync_dir(staging.path())?;
+    let staged = staging.keep();
+    if let Err(e) = fs::rename(&staged, &target) {
+        let _ = fs::remove_dir_all(&staged);
+        return Err(Error::io(format!("moving into {}", target.display()), e));
+    }
+    sync_dir(&app_dir)?;
+    Ok(target)
+}
+
+fn sync_dir(d: &Path) -> Result<()> {
+    File::open(d)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(format!("syncing {}", d.display()), e))
+}
+
+/// Checks an entry path: relative, plain components only.
+fn clean_path(raw: &Path, shown: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse(shown, "contains '..'")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refuse(shown, "is an absolute path"));
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(refuse(shown, "is empty"));
+    }
+    Ok(out)
+}
+
+/// Refuses a path whose existing ancestors (inside `root`) are not all
+/// real directories.
+fn no_link_on_the_way(root: &Path, rel: &Path, shown: &str) -> Result<()> {
+    let mut cur = root.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return Err(refuse(shown, "passes through a symlink or a file")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("checking {}", cur.display()), e)),
+        }
+    }
+    Ok(())
+}
+
+fn extract(archive: impl Read, dest: &Path, limits: UnpackLimits) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut dec = zstd::stream::read::Decoder::new(archive)
+        .map_err(|e| Error::io("starting decompression", e))?;
+    dec.window_log_max(27)
+        .map_err(|e| Error::io("limiting the decompression window", e))?;
+    let mut ar = tar::Archive::new(dec);
+    let mut total: u64 = 0;
+    let mut count: u64 = 0;
+    let entries = ar
+        .entries()
+        .map_err(|e| Error::invalid("archive", format!("unreadable: {e}")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| Error::invalid("archive", format!("unreadable entry: {e}")))?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(Error::invalid(
+                "archive",
+                format!("more than {} entries", limits.max_entries),
+            ));
+        }
+        let raw = entry
+            .path()
+            .map_err(|e| Error::invalid("archive", format!("an entry path is not valid: {e}")))?
+            .into_owned();
+        let shown = raw.display().to_string();
+        let rel = clean_path(&raw, &shown)?;
+        no_link_on_the_way(dest, &rel, &shown)?;
+        let path = dest.join(&rel);
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => {
+                fs::create_dir_all(&path)
+                    .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                total = total.saturating_add(size);
+                if total > limits.max_bytes {
+                    return Err(Error::invalid(
+                        "archive",
+                        format!("unpacks to more than {} bytes", limits.max_bytes),
+                    ));
+                }
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)
+                        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+                }
+                let exec = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    // Never through an existing file or symlink.
+                    .create_new(true)
+                    .mode(if exec { 0o755 } else { 0o644 })
+                    .open(&path)
+                    .map_err(|e| refuse(&shown, format!("cannot be written: {e}")))?;
+                let copied = io::copy(&mut (&mut entry).take(size), &mut f)
+                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+                if copied != size {
+                    return Err(refuse(&shown, "is shorter than its header says"));
+                }
+                f.flush()
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| refuse(&shown, format!("bad link target: {e}")))?
+                    .ok_or_else(|| refuse(&shown, "a symlink without a target"))?
+                    .into_owned();
+                if !link_stays_inside(&rel, &target) {
+                    return Err(refuse(
+                        &shown,
+                        format!("symlink to {} points outside the package", target.display()),
+                    ));
+                }
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)
+                        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+                }
+                std::os::unix::fs::symlink(&target, &path)
+                    .map_err(|e| refuse(&shown, format!("cannot be created: {e}")))?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| refuse(&shown, format!("bad link target: {e}")))?
+                    .ok_or_else(|| refuse(&shown, "a hard link without a target"))?
+                    .into_owned();
+                let target_shown = target.display().to_string();
+                let trel = clean_path(&target, &target_shown).map_err(|_| {
+                    refuse(
+                        &shown,
+                        format!("hard link to {target_shown} points outside the package"),
+                    )
+                })?;
+                no_link_on_the_way(dest, &trel, &shown)?;
+                let tpath = dest.join(&trel);
+                match fs::symlink_metadata(&tpath) {
+                    Ok(m) if m.file_type().is_file() => {}
+                    _ => {
+                        return Err(refuse(
+                            &shown,
+                            format!(
+                                "hard link to {target_shown}, which is not a file extracted before it"
+                            ),
+                        ));
+                    }
+                }
+                fs::hard_link(&tpath, &path)
+                    .map_err(|e| refuse(&shown, format!("cannot be created: {e}")))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(refuse(&shown, "is a device file"));
+            }
+            tar::EntryType::Fifo => return Err(refuse(&shown, "is a fifo")),
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => return Err(refuse(&shown, format!("has unsupported type {other:?}"))),
+        }
+    }
+    // Directories were made as their contents arrived; sync them all.
+    sync_tree(dest)
+}
+
+fn sync_tree(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))? {
+        let e = e.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            sync_tree(&e.path())?;
+        }
+    }
+    sync_dir(dir)
+}

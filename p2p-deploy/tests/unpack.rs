@@ -1,0 +1,209 @@
+//! Unpacking: a good archive lands whole and atomically; every unsafe
+//! entry is refused by name and leaves nothing behind.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::Path;
+
+use p2p_deploy::{UnpackLimits, unpack};
+
+fn v(s: &str) -> semver::Version {
+    semver::Version::parse(s).unwrap()
+}
+
+/// A tar + zstd archive from raw entries, names written as given (the tar
+/// crate's builder would refuse the bad ones).
+fn archive(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_old();
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            let lr = &mut h.as_old_mut().linkname;
+            lr[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    z.write_all(&tar).unwrap();
+    z.finish().unwrap()
+}
+
+fn leftovers(root: &Path) -> Vec<String> {
+    let app = root.join("web");
+    match std::fs::read_dir(&app) {
+        Err(_) => Vec::new(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+    }
+}
+
+use tar::EntryType::*;
+
+#[test]
+fn a_good_archive_lands_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let a = archive(&[
+        ("bin/", Directory, b"", None),
+        ("bin/run", Regular, b"#!/bin/sh\n", None),
+        ("data.txt", Regular, b"hello", None),
+        ("link", Symlink, b"", Some("bin/run")),
+        ("hard", Link, b"", Some("data.txt")),
+    ]);
+    let dir = unpack(
+        &a[..],
+        t.path(),
+        "web",
+        &v("1.0.0"),
+        UnpackLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(dir, t.path().join("web/1.0.0"));
+    assert_eq!(std::fs::read(dir.join("data.txt")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(dir.join("hard")).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read_link(dir.join("link")).unwrap(),
+        Path::new("bin/run")
+    );
+    assert_eq!(leftovers(t.path()), ["1.0.0"], "no staging directory left");
+    // The same version again is refused, and the first stays.
+    let e = unpack(
+        &a[..],
+        t.path(),
+        "web",
+        &v("1.0.0"),
+        UnpackLimits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, p2p_core::Error::AlreadyExists { .. }), "{e}");
+}
+
+#[test]
+fn every_unsafe_entry_is_refused_and_nothing_is_left() {
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "absolute",
+            archive(&[("/etc/evil", Regular, b"x", None)]),
+            "absolute",
+        ),
+        (
+            "dotdot",
+            archive(&[("a/../../evil", Regular, b"x", None)]),
+            "..",
+        ),
+        (
+            "symlink out",
+            archive(&[("l", Symlink, b"", Some("../../etc"))]),
+            "outside",
+        ),
+        (
+            "symlink absolute",
+            archive(&[("l", Symlink, b"", Some("/etc/passwd"))]),
+            "outside",
+        ),
+        (
+            "through a symlink",
+            archive(&[("d", Symlink, b"", Some(".")), ("d/f", Regular, b"x", None)]),
+            "symlink",
+        ),
+        (
+            "hardlink out",
+            archive(&[("h", Link, b"", Some("../../etc/passwd"))]),
+            "outside",
+        ),
+        (
+            "hardlink to nothing",
+            archive(&[("h", Link, b"", Some("missing"))]),
+            "not a file",
+        ),
+        (
+            "char device",
+            archive(&[("dev", Char, b"", None)]),
+            "device",
+        ),
+        (
+            "block device",
+            archive(&[("dev", Block, b"", None)]),
+            "device",
+        ),
+        ("fifo", archive(&[("p", Fifo, b"", None)]), "fifo"),
+        (
+            "too big",
+            archive(&[("big", Regular, &[0u8; 5000], None)]),
+            "more than 4096 bytes",
+        ),
+        (
+            "not an archive",
+            b"plain text, not zstd".to_vec(),
+            "archive",
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let limits = UnpackLimits {
+            max_bytes: 4096,
+            max_entries: 100,
+        };
+        let e = unpack(&bytes[..], t.path(), "web", &v("2.0.0"), limits)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: unpacked"));
+        let msg = e.to_string();
+        assert!(msg.contains(want), "{what}: {msg}");
+        assert!(
+            leftovers(t.path()).is_empty(),
+            "{what}: left {:?}",
+            leftovers(t.path())
+        );
+        assert!(
+            !t.path().join("etc").exists() && !t.path().parent().unwrap().join("evil").exists()
+        );
+    }
+}
+
+#[test]
+fn a_built_package_unpacks_to_its_files() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("src");
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    std::fs::write(
+        d.join("p2p.toml"),
+        "name = \"web\"\nversion = \"1.0.0\"\nentrypoint = \"bin/run\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("bin/run"), "#!/bin/sh\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("bin/run"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let out = t.path().join("w.p2p");
+    p2p_deploy::build(
+        &d,
+        &out,
+        &p2p_core::SystemClock,
+        p2p_deploy::BuildOptions::default(),
+    )
+    .unwrap();
+    let pkg = p2p_deploy::PackageFile::open(&out).unwrap();
+    let dir = unpack(
+        pkg.archive_reader().unwrap(),
+        &t.path().join("versions"),
+        "web",
+        &v("1.0.0"),
+        UnpackLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::metadata(dir.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert!(dir.join("p2p.toml").exists());
+}
