@@ -38,11 +38,16 @@
 //!   a threshold, signatures required unless explicitly switched off for
 //!   development, with a warning on every use) and the anti-downgrade
 //!   rule. Every way a package can be wrong is its own [`VerifyError`].
+//! - [`chunks`]: the chunk store on a p2p-core `Storage`: content
+//!   addressed, each chunk verified before it is stored or served, kept
+//!   while a release refers to it, collected after; transfers resume from
+//!   the chunks present.
 //! - [`unpack`]: an archive into `versions/<name>/<version>` through a
 //!   staging directory and an atomic rename, refusing every unsafe entry,
 //!   or nothing at all.
 
 mod archive;
+pub mod chunks;
 pub mod manifest;
 pub mod package;
 pub mod trust;

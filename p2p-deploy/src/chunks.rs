@@ -1,0 +1,156 @@
+//! The chunk store: release chunks on a p2p-core [`Storage`], content
+//! addressed, verified on the way in, kept while a release refers to them.
+//!
+//! Keys: `chunks/<sha256 hex>` holds a chunk, `releases/<package id hex>`
+//! the descriptor of a release this node keeps. A chunk is referenced by
+//! every kept release that lists its hash; [`ChunkStore::collect`] deletes
+//! the rest (mark and sweep over the kept descriptors, so a crash between
+//! steps can never leave a count that is wrong). A release being received
+//! resumes from the chunks already present: [`ChunkStore::missing`].
+//!
+//! ```
+//! # use p2p_deploy::chunks::ChunkStore;
+//! # use p2p_core::MemStorage;
+//! # use std::sync::Arc;
+//! # async fn demo(d: p2p_deploy::Descriptor, chunk0: Vec<u8>) -> p2p_core::Result<()> {
+//! let store = ChunkStore::new(Arc::new(MemStorage::new()));
+//! store.add_release(&d).await?;
+//! store.put(&d, 0, &chunk0).await?; // refused unless it hashes right
+//! println!("still to fetch: {:?}", store.missing(&d).await?);
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::Arc;
+
+use p2p_core::{Error, Result, Storage};
+use sha2::{Digest, Sha256};
+
+use crate::package::{Descriptor, PackageId};
+use crate::trust::VerifyError;
+
+/// Chunks and kept releases on a [`Storage`].
+#[derive(Clone)]
+pub struct ChunkStore {
+    storage: Arc<dyn Storage>,
+}
+
+fn chunk_key(hash: &[u8; 32]) -> String {
+    format!("chunks/{}", hex::encode(hash))
+}
+
+fn release_key(id: &PackageId) -> String {
+    format!("releases/{id}")
+}
+
+/// The length of chunk `index` of `d`.
+pub fn chunk_len(d: &Descriptor, index: usize) -> u64 {
+    let cs = u64::from(d.chunk_size);
+    let start = index as u64 * cs;
+    d.archive_size.saturating_sub(start).min(cs)
+}
+
+impl ChunkStore {
+    /// A store on `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        ChunkStore { storage }
+    }
+
+    /// Keeps `d`: its chunks are referenced until [`remove_release`](Self::remove_release).
+    pub async fn add_release(&self, d: &Descriptor) -> Result<PackageId> {
+        let id = d.id();
+        self.storage.put(&release_key(&id), &d.to_bytes()).await?;
+        Ok(id)
+    }
+
+    /// Stops keeping release `id` (its chunks go at the next collect).
+    pub async fn remove_release(&self, id: &PackageId) -> Result<bool> {
+        self.storage.delete(&release_key(id)).await
+    }
+
+    /// The releases kept.
+    pub async fn releases(&self) -> Result<Vec<Descriptor>> {
+        let mut out = Vec::new();
+        for key in self.storage.list("releases/").await? {
+            if let Some(bytes) = self.storage.get(&key).await? {
+                let d = Descriptor::from_bytes(&bytes).map_err(|e| {
+                    Error::protocol(format!("stored release {key} is corrupt: {e}"))
+                })?;
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores chunk `index` of `d` after checking its length and hash; a
+    /// chunk that does not match is refused with
+    /// [`VerifyError::ChunkHash`] and nothing is stored.
+    pub async fn put(&self, d: &Descriptor, index: usize, bytes: &[u8]) -> Result<()> {
+        let want = d.chunks.get(index).ok_or_else(|| {
+            Error::invalid("chunk index", format!("{index} of {}", d.chunks.len()))
+        })?;
+        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        if bytes.len() as u64 != chunk_len(d, index) || &hash != want {
+            return Err(VerifyError::ChunkHash { index }.into());
+        }
+        self.storage.put(&chunk_key(want), bytes).await
+    }
+
+    /// Chunk `index` of `d`, if present (checked again on the way out, so
+    /// a chunk damaged on disk is never served).
+    pub async fn get(&self, d: &Descriptor, index: usize) -> Result<Option<Vec<u8>>> {
+        let Some(want) = d.chunks.get(index) else {
+            return Ok(None);
+        };
+        match self.storage.get(&chunk_key(want)).await? {
+            Some(bytes) if Sha256::digest(&bytes).as_slice() == want => Ok(Some(bytes)),
+            Some(_) => {
+                tracing::warn!(index, "a stored chunk is damaged; dropping it");
+                self.storage.delete(&chunk_key(want)).await?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Indexes of the chunks of `d` not yet stored.
+    pub async fn missing(&self, d: &Descriptor) -> Result<Vec<usize>> {
+        let have: BTreeSet<String> = self.storage.list("chunks/").await?.into_iter().collect();
+        Ok((0..d.chunks.len())
+            .filter(|i| !have.contains(&chunk_key(&d.chunks[*i])))
+            .collect())
+    }
+
+    /// Writes the whole archive of `d` to `out`, checking its SHA-256.
+    pub async fn assemble(&self, d: &Descriptor, out: &mut impl Write) -> Result<()> {
+        let mut total = Sha256::new();
+        for i in 0..d.chunks.len() {
+            let bytes = self.get(d, i).await?.ok_or_else(|| Error::NotFound {
+                what: format!("chunk {i} of {} {}", d.manifest.name, d.manifest.version),
+            })?;
+            total.update(&bytes);
+            out.write_all(&bytes)
+                .map_err(|e| Error::io("writing the archive", e))?;
+        }
+        if total.finalize().as_slice() != d.archive_sha256 {
+            return Err(VerifyError::ArchiveHash.into());
+        }
+        Ok(())
+    }
+
+    /// Deletes every chunk no kept release refers to; returns how many.
+    pub async fn collect(&self) -> Result<usize> {
+        let mut live = BTreeSet::new();
+        for d in self.releases().await? {
+            live.extend(d.chunks.iter().map(chunk_key));
+        }
+        let mut gone = 0;
+        for key in self.storage.list("chunks/").await? {
+            if !live.contains(&key) && self.storage.delete(&key).await? {
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+}
