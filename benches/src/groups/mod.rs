@@ -1,6 +1,7 @@
 //! Benchmark groups. Each group is a function that measures and returns its
 //! figures; [`ALL`] lists them for `bench-report`.
 
+pub mod packages;
 pub mod runtime;
 pub mod sim;
 pub mod transport;
@@ -28,6 +29,11 @@ pub const ALL: &[Group] = &[
         name: "transport",
         about: "256 MiB over one stream, connect time and idle memory: SDK vs raw library vs TCP",
         run: transport::run,
+    },
+    Group {
+        name: "packages",
+        about: "building and verifying a 512 MiB package against plain SHA-256 of the same bytes",
+        run: packages::run,
     },
     Group {
         name: "runtime",
