@@ -454,3 +454,40 @@ async fn chunks_are_verified_resumed_reassembled_and_collected() {
     assert_eq!(again.collect().await.unwrap(), d.chunks.len());
     assert!(again.missing(d).await.unwrap().len() == d.chunks.len());
 }
+
+proptest! {
+    /// Generated manifests parse to what was written and round-trip
+    /// through their canonical bytes.
+    #[test]
+    fn manifests_parse_and_round_trip(
+        name in "[a-z][a-z0-9_-]{0,30}",
+        major in 0u64..1000, minor in 0u64..1000, patch in 0u64..1000,
+        entry in "[a-z]{1,8}(/[a-z]{1,8}){0,2}",
+        args in proptest::collection::vec("[ -~&&[^\"\\\\]]{0,12}", 0..5),
+        env in proptest::collection::btree_map("[A-Z][A-Z0-9_]{0,8}", "[ -~&&[^\"\\\\]]{0,12}", 0..4),
+        keep in 1i64..=100,
+        mem_mib in 1u64..4096,
+        cpu_tenths in 1u32..64,
+    ) {
+        let args_toml: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+        let env_toml: Vec<String> = env.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+        let text = format!(
+            "name = \"{name}\"\nversion = \"{major}.{minor}.{patch}\"\nentrypoint = \"{entry}\"\nargs = [{}]\nkeep_versions = {keep}\n[env]\n{}\n[limits]\nmemory = \"{mem_mib}MiB\"\ncpu = {}.{}\n",
+            args_toml.join(", "),
+            env_toml.join("\n"),
+            cpu_tenths / 10,
+            cpu_tenths % 10,
+        );
+        let m = p2p_deploy::Manifest::parse(&text).unwrap();
+        prop_assert_eq!(&m.name, &name);
+        prop_assert_eq!(m.version.to_string(), format!("{major}.{minor}.{patch}"));
+        prop_assert_eq!(&m.args, &args);
+        prop_assert_eq!(&m.env, &env);
+        prop_assert_eq!(m.keep_versions as i64, keep);
+        prop_assert_eq!(m.limits.memory_bytes, Some(mem_mib << 20));
+        prop_assert_eq!(m.limits.cpu_millis, Some(cpu_tenths * 100));
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        let back: p2p_deploy::Manifest = postcard::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(back, m);
+    }
+}
