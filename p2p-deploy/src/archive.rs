@@ -135,8 +135,13 @@ impl<W: Write> Hashing<W> {
     }
 
     /// Adds bytes to the hashes (without writing them anywhere).
-    pub(crate) fn update(&mut self, mut buf: &[u8]) {
+    pub(crate) fn update(&mut self, buf: &[u8]) {
         self.total.update(buf);
+        self.update_chunks(buf);
+    }
+
+    /// Adds bytes to the chunk hashes and the length only.
+    pub(crate) fn update_chunks(&mut self, mut buf: &[u8]) {
         self.len += buf.len() as u64;
         while !buf.is_empty() {
             let room = (self.chunk_size - self.in_chunk) as usize;
@@ -150,11 +155,6 @@ impl<W: Write> Hashing<W> {
                 self.in_chunk = 0;
             }
         }
-    }
-
-    /// The chunk hashes completed so far.
-    pub(crate) fn chunks_done(&self) -> &[[u8; 32]] {
-        &self.chunks
     }
 
     /// Total length, SHA-256 of everything, SHA-256 of each chunk.
@@ -181,6 +181,73 @@ impl<W: Write> Write for Hashing<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Hashes everything `r` yields, the whole and each `chunk_size` piece,
+/// with the two hashes on two threads: as fast as one SHA-256 pass where
+/// a second core is free. Returns length, total hash, chunk hashes.
+pub(crate) fn hash_parallel(
+    mut r: impl io::Read,
+    chunk_size: u32,
+) -> io::Result<(u64, [u8; 32], Vec<[u8; 32]>)> {
+    use std::sync::Arc;
+    use std::sync::mpsc::sync_channel;
+    const BLOCK: usize = 1 << 20;
+    std::thread::scope(|scope| {
+        let (to_total, for_total) = sync_channel::<Arc<Vec<u8>>>(4);
+        let (to_chunks, for_chunks) = sync_channel::<Arc<Vec<u8>>>(4);
+        let total = scope.spawn(move || {
+            let mut h = Sha256::new();
+            let mut len = 0u64;
+            for b in for_total {
+                h.update(&b[..]);
+                len += b.len() as u64;
+            }
+            (len, <[u8; 32]>::from(h.finalize()))
+        });
+        let chunks = scope.spawn(move || {
+            // Only the chunk hashes of a `Hashing` are used here.
+            let mut h = Hashing::new(io::sink(), chunk_size);
+            for b in for_chunks {
+                h.update_chunks(&b[..]);
+            }
+            h.finish().3
+        });
+        let mut failed = None;
+        loop {
+            let mut buf = vec![0u8; BLOCK];
+            let mut filled = 0;
+            while filled < BLOCK {
+                match r.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if filled == 0 || failed.is_some() {
+                break;
+            }
+            buf.truncate(filled);
+            let b = Arc::new(buf);
+            if to_total.send(b.clone()).is_err() || to_chunks.send(b).is_err() {
+                break;
+            }
+            if filled < BLOCK {
+                break;
+            }
+        }
+        drop((to_total, to_chunks));
+        let (len, total) = total.join().expect("the hashing thread does not panic");
+        let chunks = chunks.join().expect("the hashing thread does not panic");
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((len, total, chunks)),
+        }
+    })
 }
 
 /// Packs `root` into `out` as deterministic tar + zstd at `level`.
@@ -247,6 +314,16 @@ mod tests {
         assert!(!ok("d/a", "../../b"));
         assert!(!ok("a", "/etc/passwd"));
         assert!(ok("d/e/a", "../../x/./y"));
+    }
+
+    #[test]
+    fn parallel_hashing_agrees_with_one_pass() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut h = Hashing::new(io::sink(), 65536);
+        h.update(&data);
+        let (_, len, total, chunks) = h.finish();
+        let (plen, ptotal, pchunks) = hash_parallel(&data[..], 65536).unwrap();
+        assert_eq!((plen, ptotal, pchunks), (len, total, chunks));
     }
 
     #[test]

@@ -26,14 +26,14 @@
 //! a verified descriptor vouches for every byte of the archive.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use p2p_core::{Clock, Error, KeyId, Result, Signature, Signer, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::archive::{Hashing, pack};
+use crate::archive::{Hashing, hash_parallel, pack};
 use crate::manifest::Manifest;
 use crate::trust::{TrustStore, VerifyError};
 
@@ -292,40 +292,22 @@ impl PackageFile {
         PackageId(Sha256::digest(&self.descriptor_bytes).into())
     }
 
-    /// Checks every archive byte against the descriptor, in one pass:
-    /// size, each chunk's hash (the first bad one is named), the total.
+    /// Checks every archive byte against the descriptor, in one pass
+    /// (the total and the chunk hashes on two threads): size, each
+    /// chunk's hash (the first bad one is named), the total.
     pub fn check_archive(&self) -> std::result::Result<(), VerifyError> {
         let io = |e: io::Error| VerifyError::Io(format!("{}: {e}", self.path.display()));
         let mut f = File::open(&self.path).map_err(io)?;
         f.seek(SeekFrom::Start(self.archive_offset)).map_err(io)?;
-        let mut r = BufReader::with_capacity(1 << 20, f.take(self.archive_len));
-        let mut h = Hashing::new(io::sink(), self.descriptor.chunk_size);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut checked = 0usize;
-        loop {
-            let n = r.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            // Compare chunks as they complete, so the first bad one is
-            // named without hashing the rest.
-            while checked < h.chunks_done().len() {
-                if h.chunks_done()[checked] != self.descriptor.chunks[checked] {
-                    return Err(VerifyError::ChunkHash { index: checked });
-                }
-                checked += 1;
-            }
-        }
-        let (_, len, total, chunks) = h.finish();
+        let (len, total, chunks) =
+            hash_parallel(f.take(self.archive_len), self.descriptor.chunk_size).map_err(io)?;
         if len != self.descriptor.archive_size {
             return Err(VerifyError::ArchiveSize {
                 expected: self.descriptor.archive_size,
                 actual: len,
             });
         }
-        if let Some(i) = (checked..chunks.len()).find(|i| chunks[*i] != self.descriptor.chunks[*i])
-        {
+        if let Some(i) = (0..chunks.len()).find(|i| chunks[*i] != self.descriptor.chunks[*i]) {
             return Err(VerifyError::ChunkHash { index: i });
         }
         if total != self.descriptor.archive_sha256 {
