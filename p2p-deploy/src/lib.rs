@@ -42,7 +42,7 @@
 //!   addressed, each chunk verified before it is stored or served, kept
 //!   while a release refers to it, collected after; transfers resume from
 //!   the chunks present.
-//! - [`unpack`]: an archive into `versions/<name>/<version>` through a
+//! - [`unpack`](mod@unpack): an archive into `versions/<name>/<version>` through a
 //!   staging directory and an atomic rename, refusing every unsafe entry,
 //!   or nothing at all.
 //!
