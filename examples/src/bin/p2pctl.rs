@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Make a signing key pair: <out>.key (secret, mode 0600) and <out>.pub.
+    /// Make a signing key pair: OUT.key (secret, mode 0600) and OUT.pub.
     Keygen {
         /// Base path of the two files.
         #[arg(long, default_value = "p2p-signing")]
@@ -44,7 +44,7 @@ enum Command {
     Package {
         /// The app directory.
         dir: PathBuf,
-        /// The package file (default: <name>-<version>.p2p here).
+        /// The package file (default: NAME-VERSION.p2p here).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Chunk size in KiB.
