@@ -297,6 +297,32 @@ impl HealthOutcome {
     }
 }
 
+/// Checks an app name as every runtime and package uses it (and as it
+/// appears in paths): 1 to 64 letters, digits, `-`, `_` or `.`, not
+/// starting with `.`. The error is the reason, for the caller to name the
+/// field it came from.
+///
+/// ```
+/// # use p2p_core::runtime::check_app_name;
+/// assert!(check_app_name("web-1").is_ok());
+/// assert!(check_app_name("../etc").unwrap_err().contains("../etc"));
+/// ```
+pub fn check_app_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    }
+}
+
 /// Observed state of one app instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppStatus {
@@ -324,6 +350,26 @@ pub struct AppStatus {
     /// Which mechanism enforced the resource limits (`cgroup v2`,
     /// `cgroup v1`, `rlimit`, `simulated`), if any were set.
     pub limits_applied: Option<String>,
+}
+
+impl AppStatus {
+    /// The status of an instance that is starting: no process, no exit,
+    /// no restarts, no health result yet.
+    pub fn starting(name: impl Into<String>, version: impl Into<String>) -> Self {
+        AppStatus {
+            name: name.into(),
+            version: version.into(),
+            state: AppState::Starting,
+            pid: None,
+            exit: None,
+            restarts: 0,
+            started_at: None,
+            health: None,
+            healthy_streak: 0,
+            reason: None,
+            limits_applied: None,
+        }
+    }
 }
 
 /// Which output of an app.

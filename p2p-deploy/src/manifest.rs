@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use p2p_core::runtime::{
     AppSpec, HealthCheckSpec, HealthProbe, ResourceLimits, RestartMode, RestartPolicy,
+    check_app_name,
 };
 use p2p_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -200,23 +201,10 @@ fn memory(v: &toml::Value) -> Result<u64> {
         .ok_or_else(|| bad("limits.memory", format!("{text:?} is too large")))
 }
 
-/// Checks a name as used for apps, directories and cgroups.
+/// Checks an app name ([`check_app_name`], the rule every runtime uses);
+/// the error names `field`.
 pub fn check_name(field: &str, name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || name.starts_with('.')
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(bad(
-            field,
-            format!(
-                "{name:?} must be 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
-            ),
-        ));
-    }
-    Ok(())
+    check_app_name(name).map_err(|why| bad(field, why))
 }
 
 /// A path inside the package: relative, no `..`, not empty.

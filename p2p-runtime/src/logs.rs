@@ -162,18 +162,20 @@ impl AppLogs {
         let rot = self.rotation;
         {
             let mut files = lock(&self.files);
-            let mut one = Vec::with_capacity(line.len() + 3);
-            one.extend_from_slice(line.as_bytes());
-            one.push(b'\n');
             let (file, tag) = match stream {
                 LogStream::Stderr => (&mut files.stderr, b"e "),
                 _ => (&mut files.stdout, b"o "),
             };
-            if let Err(e) = file.write(&one, rot) {
+            // One buffer: the tagged line for the combined file, and the
+            // same bytes without the tag for the stream's own file.
+            let mut tagged = Vec::with_capacity(line.len() + 3);
+            tagged.extend_from_slice(tag);
+            tagged.extend_from_slice(line.as_bytes());
+            tagged.push(b'\n');
+            if let Err(e) = file.write(&tagged[tag.len()..], rot) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write an app log");
             }
-            one.splice(0..0, tag.iter().copied());
-            if let Err(e) = files.combined.write(&one, rot) {
+            if let Err(e) = files.combined.write(&tagged, rot) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write an app log");
             }
             // Sent under the file lock, so that a new follower's tail and

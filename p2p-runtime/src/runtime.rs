@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use p2p_core::runtime::{
     AppSpec, AppState, AppStatus, ExitStatus, HealthChecker, HealthOutcome, HealthProbe, LogLines,
     LogSelection, LogStream, ProbeTarget, RestartDecision, RestartMode, RestartTracker, Runtime,
+    check_app_name,
 };
 use p2p_core::{Clock, Error, Result};
 use rand::{RngExt, SeedableRng};
@@ -162,19 +163,7 @@ impl ProcessRuntime {
         clock: Arc<dyn Clock>,
         checker: Arc<dyn HealthChecker>,
     ) -> Result<Self> {
-        let n = &config.cgroup_name;
-        if n.is_empty()
-            || n.len() > 64
-            || n.starts_with('.')
-            || !n
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(Error::invalid(
-                "cgroup_name",
-                format!("{n:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"),
-            ));
-        }
+        check_app_name(&config.cgroup_name).map_err(|why| Error::invalid("cgroup_name", why))?;
         if config.log_rotation.max_bytes < 1024 || config.log_rotation.files == 0 {
             return Err(Error::invalid(
                 "log_rotation",
@@ -238,22 +227,7 @@ impl ProcessRuntime {
 /// Checks everything about a spec that can be checked before anything
 /// runs; each problem is an [`Error::Invalid`] naming the field.
 fn validate(spec: &AppSpec) -> Result<Option<(u32, u32)>> {
-    if spec.name.is_empty()
-        || spec.name.len() > 64
-        || !spec
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        || spec.name.starts_with('.')
-    {
-        return Err(Error::invalid(
-            "name",
-            format!(
-                "{:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'",
-                spec.name
-            ),
-        ));
-    }
+    check_app_name(&spec.name).map_err(|why| Error::invalid("name", why))?;
     match std::fs::metadata(&spec.workdir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -787,19 +761,7 @@ impl Runtime for ProcessRuntime {
                 None => AppLogs::open(self.log_dir(&name), self.inner.config.log_rotation)?,
             };
             let app = Arc::new(App {
-                status: Mutex::new(AppStatus {
-                    name: name.clone(),
-                    version: spec.version.clone(),
-                    state: AppState::Starting,
-                    pid: None,
-                    exit: None,
-                    restarts: 0,
-                    started_at: None,
-                    health: None,
-                    healthy_streak: 0,
-                    reason: None,
-                    limits_applied: None,
-                }),
+                status: Mutex::new(AppStatus::starting(name.clone(), spec.version.clone())),
                 spec,
                 logs,
                 stop: CancellationToken::new(),

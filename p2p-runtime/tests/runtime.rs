@@ -53,6 +53,20 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The pid an app wrote to `child.pid` in `dir`, once it is there.
+async fn child_pid(dir: &Path) -> u32 {
+    let pid_file = dir.join("child.pid");
+    let read = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    };
+    wait_for("the child's pid", || read().is_some()).await;
+    read().unwrap()
+}
+
 async fn wait_state(
     rt: &ProcessRuntime,
     name: &str,
@@ -123,16 +137,7 @@ async fn stop_ends_the_whole_process_group_even_when_term_is_ignored() {
     spec.stop_grace = Duration::from_millis(500);
     let s = rt.start(spec).await.unwrap();
     let main = s.pid.unwrap();
-    let pid_file = dir.path().join("child.pid");
-    wait_for("the child's pid", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<u32>().is_ok())
-    })
-    .await;
-    let child: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let child = child_pid(dir.path()).await;
     assert!(alive(child));
     let started = Instant::now();
     rt.stop("stubborn").await.unwrap();
@@ -159,11 +164,7 @@ async fn an_exiting_app_leaves_no_orphans() {
     spec.restart.mode = RestartMode::Never;
     rt.start(spec).await.unwrap();
     wait_state(&rt, "leaver", AppState::Stopped).await;
-    let child: u32 = std::fs::read_to_string(dir.path().join("child.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let child = child_pid(dir.path()).await;
     wait_for("the orphan to die", || !alive(child)).await;
     rt.shutdown().await;
 }
@@ -798,16 +799,7 @@ async fn a_child_that_left_the_group_is_still_stopped() {
         ))
         .await
         .unwrap();
-    let pid_file = dir.path().join("child.pid");
-    wait_for("the child's pid", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<u32>().is_ok())
-    })
-    .await;
-    let child: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let child = child_pid(dir.path()).await;
     let stopped = rt.stop("escaper").await.unwrap();
     assert_eq!(
         stopped.exit,

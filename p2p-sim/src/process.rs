@@ -563,18 +563,9 @@ fn start_locked(shared: &Arc<Shared>, table: &mut Table, spec: AppSpec) -> Resul
     }
     let limits = spec.limits;
     let status = AppStatus {
-        name: name.clone(),
-        version: spec.version.clone(),
-        state: AppState::Starting,
-        pid: None,
-        exit: None,
-        restarts: 0,
-        started_at: None,
-        health: None,
-        healthy_streak: 0,
-        reason: None,
         limits_applied: (limits.memory_bytes.is_some() || limits.cpu_millis.is_some())
             .then(|| "simulated".to_string()),
+        ..AppStatus::starting(name.clone(), spec.version.clone())
     };
     table.apps.insert(
         name.clone(),

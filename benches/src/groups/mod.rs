@@ -8,6 +8,16 @@ pub mod transport;
 
 use crate::Figure;
 
+/// Runs `f` on the two-worker tokio runtime every async group uses.
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
 /// A benchmark group: its name, what it measures, and its runner.
 pub struct Group {
     /// Name used on the command line.

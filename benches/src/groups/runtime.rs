@@ -31,12 +31,7 @@ const APPS: usize = 50;
 
 /// Runs the group.
 pub fn run() -> Vec<Figure> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run_async())
+    super::block_on(run_async())
 }
 
 fn ms(d: Duration) -> f64 {

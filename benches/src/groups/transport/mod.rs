@@ -52,12 +52,7 @@ const IDLE_CONNS: usize = 200;
 
 /// Runs the group.
 pub fn run() -> Vec<Figure> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
+    super::block_on(async {
         let mut figures = iroh_figures::figures().await;
         figures.extend(libp2p_figures::figures().await);
         figures
