@@ -109,11 +109,21 @@ fn collect(root: &Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// Hashes what passes through: the whole stream, and each `chunk_size`
-/// piece of it, in one pass.
-pub(crate) struct Hashing<W> {
-    inner: W,
-    total: Sha256,
+/// What describes an archive's bytes: its length, its SHA-256, and the
+/// SHA-256 of each chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveHashes {
+    /// Length in bytes.
+    pub len: u64,
+    /// SHA-256 of all the bytes.
+    pub sha256: [u8; 32],
+    /// SHA-256 of each `chunk_size` piece (the last may be shorter; an
+    /// empty archive has one chunk, the hash of nothing).
+    pub chunks: Vec<[u8; 32]>,
+}
+
+/// Chunk hashes and length of a stream fed in pieces.
+struct ChunkHasher {
     chunk: Sha256,
     in_chunk: u64,
     chunk_size: u64,
@@ -121,11 +131,9 @@ pub(crate) struct Hashing<W> {
     chunks: Vec<[u8; 32]>,
 }
 
-impl<W: Write> Hashing<W> {
-    pub(crate) fn new(inner: W, chunk_size: u32) -> Self {
-        Hashing {
-            inner,
-            total: Sha256::new(),
+impl ChunkHasher {
+    fn new(chunk_size: u32) -> Self {
+        ChunkHasher {
             chunk: Sha256::new(),
             in_chunk: 0,
             chunk_size: u64::from(chunk_size),
@@ -134,14 +142,7 @@ impl<W: Write> Hashing<W> {
         }
     }
 
-    /// Adds bytes to the hashes (without writing them anywhere).
-    pub(crate) fn update(&mut self, buf: &[u8]) {
-        self.total.update(buf);
-        self.update_chunks(buf);
-    }
-
-    /// Adds bytes to the chunk hashes and the length only.
-    pub(crate) fn update_chunks(&mut self, mut buf: &[u8]) {
+    fn update(&mut self, mut buf: &[u8]) {
         self.len += buf.len() as u64;
         while !buf.is_empty() {
             let room = (self.chunk_size - self.in_chunk) as usize;
@@ -157,24 +158,125 @@ impl<W: Write> Hashing<W> {
         }
     }
 
-    /// Total length, SHA-256 of everything, SHA-256 of each chunk.
-    pub(crate) fn finish(mut self) -> (W, u64, [u8; 32], Vec<[u8; 32]>) {
+    fn finish(mut self) -> (u64, Vec<[u8; 32]>) {
         if self.in_chunk > 0 || self.chunks.is_empty() {
             self.chunks.push(self.chunk.finalize().into());
         }
-        (
-            self.inner,
-            self.len,
-            self.total.finalize().into(),
-            self.chunks,
-        )
+        (self.len, self.chunks)
     }
 }
 
-impl<W: Write> Write for Hashing<W> {
+const BLOCK: usize = 1 << 20;
+type Block = std::sync::Arc<Vec<u8>>;
+
+/// Hashes a stream, the whole and each chunk, on two threads of its own:
+/// about as fast as one SHA-256 pass where a core is free, and off the
+/// thread that produces the bytes (compression, disk reads).
+pub(crate) struct ParallelHasher {
+    senders: Option<(
+        std::sync::mpsc::SyncSender<Block>,
+        std::sync::mpsc::SyncSender<Block>,
+    )>,
+    total: std::thread::JoinHandle<[u8; 32]>,
+    chunks: std::thread::JoinHandle<(u64, Vec<[u8; 32]>)>,
+    block: Vec<u8>,
+}
+
+impl ParallelHasher {
+    pub(crate) fn new(chunk_size: u32) -> Self {
+        let (to_total, for_total) = std::sync::mpsc::sync_channel::<Block>(4);
+        let (to_chunks, for_chunks) = std::sync::mpsc::sync_channel::<Block>(4);
+        let total = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            for b in for_total {
+                h.update(&b[..]);
+            }
+            <[u8; 32]>::from(h.finalize())
+        });
+        let chunks = std::thread::spawn(move || {
+            let mut h = ChunkHasher::new(chunk_size);
+            for b in for_chunks {
+                h.update(&b[..]);
+            }
+            h.finish()
+        });
+        ParallelHasher {
+            senders: Some((to_total, to_chunks)),
+            total,
+            chunks,
+            block: Vec::with_capacity(BLOCK),
+        }
+    }
+
+    /// Hands a block to both threads.
+    fn push(&mut self, block: Vec<u8>) {
+        if let Some((t, c)) = &self.senders {
+            let b = std::sync::Arc::new(block);
+            // A send fails only if a thread is gone, which `finish` reports.
+            let _ = t.send(b.clone());
+            let _ = c.send(b);
+        }
+    }
+
+    /// Adds bytes.
+    pub(crate) fn update(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            let take = (BLOCK - self.block.len()).min(buf.len());
+            self.block.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.block.len() == BLOCK {
+                let full = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+                self.push(full);
+            }
+        }
+    }
+
+    /// Waits for both threads and returns the hashes.
+    pub(crate) fn finish(mut self) -> ArchiveHashes {
+        let rest = std::mem::take(&mut self.block);
+        if !rest.is_empty() {
+            self.push(rest);
+        }
+        self.senders = None;
+        let sha256 = self
+            .total
+            .join()
+            .expect("the hashing thread does not panic");
+        let (len, chunks) = self
+            .chunks
+            .join()
+            .expect("the hashing thread does not panic");
+        ArchiveHashes {
+            len,
+            sha256,
+            chunks,
+        }
+    }
+}
+
+/// Writes through to `inner` and hashes what was written.
+pub(crate) struct HashingWriter<W> {
+    inner: W,
+    hasher: ParallelHasher,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W, chunk_size: u32) -> Self {
+        HashingWriter {
+            inner,
+            hasher: ParallelHasher::new(chunk_size),
+        }
+    }
+
+    pub(crate) fn finish(self) -> (W, ArchiveHashes) {
+        (self.inner, self.hasher.finish())
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.update(&buf[..n]);
+        self.hasher.update(&buf[..n]);
         Ok(n)
     }
 
@@ -184,70 +286,28 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Hashes everything `r` yields, the whole and each `chunk_size` piece,
-/// with the two hashes on two threads: as fast as one SHA-256 pass where
-/// a second core is free. Returns length, total hash, chunk hashes.
-pub(crate) fn hash_parallel(
-    mut r: impl io::Read,
-    chunk_size: u32,
-) -> io::Result<(u64, [u8; 32], Vec<[u8; 32]>)> {
-    use std::sync::Arc;
-    use std::sync::mpsc::sync_channel;
-    const BLOCK: usize = 1 << 20;
-    std::thread::scope(|scope| {
-        let (to_total, for_total) = sync_channel::<Arc<Vec<u8>>>(4);
-        let (to_chunks, for_chunks) = sync_channel::<Arc<Vec<u8>>>(4);
-        let total = scope.spawn(move || {
-            let mut h = Sha256::new();
-            let mut len = 0u64;
-            for b in for_total {
-                h.update(&b[..]);
-                len += b.len() as u64;
-            }
-            (len, <[u8; 32]>::from(h.finalize()))
-        });
-        let chunks = scope.spawn(move || {
-            // Only the chunk hashes of a `Hashing` are used here.
-            let mut h = Hashing::new(io::sink(), chunk_size);
-            for b in for_chunks {
-                h.update_chunks(&b[..]);
-            }
-            h.finish().3
-        });
-        let mut failed = None;
-        loop {
-            let mut buf = vec![0u8; BLOCK];
-            let mut filled = 0;
-            while filled < BLOCK {
-                match r.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            if filled == 0 || failed.is_some() {
-                break;
-            }
-            buf.truncate(filled);
-            let b = Arc::new(buf);
-            if to_total.send(b.clone()).is_err() || to_chunks.send(b).is_err() {
-                break;
-            }
-            if filled < BLOCK {
-                break;
+/// with the two hashes on two threads of their own.
+pub(crate) fn hash_parallel(mut r: impl io::Read, chunk_size: u32) -> io::Result<ArchiveHashes> {
+    let mut h = ParallelHasher::new(chunk_size);
+    loop {
+        let mut buf = vec![0u8; BLOCK];
+        let mut filled = 0;
+        while filled < BLOCK {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        drop((to_total, to_chunks));
-        let (len, total) = total.join().expect("the hashing thread does not panic");
-        let chunks = chunks.join().expect("the hashing thread does not panic");
-        match failed {
-            Some(e) => Err(e),
-            None => Ok((len, total, chunks)),
+        buf.truncate(filled);
+        if filled > 0 {
+            h.push(buf);
         }
-    })
+        if filled < BLOCK {
+            return Ok(h.finish());
+        }
+    }
 }
 
 /// Packs `root` into `out` as deterministic tar + zstd at `level`.
@@ -316,25 +376,46 @@ mod tests {
         assert!(ok("d/e/a", "../../x/./y"));
     }
 
+    fn one_pass(data: &[u8], chunk_size: usize) -> ArchiveHashes {
+        let sha = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
+        let mut chunks: Vec<[u8; 32]> = data.chunks(chunk_size).map(sha).collect();
+        if chunks.is_empty() {
+            chunks.push(sha(b""));
+        }
+        ArchiveHashes {
+            len: data.len() as u64,
+            sha256: sha(data),
+            chunks,
+        }
+    }
+
     #[test]
     fn parallel_hashing_agrees_with_one_pass() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let mut h = Hashing::new(io::sink(), 65536);
-        h.update(&data);
-        let (_, len, total, chunks) = h.finish();
-        let (plen, ptotal, pchunks) = hash_parallel(&data[..], 65536).unwrap();
-        assert_eq!((plen, ptotal, pchunks), (len, total, chunks));
+        for len in [0, 1, 65536, 65537, BLOCK, BLOCK + 1, data.len()] {
+            let d = &data[..len];
+            let p = hash_parallel(d, 65536).unwrap();
+            assert_eq!(p, one_pass(d, 65536), "read path, {len} bytes");
+            // The writer path, fed in odd pieces.
+            let mut w = HashingWriter::new(Vec::new(), 65536);
+            for piece in d.chunks(7919) {
+                w.write_all(piece).unwrap();
+            }
+            let (out, h) = w.finish();
+            assert_eq!(out, d, "written bytes pass through");
+            assert_eq!(h, one_pass(d, 65536), "write path, {len} bytes");
+        }
     }
 
     #[test]
     fn chunk_hashes_cover_every_byte_once() {
-        let mut h = Hashing::new(Vec::new(), 4);
-        h.write_all(b"abcdefghij").unwrap();
-        let (out, len, total, chunks) = h.finish();
+        let mut w = HashingWriter::new(Vec::new(), 4);
+        w.write_all(b"abcdefghij").unwrap();
+        let (out, h) = w.finish();
         assert_eq!(out, b"abcdefghij");
-        assert_eq!(len, 10);
+        assert_eq!(h.len, 10);
         let sha = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
-        assert_eq!(total, sha(b"abcdefghij"));
-        assert_eq!(chunks, [sha(b"abcd"), sha(b"efgh"), sha(b"ij")]);
+        assert_eq!(h.sha256, sha(b"abcdefghij"));
+        assert_eq!(h.chunks, [sha(b"abcd"), sha(b"efgh"), sha(b"ij")]);
     }
 }

@@ -33,7 +33,8 @@ use p2p_core::{Clock, Error, KeyId, Result, Signature, Signer, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::archive::{Hashing, hash_parallel, pack};
+pub use crate::archive::ArchiveHashes;
+use crate::archive::{HashingWriter, hash_parallel, pack};
 use crate::manifest::Manifest;
 use crate::trust::{TrustStore, VerifyError};
 
@@ -165,21 +166,21 @@ pub fn build(dir: &Path, out: &Path, clock: &dyn Clock, opts: BuildOptions) -> R
     let werr = |e: io::Error| Error::io(format!("writing {}", tmp.path().display()), e);
     let mut f = BufWriter::with_capacity(1 << 20, tmp.as_file());
     f.write_all(&[0u8; HEADER_LEN as usize]).map_err(werr)?;
-    let hashing = pack(dir, Hashing::new(&mut f, opts.chunk_size), opts.level)?;
-    let (_, archive_size, archive_sha256, chunks) = hashing.finish();
+    let hashing = pack(dir, HashingWriter::new(&mut f, opts.chunk_size), opts.level)?;
+    let (_, hashes) = hashing.finish();
     let descriptor = Descriptor {
         manifest,
-        archive_size,
-        archive_sha256,
+        archive_size: hashes.len,
+        archive_sha256: hashes.sha256,
         chunk_size: opts.chunk_size,
-        chunks,
+        chunks: hashes.chunks,
         created_at: clock.now(),
     };
     let dbytes = descriptor.to_bytes();
     f.write_all(&dbytes).map_err(werr)?;
     write_signatures(&mut f, &[]).map_err(werr)?;
     f.seek(SeekFrom::Start(0)).map_err(werr)?;
-    f.write_all(&header(archive_size, dbytes.len() as u32))
+    f.write_all(&header(descriptor.archive_size, dbytes.len() as u32))
         .map_err(werr)?;
     f.flush().map_err(werr)?;
     drop(f);
@@ -187,6 +188,14 @@ pub fn build(dir: &Path, out: &Path, clock: &dyn Clock, opts: BuildOptions) -> R
     tmp.persist(out)
         .map_err(|e| Error::io(format!("writing {}", out.display()), e.error))?;
     Ok(descriptor)
+}
+
+/// Hashes archive bytes the way [`build`] describes them (length,
+/// SHA-256, SHA-256 of each `chunk_size` piece), the whole and the chunk
+/// hashes on two threads: for checking an archive obtained elsewhere
+/// against a [`Descriptor`].
+pub fn hash_archive(r: impl Read, chunk_size: u32) -> io::Result<ArchiveHashes> {
+    hash_parallel(r, chunk_size)
 }
 
 fn header(archive_len: u64, descriptor_len: u32) -> [u8; HEADER_LEN as usize] {
@@ -299,8 +308,11 @@ impl PackageFile {
         let io = |e: io::Error| VerifyError::Io(format!("{}: {e}", self.path.display()));
         let mut f = File::open(&self.path).map_err(io)?;
         f.seek(SeekFrom::Start(self.archive_offset)).map_err(io)?;
-        let (len, total, chunks) =
-            hash_parallel(f.take(self.archive_len), self.descriptor.chunk_size).map_err(io)?;
+        let ArchiveHashes {
+            len,
+            sha256: total,
+            chunks,
+        } = hash_parallel(f.take(self.archive_len), self.descriptor.chunk_size).map_err(io)?;
         if len != self.descriptor.archive_size {
             return Err(VerifyError::ArchiveSize {
                 expected: self.descriptor.archive_size,
