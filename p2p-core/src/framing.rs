@@ -38,7 +38,7 @@ const MAX_HELLO_FRAME: u32 = 1024;
 
 /// Magic bytes at the start of every hello, so that a peer speaking
 /// something else entirely is told so instead of "malformed frame".
-const HELLO_MAGIC: [u8; 4] = *b"P2PS";
+pub const HELLO_MAGIC: [u8; 4] = *b"P2PS";
 
 /// Writes one frame holding `msg`.
 pub async fn write_frame<W, T>(w: &mut W, msg: &T, max: u32) -> Result<()>

@@ -69,6 +69,16 @@ impl ChunkStore {
         self.storage.delete(&release_key(id)).await
     }
 
+    /// Release `id`, if kept.
+    pub async fn release(&self, id: &PackageId) -> Result<Option<Descriptor>> {
+        match self.storage.get(&release_key(id)).await? {
+            Some(bytes) => Descriptor::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| Error::protocol(format!("stored release {id} is corrupt: {e}"))),
+            None => Ok(None),
+        }
+    }
+
     /// The releases kept.
     pub async fn releases(&self) -> Result<Vec<Descriptor>> {
         let mut out = Vec::new();

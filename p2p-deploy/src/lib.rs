@@ -57,15 +57,28 @@
 //! into memory: two cores carry two SHA-256 passes plus zstd. On disk it
 //! runs at about the speed of copying the files there with an fsync.
 
+pub mod agent;
 mod archive;
 pub mod chunks;
+pub mod controller;
+pub mod install;
 pub mod manifest;
 pub mod package;
+pub mod proto;
+pub mod selector;
 pub mod trust;
 pub mod unpack;
 
+pub use agent::{Agent, AgentConfig, AgentParts};
 pub use archive::IGNORE_FILE;
+pub use controller::{
+    BatchSize, Controller, ControllerConfig, FailureLimit, NodeResult, NodeView, Plan, Progress,
+    Release, RolloutPlan, RolloutReport,
+};
+pub use install::{DirInstaller, Installer, MemInstaller};
 pub use manifest::{MANIFEST_FILE, Manifest};
 pub use package::{BuildOptions, Descriptor, PackageFile, PackageId, build};
+pub use proto::{ActivateOptions, NodeInfo};
+pub use selector::Selector;
 pub use trust::{TrustStore, VerifyError, check_not_downgrade};
 pub use unpack::{UnpackLimits, unpack};

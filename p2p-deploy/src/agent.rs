@@ -1,0 +1,1248 @@
+//! The node agent: answers the deploy protocol, keeps per-app state on a
+//! [`Storage`], and drives a [`Runtime`] from desired to actual state.
+//!
+//! # State
+//!
+//! One record per app under `agent/apps/<name>` (postcard): the active
+//! version and whether it should run, the previous version, installed
+//! versions with their package ids, a pending activation, and the last
+//! [`HISTORY_KEPT`] deployment records. Release descriptors and chunks live
+//! in the [`ChunkStore`] on the same storage; unpacked versions with the
+//! [`Installer`].
+//!
+//! # Activation, and why a crash never leaves a half-installed version
+//!
+//! A deploy verifies the release (signatures against the trust store, the
+//! anti-downgrade rule), fetches the chunks it lacks from the sender,
+//! installs the version (all or nothing) and records it. Activation then
+//! writes a *pending* marker, stops the old version, starts the new one and
+//! waits for the health gate: `gate` consecutive passing probes from the
+//! manifest's health check, or for an app without one, `settle` time up
+//! without a restart. Only then does one storage write make the new version
+//! active. Any failure stops the new version, starts the old one again and
+//! records why. An agent that restarts with a pending marker went down
+//! during activation: the old version is still the active one in its
+//! record, so it records the interruption and restores the old version.
+//! After a restart a node is therefore on the old version or, if the commit
+//! was written, on the new one, and its history says which.
+//!
+//! Activation runs to the end once it has begun, even if the caller goes
+//! away or its deadline passes: the deadline bounds verification and
+//! transfer; the health gate has its own timeout.
+//!
+//! # Authorization
+//!
+//! With an operator list configured, mutating requests (deploy, start,
+//! stop, restart, switch, rollback, remove) from any other peer are refused
+//! with [`ErrorKind::Denied`] and logged. Node info, status, logs and
+//! chunk fetches are answered for every peer that got through admission.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use p2p_core::framing::Framed;
+use p2p_core::{
+    AppState, AppStatus, Clock, Connection, Error, NodeKey, PeerId, Provider, RecvStream, Result,
+    Runtime, SendStream, Storage,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::chunks::{ChunkStore, chunk_len};
+use crate::install::Installer;
+use crate::manifest::Manifest;
+use crate::package::{Descriptor, PackageId};
+use crate::proto::{
+    ActivateOptions, Activation, AppInfo, Call, DeployEvent, ErrorKind, Frame, HistoryEntry,
+    MAX_FRAME, NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION, accept_request,
+    unexpected,
+};
+use crate::trust::{TrustStore, check_not_downgrade};
+
+/// Deployment records kept per app.
+pub const HISTORY_KEPT: usize = 50;
+
+/// Chunks asked for in one fetch request.
+const FETCH_BATCH: usize = 16;
+
+/// How an agent behaves.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// A name for people (shown by `nodes`); may be empty.
+    pub name: String,
+    /// Labels that controllers select on.
+    pub labels: BTreeMap<String, String>,
+    /// Peers allowed to send mutating requests; `None`: every admitted
+    /// peer may.
+    pub operators: Option<BTreeSet<PeerId>>,
+    /// Which publishers' releases are accepted.
+    pub trust: TrustStore,
+    /// How often actual state is compared with desired state.
+    pub reconcile_every: Duration,
+    /// The longest deadline a client may ask for.
+    pub max_request_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults: no name or labels, no operator list, reconcile every 10 s,
+    /// deadlines up to 30 minutes.
+    pub fn new(trust: TrustStore) -> Self {
+        AgentConfig {
+            name: String::new(),
+            labels: BTreeMap::new(),
+            operators: None,
+            trust,
+            reconcile_every: Duration::from_secs(10),
+            max_request_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// What an agent runs on: the p2p-core implementations it is given.
+#[derive(Clone)]
+pub struct AgentParts {
+    /// The network.
+    pub provider: Arc<dyn Provider>,
+    /// Where apps run.
+    pub runtime: Arc<dyn Runtime>,
+    /// Persistent state.
+    pub storage: Arc<dyn Storage>,
+    /// Where versions are unpacked.
+    pub installer: Arc<dyn Installer>,
+    /// Wall clock for history records.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for AgentParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AgentParts({})", self.provider.local_id().short())
+    }
+}
+
+/// The node key kept at `agent/node-key`, generated on first use: a node
+/// keeps its identity across restarts.
+pub async fn node_key<R: rand::CryptoRng + ?Sized>(
+    storage: &dyn Storage,
+    rng: &mut R,
+) -> Result<NodeKey> {
+    if let Some(bytes) = storage.get("agent/node-key").await? {
+        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            Error::invalid(
+                "stored node key",
+                format!("agent/node-key holds {} bytes, not 32", bytes.len()),
+            )
+        })?;
+        return Ok(NodeKey::from_seed(seed));
+    }
+    let key = NodeKey::generate(rng);
+    storage.put("agent/node-key", &key.seed()).await?;
+    Ok(key)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AppRecord {
+    name: String,
+    active: Option<semver::Version>,
+    running: bool,
+    previous: Option<semver::Version>,
+    installed: BTreeMap<semver::Version, PackageId>,
+    pending: Option<Pending>,
+    history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    action: String,
+    to: semver::Version,
+}
+
+fn record_key(app: &str) -> String {
+    format!("agent/apps/{app}")
+}
+
+type Res<T> = std::result::Result<T, RpcError>;
+
+fn rpc(e: Error) -> RpcError {
+    RpcError::from_error(&e)
+}
+
+fn not_found(what: impl Into<String>) -> RpcError {
+    RpcError::new(ErrorKind::NotFound, what)
+}
+
+/// A node agent. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Agent({})", self.inner.parts.provider.local_id().short())
+    }
+}
+
+struct Inner {
+    cfg: AgentConfig,
+    parts: AgentParts,
+    chunks: ChunkStore,
+    locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Where deploy progress goes (the request stream, if the caller is still
+/// there).
+type Events = mpsc::UnboundedSender<Frame>;
+
+fn emit(events: Option<&Events>, e: DeployEvent) {
+    if let Some(tx) = events {
+        let _ = tx.send(Frame::Event(e));
+    }
+}
+
+impl Agent {
+    /// An agent over `parts`; [`run`](Self::run) starts it.
+    pub fn new(cfg: AgentConfig, parts: AgentParts) -> Self {
+        let chunks = ChunkStore::new(parts.storage.clone());
+        Agent {
+            inner: Arc::new(Inner {
+                cfg,
+                parts,
+                chunks,
+                locks: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The chunk store.
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.inner.chunks
+    }
+
+    /// Recovers from a previous run, then serves the protocol and
+    /// reconciles until the provider closes. Every task it starts is owned
+    /// by this future: dropping it stops them all.
+    pub async fn run(&self) -> Result<()> {
+        let mut listener = self.inner.parts.provider.listen().await?;
+        self.recover().await?;
+        let (streams_tx, mut streams) =
+            mpsc::channel::<(Arc<dyn Connection>, SendStream, RecvStream)>(64);
+        let mut conns = JoinSet::new();
+        let mut requests = JoinSet::new();
+        let mut tick = tokio::time::interval(self.inner.cfg.reconcile_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => {
+                        let tx = streams_tx.clone();
+                        conns.spawn(async move {
+                            while let Ok((send, recv)) = conn.accept_bi().await {
+                                if tx.send((conn.clone(), send, recv)).await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(Error::Closed { .. }) => return Ok(()),
+                    Err(e) => tracing::debug!(error = %e, "accept failed"),
+                },
+                Some((conn, send, recv)) = streams.recv() => {
+                    let me = self.clone();
+                    requests.spawn(async move { me.serve_stream(conn, send, recv).await });
+                }
+                _ = tick.tick() => {
+                    let me = self.clone();
+                    requests.spawn(async move {
+                        if let Err(e) = me.reconcile().await {
+                            tracing::warn!(error = %e, "reconcile failed");
+                        }
+                    });
+                }
+                Some(_) = conns.join_next() => {}
+                Some(_) = requests.join_next() => {}
+            }
+        }
+    }
+
+    /// After a restart: records activations that were interrupted (the
+    /// node stays on the version that was active), drops releases no app
+    /// refers to, and brings the runtime to the desired state.
+    pub async fn recover(&self) -> Result<()> {
+        let clock = self.inner.parts.clock.now().as_millis();
+        let mut referenced = BTreeSet::new();
+        for name in self.app_names().await? {
+            let Some(mut rec) = self.load(&name).await? else {
+                continue;
+            };
+            if let Some(p) = rec.pending.take() {
+                tracing::warn!(
+                    app = %name,
+                    version = %p.to,
+                    active = ?rec.active.as_ref().map(|v| v.to_string()),
+                    "the agent stopped during an activation; staying on the active version"
+                );
+                let to = rec.active.clone();
+                push_history(
+                    &mut rec,
+                    HistoryEntry {
+                        at_ms: clock,
+                        action: p.action,
+                        version: p.to,
+                        outcome: Outcome::Interrupted { to },
+                    },
+                );
+                self.save(&rec).await?;
+            }
+            referenced.extend(rec.installed.values().copied());
+        }
+        for d in self.inner.chunks.releases().await? {
+            if !referenced.contains(&d.id()) {
+                self.inner.chunks.remove_release(&d.id()).await?;
+            }
+        }
+        self.inner.chunks.collect().await?;
+        self.reconcile().await
+    }
+
+    /// Brings every app that is not busy to its desired state: started if
+    /// it should run and the runtime does not have it (or has another
+    /// version), stopped if it should not run.
+    pub async fn reconcile(&self) -> Result<()> {
+        for name in self.app_names().await? {
+            let Ok(_guard) = self.lock(&name).try_lock_owned() else {
+                continue; // an operation on it is in progress
+            };
+            let Some(rec) = self.load(&name).await? else {
+                continue;
+            };
+            let status = self.status(&name).await;
+            match (&rec.active, rec.running) {
+                (Some(v), true) => {
+                    let wrong = match &status {
+                        None => true,
+                        Some(s) => s.version != v.to_string(),
+                    };
+                    if wrong {
+                        tracing::info!(app = %name, version = %v, "starting the desired version");
+                        if let Err(e) = self.start_version(&rec, v).await {
+                            tracing::warn!(app = %name, error = %e, "could not start");
+                        }
+                    }
+                }
+                _ => {
+                    if status.is_some_and(|s| s.state.is_live()) {
+                        tracing::info!(app = %name, "stopping an app that should not run");
+                        let _ = self.inner.parts.runtime.stop(&name).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the node says about itself.
+    pub async fn info(&self) -> Result<NodeInfo> {
+        let p = &self.inner.parts.provider;
+        Ok(NodeInfo {
+            id: p.local_id(),
+            name: self.inner.cfg.name.clone(),
+            labels: self.inner.cfg.labels.clone(),
+            addr: p.local_addr(),
+            sdk_version: SDK_VERSION.to_string(),
+            apps: self.apps().await?,
+        })
+    }
+
+    /// Every app's info.
+    pub async fn apps(&self) -> Result<Vec<AppInfo>> {
+        let mut out = Vec::new();
+        for name in self.app_names().await? {
+            if let Some(rec) = self.load(&name).await? {
+                out.push(self.app_info(&rec).await);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers one request as if it came from `from` (the protocol
+    /// handler, usable in-process). `conn` is the connection it came on,
+    /// used to fetch a deploy's chunks from the sender; `events` gets the
+    /// progress frames.
+    pub async fn handle(
+        &self,
+        from: PeerId,
+        request: Request,
+        conn: Option<Arc<dyn Connection>>,
+        events: Option<mpsc::UnboundedSender<Frame>>,
+    ) -> std::result::Result<Reply, RpcError> {
+        if request.is_mutating()
+            && let Some(ops) = &self.inner.cfg.operators
+            && !ops.contains(&from)
+        {
+            tracing::warn!(
+                peer = %from,
+                request = request.kind(),
+                "refused: the peer is not an operator of this node"
+            );
+            return Err(RpcError::new(
+                ErrorKind::Denied,
+                format!(
+                    "{} refused: peer {} is not an operator of this node",
+                    request.kind(),
+                    from.short()
+                ),
+            ));
+        }
+        match request {
+            Request::Info => Ok(Reply::Info(Box::new(self.info().await.map_err(rpc)?))),
+            Request::List => Ok(Reply::Apps(self.apps().await.map_err(rpc)?)),
+            Request::Status { app } => {
+                let rec = self.need(&app).await?;
+                Ok(Reply::App(Box::new(self.app_info(&rec).await)))
+            }
+            Request::Start { app } => self.start_app(&app).await,
+            Request::Stop { app } => self.stop_app(&app).await,
+            Request::Restart { app } => self.restart_app(&app).await,
+            Request::Switch {
+                app,
+                version,
+                options,
+            } => self.switch(&app, &version, &options, events.as_ref()).await,
+            Request::Rollback { app, options } => {
+                self.rollback(&app, &options, events.as_ref()).await
+            }
+            Request::Remove { app, version } => self.remove(&app, version.as_ref()).await,
+            Request::Deploy {
+                descriptor,
+                signatures,
+                options,
+            } => {
+                self.deploy(
+                    from,
+                    &descriptor,
+                    &signatures,
+                    &options,
+                    conn,
+                    events.as_ref(),
+                )
+                .await
+            }
+            Request::Logs { .. } | Request::FetchChunks { .. } => Err(RpcError::new(
+                ErrorKind::Invalid,
+                "logs and chunk fetches are streamed; use the protocol",
+            )),
+        }
+    }
+
+    async fn serve_stream(&self, conn: Arc<dyn Connection>, send: SendStream, recv: RecvStream) {
+        let peer = conn.remote_id();
+        let mut framed = Framed::with_max(send, recv, MAX_FRAME);
+        let env = match accept_request(&mut framed).await {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::debug!(peer = %peer.short(), error = %e, "bad request stream");
+                return;
+            }
+        };
+        let timeout = Duration::from_millis(env.timeout_ms).min(self.inner.cfg.max_request_timeout);
+        let kind = env.request.kind();
+        tracing::debug!(peer = %peer.short(), request = kind, "request");
+        let end = match env.request {
+            Request::Logs { app, selection } => self.serve_logs(&mut framed, &app, selection).await,
+            Request::FetchChunks { package, indexes } => {
+                self.serve_chunks(&mut framed, &package, &indexes).await
+            }
+            request => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let mutating = request.is_mutating();
+                let work = self.handle(peer, request, Some(conn.clone()), Some(tx));
+                // Activations finish even if the deadline passes (the gate
+                // has its own); read-only requests are cut at the deadline.
+                let work = async {
+                    if mutating {
+                        work.await
+                    } else {
+                        tokio::time::timeout(timeout, work)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(RpcError::new(
+                                    ErrorKind::Timeout,
+                                    format!("{kind} did not finish within {timeout:?}"),
+                                ))
+                            })
+                    }
+                };
+                let forward = async {
+                    let mut gone = false;
+                    while let Some(f) = rx.recv().await {
+                        if !gone && framed.send(&f).await.is_err() {
+                            gone = true;
+                        }
+                    }
+                };
+                let (result, ()) = tokio::join!(work, forward);
+                match result {
+                    Ok(r) => Frame::Done(r),
+                    Err(e) => Frame::Error(e),
+                }
+            }
+        };
+        if framed.send(&end).await.is_ok() {
+            let _ = framed.finish().await;
+        }
+    }
+
+    async fn serve_logs(
+        &self,
+        framed: &mut Framed,
+        app: &str,
+        selection: p2p_core::LogSelection,
+    ) -> Frame {
+        if let Err(e) = self.need(app).await {
+            return Frame::Error(e);
+        }
+        let mut lines = match self.inner.parts.runtime.logs(app, selection).await {
+            Ok(l) => l,
+            Err(e) => return Frame::Error(rpc(e)),
+        };
+        while let Some(line) = lines.next().await {
+            match line {
+                Ok(l) => {
+                    if framed.send(&Frame::Log(l)).await.is_err() {
+                        return Frame::Done(Reply::Ok); // the follower left
+                    }
+                }
+                Err(e) => return Frame::Error(rpc(e)),
+            }
+        }
+        Frame::Done(Reply::Ok)
+    }
+
+    async fn serve_chunks(
+        &self,
+        framed: &mut Framed,
+        package: &PackageId,
+        indexes: &[u32],
+    ) -> Frame {
+        let d = match self.inner.chunks.release(package).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Frame::Error(not_found(format!("release {package}"))),
+            Err(e) => return Frame::Error(rpc(e)),
+        };
+        for &i in indexes {
+            match self.inner.chunks.get(&d, i as usize).await {
+                Ok(Some(bytes)) => {
+                    if framed
+                        .send(&Frame::Chunk { index: i, bytes })
+                        .await
+                        .is_err()
+                    {
+                        return Frame::Done(Reply::Ok);
+                    }
+                }
+                Ok(None) => {
+                    return Frame::Error(not_found(format!("chunk {i} of release {package}")));
+                }
+                Err(e) => return Frame::Error(rpc(e)),
+            }
+        }
+        Frame::Done(Reply::Ok)
+    }
+
+    // ----- state -----
+
+    fn lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(app.to_string()).or_default().clone()
+    }
+
+    fn busy(&self, app: &str) -> Res<tokio::sync::OwnedMutexGuard<()>> {
+        self.lock(app).try_lock_owned().map_err(|_| {
+            RpcError::new(
+                ErrorKind::Busy,
+                format!("another operation on {app} is in progress; try again when it ends"),
+            )
+        })
+    }
+
+    async fn app_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .parts
+            .storage
+            .list("agent/apps/")
+            .await?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix("agent/apps/").map(str::to_string))
+            .collect())
+    }
+
+    async fn load(&self, app: &str) -> Result<Option<AppRecord>> {
+        if p2p_core::runtime::check_app_name(app).is_err() {
+            return Ok(None);
+        }
+        match self.inner.parts.storage.get(&record_key(app)).await? {
+            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+                Error::protocol(format!(
+                    "the stored state of {app} is corrupt ({e}); remove the app to start over"
+                ))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    async fn need(&self, app: &str) -> Res<AppRecord> {
+        self.load(app)
+            .await
+            .map_err(rpc)?
+            .ok_or_else(|| not_found(format!("no app named {app:?} on this node")))
+    }
+
+    async fn save(&self, rec: &AppRecord) -> Result<()> {
+        let bytes = postcard::to_allocvec(rec)
+            .map_err(|e| Error::protocol(format!("encoding the state of {}: {e}", rec.name)))?;
+        self.inner
+            .parts
+            .storage
+            .put(&record_key(&rec.name), &bytes)
+            .await
+    }
+
+    async fn status(&self, app: &str) -> Option<AppStatus> {
+        self.inner.parts.runtime.status(app).await.ok()
+    }
+
+    async fn app_info(&self, rec: &AppRecord) -> AppInfo {
+        AppInfo {
+            name: rec.name.clone(),
+            active: rec.active.clone(),
+            running: rec.running,
+            installed: rec
+                .installed
+                .iter()
+                .map(|(v, id)| (v.clone(), *id))
+                .collect(),
+            previous: rec.previous.clone(),
+            status: self.status(&rec.name).await,
+            history: rec.history.clone(),
+        }
+    }
+
+    async fn manifest_of(&self, rec: &AppRecord, v: &semver::Version) -> Result<Manifest> {
+        let id = rec.installed.get(v).ok_or_else(|| Error::NotFound {
+            what: format!("version {v} of {} is not installed", rec.name),
+        })?;
+        let d = self
+            .inner
+            .chunks
+            .release(id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("the release of {} {v} ({id})", rec.name),
+            })?;
+        Ok(d.manifest)
+    }
+
+    async fn start_version(&self, rec: &AppRecord, v: &semver::Version) -> Result<AppStatus> {
+        let m = self.manifest_of(rec, v).await?;
+        let spec = m.app_spec(&self.inner.parts.installer.workdir(&m.name, &m.version));
+        let rt = &self.inner.parts.runtime;
+        if rt.status(&m.name).await.is_ok() {
+            let _ = rt.stop(&m.name).await;
+            let _ = rt.remove(&m.name).await;
+        }
+        rt.start(spec).await
+    }
+
+    // ----- simple operations -----
+
+    async fn start_app(&self, app: &str) -> Res<Reply> {
+        let _g = self.busy(app)?;
+        let mut rec = self.need(app).await?;
+        let v = rec
+            .active
+            .clone()
+            .ok_or_else(|| not_found(format!("{app} has no active version; deploy one first")))?;
+        rec.running = true;
+        self.save(&rec).await.map_err(rpc)?;
+        let live = self
+            .status(app)
+            .await
+            .is_some_and(|s| s.state.is_live() && s.version == v.to_string());
+        if !live {
+            self.start_version(&rec, &v).await.map_err(rpc)?;
+        }
+        Ok(Reply::App(Box::new(self.app_info(&rec).await)))
+    }
+
+    async fn stop_app(&self, app: &str) -> Res<Reply> {
+        let _g = self.busy(app)?;
+        let mut rec = self.need(app).await?;
+        rec.running = false;
+        self.save(&rec).await.map_err(rpc)?;
+        match self.inner.parts.runtime.stop(app).await {
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(rpc(e)),
+        }
+        Ok(Reply::App(Box::new(self.app_info(&rec).await)))
+    }
+
+    async fn restart_app(&self, app: &str) -> Res<Reply> {
+        let _g = self.busy(app)?;
+        let mut rec = self.need(app).await?;
+        let v = rec
+            .active
+            .clone()
+            .ok_or_else(|| not_found(format!("{app} has no active version; deploy one first")))?;
+        rec.running = true;
+        self.save(&rec).await.map_err(rpc)?;
+        match self.inner.parts.runtime.restart(app).await {
+            Ok(s) if s.version == v.to_string() => {}
+            Ok(_) | Err(Error::NotFound { .. }) => {
+                self.start_version(&rec, &v).await.map_err(rpc)?;
+            }
+            Err(e) => return Err(rpc(e)),
+        }
+        Ok(Reply::App(Box::new(self.app_info(&rec).await)))
+    }
+
+    async fn remove(&self, app: &str, version: Option<&semver::Version>) -> Res<Reply> {
+        let _g = self.busy(app)?;
+        let mut rec = self.need(app).await?;
+        let installer = &self.inner.parts.installer;
+        match version {
+            Some(v) => {
+                if rec.active.as_ref() == Some(v) {
+                    return Err(RpcError::new(
+                        ErrorKind::Invalid,
+                        format!(
+                            "{app} {v} is the active version; switch to another or remove the app"
+                        ),
+                    ));
+                }
+                let id = rec
+                    .installed
+                    .remove(v)
+                    .ok_or_else(|| not_found(format!("{app} {v} is not installed")))?;
+                if rec.previous.as_ref() == Some(v) {
+                    rec.previous = None;
+                }
+                self.save(&rec).await.map_err(rpc)?;
+                installer.uninstall(app, v).await.map_err(rpc)?;
+                self.drop_release(&id).await.map_err(rpc)?;
+                Ok(Reply::App(Box::new(self.app_info(&rec).await)))
+            }
+            None => {
+                let rt = &self.inner.parts.runtime;
+                let _ = rt.stop(app).await;
+                match rt.remove(app).await {
+                    Ok(()) | Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(rpc(e)),
+                }
+                self.inner
+                    .parts
+                    .storage
+                    .delete(&record_key(app))
+                    .await
+                    .map_err(rpc)?;
+                for (v, id) in &rec.installed {
+                    installer.uninstall(app, v).await.map_err(rpc)?;
+                    self.drop_release(id).await.map_err(rpc)?;
+                }
+                Ok(Reply::Ok)
+            }
+        }
+    }
+
+    /// Stops keeping a release unless another app's record still refers
+    /// to it, then collects unreferenced chunks.
+    async fn drop_release(&self, id: &PackageId) -> Result<()> {
+        for name in self.app_names().await? {
+            if let Some(rec) = self.load(&name).await?
+                && rec.installed.values().any(|x| x == id)
+            {
+                return Ok(());
+            }
+        }
+        self.inner.chunks.remove_release(id).await?;
+        self.inner.chunks.collect().await?;
+        Ok(())
+    }
+
+    // ----- deploy and activation -----
+
+    async fn deploy(
+        &self,
+        from: PeerId,
+        descriptor: &[u8],
+        signatures: &[p2p_core::Signature],
+        options: &ActivateOptions,
+        conn: Option<Arc<dyn Connection>>,
+        events: Option<&Events>,
+    ) -> Res<Reply> {
+        let d = Descriptor::from_bytes(descriptor)
+            .map_err(|e| RpcError::new(ErrorKind::Corrupt, e.to_string()))?;
+        let id = d.id();
+        let m = d.manifest.clone();
+        let _g = self.busy(&m.name)?;
+        self.inner.cfg.trust.check(&d, signatures).map_err(|e| {
+            tracing::warn!(app = %m.name, version = %m.version, peer = %from.short(), error = %e, "release refused");
+            RpcError::new(ErrorKind::BadSignature, format!("{} {}: {e}", m.name, m.version))
+        })?;
+        let mut rec = self.load(&m.name).await.map_err(rpc)?.unwrap_or(AppRecord {
+            name: m.name.clone(),
+            ..AppRecord::default()
+        });
+        if let Some(other) = rec.installed.get(&m.version) {
+            if *other != id {
+                return Err(RpcError::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "{} {} is installed from another package ({other}); publish a new version instead",
+                        m.name, m.version
+                    ),
+                ));
+            }
+            if rec.active.as_ref() == Some(&m.version)
+                && rec.running
+                && self
+                    .status(&m.name)
+                    .await
+                    .is_some_and(|s| s.state.is_live() && s.version == m.version.to_string())
+            {
+                return Ok(Reply::Activation(Activation::AlreadyActive {
+                    version: m.version.clone(),
+                }));
+            }
+        }
+        let installed: Vec<_> = rec.installed.keys().cloned().collect();
+        check_not_downgrade(&m.version, &installed, false)
+            .map_err(|e| RpcError::new(ErrorKind::Downgrade, format!("{}: {e}", m.name)))?;
+        emit(events, DeployEvent::Verified);
+
+        if !rec.installed.contains_key(&m.version) {
+            self.inner.chunks.add_release(&d).await.map_err(rpc)?;
+            self.fetch_missing(&d, conn.as_deref(), events).await?;
+            self.inner
+                .parts
+                .installer
+                .install(&d, &self.inner.chunks)
+                .await
+                .map_err(rpc)?;
+            rec.installed.insert(m.version.clone(), id);
+            self.save(&rec).await.map_err(rpc)?;
+        }
+        emit(events, DeployEvent::Installed);
+        self.activate(rec, &m.version, "deploy", options, events)
+            .await
+    }
+
+    async fn fetch_missing(
+        &self,
+        d: &Descriptor,
+        conn: Option<&dyn Connection>,
+        events: Option<&Events>,
+    ) -> Res<()> {
+        let missing = self.inner.chunks.missing(d).await.map_err(rpc)?;
+        let total = d.archive_size;
+        let mut have: u64 = (0..d.chunks.len())
+            .filter(|i| !missing.contains(i))
+            .map(|i| chunk_len(d, i))
+            .sum();
+        emit(events, DeployEvent::Transfer { bytes: have, total });
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let conn = conn.ok_or_else(|| {
+            RpcError::new(
+                ErrorKind::Invalid,
+                "chunks are missing and there is no peer to fetch them from",
+            )
+        })?;
+        let id = d.id();
+        for batch in missing.chunks(FETCH_BATCH) {
+            let indexes: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+            let mut call = Call::open(
+                conn,
+                Request::FetchChunks {
+                    package: id,
+                    indexes: indexes.clone(),
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|e| fetch_failed(conn, &e))?;
+            let mut got = 0;
+            loop {
+                match call.next().await.map_err(|e| fetch_failed(conn, &e))? {
+                    Frame::Chunk { index, bytes } => {
+                        if !indexes.contains(&index) {
+                            return Err(RpcError::new(
+                                ErrorKind::Corrupt,
+                                format!(
+                                    "peer {} sent chunk {index}, which was not asked for",
+                                    conn.remote_id().short()
+                                ),
+                            ));
+                        }
+                        self.inner
+                            .chunks
+                            .put(d, index as usize, &bytes)
+                            .await
+                            .map_err(|e| {
+                                RpcError::new(
+                                    ErrorKind::Corrupt,
+                                    format!("from peer {}: {e}", conn.remote_id().short()),
+                                )
+                            })?;
+                        got += 1;
+                        have += bytes.len() as u64;
+                        emit(events, DeployEvent::Transfer { bytes: have, total });
+                    }
+                    Frame::Done(_) => break,
+                    other => {
+                        return Err(rpc(unexpected(&conn.remote_id(), "a chunk", &other)));
+                    }
+                }
+            }
+            if got < indexes.len() {
+                return Err(RpcError::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "peer {} sent {got} of {} chunks asked for",
+                        conn.remote_id().short(),
+                        indexes.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn switch(
+        &self,
+        app: &str,
+        version: &semver::Version,
+        options: &ActivateOptions,
+        events: Option<&Events>,
+    ) -> Res<Reply> {
+        let _g = self.busy(app)?;
+        let rec = self.need(app).await?;
+        if !rec.installed.contains_key(version) {
+            return Err(not_found(format!(
+                "{app} {version} is not installed here (installed: {})",
+                list_versions(&rec)
+            )));
+        }
+        if rec.active.as_ref() == Some(version)
+            && rec.running
+            && self
+                .status(app)
+                .await
+                .is_some_and(|s| s.state.is_live() && s.version == version.to_string())
+        {
+            return Ok(Reply::Activation(Activation::AlreadyActive {
+                version: version.clone(),
+            }));
+        }
+        self.activate(rec, version, "switch", options, events).await
+    }
+
+    async fn rollback(
+        &self,
+        app: &str,
+        options: &ActivateOptions,
+        events: Option<&Events>,
+    ) -> Res<Reply> {
+        let _g = self.busy(app)?;
+        let rec = self.need(app).await?;
+        let target = rec
+            .previous
+            .clone()
+            .filter(|p| rec.installed.contains_key(p) && Some(p) != rec.active.as_ref())
+            .or_else(|| {
+                let active = rec.active.as_ref()?;
+                rec.installed.keys().rev().find(|v| *v < active).cloned()
+            })
+            .ok_or_else(|| {
+                not_found(format!(
+                    "{app} has no earlier version to roll back to (installed: {})",
+                    list_versions(&rec)
+                ))
+            })?;
+        self.activate(rec, &target, "rollback", options, events)
+            .await
+    }
+
+    /// Stops the active version, starts `to`, waits for the gate; commits,
+    /// or goes back to the active version.
+    async fn activate(
+        &self,
+        mut rec: AppRecord,
+        to: &semver::Version,
+        action: &str,
+        options: &ActivateOptions,
+        events: Option<&Events>,
+    ) -> Res<Reply> {
+        let name = rec.name.clone();
+        let manifest = self.manifest_of(&rec, to).await.map_err(rpc)?;
+        let from = rec.active.clone();
+        let was_running = rec.running;
+        rec.pending = Some(Pending {
+            action: action.to_string(),
+            to: to.clone(),
+        });
+        self.save(&rec).await.map_err(rpc)?;
+        let rt = &self.inner.parts.runtime;
+        tracing::info!(app = %name, from = ?from.as_ref().map(|v| v.to_string()), to = %to, action, "activating");
+
+        let started = self.start_version(&rec, to).await;
+        let verdict = match started {
+            Ok(_) => {
+                emit(events, DeployEvent::Started);
+                self.gate(&name, to, &manifest, options).await
+            }
+            Err(e) => Err(format!("could not start: {e}")),
+        };
+        let now = self.inner.parts.clock.now().as_millis();
+        rec.pending = None;
+        match verdict {
+            Ok(()) => {
+                emit(events, DeployEvent::HealthPassed);
+                if from.as_ref() != Some(to) {
+                    rec.previous = from.clone();
+                }
+                rec.active = Some(to.clone());
+                rec.running = true;
+                push_history(
+                    &mut rec,
+                    HistoryEntry {
+                        at_ms: now,
+                        action: action.to_string(),
+                        version: to.clone(),
+                        outcome: Outcome::Activated,
+                    },
+                );
+                self.save(&rec).await.map_err(rpc)?;
+                tracing::info!(app = %name, version = %to, "activated");
+                self.collect_versions(&mut rec, manifest.keep_versions)
+                    .await
+                    .map_err(rpc)?;
+                Ok(Reply::Activation(Activation::Activated {
+                    version: to.clone(),
+                    previous: from,
+                }))
+            }
+            Err(reason) => {
+                emit(
+                    events,
+                    DeployEvent::HealthFailed {
+                        reason: reason.clone(),
+                    },
+                );
+                tracing::warn!(app = %name, version = %to, %reason, "activation failed; going back");
+                let _ = rt.stop(&name).await;
+                let _ = rt.remove(&name).await;
+                if let Some(v) = &from
+                    && was_running
+                    && let Err(e) = self.start_version(&rec, v).await
+                {
+                    tracing::warn!(app = %name, version = %v, error = %e, "could not restart the previous version");
+                }
+                push_history(
+                    &mut rec,
+                    HistoryEntry {
+                        at_ms: now,
+                        action: action.to_string(),
+                        version: to.clone(),
+                        outcome: Outcome::RolledBack {
+                            reason: reason.clone(),
+                            to: from.clone(),
+                        },
+                    },
+                );
+                self.save(&rec).await.map_err(rpc)?;
+                emit(events, DeployEvent::RolledBack { to: from.clone() });
+                Ok(Reply::Activation(Activation::RolledBack {
+                    reason,
+                    to: from,
+                }))
+            }
+        }
+    }
+
+    /// Waits for the health gate of `version` of `app`.
+    async fn gate(
+        &self,
+        app: &str,
+        version: &semver::Version,
+        m: &Manifest,
+        options: &ActivateOptions,
+    ) -> std::result::Result<(), String> {
+        let limit = options.gate_timeout.unwrap_or_else(|| match &m.health {
+            Some(h) => {
+                h.check.start_period
+                    + h.check.interval * (h.gate + h.check.retries + 1)
+                    + Duration::from_secs(30)
+            }
+            None => options.settle + Duration::from_secs(30),
+        });
+        let poll = match &m.health {
+            Some(h) => {
+                (h.check.interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
+            }
+            None => Duration::from_millis(250),
+        };
+        let begun = tokio::time::Instant::now();
+        let deadline = begun + limit;
+        let mut up_since: Option<tokio::time::Instant> = None;
+        let want = version.to_string();
+        loop {
+            let s = match self.inner.parts.runtime.status(app).await {
+                Ok(s) => s,
+                Err(e) => return Err(format!("the runtime lost the app: {e}")),
+            };
+            if s.version != want {
+                return Err(format!(
+                    "the runtime runs version {}, not {want}",
+                    s.version
+                ));
+            }
+            if s.restarts > 0 {
+                return Err(format!(
+                    "it exited and was restarted {} time(s) during the health gate{}",
+                    s.restarts,
+                    s.exit
+                        .map(|e| format!(" (last exit {e:?})"))
+                        .unwrap_or_default()
+                ));
+            }
+            match s.state {
+                AppState::Failed | AppState::Stopped | AppState::BackingOff => {
+                    return Err(format!(
+                        "it is {:?}{}{}",
+                        s.state,
+                        s.exit.map(|e| format!(", exit {e:?}")).unwrap_or_default(),
+                        s.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    ));
+                }
+                _ => {}
+            }
+            let now = tokio::time::Instant::now();
+            match &m.health {
+                Some(h) => {
+                    if s.healthy_streak >= h.gate {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    if matches!(s.state, AppState::Running | AppState::Healthy) {
+                        let since = *up_since.get_or_insert(now);
+                        if now - since >= options.settle {
+                            return Ok(());
+                        }
+                    } else {
+                        up_since = None;
+                    }
+                }
+            }
+            if now >= deadline {
+                let health = match &s.health {
+                    Some(p2p_core::HealthOutcome::Unhealthy(r)) => format!(", last probe: {r}"),
+                    Some(p2p_core::HealthOutcome::Healthy) => ", last probe passed".to_string(),
+                    None => String::new(),
+                };
+                return Err(format!(
+                    "not healthy within {limit:?} (state {:?}, {} of {} passing probes in a row{health})",
+                    s.state,
+                    s.healthy_streak,
+                    m.health.as_ref().map_or(0, |h| h.gate),
+                ));
+            }
+            tokio::time::sleep(poll.min(deadline - now)).await;
+        }
+    }
+
+    /// Keeps the active version and the `keep - 1` most recent others
+    /// (the previous version first); uninstalls the rest.
+    async fn collect_versions(&self, rec: &mut AppRecord, keep: u32) -> Result<()> {
+        let keep = keep.max(1) as usize;
+        let mut kept: Vec<semver::Version> = Vec::new();
+        kept.extend(rec.active.clone());
+        if let Some(p) = &rec.previous
+            && kept.len() < keep
+            && !kept.contains(p)
+        {
+            kept.push(p.clone());
+        }
+        for v in rec.installed.keys().rev() {
+            if kept.len() >= keep {
+                break;
+            }
+            if !kept.contains(v) {
+                kept.push(v.clone());
+            }
+        }
+        let gone: Vec<(semver::Version, PackageId)> = rec
+            .installed
+            .iter()
+            .filter(|(v, _)| !kept.contains(v))
+            .map(|(v, id)| (v.clone(), *id))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for (v, _) in &gone {
+            rec.installed.remove(v);
+            if rec.previous.as_ref() == Some(v) {
+                rec.previous = None;
+            }
+        }
+        self.save(rec).await?;
+        for (v, id) in gone {
+            tracing::info!(app = %rec.name, version = %v, "removing an old version");
+            self.inner.parts.installer.uninstall(&rec.name, &v).await?;
+            self.drop_release(&id).await?;
+        }
+        Ok(())
+    }
+}
+
+fn fetch_failed(conn: &dyn Connection, e: &Error) -> RpcError {
+    RpcError::new(
+        match e {
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            _ => ErrorKind::Internal,
+        },
+        format!(
+            "fetching chunks from peer {}: {e}",
+            conn.remote_id().short()
+        ),
+    )
+}
+
+fn list_versions(rec: &AppRecord) -> String {
+    if rec.installed.is_empty() {
+        return "none".into();
+    }
+    rec.installed
+        .keys()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn push_history(rec: &mut AppRecord, e: HistoryEntry) {
+    rec.history.push(e);
+    let over = rec.history.len().saturating_sub(HISTORY_KEPT);
+    rec.history.drain(..over);
+}

@@ -1,0 +1,831 @@
+//! The controller: finds nodes, selects targets, runs rollouts, follows
+//! logs across the fleet.
+//!
+//! A rollout deploys one signed [`Release`] to the selected nodes by a
+//! [`Plan`]: all at once, in rolling batches, or a canary batch first and
+//! the rest only if every canary passes. After each batch the failures are
+//! counted; past [`RolloutPlan::max_failures`] the rollout halts and,
+//! unless told otherwise, rolls back the nodes it had already changed (a
+//! node that fails rolls itself back; the agent does that). Progress comes
+//! as [`Progress`] events on a channel, for progress bars or JSON lines.
+//!
+//! The controller serves the release's chunks itself: agents fetch what
+//! they lack over the connection the deploy came on.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::stream::{BoxStream, StreamExt};
+use p2p_core::framing::Framed;
+use p2p_core::{
+    Connection, Discovered, Error, LogLine, LogSelection, PeerAddr, PeerId, Provider, Result,
+    Signature,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::chunks::chunk_len;
+use crate::package::{Descriptor, PackageFile, PackageId};
+use crate::proto::{
+    ActivateOptions, Activation, Call, DeployEvent, ErrorKind, Frame, MAX_FRAME, NodeInfo, Reply,
+    Request, RpcError, accept_request, call, unexpected,
+};
+use crate::selector::Selector;
+
+/// A release the controller deploys and serves.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// The descriptor.
+    pub descriptor: Descriptor,
+    /// Its canonical bytes (what was signed).
+    pub descriptor_bytes: Vec<u8>,
+    /// Signatures.
+    pub signatures: Vec<Signature>,
+    archive: Archive,
+}
+
+#[derive(Debug, Clone)]
+enum Archive {
+    Memory(Arc<Vec<u8>>),
+    File { path: PathBuf, offset: u64 },
+}
+
+impl Release {
+    /// The release in a package file (the archive is read from the file
+    /// as chunks are asked for).
+    pub fn from_package(pkg: &PackageFile) -> Self {
+        Release {
+            descriptor: pkg.descriptor.clone(),
+            descriptor_bytes: pkg.descriptor_bytes.clone(),
+            signatures: pkg.signatures.clone(),
+            archive: Archive::File {
+                path: pkg.path.clone(),
+                offset: pkg.archive_offset,
+            },
+        }
+    }
+
+    /// A release held in memory; the archive must match the descriptor.
+    pub fn from_parts(
+        descriptor: Descriptor,
+        signatures: Vec<Signature>,
+        archive: Vec<u8>,
+    ) -> Result<Self> {
+        let h = crate::package::hash_archive(&archive[..], descriptor.chunk_size)
+            .map_err(|e| Error::io("hashing the archive", e))?;
+        if h.len != descriptor.archive_size || h.sha256 != descriptor.archive_sha256 {
+            return Err(crate::trust::VerifyError::ArchiveHash.into());
+        }
+        Ok(Release {
+            descriptor_bytes: descriptor.to_bytes(),
+            descriptor,
+            signatures,
+            archive: Archive::Memory(Arc::new(archive)),
+        })
+    }
+
+    /// The package id.
+    pub fn id(&self) -> PackageId {
+        self.descriptor.id()
+    }
+
+    /// Chunk `index`.
+    pub fn chunk(&self, index: usize) -> Result<Vec<u8>> {
+        if index >= self.descriptor.chunks.len() {
+            return Err(Error::NotFound {
+                what: format!("chunk {index} of {}", self.id()),
+            });
+        }
+        let start = index as u64 * u64::from(self.descriptor.chunk_size);
+        let len = chunk_len(&self.descriptor, index) as usize;
+        match &self.archive {
+            Archive::Memory(b) => Ok(b[start as usize..start as usize + len].to_vec()),
+            Archive::File { path, offset } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let ioe = |e| Error::io(format!("reading {}", path.display()), e);
+                let mut f = std::fs::File::open(path).map_err(ioe)?;
+                f.seek(SeekFrom::Start(offset + start)).map_err(ioe)?;
+                let mut buf = vec![0u8; len];
+                f.read_exact(&mut buf).map_err(ioe)?;
+                Ok(buf)
+            }
+        }
+    }
+}
+
+/// How the controller behaves.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Nodes to reach besides those discovered.
+    pub bootstrap: Vec<PeerAddr>,
+    /// Deadline of quick requests (info, status, start, stop, ...).
+    pub request_timeout: Duration,
+    /// Deadline of verification and transfer in a deploy.
+    pub deploy_timeout: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            bootstrap: Vec::new(),
+            request_timeout: Duration::from_secs(30),
+            deploy_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// A node as the controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Where it was reached (or tried).
+    pub addr: PeerAddr,
+    /// What it said, or why it could not be asked.
+    pub info: std::result::Result<NodeInfo, String>,
+}
+
+impl NodeView {
+    /// The node's name, else its short id.
+    pub fn label(&self) -> String {
+        match &self.info {
+            Ok(i) if !i.name.is_empty() => i.name.clone(),
+            _ => self.addr.id.short(),
+        }
+    }
+}
+
+/// How many nodes per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchSize {
+    /// A number of nodes (at least 1).
+    Nodes(usize),
+    /// A percentage of the targets (rounded up, at least 1 node).
+    Percent(u8),
+}
+
+impl BatchSize {
+    fn of(self, total: usize) -> usize {
+        match self {
+            BatchSize::Nodes(n) => n.max(1),
+            BatchSize::Percent(p) => (total * usize::from(p.min(100))).div_ceil(100).max(1),
+        }
+    }
+}
+
+/// How targets are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Plan {
+    /// Every target at once.
+    All,
+    /// Batches one after another.
+    Rolling {
+        /// Batch size.
+        batch: BatchSize,
+    },
+    /// `canary` nodes first; the rest only if all of them pass, in
+    /// batches of `batch` (all at once when `None`).
+    Canary {
+        /// Canary nodes.
+        canary: usize,
+        /// Batch size for the rest.
+        batch: Option<BatchSize>,
+    },
+}
+
+/// How many failures a rollout tolerates before it halts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureLimit {
+    /// At most this many failed nodes.
+    Count(usize),
+    /// At most this percentage of the targets (rounded down).
+    Percent(u8),
+}
+
+impl FailureLimit {
+    fn of(self, total: usize) -> usize {
+        match self {
+            FailureLimit::Count(n) => n,
+            FailureLimit::Percent(p) => total * usize::from(p.min(100)) / 100,
+        }
+    }
+}
+
+/// A rollout's plan and policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPlan {
+    /// Batching.
+    pub plan: Plan,
+    /// Failures tolerated; one more halts the rollout. Default 0.
+    pub max_failures: FailureLimit,
+    /// Roll back the nodes this rollout changed when it halts. Default on.
+    pub rollback_on_halt: bool,
+    /// How each node activates the release.
+    pub options: ActivateOptions,
+}
+
+impl Default for RolloutPlan {
+    fn default() -> Self {
+        RolloutPlan {
+            plan: Plan::All,
+            max_failures: FailureLimit::Count(0),
+            rollback_on_halt: true,
+            options: ActivateOptions::default(),
+        }
+    }
+}
+
+/// How one node's deploy ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeResult {
+    /// Activated.
+    Activated,
+    /// Was already active; unchanged.
+    AlreadyActive,
+    /// Failed its gate and went back by itself.
+    RolledBack {
+        /// Why.
+        reason: String,
+    },
+    /// The deploy could not run (unreachable, refused, bad release ...).
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Not attempted: the rollout halted first.
+    Skipped,
+}
+
+impl NodeResult {
+    /// Whether it counts as a failure.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            NodeResult::RolledBack { .. } | NodeResult::Failed { .. }
+        )
+    }
+}
+
+/// Progress of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// The targets, in the order they will be taken.
+    Selected {
+        /// Target ids.
+        nodes: Vec<PeerId>,
+    },
+    /// A batch begins (batch 0 is the canary batch of a canary plan).
+    Batch {
+        /// Batch number.
+        index: usize,
+        /// Its nodes.
+        nodes: Vec<PeerId>,
+    },
+    /// Bytes a node holds of the release.
+    Transfer {
+        /// The node.
+        node: PeerId,
+        /// Bytes present.
+        bytes: u64,
+        /// Archive size.
+        total: u64,
+    },
+    /// The node installed the release.
+    Installed {
+        /// The node.
+        node: PeerId,
+    },
+    /// The node started it; its health gate runs.
+    Started {
+        /// The node.
+        node: PeerId,
+    },
+    /// The node's health gate passed.
+    HealthPassed {
+        /// The node.
+        node: PeerId,
+    },
+    /// The node's health gate failed.
+    HealthFailed {
+        /// The node.
+        node: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// A node is back on a previous version.
+    RolledBack {
+        /// The node.
+        node: PeerId,
+        /// The version active again.
+        to: Option<semver::Version>,
+    },
+    /// A node's deploy ended.
+    NodeDone {
+        /// The node.
+        node: PeerId,
+        /// How.
+        result: NodeResult,
+    },
+    /// The rollout halts.
+    Halted {
+        /// Why.
+        reason: String,
+    },
+    /// The rollout is over.
+    Done(RolloutReport),
+}
+
+/// How a rollout ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutReport {
+    /// App and version.
+    pub app: String,
+    /// Version deployed.
+    pub version: semver::Version,
+    /// `None` when it completed; the reason when it halted.
+    pub halted: Option<String>,
+    /// Each target's result.
+    pub nodes: BTreeMap<PeerId, NodeResult>,
+    /// Nodes this rollout changed and then rolled back after the halt.
+    pub rolled_back: Vec<PeerId>,
+}
+
+impl RolloutReport {
+    /// Completed with every node on the new version.
+    pub fn is_success(&self) -> bool {
+        self.halted.is_none() && self.nodes.values().all(|r| !r.is_failure())
+    }
+}
+
+/// The controller.
+pub struct Controller {
+    provider: Arc<dyn Provider>,
+    cfg: ControllerConfig,
+    conns: tokio::sync::Mutex<BTreeMap<PeerId, Arc<dyn Connection>>>,
+    releases: Arc<Mutex<BTreeMap<PackageId, Arc<Release>>>>,
+    book: Mutex<BTreeMap<PeerId, PeerAddr>>,
+    discovered: Mutex<Option<Discovered>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Controller({})", self.provider.local_id().short())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Controller {
+    /// A controller on `provider`.
+    pub fn new(provider: Arc<dyn Provider>, cfg: ControllerConfig) -> Self {
+        let book = cfg
+            .bootstrap
+            .iter()
+            .map(|a| (a.id, a.clone()))
+            .collect::<BTreeMap<_, _>>();
+        let discovered = provider.discovered();
+        Controller {
+            provider,
+            cfg,
+            conns: tokio::sync::Mutex::new(BTreeMap::new()),
+            releases: Arc::new(Mutex::new(BTreeMap::new())),
+            book: Mutex::new(book),
+            discovered: Mutex::new(Some(discovered)),
+        }
+    }
+
+    /// Adds a node to reach.
+    pub fn add_peer(&self, addr: PeerAddr) {
+        lock(&self.book).insert(addr.id, addr);
+    }
+
+    /// Every node known: bootstrap, added, and discovered so far.
+    pub fn known(&self) -> Vec<PeerAddr> {
+        let mut d = lock(&self.discovered);
+        if let Some(stream) = d.as_mut() {
+            loop {
+                match stream.next().now_or_never() {
+                    Some(Some(addr)) => {
+                        if addr.id != self.provider.local_id() {
+                            lock(&self.book).insert(addr.id, addr);
+                        }
+                    }
+                    Some(None) => {
+                        *d = None;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        lock(&self.book).values().cloned().collect()
+    }
+
+    /// Asks every known node for its info, concurrently.
+    pub async fn nodes(&self) -> Vec<NodeView> {
+        let addrs = self.known();
+        futures::future::join_all(addrs.into_iter().map(|addr| async move {
+            let info = match self.request(&addr, Request::Info).await {
+                Ok(Reply::Info(i)) => Ok(*i),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            NodeView { addr, info }
+        }))
+        .await
+    }
+
+    /// The nodes among `views` that answered and match `selector`, plus
+    /// those named in `ids` (which must have answered).
+    pub fn select(
+        views: &[NodeView],
+        selector: Option<&Selector>,
+        ids: &[PeerId],
+    ) -> Result<Vec<NodeInfo>> {
+        let mut out = Vec::new();
+        for id in ids {
+            match views.iter().find(|v| v.addr.id == *id) {
+                Some(NodeView { info: Ok(i), .. }) => out.push(i.clone()),
+                Some(NodeView { info: Err(e), .. }) => {
+                    return Err(Error::unreachable(format!("node {}: {e}", id.short())));
+                }
+                None => {
+                    return Err(Error::NotFound {
+                        what: format!("node {} is not known", id.short()),
+                    });
+                }
+            }
+        }
+        if let Some(sel) = selector {
+            for v in views {
+                if let Ok(i) = &v.info
+                    && sel.matches(&i.labels)
+                    && !out.iter().any(|o| o.id == i.id)
+                {
+                    out.push(i.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A connection to `addr`, reused while it lasts. Each one serves the
+    /// releases' chunks to the node.
+    pub async fn connect(&self, addr: &PeerAddr) -> Result<Arc<dyn Connection>> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr.id)
+            && c.is_connected()
+        {
+            return Ok(c.clone());
+        }
+        let conn = self.provider.connect(addr).await?;
+        tokio::spawn(serve_chunks(conn.clone(), self.releases.clone()));
+        conns.insert(addr.id, conn.clone());
+        Ok(conn)
+    }
+
+    /// One request to one node, with the configured deadline.
+    pub async fn request(&self, addr: &PeerAddr, request: Request) -> Result<Reply> {
+        let conn = self.connect(addr).await?;
+        call(&*conn, request, self.cfg.request_timeout).await
+    }
+
+    /// The same request to many nodes, concurrently.
+    pub async fn request_all(
+        &self,
+        nodes: &[NodeInfo],
+        request: Request,
+    ) -> Vec<(PeerId, Result<Reply>)> {
+        futures::future::join_all(nodes.iter().map(|n| {
+            let r = request.clone();
+            async move { (n.id, self.request(&n.addr, r).await) }
+        }))
+        .await
+    }
+
+    /// Follows (or tails) `app`'s logs on every node in `nodes`, merged
+    /// as lines arrive, each with the node's name (or short id).
+    pub async fn logs(
+        &self,
+        nodes: &[NodeInfo],
+        app: &str,
+        selection: LogSelection,
+    ) -> Result<BoxStream<'static, Result<(String, LogLine)>>> {
+        let mut streams = Vec::new();
+        for n in nodes {
+            let conn = self.connect(&n.addr).await?;
+            let c = Call::open(
+                &*conn,
+                Request::Logs {
+                    app: app.to_string(),
+                    selection: selection.clone(),
+                },
+                self.cfg.request_timeout,
+            )
+            .await?;
+            let prefix = if n.name.is_empty() {
+                n.id.short()
+            } else {
+                n.name.clone()
+            };
+            let follow = selection.follow;
+            let s = futures::stream::unfold(Some((c, conn)), move |state| {
+                let prefix = prefix.clone();
+                async move {
+                    let (mut c, conn) = state?;
+                    let next = if follow {
+                        c.next_unbounded().await
+                    } else {
+                        c.next().await
+                    };
+                    match next {
+                        Ok(Frame::Log(l)) => Some((Ok((prefix, l)), Some((c, conn)))),
+                        Ok(Frame::Done(_)) => None,
+                        Ok(other) => Some((
+                            Err(unexpected(&conn.remote_id(), "a log line", &other)),
+                            None,
+                        )),
+                        Err(e) => Some((Err(e), None)),
+                    }
+                }
+            });
+            streams.push(s.boxed());
+        }
+        Ok(futures::stream::select_all(streams).boxed())
+    }
+
+    /// Deploys `release` to `targets` by `plan`, sending progress to
+    /// `events` (which may be dropped: progress is then discarded).
+    pub async fn deploy(
+        &self,
+        release: Arc<Release>,
+        targets: &[NodeInfo],
+        plan: &RolloutPlan,
+        events: mpsc::UnboundedSender<Progress>,
+    ) -> RolloutReport {
+        let send = |p: Progress| {
+            let _ = events.send(p);
+        };
+        let m = &release.descriptor.manifest;
+        lock(&self.releases).insert(release.id(), release.clone());
+        let mut report = RolloutReport {
+            app: m.name.clone(),
+            version: m.version.clone(),
+            halted: None,
+            nodes: targets
+                .iter()
+                .map(|t| (t.id, NodeResult::Skipped))
+                .collect(),
+            rolled_back: Vec::new(),
+        };
+        send(Progress::Selected {
+            nodes: targets.iter().map(|t| t.id).collect(),
+        });
+        let total = targets.len();
+        let limit = plan.max_failures.of(total);
+        let batches = batches(targets, plan.plan);
+        let mut failures = 0;
+        let mut changed: Vec<(NodeInfo, Option<semver::Version>)> = Vec::new();
+        for (index, batch) in batches.iter().enumerate() {
+            send(Progress::Batch {
+                index,
+                nodes: batch.iter().map(|t| t.id).collect(),
+            });
+            let results = futures::future::join_all(batch.iter().map(|t| {
+                let release = release.clone();
+                let events = events.clone();
+                async move {
+                    (
+                        t,
+                        self.deploy_one(&release, t, &plan.options, &events).await,
+                    )
+                }
+            }))
+            .await;
+            let mut batch_failed = 0;
+            for (t, (result, previous)) in results {
+                if result.is_failure() {
+                    batch_failed += 1;
+                }
+                if result == NodeResult::Activated {
+                    changed.push((t.clone(), previous));
+                }
+                send(Progress::NodeDone {
+                    node: t.id,
+                    result: result.clone(),
+                });
+                report.nodes.insert(t.id, result);
+            }
+            failures += batch_failed;
+            let canary_failed =
+                matches!(plan.plan, Plan::Canary { .. }) && index == 0 && batch_failed > 0;
+            if canary_failed || failures > limit {
+                let reason = if canary_failed {
+                    format!("{batch_failed} canary node(s) failed")
+                } else {
+                    format!("{failures} node(s) failed, more than the {limit} allowed")
+                };
+                send(Progress::Halted {
+                    reason: reason.clone(),
+                });
+                report.halted = Some(reason);
+                break;
+            }
+        }
+        if report.halted.is_some() && plan.rollback_on_halt {
+            let rolled = futures::future::join_all(changed.iter().map(|(t, previous)| {
+                let app = m.name.clone();
+                let options = plan.options.clone();
+                async move {
+                    let req = match previous {
+                        Some(_) => Request::Rollback { app, options },
+                        None => Request::Stop { app },
+                    };
+                    (t, previous, self.request_long(&t.addr, req).await)
+                }
+            }))
+            .await;
+            for (t, previous, r) in rolled {
+                match r {
+                    Ok(Reply::Activation(Activation::Activated { version, .. })) => {
+                        send(Progress::RolledBack {
+                            node: t.id,
+                            to: Some(version),
+                        });
+                        report.rolled_back.push(t.id);
+                    }
+                    Ok(Reply::App(_)) if previous.is_none() => {
+                        send(Progress::RolledBack {
+                            node: t.id,
+                            to: None,
+                        });
+                        report.rolled_back.push(t.id);
+                    }
+                    Ok(other) => tracing::warn!(node = %t.id.short(), "rollback: {other:?}"),
+                    Err(e) => tracing::warn!(node = %t.id.short(), error = %e, "rollback failed"),
+                }
+            }
+        }
+        send(Progress::Done(report.clone()));
+        report
+    }
+
+    async fn request_long(&self, addr: &PeerAddr, request: Request) -> Result<Reply> {
+        let conn = self.connect(addr).await?;
+        call(&*conn, request, self.cfg.deploy_timeout).await
+    }
+
+    /// Deploys to one node; returns its result and the version it had.
+    async fn deploy_one(
+        &self,
+        release: &Release,
+        node: &NodeInfo,
+        options: &ActivateOptions,
+        events: &mpsc::UnboundedSender<Progress>,
+    ) -> (NodeResult, Option<semver::Version>) {
+        let id = node.id;
+        let send = |p: Progress| {
+            let _ = events.send(p);
+        };
+        let run = async {
+            let conn = self.connect(&node.addr).await?;
+            let c = Call::open(
+                &*conn,
+                Request::Deploy {
+                    descriptor: release.descriptor_bytes.clone(),
+                    signatures: release.signatures.clone(),
+                    options: options.clone(),
+                },
+                self.cfg.deploy_timeout,
+            )
+            .await?;
+            c.finish(|f| match f {
+                Frame::Event(e) => send(match e {
+                    DeployEvent::Transfer { bytes, total } => Progress::Transfer {
+                        node: id,
+                        bytes,
+                        total,
+                    },
+                    DeployEvent::Installed => Progress::Installed { node: id },
+                    DeployEvent::Started => Progress::Started { node: id },
+                    DeployEvent::HealthPassed => Progress::HealthPassed { node: id },
+                    DeployEvent::HealthFailed { reason } => {
+                        Progress::HealthFailed { node: id, reason }
+                    }
+                    DeployEvent::RolledBack { to } => Progress::RolledBack { node: id, to },
+                    DeployEvent::Verified => return,
+                }),
+                other => tracing::debug!(node = %id.short(), "ignored frame {other:?}"),
+            })
+            .await
+        };
+        match run.await {
+            Ok(Reply::Activation(Activation::Activated { previous, .. })) => {
+                (NodeResult::Activated, previous)
+            }
+            Ok(Reply::Activation(Activation::AlreadyActive { .. })) => {
+                (NodeResult::AlreadyActive, None)
+            }
+            Ok(Reply::Activation(Activation::RolledBack { reason, .. })) => {
+                (NodeResult::RolledBack { reason }, None)
+            }
+            Ok(other) => (
+                NodeResult::Failed {
+                    error: format!("unexpected answer {other:?}"),
+                },
+                None,
+            ),
+            Err(e) => (
+                NodeResult::Failed {
+                    error: e.to_string(),
+                },
+                None,
+            ),
+        }
+    }
+}
+
+/// Splits targets into batches by plan.
+fn batches(targets: &[NodeInfo], plan: Plan) -> Vec<Vec<NodeInfo>> {
+    let total = targets.len();
+    let cut = |items: &[NodeInfo], size: usize| -> Vec<Vec<NodeInfo>> {
+        items
+            .chunks(size.max(1))
+            .map(<[NodeInfo]>::to_vec)
+            .collect()
+    };
+    match plan {
+        Plan::All => vec![targets.to_vec()],
+        Plan::Rolling { batch } => cut(targets, batch.of(total)),
+        Plan::Canary { canary, batch } => {
+            let k = canary.clamp(1, total.max(1)).min(total);
+            let mut out = vec![targets[..k].to_vec()];
+            let rest = &targets[k..];
+            if !rest.is_empty() {
+                match batch {
+                    Some(b) => out.extend(cut(rest, b.of(total))),
+                    None => out.push(rest.to_vec()),
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Serves chunk fetches on a controller's connection until it closes.
+async fn serve_chunks(
+    conn: Arc<dyn Connection>,
+    releases: Arc<Mutex<BTreeMap<PackageId, Arc<Release>>>>,
+) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let releases = releases.clone();
+        tokio::spawn(async move {
+            let mut framed = Framed::with_max(send, recv, MAX_FRAME);
+            let Ok(env) = accept_request(&mut framed).await else {
+                return;
+            };
+            let end = match env.request {
+                Request::FetchChunks { package, indexes } => {
+                    let release = lock(&releases).get(&package).cloned();
+                    match release {
+                        None => Frame::Error(RpcError::new(
+                            ErrorKind::NotFound,
+                            format!("release {package} is not served here"),
+                        )),
+                        Some(r) => {
+                            let mut end = Frame::Done(Reply::Ok);
+                            for i in indexes {
+                                match r.chunk(i as usize) {
+                                    Ok(bytes) => {
+                                        if framed
+                                            .send(&Frame::Chunk { index: i, bytes })
+                                            .await
+                                            .is_err()
+                                        {
+                                            return;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        end = Frame::Error(RpcError::from_error(&e));
+                                        break;
+                                    }
+                                }
+                            }
+                            end
+                        }
+                    }
+                }
+                other => Frame::Error(RpcError::new(
+                    ErrorKind::Invalid,
+                    format!("{} is not served by a controller", other.kind()),
+                )),
+            };
+            if framed.send(&end).await.is_ok() {
+                let _ = framed.finish().await;
+            }
+        });
+    }
+}

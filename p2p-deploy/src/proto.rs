@@ -1,0 +1,558 @@
+//! The deploy RPC protocol: what controllers and agents say to each other.
+//!
+//! Every request is one bidirectional stream on a p2p-core
+//! [`Connection`](p2p_core::Connection), framed with
+//! [`p2p_core::framing`] (u32 length + postcard):
+//!
+//! 1. The client sends its [`Hello`](p2p_core::framing::Hello) for
+//!    [`PROTOCOL`] and, without waiting, one [`Request`]; the server
+//!    answers with its hello (a version mismatch fails both sides with
+//!    [`Error::VersionMismatch`]).
+//! 2. The server answers with zero or more progress frames
+//!    ([`Frame::Event`] during a deploy, [`Frame::Log`] for logs,
+//!    [`Frame::Chunk`] for chunk fetches) and ends with exactly one
+//!    [`Frame::Done`] or [`Frame::Error`]. A followed log has no end: the
+//!    client closes the stream when it has seen enough.
+//!
+//! Every request carries its deadline (`timeout_ms`); the server gives up
+//! at the deadline with [`ErrorKind::Timeout`], and the client waits a
+//! little longer than that for the answer. Errors travel as [`RpcError`]:
+//! a kind the caller can branch on and a message a user can act on; the
+//! client turns them back into [`p2p_core::Error`] variants.
+//!
+//! Chunk fetches go the other way too: an agent receiving a deploy fetches
+//! the chunks it lacks from the peer that sent the deploy, with
+//! [`Request::FetchChunks`] on a stream it opens on the same connection.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use p2p_core::framing::{Framed, HELLO_MAGIC, Hello, ProtocolId, negotiate};
+use p2p_core::{AppStatus, Error, LogLine, LogSelection, PeerAddr, PeerId, Result, Signature};
+use serde::{Deserialize, Serialize};
+
+use crate::package::PackageId;
+
+/// The protocol name and versions this build speaks.
+pub const PROTOCOL: ProtocolId = ProtocolId {
+    name: "p2p/deploy",
+    min: 1,
+    max: 1,
+};
+
+/// Largest frame on a deploy stream: a 16 MiB chunk plus room.
+pub const MAX_FRAME: u32 = (16 << 20) + (64 << 10);
+
+/// The SDK version agents report in [`NodeInfo`].
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How a deploy is activated on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivateOptions {
+    /// How long the health gate may take; `None`: from the manifest's
+    /// health check (start period + interval x (gate + retries + 1) +
+    /// 30 s), or 30 s for an app without one.
+    pub gate_timeout: Option<Duration>,
+    /// For an app without a health check: how long it must stay up,
+    /// without a restart, to pass.
+    pub settle: Duration,
+}
+
+impl Default for ActivateOptions {
+    fn default() -> Self {
+        ActivateOptions {
+            gate_timeout: None,
+            settle: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Node info: id, name, labels, addresses, SDK version, apps.
+    Info,
+    /// Every app on the node.
+    List,
+    /// One app.
+    Status {
+        /// App name.
+        app: String,
+    },
+    /// Start the app's active version and keep it running.
+    Start {
+        /// App name.
+        app: String,
+    },
+    /// Stop the app and keep it stopped.
+    Stop {
+        /// App name.
+        app: String,
+    },
+    /// Restart the app's active version.
+    Restart {
+        /// App name.
+        app: String,
+    },
+    /// Activate an installed version (through the health gate).
+    Switch {
+        /// App name.
+        app: String,
+        /// An installed version.
+        version: semver::Version,
+        /// Activation options.
+        options: ActivateOptions,
+    },
+    /// Activate the version that was active before the current one.
+    Rollback {
+        /// App name.
+        app: String,
+        /// Activation options.
+        options: ActivateOptions,
+    },
+    /// Remove an app (stopped and uninstalled), or one inactive version.
+    Remove {
+        /// App name.
+        app: String,
+        /// Only this version.
+        version: Option<semver::Version>,
+    },
+    /// Install and activate a signed release. The agent fetches the chunks
+    /// it lacks from the sender, over the same connection.
+    Deploy {
+        /// The descriptor's canonical bytes.
+        descriptor: Vec<u8>,
+        /// Signatures over the descriptor.
+        signatures: Vec<Signature>,
+        /// Activation options.
+        options: ActivateOptions,
+    },
+    /// An app's logs: tail and/or follow.
+    Logs {
+        /// App name.
+        app: String,
+        /// Which stream, how many lines, follow or not.
+        selection: LogSelection,
+    },
+    /// Chunks of a release, by index, streamed as [`Frame::Chunk`].
+    FetchChunks {
+        /// The release.
+        package: PackageId,
+        /// Chunk indexes.
+        indexes: Vec<u32>,
+    },
+}
+
+impl Request {
+    /// Whether the request changes the node (only operators may send it).
+    pub fn is_mutating(&self) -> bool {
+        matches!(
+            self,
+            Request::Start { .. }
+                | Request::Stop { .. }
+                | Request::Restart { .. }
+                | Request::Switch { .. }
+                | Request::Rollback { .. }
+                | Request::Remove { .. }
+                | Request::Deploy { .. }
+        )
+    }
+
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Info => "info",
+            Request::List => "list",
+            Request::Status { .. } => "status",
+            Request::Start { .. } => "start",
+            Request::Stop { .. } => "stop",
+            Request::Restart { .. } => "restart",
+            Request::Switch { .. } => "switch",
+            Request::Rollback { .. } => "rollback",
+            Request::Remove { .. } => "remove",
+            Request::Deploy { .. } => "deploy",
+            Request::Logs { .. } => "logs",
+            Request::FetchChunks { .. } => "fetch-chunks",
+        }
+    }
+}
+
+/// A request with its deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Milliseconds the server may spend on it.
+    pub timeout_ms: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// What an agent knows about one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// App name.
+    pub name: String,
+    /// The version the node keeps active, if any.
+    pub active: Option<semver::Version>,
+    /// Whether the node keeps it running.
+    pub running: bool,
+    /// Installed versions with their package ids, lowest first.
+    pub installed: Vec<(semver::Version, PackageId)>,
+    /// The version active before the current one.
+    pub previous: Option<semver::Version>,
+    /// What the runtime reports, if it knows the app.
+    pub status: Option<AppStatus>,
+    /// The latest deployment records, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One deployment record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Wall-clock milliseconds (the agent's injected clock).
+    pub at_ms: u64,
+    /// What was attempted: `deploy`, `switch`, `rollback`, `start`, ...
+    pub action: String,
+    /// The version it was about.
+    pub version: semver::Version,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// How a deployment ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The version passed its health gate and is active.
+    Activated,
+    /// It failed; the node went back to `to` (or has nothing active).
+    RolledBack {
+        /// Why it failed.
+        reason: String,
+        /// The version active again.
+        to: Option<semver::Version>,
+    },
+    /// The agent stopped during activation; after restart it went back.
+    Interrupted {
+        /// The version active again.
+        to: Option<semver::Version>,
+    },
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Peer id.
+    pub id: PeerId,
+    /// Human name (configured; may be empty).
+    pub name: String,
+    /// Labels for selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Where it listens.
+    pub addr: PeerAddr,
+    /// The SDK version it runs.
+    pub sdk_version: String,
+    /// Its apps.
+    pub apps: Vec<AppInfo>,
+}
+
+/// Steps of a deploy on one node, streamed as they happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployEvent {
+    /// Signatures and version checks passed.
+    Verified,
+    /// Chunk bytes present so far.
+    Transfer {
+        /// Bytes present.
+        bytes: u64,
+        /// Archive size.
+        total: u64,
+    },
+    /// The version is unpacked and recorded.
+    Installed,
+    /// The new version is started; the health gate is running.
+    Started,
+    /// The health gate passed.
+    HealthPassed,
+    /// The health gate failed.
+    HealthFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The node went back to the previous version.
+    RolledBack {
+        /// The version active again.
+        to: Option<semver::Version>,
+    },
+}
+
+/// The final answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// For [`Request::Info`].
+    Info(Box<NodeInfo>),
+    /// For [`Request::List`].
+    Apps(Vec<AppInfo>),
+    /// For status, start, stop, restart, remove of a version.
+    App(Box<AppInfo>),
+    /// For deploy, switch and rollback.
+    Activation(Activation),
+    /// Done, nothing to report (remove, end of logs or chunks).
+    Ok,
+}
+
+/// How a deploy, switch or rollback ended on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// The version passed its gate and is active.
+    Activated {
+        /// The new active version.
+        version: semver::Version,
+        /// The version active before.
+        previous: Option<semver::Version>,
+    },
+    /// The version was already active and running; nothing changed.
+    AlreadyActive {
+        /// The active version.
+        version: semver::Version,
+    },
+    /// The version failed and the node went back.
+    RolledBack {
+        /// Why it failed.
+        reason: String,
+        /// The version active again, if any.
+        to: Option<semver::Version>,
+    },
+}
+
+/// One frame from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Deploy progress.
+    Event(DeployEvent),
+    /// A log line.
+    Log(LogLine),
+    /// A chunk.
+    Chunk {
+        /// Its index.
+        index: u32,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// The answer; the request is over.
+    Done(Reply),
+    /// The error; the request is over.
+    Error(RpcError),
+}
+
+/// What kind of error a request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The caller may not do this (not an operator).
+    Denied,
+    /// No such app, version or release.
+    NotFound,
+    /// The request is malformed or impossible.
+    Invalid,
+    /// Signatures or trust refused the release.
+    BadSignature,
+    /// A lower version than an installed one, without a rollback.
+    Downgrade,
+    /// Another operation on the app is in progress.
+    Busy,
+    /// The deadline passed.
+    Timeout,
+    /// A release's bytes do not match its descriptor.
+    Corrupt,
+    /// Anything else on the node's side (storage, runtime).
+    Internal,
+}
+
+/// An error as it travels: kind and message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    /// What kind.
+    pub kind: ErrorKind,
+    /// For people.
+    pub message: String,
+}
+
+impl RpcError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RpcError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Converts a local error for the wire.
+    pub fn from_error(e: &Error) -> Self {
+        let kind = match e {
+            Error::Denied { .. } => ErrorKind::Denied,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Invalid { .. } | Error::AlreadyExists { .. } | Error::NotSupported { .. } => {
+                ErrorKind::Invalid
+            }
+            Error::BadSignature { .. } => ErrorKind::BadSignature,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Protocol { .. } => ErrorKind::Corrupt,
+            _ => ErrorKind::Internal,
+        };
+        RpcError::new(kind, e.to_string())
+    }
+
+    /// Back into a p2p-core error, naming the node it came from.
+    pub fn into_error(self, node: &PeerId) -> Error {
+        let m = format!("node {}: {}", node.short(), self.message);
+        match self.kind {
+            ErrorKind::Denied | ErrorKind::Downgrade => Error::denied(m),
+            ErrorKind::NotFound => Error::NotFound { what: m },
+            ErrorKind::Invalid => Error::invalid("request", m),
+            ErrorKind::BadSignature => Error::BadSignature { reason: m },
+            ErrorKind::Busy => Error::AlreadyExists { what: m },
+            ErrorKind::Timeout => Error::Timeout {
+                during: m,
+                after: Duration::ZERO,
+            },
+            ErrorKind::Corrupt => Error::protocol(m),
+            ErrorKind::Internal => Error::Backend {
+                backend: "agent",
+                source: m.into(),
+            },
+        }
+    }
+}
+
+/// A client side of one request stream.
+pub struct Call {
+    framed: Framed,
+    peer: PeerId,
+    deadline: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Call(to {})", self.peer.short())
+    }
+}
+
+/// Extra time the client waits past the server's deadline for its answer.
+const CLIENT_SLACK: Duration = Duration::from_secs(5);
+
+impl Call {
+    /// Opens a stream on `conn`, sends hello and `request` with `timeout`,
+    /// and checks the server's hello.
+    pub async fn open(
+        conn: &dyn p2p_core::Connection,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Call> {
+        let peer = conn.remote_id();
+        let deadline = tokio::time::Instant::now() + timeout + CLIENT_SLACK;
+        let framed = tokio::time::timeout_at(deadline, async {
+            let (send, recv) = conn.open_bi().await?;
+            let mut framed = Framed::with_max(send, recv, MAX_FRAME);
+            framed
+                .send(&Hello {
+                    magic: HELLO_MAGIC,
+                    protocol: PROTOCOL.name.to_string(),
+                    min: PROTOCOL.min,
+                    max: PROTOCOL.max,
+                })
+                .await?;
+            framed
+                .send(&Envelope {
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    request,
+                })
+                .await?;
+            let theirs: Hello =
+                framed.recv().await.map_err(|e| match e {
+                    Error::Protocol { .. } | Error::FrameTooLarge { .. } => Error::protocol(
+                        format!("node {} does not speak {}", peer.short(), PROTOCOL.name),
+                    ),
+                    other => other,
+                })?;
+            negotiate(&PROTOCOL, &theirs)?;
+            Ok::<_, Error>(framed)
+        })
+        .await
+        .map_err(|_| Error::timeout(format!("opening a request to {}", peer.short()), timeout))??;
+        Ok(Call {
+            framed,
+            peer,
+            deadline,
+        })
+    }
+
+    /// The next frame; `Frame::Error` comes back as an `Err`.
+    pub async fn next(&mut self) -> Result<Frame> {
+        self.next_until(Some(self.deadline)).await
+    }
+
+    /// The next frame without the request's deadline (a followed log).
+    pub async fn next_unbounded(&mut self) -> Result<Frame> {
+        self.next_until(None).await
+    }
+
+    async fn next_until(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Frame> {
+        let frame = match deadline {
+            Some(d) => tokio::time::timeout_at(d, self.framed.recv::<Frame>())
+                .await
+                .map_err(|_| {
+                    Error::timeout(
+                        format!("waiting for node {}", self.peer.short()),
+                        CLIENT_SLACK,
+                    )
+                })??,
+            None => self.framed.recv::<Frame>().await?,
+        };
+        match frame {
+            Frame::Error(e) => Err(e.into_error(&self.peer)),
+            other => Ok(other),
+        }
+    }
+
+    /// Reads to the final reply, passing every other frame to `each`.
+    pub async fn finish(mut self, mut each: impl FnMut(Frame)) -> Result<Reply> {
+        loop {
+            match self.next().await? {
+                Frame::Done(r) => return Ok(r),
+                other => each(other),
+            }
+        }
+    }
+}
+
+/// A one-shot request: open, read to the reply.
+pub async fn call(
+    conn: &dyn p2p_core::Connection,
+    request: Request,
+    timeout: Duration,
+) -> Result<Reply> {
+    Call::open(conn, request, timeout)
+        .await?
+        .finish(|_| {})
+        .await
+}
+
+/// The server side of a stream: reads the client's hello and request.
+pub(crate) async fn accept_request(framed: &mut Framed) -> Result<Envelope> {
+    framed.hello(&PROTOCOL).await?;
+    framed.recv::<Envelope>().await
+}
+
+/// Names a peer for messages.
+pub(crate) fn unexpected(peer: &PeerId, what: &str, got: &Frame) -> Error {
+    let shown = match got {
+        Frame::Event(_) => "a deploy event",
+        Frame::Log(_) => "a log line",
+        Frame::Chunk { .. } => "a chunk",
+        Frame::Done(_) => "a reply",
+        Frame::Error(_) => "an error",
+    };
+    Error::protocol(format!(
+        "node {} sent {shown} where {what} was expected",
+        peer.short()
+    ))
+}

@@ -1,0 +1,748 @@
+//! Agents and controllers on the simulator: rollouts by plan, health gates
+//! and rollback, crashes of agents and controllers, partitions,
+//! authorization, logs, and determinism.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_core::{Ed25519Signer, LogSelection, LogStream, PeerAddr, PeerId, Provider};
+use p2p_deploy::proto::{Activation, Outcome, Reply, Request};
+use p2p_deploy::{
+    Agent, AgentConfig, AgentParts, BatchSize, BuildOptions, Controller, ControllerConfig,
+    FailureLimit, MemInstaller, NodeInfo, NodeResult, PackageFile, Plan, Progress, Release,
+    RolloutPlan, RolloutReport, Selector, TrustStore, build,
+};
+use p2p_sim::{LinkSpec, NodeConfig, Script, SimClock, SimNet};
+use tokio::sync::mpsc;
+
+const APP: &str = "web";
+
+fn publisher() -> Ed25519Signer {
+    Ed25519Signer::from_seed(&[7; 32])
+}
+
+/// A signed release of `web` at `version`, with an HTTP health check
+/// (gate of 3 probes, one a second).
+async fn release(version: &str) -> Arc<Release> {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p2p.toml"),
+        format!(
+            "name = \"{APP}\"\nversion = \"{version}\"\nentrypoint = \"run\"\n\
+             [health]\nhttp = \"http://127.0.0.1:8080/health\"\ninterval = \"1s\"\nretries = 2\ngate = 3\n"
+        ),
+    )
+    .unwrap();
+    // Some bytes so that there are several chunks to fetch.
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(dir.join("run"), &blob).unwrap();
+    let out = t.path().join("web.p2p");
+    let opts = BuildOptions {
+        chunk_size: 64 * 1024,
+        ..BuildOptions::default()
+    };
+    build(&dir, &out, &SimClock::new(0), opts).unwrap();
+    let mut pkg = PackageFile::open(&out).unwrap();
+    pkg.sign(&publisher()).await.unwrap();
+    let pkg = PackageFile::open(&out).unwrap();
+    // Read into memory: the temporary directory goes away.
+    let mut archive = Vec::new();
+    std::io::Read::read_to_end(&mut pkg.archive_reader().unwrap(), &mut archive).unwrap();
+    Arc::new(Release::from_parts(pkg.descriptor, pkg.signatures, archive).unwrap())
+}
+
+fn trust() -> TrustStore {
+    TrustStore::new([publisher().key_id()])
+}
+
+fn agent_config(i: usize, operators: Option<BTreeSet<PeerId>>) -> AgentConfig {
+    let mut cfg = AgentConfig::new(trust());
+    cfg.name = format!("n{i:02}");
+    cfg.labels = BTreeMap::from([
+        ("zone".to_string(), ["a", "b"][i % 2].to_string()),
+        ("role".to_string(), "web".to_string()),
+    ]);
+    cfg.operators = operators;
+    cfg
+}
+
+struct Fleet {
+    net: SimNet,
+    names: Vec<String>,
+}
+
+fn fleet(seed: u64, n: usize, operators: Option<BTreeSet<PeerId>>) -> Fleet {
+    let net = SimNet::builder(seed)
+        .default_link(LinkSpec::latency(Duration::from_millis(10)))
+        .build();
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = format!("n{i:02}");
+        let cfg = agent_config(i, operators.clone());
+        net.spawn_node(&name, NodeConfig::default().mbit(100), move |ctx| {
+            let cfg = cfg.clone();
+            async move {
+                let agent = Agent::new(
+                    cfg,
+                    AgentParts {
+                        provider: Arc::new(ctx.provider),
+                        runtime: ctx.runtime.clone(),
+                        storage: Arc::new(ctx.storage),
+                        installer: Arc::new(MemInstaller::new()),
+                        clock: Arc::new(ctx.clock),
+                    },
+                );
+                if let Err(e) = agent.run().await {
+                    tracing::warn!(error = %e, "agent stopped");
+                }
+            }
+        })
+        .unwrap();
+        names.push(name);
+    }
+    Fleet { net, names }
+}
+
+impl Fleet {
+    fn addrs(&self) -> Vec<PeerAddr> {
+        self.names
+            .iter()
+            .map(|n| self.net.provider(n).unwrap().local_addr())
+            .collect()
+    }
+
+    fn controller(&self, name: &str) -> Controller {
+        let p = self
+            .net
+            .add_node_with(name, NodeConfig::default().mbit(100))
+            .unwrap();
+        Controller::new(
+            Arc::new(p),
+            ControllerConfig {
+                bootstrap: self.addrs(),
+                ..ControllerConfig::default()
+            },
+        )
+    }
+}
+
+async fn targets(ctl: &Controller, selector: &str) -> Vec<NodeInfo> {
+    let views = ctl.nodes().await;
+    let sel: Selector = selector.parse().unwrap();
+    let mut t = Controller::select(&views, Some(&sel), &[]).unwrap();
+    t.sort_by(|a, b| a.name.cmp(&b.name));
+    t
+}
+
+async fn run(
+    ctl: &Controller,
+    r: &Arc<Release>,
+    t: &[NodeInfo],
+    plan: RolloutPlan,
+) -> RolloutReport {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    ctl.deploy(r.clone(), t, &plan, tx).await
+}
+
+/// Each node's active version and whether the runtime runs exactly it.
+async fn states(ctl: &Controller) -> BTreeMap<String, (Option<String>, Option<String>)> {
+    let mut out = BTreeMap::new();
+    for v in ctl.nodes().await {
+        let info = v.info.unwrap();
+        let app = info.apps.iter().find(|a| a.name == APP);
+        let active = app.and_then(|a| a.active.as_ref().map(|v| v.to_string()));
+        let running = app
+            .and_then(|a| a.status.as_ref())
+            .filter(|s| s.state.is_live())
+            .map(|s| s.version.clone());
+        out.insert(info.name, (active, running));
+    }
+    out
+}
+
+fn all_on(s: &BTreeMap<String, (Option<String>, Option<String>)>, v: &str) -> bool {
+    s.values()
+        .all(|(a, r)| a.as_deref() == Some(v) && r.as_deref() == Some(v))
+}
+
+fn plan(plan: Plan) -> RolloutPlan {
+    RolloutPlan {
+        plan,
+        ..RolloutPlan::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_nodes_with_each_plan() {
+    let f = fleet(1, 50, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "role=web").await;
+    assert_eq!(t.len(), 50);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let v1 = release("1.0.0").await;
+    let report = ctl.deploy(v1.clone(), &t, &plan(Plan::All), tx).await;
+    assert!(report.is_success(), "{report:?}");
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    // Progress: selection, transfer up to the full size, gates, done.
+    assert!(matches!(events[0], Progress::Selected { ref nodes } if nodes.len() == 50));
+    let full = events
+        .iter()
+        .filter(|e| matches!(e, Progress::Transfer { bytes, total, .. } if bytes == total))
+        .count();
+    assert_eq!(full, 50, "every node reports its transfer complete");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Progress::HealthPassed { .. }))
+            .count(),
+        50
+    );
+    assert!(matches!(events.last(), Some(Progress::Done(_))));
+    assert!(all_on(&states(&ctl).await, "1.0.0"));
+
+    let v2 = release("2.0.0").await;
+    let rolling = plan(Plan::Rolling {
+        batch: BatchSize::Nodes(10),
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let report = ctl.deploy(v2, &t, &rolling, tx).await;
+    assert!(report.is_success(), "{report:?}");
+    let batches = std::iter::from_fn(|| rx.try_recv().ok())
+        .filter(|e| matches!(e, Progress::Batch { .. }))
+        .count();
+    assert_eq!(batches, 5);
+    assert!(all_on(&states(&ctl).await, "2.0.0"));
+
+    let v3 = release("3.0.0").await;
+    let canary = plan(Plan::Canary {
+        canary: 5,
+        batch: Some(BatchSize::Percent(20)),
+    });
+    let report = run(&ctl, &v3, &t, canary).await;
+    assert!(report.is_success(), "{report:?}");
+    let s = states(&ctl).await;
+    assert!(all_on(&s, "3.0.0"), "{s:?}");
+
+    // The same release again changes nothing.
+    let report = run(&ctl, &v3, &t, plan(Plan::All)).await;
+    assert!(
+        report
+            .nodes
+            .values()
+            .all(|r| *r == NodeResult::AlreadyActive),
+        "{report:?}"
+    );
+    // Label selection picks half the fleet.
+    assert_eq!(targets(&ctl, "zone=a").await.len(), 25);
+    assert_eq!(targets(&ctl, "zone in (a,b),role").await.len(), 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn canary_failure_halts_before_the_rest() {
+    let f = fleet(2, 12, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let v1 = release("1.0.0").await;
+    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    f.net.scripts().set(APP, "2.0.0", Script::never_healthy());
+    let v2 = release("2.0.0").await;
+    let report = run(
+        &ctl,
+        &v2,
+        &t,
+        plan(Plan::Canary {
+            canary: 2,
+            batch: None,
+        }),
+    )
+    .await;
+    assert!(report.halted.is_some(), "{report:?}");
+    let failed = report.nodes.values().filter(|r| r.is_failure()).count();
+    let skipped = report
+        .nodes
+        .values()
+        .filter(|r| **r == NodeResult::Skipped)
+        .count();
+    assert_eq!((failed, skipped), (2, 10), "{report:?}");
+    // Every node, canaries included, runs 1.0.0.
+    assert!(all_on(&states(&ctl).await, "1.0.0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_failures_halts_and_rolls_back_the_nodes_already_changed() {
+    let f = fleet(3, 12, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let v1 = release("1.0.0").await;
+    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let v2 = release("2.0.0").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let rolling = RolloutPlan {
+        plan: Plan::Rolling {
+            batch: BatchSize::Nodes(4),
+        },
+        max_failures: FailureLimit::Count(1),
+        ..RolloutPlan::default()
+    };
+    let scripts = f.net.scripts().clone();
+    // After the first batch of 4 succeeds, 2.0.0 turns bad.
+    let watch = async move {
+        let mut done = 0;
+        while let Some(e) = rx.recv().await {
+            if matches!(e, Progress::NodeDone { .. }) {
+                done += 1;
+                if done == 4 {
+                    scripts.set(APP, "2.0.0", Script::exits_after(1, Duration::from_secs(2)));
+                }
+            }
+        }
+    };
+    let (report, ()) = tokio::join!(ctl.deploy(v2, &t, &rolling, tx), watch);
+    assert!(report.halted.is_some(), "{report:?}");
+    let activated: Vec<_> = report
+        .nodes
+        .iter()
+        .filter(|(_, r)| **r == NodeResult::Activated)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(activated.len(), 4, "{report:?}");
+    assert_eq!(
+        report.nodes.values().filter(|r| r.is_failure()).count(),
+        4,
+        "the second batch fails: 4 > 1 allowed"
+    );
+    let mut rolled = report.rolled_back.clone();
+    rolled.sort();
+    assert_eq!(rolled, activated, "the changed nodes are rolled back");
+    assert!(all_on(&states(&ctl).await, "1.0.0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_version_that_crashes_or_never_gets_healthy_is_rolled_back_everywhere() {
+    let f = fleet(4, 10, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let v1 = release("1.0.0").await;
+    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let tolerant = RolloutPlan {
+        max_failures: FailureLimit::Percent(100),
+        ..RolloutPlan::default()
+    };
+    for (version, script) in [
+        ("2.0.0", Script::exits_after(3, Duration::from_millis(1500))),
+        ("2.0.1", Script::never_healthy()),
+    ] {
+        f.net.scripts().set(APP, version, script);
+        let r = release(version).await;
+        let report = run(&ctl, &r, &t, tolerant.clone()).await;
+        assert!(
+            report
+                .nodes
+                .values()
+                .all(|r| matches!(r, NodeResult::RolledBack { .. })),
+            "{version}: {report:?}"
+        );
+        assert!(all_on(&states(&ctl).await, "1.0.0"), "{version}");
+    }
+    // The history says why.
+    let views = ctl.nodes().await;
+    let app = views[0].info.as_ref().unwrap().apps[0].clone();
+    let last = app.history.last().unwrap();
+    match &last.outcome {
+        Outcome::RolledBack { reason, to } => {
+            // The runtime kills it after two failed probes; the gate says so.
+            assert!(reason.contains("failing health checks"), "{reason}");
+            assert_eq!(to.as_ref().map(|v| v.to_string()).as_deref(), Some("1.0.0"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Crashes the only agent `after` into a deploy of 2.0.0 (1.0.0 active),
+/// restarts it, and returns (active version, runtime version, last history
+/// outcome).
+async fn crash_during_deploy(seed: u64, after: Duration) -> (String, String, Outcome) {
+    let f = fleet(seed, 1, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let v1 = release("1.0.0").await;
+    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    f.net
+        .scripts()
+        .set(APP, "2.0.0", Script::slow_start(Duration::from_secs(2)));
+    let v2 = release("2.0.0").await;
+    let net = f.net.clone();
+    let crash = async move {
+        tokio::time::sleep(after).await;
+        net.crash("n00").unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        net.restart("n00").unwrap();
+    };
+    let (report, ()) = tokio::join!(run(&ctl, &v2, &t, plan(Plan::All)), crash);
+    assert!(
+        !report.is_success() || after > Duration::from_secs(8),
+        "{report:?}"
+    );
+    // Let the restarted agent recover and reconcile.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let info = ctl.nodes().await.remove(0).info.unwrap();
+    let app = info.apps.iter().find(|a| a.name == APP).unwrap();
+    let active = app.active.as_ref().unwrap().to_string();
+    let status = app.status.as_ref().expect("the runtime runs the app again");
+    assert!(status.state.is_live(), "{status:?}");
+    (
+        active,
+        status.version.clone(),
+        app.history.last().unwrap().outcome.clone(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_crash_at_any_step_of_activation_leaves_a_consistent_node() {
+    // Offsets into the deploy: verifying/transferring, installed, new
+    // version just started, inside the health gate, after the commit.
+    for (i, ms) in [15u64, 60, 120, 2500, 12_000].into_iter().enumerate() {
+        let (active, running, last) =
+            crash_during_deploy(100 + i as u64, Duration::from_millis(ms)).await;
+        assert_eq!(
+            active, running,
+            "at {ms} ms the runtime runs the active version"
+        );
+        if ms >= 12_000 {
+            assert_eq!(active, "2.0.0", "committed before the crash");
+            assert_eq!(last, Outcome::Activated);
+        } else {
+            assert_eq!(active, "1.0.0", "at {ms} ms: back on the old version");
+            // Once activation had begun, the interruption is recorded.
+            if ms >= 2500 {
+                assert_eq!(
+                    last,
+                    Outcome::Interrupted {
+                        to: Some("1.0.0".parse().unwrap())
+                    },
+                    "at {ms} ms"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_controller_finishes_what_a_crashed_one_started() {
+    let f = fleet(5, 12, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let v1 = release("1.0.0").await;
+    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let v2 = release("2.0.0").await;
+    // The first controller runs as a task of node "ctl" and dies with it.
+    let ctl = Arc::new(ctl);
+    let (c2, r2, t2) = (ctl.clone(), v2.clone(), t.clone());
+    f.net
+        .spawn_on("ctl", async move {
+            let rolling = plan(Plan::Rolling {
+                batch: BatchSize::Nodes(3),
+            });
+            run(&c2, &r2, &t2, rolling).await;
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    f.net.crash("ctl").unwrap();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let other = f.controller("ctl2");
+    let s = states(&other).await;
+    let on_v2 = s
+        .values()
+        .filter(|(a, _)| a.as_deref() == Some("2.0.0"))
+        .count();
+    assert!(on_v2 > 0 && on_v2 < 12, "crashed mid-rollout: {s:?}");
+    for (name, (active, running)) in &s {
+        assert_eq!(active, running, "{name} runs its active version");
+    }
+    let report = run(&other, &v2, &t, plan(Plan::All)).await;
+    assert!(report.is_success(), "{report:?}");
+    assert_eq!(
+        report
+            .nodes
+            .values()
+            .filter(|r| **r == NodeResult::AlreadyActive)
+            .count(),
+        on_v2
+    );
+    assert!(all_on(&states(&other).await, "2.0.0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partitioned_node_fails_alone_and_stays_consistent() {
+    let f = fleet(6, 6, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let v1 = release("1.0.0").await;
+    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let v2 = release("2.0.0").await;
+    let net = f.net.clone();
+    // Cut n03 off while it fetches chunks from the controller; heal later.
+    let cut = async move {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        net.partition(&["ctl"], &["n03"]).unwrap();
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        net.heal();
+    };
+    let tolerant = RolloutPlan {
+        max_failures: FailureLimit::Count(1),
+        ..RolloutPlan::default()
+    };
+    let (report, ()) = tokio::join!(run(&ctl, &v2, &t, tolerant), cut);
+    assert!(report.halted.is_none(), "{report:?}");
+    let n03 = f.net.peer_id("n03").unwrap();
+    assert!(report.nodes[&n03].is_failure(), "{report:?}");
+    let s = states(&ctl).await;
+    for (name, (active, running)) in &s {
+        assert_eq!(active, running, "{name}");
+        let want = if name == "n03" { "1.0.0" } else { "2.0.0" };
+        assert_eq!(active.as_deref(), Some(want), "{name}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_operators_may_change_a_node() {
+    let net_probe = SimNet::new(7);
+    let op_id = net_probe.key_for("op").peer_id();
+    drop(net_probe);
+    let f = fleet(7, 2, Some(BTreeSet::from([op_id])));
+    let op = f.controller("op");
+    let stranger = f.controller("stranger");
+    let v1 = release("1.0.0").await;
+    let t = targets(&stranger, "").await;
+    assert_eq!(t.len(), 2, "anyone admitted may read node info");
+    let report = run(&stranger, &v1, &t, plan(Plan::All)).await;
+    for r in report.nodes.values() {
+        match r {
+            NodeResult::Failed { error } => {
+                assert!(error.contains("not an operator"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let e = stranger
+        .request(&t[0].addr, Request::Stop { app: APP.into() })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, p2p_core::Error::Denied { .. }), "{e}");
+    assert!(run(&op, &v1, &t, plan(Plan::All)).await.is_success());
+}
+
+#[tokio::test(start_paused = true)]
+async fn switch_rollback_stop_start_remove_and_merged_logs() {
+    let f = fleet(8, 3, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    for v in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
+        let r = release(v).await;
+        assert!(run(&ctl, &r, &t, plan(Plan::All)).await.is_success(), "{v}");
+    }
+    let n = &t[0];
+    let Reply::App(app) = ctl
+        .request(&n.addr, Request::Status { app: APP.into() })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let installed: Vec<String> = app.installed.iter().map(|(v, _)| v.to_string()).collect();
+    assert_eq!(installed, ["1.1.0", "1.2.0", "1.3.0"], "keep_versions = 3");
+    // A downgrade by deploy is refused; rollback goes back explicitly.
+    let old = release("1.1.0").await;
+    let report = run(&ctl, &old, &t[..1], plan(Plan::All)).await;
+    assert!(
+        matches!(&report.nodes[&n.id], NodeResult::Failed { error } if error.contains("lower than installed")),
+        "{report:?}"
+    );
+    let r = ctl
+        .request(
+            &n.addr,
+            Request::Rollback {
+                app: APP.into(),
+                options: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, Reply::Activation(Activation::Activated { version, .. }) if version.to_string() == "1.2.0"),
+        "{r:?}"
+    );
+    let r = ctl
+        .request(
+            &n.addr,
+            Request::Switch {
+                app: APP.into(),
+                version: "1.1.0".parse().unwrap(),
+                options: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Reply::Activation(Activation::Activated { .. })),
+        "{r:?}"
+    );
+    let e = ctl
+        .request(
+            &n.addr,
+            Request::Switch {
+                app: APP.into(),
+                version: "0.9.0".parse().unwrap(),
+                options: Default::default(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not installed"), "{e}");
+    // Stop, then start.
+    ctl.request(&n.addr, Request::Stop { app: APP.into() })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await; // reconcile keeps it stopped
+    let Reply::App(app) = ctl
+        .request(&n.addr, Request::Status { app: APP.into() })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(!app.running && !app.status.unwrap().state.is_live());
+    ctl.request(&n.addr, Request::Start { app: APP.into() })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Removing the active version is refused; an inactive one goes.
+    let e = ctl
+        .request(
+            &n.addr,
+            Request::Remove {
+                app: APP.into(),
+                version: Some("1.1.0".parse().unwrap()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("active version"), "{e}");
+    ctl.request(
+        &n.addr,
+        Request::Remove {
+            app: APP.into(),
+            version: Some("1.3.0".parse().unwrap()),
+        },
+    )
+    .await
+    .unwrap();
+
+    // Logs from all three nodes, merged and prefixed.
+    use futures::StreamExt;
+    let lines: Vec<_> = ctl
+        .logs(
+            &t,
+            APP,
+            LogSelection {
+                stream: LogStream::Both,
+                tail: Some(2),
+                follow: false,
+            },
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let prefixes: BTreeSet<String> = lines
+        .iter()
+        .map(|l| l.as_ref().unwrap().0.clone())
+        .collect();
+    assert_eq!(
+        prefixes,
+        BTreeSet::from(["n00".to_string(), "n01".into(), "n02".into()])
+    );
+    assert_eq!(lines.len(), 6);
+
+    // Removing the app leaves nothing.
+    ctl.request(
+        &n.addr,
+        Request::Remove {
+            app: APP.into(),
+            version: None,
+        },
+    )
+    .await
+    .unwrap();
+    let e = ctl
+        .request(&n.addr, Request::Status { app: APP.into() })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, p2p_core::Error::NotFound { .. }), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsigned_or_foreign_release_is_refused() {
+    let f = fleet(9, 1, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let good = release("1.0.0").await;
+    let mut unsigned = (*good).clone();
+    unsigned.signatures.clear();
+    let unsigned = Arc::new(unsigned);
+    let report = run(&ctl, &unsigned, &t, plan(Plan::All)).await;
+    assert!(
+        matches!(report.nodes.values().next(), Some(NodeResult::Failed { error }) if error.contains("not signed")),
+        "{report:?}"
+    );
+    let s = states(&ctl).await;
+    assert_eq!(s["n00"], (None, None), "nothing installed or run");
+}
+
+async fn scenario(seed: u64) -> (String, Vec<(PeerId, NodeResult)>) {
+    let f = fleet(seed, 20, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let v1 = release("1.0.0").await;
+    run(&ctl, &v1, &t, plan(Plan::All)).await;
+    f.net.scripts().set(APP, "2.0.0", Script::never_healthy());
+    let v2 = release("2.0.0").await;
+    let report = run(
+        &ctl,
+        &v2,
+        &t,
+        RolloutPlan {
+            plan: Plan::Rolling {
+                batch: BatchSize::Percent(25),
+            },
+            max_failures: FailureLimit::Count(5),
+            ..RolloutPlan::default()
+        },
+    )
+    .await;
+    (f.net.trace_hash(), report.nodes.into_iter().collect())
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let a = rt().block_on(scenario(42));
+    let b = rt().block_on(scenario(42));
+    assert_eq!(a, b);
+    let c = rt().block_on(scenario(43));
+    assert_ne!(a.0, c.0, "another seed, another trace");
+}
