@@ -38,19 +38,26 @@ pub struct RuntimeConfig {
     /// Seed of the random numbers that jitter restart backoff.
     pub seed: u64,
     /// Name of the cgroup this runtime makes under its own, one child per
-    /// app. Two runtimes in one process need different names.
+    /// app. Two runtimes in one process need different names; the default
+    /// (`p2p-runtime-<pid>-<n>`) is unique per runtime.
     pub cgroup_name: String,
 }
 
 impl RuntimeConfig {
     /// Files under `root`, default rotation (10 MiB x 5), seed 0, cgroup
-    /// `p2p-runtime-<pid>`.
+    /// `p2p-runtime-<pid>-<n>` (one per runtime).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         RuntimeConfig {
             root: root.into(),
             log_rotation: LogRotation::default(),
             seed: 0,
-            cgroup_name: format!("p2p-runtime-{}", std::process::id()),
+            cgroup_name: {
+                // Unique per runtime: several runtimes in one process (a
+                // local fleet) must not share, and so tear down, a cgroup.
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("p2p-runtime-{}-{n}", std::process::id())
+            },
         }
     }
 
