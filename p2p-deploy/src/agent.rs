@@ -68,6 +68,9 @@ pub const HISTORY_KEPT: usize = 50;
 /// Chunks asked for in one fetch request.
 const FETCH_BATCH: usize = 16;
 
+/// Most chunks served for one fetch request.
+const MAX_FETCH_INDEXES: usize = 256;
+
 /// How an agent behaves.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -276,8 +279,13 @@ impl Agent {
         let clock = self.inner.parts.clock.now().as_millis();
         let mut referenced = BTreeSet::new();
         for name in self.app_names().await? {
-            let Some(mut rec) = self.load(&name).await? else {
-                continue;
+            let mut rec = match self.load(&name).await {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(app = %name, error = %e, "skipping an app whose state cannot be read");
+                    continue;
+                }
             };
             if let Some(p) = rec.pending.take() {
                 tracing::warn!(
@@ -300,10 +308,15 @@ impl Agent {
             }
             referenced.extend(rec.installed.values().copied());
         }
-        for d in self.inner.chunks.releases().await? {
-            if !referenced.contains(&d.id()) {
-                self.inner.chunks.remove_release(&d.id()).await?;
+        match self.inner.chunks.releases().await {
+            Ok(releases) => {
+                for d in releases {
+                    if !referenced.contains(&d.id()) {
+                        self.inner.chunks.remove_release(&d.id()).await?;
+                    }
+                }
             }
+            Err(e) => tracing::error!(error = %e, "cannot read the kept releases; not collecting"),
         }
         self.inner.chunks.collect().await?;
         self.reconcile().await
@@ -317,8 +330,13 @@ impl Agent {
             let Ok(_guard) = self.lock(&name).try_lock_owned() else {
                 continue; // an operation on it is in progress
             };
-            let Some(rec) = self.load(&name).await? else {
-                continue;
+            let rec = match self.load(&name).await {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(app = %name, error = %e, "skipping an app whose state cannot be read");
+                    continue;
+                }
             };
             let status = self.status(&name).await;
             match (&rec.active, rec.running) {
@@ -362,8 +380,10 @@ impl Agent {
     pub async fn apps(&self) -> Result<Vec<AppInfo>> {
         let mut out = Vec::new();
         for name in self.app_names().await? {
-            if let Some(rec) = self.load(&name).await? {
-                out.push(self.app_info(&rec).await);
+            match self.load(&name).await {
+                Ok(Some(rec)) => out.push(self.app_info(&rec).await),
+                Ok(None) => {}
+                Err(e) => tracing::error!(app = %name, error = %e, "cannot read an app's state"),
             }
         }
         Ok(out)
@@ -379,6 +399,19 @@ impl Agent {
         request: Request,
         conn: Option<Arc<dyn Connection>>,
         events: Option<mpsc::UnboundedSender<Frame>>,
+    ) -> std::result::Result<Reply, RpcError> {
+        let timeout = self.inner.cfg.max_request_timeout;
+        self.handle_within(from, request, conn, events, timeout)
+            .await
+    }
+
+    async fn handle_within(
+        &self,
+        from: PeerId,
+        request: Request,
+        conn: Option<Arc<dyn Connection>>,
+        events: Option<mpsc::UnboundedSender<Frame>>,
+        timeout: Duration,
     ) -> std::result::Result<Reply, RpcError> {
         if request.is_mutating()
             && let Some(ops) = &self.inner.cfg.operators
@@ -429,6 +462,7 @@ impl Agent {
                     &options,
                     conn,
                     events.as_ref(),
+                    timeout,
                 )
                 .await
             }
@@ -442,7 +476,10 @@ impl Agent {
     async fn serve_stream(&self, conn: Arc<dyn Connection>, send: SendStream, recv: RecvStream) {
         let peer = conn.remote_id();
         let mut framed = Framed::with_max(send, recv, MAX_FRAME);
-        let env = match accept_request(&mut framed).await {
+        let env = match tokio::time::timeout(Duration::from_secs(10), accept_request(&mut framed))
+            .await
+            .unwrap_or_else(|_| Err(Error::timeout("reading a request", Duration::from_secs(10))))
+        {
             Ok(env) => env,
             Err(e) => {
                 tracing::debug!(peer = %peer.short(), error = %e, "bad request stream");
@@ -460,7 +497,7 @@ impl Agent {
             request => {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let mutating = request.is_mutating();
-                let work = self.handle(peer, request, Some(conn.clone()), Some(tx));
+                let work = self.handle_within(peer, request, Some(conn.clone()), Some(tx), timeout);
                 // Activations finish even if the deadline passes (the gate
                 // has its own); read-only requests are cut at the deadline.
                 let work = async {
@@ -534,6 +571,15 @@ impl Agent {
             Ok(None) => return Frame::Error(not_found(format!("release {package}"))),
             Err(e) => return Frame::Error(rpc(e)),
         };
+        if indexes.len() > MAX_FETCH_INDEXES {
+            return Frame::Error(RpcError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{} chunks asked for in one request; at most {MAX_FETCH_INDEXES}",
+                    indexes.len()
+                ),
+            ));
+        }
         for &i in indexes {
             match self.inner.chunks.get(&d, i as usize).await {
                 Ok(Some(bytes)) => {
@@ -780,6 +826,7 @@ impl Agent {
 
     // ----- deploy and activation -----
 
+    #[allow(clippy::too_many_arguments)] // one request's parts, passed through
     async fn deploy(
         &self,
         from: PeerId,
@@ -788,7 +835,9 @@ impl Agent {
         options: &ActivateOptions,
         conn: Option<Arc<dyn Connection>>,
         events: Option<&Events>,
+        timeout: Duration,
     ) -> Res<Reply> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let d = Descriptor::from_bytes(descriptor)
             .map_err(|e| RpcError::new(ErrorKind::Corrupt, e.to_string()))?;
         let id = d.id();
@@ -830,14 +879,29 @@ impl Agent {
         emit(events, DeployEvent::Verified);
 
         if !rec.installed.contains_key(&m.version) {
-            self.inner.chunks.add_release(&d).await.map_err(rpc)?;
-            self.fetch_missing(&d, conn.as_deref(), events).await?;
-            self.inner
-                .parts
-                .installer
-                .install(&d, &self.inner.chunks)
+            // Verification, transfer and install end at the deadline;
+            // activation, once begun, runs to its end.
+            let fetch_install = async {
+                self.inner.chunks.add_release(&d).await.map_err(rpc)?;
+                self.fetch_missing(&d, conn.as_deref(), events).await?;
+                self.inner
+                    .parts
+                    .installer
+                    .install(&d, &self.inner.chunks)
+                    .await
+                    .map_err(rpc)
+            };
+            tokio::time::timeout_at(deadline, fetch_install)
                 .await
-                .map_err(rpc)?;
+                .map_err(|_| {
+                    RpcError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "transfer and install of {} {} did not finish within {timeout:?}",
+                            m.name, m.version
+                        ),
+                    )
+                })??;
             rec.installed.insert(m.version.clone(), id);
             self.save(&rec).await.map_err(rpc)?;
         }
@@ -1034,9 +1098,12 @@ impl Agent {
                 );
                 self.save(&rec).await.map_err(rpc)?;
                 tracing::info!(app = %name, version = %to, "activated");
-                self.collect_versions(&mut rec, manifest.keep_versions)
+                if let Err(e) = self
+                    .collect_versions(&mut rec, manifest.keep_versions)
                     .await
-                    .map_err(rpc)?;
+                {
+                    tracing::warn!(app = %name, error = %e, "could not remove old versions");
+                }
                 Ok(Reply::Activation(Activation::Activated {
                     version: to.clone(),
                     previous: from,
@@ -1088,14 +1155,20 @@ impl Agent {
         m: &Manifest,
         options: &ActivateOptions,
     ) -> std::result::Result<(), String> {
-        let limit = options.gate_timeout.unwrap_or_else(|| match &m.health {
-            Some(h) => {
-                h.check.start_period
-                    + h.check.interval * (h.gate + h.check.retries + 1)
-                    + Duration::from_secs(30)
-            }
-            None => options.settle + Duration::from_secs(30),
-        });
+        let limit = options
+            .gate_timeout
+            .unwrap_or_else(|| match &m.health {
+                Some(h) => {
+                    h.check
+                        .start_period
+                        .saturating_add(h.check.interval.saturating_mul(
+                            h.gate.saturating_add(h.check.retries).saturating_add(1),
+                        ))
+                        .saturating_add(Duration::from_secs(30))
+                }
+                None => options.settle.saturating_add(Duration::from_secs(30)),
+            })
+            .min(self.inner.cfg.max_request_timeout);
         let poll = match &m.health {
             Some(h) => {
                 (h.check.interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))

@@ -475,13 +475,28 @@ impl Controller {
     /// A connection to `addr`, reused while it lasts. Each one serves the
     /// releases' chunks to the node.
     pub async fn connect(&self, addr: &PeerAddr) -> Result<Arc<dyn Connection>> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&addr.id)
+        if let Some(c) = self.conns.lock().await.get(&addr.id)
             && c.is_connected()
         {
             return Ok(c.clone());
         }
-        let conn = self.provider.connect(addr).await?;
+        // Connect without holding the lock: one slow node must not hold
+        // up requests to the others.
+        let conn = tokio::time::timeout(self.cfg.request_timeout, self.provider.connect(addr))
+            .await
+            .map_err(|_| {
+                Error::timeout(
+                    format!("connecting to {}", addr.id.short()),
+                    self.cfg.request_timeout,
+                )
+            })??;
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr.id)
+            && c.is_connected()
+        {
+            conn.close("a connection to this peer exists").await;
+            return Ok(c.clone());
+        }
         tokio::spawn(serve_chunks(conn.clone(), self.releases.clone()));
         conns.insert(addr.id, conn.clone());
         Ok(conn)
@@ -589,6 +604,9 @@ impl Controller {
         let batches = batches(targets, plan.plan);
         let mut failures = 0;
         let mut changed: Vec<(NodeInfo, Option<semver::Version>)> = Vec::new();
+        // Nodes whose deploy ended in an error on our side (a timeout, a
+        // lost connection): they may have activated anyway.
+        let mut uncertain: Vec<NodeInfo> = Vec::new();
         for (index, batch) in batches.iter().enumerate() {
             send(Progress::Batch {
                 index,
@@ -611,7 +629,13 @@ impl Controller {
                     batch_failed += 1;
                 }
                 if result == NodeResult::Activated {
-                    changed.push((t.clone(), previous));
+                    // A node that was on this version already (not
+                    // running) was restarted, not changed: no rollback.
+                    if previous.as_ref() != Some(&m.version) {
+                        changed.push((t.clone(), previous));
+                    }
+                } else if matches!(result, NodeResult::Failed { .. }) {
+                    uncertain.push(t.clone());
                 }
                 send(Progress::NodeDone {
                     node: t.id,
@@ -636,6 +660,22 @@ impl Controller {
             }
         }
         if report.halted.is_some() && plan.rollback_on_halt {
+            // A node that failed on our side but is on the new version was
+            // changed by this rollout too.
+            for t in uncertain {
+                if let Ok(Reply::App(a)) = self
+                    .request(
+                        &t.addr,
+                        Request::Status {
+                            app: m.name.clone(),
+                        },
+                    )
+                    .await
+                    && a.active.as_ref() == Some(&m.version)
+                {
+                    changed.push((t, a.previous.clone()));
+                }
+            }
             let rolled = futures::future::join_all(changed.iter().map(|(t, previous)| {
                 let app = m.name.clone();
                 let options = plan.options.clone();

@@ -35,7 +35,7 @@ pub trait Installer: Send + Sync {
 }
 
 /// Versions unpacked under `<root>/<name>/<version>` (the safe unpack of
-/// [`crate::unpack`]).
+/// [`unpack`](mod@crate::unpack)).
 #[derive(Debug, Clone)]
 pub struct DirInstaller {
     root: PathBuf,

@@ -1,8 +1,11 @@
 //! # p2p-deploy
 //!
-//! Packages, signing and trust for the p2p deployment SDK: what a release
-//! is, how it is built and signed, and how a node decides to accept it.
-//! Depends on p2p-core only, like everything above the transports.
+//! Packages, signing and trust, the node agent and the controller of the
+//! p2p deployment SDK: what a release is, how it is built and signed, how
+//! a node decides to accept it, installs it and keeps it healthy, and how
+//! a fleet is rolled forward (or back). Depends on p2p-core only, like
+//! everything above the transports: the same agent and controller run on
+//! iroh, libp2p or the simulator.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -21,6 +24,40 @@
 //! let trust = TrustStore::load(Path::new("/etc/p2pd/trusted"))?;
 //! let keys = PackageFile::open(Path::new("web-1.4.2.p2p"))?.verify(&trust)?;
 //! println!("signed by {} trusted key(s)", keys.len());
+//! # Ok(()) }
+//! ```
+//!
+//! Running a node and rolling out to a fleet:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use p2p_core::{Provider, Runtime, Storage, SystemClock};
+//! use p2p_deploy::*;
+//!
+//! # async fn demo(provider: Arc<dyn Provider>, runtime: Arc<dyn Runtime>,
+//! #     storage: Arc<dyn Storage>, ctl_provider: Arc<dyn Provider>) -> p2p_core::Result<()> {
+//! // A node: its transport, runtime and disk, and whom it trusts.
+//! let trust = TrustStore::load(std::path::Path::new("/etc/p2pd/trusted"))?;
+//! let agent = Agent::new(AgentConfig::new(trust), AgentParts {
+//!     provider, runtime, storage,
+//!     installer: Arc::new(DirInstaller::new("/var/lib/p2pd/versions", UnpackLimits::default())),
+//!     clock: Arc::new(SystemClock),
+//! });
+//! tokio::spawn(async move { agent.run().await });
+//!
+//! // A controller: find nodes, pick some by label, roll out in batches.
+//! let ctl = Controller::new(ctl_provider, ControllerConfig::default());
+//! let nodes = ctl.nodes().await;
+//! let targets = Controller::select(&nodes, Some(&"role=web".parse()?), &[])?;
+//! let release = Arc::new(Release::from_package(&PackageFile::open("web-1.4.2.p2p".as_ref())?));
+//! let plan = RolloutPlan {
+//!     plan: Plan::Rolling { batch: BatchSize::Percent(20) },
+//!     ..RolloutPlan::default()
+//! };
+//! let (events, mut progress) = tokio::sync::mpsc::unbounded_channel();
+//! tokio::spawn(async move { while let Some(p) = progress.recv().await { println!("{p:?}") } });
+//! let report = ctl.deploy(release, &targets, &plan, events).await;
+//! assert!(report.is_success(), "{report:?}");
 //! # Ok(()) }
 //! ```
 //!
@@ -45,6 +82,16 @@
 //! - [`unpack`](mod@unpack): an archive into `versions/<name>/<version>` through a
 //!   staging directory and an atomic rename, refusing every unsafe entry,
 //!   or nothing at all.
+//! - [`proto`]: the deploy RPC protocol (versioned hello, one request per
+//!   stream, streamed progress, typed errors, deadlines).
+//! - [`agent`]: the node agent: persistent per-app state, reconcile,
+//!   activation through a health gate with automatic rollback, crash
+//!   recovery, keeping K versions, operator authorization.
+//! - [`controller`]: discovery, [`selector`]s, rollout plans (all, rolling,
+//!   canary), failure limits with rollback on halt, progress events,
+//!   merged logs from many nodes.
+//! - [`install`]: where versions are unpacked ([`DirInstaller`]) or, in
+//!   the simulator, recorded ([`MemInstaller`]).
 //!
 //! ## Measured figures
 //!

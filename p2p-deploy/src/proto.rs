@@ -4,7 +4,7 @@
 //! [`Connection`](p2p_core::Connection), framed with
 //! [`p2p_core::framing`] (u32 length + postcard):
 //!
-//! 1. The client sends its [`Hello`](p2p_core::framing::Hello) for
+//! 1. The client sends its [`Hello`] for
 //!    [`PROTOCOL`] and, without waiting, one [`Request`]; the server
 //!    answers with its hello (a version mismatch fails both sides with
 //!    [`Error::VersionMismatch`]).
