@@ -155,6 +155,18 @@ pub struct Hello {
     pub max: u16,
 }
 
+impl Hello {
+    /// The hello this side sends for `ours`.
+    pub fn new(ours: &ProtocolId) -> Self {
+        Hello {
+            magic: HELLO_MAGIC,
+            protocol: ours.name.to_string(),
+            min: ours.min,
+            max: ours.max,
+        }
+    }
+}
+
 /// A framed bidirectional stream: typed send and receive with a size limit.
 pub struct Framed {
     send: SendStream,
@@ -235,12 +247,7 @@ impl Framed {
     /// protocol (or not this framing at all) and with
     /// [`Error::VersionMismatch`] when the version ranges do not overlap.
     pub async fn hello(&mut self, ours: &ProtocolId) -> Result<u16> {
-        let hello = Hello {
-            magic: HELLO_MAGIC,
-            protocol: ours.name.to_string(),
-            min: ours.min,
-            max: ours.max,
-        };
+        let hello = Hello::new(ours);
         write_frame(&mut self.send, &hello, MAX_HELLO_FRAME).await?;
         self.send
             .flush()

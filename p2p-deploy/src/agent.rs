@@ -58,7 +58,7 @@ use crate::package::{Descriptor, PackageId};
 use crate::proto::{
     ActivateOptions, Activation, AppInfo, Call, DeployEvent, ErrorKind, Frame, HistoryEntry,
     MAX_FRAME, NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION, accept_request,
-    unexpected,
+    send_chunks, unexpected,
 };
 use crate::trust::{TrustStore, check_not_downgrade};
 
@@ -67,9 +67,6 @@ pub const HISTORY_KEPT: usize = 50;
 
 /// Chunks asked for in one fetch request.
 const FETCH_BATCH: usize = 16;
-
-/// Most chunks served for one fetch request.
-const MAX_FETCH_INDEXES: usize = 256;
 
 /// How an agent behaves.
 #[derive(Debug, Clone)]
@@ -279,13 +276,8 @@ impl Agent {
         let clock = self.inner.parts.clock.now().as_millis();
         let mut referenced = BTreeSet::new();
         for name in self.app_names().await? {
-            let mut rec = match self.load(&name).await {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(app = %name, error = %e, "skipping an app whose state cannot be read");
-                    continue;
-                }
+            let Some(mut rec) = self.load_readable(&name).await else {
+                continue;
             };
             if let Some(p) = rec.pending.take() {
                 tracing::warn!(
@@ -330,13 +322,8 @@ impl Agent {
             let Ok(_guard) = self.lock(&name).try_lock_owned() else {
                 continue; // an operation on it is in progress
             };
-            let rec = match self.load(&name).await {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(app = %name, error = %e, "skipping an app whose state cannot be read");
-                    continue;
-                }
+            let Some(rec) = self.load_readable(&name).await else {
+                continue;
             };
             let status = self.status(&name).await;
             match (&rec.active, rec.running) {
@@ -380,10 +367,8 @@ impl Agent {
     pub async fn apps(&self) -> Result<Vec<AppInfo>> {
         let mut out = Vec::new();
         for name in self.app_names().await? {
-            match self.load(&name).await {
-                Ok(Some(rec)) => out.push(self.app_info(&rec).await),
-                Ok(None) => {}
-                Err(e) => tracing::error!(app = %name, error = %e, "cannot read an app's state"),
+            if let Some(rec) = self.load_readable(&name).await {
+                out.push(self.app_info(&rec).await);
             }
         }
         Ok(out)
@@ -571,33 +556,9 @@ impl Agent {
             Ok(None) => return Frame::Error(not_found(format!("release {package}"))),
             Err(e) => return Frame::Error(rpc(e)),
         };
-        if indexes.len() > MAX_FETCH_INDEXES {
-            return Frame::Error(RpcError::new(
-                ErrorKind::Invalid,
-                format!(
-                    "{} chunks asked for in one request; at most {MAX_FETCH_INDEXES}",
-                    indexes.len()
-                ),
-            ));
-        }
-        for &i in indexes {
-            match self.inner.chunks.get(&d, i as usize).await {
-                Ok(Some(bytes)) => {
-                    if framed
-                        .send(&Frame::Chunk { index: i, bytes })
-                        .await
-                        .is_err()
-                    {
-                        return Frame::Done(Reply::Ok);
-                    }
-                }
-                Ok(None) => {
-                    return Frame::Error(not_found(format!("chunk {i} of release {package}")));
-                }
-                Err(e) => return Frame::Error(rpc(e)),
-            }
-        }
-        Frame::Done(Reply::Ok)
+        let chunks = &self.inner.chunks;
+        let d = &d;
+        send_chunks(framed, package, indexes, |i| chunks.get(d, i as usize)).await
     }
 
     // ----- state -----
@@ -646,6 +607,18 @@ impl Agent {
         }
     }
 
+    /// The record of `app`; an unreadable one is logged and skipped, so
+    /// that one damaged app does not take the others down with it.
+    async fn load_readable(&self, app: &str) -> Option<AppRecord> {
+        match self.load(app).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(app, error = %e, "skipping an app whose state cannot be read");
+                None
+            }
+        }
+    }
+
     async fn need(&self, app: &str) -> Res<AppRecord> {
         self.load(app)
             .await
@@ -665,6 +638,13 @@ impl Agent {
 
     async fn status(&self, app: &str) -> Option<AppStatus> {
         self.inner.parts.runtime.status(app).await.ok()
+    }
+
+    /// Whether the runtime runs `v` of `app`, live.
+    async fn runs(&self, app: &str, v: &semver::Version) -> bool {
+        self.status(app)
+            .await
+            .is_some_and(|s| s.state.is_live() && s.version == v.to_string())
     }
 
     async fn app_info(&self, rec: &AppRecord) -> AppInfo {
@@ -714,17 +694,10 @@ impl Agent {
     async fn start_app(&self, app: &str) -> Res<Reply> {
         let _g = self.busy(app)?;
         let mut rec = self.need(app).await?;
-        let v = rec
-            .active
-            .clone()
-            .ok_or_else(|| not_found(format!("{app} has no active version; deploy one first")))?;
+        let v = active_version(&rec)?;
         rec.running = true;
         self.save(&rec).await.map_err(rpc)?;
-        let live = self
-            .status(app)
-            .await
-            .is_some_and(|s| s.state.is_live() && s.version == v.to_string());
-        if !live {
+        if !self.runs(app, &v).await {
             self.start_version(&rec, &v).await.map_err(rpc)?;
         }
         Ok(Reply::App(Box::new(self.app_info(&rec).await)))
@@ -745,10 +718,7 @@ impl Agent {
     async fn restart_app(&self, app: &str) -> Res<Reply> {
         let _g = self.busy(app)?;
         let mut rec = self.need(app).await?;
-        let v = rec
-            .active
-            .clone()
-            .ok_or_else(|| not_found(format!("{app} has no active version; deploy one first")))?;
+        let v = active_version(&rec)?;
         rec.running = true;
         self.save(&rec).await.map_err(rpc)?;
         match self.inner.parts.runtime.restart(app).await {
@@ -784,7 +754,7 @@ impl Agent {
                 }
                 self.save(&rec).await.map_err(rpc)?;
                 installer.uninstall(app, v).await.map_err(rpc)?;
-                self.drop_release(&id).await.map_err(rpc)?;
+                self.drop_releases(&[id]).await.map_err(rpc)?;
                 Ok(Reply::App(Box::new(self.app_info(&rec).await)))
             }
             None => {
@@ -800,26 +770,28 @@ impl Agent {
                     .delete(&record_key(app))
                     .await
                     .map_err(rpc)?;
-                for (v, id) in &rec.installed {
+                for v in rec.installed.keys() {
                     installer.uninstall(app, v).await.map_err(rpc)?;
-                    self.drop_release(id).await.map_err(rpc)?;
                 }
+                let ids: Vec<PackageId> = rec.installed.values().copied().collect();
+                self.drop_releases(&ids).await.map_err(rpc)?;
                 Ok(Reply::Ok)
             }
         }
     }
 
-    /// Stops keeping a release unless another app's record still refers
-    /// to it, then collects unreferenced chunks.
-    async fn drop_release(&self, id: &PackageId) -> Result<()> {
+    /// Stops keeping the releases that no app's record refers to any
+    /// more, then collects unreferenced chunks once.
+    async fn drop_releases(&self, ids: &[PackageId]) -> Result<()> {
+        let mut referenced = BTreeSet::new();
         for name in self.app_names().await? {
-            if let Some(rec) = self.load(&name).await?
-                && rec.installed.values().any(|x| x == id)
-            {
-                return Ok(());
+            if let Some(rec) = self.load(&name).await? {
+                referenced.extend(rec.installed.into_values());
             }
         }
-        self.inner.chunks.remove_release(id).await?;
+        for id in ids.iter().filter(|id| !referenced.contains(*id)) {
+            self.inner.chunks.remove_release(id).await?;
+        }
         self.inner.chunks.collect().await?;
         Ok(())
     }
@@ -863,10 +835,7 @@ impl Agent {
             }
             if rec.active.as_ref() == Some(&m.version)
                 && rec.running
-                && self
-                    .status(&m.name)
-                    .await
-                    .is_some_and(|s| s.state.is_live() && s.version == m.version.to_string())
+                && self.runs(&m.name, &m.version).await
             {
                 return Ok(Reply::Activation(Activation::AlreadyActive {
                     version: m.version.clone(),
@@ -918,10 +887,7 @@ impl Agent {
     ) -> Res<()> {
         let missing = self.inner.chunks.missing(d).await.map_err(rpc)?;
         let total = d.archive_size;
-        let mut have: u64 = (0..d.chunks.len())
-            .filter(|i| !missing.contains(i))
-            .map(|i| chunk_len(d, i))
-            .sum();
+        let mut have = total - missing.iter().map(|&i| chunk_len(d, i)).sum::<u64>();
         emit(events, DeployEvent::Transfer { bytes: have, total });
         if missing.is_empty() {
             return Ok(());
@@ -1007,13 +973,7 @@ impl Agent {
                 list_versions(&rec)
             )));
         }
-        if rec.active.as_ref() == Some(version)
-            && rec.running
-            && self
-                .status(app)
-                .await
-                .is_some_and(|s| s.state.is_live() && s.version == version.to_string())
-        {
+        if rec.active.as_ref() == Some(version) && rec.running && self.runs(app, version).await {
             return Ok(Reply::Activation(Activation::AlreadyActive {
                 version: version.clone(),
             }));
@@ -1281,12 +1241,12 @@ impl Agent {
             }
         }
         self.save(rec).await?;
-        for (v, id) in gone {
+        for (v, _) in &gone {
             tracing::info!(app = %rec.name, version = %v, "removing an old version");
-            self.inner.parts.installer.uninstall(&rec.name, &v).await?;
-            self.drop_release(&id).await?;
+            self.inner.parts.installer.uninstall(&rec.name, v).await?;
         }
-        Ok(())
+        let ids: Vec<PackageId> = gone.into_iter().map(|(_, id)| id).collect();
+        self.drop_releases(&ids).await
     }
 }
 
@@ -1301,6 +1261,15 @@ fn fetch_failed(conn: &dyn Connection, e: &Error) -> RpcError {
             conn.remote_id().short()
         ),
     )
+}
+
+fn active_version(rec: &AppRecord) -> Res<semver::Version> {
+    rec.active.clone().ok_or_else(|| {
+        not_found(format!(
+            "{} has no active version; deploy one first",
+            rec.name
+        ))
+    })
 }
 
 fn list_versions(rec: &AppRecord) -> String {

@@ -31,7 +31,7 @@ use crate::chunks::chunk_len;
 use crate::package::{Descriptor, PackageFile, PackageId};
 use crate::proto::{
     ActivateOptions, Activation, Call, DeployEvent, ErrorKind, Frame, MAX_FRAME, NodeInfo, Reply,
-    Request, RpcError, accept_request, call, unexpected,
+    Request, RpcError, accept_request, call, send_chunks, unexpected,
 };
 use crate::selector::Selector;
 
@@ -836,25 +836,10 @@ async fn serve_chunks(
                             format!("release {package} is not served here"),
                         )),
                         Some(r) => {
-                            let mut end = Frame::Done(Reply::Ok);
-                            for i in indexes {
-                                match r.chunk(i as usize) {
-                                    Ok(bytes) => {
-                                        if framed
-                                            .send(&Frame::Chunk { index: i, bytes })
-                                            .await
-                                            .is_err()
-                                        {
-                                            return;
-                                        }
-                                    }
-                                    Err(e) => {
-                                        end = Frame::Error(RpcError::from_error(&e));
-                                        break;
-                                    }
-                                }
-                            }
-                            end
+                            send_chunks(&mut framed, &package, &indexes, |i| {
+                                std::future::ready(r.chunk(i as usize).map(Some))
+                            })
+                            .await
                         }
                     }
                 }

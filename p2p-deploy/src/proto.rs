@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use p2p_core::framing::{Framed, HELLO_MAGIC, Hello, ProtocolId, negotiate};
+use p2p_core::framing::{Framed, Hello, ProtocolId, negotiate};
 use p2p_core::{AppStatus, Error, LogLine, LogSelection, PeerAddr, PeerId, Result, Signature};
 use serde::{Deserialize, Serialize};
 
@@ -452,14 +452,7 @@ impl Call {
         let framed = tokio::time::timeout_at(deadline, async {
             let (send, recv) = conn.open_bi().await?;
             let mut framed = Framed::with_max(send, recv, MAX_FRAME);
-            framed
-                .send(&Hello {
-                    magic: HELLO_MAGIC,
-                    protocol: PROTOCOL.name.to_string(),
-                    min: PROTOCOL.min,
-                    max: PROTOCOL.max,
-                })
-                .await?;
+            framed.send(&Hello::new(&PROTOCOL)).await?;
             framed
                 .send(&Envelope {
                     timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -540,6 +533,50 @@ pub async fn call(
 pub(crate) async fn accept_request(framed: &mut Framed) -> Result<Envelope> {
     framed.hello(&PROTOCOL).await?;
     framed.recv::<Envelope>().await
+}
+
+/// Most chunks served for one fetch request.
+pub const MAX_FETCH_INDEXES: usize = 256;
+
+/// Answers [`Request::FetchChunks`]: sends each chunk `get` returns as a
+/// [`Frame::Chunk`] and returns the frame that ends the request. A
+/// request for too many chunks, or for one `get` does not have, ends in
+/// an error; a client that goes away ends it quietly.
+pub(crate) async fn send_chunks<F>(
+    framed: &mut Framed,
+    package: &PackageId,
+    indexes: &[u32],
+    mut get: impl FnMut(u32) -> F,
+) -> Frame
+where
+    F: std::future::Future<Output = Result<Option<Vec<u8>>>>,
+{
+    if indexes.len() > MAX_FETCH_INDEXES {
+        return Frame::Error(RpcError::new(
+            ErrorKind::Invalid,
+            format!(
+                "{} chunks asked for in one request; at most {MAX_FETCH_INDEXES}",
+                indexes.len()
+            ),
+        ));
+    }
+    for &index in indexes {
+        match get(index).await {
+            Ok(Some(bytes)) => {
+                if framed.send(&Frame::Chunk { index, bytes }).await.is_err() {
+                    return Frame::Done(Reply::Ok);
+                }
+            }
+            Ok(None) => {
+                return Frame::Error(RpcError::new(
+                    ErrorKind::NotFound,
+                    format!("chunk {index} of release {package}"),
+                ));
+            }
+            Err(e) => return Frame::Error(RpcError::from_error(&e)),
+        }
+    }
+    Frame::Done(Reply::Ok)
 }
 
 /// Names a peer for messages.

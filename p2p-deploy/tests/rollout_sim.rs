@@ -130,6 +130,17 @@ impl Fleet {
     }
 }
 
+/// A fleet of `n` agents without an operator list, a controller "ctl",
+/// every node as a target, and 1.0.0 rolled out to all of them.
+async fn fleet_on_v1(seed: u64, n: usize) -> (Fleet, Controller, Vec<NodeInfo>) {
+    let f = fleet(seed, n, None);
+    let ctl = f.controller("ctl");
+    let t = targets(&ctl, "").await;
+    let v1 = release("1.0.0").await;
+    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    (f, ctl, t)
+}
+
 async fn targets(ctl: &Controller, selector: &str) -> Vec<NodeInfo> {
     let views = ctl.nodes().await;
     let sel: Selector = selector.parse().unwrap();
@@ -247,11 +258,7 @@ async fn fifty_nodes_with_each_plan() {
 
 #[tokio::test(start_paused = true)]
 async fn canary_failure_halts_before_the_rest() {
-    let f = fleet(2, 12, None);
-    let ctl = f.controller("ctl");
-    let t = targets(&ctl, "").await;
-    let v1 = release("1.0.0").await;
-    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let (f, ctl, t) = fleet_on_v1(2, 12).await;
     f.net.scripts().set(APP, "2.0.0", Script::never_healthy());
     let v2 = release("2.0.0").await;
     let report = run(
@@ -278,11 +285,7 @@ async fn canary_failure_halts_before_the_rest() {
 
 #[tokio::test(start_paused = true)]
 async fn max_failures_halts_and_rolls_back_the_nodes_already_changed() {
-    let f = fleet(3, 12, None);
-    let ctl = f.controller("ctl");
-    let t = targets(&ctl, "").await;
-    let v1 = release("1.0.0").await;
-    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let (f, ctl, t) = fleet_on_v1(3, 12).await;
     let v2 = release("2.0.0").await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let rolling = RolloutPlan {
@@ -327,11 +330,7 @@ async fn max_failures_halts_and_rolls_back_the_nodes_already_changed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_version_that_crashes_or_never_gets_healthy_is_rolled_back_everywhere() {
-    let f = fleet(4, 10, None);
-    let ctl = f.controller("ctl");
-    let t = targets(&ctl, "").await;
-    let v1 = release("1.0.0").await;
-    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let (f, ctl, t) = fleet_on_v1(4, 10).await;
     let tolerant = RolloutPlan {
         max_failures: FailureLimit::Percent(100),
         ..RolloutPlan::default()
@@ -370,11 +369,7 @@ async fn a_version_that_crashes_or_never_gets_healthy_is_rolled_back_everywhere(
 /// restarts it, and returns (active version, runtime version, last history
 /// outcome).
 async fn crash_during_deploy(seed: u64, after: Duration) -> (String, String, Outcome) {
-    let f = fleet(seed, 1, None);
-    let ctl = f.controller("ctl");
-    let t = targets(&ctl, "").await;
-    let v1 = release("1.0.0").await;
-    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let (f, ctl, t) = fleet_on_v1(seed, 1).await;
     f.net
         .scripts()
         .set(APP, "2.0.0", Script::slow_start(Duration::from_secs(2)));
@@ -437,11 +432,7 @@ async fn an_agent_crash_at_any_step_of_activation_leaves_a_consistent_node() {
 
 #[tokio::test(start_paused = true)]
 async fn a_new_controller_finishes_what_a_crashed_one_started() {
-    let f = fleet(5, 12, None);
-    let ctl = f.controller("ctl");
-    let t = targets(&ctl, "").await;
-    let v1 = release("1.0.0").await;
-    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let (f, ctl, t) = fleet_on_v1(5, 12).await;
     let v2 = release("2.0.0").await;
     // The first controller runs as a task of node "ctl" and dies with it.
     let ctl = Arc::new(ctl);
@@ -482,11 +473,7 @@ async fn a_new_controller_finishes_what_a_crashed_one_started() {
 
 #[tokio::test(start_paused = true)]
 async fn a_partitioned_node_fails_alone_and_stays_consistent() {
-    let f = fleet(6, 6, None);
-    let ctl = f.controller("ctl");
-    let t = targets(&ctl, "").await;
-    let v1 = release("1.0.0").await;
-    assert!(run(&ctl, &v1, &t, plan(Plan::All)).await.is_success());
+    let (f, ctl, t) = fleet_on_v1(6, 6).await;
     let v2 = release("2.0.0").await;
     let net = f.net.clone();
     // Cut n03 off while it fetches chunks from the controller; heal later.
