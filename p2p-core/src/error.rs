@@ -95,6 +95,12 @@ pub enum Error {
         /// What collided.
         what: String,
     },
+    /// Another operation holds the thing; try again when it ends.
+    #[error("busy: {what}")]
+    Busy {
+        /// What is busy, and with what.
+        what: String,
+    },
     /// A signature did not verify, or a key is not trusted.
     #[error("bad signature: {reason}")]
     BadSignature {
@@ -231,11 +237,15 @@ impl Error {
         std::io::Error::new(kind, self)
     }
 
-    /// True when retrying later may succeed (unreachable, timeout, closed).
+    /// True when retrying later may succeed (unreachable, timeout,
+    /// closed, busy).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Closed { .. }
+            Error::Unreachable { .. }
+                | Error::Timeout { .. }
+                | Error::Closed { .. }
+                | Error::Busy { .. }
         )
     }
 }

@@ -68,6 +68,9 @@ pub const HISTORY_KEPT: usize = 50;
 /// Chunks asked for in one fetch request.
 const FETCH_BATCH: usize = 16;
 
+/// How long a request waits for another operation on the same app.
+const BUSY_WAIT: Duration = Duration::from_secs(5);
+
 /// How an agent behaves.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -275,10 +278,12 @@ impl Agent {
     pub async fn recover(&self) -> Result<()> {
         let clock = self.inner.parts.clock.now().as_millis();
         let mut referenced = BTreeSet::new();
+        let mut installed = BTreeMap::new();
         for name in self.app_names().await? {
             let Some(mut rec) = self.load_readable(&name).await else {
                 continue;
             };
+            installed.insert(name.clone(), rec.installed.keys().cloned().collect());
             if let Some(p) = rec.pending.take() {
                 tracing::warn!(
                     app = %name,
@@ -311,6 +316,11 @@ impl Agent {
             Err(e) => tracing::error!(error = %e, "cannot read the kept releases; not collecting"),
         }
         self.inner.chunks.collect().await?;
+        match self.inner.parts.installer.clean(&installed).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "cleaned up after interrupted installs"),
+            Err(e) => tracing::warn!(error = %e, "could not clean up after interrupted installs"),
+        }
         self.reconcile().await
     }
 
@@ -461,15 +471,8 @@ impl Agent {
     async fn serve_stream(&self, conn: Arc<dyn Connection>, send: SendStream, recv: RecvStream) {
         let peer = conn.remote_id();
         let mut framed = Framed::with_max(send, recv, MAX_FRAME);
-        let env = match tokio::time::timeout(Duration::from_secs(10), accept_request(&mut framed))
-            .await
-            .unwrap_or_else(|_| Err(Error::timeout("reading a request", Duration::from_secs(10))))
-        {
-            Ok(env) => env,
-            Err(e) => {
-                tracing::debug!(peer = %peer.short(), error = %e, "bad request stream");
-                return;
-            }
+        let Some(env) = accept_request(&mut framed, &peer).await else {
+            return;
         };
         let timeout = Duration::from_millis(env.timeout_ms).min(self.inner.cfg.max_request_timeout);
         let kind = env.request.kind();
@@ -572,13 +575,17 @@ impl Agent {
         locks.entry(app.to_string()).or_default().clone()
     }
 
-    fn busy(&self, app: &str) -> Res<tokio::sync::OwnedMutexGuard<()>> {
-        self.lock(app).try_lock_owned().map_err(|_| {
-            RpcError::new(
-                ErrorKind::Busy,
-                format!("another operation on {app} is in progress; try again when it ends"),
-            )
-        })
+    /// The app's lock, waited for up to [`BUSY_WAIT`] (a reconcile pass
+    /// holds it briefly); after that the app is busy with an operation.
+    async fn busy(&self, app: &str) -> Res<tokio::sync::OwnedMutexGuard<()>> {
+        tokio::time::timeout(BUSY_WAIT, self.lock(app).lock_owned())
+            .await
+            .map_err(|_| {
+                RpcError::new(
+                    ErrorKind::Busy,
+                    format!("another operation on {app} is in progress; try again when it ends"),
+                )
+            })
     }
 
     async fn app_names(&self) -> Result<Vec<String>> {
@@ -692,7 +699,7 @@ impl Agent {
     // ----- simple operations -----
 
     async fn start_app(&self, app: &str) -> Res<Reply> {
-        let _g = self.busy(app)?;
+        let _g = self.busy(app).await?;
         let mut rec = self.need(app).await?;
         let v = active_version(&rec)?;
         rec.running = true;
@@ -704,7 +711,7 @@ impl Agent {
     }
 
     async fn stop_app(&self, app: &str) -> Res<Reply> {
-        let _g = self.busy(app)?;
+        let _g = self.busy(app).await?;
         let mut rec = self.need(app).await?;
         rec.running = false;
         self.save(&rec).await.map_err(rpc)?;
@@ -716,7 +723,7 @@ impl Agent {
     }
 
     async fn restart_app(&self, app: &str) -> Res<Reply> {
-        let _g = self.busy(app)?;
+        let _g = self.busy(app).await?;
         let mut rec = self.need(app).await?;
         let v = active_version(&rec)?;
         rec.running = true;
@@ -732,7 +739,7 @@ impl Agent {
     }
 
     async fn remove(&self, app: &str, version: Option<&semver::Version>) -> Res<Reply> {
-        let _g = self.busy(app)?;
+        let _g = self.busy(app).await?;
         let mut rec = self.need(app).await?;
         let installer = &self.inner.parts.installer;
         match version {
@@ -758,11 +765,20 @@ impl Agent {
                 Ok(Reply::App(Box::new(self.app_info(&rec).await)))
             }
             None => {
+                // Not running first, so that nothing restarts it if a
+                // later step fails.
+                rec.running = false;
+                self.save(&rec).await.map_err(rpc)?;
                 let rt = &self.inner.parts.runtime;
                 let _ = rt.stop(app).await;
                 match rt.remove(app).await {
                     Ok(()) | Err(Error::NotFound { .. }) => {}
                     Err(e) => return Err(rpc(e)),
+                }
+                // Files first, then the record: a failure part way leaves
+                // a record that a second remove finishes.
+                for v in rec.installed.keys() {
+                    installer.uninstall(app, v).await.map_err(rpc)?;
                 }
                 self.inner
                     .parts
@@ -770,9 +786,6 @@ impl Agent {
                     .delete(&record_key(app))
                     .await
                     .map_err(rpc)?;
-                for v in rec.installed.keys() {
-                    installer.uninstall(app, v).await.map_err(rpc)?;
-                }
                 let ids: Vec<PackageId> = rec.installed.values().copied().collect();
                 self.drop_releases(&ids).await.map_err(rpc)?;
                 Ok(Reply::Ok)
@@ -814,7 +827,7 @@ impl Agent {
             .map_err(|e| RpcError::new(ErrorKind::Corrupt, e.to_string()))?;
         let id = d.id();
         let m = d.manifest.clone();
-        let _g = self.busy(&m.name)?;
+        let _g = self.busy(&m.name).await?;
         self.inner.cfg.trust.check(&d, signatures).map_err(|e| {
             tracing::warn!(app = %m.name, version = %m.version, peer = %from.short(), error = %e, "release refused");
             RpcError::new(ErrorKind::BadSignature, format!("{} {}: {e}", m.name, m.version))
@@ -852,7 +865,8 @@ impl Agent {
             // activation, once begun, runs to its end.
             let fetch_install = async {
                 self.inner.chunks.add_release(&d).await.map_err(rpc)?;
-                self.fetch_missing(&d, conn.as_deref(), events).await?;
+                self.fetch_missing(&d, conn.as_deref(), events, deadline)
+                    .await?;
                 self.inner
                     .parts
                     .installer
@@ -884,6 +898,7 @@ impl Agent {
         d: &Descriptor,
         conn: Option<&dyn Connection>,
         events: Option<&Events>,
+        deadline: tokio::time::Instant,
     ) -> Res<()> {
         let missing = self.inner.chunks.missing(d).await.map_err(rpc)?;
         let total = d.archive_size;
@@ -907,19 +922,19 @@ impl Agent {
                     package: id,
                     indexes: indexes.clone(),
                 },
-                Duration::from_secs(60),
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
             )
             .await
             .map_err(|e| fetch_failed(conn, &e))?;
-            let mut got = 0;
+            let mut got = BTreeSet::new();
             loop {
                 match call.next().await.map_err(|e| fetch_failed(conn, &e))? {
                     Frame::Chunk { index, bytes } => {
-                        if !indexes.contains(&index) {
+                        if !indexes.contains(&index) || !got.insert(index) {
                             return Err(RpcError::new(
                                 ErrorKind::Corrupt,
                                 format!(
-                                    "peer {} sent chunk {index}, which was not asked for",
+                                    "peer {} sent chunk {index}, which was not asked for or was sent twice",
                                     conn.remote_id().short()
                                 ),
                             ));
@@ -934,7 +949,6 @@ impl Agent {
                                     format!("from peer {}: {e}", conn.remote_id().short()),
                                 )
                             })?;
-                        got += 1;
                         have += bytes.len() as u64;
                         emit(events, DeployEvent::Transfer { bytes: have, total });
                     }
@@ -944,12 +958,13 @@ impl Agent {
                     }
                 }
             }
-            if got < indexes.len() {
+            if got.len() < indexes.len() {
                 return Err(RpcError::new(
                     ErrorKind::Corrupt,
                     format!(
-                        "peer {} sent {got} of {} chunks asked for",
+                        "peer {} sent {} of {} chunks asked for",
                         conn.remote_id().short(),
+                        got.len(),
                         indexes.len()
                     ),
                 ));
@@ -965,7 +980,7 @@ impl Agent {
         options: &ActivateOptions,
         events: Option<&Events>,
     ) -> Res<Reply> {
-        let _g = self.busy(app)?;
+        let _g = self.busy(app).await?;
         let rec = self.need(app).await?;
         if !rec.installed.contains_key(version) {
             return Err(not_found(format!(
@@ -987,16 +1002,32 @@ impl Agent {
         options: &ActivateOptions,
         events: Option<&Events>,
     ) -> Res<Reply> {
-        let _g = self.busy(app)?;
+        let _g = self.busy(app).await?;
         let rec = self.need(app).await?;
+        // The previous version; else the newest earlier version that was
+        // once active here (one that failed its gate is a poor target),
+        // else the newest earlier one.
+        let earlier = |once_active: bool| {
+            let active = rec.active.as_ref()?;
+            rec.installed
+                .keys()
+                .rev()
+                .filter(|v| *v < active)
+                .find(|v| {
+                    !once_active
+                        || rec
+                            .history
+                            .iter()
+                            .any(|h| &h.version == *v && h.outcome == Outcome::Activated)
+                })
+                .cloned()
+        };
         let target = rec
             .previous
             .clone()
             .filter(|p| rec.installed.contains_key(p) && Some(p) != rec.active.as_ref())
-            .or_else(|| {
-                let active = rec.active.as_ref()?;
-                rec.installed.keys().rev().find(|v| *v < active).cloned()
-            })
+            .or_else(|| earlier(true))
+            .or_else(|| earlier(false))
             .ok_or_else(|| {
                 not_found(format!(
                     "{app} has no earlier version to roll back to (installed: {})",
@@ -1079,11 +1110,16 @@ impl Agent {
                 tracing::warn!(app = %name, version = %to, %reason, "activation failed; going back");
                 let _ = rt.stop(&name).await;
                 let _ = rt.remove(&name).await;
+                let mut reason = reason;
                 if let Some(v) = &from
                     && was_running
                     && let Err(e) = self.start_version(&rec, v).await
                 {
+                    // The record keeps `v` active: reconcile retries it.
                     tracing::warn!(app = %name, version = %v, error = %e, "could not restart the previous version");
+                    reason = format!(
+                        "{reason}; then {v} could not be started again ({e}); the agent keeps retrying"
+                    );
                 }
                 push_history(
                     &mut rec,
@@ -1254,6 +1290,9 @@ fn fetch_failed(conn: &dyn Connection, e: &Error) -> RpcError {
     RpcError::new(
         match e {
             Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Unreachable { .. } | Error::Closed { .. } => ErrorKind::Unreachable,
+            Error::Protocol { .. } | Error::FrameTooLarge { .. } => ErrorKind::Corrupt,
             _ => ErrorKind::Internal,
         },
         format!(

@@ -34,6 +34,10 @@ use crate::trust::VerifyError;
 #[derive(Clone)]
 pub struct ChunkStore {
     storage: Arc<dyn Storage>,
+    /// Writers (adding a release, storing a chunk) share it; a collection
+    /// takes it alone, so it never deletes a chunk stored for a release
+    /// it did not see.
+    sweep: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn chunk_key(hash: &[u8; 32]) -> String {
@@ -54,12 +58,16 @@ pub fn chunk_len(d: &Descriptor, index: usize) -> u64 {
 impl ChunkStore {
     /// A store on `storage`.
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        ChunkStore { storage }
+        ChunkStore {
+            storage,
+            sweep: Arc::new(tokio::sync::RwLock::new(())),
+        }
     }
 
     /// Keeps `d`: its chunks are referenced until [`remove_release`](Self::remove_release).
     pub async fn add_release(&self, d: &Descriptor) -> Result<PackageId> {
         let id = d.id();
+        let _w = self.sweep.read().await;
         self.storage.put(&release_key(&id), &d.to_bytes()).await?;
         Ok(id)
     }
@@ -104,6 +112,7 @@ impl ChunkStore {
         if bytes.len() as u64 != chunk_len(d, index) || &hash != want {
             return Err(VerifyError::ChunkHash { index }.into());
         }
+        let _w = self.sweep.read().await;
         self.storage.put(&chunk_key(want), bytes).await
     }
 
@@ -151,6 +160,7 @@ impl ChunkStore {
 
     /// Deletes every chunk no kept release refers to; returns how many.
     pub async fn collect(&self) -> Result<usize> {
+        let _alone = self.sweep.write().await;
         let mut live = BTreeSet::new();
         for d in self.releases().await? {
             live.extend(d.chunks.iter().map(chunk_key));

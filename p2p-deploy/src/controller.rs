@@ -147,6 +147,26 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// The views that hold an error instead of the node's info.
+    pub fn unanswered(views: &[NodeView]) -> impl Iterator<Item = &NodeView> {
+        views.iter().filter(|v| v.info.is_err())
+    }
+
+    /// What the node said, with the address it was reached at first in
+    /// its address list (the one it reports itself may not be reachable
+    /// from here).
+    fn reached(&self) -> Option<NodeInfo> {
+        let mut i = self.info.clone().ok()?;
+        let mut addrs = self.addr.addrs.clone();
+        for a in &i.addr.addrs {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        i.addr = PeerAddr { id: i.id, addrs };
+        Some(i)
+    }
+
     /// The node's name, else its short id.
     pub fn label(&self) -> String {
         match &self.info {
@@ -327,6 +347,14 @@ pub enum Progress {
         /// How.
         result: NodeResult,
     },
+    /// A node this rollout changed could not be rolled back after the
+    /// halt.
+    RollbackFailed {
+        /// The node.
+        node: PeerId,
+        /// Why.
+        error: String,
+    },
     /// The rollout halts.
     Halted {
         /// Why.
@@ -349,10 +377,13 @@ pub struct RolloutReport {
     pub nodes: BTreeMap<PeerId, NodeResult>,
     /// Nodes this rollout changed and then rolled back after the halt.
     pub rolled_back: Vec<PeerId>,
+    /// Nodes this rollout changed that could not be rolled back after the
+    /// halt, with why: they may still run the new version.
+    pub rollback_failed: BTreeMap<PeerId, String>,
 }
 
 impl RolloutReport {
-    /// Completed with every node on the new version.
+    /// Completed with every node on the new version (or already on it).
     pub fn is_success(&self) -> bool {
         self.halted.is_none() && self.nodes.values().all(|r| !r.is_failure())
     }
@@ -363,7 +394,7 @@ pub struct Controller {
     provider: Arc<dyn Provider>,
     cfg: ControllerConfig,
     conns: tokio::sync::Mutex<BTreeMap<PeerId, Arc<dyn Connection>>>,
-    releases: Arc<Mutex<BTreeMap<PackageId, Arc<Release>>>>,
+    releases: Served,
     book: Mutex<BTreeMap<PeerId, PeerAddr>>,
     discovered: Mutex<Option<Discovered>>,
 }
@@ -439,7 +470,9 @@ impl Controller {
     }
 
     /// The nodes among `views` that answered and match `selector`, plus
-    /// those named in `ids` (which must have answered).
+    /// those named in `ids` (which must have answered). Nodes that did not
+    /// answer cannot be matched by label: [`NodeView::unanswered`] lists
+    /// them, for a caller to warn about.
     pub fn select(
         views: &[NodeView],
         selector: Option<&Selector>,
@@ -448,7 +481,7 @@ impl Controller {
         let mut out = Vec::new();
         for id in ids {
             match views.iter().find(|v| v.addr.id == *id) {
-                Some(NodeView { info: Ok(i), .. }) => out.push(i.clone()),
+                Some(v @ NodeView { info: Ok(_), .. }) => out.extend(v.reached()),
                 Some(NodeView { info: Err(e), .. }) => {
                     return Err(Error::unreachable(format!("node {}: {e}", id.short())));
                 }
@@ -465,7 +498,7 @@ impl Controller {
                     && sel.matches(&i.labels)
                     && !out.iter().any(|o| o.id == i.id)
                 {
-                    out.push(i.clone());
+                    out.extend(v.reached());
                 }
             }
         }
@@ -522,42 +555,49 @@ impl Controller {
     }
 
     /// Follows (or tails) `app`'s logs on every node in `nodes`, merged
-    /// as lines arrive, each with the node's name (or short id).
+    /// as lines arrive, each with the node's name (or short id). The
+    /// requests are opened concurrently. A node that cannot be asked, or
+    /// whose stream breaks, yields one error (naming the node) in the
+    /// stream; the other nodes go on.
     pub async fn logs(
         &self,
         nodes: &[NodeInfo],
         app: &str,
         selection: LogSelection,
-    ) -> Result<BoxStream<'static, Result<(String, LogLine)>>> {
-        let mut streams = Vec::new();
-        for n in nodes {
-            let conn = self.connect(&n.addr).await?;
-            let c = Call::open(
-                &*conn,
-                Request::Logs {
-                    app: app.to_string(),
-                    selection: selection.clone(),
-                },
-                self.cfg.request_timeout,
-            )
-            .await?;
+    ) -> BoxStream<'static, Result<(String, LogLine)>> {
+        let opened = futures::future::join_all(nodes.iter().map(|n| {
+            let request = Request::Logs {
+                app: app.to_string(),
+                selection: selection.clone(),
+            };
+            async move {
+                let conn = self.connect(&n.addr).await?;
+                let c = Call::open(&*conn, request, self.cfg.request_timeout).await?;
+                Ok::<_, Error>((c, conn))
+            }
+        }))
+        .await;
+        let follow = selection.follow;
+        let streams = nodes.iter().zip(opened).map(|(n, opened)| {
             let prefix = if n.name.is_empty() {
                 n.id.short()
             } else {
                 n.name.clone()
             };
-            let follow = selection.follow;
-            let s = futures::stream::unfold(Some((c, conn)), move |state| {
+            futures::stream::unfold(Some(opened), move |state| {
                 let prefix = prefix.clone();
                 async move {
-                    let (mut c, conn) = state?;
+                    let (mut c, conn) = match state? {
+                        Ok(open) => open,
+                        Err(e) => return Some((Err(e), None)),
+                    };
                     let next = if follow {
                         c.next_unbounded().await
                     } else {
                         c.next().await
                     };
                     match next {
-                        Ok(Frame::Log(l)) => Some((Ok((prefix, l)), Some((c, conn)))),
+                        Ok(Frame::Log(l)) => Some((Ok((prefix, l)), Some(Ok((c, conn))))),
                         Ok(Frame::Done(_)) => None,
                         Ok(other) => Some((
                             Err(unexpected(&conn.remote_id(), "a log line", &other)),
@@ -566,10 +606,10 @@ impl Controller {
                         Err(e) => Some((Err(e), None)),
                     }
                 }
-            });
-            streams.push(s.boxed());
-        }
-        Ok(futures::stream::select_all(streams).boxed())
+            })
+            .boxed()
+        });
+        futures::stream::select_all(streams).boxed()
     }
 
     /// Deploys `release` to `targets` by `plan`, sending progress to
@@ -585,7 +625,7 @@ impl Controller {
             let _ = events.send(p);
         };
         let m = &release.descriptor.manifest;
-        lock(&self.releases).insert(release.id(), release.clone());
+        let _serving = Serving::new(&self.releases, &release);
         let mut report = RolloutReport {
             app: m.name.clone(),
             version: m.version.clone(),
@@ -595,6 +635,7 @@ impl Controller {
                 .map(|t| (t.id, NodeResult::Skipped))
                 .collect(),
             rolled_back: Vec::new(),
+            rollback_failed: BTreeMap::new(),
         };
         send(Progress::Selected {
             nodes: targets.iter().map(|t| t.id).collect(),
@@ -704,8 +745,24 @@ impl Controller {
                         });
                         report.rolled_back.push(t.id);
                     }
-                    Ok(other) => tracing::warn!(node = %t.id.short(), "rollback: {other:?}"),
-                    Err(e) => tracing::warn!(node = %t.id.short(), error = %e, "rollback failed"),
+                    other => {
+                        let error = match other {
+                            Ok(Reply::Activation(Activation::RolledBack { reason, .. })) => {
+                                format!("going back failed too: {reason}")
+                            }
+                            Ok(Reply::Activation(Activation::AlreadyActive { version })) => {
+                                format!("it is on {version}")
+                            }
+                            Ok(other) => format!("unexpected answer {other:?}"),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::warn!(node = %t.id.short(), %error, "rollback failed");
+                        send(Progress::RollbackFailed {
+                            node: t.id,
+                            error: error.clone(),
+                        });
+                        report.rollback_failed.insert(t.id, error);
+                    }
                 }
             }
         }
@@ -815,21 +872,55 @@ fn batches(targets: &[NodeInfo], plan: Plan) -> Vec<Vec<NodeInfo>> {
     }
 }
 
+/// The releases a controller serves, each with the number of rollouts
+/// that use it.
+type Served = Arc<Mutex<BTreeMap<PackageId, (Arc<Release>, usize)>>>;
+
+/// Serves a release while a rollout runs; the last one to end stops it.
+struct Serving {
+    served: Served,
+    id: PackageId,
+}
+
+impl Serving {
+    fn new(served: &Served, release: &Arc<Release>) -> Self {
+        let id = release.id();
+        lock(served)
+            .entry(id)
+            .or_insert_with(|| (release.clone(), 0))
+            .1 += 1;
+        Serving {
+            served: served.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let mut served = lock(&self.served);
+        if let Some((_, users)) = served.get_mut(&self.id) {
+            *users -= 1;
+            if *users == 0 {
+                served.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// Serves chunk fetches on a controller's connection until it closes.
-async fn serve_chunks(
-    conn: Arc<dyn Connection>,
-    releases: Arc<Mutex<BTreeMap<PackageId, Arc<Release>>>>,
-) {
+async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
+    let peer = conn.remote_id();
     while let Ok((send, recv)) = conn.accept_bi().await {
         let releases = releases.clone();
         tokio::spawn(async move {
             let mut framed = Framed::with_max(send, recv, MAX_FRAME);
-            let Ok(env) = accept_request(&mut framed).await else {
+            let Some(env) = accept_request(&mut framed, &peer).await else {
                 return;
             };
             let end = match env.request {
                 Request::FetchChunks { package, indexes } => {
-                    let release = lock(&releases).get(&package).cloned();
+                    let release = lock(&releases).get(&package).map(|(r, _)| r.clone());
                     match release {
                         None => Frame::Error(RpcError::new(
                             ErrorKind::NotFound,
@@ -837,7 +928,20 @@ async fn serve_chunks(
                         )),
                         Some(r) => {
                             send_chunks(&mut framed, &package, &indexes, |i| {
-                                std::future::ready(r.chunk(i as usize).map(Some))
+                                let r = r.clone();
+                                async move {
+                                    if matches!(r.archive, Archive::Memory(_)) {
+                                        return r.chunk(i as usize).map(Some);
+                                    }
+                                    // A package file is read from disk: off
+                                    // the async threads.
+                                    tokio::task::spawn_blocking(move || r.chunk(i as usize))
+                                        .await
+                                        .map_err(|e| {
+                                            Error::io("reading a chunk", std::io::Error::other(e))
+                                        })?
+                                        .map(Some)
+                                }
                             })
                             .await
                         }

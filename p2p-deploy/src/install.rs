@@ -3,7 +3,7 @@
 //! [`MemInstaller`] (checked and recorded in memory, for the simulator,
 //! whose processes need no files).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +32,18 @@ pub trait Installer: Send + Sync {
     fn workdir(&self, name: &str, version: &semver::Version) -> PathBuf;
     /// Removes a version; removing an absent one is not an error.
     async fn uninstall(&self, name: &str, version: &semver::Version) -> Result<()>;
+    /// Called by the agent at start, before any install: removes what
+    /// interrupted installs left (partial archives, staging directories)
+    /// and, for each app in `installed`, the versions it does not list.
+    /// Apps not in `installed` are left alone. Returns how many entries
+    /// were removed. The default removes nothing.
+    async fn clean(
+        &self,
+        installed: &BTreeMap<String, BTreeSet<semver::Version>>,
+    ) -> Result<usize> {
+        let _ = installed;
+        Ok(0)
+    }
 }
 
 /// Versions unpacked under `<root>/<name>/<version>` (the safe unpack of
@@ -108,6 +120,76 @@ impl Installer for DirInstaller {
             Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
         }
     }
+
+    async fn clean(
+        &self,
+        installed: &BTreeMap<String, BTreeSet<semver::Version>>,
+    ) -> Result<usize> {
+        let (root, installed) = (self.root.clone(), installed.clone());
+        tokio::task::spawn_blocking(move || clean_dir(&root, &installed))
+            .await
+            .map_err(|e| Error::io("cleaning up installs", std::io::Error::other(e)))?
+    }
+}
+
+fn clean_dir(
+    root: &Path,
+    installed: &BTreeMap<String, BTreeSet<semver::Version>>,
+) -> Result<usize> {
+    let read = |dir: &Path| -> Result<Vec<(String, PathBuf, bool)>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            out.push((
+                e.file_name().to_string_lossy().into_owned(),
+                e.path(),
+                is_dir,
+            ));
+        }
+        Ok(out)
+    };
+    let remove = |path: &Path, is_dir: bool| -> Result<()> {
+        tracing::info!(path = %path.display(), "removing what an interrupted install left");
+        let r = if is_dir {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        r.map_err(|e| Error::io(format!("removing {}", path.display()), e))
+    };
+    let mut gone = 0;
+    for (name, path, is_dir) in read(root)? {
+        if name.starts_with(".incoming-") && !is_dir {
+            remove(&path, false)?;
+            gone += 1;
+            continue;
+        }
+        if !is_dir {
+            continue;
+        }
+        let keep = installed.get(&name);
+        for (entry, path, is_dir) in read(&path)? {
+            let stale = if entry.starts_with(".staging-") {
+                is_dir
+            } else {
+                match (keep, semver::Version::parse(&entry)) {
+                    (Some(keep), Ok(v)) => is_dir && !keep.contains(&v),
+                    _ => false,
+                }
+            };
+            if stale {
+                remove(&path, is_dir)?;
+                gone += 1;
+            }
+        }
+    }
+    Ok(gone)
 }
 
 /// Versions checked against their descriptor and recorded in memory; the

@@ -237,20 +237,6 @@ impl Manifest {
                 format!("{:?} is not a semantic version ({e})", raw.version),
             )
         })?;
-        check_inner_path("entrypoint", &raw.entrypoint)?;
-        if let Some(d) = &raw.description
-            && (d.len() > 512 || d.contains('\n'))
-        {
-            return Err(bad("description", "one line of at most 512 bytes"));
-        }
-        for (k, v) in &raw.env {
-            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
-                return Err(bad("env", format!("{k:?} is not a valid variable")));
-            }
-        }
-        if raw.args.iter().any(|a| a.contains('\0')) {
-            return Err(bad("args", "an argument contains a NUL byte"));
-        }
         let health = raw.health.map(parse_health).transpose()?;
         let restart = parse_restart(raw.restart)?;
         let limits = match raw.limits {
@@ -284,7 +270,7 @@ impl Manifest {
                 }
             }
         };
-        Ok(Manifest {
+        let m = Manifest {
             name: raw.name,
             version,
             description: raw.description,
@@ -300,7 +286,47 @@ impl Manifest {
                 raw.stop_grace.as_deref(),
                 Duration::from_secs(10),
             )?,
-        })
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks the rules [`parse`](Self::parse) enforces on a manifest that
+    /// arrived some other way (inside a descriptor from the network).
+    pub fn validate(&self) -> Result<()> {
+        check_name("name", &self.name)?;
+        check_inner_path("entrypoint", &self.entrypoint)?;
+        if let Some(d) = &self.description
+            && (d.len() > 512 || d.contains('\n'))
+        {
+            return Err(bad("description", "one line of at most 512 bytes"));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                return Err(bad("env", format!("{k:?} is not a valid variable")));
+            }
+        }
+        if self.args.iter().any(|a| a.contains('\0')) {
+            return Err(bad("args", "an argument contains a NUL byte"));
+        }
+        let within = |field: &str, n: u32, min: u32, max: u32| {
+            count(field, Some(i64::from(n)), n, min, max).map(|_| ())
+        };
+        within("keep_versions", self.keep_versions, 1, 100)?;
+        if let Some(h) = &self.health {
+            within("health.gate", h.gate, 1, 1000)?;
+            within("health.retries", h.check.retries, 1, 100)?;
+            if h.check.interval.is_zero() || h.check.timeout.is_zero() {
+                return Err(bad("health", "interval and timeout must be more than zero"));
+            }
+        }
+        if self.limits.memory_bytes.is_some_and(|m| m < 1 << 20) {
+            return Err(bad("limits.memory", "at least 1 MiB"));
+        }
+        if let Some(c) = self.limits.cpu_millis {
+            within("limits.cpu (millicores)", c, 10, 1_024_000)?;
+        }
+        Ok(())
     }
 
     /// Reads and validates `dir/p2p.toml`; errors name the file.

@@ -98,6 +98,9 @@ impl Descriptor {
         if d.chunk_size == 0 {
             return Err(VerifyError::DescriptorCorrupt("chunk size 0".into()));
         }
+        d.manifest
+            .validate()
+            .map_err(|e| VerifyError::DescriptorCorrupt(e.to_string()))?;
         let want = d.archive_size.div_ceil(u64::from(d.chunk_size)).max(1);
         if d.chunks.len() as u64 != want {
             return Err(VerifyError::DescriptorCorrupt(format!(

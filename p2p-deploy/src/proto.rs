@@ -360,6 +360,9 @@ pub enum ErrorKind {
     Busy,
     /// The deadline passed.
     Timeout,
+    /// The node could not reach a peer it needed (the sender of a
+    /// release's chunks, say).
+    Unreachable,
     /// A release's bytes do not match its descriptor.
     Corrupt,
     /// Anything else on the node's side (storage, runtime).
@@ -395,25 +398,26 @@ impl RpcError {
             }
             Error::BadSignature { .. } => ErrorKind::BadSignature,
             Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Busy { .. } => ErrorKind::Busy,
+            Error::Unreachable { .. } | Error::Closed { .. } => ErrorKind::Unreachable,
             Error::Protocol { .. } => ErrorKind::Corrupt,
             _ => ErrorKind::Internal,
         };
         RpcError::new(kind, e.to_string())
     }
 
-    /// Back into a p2p-core error, naming the node it came from.
-    pub fn into_error(self, node: &PeerId) -> Error {
+    /// Back into a p2p-core error, naming the node it came from; `after`
+    /// is the deadline of the request, shown by a timeout.
+    pub fn into_error(self, node: &PeerId, after: Duration) -> Error {
         let m = format!("node {}: {}", node.short(), self.message);
         match self.kind {
             ErrorKind::Denied | ErrorKind::Downgrade => Error::denied(m),
             ErrorKind::NotFound => Error::NotFound { what: m },
             ErrorKind::Invalid => Error::invalid("request", m),
             ErrorKind::BadSignature => Error::BadSignature { reason: m },
-            ErrorKind::Busy => Error::AlreadyExists { what: m },
-            ErrorKind::Timeout => Error::Timeout {
-                during: m,
-                after: Duration::ZERO,
-            },
+            ErrorKind::Busy => Error::Busy { what: m },
+            ErrorKind::Timeout => Error::Timeout { during: m, after },
+            ErrorKind::Unreachable => Error::unreachable(m),
             ErrorKind::Corrupt => Error::protocol(m),
             ErrorKind::Internal => Error::Backend {
                 backend: "agent",
@@ -427,6 +431,7 @@ impl RpcError {
 pub struct Call {
     framed: Framed,
     peer: PeerId,
+    timeout: Duration,
     deadline: tokio::time::Instant,
 }
 
@@ -474,6 +479,7 @@ impl Call {
         Ok(Call {
             framed,
             peer,
+            timeout,
             deadline,
         })
     }
@@ -494,14 +500,14 @@ impl Call {
                 .await
                 .map_err(|_| {
                     Error::timeout(
-                        format!("waiting for node {}", self.peer.short()),
-                        CLIENT_SLACK,
+                        format!("waiting for node {} to answer", self.peer.short()),
+                        self.timeout + CLIENT_SLACK,
                     )
                 })??,
             None => self.framed.recv::<Frame>().await?,
         };
         match frame {
-            Frame::Error(e) => Err(e.into_error(&self.peer)),
+            Frame::Error(e) => Err(e.into_error(&self.peer, self.timeout)),
             other => Ok(other),
         }
     }
@@ -529,10 +535,48 @@ pub async fn call(
         .await
 }
 
-/// The server side of a stream: reads the client's hello and request.
-pub(crate) async fn accept_request(framed: &mut Framed) -> Result<Envelope> {
-    framed.hello(&PROTOCOL).await?;
-    framed.recv::<Envelope>().await
+/// How long a server waits for a client's hello and request.
+pub(crate) const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server side of a stream: reads the client's hello and request
+/// within [`REQUEST_READ_TIMEOUT`]. A request that does not decode is
+/// answered with an [`ErrorKind::Invalid`] error naming the problem (a
+/// client of another SDK version, most often); a stream that is not this
+/// protocol at all is dropped. `None`: there is nothing to serve.
+pub(crate) async fn accept_request(framed: &mut Framed, peer: &PeerId) -> Option<Envelope> {
+    let read = async {
+        framed.hello(&PROTOCOL).await?;
+        match framed.recv::<Envelope>().await {
+            Ok(env) => Ok(Ok(env)),
+            Err(e @ (Error::Protocol { .. } | Error::FrameTooLarge { .. })) => Ok(Err(e)),
+            Err(e) => Err(e),
+        }
+    };
+    match tokio::time::timeout(REQUEST_READ_TIMEOUT, read).await {
+        Ok(Ok(Ok(env))) => Some(env),
+        Ok(Ok(Err(e))) => {
+            tracing::debug!(peer = %peer.short(), error = %e, "malformed request");
+            let answer = Frame::Error(RpcError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "malformed request ({e}); this node runs SDK {SDK_VERSION}, \
+                     check that the client speaks the same protocol version"
+                ),
+            ));
+            if framed.send(&answer).await.is_ok() {
+                let _ = framed.finish().await;
+            }
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer.short(), error = %e, "bad request stream");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer.short(), "no request within {REQUEST_READ_TIMEOUT:?}");
+            None
+        }
+    }
 }
 
 /// Most chunks served for one fetch request.

@@ -408,6 +408,40 @@ proptest! {
     }
 }
 
+/// A descriptor is checked by the manifest's rules when it is decoded: a
+/// manifest that `p2p.toml` could never produce (a health gate of zero,
+/// which would pass any version at once; an entrypoint outside the
+/// package) is refused even inside a well-formed descriptor.
+#[test]
+fn a_descriptor_with_an_impossible_manifest_is_refused() {
+    let good = p2p_deploy::Manifest::parse(
+        "name = \"web\"\nversion = \"1.0.0\"\nentrypoint = \"run\"\n\
+         [health]\nprocess = true\n",
+    )
+    .unwrap();
+    let with = |m: p2p_deploy::Manifest| Descriptor {
+        manifest: m,
+        archive_size: 10,
+        archive_sha256: [1; 32],
+        chunk_size: 1024,
+        chunks: vec![[2; 32]],
+        created_at: Timestamp(0),
+    };
+    assert!(Descriptor::from_bytes(&with(good.clone()).to_bytes()).is_ok());
+    let mut gate0 = good.clone();
+    gate0.health.as_mut().unwrap().gate = 0;
+    let e = Descriptor::from_bytes(&with(gate0).to_bytes()).unwrap_err();
+    assert!(e.to_string().contains("health.gate"), "{e}");
+    let mut escape = good.clone();
+    escape.entrypoint = "../../bin/sh".into();
+    let e = Descriptor::from_bytes(&with(escape).to_bytes()).unwrap_err();
+    assert!(e.to_string().contains("entrypoint"), "{e}");
+    let mut keep = good;
+    keep.keep_versions = 0;
+    let e = Descriptor::from_bytes(&with(keep).to_bytes()).unwrap_err();
+    assert!(e.to_string().contains("keep_versions"), "{e}");
+}
+
 /// The chunk store takes only chunks that hash right, resumes from what
 /// it has, rebuilds the archive, and collects what no release keeps.
 #[tokio::test]

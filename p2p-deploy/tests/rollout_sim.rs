@@ -329,6 +329,63 @@ async fn max_failures_halts_and_rolls_back_the_nodes_already_changed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_changed_node_that_cannot_be_rolled_back_is_reported() {
+    let (f, ctl, t) = fleet_on_v1(13, 6).await;
+    let v2 = release("2.0.0").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let rolling = plan(Plan::Rolling {
+        batch: BatchSize::Nodes(2),
+    });
+    let net = f.net.clone();
+    // After the first batch (n00, n01) activates, cut both off from the
+    // controller and make 2.0.0 bad: the second batch fails, the rollout
+    // halts, and the first batch cannot be reached to go back.
+    let watch = async move {
+        let mut done = 0;
+        let mut failed = Vec::new();
+        while let Some(e) = rx.recv().await {
+            match e {
+                Progress::NodeDone { .. } => {
+                    done += 1;
+                    if done == 2 {
+                        net.partition(&["ctl"], &["n00", "n01"]).unwrap();
+                        net.scripts().set(APP, "2.0.0", Script::never_healthy());
+                    }
+                }
+                Progress::RollbackFailed { node, .. } => failed.push(node),
+                _ => {}
+            }
+        }
+        failed
+    };
+    let (report, mut failed) = tokio::join!(ctl.deploy(v2, &t, &rolling, tx), watch);
+    assert!(report.halted.is_some(), "{report:?}");
+    assert!(report.rolled_back.is_empty(), "{report:?}");
+    let mut want = vec![f.net.peer_id("n00").unwrap(), f.net.peer_id("n01").unwrap()];
+    want.sort();
+    failed.sort();
+    assert_eq!(failed, want, "a progress event for each");
+    assert_eq!(
+        report.rollback_failed.keys().copied().collect::<Vec<_>>(),
+        want,
+        "{report:?}"
+    );
+    // Once reachable again, they are still on 2.0.0 (nothing pretended
+    // otherwise) and the others on 1.0.0.
+    f.net.heal();
+    let s = states(&ctl).await;
+    for (name, (active, running)) in &s {
+        assert_eq!(active, running, "{name}");
+        let want = if name == "n00" || name == "n01" {
+            "2.0.0"
+        } else {
+            "1.0.0"
+        };
+        assert_eq!(active.as_deref(), Some(want), "{name}: {s:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_version_that_crashes_or_never_gets_healthy_is_rolled_back_everywhere() {
     let (f, ctl, t) = fleet_on_v1(4, 10).await;
     let tolerant = RolloutPlan {
@@ -646,7 +703,6 @@ async fn switch_rollback_stop_start_remove_and_merged_logs() {
             },
         )
         .await
-        .unwrap()
         .collect()
         .await;
     let prefixes: BTreeSet<String> = lines
@@ -674,6 +730,29 @@ async fn switch_rollback_stop_start_remove_and_merged_logs() {
         .await
         .unwrap_err();
     assert!(matches!(e, p2p_core::Error::NotFound { .. }), "{e}");
+
+    // Logs from the three nodes again: the one without the app yields one
+    // error naming it, the others their lines.
+    let lines: Vec<_> = ctl
+        .logs(
+            &t,
+            APP,
+            LogSelection {
+                stream: LogStream::Both,
+                tail: Some(2),
+                follow: false,
+            },
+        )
+        .await
+        .collect()
+        .await;
+    let errors: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains(&n.id.short()), "{errors:?}");
+    assert_eq!(lines.len(), 5, "two nodes' lines and one error");
 }
 
 #[tokio::test(start_paused = true)]

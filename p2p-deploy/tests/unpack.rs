@@ -207,3 +207,37 @@ fn a_built_package_unpacks_to_its_files() {
     );
     assert!(dir.join("p2p.toml").exists());
 }
+
+/// At start the agent has the installer clean what interrupted installs
+/// left: partial archives, staging directories, and versions of a known
+/// app that its record does not list. Other apps' files are left alone.
+#[tokio::test]
+async fn the_installer_cleans_what_interrupted_installs_left() {
+    use p2p_deploy::{DirInstaller, Installer};
+    use std::collections::{BTreeMap, BTreeSet};
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    std::fs::write(root.join(".incoming-abc"), b"half an archive").unwrap();
+    for d in [
+        "web/.staging-xyz/bin",
+        "web/1.0.0/bin",
+        "web/2.0.0/bin",
+        "db/1.0.0",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("web/notes.txt"), b"not ours").unwrap();
+    let inst = DirInstaller::new(root, UnpackLimits::default());
+    let installed = BTreeMap::from([("web".to_string(), BTreeSet::from([v("2.0.0")]))]);
+    assert_eq!(inst.clean(&installed).await.unwrap(), 3);
+    assert!(!root.join(".incoming-abc").exists());
+    assert!(!root.join("web/.staging-xyz").exists());
+    assert!(!root.join("web/1.0.0").exists());
+    assert!(root.join("web/2.0.0/bin").is_dir());
+    assert!(root.join("web/notes.txt").is_file());
+    assert!(
+        root.join("db/1.0.0").is_dir(),
+        "an app without a record is left alone"
+    );
+    assert_eq!(inst.clean(&installed).await.unwrap(), 0);
+}
