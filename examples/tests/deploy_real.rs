@@ -69,6 +69,7 @@ async fn agent(root: &Path, i: usize, provider: Arc<dyn Provider>) -> Node {
                 UnpackLimits::default(),
             )),
             clock: Arc::new(SystemClock),
+            seed: i as u64,
         },
     );
     let task = tokio::spawn(async move {

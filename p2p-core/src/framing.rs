@@ -204,6 +204,13 @@ impl Framed {
         self.max
     }
 
+    /// The two halves, to read and write from separate tasks (with
+    /// [`read_frame_bytes`] and [`write_frame`]). Nothing is buffered past
+    /// the last frame received, so no bytes are lost.
+    pub fn into_parts(self) -> (SendStream, RecvStream) {
+        (self.send, self.recv)
+    }
+
     /// Sends one message.
     pub async fn send<T: Serialize + ?Sized>(&mut self, msg: &T) -> Result<()> {
         write_frame(&mut self.send, msg, self.max).await?;

@@ -44,29 +44,27 @@ use std::time::Duration;
 use futures::StreamExt;
 use p2p_core::framing::Framed;
 use p2p_core::{
-    AppState, AppStatus, Clock, Connection, Error, NodeKey, PeerId, Provider, RecvStream, Result,
-    Runtime, SendStream, Storage,
+    AppState, AppStatus, Clock, Connection, Error, NodeKey, PeerAddr, PeerId, Provider, RecvStream,
+    Result, Runtime, SendStream, Storage,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::chunks::{ChunkStore, chunk_len};
+use crate::chunks::ChunkStore;
 use crate::install::Installer;
 use crate::manifest::Manifest;
 use crate::package::{Descriptor, PackageId};
 use crate::proto::{
-    ActivateOptions, Activation, AppInfo, Call, DeployEvent, ErrorKind, Frame, HistoryEntry,
-    MAX_FRAME, NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION, accept_request,
-    send_chunks, unexpected,
+    ActivateOptions, Activation, AppInfo, DeployEvent, ErrorKind, Frame, HistoryEntry, MAX_FRAME,
+    NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION, accept_request, send_chunks,
 };
+use crate::swarm::{self, Reputation, SwarmConfig, Transfer};
 use crate::trust::{TrustStore, check_not_downgrade};
+use futures::future::BoxFuture;
 
 /// Deployment records kept per app.
 pub const HISTORY_KEPT: usize = 50;
-
-/// Chunks asked for in one fetch request.
-const FETCH_BATCH: usize = 16;
 
 /// How long a request waits for another operation on the same app.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
@@ -87,6 +85,8 @@ pub struct AgentConfig {
     pub reconcile_every: Duration,
     /// The longest deadline a client may ask for.
     pub max_request_timeout: Duration,
+    /// How the agent takes part in swarm transfers.
+    pub swarm: SwarmConfig,
 }
 
 impl AgentConfig {
@@ -100,6 +100,7 @@ impl AgentConfig {
             trust,
             reconcile_every: Duration::from_secs(10),
             max_request_timeout: Duration::from_secs(30 * 60),
+            swarm: SwarmConfig::default(),
         }
     }
 }
@@ -117,6 +118,9 @@ pub struct AgentParts {
     pub installer: Arc<dyn Installer>,
     /// Wall clock for history records.
     pub clock: Arc<dyn Clock>,
+    /// Seed of the agent's own randomness (the swarm's choices); from the
+    /// OS on a real node, from the simulator in a test.
+    pub seed: u64,
 }
 
 impl std::fmt::Debug for AgentParts {
@@ -193,6 +197,58 @@ struct Inner {
     parts: AgentParts,
     chunks: ChunkStore,
     locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Releases being received, for the sessions about them.
+    transfers: Mutex<BTreeMap<PackageId, Arc<Transfer>>>,
+    reputation: Reputation,
+    rng: Mutex<rand_chacha::ChaCha8Rng>,
+    /// Work for [`Agent::run`] to own: sessions, connections we dialed.
+    background: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
+    background_rx: Mutex<Option<mpsc::UnboundedReceiver<BoxFuture<'static, ()>>>>,
+    /// Connections this agent dialed to swarm peers.
+    dialed: tokio::sync::Mutex<BTreeMap<PeerId, Arc<dyn Connection>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where a deploy's chunks come from.
+struct Sources {
+    /// The sender, a seed answering fetch-any (the controller).
+    seed: Option<Arc<dyn Connection>>,
+    /// Other nodes of the swarm.
+    peers: Vec<PeerAddr>,
+}
+
+impl swarm::Host for Agent {
+    fn chunks(&self) -> &ChunkStore {
+        &self.inner.chunks
+    }
+
+    fn reputation(&self) -> &Reputation {
+        &self.inner.reputation
+    }
+
+    fn swarm_config(&self) -> &SwarmConfig {
+        &self.inner.cfg.swarm
+    }
+
+    fn local_id(&self) -> PeerId {
+        self.inner.parts.provider.local_id()
+    }
+
+    fn random(&self, n: usize) -> usize {
+        rand::RngExt::random_range(&mut *locked(&self.inner.rng), 0..n.max(1))
+    }
+
+    fn spawn(&self, f: BoxFuture<'static, ()>) {
+        let _ = self.inner.background.send(f);
+    }
+
+    fn dial(&self, addr: PeerAddr) -> BoxFuture<'static, Result<Arc<dyn Connection>>> {
+        let me = self.clone();
+        Box::pin(async move { me.dial_peer(addr).await })
+    }
 }
 
 /// Where deploy progress goes (the request stream, if the caller is still
@@ -208,13 +264,21 @@ fn emit(events: Option<&Events>, e: DeployEvent) {
 impl Agent {
     /// An agent over `parts`; [`run`](Self::run) starts it.
     pub fn new(cfg: AgentConfig, parts: AgentParts) -> Self {
+        use rand::SeedableRng;
         let chunks = ChunkStore::new(parts.storage.clone());
+        let (background, background_rx) = mpsc::unbounded_channel();
         Agent {
             inner: Arc::new(Inner {
+                reputation: Reputation::new(cfg.swarm.reputation.clone()),
+                rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(parts.seed)),
                 cfg,
                 parts,
                 chunks,
                 locks: Mutex::new(BTreeMap::new()),
+                transfers: Mutex::new(BTreeMap::new()),
+                background,
+                background_rx: Mutex::new(Some(background_rx)),
+                dialed: tokio::sync::Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -224,10 +288,18 @@ impl Agent {
         &self.inner.chunks
     }
 
+    /// Swarm peers' scores and bans.
+    pub fn reputation(&self) -> &Reputation {
+        &self.inner.reputation
+    }
+
     /// Recovers from a previous run, then serves the protocol and
     /// reconciles until the provider closes. Every task it starts is owned
     /// by this future: dropping it stops them all.
     pub async fn run(&self) -> Result<()> {
+        let mut background = locked(&self.inner.background_rx)
+            .take()
+            .ok_or_else(|| Error::invalid("agent", "run() is already running for this agent"))?;
         let mut listener = self.inner.parts.provider.listen().await?;
         self.recover().await?;
         let (streams_tx, mut streams) =
@@ -265,6 +337,9 @@ impl Agent {
                             tracing::warn!(error = %e, "reconcile failed");
                         }
                     });
+                }
+                Some(work) = background.recv() => {
+                    requests.spawn(work);
                 }
                 Some(_) = conns.join_next() => {}
                 Some(_) = requests.join_next() => {}
@@ -307,8 +382,18 @@ impl Agent {
         }
         match self.inner.chunks.releases().await {
             Ok(releases) => {
+                // A release no record refers to was being received: kept
+                // (its transfer resumes) if it is newer than every version
+                // installed of its app, dropped otherwise.
                 for d in releases {
-                    if !referenced.contains(&d.id()) {
+                    let m = &d.manifest;
+                    let newer =
+                        installed
+                            .get(&m.name)
+                            .is_none_or(|vs: &BTreeSet<semver::Version>| {
+                                vs.iter().all(|v| *v < m.version)
+                            });
+                    if !referenced.contains(&d.id()) && !newer {
                         self.inner.chunks.remove_release(&d.id()).await?;
                     }
                 }
@@ -370,6 +455,7 @@ impl Agent {
             addr: p.local_addr(),
             sdk_version: SDK_VERSION.to_string(),
             apps: self.apps().await?,
+            peers: self.inner.reputation.snapshot(),
         })
     }
 
@@ -449,21 +535,26 @@ impl Agent {
                 descriptor,
                 signatures,
                 options,
+                peers,
             } => {
+                let sources = Sources { seed: conn, peers };
                 self.deploy(
                     from,
                     &descriptor,
                     &signatures,
                     &options,
-                    conn,
+                    sources,
                     events.as_ref(),
                     timeout,
                 )
                 .await
             }
-            Request::Logs { .. } | Request::FetchChunks { .. } => Err(RpcError::new(
+            Request::Logs { .. }
+            | Request::FetchChunks { .. }
+            | Request::Swarm { .. }
+            | Request::FetchAny { .. } => Err(RpcError::new(
                 ErrorKind::Invalid,
-                "logs and chunk fetches are streamed; use the protocol",
+                "logs, chunk fetches and swarm sessions are streamed; use the protocol",
             )),
         }
     }
@@ -482,6 +573,23 @@ impl Agent {
             Request::FetchChunks { package, indexes } => {
                 self.serve_chunks(&mut framed, &package, &indexes).await
             }
+            Request::Swarm { package, have } => match self.transfer_for(&package).await {
+                Ok(t) => {
+                    let max = self.inner.cfg.swarm.max_neighbors;
+                    swarm::serve_session(t, conn.clone(), framed, have, max).await;
+                    return;
+                }
+                Err(e) => {
+                    if framed.send(&Frame::Error(e)).await.is_ok() {
+                        let _ = framed.finish().await;
+                    }
+                    return;
+                }
+            },
+            Request::FetchAny { .. } => Frame::Error(RpcError::new(
+                ErrorKind::Invalid,
+                "fetch-any is served by the controller that seeds a release, not by agents",
+            )),
             request => {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let mutating = request.is_mutating();
@@ -818,7 +926,7 @@ impl Agent {
         descriptor: &[u8],
         signatures: &[p2p_core::Signature],
         options: &ActivateOptions,
-        conn: Option<Arc<dyn Connection>>,
+        sources: Sources,
         events: Option<&Events>,
         timeout: Duration,
     ) -> Res<Reply> {
@@ -865,8 +973,7 @@ impl Agent {
             // activation, once begun, runs to its end.
             let fetch_install = async {
                 self.inner.chunks.add_release(&d).await.map_err(rpc)?;
-                self.fetch_missing(&d, conn.as_deref(), events, deadline)
-                    .await?;
+                self.fetch(&d, sources, events, deadline).await?;
                 self.inner
                     .parts
                     .installer
@@ -893,84 +1000,104 @@ impl Agent {
             .await
     }
 
-    async fn fetch_missing(
+    /// Fetches what the node lacks of `d` through the swarm.
+    async fn fetch(
         &self,
         d: &Descriptor,
-        conn: Option<&dyn Connection>,
+        sources: Sources,
         events: Option<&Events>,
         deadline: tokio::time::Instant,
     ) -> Res<()> {
-        let missing = self.inner.chunks.missing(d).await.map_err(rpc)?;
-        let total = d.archive_size;
-        let mut have = total - missing.iter().map(|&i| chunk_len(d, i)).sum::<u64>();
-        emit(events, DeployEvent::Transfer { bytes: have, total });
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let conn = conn.ok_or_else(|| {
-            RpcError::new(
-                ErrorKind::Invalid,
-                "chunks are missing and there is no peer to fetch them from",
-            )
-        })?;
-        let id = d.id();
-        for batch in missing.chunks(FETCH_BATCH) {
-            let indexes: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
-            let mut call = Call::open(
-                conn,
-                Request::FetchChunks {
-                    package: id,
-                    indexes: indexes.clone(),
-                },
-                deadline.saturating_duration_since(tokio::time::Instant::now()),
-            )
-            .await
-            .map_err(|e| fetch_failed(conn, &e))?;
-            let mut got = BTreeSet::new();
-            loop {
-                match call.next().await.map_err(|e| fetch_failed(conn, &e))? {
-                    Frame::Chunk { index, bytes } => {
-                        if !indexes.contains(&index) || !got.insert(index) {
-                            return Err(RpcError::new(
-                                ErrorKind::Corrupt,
-                                format!(
-                                    "peer {} sent chunk {index}, which was not asked for or was sent twice",
-                                    conn.remote_id().short()
-                                ),
-                            ));
-                        }
-                        self.inner
-                            .chunks
-                            .put(d, index as usize, &bytes)
-                            .await
-                            .map_err(|e| {
-                                RpcError::new(
-                                    ErrorKind::Corrupt,
-                                    format!("from peer {}: {e}", conn.remote_id().short()),
-                                )
-                            })?;
-                        have += bytes.len() as u64;
-                        emit(events, DeployEvent::Transfer { bytes: have, total });
-                    }
-                    Frame::Done(_) => break,
-                    other => {
-                        return Err(rpc(unexpected(&conn.remote_id(), "a chunk", &other)));
-                    }
+        let t = {
+            let existing = locked(&self.inner.transfers).get(&d.id()).cloned();
+            match existing {
+                Some(t) => t,
+                None => {
+                    let t = Transfer::from_store(d.clone(), &self.inner.chunks)
+                        .await
+                        .map_err(rpc)?;
+                    locked(&self.inner.transfers)
+                        .entry(d.id())
+                        .or_insert(t)
+                        .clone()
                 }
             }
-            if got.len() < indexes.len() {
-                return Err(RpcError::new(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "peer {} sent {} of {} chunks asked for",
-                        conn.remote_id().short(),
-                        got.len(),
-                        indexes.len()
-                    ),
-                ));
-            }
+        };
+        let total = d.archive_size;
+        let mut progress = |bytes: u64| emit(events, DeployEvent::Transfer { bytes, total });
+        let result = swarm::fetch(
+            self,
+            &t,
+            sources.seed,
+            sources.peers,
+            deadline,
+            &mut progress,
+        )
+        .await;
+        locked(&self.inner.transfers).remove(&d.id());
+        result.map_err(|e| {
+            let kind = match &e {
+                Error::Timeout { .. } => ErrorKind::Timeout,
+                Error::Invalid { .. } => ErrorKind::Invalid,
+                Error::Unreachable { .. } => ErrorKind::Unreachable,
+                _ => ErrorKind::Internal,
+            };
+            RpcError::new(
+                kind,
+                format!("{} {}: {e}", d.manifest.name, d.manifest.version),
+            )
+        })
+    }
+
+    /// The transfer a swarm session is about: one in progress, or one
+    /// over the chunks held of a kept release.
+    async fn transfer_for(&self, package: &PackageId) -> Res<Arc<Transfer>> {
+        if let Some(t) = locked(&self.inner.transfers).get(package) {
+            return Ok(t.clone());
         }
-        Ok(())
+        let d = self
+            .inner
+            .chunks
+            .release(package)
+            .await
+            .map_err(rpc)?
+            .ok_or_else(|| not_found(format!("release {package} is not held here")))?;
+        Transfer::from_store(d, &self.inner.chunks)
+            .await
+            .map_err(rpc)
+    }
+
+    /// A connection to a swarm peer, reused; its inbound streams are
+    /// served like those of accepted connections.
+    async fn dial_peer(&self, addr: PeerAddr) -> Result<Arc<dyn Connection>> {
+        let mut dialed = self.inner.dialed.lock().await;
+        if let Some(c) = dialed.get(&addr.id)
+            && c.is_connected()
+        {
+            return Ok(c.clone());
+        }
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.inner.parts.provider.connect(&addr),
+        )
+        .await
+        .map_err(|_| {
+            Error::timeout(
+                format!("connecting to swarm peer {}", addr.id.short()),
+                Duration::from_secs(10),
+            )
+        })??;
+        dialed.insert(addr.id, conn.clone());
+        let (me, c) = (self.clone(), conn.clone());
+        let _ = self.inner.background.send(Box::pin(async move {
+            while let Ok((send, recv)) = c.accept_bi().await {
+                let (me2, c2) = (me.clone(), c.clone());
+                let _ = me.inner.background.send(Box::pin(async move {
+                    me2.serve_stream(c2, send, recv).await;
+                }));
+            }
+        }));
+        Ok(conn)
     }
 
     async fn switch(
@@ -1284,22 +1411,6 @@ impl Agent {
         let ids: Vec<PackageId> = gone.into_iter().map(|(_, id)| id).collect();
         self.drop_releases(&ids).await
     }
-}
-
-fn fetch_failed(conn: &dyn Connection, e: &Error) -> RpcError {
-    RpcError::new(
-        match e {
-            Error::Timeout { .. } => ErrorKind::Timeout,
-            Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Unreachable { .. } | Error::Closed { .. } => ErrorKind::Unreachable,
-            Error::Protocol { .. } | Error::FrameTooLarge { .. } => ErrorKind::Corrupt,
-            _ => ErrorKind::Internal,
-        },
-        format!(
-            "fetching chunks from peer {}: {e}",
-            conn.remote_id().short()
-        ),
-    )
 }
 
 fn active_version(rec: &AppRecord) -> Res<semver::Version> {

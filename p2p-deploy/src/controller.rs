@@ -34,6 +34,8 @@ use crate::proto::{
     Request, RpcError, accept_request, call, send_chunks, unexpected,
 };
 use crate::selector::Selector;
+use crate::swarm::Seed;
+use futures::future::BoxFuture;
 
 /// A release the controller deploys and serves.
 #[derive(Debug, Clone)]
@@ -125,6 +127,14 @@ pub struct ControllerConfig {
     pub request_timeout: Duration,
     /// Deadline of verification and transfer in a deploy.
     pub deploy_timeout: Duration,
+    /// Whether targets fetch from each other (the swarm) as well as from
+    /// the controller. Off, every byte comes from the controller.
+    pub swarm: bool,
+    /// Swarm peers given to each target (a random subset of the others).
+    pub swarm_peers: usize,
+    /// Seed of the controller's own randomness (which peers each target
+    /// is given, the seed's tie-breaks).
+    pub seed: u64,
 }
 
 impl Default for ControllerConfig {
@@ -133,6 +143,9 @@ impl Default for ControllerConfig {
             bootstrap: Vec::new(),
             request_timeout: Duration::from_secs(30),
             deploy_timeout: Duration::from_secs(30 * 60),
+            swarm: true,
+            swarm_peers: 12,
+            seed: 0,
         }
     }
 }
@@ -397,6 +410,7 @@ pub struct Controller {
     releases: Served,
     book: Mutex<BTreeMap<PeerId, PeerAddr>>,
     discovered: Mutex<Option<Discovered>>,
+    rng: Mutex<rand_chacha::ChaCha8Rng>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -420,11 +434,12 @@ impl Controller {
         let discovered = provider.discovered();
         Controller {
             provider,
-            cfg,
             conns: tokio::sync::Mutex::new(BTreeMap::new()),
             releases: Arc::new(Mutex::new(BTreeMap::new())),
             book: Mutex::new(book),
             discovered: Mutex::new(Some(discovered)),
+            rng: Mutex::new(rand::SeedableRng::seed_from_u64(cfg.seed)),
+            cfg,
         }
     }
 
@@ -625,7 +640,7 @@ impl Controller {
             let _ = events.send(p);
         };
         let m = &release.descriptor.manifest;
-        let _serving = Serving::new(&self.releases, &release);
+        let _serving = Serving::new(&self.releases, &release, self.cfg.seed);
         let mut report = RolloutReport {
             app: m.name.clone(),
             version: m.version.clone(),
@@ -648,18 +663,28 @@ impl Controller {
         // Nodes whose deploy ended in an error on our side (a timeout, a
         // lost connection): they may have activated anyway.
         let mut uncertain: Vec<NodeInfo> = Vec::new();
+        let mut holders: Vec<PeerAddr> = Vec::new();
         for (index, batch) in batches.iter().enumerate() {
             send(Progress::Batch {
                 index,
                 nodes: batch.iter().map(|t| t.id).collect(),
             });
+            // Swarm peers: the nodes that took the release in earlier
+            // batches, and this batch.
+            let candidates: Vec<PeerAddr> = holders
+                .iter()
+                .cloned()
+                .chain(batch.iter().map(|t| t.addr.clone()))
+                .collect();
             let results = futures::future::join_all(batch.iter().map(|t| {
                 let release = release.clone();
                 let events = events.clone();
+                let peers = self.swarm_peers(&candidates, t.id);
                 async move {
                     (
                         t,
-                        self.deploy_one(&release, t, &plan.options, &events).await,
+                        self.deploy_one(&release, t, &plan.options, peers, &events)
+                            .await,
                     )
                 }
             }))
@@ -668,6 +693,9 @@ impl Controller {
             for (t, (result, previous)) in results {
                 if result.is_failure() {
                     batch_failed += 1;
+                }
+                if !matches!(result, NodeResult::Failed { .. }) {
+                    holders.push(t.addr.clone());
                 }
                 if result == NodeResult::Activated {
                     // A node that was on this version already (not
@@ -770,6 +798,26 @@ impl Controller {
         report
     }
 
+    /// Up to `swarm_peers` of `candidates` other than `node`, at random.
+    fn swarm_peers(&self, candidates: &[PeerAddr], node: PeerId) -> Vec<PeerAddr> {
+        if !self.cfg.swarm {
+            return Vec::new();
+        }
+        let mut others: Vec<PeerAddr> = candidates
+            .iter()
+            .filter(|a| a.id != node)
+            .cloned()
+            .collect();
+        let want = self.cfg.swarm_peers.min(others.len());
+        let mut rng = lock(&self.rng);
+        for i in 0..want {
+            let j = rand::RngExt::random_range(&mut *rng, i..others.len());
+            others.swap(i, j);
+        }
+        others.truncate(want);
+        others
+    }
+
     async fn request_long(&self, addr: &PeerAddr, request: Request) -> Result<Reply> {
         let conn = self.connect(addr).await?;
         call(&*conn, request, self.cfg.deploy_timeout).await
@@ -781,6 +829,7 @@ impl Controller {
         release: &Release,
         node: &NodeInfo,
         options: &ActivateOptions,
+        peers: Vec<PeerAddr>,
         events: &mpsc::UnboundedSender<Progress>,
     ) -> (NodeResult, Option<semver::Version>) {
         let id = node.id;
@@ -795,6 +844,7 @@ impl Controller {
                     descriptor: release.descriptor_bytes.clone(),
                     signatures: release.signatures.clone(),
                     options: options.clone(),
+                    peers,
                 },
                 self.cfg.deploy_timeout,
             )
@@ -874,7 +924,13 @@ fn batches(targets: &[NodeInfo], plan: Plan) -> Vec<Vec<NodeInfo>> {
 
 /// The releases a controller serves, each with the number of rollouts
 /// that use it.
-type Served = Arc<Mutex<BTreeMap<PackageId, (Arc<Release>, usize)>>>;
+type Served = Arc<Mutex<BTreeMap<PackageId, (Arc<Seeding>, usize)>>>;
+
+/// A release being served, with what the seed knows of its spread.
+struct Seeding {
+    release: Arc<Release>,
+    seed: Seed,
+}
 
 /// Serves a release while a rollout runs; the last one to end stops it.
 struct Serving {
@@ -883,11 +939,17 @@ struct Serving {
 }
 
 impl Serving {
-    fn new(served: &Served, release: &Arc<Release>) -> Self {
+    fn new(served: &Served, release: &Arc<Release>, seed: u64) -> Self {
         let id = release.id();
         lock(served)
             .entry(id)
-            .or_insert_with(|| (release.clone(), 0))
+            .or_insert_with(|| {
+                let seeding = Seeding {
+                    release: release.clone(),
+                    seed: Seed::new(release.descriptor.clone(), seed),
+                };
+                (Arc::new(seeding), 0)
+            })
             .1 += 1;
         Serving {
             served: served.clone(),
@@ -908,7 +970,9 @@ impl Drop for Serving {
     }
 }
 
-/// Serves chunk fetches on a controller's connection until it closes.
+/// Serves a target on a controller's connection until it closes: chunk
+/// fetches, swarm sessions and "any chunk" requests for the releases being
+/// deployed.
 async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
     let peer = conn.remote_id();
     while let Ok((send, recv)) = conn.accept_bi().await {
@@ -918,43 +982,66 @@ async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
             let Some(env) = accept_request(&mut framed, &peer).await else {
                 return;
             };
-            let end = match env.request {
-                Request::FetchChunks { package, indexes } => {
-                    let release = lock(&releases).get(&package).map(|(r, _)| r.clone());
-                    match release {
-                        None => Frame::Error(RpcError::new(
-                            ErrorKind::NotFound,
-                            format!("release {package} is not served here"),
-                        )),
-                        Some(r) => {
-                            send_chunks(&mut framed, &package, &indexes, |i| {
-                                let r = r.clone();
-                                async move {
-                                    if matches!(r.archive, Archive::Memory(_)) {
-                                        return r.chunk(i as usize).map(Some);
-                                    }
-                                    // A package file is read from disk: off
-                                    // the async threads.
-                                    tokio::task::spawn_blocking(move || r.chunk(i as usize))
-                                        .await
-                                        .map_err(|e| {
-                                            Error::io("reading a chunk", std::io::Error::other(e))
-                                        })?
-                                        .map(Some)
-                                }
-                            })
-                            .await
-                        }
+            let package = match &env.request {
+                Request::FetchChunks { package, .. }
+                | Request::Swarm { package, .. }
+                | Request::FetchAny { package, .. } => *package,
+                other => {
+                    let e = RpcError::new(
+                        ErrorKind::Invalid,
+                        format!("{} is not served by a controller", other.kind()),
+                    );
+                    end_with(&mut framed, Frame::Error(e)).await;
+                    return;
+                }
+            };
+            let served = lock(&releases).get(&package).map(|(s, _)| s.clone());
+            let Some(s) = served else {
+                let e = RpcError::new(
+                    ErrorKind::NotFound,
+                    format!("release {package} is not served here"),
+                );
+                end_with(&mut framed, Frame::Error(e)).await;
+                return;
+            };
+            match env.request {
+                Request::FetchChunks { indexes, .. } => {
+                    let r = &s.release;
+                    let end = send_chunks(&mut framed, &package, &indexes, |i| {
+                        read_chunk(r.clone(), i as usize)
+                    })
+                    .await;
+                    end_with(&mut framed, end).await;
+                }
+                Request::Swarm { have, .. } => s.seed.session(peer, framed, have).await,
+                Request::FetchAny { have, .. } => {
+                    let r = s.release.clone();
+                    let read = move |i| read_chunk(r, i);
+                    if let Some(end) = s.seed.fetch_any(peer, &mut framed, have, read).await {
+                        end_with(&mut framed, end).await;
                     }
                 }
-                other => Frame::Error(RpcError::new(
-                    ErrorKind::Invalid,
-                    format!("{} is not served by a controller", other.kind()),
-                )),
-            };
-            if framed.send(&end).await.is_ok() {
-                let _ = framed.finish().await;
+                _ => {}
             }
         });
     }
+}
+
+async fn end_with(framed: &mut Framed, end: Frame) {
+    if framed.send(&end).await.is_ok() {
+        let _ = framed.finish().await;
+    }
+}
+
+/// Chunk `i` of `r`; a package file is read off the async threads.
+fn read_chunk(r: Arc<Release>, i: usize) -> BoxFuture<'static, Result<Option<Vec<u8>>>> {
+    Box::pin(async move {
+        if matches!(r.archive, Archive::Memory(_)) {
+            return r.chunk(i).map(Some);
+        }
+        tokio::task::spawn_blocking(move || r.chunk(i))
+            .await
+            .map_err(|e| Error::io("reading a chunk", std::io::Error::other(e)))?
+            .map(Some)
+    })
 }

@@ -42,6 +42,7 @@
 //!     provider, runtime, storage,
 //!     installer: Arc::new(DirInstaller::new("/var/lib/p2pd/versions", UnpackLimits::default())),
 //!     clock: Arc::new(SystemClock),
+//!     seed: 1, // on a real node: a random u64 (it drives swarm choices)
 //! });
 //! tokio::spawn(async move { agent.run().await });
 //!
@@ -113,6 +114,7 @@ pub mod manifest;
 pub mod package;
 pub mod proto;
 pub mod selector;
+pub mod swarm;
 pub mod trust;
 pub mod unpack;
 
@@ -127,5 +129,6 @@ pub use manifest::{MANIFEST_FILE, Manifest};
 pub use package::{BuildOptions, Descriptor, PackageFile, PackageId, build};
 pub use proto::{ActivateOptions, NodeInfo};
 pub use selector::Selector;
+pub use swarm::{Bitfield, PeerScore, Reputation, ReputationPolicy, SwarmConfig};
 pub use trust::{TrustStore, VerifyError, check_not_downgrade};
 pub use unpack::{UnpackLimits, unpack};

@@ -32,6 +32,7 @@ use p2p_core::{AppStatus, Error, LogLine, LogSelection, PeerAddr, PeerId, Result
 use serde::{Deserialize, Serialize};
 
 use crate::package::PackageId;
+pub use crate::swarm::Bitfield;
 
 /// The protocol name and versions this build speaks.
 pub const PROTOCOL: ProtocolId = ProtocolId {
@@ -126,6 +127,9 @@ pub enum Request {
         signatures: Vec<Signature>,
         /// Activation options.
         options: ActivateOptions,
+        /// Other nodes receiving or holding the release, to fetch chunks
+        /// from besides the sender (the swarm); may be empty.
+        peers: Vec<PeerAddr>,
     },
     /// An app's logs: tail and/or follow.
     Logs {
@@ -140,6 +144,27 @@ pub enum Request {
         package: PackageId,
         /// Chunk indexes.
         indexes: Vec<u32>,
+    },
+    /// A swarm session for a release: the server answers with
+    /// [`Frame::Have`] and then [`Frame::Got`] as chunks arrive; the
+    /// client sends [`Frame::Got`] frames the same way after its request.
+    /// The session lasts until both sides hold every chunk or either
+    /// closes it.
+    Swarm {
+        /// The release.
+        package: PackageId,
+        /// The chunks the client holds.
+        have: Bitfield,
+    },
+    /// One chunk the seed (the controller) chooses: one the client lacks
+    /// and the fleet holds fewest copies of. Answered with one
+    /// [`Frame::Chunk`]; [`ErrorKind::NotFound`] when there is nothing
+    /// left to give.
+    FetchAny {
+        /// The release.
+        package: PackageId,
+        /// The chunks the client holds or is fetching.
+        have: Bitfield,
     },
 }
 
@@ -173,6 +198,8 @@ impl Request {
             Request::Deploy { .. } => "deploy",
             Request::Logs { .. } => "logs",
             Request::FetchChunks { .. } => "fetch-chunks",
+            Request::Swarm { .. } => "swarm",
+            Request::FetchAny { .. } => "fetch-any",
         }
     }
 }
@@ -252,6 +279,8 @@ pub struct NodeInfo {
     pub sdk_version: String,
     /// Its apps.
     pub apps: Vec<AppInfo>,
+    /// The swarm peers it has scored, with any bans.
+    pub peers: Vec<crate::swarm::PeerScore>,
 }
 
 /// Steps of a deploy on one node, streamed as they happen.
@@ -337,6 +366,10 @@ pub enum Frame {
         /// Its bytes.
         bytes: Vec<u8>,
     },
+    /// In a swarm session: the chunks the sender holds.
+    Have(Bitfield),
+    /// In a swarm session: the sender now holds this chunk.
+    Got(u32),
     /// The answer; the request is over.
     Done(Reply),
     /// The error; the request is over.
@@ -484,6 +517,11 @@ impl Call {
         })
     }
 
+    /// The stream, for a session that goes on past the request.
+    pub(crate) fn into_framed(self) -> Framed {
+        self.framed
+    }
+
     /// The next frame; `Frame::Error` comes back as an `Err`.
     pub async fn next(&mut self) -> Result<Frame> {
         self.next_until(Some(self.deadline)).await
@@ -629,6 +667,8 @@ pub(crate) fn unexpected(peer: &PeerId, what: &str, got: &Frame) -> Error {
         Frame::Event(_) => "a deploy event",
         Frame::Log(_) => "a log line",
         Frame::Chunk { .. } => "a chunk",
+        Frame::Have(_) => "a have-map",
+        Frame::Got(_) => "a chunk announcement",
         Frame::Done(_) => "a reply",
         Frame::Error(_) => "an error",
     };

@@ -94,6 +94,7 @@ fn fleet(seed: u64, n: usize, operators: Option<BTreeSet<PeerId>>) -> Fleet {
                         storage: Arc::new(ctx.storage),
                         installer: Arc::new(MemInstaller::new()),
                         clock: Arc::new(ctx.clock),
+                        seed: ctx.seed,
                     },
                 );
                 if let Err(e) = agent.run().await {
@@ -533,10 +534,11 @@ async fn a_partitioned_node_fails_alone_and_stays_consistent() {
     let (f, ctl, t) = fleet_on_v1(6, 6).await;
     let v2 = release("2.0.0").await;
     let net = f.net.clone();
-    // Cut n03 off while it fetches chunks from the controller; heal later.
+    // Cut n03 off from everyone while it fetches chunks; heal later.
     let cut = async move {
         tokio::time::sleep(Duration::from_millis(15)).await;
-        net.partition(&["ctl"], &["n03"]).unwrap();
+        net.partition(&["ctl", "n00", "n01", "n02", "n04", "n05"], &["n03"])
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(90)).await;
         net.heal();
     };

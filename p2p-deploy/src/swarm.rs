@@ -1,0 +1,1176 @@
+//! Swarm transfer: the targets of a deploy fetch a release's chunks from
+//! the controller and from each other.
+//!
+//! # How a release spreads
+//!
+//! - The controller is the *seed*. A target asks it for "any chunk"
+//!   ([`Request::FetchAny`]) and the seed chooses one the target lacks
+//!   and the fleet holds fewest copies of, serving a few at a time. So the
+//!   seed's uplink, the scarcest resource at the start, sends every chunk
+//!   once before it sends any twice.
+//! - Each target opens *swarm sessions* ([`Request::Swarm`]) to a few
+//!   peers from the deploy's peer list (and accepts sessions from others):
+//!   both sides send their have-map ([`Bitfield`]) and then announce each
+//!   chunk as it arrives. The seed keeps a session with every target, so
+//!   its choices follow the fleet.
+//! - A target fetches from its neighbours with [`Request::FetchChunks`],
+//!   a few requests in flight per neighbour, the rarest chunk among its
+//!   neighbours first with random tie-breaks (the agent's seeded RNG), from
+//!   the best-reputed neighbours first.
+//! - Every chunk is checked against the descriptor before it is stored or
+//!   served; a peer that sends a bad one, or fails requests repeatedly,
+//!   loses [`Reputation`] and is banned for a while past a threshold.
+//! - Chunks are kept in the [`ChunkStore`](crate::chunks::ChunkStore) as
+//!   they arrive, so a transfer that is interrupted resumes where it was.
+//!   Once every chunk exists somewhere in the fleet, the seed may go away.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use p2p_core::framing::{Framed, read_frame_bytes, write_frame};
+use p2p_core::{Connection, Error, PeerAddr, PeerId, RecvStream, Result, SendStream};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::chunks::{ChunkStore, chunk_len};
+use crate::package::{Descriptor, PackageId};
+use crate::proto::{Call, ErrorKind, Frame, MAX_FRAME, Reply, Request, RpcError, unexpected};
+
+/// Which chunks of a release a peer holds, one bit per chunk.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bitfield {
+    len: u32,
+    bits: Vec<u8>,
+}
+
+impl std::fmt::Debug for Bitfield {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bitfield({}/{})", self.count(), self.len)
+    }
+}
+
+impl Bitfield {
+    /// `len` chunks, none held.
+    pub fn new(len: usize) -> Self {
+        Bitfield {
+            len: len as u32,
+            bits: vec![0; len.div_ceil(8)],
+        }
+    }
+
+    /// `len` chunks, all held.
+    pub fn full(len: usize) -> Self {
+        let mut b = Bitfield::new(len);
+        for i in 0..len {
+            b.set(i);
+        }
+        b
+    }
+
+    /// The number of chunks it covers.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether it covers no chunks.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether chunk `i` is held.
+    pub fn get(&self, i: usize) -> bool {
+        i < self.len() && self.bits[i / 8] & (1 << (i % 8)) != 0
+    }
+
+    /// Marks chunk `i` held; true if it was not. Out of range: no change.
+    pub fn set(&mut self, i: usize) -> bool {
+        if i >= self.len() || self.get(i) {
+            return false;
+        }
+        self.bits[i / 8] |= 1 << (i % 8);
+        true
+    }
+
+    /// Marks chunk `i` not held.
+    pub fn clear(&mut self, i: usize) {
+        if i < self.len() {
+            self.bits[i / 8] &= !(1 << (i % 8));
+        }
+    }
+
+    /// How many chunks are held.
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|b| b.count_ones() as usize).sum()
+    }
+
+    /// Whether every chunk is held.
+    pub fn is_full(&self) -> bool {
+        self.count() == self.len()
+    }
+
+    /// The held chunks, in order.
+    pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).filter(|&i| self.get(i))
+    }
+
+    /// Both sets together.
+    pub fn union(&self, other: &Bitfield) -> Bitfield {
+        let mut out = self.clone();
+        for i in other.ones() {
+            out.set(i);
+        }
+        out
+    }
+
+    /// Checks one that came from a peer: `len` chunks, no stray bits.
+    pub fn check(&self, len: usize) -> Result<()> {
+        let tail_clean = len.is_multiple_of(8) || self.bits.last().is_none_or(|&b| b >> (len % 8) == 0);
+        if self.len() != len || self.bits.len() != len.div_ceil(8) || !tail_clean {
+            return Err(Error::protocol(format!(
+                "a have-map for {} chunks where the release has {len}",
+                self.len
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How an agent takes part in swarms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmConfig {
+    /// Peers a target opens sessions to (others may open more to it).
+    pub dial: usize,
+    /// Most neighbours per transfer, sessions opened by others included.
+    pub max_neighbors: usize,
+    /// Chunk requests in flight to one neighbour.
+    pub per_peer: usize,
+    /// "Any chunk" requests in flight to the seed.
+    pub seed_inflight: usize,
+    /// How long one chunk request may take before it counts as failed.
+    pub chunk_timeout: Duration,
+    /// How scores move and when a peer is banned.
+    pub reputation: ReputationPolicy,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            dial: 6,
+            max_neighbors: 24,
+            per_peer: 2,
+            seed_inflight: 2,
+            chunk_timeout: Duration::from_secs(60),
+            reputation: ReputationPolicy::default(),
+        }
+    }
+}
+
+/// How reputation scores move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReputationPolicy {
+    /// Added for each good chunk (up to `max`).
+    pub good: i32,
+    /// Added for a request that failed or timed out.
+    pub failed: i32,
+    /// Added for a chunk that failed verification.
+    pub corrupt: i32,
+    /// The highest score.
+    pub max: i32,
+    /// At or below this a peer is banned.
+    pub ban_at: i32,
+    /// For how long.
+    pub ban_for: Duration,
+}
+
+impl Default for ReputationPolicy {
+    fn default() -> Self {
+        ReputationPolicy {
+            good: 1,
+            failed: -10,
+            corrupt: -50,
+            max: 100,
+            ban_at: -100,
+            ban_for: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One peer's standing, as node info shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerScore {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its score: good chunks raise it, failures and bad chunks lower it.
+    pub score: i32,
+    /// Good chunks it served.
+    pub good: u64,
+    /// Requests to it that failed or timed out.
+    pub failed: u64,
+    /// Chunks from it that failed verification.
+    pub corrupt: u64,
+    /// Milliseconds left of its ban, if it is banned.
+    pub banned_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Standing {
+    score: i32,
+    good: u64,
+    failed: u64,
+    corrupt: u64,
+    banned_until: Option<Instant>,
+}
+
+/// Peer scores and bans of one node.
+#[derive(Debug, Default)]
+pub struct Reputation {
+    policy: ReputationPolicy,
+    peers: Mutex<BTreeMap<PeerId, Standing>>,
+}
+
+impl Reputation {
+    /// Scores under `policy`.
+    pub fn new(policy: ReputationPolicy) -> Self {
+        Reputation {
+            policy,
+            peers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<PeerId, Standing>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn change(&self, peer: PeerId, delta: i32, count: impl FnOnce(&mut Standing)) {
+        let mut peers = self.peers();
+        let s = peers.entry(peer).or_default();
+        count(s);
+        s.score = s.score.saturating_add(delta).min(self.policy.max);
+        if s.score <= self.policy.ban_at && s.banned_until.is_none() {
+            tracing::warn!(peer = %peer.short(), score = s.score, "banning a peer");
+            s.banned_until = Some(Instant::now() + self.policy.ban_for);
+        }
+    }
+
+    /// A good chunk from `peer`.
+    pub fn good(&self, peer: PeerId) {
+        self.change(peer, self.policy.good, |s| s.good += 1);
+    }
+
+    /// A request to `peer` failed or timed out.
+    pub fn failed(&self, peer: PeerId) {
+        self.change(peer, self.policy.failed, |s| s.failed += 1);
+    }
+
+    /// `peer` sent a chunk that failed verification.
+    pub fn corrupt(&self, peer: PeerId) {
+        self.change(peer, self.policy.corrupt, |s| s.corrupt += 1);
+    }
+
+    /// Whether `peer` is banned now. A ban that ran out is lifted, with
+    /// the score set just above the threshold: one more offence bans again.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        let mut peers = self.peers();
+        let Some(s) = peers.get_mut(peer) else {
+            return false;
+        };
+        match s.banned_until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                s.banned_until = None;
+                s.score = self.policy.ban_at + 1;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `peer`'s score (0 for a peer never seen).
+    pub fn score(&self, peer: &PeerId) -> i32 {
+        self.peers().get(peer).map_or(0, |s| s.score)
+    }
+
+    /// Every peer's standing.
+    pub fn snapshot(&self) -> Vec<PeerScore> {
+        let now = Instant::now();
+        self.peers()
+            .iter()
+            .map(|(peer, s)| PeerScore {
+                peer: *peer,
+                score: s.score,
+                good: s.good,
+                failed: s.failed,
+                corrupt: s.corrupt,
+                banned_ms: s
+                    .banned_until
+                    .filter(|t| *t > now)
+                    .map(|t| (t - now).as_millis() as u64),
+            })
+            .collect()
+    }
+}
+
+/// What the swarm needs from the node it runs on.
+pub(crate) trait Host: Clone + Send + Sync + 'static {
+    fn chunks(&self) -> &ChunkStore;
+    fn reputation(&self) -> &Reputation;
+    fn swarm_config(&self) -> &SwarmConfig;
+    fn local_id(&self) -> PeerId;
+    /// A uniform number in `0..n` from the node's seeded RNG.
+    fn random(&self, n: usize) -> usize;
+    /// Runs `f` in the background, owned by the node.
+    fn spawn(&self, f: BoxFuture<'static, ()>);
+    /// A connection to `addr` whose inbound streams the node serves.
+    fn dial(&self, addr: PeerAddr) -> BoxFuture<'static, Result<Arc<dyn Connection>>>;
+}
+
+/// One release being received (or held) by a node, shared by the fetch
+/// driver and every session about it.
+pub(crate) struct Transfer {
+    pub(crate) d: Descriptor,
+    pub(crate) id: PackageId,
+    st: Mutex<TState>,
+    wake: Notify,
+}
+
+struct TState {
+    have: Bitfield,
+    requested: Bitfield,
+    /// Neighbours holding each chunk.
+    counts: Vec<u32>,
+    neighbors: BTreeMap<PeerId, Neighbor>,
+    subs: Vec<mpsc::UnboundedSender<u32>>,
+    closed: bool,
+}
+
+struct Neighbor {
+    conn: Arc<dyn Connection>,
+    have: Bitfield,
+    inflight: usize,
+    sessions: usize,
+    seed: bool,
+}
+
+/// How long a transfer waits with no source at all before it fails.
+const NO_SOURCE_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a session may last.
+const SESSION_MAX: Duration = Duration::from_secs(30 * 60);
+
+impl Transfer {
+    pub(crate) fn new(d: Descriptor, have: Bitfield) -> Arc<Self> {
+        let n = d.chunks.len();
+        Arc::new(Transfer {
+            id: d.id(),
+            d,
+            st: Mutex::new(TState {
+                have,
+                requested: Bitfield::new(n),
+                counts: vec![0; n],
+                neighbors: BTreeMap::new(),
+                subs: Vec::new(),
+                closed: false,
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    /// A transfer over what `chunks` holds of `d`.
+    pub(crate) async fn from_store(d: Descriptor, chunks: &ChunkStore) -> Result<Arc<Self>> {
+        let mut have = Bitfield::full(d.chunks.len());
+        for i in chunks.missing(&d).await? {
+            have.clear(i);
+        }
+        Ok(Transfer::new(d, have))
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, TState> {
+        self.st
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn have(&self) -> Bitfield {
+        self.st().have.clone()
+    }
+
+    pub(crate) fn neighbors(&self) -> usize {
+        self.st().neighbors.len()
+    }
+
+    /// Ends every session that is still receiving (on failure).
+    pub(crate) fn close(&self) {
+        let mut st = self.st();
+        st.closed = true;
+        st.subs.clear();
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    fn have_bytes(&self) -> u64 {
+        let st = self.st();
+        st.have.ones().map(|i| chunk_len(&self.d, i)).sum()
+    }
+
+    /// We now hold chunk `i`: tell every session.
+    fn got(&self, i: usize) -> bool {
+        let mut st = self.st();
+        if !st.have.set(i) {
+            return false;
+        }
+        st.requested.clear(i);
+        st.subs.retain(|tx| tx.send(i as u32).is_ok());
+        true
+    }
+}
+
+/// Opens a swarm session to `conn` for `t`: sends our have-map, reads
+/// theirs, and runs the session in the background.
+pub(crate) async fn open_session<H: Host>(
+    host: &H,
+    t: &Arc<Transfer>,
+    conn: Arc<dyn Connection>,
+    seed: bool,
+) -> Result<()> {
+    let timeout = Duration::from_secs(10);
+    let mut call = Call::open(
+        &*conn,
+        Request::Swarm {
+            package: t.id,
+            have: t.have(),
+        },
+        timeout,
+    )
+    .await?;
+    let theirs = match call.next().await? {
+        Frame::Have(b) => b,
+        other => return Err(unexpected(&conn.remote_id(), "a have-map", &other)),
+    };
+    theirs.check(t.d.chunks.len())?;
+    let (send, recv) = call.into_framed().into_parts();
+    host.spawn(Box::pin(session(t.clone(), conn, send, recv, theirs, seed)));
+    Ok(())
+}
+
+/// Answers a [`Request::Swarm`] on a node: our have-map, then the session.
+pub(crate) async fn serve_session(
+    t: Arc<Transfer>,
+    conn: Arc<dyn Connection>,
+    mut framed: Framed,
+    theirs: Bitfield,
+    max_neighbors: usize,
+) {
+    let refused = match theirs.check(t.d.chunks.len()) {
+        Err(e) => Some(RpcError::from_error(&e)),
+        Ok(()) if t.neighbors() >= max_neighbors => Some(RpcError::new(
+            ErrorKind::Busy,
+            format!("this node has {max_neighbors} neighbours for that release already"),
+        )),
+        Ok(()) => None,
+    };
+    if let Some(e) = refused {
+        if framed.send(&Frame::Error(e)).await.is_ok() {
+            let _ = framed.finish().await;
+        }
+        return;
+    }
+    if framed.send(&Frame::Have(t.have())).await.is_err() {
+        return;
+    }
+    let (send, recv) = framed.into_parts();
+    session(t, conn, send, recv, theirs, false).await;
+}
+
+/// One session, either side: our announcements out, theirs in, until both
+/// sides hold everything, either side closes, or the transfer is closed.
+async fn session(
+    t: Arc<Transfer>,
+    conn: Arc<dyn Connection>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    theirs: Bitfield,
+    seed: bool,
+) {
+    let peer = conn.remote_id();
+    let len = t.d.chunks.len();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    {
+        let mut st = t.st();
+        if st.closed {
+            return;
+        }
+        st.subs.push(tx);
+        let st = &mut *st;
+        let n = st.neighbors.entry(peer).or_insert_with(|| Neighbor {
+            conn: conn.clone(),
+            have: Bitfield::new(len),
+            inflight: 0,
+            sessions: 0,
+            seed,
+        });
+        n.sessions += 1;
+        n.seed |= seed;
+        for i in theirs.ones() {
+            if n.have.set(i) {
+                st.counts[i] += 1;
+            }
+        }
+    }
+    t.wake.notify_one();
+    let both_full = |t: &Transfer| {
+        let st = t.st();
+        st.have.is_full() && st.neighbors.get(&peer).is_some_and(|n| n.have.is_full())
+    };
+    let reader = async {
+        let mut buf = Vec::new();
+        loop {
+            if both_full(&t) {
+                return;
+            }
+            match read_frame_bytes(&mut recv, &mut buf, MAX_FRAME).await {
+                Ok(true) => {}
+                _ => return,
+            }
+            let Ok(Frame::Got(i)) = p2p_core::framing::decode::<Frame>(&buf) else {
+                tracing::debug!(peer = %peer.short(), "unexpected frame in a swarm session");
+                return;
+            };
+            let i = i as usize;
+            if i >= len {
+                return;
+            }
+            {
+                let mut st = t.st();
+                let st = &mut *st;
+                if let Some(n) = st.neighbors.get_mut(&peer)
+                    && n.have.set(i)
+                {
+                    st.counts[i] += 1;
+                }
+            }
+            t.wake.notify_one();
+        }
+    };
+    let writer = async {
+        loop {
+            if both_full(&t) {
+                let _ = send.shutdown().await;
+                // Let the peer read to the end before we go.
+                std::future::pending::<()>().await;
+            }
+            let Some(i) = rx.recv().await else {
+                let _ = send.shutdown().await;
+                return;
+            };
+            if write_frame(&mut send, &Frame::Got(i), MAX_FRAME)
+                .await
+                .is_err()
+                || send.flush().await.is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = reader => {}
+        () = writer => {}
+        () = tokio::time::sleep(SESSION_MAX) => {}
+    }
+    {
+        let mut st = t.st();
+        let st = &mut *st;
+        if let Some(n) = st.neighbors.get_mut(&peer) {
+            n.sessions -= 1;
+            if n.sessions == 0
+                && let Some(n) = st.neighbors.remove(&peer)
+            {
+                for i in n.have.ones() {
+                    st.counts[i] -= 1;
+                }
+            }
+        }
+    }
+    t.wake.notify_one();
+}
+
+enum Fetched {
+    Chunk {
+        from: PeerId,
+        index: u32,
+        bytes: Vec<u8>,
+        asked: Option<u32>,
+    },
+    Failed {
+        from: PeerId,
+        asked: Option<u32>,
+        error: Error,
+    },
+}
+
+/// Fetches one chunk: `index`, or any the seed chooses when `None`.
+async fn fetch_one(
+    conn: Arc<dyn Connection>,
+    package: PackageId,
+    index: Option<u32>,
+    have: Bitfield,
+    timeout: Duration,
+) -> Fetched {
+    let from = conn.remote_id();
+    let request = match index {
+        Some(i) => Request::FetchChunks {
+            package,
+            indexes: vec![i],
+        },
+        None => Request::FetchAny { package, have },
+    };
+    let run = async {
+        let mut call = Call::open(&*conn, request, timeout).await?;
+        let (got, bytes) = match call.next().await? {
+            Frame::Chunk { index, bytes } => (index, bytes),
+            other => return Err(unexpected(&from, "a chunk", &other)),
+        };
+        if index.is_some_and(|i| i != got) {
+            return Err(Error::protocol(format!(
+                "peer {} sent chunk {got} for chunk {}",
+                from.short(),
+                index.unwrap_or_default()
+            )));
+        }
+        match call.next().await? {
+            Frame::Done(Reply::Ok) => Ok((got, bytes)),
+            other => Err(unexpected(&from, "the end of the chunks", &other)),
+        }
+    };
+    match run.await {
+        Ok((i, bytes)) => Fetched::Chunk {
+            from,
+            index: i,
+            bytes,
+            asked: index,
+        },
+        Err(error) => Fetched::Failed {
+            from,
+            asked: index,
+            error,
+        },
+    }
+}
+
+/// Fetches every chunk of `t` that the node lacks, from `seed` (which
+/// answers [`Request::FetchAny`]) and from sessions with `peers` (and any
+/// peer that opens one to us), until the deadline. `progress` hears the
+/// bytes held as they grow.
+pub(crate) async fn fetch<H: Host>(
+    host: &H,
+    t: &Arc<Transfer>,
+    seed: Option<Arc<dyn Connection>>,
+    peers: Vec<PeerAddr>,
+    deadline: Instant,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<()> {
+    let cfg = host.swarm_config().clone();
+    let rep = host.reputation();
+    let package = t.id;
+    let total = t.d.archive_size;
+    if t.have().is_full() {
+        progress(total);
+        return Ok(());
+    }
+    if seed.is_none() && peers.is_empty() && t.neighbors() == 0 {
+        return Err(Error::invalid(
+            "transfer",
+            "chunks are missing and there is no peer to fetch them from",
+        ));
+    }
+    progress(t.have_bytes());
+    if let Some(conn) = &seed
+        && let Err(e) = open_session(host, t, conn.clone(), true).await
+    {
+        tracing::debug!(peer = %conn.remote_id().short(), error = %e, "no session with the seed");
+    }
+    dial_peers(host, t, peers, cfg.dial, deadline);
+
+    let mut inflight: JoinSet<Fetched> = JoinSet::new();
+    let mut seed_inflight = 0usize;
+    let mut seed_rest_until: Option<Instant> = None;
+    let mut seed_alive = seed.is_some();
+    let mut last_shown = 0u64;
+    let begun = Instant::now();
+    let mut alone_since: Option<Instant> = None;
+    loop {
+        if t.have().is_full() {
+            if last_shown != total {
+                progress(total);
+            }
+            return Ok(());
+        }
+        let now = Instant::now();
+        // No seed, no neighbour, nothing on the way: give up after a
+        // while (dials in progress get that long to succeed).
+        if !seed_alive && t.neighbors() == 0 && inflight.is_empty() {
+            let since = *alone_since.get_or_insert(now);
+            if now - since >= NO_SOURCE_GRACE {
+                t.close();
+                return Err(Error::unreachable(format!(
+                    "no peer holding the missing chunks of {} {} can be reached ({} of {} held)",
+                    t.d.manifest.name,
+                    t.d.manifest.version,
+                    t.have().count(),
+                    t.d.chunks.len()
+                )));
+            }
+        } else {
+            alone_since = None;
+        }
+        if now >= deadline {
+            t.close();
+            return Err(Error::timeout(
+                format!(
+                    "fetching the chunks of {} {}",
+                    t.d.manifest.name, t.d.manifest.version
+                ),
+                now - begun,
+            ));
+        }
+        // Seed: "any chunk" requests, a few at a time.
+        if let Some(conn) = &seed
+            && seed_alive
+            && seed_rest_until.is_none_or(|u| now >= u)
+        {
+            while seed_inflight < cfg.seed_inflight {
+                let have = {
+                    let st = t.st();
+                    st.have.union(&st.requested)
+                };
+                seed_inflight += 1;
+                inflight.spawn(fetch_one(
+                    conn.clone(),
+                    package,
+                    None,
+                    have,
+                    (deadline - now).min(cfg.chunk_timeout.max(Duration::from_secs(600))),
+                ));
+            }
+        }
+        schedule(host, t, &cfg, &mut inflight, deadline);
+        tokio::select! {
+            biased;
+            Some(done) = inflight.join_next() => {
+                let Ok(done) = done else { continue };
+                match done {
+                    Fetched::Chunk { from, index, bytes, asked } => {
+                        let is_seed = asked.is_none() && seed.as_ref().is_some_and(|c| c.remote_id() == from);
+                        finish_request(t, from, asked, is_seed, &mut seed_inflight);
+                        let i = index as usize;
+                        if t.st().have.get(i) {
+                            continue; // a duplicate
+                        }
+                        match host.chunks().put(&t.d, i, &bytes).await {
+                            Ok(()) => {
+                                if !is_seed {
+                                    rep.good(from);
+                                }
+                                t.got(i);
+                                let have = t.have_bytes();
+                                // Progress at most every 1% of the size.
+                                if have - last_shown >= total / 100 || have == total {
+                                    last_shown = have;
+                                    progress(have);
+                                }
+                            }
+                            Err(Error::Invalid { .. }) => {
+                                tracing::debug!(peer = %from.short(), index, "a chunk out of range");
+                                rep.corrupt(from);
+                            }
+                            Err(e @ Error::BadSignature { .. }) | Err(e @ Error::Protocol { .. }) => {
+                                tracing::warn!(peer = %from.short(), index, error = %e, "a bad chunk");
+                                rep.corrupt(from);
+                            }
+                            Err(e) => {
+                                t.close();
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Fetched::Failed { from, asked, error } => {
+                        let is_seed = asked.is_none() && seed.as_ref().is_some_and(|c| c.remote_id() == from);
+                        finish_request(t, from, asked, is_seed, &mut seed_inflight);
+                        if is_seed {
+                            match &error {
+                                Error::NotFound { .. } | Error::Busy { .. } => {
+                                    seed_rest_until = Some(Instant::now() + Duration::from_millis(200));
+                                }
+                                e => {
+                                    tracing::info!(error = %e, "the seed is gone; going on with peers");
+                                    seed_alive = false;
+                                }
+                            }
+                        } else {
+                            tracing::debug!(peer = %from.short(), error = %error, "a chunk request failed");
+                            if matches!(error, Error::Protocol { .. }) {
+                                rep.corrupt(from);
+                            } else {
+                                rep.failed(from);
+                            }
+                        }
+                    }
+                }
+            }
+            () = t.wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+fn finish_request(
+    t: &Transfer,
+    from: PeerId,
+    asked: Option<u32>,
+    is_seed: bool,
+    seed_inflight: &mut usize,
+) {
+    if is_seed {
+        *seed_inflight = seed_inflight.saturating_sub(1);
+        return;
+    }
+    let mut st = t.st();
+    if let Some(i) = asked {
+        st.requested.clear(i as usize);
+    }
+    if let Some(n) = st.neighbors.get_mut(&from) {
+        n.inflight = n.inflight.saturating_sub(1);
+    }
+}
+
+/// Gives every neighbour with room its rarest missing chunks to send.
+fn schedule<H: Host>(
+    host: &H,
+    t: &Arc<Transfer>,
+    cfg: &SwarmConfig,
+    inflight: &mut JoinSet<Fetched>,
+    deadline: Instant,
+) {
+    let rep = host.reputation();
+    let mut st = t.st();
+    let st = &mut *st;
+    let mut order: Vec<(i32, PeerId)> = st
+        .neighbors
+        .iter()
+        .filter(|(id, n)| !n.seed && n.inflight < cfg.per_peer && !rep.is_banned(id))
+        .map(|(id, _)| (-rep.score(id), *id))
+        .collect();
+    order.sort();
+    let now = Instant::now();
+    for (_, id) in order {
+        let Some(n) = st.neighbors.get_mut(&id) else {
+            continue;
+        };
+        while n.inflight < cfg.per_peer {
+            // Rarest first among what this neighbour has and we lack;
+            // ties broken at random.
+            let mut best: Option<(u32, usize)> = None;
+            let mut ties = 0;
+            for i in n.have.ones() {
+                if st.have.get(i) || st.requested.get(i) {
+                    continue;
+                }
+                let c = st.counts[i];
+                match best {
+                    Some((bc, _)) if c > bc => {}
+                    Some((bc, _)) if c == bc => {
+                        ties += 1;
+                        if host.random(ties) == 0 {
+                            best = Some((c, i));
+                        }
+                    }
+                    _ => {
+                        best = Some((c, i));
+                        ties = 1;
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            st.requested.set(i);
+            n.inflight += 1;
+            inflight.spawn(fetch_one(
+                n.conn.clone(),
+                t.id,
+                Some(i as u32),
+                Bitfield::new(0),
+                cfg.chunk_timeout
+                    .min(deadline.saturating_duration_since(now)),
+            ));
+        }
+    }
+}
+
+/// Opens sessions to up to `want` of `peers` (in random order), in the
+/// background; a peer that does not know the release yet (its deploy is
+/// still on the way) is asked again a few times.
+fn dial_peers<H: Host>(
+    host: &H,
+    t: &Arc<Transfer>,
+    mut peers: Vec<PeerAddr>,
+    want: usize,
+    deadline: Instant,
+) {
+    let me = host.local_id();
+    peers.retain(|p| p.id != me);
+    let mut seen = BTreeSet::new();
+    peers.retain(|p| seen.insert(p.id));
+    // Fisher-Yates with the node's RNG.
+    for i in (1..peers.len()).rev() {
+        let j = host.random(i + 1);
+        peers.swap(i, j);
+    }
+    let queue = Arc::new(Mutex::new(VecDeque::from(peers)));
+    for _ in 0..want {
+        let (host2, t, queue) = (host.clone(), t.clone(), queue.clone());
+        host.spawn(Box::pin(async move {
+            loop {
+                let next = queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop_front();
+                let Some(addr) = next else { return };
+                if t.st().closed || Instant::now() >= deadline {
+                    return;
+                }
+                if join_peer(&host2, &t, addr, deadline).await {
+                    return;
+                }
+            }
+        }));
+    }
+}
+
+/// Dials one peer and opens a session; true when it is a neighbour.
+async fn join_peer<H: Host>(
+    host: &H,
+    t: &Arc<Transfer>,
+    addr: PeerAddr,
+    deadline: Instant,
+) -> bool {
+    let id = addr.id;
+    if host.reputation().is_banned(&id) {
+        return false;
+    }
+    if t.st().neighbors.contains_key(&id) {
+        return false; // it opened one to us
+    }
+    let conn = match host.dial(addr).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(peer = %id.short(), error = %e, "cannot reach a swarm peer");
+            return false;
+        }
+    };
+    for _ in 0..20 {
+        match open_session(host, t, conn.clone(), false).await {
+            Ok(()) => return true,
+            Err(Error::NotFound { .. }) if Instant::now() < deadline => {
+                // Its deploy has not reached it yet.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %id.short(), error = %e, "no swarm session");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// What a seed (the controller) knows of one release's spread.
+pub(crate) struct SeedState {
+    haves: BTreeMap<PeerId, Bitfield>,
+    /// Copies of each chunk in the fleet, as the sessions report.
+    held: Vec<u32>,
+    /// Copies the seed sent.
+    sent: Vec<u32>,
+    sending: BTreeMap<PeerId, BTreeSet<u32>>,
+}
+
+/// A release a seed serves: the bytes, the fleet's have-maps, and the
+/// upload slots that "any chunk" requests queue for.
+pub(crate) struct Seed {
+    pub(crate) d: Descriptor,
+    st: Mutex<SeedState>,
+    slots: tokio::sync::Semaphore,
+    rng: Mutex<rand_chacha::ChaCha8Rng>,
+}
+
+/// "Any chunk" requests a seed serves at once: enough to keep its uplink
+/// busy across request gaps, few enough that each chunk leaves quickly.
+pub(crate) const SEED_SLOTS: usize = 3;
+
+impl Seed {
+    pub(crate) fn new(d: Descriptor, seed: u64) -> Self {
+        use rand::SeedableRng;
+        let n = d.chunks.len();
+        Seed {
+            d,
+            st: Mutex::new(SeedState {
+                haves: BTreeMap::new(),
+                held: vec![0; n],
+                sent: vec![0; n],
+                sending: BTreeMap::new(),
+            }),
+            slots: tokio::sync::Semaphore::new(SEED_SLOTS),
+            rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, SeedState> {
+        self.st
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Answers a session: our (full) have-map, then their announcements
+    /// until they hold everything or go.
+    pub(crate) async fn session(&self, peer: PeerId, mut framed: Framed, theirs: Bitfield) {
+        let n = self.d.chunks.len();
+        if let Err(e) = theirs.check(n) {
+            if framed
+                .send(&Frame::Error(RpcError::from_error(&e)))
+                .await
+                .is_ok()
+            {
+                let _ = framed.finish().await;
+            }
+            return;
+        }
+        {
+            let mut st = self.st();
+            let st = &mut *st;
+            let have = st.haves.entry(peer).or_insert_with(|| Bitfield::new(n));
+            for i in theirs.ones() {
+                if have.set(i) {
+                    st.held[i] += 1;
+                }
+            }
+        }
+        if framed.send(&Frame::Have(Bitfield::full(n))).await.is_err() {
+            return;
+        }
+        loop {
+            if self.st().haves.get(&peer).is_some_and(Bitfield::is_full) {
+                let _ = framed.finish().await;
+                return;
+            }
+            match framed.recv_opt::<Frame>().await {
+                Ok(Some(Frame::Got(i))) if (i as usize) < n => {
+                    let mut st = self.st();
+                    let st = &mut *st;
+                    if let Some(have) = st.haves.get_mut(&peer)
+                        && have.set(i as usize)
+                    {
+                        st.held[i as usize] += 1;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Answers [`Request::FetchAny`]: waits for an upload slot, then sends
+    /// the chunk `peer` lacks that the fleet holds fewest copies of.
+    pub(crate) async fn fetch_any(
+        &self,
+        peer: PeerId,
+        framed: &mut Framed,
+        have: Bitfield,
+        read: impl FnOnce(usize) -> BoxFuture<'static, Result<Option<Vec<u8>>>>,
+    ) -> Option<Frame> {
+        let n = self.d.chunks.len();
+        if let Err(e) = have.check(n) {
+            return Some(Frame::Error(RpcError::from_error(&e)));
+        }
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Some(Frame::Error(RpcError::new(
+                ErrorKind::Busy,
+                "the seed is closing",
+            )));
+        };
+        let pick = {
+            let mut st = self.st();
+            let st = &mut *st;
+            let known = st.haves.get(&peer);
+            let sending = st.sending.entry(peer).or_default();
+            let mut best: Option<(u32, usize)> = None;
+            let mut ties = 0u32;
+            let mut rng = self
+                .rng
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for i in 0..n {
+                if have.get(i) || known.is_some_and(|k| k.get(i)) || sending.contains(&(i as u32)) {
+                    continue;
+                }
+                let copies = st.held[i] + st.sent[i];
+                match best {
+                    Some((b, _)) if copies > b => {}
+                    Some((b, _)) if copies == b => {
+                        ties += 1;
+                        if rand::RngExt::random_range(&mut *rng, 0..ties) == 0 {
+                            best = Some((copies, i));
+                        }
+                    }
+                    _ => {
+                        best = Some((copies, i));
+                        ties = 1;
+                    }
+                }
+            }
+            if let Some((_, i)) = best {
+                st.sent[i] += 1;
+                sending.insert(i as u32);
+            }
+            best.map(|(_, i)| i)
+        };
+        let Some(i) = pick else {
+            return Some(Frame::Error(RpcError::new(
+                ErrorKind::NotFound,
+                "nothing left that this node lacks",
+            )));
+        };
+        let end = match read(i).await {
+            Ok(None) => Some(Frame::Error(RpcError::new(
+                ErrorKind::NotFound,
+                format!("chunk {i} is not held here"),
+            ))),
+            Ok(Some(bytes)) => {
+                let sent = framed
+                    .send(&Frame::Chunk {
+                        index: i as u32,
+                        bytes,
+                    })
+                    .await
+                    .is_ok()
+                    && framed.send(&Frame::Done(Reply::Ok)).await.is_ok();
+                if sent {
+                    // The slot is free once the chunk has arrived: the
+                    // client closes its side after reading it.
+                    let _ = framed.finish().await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(60), framed.recv_opt::<Frame>())
+                            .await;
+                }
+                None
+            }
+            Err(e) => Some(Frame::Error(RpcError::from_error(&e))),
+        };
+        if let Some(s) = self.st().sending.get_mut(&peer) {
+            s.remove(&(i as u32));
+        }
+        end
+    }
+}
