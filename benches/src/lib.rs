@@ -24,6 +24,7 @@ use std::fmt;
 
 pub mod alloc;
 pub mod groups;
+pub mod swarm;
 
 /// One measured figure.
 #[derive(Debug, Clone, PartialEq)]

@@ -129,7 +129,8 @@ impl Bitfield {
 
     /// Checks one that came from a peer: `len` chunks, no stray bits.
     pub fn check(&self, len: usize) -> Result<()> {
-        let tail_clean = len.is_multiple_of(8) || self.bits.last().is_none_or(|&b| b >> (len % 8) == 0);
+        let tail_clean =
+            len.is_multiple_of(8) || self.bits.last().is_none_or(|&b| b >> (len % 8) == 0);
         if self.len() != len || self.bits.len() != len.div_ceil(8) || !tail_clean {
             return Err(Error::protocol(format!(
                 "a have-map for {} chunks where the release has {len}",
@@ -972,12 +973,12 @@ async fn join_peer<H: Host>(
             return false;
         }
     };
-    for _ in 0..20 {
+    for _ in 0..50 {
         match open_session(host, t, conn.clone(), false).await {
             Ok(()) => return true,
             Err(Error::NotFound { .. }) if Instant::now() < deadline => {
                 // Its deploy has not reached it yet.
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
                 tracing::debug!(peer = %id.short(), error = %e, "no swarm session");
@@ -1007,9 +1008,12 @@ pub(crate) struct Seed {
     rng: Mutex<rand_chacha::ChaCha8Rng>,
 }
 
-/// "Any chunk" requests a seed serves at once: enough to keep its uplink
-/// busy across request gaps, few enough that each chunk leaves quickly.
-pub(crate) const SEED_SLOTS: usize = 3;
+/// "Any chunk" requests a seed serves at once. A slot is held until the
+/// chunk has arrived, and a target's downlink is shared with its peers'
+/// uploads, so a few slots leave the seed's uplink idle while their
+/// chunks crawl through busy downlinks (3 slots: the seed sent at two
+/// thirds of its rate in the simulator; 8: at its full rate).
+pub(crate) const SEED_SLOTS: usize = 8;
 
 impl Seed {
     pub(crate) fn new(d: Descriptor, seed: u64) -> Self {

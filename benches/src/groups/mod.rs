@@ -4,6 +4,7 @@
 pub mod packages;
 pub mod runtime;
 pub mod sim;
+pub mod swarm;
 pub mod transport;
 
 use crate::Figure;
@@ -44,6 +45,11 @@ pub const ALL: &[Group] = &[
         name: "packages",
         about: "building and verifying a 512 MiB package against plain SHA-256 of the same bytes",
         run: packages::run,
+    },
+    Group {
+        name: "swarm",
+        about: "a 100 MB release to 10, 100 and 500 simulated agents: swarm vs Kumar-Ross bound vs controller only",
+        run: swarm::run,
     },
     Group {
         name: "runtime",

@@ -1,0 +1,359 @@
+//! The swarm scenario on the simulator, shared by `bench-report swarm`
+//! and the swarm tests: a controller and N agents, one release, and the
+//! time until every agent holds all of it, against the Kumar-Ross bound.
+//!
+//! Kumar and Ross ("Peer-Assisted File Distribution: The Minimum
+//! Distribution Time", 2006): giving a file of F bits to N peers takes at
+//! least max(F/u_s, F/d_min, N F / (u_s + sum of u_i)), with u_s the
+//! server's upload rate, u_i the peers' and d_min the slowest download.
+//!
+//! Agents run the real [`Agent`] on [`SimRuntime`](p2p_sim::SimRuntime)
+//! with a storage that shares chunk bytes between nodes (chunks are
+//! content-addressed and verified before they are stored, so the bytes
+//! under a key are the same on every node) and an installer that records
+//! versions without reading them, so that the memory and CPU of a
+//! 500-node run go to the transfer being measured.
+
+#![allow(clippy::disallowed_methods)] // measures wall time too
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use p2p_core::{Ed25519Signer, MemStorage, Provider, Result, Signer, Storage, Timestamp};
+use p2p_deploy::chunks::ChunkStore;
+use p2p_deploy::package::hash_archive;
+use p2p_deploy::{
+    Agent, AgentConfig, AgentParts, Controller, ControllerConfig, Descriptor, Installer, Manifest,
+    NodeInfo, Plan, Progress, Release, RolloutPlan, RolloutReport, TrustStore,
+};
+use p2p_sim::{LinkSpec, NodeConfig, SimNet};
+use tokio::sync::mpsc;
+
+/// One swarm run.
+#[derive(Debug, Clone)]
+pub struct SwarmScenario {
+    /// Targets (the controller comes on top).
+    pub nodes: usize,
+    /// Release size in bytes.
+    pub size: usize,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Every node's upload and download, Mbit/s (the controller's too).
+    pub mbit: u64,
+    /// One-way link latency.
+    pub latency: Duration,
+    /// Packet loss on every link, 0 to 1.
+    pub loss: f64,
+    /// Share of targets that are slow, 0 to 1.
+    pub slow_share: f64,
+    /// How many times slower they are.
+    pub slow_factor: u64,
+    /// Targets fetch from each other; off, from the controller only.
+    pub swarm: bool,
+    /// Simulator seed.
+    pub seed: u64,
+}
+
+impl SwarmScenario {
+    /// The issue's scenario: 100 MB, 100 Mbit/s everywhere, 20 ms, in
+    /// chunks of 256 KiB (with 1 MiB chunks each hop of the spread takes
+    /// four times longer: 1.68x the bound at N=100 against 1.39x).
+    pub fn new(nodes: usize) -> Self {
+        SwarmScenario {
+            nodes,
+            size: 100_000_000,
+            chunk_size: 256 << 10,
+            mbit: 100,
+            latency: Duration::from_millis(20),
+            loss: 0.0,
+            slow_share: 0.0,
+            slow_factor: 10,
+            swarm: true,
+            seed: 2026,
+        }
+    }
+
+    fn slow(&self, i: usize) -> bool {
+        (i as f64) < self.slow_share * self.nodes as f64
+    }
+
+    fn mbit_of(&self, i: usize) -> u64 {
+        if self.slow(i) {
+            (self.mbit / self.slow_factor).max(1)
+        } else {
+            self.mbit
+        }
+    }
+
+    /// The Kumar-Ross minimum distribution time.
+    pub fn bound(&self) -> Duration {
+        let f = self.size as f64 * 8.0;
+        let us = self.mbit as f64 * 1e6;
+        let rates: Vec<f64> = (0..self.nodes)
+            .map(|i| self.mbit_of(i) as f64 * 1e6)
+            .collect();
+        let dmin = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let sum: f64 = rates.iter().sum();
+        let t = (f / us)
+            .max(f / dmin)
+            .max(self.nodes as f64 * f / (us + sum));
+        Duration::from_secs_f64(t)
+    }
+
+    /// Runs it on a fresh current-thread runtime with paused time.
+    pub fn run(&self) -> SwarmOutcome {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("tokio runtime")
+            .block_on(self.run_async())
+    }
+
+    /// Runs it on the current runtime (which must have paused time).
+    pub async fn run_async(&self) -> SwarmOutcome {
+        let (net, release, trust) = self.setup();
+        let shared = SharedChunks::default();
+        let names: Vec<String> = (0..self.nodes).map(|i| format!("t{i:03}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            let (trust, shared) = (trust.clone(), shared.clone());
+            net.spawn_node(
+                name,
+                NodeConfig::default().mbit(self.mbit_of(i)),
+                move |ctx| {
+                    let (trust, shared) = (trust.clone(), shared.clone());
+                    async move {
+                        let mut cfg = AgentConfig::new(trust);
+                        cfg.name = ctx.name.clone();
+                        let agent = Agent::new(
+                            cfg,
+                            AgentParts {
+                                provider: Arc::new(ctx.provider),
+                                runtime: ctx.runtime.clone(),
+                                storage: Arc::new(shared.storage(ctx.storage)),
+                                installer: Arc::new(RecordOnly),
+                                clock: Arc::new(ctx.clock),
+                                seed: ctx.seed,
+                            },
+                        );
+                        let _ = agent.run().await;
+                    }
+                },
+            )
+            .expect("a node");
+        }
+        let ctl = self.controller(&net, &names);
+        let views = ctl.nodes().await;
+        let targets =
+            Controller::select(&views, Some(&"".parse().expect("selector")), &[]).expect("targets");
+        assert_eq!(targets.len(), self.nodes, "every agent answers");
+        self.deploy(&net, &ctl, release, &targets).await
+    }
+
+    fn setup(&self) -> (SimNet, Arc<Release>, TrustStore) {
+        let net = SimNet::builder(self.seed)
+            .default_link(LinkSpec::latency(self.latency).with_loss(self.loss))
+            .build();
+        let signer = Ed25519Signer::from_seed(&[3; 32]);
+        let trust = TrustStore::new([signer.key_id()]);
+        (net, release(self.size, self.chunk_size, &signer), trust)
+    }
+
+    fn controller(&self, net: &SimNet, names: &[String]) -> Controller {
+        let p = net
+            .add_node_with("ctl", NodeConfig::default().mbit(self.mbit))
+            .expect("the controller");
+        Controller::new(
+            Arc::new(p),
+            ControllerConfig {
+                bootstrap: names
+                    .iter()
+                    .map(|n| net.provider(n).expect("a node").local_addr())
+                    .collect(),
+                swarm: self.swarm,
+                seed: self.seed,
+                ..ControllerConfig::default()
+            },
+        )
+    }
+
+    async fn deploy(
+        &self,
+        net: &SimNet,
+        ctl: &Controller,
+        release: Arc<Release>,
+        targets: &[NodeInfo],
+    ) -> SwarmOutcome {
+        let wall = std::time::Instant::now();
+        let begun = tokio::time::Instant::now();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let watch = async move {
+            let mut done: BTreeMap<p2p_core::PeerId, Duration> = BTreeMap::new();
+            while let Some(p) = rx.recv().await {
+                if let Progress::Transfer { node, bytes, total } = p
+                    && bytes == total
+                {
+                    done.entry(node).or_insert_with(|| begun.elapsed());
+                }
+            }
+            done
+        };
+        let plan = RolloutPlan {
+            plan: Plan::All,
+            ..RolloutPlan::default()
+        };
+        let (report, done) = tokio::join!(ctl.deploy(release, targets, &plan, tx), watch);
+        SwarmOutcome {
+            completion: done.values().copied().max().unwrap_or_default(),
+            complete: done.len(),
+            bound: self.bound(),
+            wall: wall.elapsed(),
+            trace_hash: net.trace_hash(),
+            report,
+        }
+    }
+}
+
+/// How a run went.
+#[derive(Debug, Clone)]
+pub struct SwarmOutcome {
+    /// Virtual time until the last target held the whole release.
+    pub completion: Duration,
+    /// Targets that got all of it.
+    pub complete: usize,
+    /// The Kumar-Ross bound.
+    pub bound: Duration,
+    /// Wall time of the run.
+    pub wall: std::time::Duration,
+    /// The simulator's trace hash.
+    pub trace_hash: String,
+    /// The rollout's report.
+    pub report: RolloutReport,
+}
+
+impl SwarmOutcome {
+    /// Completion over the bound.
+    pub fn ratio(&self) -> f64 {
+        self.completion.as_secs_f64() / self.bound.as_secs_f64()
+    }
+}
+
+/// A signed release of `size` incompressible bytes (no archive format:
+/// the installer below never unpacks it).
+pub fn release(size: usize, chunk_size: u32, signer: &Ed25519Signer) -> Arc<Release> {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(size as u64);
+    let mut bytes = vec![0u8; size];
+    rng.fill(&mut bytes[..]);
+    let h = hash_archive(&bytes[..], chunk_size).expect("hashing");
+    let manifest =
+        Manifest::parse("name = \"payload\"\nversion = \"1.0.0\"\nentrypoint = \"run\"\n")
+            .expect("manifest");
+    let d = Descriptor {
+        manifest,
+        archive_size: h.len,
+        archive_sha256: h.sha256,
+        chunk_size,
+        chunks: h.chunks,
+        created_at: Timestamp(0),
+    };
+    let sig = futures::executor::block_on(signer.sign(&d.signing_message())).expect("signing");
+    Arc::new(Release::from_parts(d, vec![sig], bytes).expect("a release"))
+}
+
+/// Storage whose `chunks/` values are shared by every node that stores
+/// them (same key, same verified bytes); everything else is the node's.
+#[derive(Clone, Default)]
+struct SharedChunks {
+    chunks: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>,
+}
+
+impl SharedChunks {
+    fn storage(&self, own: MemStorage) -> NodeStorage {
+        NodeStorage {
+            own,
+            shared: self.chunks.clone(),
+            held: Arc::new(Mutex::new(std::collections::BTreeSet::new())),
+        }
+    }
+}
+
+struct NodeStorage {
+    own: MemStorage,
+    shared: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>,
+    held: Arc<Mutex<std::collections::BTreeSet<String>>>,
+}
+
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Storage for NodeStorage {
+    async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        if key.starts_with("chunks/") {
+            guard(&self.shared)
+                .entry(key.to_string())
+                .or_insert_with(|| Arc::new(value.to_vec()));
+            guard(&self.held).insert(key.to_string());
+            return Ok(());
+        }
+        self.own.put(key, value).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if key.starts_with("chunks/") {
+            if !guard(&self.held).contains(key) {
+                return Ok(None);
+            }
+            return Ok(guard(&self.shared).get(key).map(|v| v.to_vec()));
+        }
+        self.own.get(key).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        if key.starts_with("chunks/") {
+            return Ok(guard(&self.held).remove(key));
+        }
+        self.own.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = self.own.list(prefix).await?;
+        out.extend(
+            guard(&self.held)
+                .iter()
+                .filter(|k| k.starts_with(prefix))
+                .cloned(),
+        );
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Records versions as installed without reading their bytes (they were
+/// verified chunk by chunk on arrival).
+struct RecordOnly;
+
+#[async_trait]
+impl Installer for RecordOnly {
+    async fn install(&self, d: &Descriptor, chunks: &ChunkStore) -> Result<std::path::PathBuf> {
+        let missing = chunks.missing(d).await?;
+        if !missing.is_empty() {
+            return Err(p2p_core::Error::NotFound {
+                what: format!("{} chunks", missing.len()),
+            });
+        }
+        Ok(self.workdir(&d.manifest.name, &d.manifest.version))
+    }
+
+    fn workdir(&self, name: &str, version: &semver::Version) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/bench/{name}/{version}"))
+    }
+
+    async fn uninstall(&self, _: &str, _: &semver::Version) -> Result<()> {
+        Ok(())
+    }
+}
