@@ -93,6 +93,11 @@
 //!   merged logs from many nodes.
 //! - [`install`]: where versions are unpacked ([`DirInstaller`]) or, in
 //!   the simulator, recorded ([`MemInstaller`]).
+//! - [`swarm`]: how a release spreads: the controller seeds (each chunk
+//!   once before any twice), targets exchange have-maps and fetch the
+//!   rarest chunks from each other, every chunk is verified, and peers
+//!   that send bad chunks or fail are scored and banned. `bench-report
+//!   swarm` measures it on the simulator against the Kumar-Ross bound.
 //!
 //! ## Measured figures
 //!

@@ -20,7 +20,7 @@
 //! - Every chunk is checked against the descriptor before it is stored or
 //!   served; a peer that sends a bad one, or fails requests repeatedly,
 //!   loses [`Reputation`] and is banned for a while past a threshold.
-//! - Chunks are kept in the [`ChunkStore`](crate::chunks::ChunkStore) as
+//! - Chunks are kept in the [`ChunkStore`] as
 //!   they arrive, so a transfer that is interrupted resumes where it was.
 //!   Once every chunk exists somewhere in the fleet, the seed may go away.
 
