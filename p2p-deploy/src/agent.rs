@@ -55,9 +55,11 @@ use crate::chunks::ChunkStore;
 use crate::install::Installer;
 use crate::manifest::Manifest;
 use crate::package::{Descriptor, PackageId};
+use crate::pool::Pool;
 use crate::proto::{
     ActivateOptions, Activation, AppInfo, DeployEvent, ErrorKind, Frame, HistoryEntry, MAX_FRAME,
-    NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION, accept_request, send_chunks,
+    NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION, accept_request, end_with,
+    send_chunks,
 };
 use crate::swarm::{self, Reputation, SwarmConfig, Transfer};
 use crate::trust::{TrustStore, check_not_downgrade};
@@ -205,7 +207,7 @@ struct Inner {
     background: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
     background_rx: Mutex<Option<mpsc::UnboundedReceiver<BoxFuture<'static, ()>>>>,
     /// Connections this agent dialed to swarm peers.
-    dialed: tokio::sync::Mutex<BTreeMap<PeerId, Arc<dyn Connection>>>,
+    dialed: Pool,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -278,7 +280,7 @@ impl Agent {
                 transfers: Mutex::new(BTreeMap::new()),
                 background,
                 background_rx: Mutex::new(Some(background_rx)),
-                dialed: tokio::sync::Mutex::new(BTreeMap::new()),
+                dialed: Pool::default(),
             }),
         }
     }
@@ -579,12 +581,7 @@ impl Agent {
                     swarm::serve_session(t, conn.clone(), framed, have, max).await;
                     return;
                 }
-                Err(e) => {
-                    if framed.send(&Frame::Error(e)).await.is_ok() {
-                        let _ = framed.finish().await;
-                    }
-                    return;
-                }
+                Err(e) => Frame::Error(e),
             },
             Request::FetchAny { .. } => Frame::Error(RpcError::new(
                 ErrorKind::Invalid,
@@ -625,9 +622,7 @@ impl Agent {
                 }
             }
         };
-        if framed.send(&end).await.is_ok() {
-            let _ = framed.finish().await;
-        }
+        end_with(&mut framed, end).await;
     }
 
     async fn serve_logs(
@@ -1070,34 +1065,23 @@ impl Agent {
     /// A connection to a swarm peer, reused; its inbound streams are
     /// served like those of accepted connections.
     async fn dial_peer(&self, addr: PeerAddr) -> Result<Arc<dyn Connection>> {
-        let mut dialed = self.inner.dialed.lock().await;
-        if let Some(c) = dialed.get(&addr.id)
-            && c.is_connected()
-        {
-            return Ok(c.clone());
-        }
-        let conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.inner.parts.provider.connect(&addr),
-        )
-        .await
-        .map_err(|_| {
-            Error::timeout(
-                format!("connecting to swarm peer {}", addr.id.short()),
-                Duration::from_secs(10),
-            )
-        })??;
-        dialed.insert(addr.id, conn.clone());
-        let (me, c) = (self.clone(), conn.clone());
-        let _ = self.inner.background.send(Box::pin(async move {
-            while let Ok((send, recv)) = c.accept_bi().await {
-                let (me2, c2) = (me.clone(), c.clone());
-                let _ = me.inner.background.send(Box::pin(async move {
-                    me2.serve_stream(c2, send, recv).await;
-                }));
-            }
-        }));
-        Ok(conn)
+        let me = self.clone();
+        let serve = move |c: Arc<dyn Connection>| {
+            let bg = me.inner.background.clone();
+            let _ = bg.send(Box::pin(async move {
+                while let Ok((send, recv)) = c.accept_bi().await {
+                    let (me2, c2) = (me.clone(), c.clone());
+                    let _ = me.inner.background.send(Box::pin(async move {
+                        me2.serve_stream(c2, send, recv).await;
+                    }));
+                }
+            }));
+        };
+        let provider = &*self.inner.parts.provider;
+        self.inner
+            .dialed
+            .connect(provider, &addr, Duration::from_secs(10), serve)
+            .await
     }
 
     async fn switch(

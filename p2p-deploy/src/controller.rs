@@ -29,9 +29,10 @@ use tokio::sync::mpsc;
 
 use crate::chunks::chunk_len;
 use crate::package::{Descriptor, PackageFile, PackageId};
+use crate::pool::Pool;
 use crate::proto::{
     ActivateOptions, Activation, Call, DeployEvent, ErrorKind, Frame, MAX_FRAME, NodeInfo, Reply,
-    Request, RpcError, accept_request, call, send_chunks, unexpected,
+    Request, RpcError, accept_request, call, end_with, send_chunks, unexpected,
 };
 use crate::selector::Selector;
 use crate::swarm::Seed;
@@ -406,7 +407,7 @@ impl RolloutReport {
 pub struct Controller {
     provider: Arc<dyn Provider>,
     cfg: ControllerConfig,
-    conns: tokio::sync::Mutex<BTreeMap<PeerId, Arc<dyn Connection>>>,
+    conns: Pool,
     releases: Served,
     book: Mutex<BTreeMap<PeerId, PeerAddr>>,
     discovered: Mutex<Option<Discovered>>,
@@ -434,7 +435,7 @@ impl Controller {
         let discovered = provider.discovered();
         Controller {
             provider,
-            conns: tokio::sync::Mutex::new(BTreeMap::new()),
+            conns: Pool::default(),
             releases: Arc::new(Mutex::new(BTreeMap::new())),
             book: Mutex::new(book),
             discovered: Mutex::new(Some(discovered)),
@@ -523,31 +524,12 @@ impl Controller {
     /// A connection to `addr`, reused while it lasts. Each one serves the
     /// releases' chunks to the node.
     pub async fn connect(&self, addr: &PeerAddr) -> Result<Arc<dyn Connection>> {
-        if let Some(c) = self.conns.lock().await.get(&addr.id)
-            && c.is_connected()
-        {
-            return Ok(c.clone());
-        }
-        // Connect without holding the lock: one slow node must not hold
-        // up requests to the others.
-        let conn = tokio::time::timeout(self.cfg.request_timeout, self.provider.connect(addr))
+        let releases = self.releases.clone();
+        self.conns
+            .connect(&*self.provider, addr, self.cfg.request_timeout, |conn| {
+                tokio::spawn(serve_chunks(conn, releases));
+            })
             .await
-            .map_err(|_| {
-                Error::timeout(
-                    format!("connecting to {}", addr.id.short()),
-                    self.cfg.request_timeout,
-                )
-            })??;
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&addr.id)
-            && c.is_connected()
-        {
-            conn.close("a connection to this peer exists").await;
-            return Ok(c.clone());
-        }
-        tokio::spawn(serve_chunks(conn.clone(), self.releases.clone()));
-        conns.insert(addr.id, conn.clone());
-        Ok(conn)
     }
 
     /// One request to one node, with the configured deadline.
@@ -1024,12 +1006,6 @@ async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
                 _ => {}
             }
         });
-    }
-}
-
-async fn end_with(framed: &mut Framed, end: Frame) {
-    if framed.send(&end).await.is_ok() {
-        let _ = framed.finish().await;
     }
 }
 

@@ -117,6 +117,7 @@ pub mod controller;
 pub mod install;
 pub mod manifest;
 pub mod package;
+mod pool;
 pub mod proto;
 pub mod selector;
 pub mod swarm;

@@ -601,9 +601,7 @@ pub(crate) async fn accept_request(framed: &mut Framed, peer: &PeerId) -> Option
                      check that the client speaks the same protocol version"
                 ),
             ));
-            if framed.send(&answer).await.is_ok() {
-                let _ = framed.finish().await;
-            }
+            end_with(framed, answer).await;
             None
         }
         Ok(Err(e)) => {
@@ -614,6 +612,14 @@ pub(crate) async fn accept_request(framed: &mut Framed, peer: &PeerId) -> Option
             tracing::debug!(peer = %peer.short(), "no request within {REQUEST_READ_TIMEOUT:?}");
             None
         }
+    }
+}
+
+/// Sends the frame that ends a request and finishes the stream (a client
+/// that went away is no error).
+pub(crate) async fn end_with(framed: &mut Framed, end: Frame) {
+    if framed.send(&end).await.is_ok() {
+        let _ = framed.finish().await;
     }
 }
 

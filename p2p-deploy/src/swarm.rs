@@ -39,7 +39,9 @@ use tokio::time::Instant;
 
 use crate::chunks::{ChunkStore, chunk_len};
 use crate::package::{Descriptor, PackageId};
-use crate::proto::{Call, ErrorKind, Frame, MAX_FRAME, Reply, Request, RpcError, unexpected};
+use crate::proto::{
+    Call, ErrorKind, Frame, MAX_FRAME, Reply, Request, RpcError, end_with, unexpected,
+};
 
 /// Which chunks of a release a peer holds, one bit per chunk.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +361,9 @@ struct Neighbor {
     seed: bool,
 }
 
+/// How long an "any chunk" request may wait in the seed's queue.
+const SEED_WAIT: Duration = Duration::from_secs(600);
+
 /// How long a transfer waits with no source at all before it fails.
 const NO_SOURCE_GRACE: Duration = Duration::from_secs(30);
 
@@ -415,9 +420,13 @@ impl Transfer {
         self.wake.notify_one();
     }
 
+    /// Bytes held: every chunk is full size but the last.
     fn have_bytes(&self) -> u64 {
         let st = self.st();
-        st.have.ones().map(|i| chunk_len(&self.d, i)).sum()
+        let n = st.have.len();
+        let full = u64::from(self.d.chunk_size);
+        let short = full - chunk_len(&self.d, n - 1);
+        st.have.count() as u64 * full - if st.have.get(n - 1) { short } else { 0 }
     }
 
     /// We now hold chunk `i`: tell every session.
@@ -477,9 +486,7 @@ pub(crate) async fn serve_session(
         Ok(()) => None,
     };
     if let Some(e) = refused {
-        if framed.send(&Frame::Error(e)).await.is_ok() {
-            let _ = framed.finish().await;
-        }
+        end_with(&mut framed, Frame::Error(e)).await;
         return;
     }
     if framed.send(&Frame::Have(t.have())).await.is_err() {
@@ -615,21 +622,13 @@ enum Fetched {
     },
 }
 
-/// Fetches one chunk: `index`, or any the seed chooses when `None`.
-async fn fetch_one(
-    conn: Arc<dyn Connection>,
-    package: PackageId,
-    index: Option<u32>,
-    have: Bitfield,
-    timeout: Duration,
-) -> Fetched {
+/// Fetches one chunk: the one a [`Request::FetchChunks`] names, or the
+/// one the seed chooses for a [`Request::FetchAny`].
+async fn fetch_one(conn: Arc<dyn Connection>, request: Request, timeout: Duration) -> Fetched {
     let from = conn.remote_id();
-    let request = match index {
-        Some(i) => Request::FetchChunks {
-            package,
-            indexes: vec![i],
-        },
-        None => Request::FetchAny { package, have },
+    let index = match &request {
+        Request::FetchChunks { indexes, .. } => indexes.first().copied(),
+        _ => None,
     };
     let run = async {
         let mut call = Call::open(&*conn, request, timeout).await?;
@@ -751,13 +750,9 @@ pub(crate) async fn fetch<H: Host>(
                     st.have.union(&st.requested)
                 };
                 seed_inflight += 1;
-                inflight.spawn(fetch_one(
-                    conn.clone(),
-                    package,
-                    None,
-                    have,
-                    (deadline - now).min(cfg.chunk_timeout.max(Duration::from_secs(600))),
-                ));
+                let request = Request::FetchAny { package, have };
+                let timeout = (deadline - now).min(cfg.chunk_timeout.max(SEED_WAIT));
+                inflight.spawn(fetch_one(conn.clone(), request, timeout));
             }
         }
         schedule(host, t, &cfg, &mut inflight, deadline);
@@ -767,8 +762,8 @@ pub(crate) async fn fetch<H: Host>(
                 let Ok(done) = done else { continue };
                 match done {
                     Fetched::Chunk { from, index, bytes, asked } => {
-                        let is_seed = asked.is_none() && seed.as_ref().is_some_and(|c| c.remote_id() == from);
-                        finish_request(t, from, asked, is_seed, &mut seed_inflight);
+                        let is_seed = asked.is_none();
+                        finish_request(t, from, asked, &mut seed_inflight);
                         let i = index as usize;
                         if t.st().have.get(i) {
                             continue; // a duplicate
@@ -801,9 +796,8 @@ pub(crate) async fn fetch<H: Host>(
                         }
                     }
                     Fetched::Failed { from, asked, error } => {
-                        let is_seed = asked.is_none() && seed.as_ref().is_some_and(|c| c.remote_id() == from);
-                        finish_request(t, from, asked, is_seed, &mut seed_inflight);
-                        if is_seed {
+                        finish_request(t, from, asked, &mut seed_inflight);
+                        if asked.is_none() {
                             match &error {
                                 Error::NotFound { .. } | Error::Busy { .. } => {
                                     seed_rest_until = Some(Instant::now() + Duration::from_millis(200));
@@ -830,24 +824,44 @@ pub(crate) async fn fetch<H: Host>(
     }
 }
 
-fn finish_request(
-    t: &Transfer,
-    from: PeerId,
-    asked: Option<u32>,
-    is_seed: bool,
-    seed_inflight: &mut usize,
-) {
-    if is_seed {
+/// Books a finished request: a chunk asked of a neighbour (`asked`), or
+/// an "any chunk" request to the seed (`None`).
+fn finish_request(t: &Transfer, from: PeerId, asked: Option<u32>, seed_inflight: &mut usize) {
+    let Some(i) = asked else {
         *seed_inflight = seed_inflight.saturating_sub(1);
         return;
-    }
+    };
     let mut st = t.st();
-    if let Some(i) = asked {
-        st.requested.clear(i as usize);
-    }
+    st.requested.clear(i as usize);
     if let Some(n) = st.neighbors.get_mut(&from) {
         n.inflight = n.inflight.saturating_sub(1);
     }
+}
+
+/// The index with the lowest count among `(count, index)` pairs, ties
+/// broken at random (`random(k)` is uniform in `0..k`), in one pass.
+fn fewest(
+    candidates: impl Iterator<Item = (u32, usize)>,
+    mut random: impl FnMut(usize) -> usize,
+) -> Option<usize> {
+    let mut best: Option<(u32, usize)> = None;
+    let mut ties = 0;
+    for (count, i) in candidates {
+        match best {
+            Some((b, _)) if count > b => {}
+            Some((b, _)) if count == b => {
+                ties += 1;
+                if random(ties) == 0 {
+                    best = Some((count, i));
+                }
+            }
+            _ => {
+                best = Some((count, i));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(_, i)| i)
 }
 
 /// Gives every neighbour with room its rarest missing chunks to send.
@@ -874,40 +888,25 @@ fn schedule<H: Host>(
             continue;
         };
         while n.inflight < cfg.per_peer {
-            // Rarest first among what this neighbour has and we lack;
-            // ties broken at random.
-            let mut best: Option<(u32, usize)> = None;
-            let mut ties = 0;
-            for i in n.have.ones() {
-                if st.have.get(i) || st.requested.get(i) {
-                    continue;
-                }
-                let c = st.counts[i];
-                match best {
-                    Some((bc, _)) if c > bc => {}
-                    Some((bc, _)) if c == bc => {
-                        ties += 1;
-                        if host.random(ties) == 0 {
-                            best = Some((c, i));
-                        }
-                    }
-                    _ => {
-                        best = Some((c, i));
-                        ties = 1;
-                    }
-                }
-            }
-            let Some((_, i)) = best else { break };
+            // Rarest first among what this neighbour has and we lack.
+            let wanted = n
+                .have
+                .ones()
+                .filter(|&i| !st.have.get(i) && !st.requested.get(i))
+                .map(|i| (st.counts[i], i));
+            let Some(i) = fewest(wanted, |ties| host.random(ties)) else {
+                break;
+            };
             st.requested.set(i);
             n.inflight += 1;
-            inflight.spawn(fetch_one(
-                n.conn.clone(),
-                t.id,
-                Some(i as u32),
-                Bitfield::new(0),
-                cfg.chunk_timeout
-                    .min(deadline.saturating_duration_since(now)),
-            ));
+            let request = Request::FetchChunks {
+                package: t.id,
+                indexes: vec![i as u32],
+            };
+            let timeout = cfg
+                .chunk_timeout
+                .min(deadline.saturating_duration_since(now));
+            inflight.spawn(fetch_one(n.conn.clone(), request, timeout));
         }
     }
 }
@@ -1043,13 +1042,7 @@ impl Seed {
     pub(crate) async fn session(&self, peer: PeerId, mut framed: Framed, theirs: Bitfield) {
         let n = self.d.chunks.len();
         if let Err(e) = theirs.check(n) {
-            if framed
-                .send(&Frame::Error(RpcError::from_error(&e)))
-                .await
-                .is_ok()
-            {
-                let _ = framed.finish().await;
-            }
+            end_with(&mut framed, Frame::Error(RpcError::from_error(&e))).await;
             return;
         }
         {
@@ -1109,36 +1102,25 @@ impl Seed {
             let st = &mut *st;
             let known = st.haves.get(&peer);
             let sending = st.sending.entry(peer).or_default();
-            let mut best: Option<(u32, usize)> = None;
-            let mut ties = 0u32;
             let mut rng = self
                 .rng
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for i in 0..n {
-                if have.get(i) || known.is_some_and(|k| k.get(i)) || sending.contains(&(i as u32)) {
-                    continue;
-                }
-                let copies = st.held[i] + st.sent[i];
-                match best {
-                    Some((b, _)) if copies > b => {}
-                    Some((b, _)) if copies == b => {
-                        ties += 1;
-                        if rand::RngExt::random_range(&mut *rng, 0..ties) == 0 {
-                            best = Some((copies, i));
-                        }
-                    }
-                    _ => {
-                        best = Some((copies, i));
-                        ties = 1;
-                    }
-                }
-            }
-            if let Some((_, i)) = best {
+            let lacking = (0..n)
+                .filter(|&i| {
+                    !have.get(i)
+                        && !known.is_some_and(|k| k.get(i))
+                        && !sending.contains(&(i as u32))
+                })
+                .map(|i| (st.held[i] + st.sent[i], i));
+            let best = fewest(lacking, |ties| {
+                rand::RngExt::random_range(&mut *rng, 0..ties)
+            });
+            if let Some(i) = best {
                 st.sent[i] += 1;
                 sending.insert(i as u32);
             }
-            best.map(|(_, i)| i)
+            best
         };
         let Some(i) = pick else {
             return Some(Frame::Error(RpcError::new(

@@ -693,20 +693,16 @@ async fn switch_rollback_stop_start_remove_and_merged_logs() {
     .unwrap();
 
     // Logs from all three nodes, merged and prefixed.
-    use futures::StreamExt;
-    let lines: Vec<_> = ctl
-        .logs(
-            &t,
-            APP,
-            LogSelection {
-                stream: LogStream::Both,
-                tail: Some(2),
-                follow: false,
-            },
-        )
-        .await
-        .collect()
-        .await;
+    let last_two = || async {
+        use futures::StreamExt;
+        let both = LogSelection {
+            stream: LogStream::Both,
+            tail: Some(2),
+            follow: false,
+        };
+        ctl.logs(&t, APP, both).await.collect::<Vec<_>>().await
+    };
+    let lines = last_two().await;
     let prefixes: BTreeSet<String> = lines
         .iter()
         .map(|l| l.as_ref().unwrap().0.clone())
@@ -735,19 +731,7 @@ async fn switch_rollback_stop_start_remove_and_merged_logs() {
 
     // Logs from the three nodes again: the one without the app yields one
     // error naming it, the others their lines.
-    let lines: Vec<_> = ctl
-        .logs(
-            &t,
-            APP,
-            LogSelection {
-                stream: LogStream::Both,
-                tail: Some(2),
-                follow: false,
-            },
-        )
-        .await
-        .collect()
-        .await;
+    let lines = last_two().await;
     let errors: Vec<String> = lines
         .iter()
         .filter_map(|l| l.as_ref().err().map(|e| e.to_string()))
