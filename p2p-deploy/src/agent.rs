@@ -1045,7 +1045,9 @@ impl Agent {
     }
 
     /// The transfer a swarm session is about: one in progress, or one
-    /// over the chunks held of a kept release.
+    /// over the chunks held of a kept release. An incomplete one is
+    /// registered, so that a deploy beginning now (or resuming) shares it
+    /// with the sessions already open instead of starting a second.
     async fn transfer_for(&self, package: &PackageId) -> Res<Arc<Transfer>> {
         if let Some(t) = locked(&self.inner.transfers).get(package) {
             return Ok(t.clone());
@@ -1057,9 +1059,16 @@ impl Agent {
             .await
             .map_err(rpc)?
             .ok_or_else(|| not_found(format!("release {package} is not held here")))?;
-        Transfer::from_store(d, &self.inner.chunks)
+        let t = Transfer::from_store(d, &self.inner.chunks)
             .await
-            .map_err(rpc)
+            .map_err(rpc)?;
+        if t.have().is_full() {
+            return Ok(t);
+        }
+        Ok(locked(&self.inner.transfers)
+            .entry(*package)
+            .or_insert(t)
+            .clone())
     }
 
     /// A connection to a swarm peer, reused; its inbound streams are

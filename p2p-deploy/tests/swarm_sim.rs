@@ -1,0 +1,299 @@
+//! The swarm on the simulator, under attack and failure: a peer serving
+//! corrupt chunks is banned and the deploy completes from the others; the
+//! controller killed once every chunk exists in the fleet does not stop
+//! the transfer.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use p2p_core::framing::Framed;
+use p2p_core::{Ed25519Signer, PeerAddr, PeerId, Provider, Signer, Timestamp};
+use p2p_deploy::chunks::{ChunkStore, chunk_len};
+use p2p_deploy::proto::{Call, Envelope, Frame, MAX_FRAME, PROTOCOL, Reply, Request};
+use p2p_deploy::{
+    Agent, AgentConfig, AgentParts, Bitfield, Controller, ControllerConfig, Descriptor, Manifest,
+    MemInstaller, NodeInfo, Plan, Release, RolloutPlan, RolloutReport, TrustStore,
+};
+use p2p_sim::{LinkSpec, NodeConfig, SimNet};
+use tokio::sync::mpsc;
+
+fn publisher() -> Ed25519Signer {
+    Ed25519Signer::from_seed(&[9; 32])
+}
+
+/// A signed release of `size` random bytes in 64 KiB chunks (the sim
+/// installer only checks the bytes, it does not unpack them).
+async fn release(size: usize) -> Arc<Release> {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(size as u64);
+    let mut bytes = vec![0u8; size];
+    rng.fill(&mut bytes[..]);
+    let chunk_size = 64 * 1024;
+    let h = p2p_deploy::package::hash_archive(&bytes[..], chunk_size).unwrap();
+    let d = Descriptor {
+        manifest: Manifest::parse("name = \"app\"\nversion = \"1.0.0\"\nentrypoint = \"run\"\n")
+            .unwrap(),
+        archive_size: h.len,
+        archive_sha256: h.sha256,
+        chunk_size,
+        chunks: h.chunks,
+        created_at: Timestamp(0),
+    };
+    let sig = publisher().sign(&d.signing_message()).await.unwrap();
+    Arc::new(Release::from_parts(d, vec![sig], bytes).unwrap())
+}
+
+/// `n` agents named a00.. and a controller "ctl", all at 100 Mbit/s.
+fn fleet(seed: u64, n: usize) -> (SimNet, Vec<String>, Controller) {
+    let net = SimNet::builder(seed)
+        .default_link(LinkSpec::latency(Duration::from_millis(10)))
+        .build();
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = format!("a{i:02}");
+        net.spawn_node(
+            &name,
+            NodeConfig::default().mbit(100),
+            move |ctx| async move {
+                let agent = Agent::new(
+                    AgentConfig::new(TrustStore::new([publisher().key_id()])),
+                    AgentParts {
+                        provider: Arc::new(ctx.provider),
+                        runtime: ctx.runtime.clone(),
+                        storage: Arc::new(ctx.storage),
+                        installer: Arc::new(MemInstaller::new()),
+                        clock: Arc::new(ctx.clock),
+                        seed: ctx.seed,
+                    },
+                );
+                let _ = agent.run().await;
+            },
+        )
+        .unwrap();
+        names.push(name);
+    }
+    let ctl = controller(&net, &names, "ctl");
+    (net, names, ctl)
+}
+
+fn controller(net: &SimNet, names: &[String], name: &str) -> Controller {
+    let p = net
+        .add_node_with(name, NodeConfig::default().mbit(100))
+        .unwrap();
+    Controller::new(
+        Arc::new(p),
+        ControllerConfig {
+            bootstrap: addrs(net, names),
+            ..ControllerConfig::default()
+        },
+    )
+}
+
+fn addrs(net: &SimNet, names: &[String]) -> Vec<PeerAddr> {
+    names
+        .iter()
+        .map(|n| net.provider(n).unwrap().local_addr())
+        .collect()
+}
+
+async fn infos(ctl: &Controller) -> Vec<NodeInfo> {
+    let views = ctl.nodes().await;
+    let every: p2p_deploy::Selector = "".parse().unwrap();
+    let mut t = Controller::select(&views, Some(&every), &[]).unwrap();
+    t.sort_by(|a, b| a.name.cmp(&b.name));
+    t
+}
+
+async fn deploy_all(ctl: &Controller, r: &Arc<Release>, t: &[NodeInfo]) -> RolloutReport {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let plan = RolloutPlan {
+        plan: Plan::All,
+        ..RolloutPlan::default()
+    };
+    ctl.deploy(r.clone(), t, &plan, tx).await
+}
+
+/// Whether every node runs `version` of the app, by its own account.
+fn all_active(infos: &[NodeInfo], version: &str) -> bool {
+    infos.iter().all(|i| {
+        i.apps.iter().any(|a| {
+            a.name == "app"
+                && a.active.as_ref().is_some_and(|v| v.to_string() == version)
+                && a.status.as_ref().is_some_and(|s| s.state.is_live())
+        })
+    })
+}
+
+/// A node that claims every chunk of `d` and serves garbage: it opens a
+/// swarm session to each of `targets` as soon as their transfer exists,
+/// and answers every chunk request on those connections with bytes of the
+/// right length that fail verification. Records whom it got a session
+/// with.
+fn spawn_mallory(
+    provider: Arc<dyn Provider>,
+    targets: Vec<PeerAddr>,
+    d: Descriptor,
+) -> Arc<Mutex<BTreeSet<PeerId>>> {
+    let joined = Arc::new(Mutex::new(BTreeSet::new()));
+    for addr in targets {
+        let (provider, d, joined) = (provider.clone(), d.clone(), joined.clone());
+        tokio::spawn(async move {
+            let conn = provider.connect(&addr).await.unwrap();
+            let server = conn.clone();
+            let d2 = d.clone();
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = server.accept_bi().await {
+                    let d = d2.clone();
+                    tokio::spawn(async move {
+                        let mut framed = Framed::with_max(send, recv, MAX_FRAME);
+                        framed.hello(&PROTOCOL).await.unwrap();
+                        let env: Envelope = framed.recv().await.unwrap();
+                        if let Request::FetchChunks { indexes, .. } = env.request {
+                            for index in indexes {
+                                let bytes = vec![0xAA; chunk_len(&d, index as usize) as usize];
+                                let _ = framed.send(&Frame::Chunk { index, bytes }).await;
+                            }
+                            let _ = framed.send(&Frame::Done(Reply::Ok)).await;
+                            let _ = framed.finish().await;
+                        }
+                    });
+                }
+            });
+            // The session: "I hold everything", kept open.
+            for _ in 0..400 {
+                let request = Request::Swarm {
+                    package: d.id(),
+                    have: Bitfield::full(d.chunks.len()),
+                };
+                let mut call = match Call::open(&*conn, request, Duration::from_secs(600)).await {
+                    Ok(c) => c,
+                    Err(_) => return,
+                };
+                match call.next().await {
+                    Ok(Frame::Have(_)) => {
+                        joined.lock().unwrap().insert(addr.id);
+                        while call.next_unbounded().await.is_ok() {}
+                        return;
+                    }
+                    // Its deploy has not reached it yet.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+    }
+    joined
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_serving_corrupt_chunks_is_banned_and_the_deploy_completes() {
+    let (net, names, ctl) = fleet(11, 6);
+    let r = release(4 << 20).await;
+    let mallory = net
+        .add_node_with("mallory", NodeConfig::default().mbit(100))
+        .unwrap();
+    let mallory_id = mallory.local_id();
+    let joined = spawn_mallory(Arc::new(mallory), addrs(&net, &names), r.descriptor.clone());
+
+    let t = infos(&ctl).await;
+    assert_eq!(t.len(), names.len());
+    let report = deploy_all(&ctl, &r, &t).await;
+    assert!(report.is_success(), "{report:?}");
+    let after = infos(&ctl).await;
+    assert!(all_active(&after, "1.0.0"), "{after:#?}");
+
+    let joined = joined.lock().unwrap().clone();
+    assert!(
+        joined.len() >= names.len() / 2,
+        "mallory got sessions with only {} of {} targets",
+        joined.len(),
+        names.len()
+    );
+    for info in after.iter().filter(|i| joined.contains(&i.id)) {
+        let score = info
+            .peers
+            .iter()
+            .find(|p| p.peer == mallory_id)
+            .unwrap_or_else(|| panic!("{} has no score for mallory: {:?}", info.name, info.peers));
+        assert!(score.corrupt >= 1, "{}: {score:?}", info.name);
+        assert_eq!(score.good, 0, "{}: {score:?}", info.name);
+        assert!(
+            score.banned_ms.is_some(),
+            "{} did not ban mallory: {score:?}",
+            info.name
+        );
+        // The honest peers served good chunks and are in good standing.
+        assert!(
+            info.peers
+                .iter()
+                .filter(|p| p.peer != mallory_id)
+                .all(|p| p.banned_ms.is_none() && p.corrupt == 0),
+            "{}: {:?}",
+            info.name,
+            info.peers
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_transfer_completes_when_the_controller_dies_after_seeding() {
+    let (net, names, ctl) = fleet(12, 8);
+    let r = release(6 << 20).await;
+    let d = r.descriptor.clone();
+    let t = infos(&ctl).await;
+    assert_eq!(t.len(), names.len());
+
+    // Watch the agents' stores: once every chunk is on some agent, kill
+    // the controller.
+    let watch = {
+        let (net, names, d) = (net.clone(), names.clone(), d.clone());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let mut lacking: Option<BTreeSet<usize>> = None;
+                let mut complete = 0;
+                for n in &names {
+                    let store = ChunkStore::new(Arc::new(net.storage(n).unwrap()));
+                    let Ok(missing) = store.missing(&d).await else {
+                        continue;
+                    };
+                    if store.release(&d.id()).await.unwrap().is_none() {
+                        lacking = Some((0..d.chunks.len()).collect());
+                        break;
+                    }
+                    complete += usize::from(missing.is_empty());
+                    let missing: BTreeSet<usize> = missing.into_iter().collect();
+                    lacking = Some(match lacking {
+                        None => missing,
+                        Some(l) => l.intersection(&missing).copied().collect(),
+                    });
+                }
+                if lacking.is_some_and(|l| l.is_empty()) {
+                    net.crash("ctl").unwrap();
+                    return complete;
+                }
+            }
+        }
+    };
+    let (report, complete_at_crash) = tokio::join!(deploy_all(&ctl, &r, &t), watch);
+    assert!(
+        complete_at_crash < names.len(),
+        "every agent was complete before the controller died: the test proves nothing"
+    );
+    assert!(
+        !report.is_success(),
+        "the controller died mid-rollout: {report:?}"
+    );
+
+    // The agents finish on their own; a new controller sees the result.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let ctl2 = controller(&net, &names, "ctl2");
+    let after = infos(&ctl2).await;
+    assert_eq!(after.len(), names.len());
+    assert!(all_active(&after, "1.0.0"), "{after:#?}");
+    for n in &names {
+        let store = ChunkStore::new(Arc::new(net.storage(n).unwrap()));
+        assert!(store.missing(&d).await.unwrap().is_empty(), "{n}");
+    }
+}
