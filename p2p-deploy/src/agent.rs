@@ -57,11 +57,11 @@ use crate::manifest::Manifest;
 use crate::package::{Descriptor, PackageId};
 use crate::pool::Pool;
 use crate::proto::{
-    ActivateOptions, Activation, AppInfo, DeployEvent, ErrorKind, Frame, HistoryEntry, MAX_FRAME,
-    NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION, accept_request, end_with,
-    send_chunks,
+    ActivateOptions, Activation, AppInfo, CatalogEntry, DeployEvent, ErrorKind, Frame,
+    HistoryEntry, MAX_FRAME, NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION,
+    accept_request, end_with, send_chunks,
 };
-use crate::swarm::{self, Reputation, SwarmConfig, Transfer};
+use crate::swarm::{self, Reputation, SwarmConfig, Throttle, Transfer};
 use crate::trust::{TrustStore, check_not_downgrade};
 use futures::future::BoxFuture;
 
@@ -202,6 +202,9 @@ struct Inner {
     /// Releases being received, for the sessions about them.
     transfers: Mutex<BTreeMap<PackageId, Arc<Transfer>>>,
     reputation: Reputation,
+    /// Caps on chunk bytes served and fetched.
+    upload: Option<Arc<Throttle>>,
+    download: Option<Arc<Throttle>>,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
     background: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
@@ -233,6 +236,10 @@ impl swarm::Host for Agent {
 
     fn swarm_config(&self) -> &SwarmConfig {
         &self.inner.cfg.swarm
+    }
+
+    fn download_limit(&self) -> Option<Arc<Throttle>> {
+        self.inner.download.clone()
     }
 
     fn local_id(&self) -> PeerId {
@@ -272,6 +279,8 @@ impl Agent {
         Agent {
             inner: Arc::new(Inner {
                 reputation: Reputation::new(cfg.swarm.reputation.clone()),
+                upload: cfg.swarm.upload_limit.map(|r| Arc::new(Throttle::new(r))),
+                download: cfg.swarm.download_limit.map(|r| Arc::new(Throttle::new(r))),
                 rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(parts.seed)),
                 cfg,
                 parts,
@@ -461,6 +470,44 @@ impl Agent {
         })
     }
 
+    /// The releases this node holds (kept in its chunk store), complete
+    /// or still arriving, by name and version.
+    pub async fn catalog(&self) -> Result<Vec<CatalogEntry>> {
+        let mut recs = BTreeMap::new();
+        for name in self.app_names().await? {
+            if let Some(rec) = self.load_readable(&name).await {
+                recs.insert(name, rec);
+            }
+        }
+        let mut out = Vec::new();
+        for d in self.inner.chunks.releases().await? {
+            let id = d.id();
+            let m = &d.manifest;
+            let rec = recs.get(&m.name);
+            let installed = rec.is_some_and(|r| r.installed.get(&m.version) == Some(&id));
+            let active = installed && rec.is_some_and(|r| r.active.as_ref() == Some(&m.version));
+            let arriving = locked(&self.inner.transfers)
+                .get(&id)
+                .map(|t| t.have().count());
+            let held = match arriving {
+                Some(n) => n,
+                None => d.chunks.len() - self.inner.chunks.missing(&d).await?.len(),
+            };
+            out.push(CatalogEntry {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                id,
+                size: d.archive_size,
+                chunks: d.chunks.len() as u32,
+                held: held as u32,
+                installed,
+                active,
+            });
+        }
+        out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Ok(out)
+    }
+
     /// Every app's info.
     pub async fn apps(&self) -> Result<Vec<AppInfo>> {
         let mut out = Vec::new();
@@ -550,6 +597,25 @@ impl Agent {
                     timeout,
                 )
                 .await
+            }
+            Request::Catalog => Ok(Reply::Catalog(self.catalog().await.map_err(rpc)?)),
+            Request::Release { package } => {
+                let d = self
+                    .inner
+                    .chunks
+                    .release(&package)
+                    .await
+                    .map_err(rpc)?
+                    .ok_or_else(|| not_found(format!("release {package} is not held here")))?;
+                let signatures = self.inner.chunks.signatures(&package).await.map_err(rpc)?;
+                Ok(Reply::Release {
+                    descriptor: d.to_bytes(),
+                    signatures,
+                })
+            }
+            Request::Fetch { package, from } => {
+                self.fetch_release(&package, from, events.as_ref(), timeout)
+                    .await
             }
             Request::Logs { .. }
             | Request::FetchChunks { .. }
@@ -663,8 +729,15 @@ impl Agent {
             Err(e) => return Frame::Error(rpc(e)),
         };
         let chunks = &self.inner.chunks;
-        let d = &d;
-        send_chunks(framed, package, indexes, |i| chunks.get(d, i as usize)).await
+        let (d, cap) = (&d, self.inner.upload.as_deref());
+        send_chunks(framed, package, indexes, |i| async move {
+            let bytes = chunks.get(d, i as usize).await?;
+            if let (Some(cap), Some(b)) = (cap, &bytes) {
+                cap.take(b.len() as u64).await;
+            }
+            Ok(bytes)
+        })
+        .await
     }
 
     // ----- state -----
@@ -968,6 +1041,11 @@ impl Agent {
             // activation, once begun, runs to its end.
             let fetch_install = async {
                 self.inner.chunks.add_release(&d).await.map_err(rpc)?;
+                self.inner
+                    .chunks
+                    .add_signatures(&id, signatures)
+                    .await
+                    .map_err(rpc)?;
                 self.fetch(&d, sources, events, deadline).await?;
                 self.inner
                     .parts
@@ -1042,6 +1120,141 @@ impl Agent {
                 format!("{} {}: {e}", d.manifest.name, d.manifest.version),
             )
         })
+    }
+
+    /// Answers [`Request::Fetch`]: the release's descriptor and
+    /// signatures from one of `from` (checked against the trust store),
+    /// then its chunks from all of them through the swarm. The release is
+    /// kept, not installed.
+    async fn fetch_release(
+        &self,
+        package: &PackageId,
+        from: Vec<PeerAddr>,
+        events: Option<&Events>,
+        timeout: Duration,
+    ) -> Res<Reply> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let me = self.inner.parts.provider.local_id();
+        let from: Vec<PeerAddr> = from.into_iter().filter(|a| a.id != me).collect();
+        let work = async {
+            let d = match self.inner.chunks.release(package).await.map_err(rpc)? {
+                Some(d) => d,
+                None => {
+                    let (d, signatures) = self.release_from(package, &from).await?;
+                    self.inner.chunks.add_release(&d).await.map_err(rpc)?;
+                    self.inner
+                        .chunks
+                        .add_signatures(package, &signatures)
+                        .await
+                        .map_err(rpc)?;
+                    tracing::info!(app = %d.manifest.name, version = %d.manifest.version, "fetching a release from peers");
+                    d
+                }
+            };
+            let sources = Sources {
+                seed: None,
+                peers: from.clone(),
+            };
+            self.fetch(&d, sources, events, deadline).await
+        };
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| {
+                RpcError::new(
+                    ErrorKind::Timeout,
+                    format!("fetching release {package} did not finish within {timeout:?}"),
+                )
+            })??;
+        let entry = self
+            .catalog()
+            .await
+            .map_err(rpc)?
+            .into_iter()
+            .filter(|e| e.id == *package)
+            .collect();
+        Ok(Reply::Catalog(entry))
+    }
+
+    /// The descriptor and signatures of `package` from the first of
+    /// `from` that holds it and whose copy passes the trust store.
+    async fn release_from(
+        &self,
+        package: &PackageId,
+        from: &[PeerAddr],
+    ) -> Res<(Descriptor, Vec<p2p_core::Signature>)> {
+        let mut last = RpcError::new(
+            ErrorKind::Invalid,
+            format!("release {package} is not held here and no peer to fetch it from was given"),
+        );
+        for addr in from {
+            let peer = addr.id.short();
+            // Boxed: a request handler that dials (this) is itself served
+            // on dialed connections, and an unboxed future would contain itself.
+            let answer = match swarm::Host::dial(self, addr.clone()).await {
+                Ok(conn) => {
+                    crate::proto::call(
+                        &*conn,
+                        Request::Release { package: *package },
+                        Duration::from_secs(30),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            let (bytes, signatures) = match answer {
+                Ok(Reply::Release {
+                    descriptor,
+                    signatures,
+                }) => (descriptor, signatures),
+                Ok(other) => {
+                    last = RpcError::new(
+                        ErrorKind::Internal,
+                        format!("peer {peer} answered a release request with {other:?}"),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    last = RpcError::new(
+                        RpcError::from_error(&e).kind,
+                        format!("release {package} from peer {peer}: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let d = match Descriptor::from_bytes(&bytes) {
+                Ok(d) if d.id() == *package => d,
+                Ok(d) => {
+                    self.inner.reputation.corrupt(addr.id);
+                    last = RpcError::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "peer {peer} sent release {} when asked for {package}",
+                            d.id()
+                        ),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    self.inner.reputation.corrupt(addr.id);
+                    last = RpcError::new(
+                        ErrorKind::Corrupt,
+                        format!("peer {peer} sent a descriptor that does not decode: {e}"),
+                    );
+                    continue;
+                }
+            };
+            match self.inner.cfg.trust.check(&d, &signatures) {
+                Ok(_) => return Ok((d, signatures)),
+                Err(e) => {
+                    tracing::warn!(app = %d.manifest.name, version = %d.manifest.version, peer = %peer, error = %e, "release refused");
+                    last = RpcError::new(
+                        ErrorKind::BadSignature,
+                        format!("{} {}: {e}", d.manifest.name, d.manifest.version),
+                    );
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The transfer a swarm session is about: one in progress, or one

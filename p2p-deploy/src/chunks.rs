@@ -2,7 +2,8 @@
 //! addressed, verified on the way in, kept while a release refers to them.
 //!
 //! Keys: `chunks/<sha256 hex>` holds a chunk, `releases/<package id hex>`
-//! the descriptor of a release this node keeps. A chunk is referenced by
+//! the descriptor of a release this node keeps and `signatures/<id>` the
+//! signatures it came with. A chunk is referenced by
 //! every kept release that lists its hash; [`ChunkStore::collect`] deletes
 //! the rest (mark and sweep over the kept descriptors, so a crash between
 //! steps can never leave a count that is wrong). A release being received
@@ -24,7 +25,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
 
-use p2p_core::{Error, Result, Storage};
+use p2p_core::{Error, Result, Signature, Storage};
 use sha2::{Digest, Sha256};
 
 use crate::package::{Descriptor, PackageId};
@@ -46,6 +47,10 @@ fn chunk_key(hash: &[u8; 32]) -> String {
 
 fn release_key(id: &PackageId) -> String {
     format!("releases/{id}")
+}
+
+fn signatures_key(id: &PackageId) -> String {
+    format!("signatures/{id}")
 }
 
 /// The length of chunk `index` of `d`.
@@ -74,7 +79,36 @@ impl ChunkStore {
 
     /// Stops keeping release `id` (its chunks go at the next collect).
     pub async fn remove_release(&self, id: &PackageId) -> Result<bool> {
-        self.storage.delete(&release_key(id)).await
+        let removed = self.storage.delete(&release_key(id)).await?;
+        self.storage.delete(&signatures_key(id)).await?;
+        Ok(removed)
+    }
+
+    /// Keeps `signatures` with release `id` (added to those kept, each
+    /// key once), so that peers fetching the release from this node can
+    /// check it against their own trust store.
+    pub async fn add_signatures(&self, id: &PackageId, signatures: &[Signature]) -> Result<()> {
+        let mut all = self.signatures(id).await?;
+        for s in signatures {
+            if !all.iter().any(|k| k.key == s.key) {
+                all.push(s.clone());
+            }
+        }
+        let bytes = postcard::to_allocvec(&all)
+            .map_err(|e| Error::protocol(format!("encoding signatures: {e}")))?;
+        self.storage.put(&signatures_key(id), &bytes).await
+    }
+
+    /// The signatures kept with release `id` (none if there are none).
+    pub async fn signatures(&self, id: &PackageId) -> Result<Vec<Signature>> {
+        match self.storage.get(&signatures_key(id)).await? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+                Error::protocol(format!(
+                    "stored signatures of release {id} are corrupt: {e}"
+                ))
+            }),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Release `id`, if kept.

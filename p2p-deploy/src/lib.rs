@@ -127,13 +127,13 @@ pub mod unpack;
 pub use agent::{Agent, AgentConfig, AgentParts};
 pub use archive::IGNORE_FILE;
 pub use controller::{
-    BatchSize, Controller, ControllerConfig, FailureLimit, NodeResult, NodeView, Plan, Progress,
-    Release, RolloutPlan, RolloutReport,
+    BatchSize, Controller, ControllerConfig, FailureLimit, Holder, NodeResult, NodeView, Plan,
+    Progress, Release, RolloutPlan, RolloutReport, Search, SearchHit,
 };
 pub use install::{DirInstaller, Installer, MemInstaller};
 pub use manifest::{MANIFEST_FILE, Manifest};
 pub use package::{BuildOptions, Descriptor, PackageFile, PackageId, build};
-pub use proto::{ActivateOptions, NodeInfo};
+pub use proto::{ActivateOptions, CatalogEntry, NodeInfo};
 pub use selector::Selector;
 pub use swarm::{Bitfield, PeerScore, Reputation, ReputationPolicy, SwarmConfig};
 pub use trust::{TrustStore, VerifyError, check_not_downgrade};

@@ -166,6 +166,26 @@ pub enum Request {
         /// The chunks the client holds or is fetching.
         have: Bitfield,
     },
+    /// The releases this node holds, complete or not ([`Reply::Catalog`]).
+    Catalog,
+    /// A held release's descriptor and signatures ([`Reply::Release`]),
+    /// for a peer that wants to fetch it.
+    Release {
+        /// The release.
+        package: PackageId,
+    },
+    /// Fetch a release from peers that hold it (found with
+    /// [`Request::Catalog`]) and keep it, without installing it: a later
+    /// deploy of it finds every chunk present. The descriptor and
+    /// signatures come from the first of `from` that has them and are
+    /// checked against the node's trust store before any chunk is
+    /// fetched. Answered with [`Reply::Catalog`] holding its entry.
+    Fetch {
+        /// The release.
+        package: PackageId,
+        /// Peers holding it (all or part).
+        from: Vec<PeerAddr>,
+    },
 }
 
 impl Request {
@@ -180,6 +200,7 @@ impl Request {
                 | Request::Rollback { .. }
                 | Request::Remove { .. }
                 | Request::Deploy { .. }
+                | Request::Fetch { .. }
         )
     }
 
@@ -200,6 +221,9 @@ impl Request {
             Request::FetchChunks { .. } => "fetch-chunks",
             Request::Swarm { .. } => "swarm",
             Request::FetchAny { .. } => "fetch-any",
+            Request::Catalog => "catalog",
+            Request::Release { .. } => "release",
+            Request::Fetch { .. } => "fetch",
         }
     }
 }
@@ -326,6 +350,43 @@ pub enum Reply {
     Activation(Activation),
     /// Done, nothing to report (remove, end of logs or chunks).
     Ok,
+    /// For [`Request::Catalog`] and [`Request::Fetch`].
+    Catalog(Vec<CatalogEntry>),
+    /// For [`Request::Release`].
+    Release {
+        /// The descriptor's canonical bytes.
+        descriptor: Vec<u8>,
+        /// The signatures the node received with it.
+        signatures: Vec<Signature>,
+    },
+}
+
+/// A release a node holds, as its catalog lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// App name.
+    pub name: String,
+    /// Version.
+    pub version: semver::Version,
+    /// The release's id (its descriptor's hash).
+    pub id: PackageId,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// Chunks in the release.
+    pub chunks: u32,
+    /// Chunks this node holds (all of them once the release is complete).
+    pub held: u32,
+    /// Whether the version is installed (unpacked and recorded).
+    pub installed: bool,
+    /// Whether it is the app's active version.
+    pub active: bool,
+}
+
+impl CatalogEntry {
+    /// Whether the node holds every chunk.
+    pub fn is_complete(&self) -> bool {
+        self.held == self.chunks
+    }
 }
 
 /// How a deploy, switch or rollback ended on a node.

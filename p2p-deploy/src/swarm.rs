@@ -158,6 +158,11 @@ pub struct SwarmConfig {
     pub chunk_timeout: Duration,
     /// How scores move and when a peer is banned.
     pub reputation: ReputationPolicy,
+    /// Most bytes per second of chunks this node serves to peers (swarm
+    /// and chunk requests); `None`: no cap.
+    pub upload_limit: Option<u64>,
+    /// Most bytes per second of chunks this node fetches; `None`: no cap.
+    pub download_limit: Option<u64>,
 }
 
 impl Default for SwarmConfig {
@@ -169,6 +174,8 @@ impl Default for SwarmConfig {
             seed_inflight: 2,
             chunk_timeout: Duration::from_secs(60),
             reputation: ReputationPolicy::default(),
+            upload_limit: None,
+            download_limit: None,
         }
     }
 }
@@ -320,11 +327,67 @@ impl Reputation {
     }
 }
 
+/// A byte-rate cap: each [`take`](Self::take) reserves the time its bytes
+/// take at the rate, after the reservations before it, and waits until its
+/// turn. The first caller goes at once; over time no more than the rate
+/// goes through. On tokio time, so runs in the simulator are the same for
+/// the same seed.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use p2p_deploy::swarm::Throttle;
+/// let t = Throttle::new(1000); // bytes per second
+/// let begun = tokio::time::Instant::now();
+/// for _ in 0..3 {
+///     t.take(500).await; // at 0 s, 0.5 s and 1 s
+/// }
+/// assert_eq!(begun.elapsed(), std::time::Duration::from_secs(1));
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Throttle {
+    bytes_per_sec: u64,
+    next: Mutex<Option<Instant>>,
+}
+
+impl Throttle {
+    /// A cap of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Throttle {
+            bytes_per_sec: bytes_per_sec.max(1),
+            next: Mutex::new(None),
+        }
+    }
+
+    /// The cap, in bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.bytes_per_sec
+    }
+
+    /// Waits until `bytes` may go, and books them.
+    pub async fn take(&self, bytes: u64) {
+        let start = {
+            let mut next = self
+                .next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let start = next.map_or(now, |n| n.max(now));
+            *next = Some(start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64));
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// What the swarm needs from the node it runs on.
 pub(crate) trait Host: Clone + Send + Sync + 'static {
     fn chunks(&self) -> &ChunkStore;
     fn reputation(&self) -> &Reputation;
     fn swarm_config(&self) -> &SwarmConfig;
+    /// The node's download cap, if it has one.
+    fn download_limit(&self) -> Option<Arc<Throttle>>;
     fn local_id(&self) -> PeerId;
     /// A uniform number in `0..n` from the node's seeded RNG.
     fn random(&self, n: usize) -> usize;
@@ -624,12 +687,22 @@ enum Fetched {
 
 /// Fetches one chunk: the one a [`Request::FetchChunks`] names, or the
 /// one the seed chooses for a [`Request::FetchAny`].
-async fn fetch_one(conn: Arc<dyn Connection>, request: Request, timeout: Duration) -> Fetched {
+/// Under a download cap, waits for `len` bytes' turn first (the chunk's
+/// timeout starts after that).
+async fn fetch_one(
+    conn: Arc<dyn Connection>,
+    request: Request,
+    timeout: Duration,
+    cap: Option<(Arc<Throttle>, u64)>,
+) -> Fetched {
     let from = conn.remote_id();
     let index = match &request {
         Request::FetchChunks { indexes, .. } => indexes.first().copied(),
         _ => None,
     };
+    if let Some((throttle, len)) = cap {
+        throttle.take(len).await;
+    }
     let run = async {
         let mut call = Call::open(&*conn, request, timeout).await?;
         let (got, bytes) = match call.next().await? {
@@ -752,7 +825,10 @@ pub(crate) async fn fetch<H: Host>(
                 seed_inflight += 1;
                 let request = Request::FetchAny { package, have };
                 let timeout = (deadline - now).min(cfg.chunk_timeout.max(SEED_WAIT));
-                inflight.spawn(fetch_one(conn.clone(), request, timeout));
+                let cap = host
+                    .download_limit()
+                    .map(|limit| (limit, u64::from(t.d.chunk_size)));
+                inflight.spawn(fetch_one(conn.clone(), request, timeout, cap));
             }
         }
         schedule(host, t, &cfg, &mut inflight, deadline);
@@ -906,7 +982,10 @@ fn schedule<H: Host>(
             let timeout = cfg
                 .chunk_timeout
                 .min(deadline.saturating_duration_since(now));
-            inflight.spawn(fetch_one(n.conn.clone(), request, timeout));
+            let cap = host
+                .download_limit()
+                .map(|limit| (limit, chunk_len(&t.d, i)));
+            inflight.spawn(fetch_one(n.conn.clone(), request, timeout, cap));
         }
     }
 }

@@ -26,15 +26,21 @@ fn publisher() -> Ed25519Signer {
 /// A signed release of `size` random bytes in 64 KiB chunks (the sim
 /// installer only checks the bytes, it does not unpack them).
 async fn release(size: usize) -> Arc<Release> {
+    release_of("app", "1.0.0", size).await
+}
+
+async fn release_of(name: &str, version: &str, size: usize) -> Arc<Release> {
     use rand::{RngExt, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(size as u64);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(size as u64 + name.len() as u64);
     let mut bytes = vec![0u8; size];
     rng.fill(&mut bytes[..]);
     let chunk_size = 64 * 1024;
     let h = p2p_deploy::package::hash_archive(&bytes[..], chunk_size).unwrap();
     let d = Descriptor {
-        manifest: Manifest::parse("name = \"app\"\nversion = \"1.0.0\"\nentrypoint = \"run\"\n")
-            .unwrap(),
+        manifest: Manifest::parse(&format!(
+            "name = \"{name}\"\nversion = \"{version}\"\nentrypoint = \"run\"\n"
+        ))
+        .unwrap(),
         archive_size: h.len,
         archive_sha256: h.sha256,
         chunk_size,
@@ -47,18 +53,29 @@ async fn release(size: usize) -> Arc<Release> {
 
 /// `n` agents named a00.. and a controller "ctl", all at 100 Mbit/s.
 fn fleet(seed: u64, n: usize) -> (SimNet, Vec<String>, Controller) {
+    fleet_with(seed, n, |_, _| {})
+}
+
+/// The same, with agent `i`'s config changed by `tweak(i, cfg)`.
+fn fleet_with(
+    seed: u64,
+    n: usize,
+    tweak: impl Fn(usize, &mut AgentConfig),
+) -> (SimNet, Vec<String>, Controller) {
     let net = SimNet::builder(seed)
         .default_link(LinkSpec::latency(Duration::from_millis(10)))
         .build();
     let mut names = Vec::new();
     for i in 0..n {
         let name = format!("a{i:02}");
-        net.spawn_node(
-            &name,
-            NodeConfig::default().mbit(100),
-            move |ctx| async move {
+        let mut cfg = AgentConfig::new(TrustStore::new([publisher().key_id()]));
+        cfg.name = name.clone();
+        tweak(i, &mut cfg);
+        net.spawn_node(&name, NodeConfig::default().mbit(100), move |ctx| {
+            let cfg = cfg.clone();
+            async move {
                 let agent = Agent::new(
-                    AgentConfig::new(TrustStore::new([publisher().key_id()])),
+                    cfg,
                     AgentParts {
                         provider: Arc::new(ctx.provider),
                         runtime: ctx.runtime.clone(),
@@ -69,8 +86,8 @@ fn fleet(seed: u64, n: usize) -> (SimNet, Vec<String>, Controller) {
                     },
                 );
                 let _ = agent.run().await;
-            },
-        )
+            }
+        })
         .unwrap();
         names.push(name);
     }
@@ -295,5 +312,165 @@ async fn the_transfer_completes_when_the_controller_dies_after_seeding() {
     for n in &names {
         let store = ChunkStore::new(Arc::new(net.storage(n).unwrap()));
         assert!(store.missing(&d).await.unwrap().is_empty(), "{n}");
+    }
+}
+
+/// The infos of the named nodes, in `infos`.
+fn named(infos: &[NodeInfo], names: &[&str]) -> Vec<NodeInfo> {
+    infos
+        .iter()
+        .filter(|i| names.contains(&i.name.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn search_finds_releases_by_name_and_version_and_a_node_fetches_one_from_holders() {
+    let other = Ed25519Signer::from_seed(&[1; 32]);
+    let (_net, names, ctl) = fleet_with(21, 5, |i, cfg| {
+        if i == 4 {
+            // Trusts another publisher only.
+            cfg.trust = TrustStore::new([other.key_id()]);
+        }
+    });
+    let all = infos(&ctl).await;
+    assert_eq!(all.len(), names.len());
+    let app = release_of("app", "1.0.0", 1 << 20).await;
+    let tool = release_of("tool", "0.3.0", 300_000).await;
+    assert!(
+        deploy_all(&ctl, &app, &named(&all, &["a00", "a01"]))
+            .await
+            .is_success()
+    );
+    assert!(
+        deploy_all(&ctl, &tool, &named(&all, &["a02"]))
+            .await
+            .is_success()
+    );
+
+    let found = ctl.search("app", None).await;
+    assert!(found.unanswered.is_empty(), "{found:?}");
+    assert_eq!(found.hits.len(), 1, "{found:?}");
+    let hit = &found.hits[0];
+    assert_eq!(
+        (hit.name.as_str(), hit.version.to_string(), hit.id),
+        ("app", "1.0.0".to_string(), app.id())
+    );
+    let holders: BTreeSet<PeerId> = hit.holders.iter().map(|h| h.node.id).collect();
+    let want: BTreeSet<PeerId> = named(&all, &["a00", "a01"]).iter().map(|i| i.id).collect();
+    assert_eq!(holders, want);
+    assert!(
+        hit.holders
+            .iter()
+            .all(|h| h.complete && h.installed && h.active)
+    );
+
+    let names_of = |s: &p2p_deploy::Search| -> Vec<String> {
+        s.hits
+            .iter()
+            .map(|h| format!("{} {}", h.name, h.version))
+            .collect()
+    };
+    assert_eq!(
+        names_of(&ctl.search("*", None).await),
+        ["app 1.0.0", "tool 0.3.0"]
+    );
+    assert_eq!(names_of(&ctl.search("t*", None).await), ["tool 0.3.0"]);
+    assert!(
+        names_of(&ctl.search("ap", None).await).is_empty(),
+        "exact unless *"
+    );
+    let req = |r: &str| semver::VersionReq::parse(r).unwrap();
+    assert!(names_of(&ctl.search("app", Some(&req(">=2"))).await).is_empty());
+    assert_eq!(
+        names_of(&ctl.search("*", Some(&req("^0.3"))).await),
+        ["tool 0.3.0"]
+    );
+
+    // a03 fetches app from its holders and keeps it, not installed.
+    let a03 = &named(&all, &["a03"])[0];
+    let entry = ctl
+        .prefetch(&a03.addr, hit.id, hit.complete_holders())
+        .await
+        .unwrap();
+    assert!(
+        entry.is_complete() && !entry.installed && !entry.active,
+        "{entry:?}"
+    );
+    let again = ctl.search("app", None).await;
+    assert_eq!(again.hits[0].holders.len(), 3, "{again:?}");
+    // Deploying it there now finds every chunk present.
+    assert!(
+        deploy_all(&ctl, &app, &named(&all, &["a03"]))
+            .await
+            .is_success()
+    );
+
+    // Refusals, each naming the problem; nothing is kept.
+    let a04 = &named(&all, &["a04"])[0];
+    let e = ctl
+        .prefetch(&a04.addr, hit.id, hit.complete_holders())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, p2p_core::Error::BadSignature { .. }), "{e}");
+    let e = ctl
+        .prefetch(&a03.addr, tool.id(), Vec::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no peer to fetch it from"), "{e}");
+    let e = ctl
+        .prefetch(&a03.addr, tool.id(), hit.complete_holders())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not held"), "{e}");
+    let found = ctl.search("*", None).await;
+    assert!(
+        found
+            .hits
+            .iter()
+            .all(|h| h.holders.iter().all(|x| x.node.id != a04.id)),
+        "the node that refused the release keeps nothing: {found:?}"
+    );
+    assert_eq!(names_of(&found), ["app 1.0.0", "tool 0.3.0"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn upload_and_download_caps_bound_the_transfer_rate() {
+    const MIB: u64 = 1 << 20;
+    let (_net, names, ctl) = fleet_with(22, 5, |i, cfg| match i {
+        1 => cfg.swarm.upload_limit = Some(MIB),
+        2 => cfg.swarm.download_limit = Some(MIB),
+        _ => {}
+    });
+    let all = infos(&ctl).await;
+    assert_eq!(all.len(), names.len());
+    let r = release(4 << 20).await;
+    assert!(
+        deploy_all(&ctl, &r, &named(&all, &["a00", "a01"]))
+            .await
+            .is_success()
+    );
+    let node = |n: &str| named(&all, &[n])[0].addr.clone();
+    let timed = |to: &str, from: &str| {
+        let (ctl, to, from, id) = (&ctl, node(to), node(from), r.id());
+        async move {
+            let begun = tokio::time::Instant::now();
+            let e = ctl.prefetch(&to, id, vec![from]).await.unwrap();
+            assert!(e.is_complete());
+            begun.elapsed()
+        }
+    };
+    // 4 MiB at 100 Mbit/s from one peer: about a second (two 64 KiB
+    // requests in flight, 20 ms round trips).
+    let free = timed("a04", "a00").await;
+    // At 1 MiB/s: about 4 s (the first chunk goes at once).
+    let upload_capped = timed("a03", "a01").await;
+    let download_capped = timed("a02", "a00").await;
+    assert!(free < Duration::from_secs(2), "uncapped took {free:?}");
+    for (what, took) in [("upload", upload_capped), ("download", download_capped)] {
+        assert!(
+            took >= Duration::from_millis(3_500) && took < Duration::from_secs(6),
+            "with a 1 MiB/s {what} cap, 4 MiB took {took:?}"
+        );
     }
 }
