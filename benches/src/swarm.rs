@@ -189,24 +189,7 @@ impl SwarmScenario {
         release: Arc<Release>,
         targets: &[NodeInfo],
     ) -> SwarmOutcome {
-        let begun = tokio::time::Instant::now();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let watch = async move {
-            let mut done: BTreeMap<p2p_core::PeerId, Duration> = BTreeMap::new();
-            while let Some(p) = rx.recv().await {
-                if let Progress::Transfer { node, bytes, total } = p
-                    && bytes == total
-                {
-                    done.entry(node).or_insert_with(|| begun.elapsed());
-                }
-            }
-            done
-        };
-        let plan = RolloutPlan {
-            plan: Plan::All,
-            ..RolloutPlan::default()
-        };
-        let (report, done) = tokio::join!(ctl.deploy(release, targets, &plan, tx), watch);
+        let (report, done) = timed_deploy(ctl, release, targets).await;
         SwarmOutcome {
             completion: done.values().copied().max().unwrap_or_default(),
             complete: done.len(),
@@ -216,6 +199,35 @@ impl SwarmScenario {
             report,
         }
     }
+}
+
+/// Deploys `release` to `targets` with [`Plan::All`] and returns the
+/// report with, for each target that got the whole release, the time
+/// from the start of the deploy until it reported holding all of it
+/// (tokio time: virtual in the simulator, wall time on a real runtime).
+pub(crate) async fn timed_deploy(
+    ctl: &Controller,
+    release: Arc<Release>,
+    targets: &[NodeInfo],
+) -> (RolloutReport, BTreeMap<p2p_core::PeerId, Duration>) {
+    let begun = tokio::time::Instant::now();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watch = async move {
+        let mut done: BTreeMap<p2p_core::PeerId, Duration> = BTreeMap::new();
+        while let Some(p) = rx.recv().await {
+            if let Progress::Transfer { node, bytes, total } = p
+                && bytes == total
+            {
+                done.entry(node).or_insert_with(|| begun.elapsed());
+            }
+        }
+        done
+    };
+    let plan = RolloutPlan {
+        plan: Plan::All,
+        ..RolloutPlan::default()
+    };
+    tokio::join!(ctl.deploy(release, targets, &plan, tx), watch)
 }
 
 /// How a run went.
@@ -244,16 +256,29 @@ impl SwarmOutcome {
 }
 
 /// A signed release of `size` incompressible bytes (no archive format:
-/// the installer below never unpacks it).
+/// the installer below never unpacks it), version `1.0.0`.
 pub fn release(size: usize, chunk_size: u32, signer: &Ed25519Signer) -> Arc<Release> {
+    release_of(size, chunk_size, signer, "1.0.0", size as u64)
+}
+
+/// Like [`release`], at `version` (`2.0.0`), with the bytes drawn from an
+/// RNG seeded with `seed`: releases with different seeds share no chunk.
+pub fn release_of(
+    size: usize,
+    chunk_size: u32,
+    signer: &Ed25519Signer,
+    version: &str,
+    seed: u64,
+) -> Arc<Release> {
     use rand::{RngExt, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(size as u64);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut bytes = vec![0u8; size];
     rng.fill(&mut bytes[..]);
     let h = hash_archive(&bytes[..], chunk_size).expect("hashing");
-    let manifest =
-        Manifest::parse("name = \"payload\"\nversion = \"1.0.0\"\nentrypoint = \"run\"\n")
-            .expect("manifest");
+    let manifest = Manifest::parse(&format!(
+        "name = \"payload\"\nversion = \"{version}\"\nentrypoint = \"run\"\n"
+    ))
+    .expect("manifest");
     let d = Descriptor {
         manifest,
         archive_size: h.len,
@@ -337,8 +362,9 @@ impl Storage for NodeStorage {
 }
 
 /// Records versions as installed without reading their bytes (they were
-/// verified chunk by chunk on arrival).
-struct RecordOnly;
+/// verified chunk by chunk on arrival). Shared with the `swarm-netns`
+/// group.
+pub(crate) struct RecordOnly;
 
 #[async_trait]
 impl Installer for RecordOnly {

@@ -17,6 +17,10 @@ struct Args {
 }
 
 fn main() {
+    // A child process of the `swarm-netns` group plays its role and exits.
+    if let Some(code) = p2p_benches::groups::swarm_netns::child_main() {
+        std::process::exit(code)
+    }
     let args = Args::parse();
     if args.list {
         for g in ALL {

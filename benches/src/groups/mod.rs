@@ -5,6 +5,7 @@ pub mod packages;
 pub mod runtime;
 pub mod sim;
 pub mod swarm;
+pub mod swarm_netns;
 pub mod transport;
 
 use crate::Figure;
@@ -50,6 +51,11 @@ pub const ALL: &[Group] = &[
         name: "swarm",
         about: "a 100 MB release to 10, 100 and 500 simulated agents: swarm vs Kumar-Ross bound vs controller only",
         run: swarm::run,
+    },
+    Group {
+        name: "swarm-netns",
+        about: "a 32 MiB release to 8 agents in network namespaces shaped to 40 Mbit/s over iroh: swarm vs bound vs serial push",
+        run: swarm_netns::run,
     },
     Group {
         name: "runtime",
