@@ -24,7 +24,7 @@ use p2p_deploy::chunks::ChunkStore;
 use p2p_deploy::package::hash_archive;
 use p2p_deploy::{
     Agent, AgentConfig, AgentParts, Controller, ControllerConfig, Descriptor, Installer, Manifest,
-    NodeInfo, Plan, Progress, Release, RolloutPlan, RolloutReport, TrustStore,
+    NodeInfo, Plan, Progress, Release, RolloutPlan, RolloutReport, SwarmConfig, TrustStore,
 };
 use p2p_sim::{LinkSpec, NodeConfig, SimNet};
 use tokio::sync::mpsc;
@@ -52,6 +52,8 @@ pub struct SwarmScenario {
     pub swarm: bool,
     /// Simulator seed.
     pub seed: u64,
+    /// The agents' swarm settings.
+    pub agent: SwarmConfig,
 }
 
 impl SwarmScenario {
@@ -70,6 +72,7 @@ impl SwarmScenario {
             slow_factor: 10,
             swarm: true,
             seed: 2026,
+            agent: SwarmConfig::default(),
         }
     }
 
@@ -121,15 +124,16 @@ impl SwarmScenario {
         let shared = SharedChunks::default();
         let names: Vec<String> = (0..self.nodes).map(|i| format!("t{i:03}")).collect();
         for (i, name) in names.iter().enumerate() {
-            let (trust, shared) = (trust.clone(), shared.clone());
+            let (trust, shared, swarm) = (trust.clone(), shared.clone(), self.agent.clone());
             net.spawn_node(
                 name,
                 NodeConfig::default().mbit(self.mbit_of(i)),
                 move |ctx| {
-                    let (trust, shared) = (trust.clone(), shared.clone());
+                    let (trust, shared, swarm) = (trust.clone(), shared.clone(), swarm.clone());
                     async move {
                         let mut cfg = AgentConfig::new(trust);
                         cfg.name = ctx.name.clone();
+                        cfg.swarm = swarm;
                         let agent = Agent::new(
                             cfg,
                             AgentParts {
@@ -193,6 +197,11 @@ impl SwarmScenario {
         SwarmOutcome {
             completion: done.values().copied().max().unwrap_or_default(),
             complete: done.len(),
+            finished: {
+                let mut t: Vec<Duration> = done.values().copied().collect();
+                t.sort();
+                t
+            },
             bound: self.bound(),
             wall: Duration::ZERO,
             trace_hash: net.trace_hash(),
@@ -237,6 +246,8 @@ pub struct SwarmOutcome {
     pub completion: Duration,
     /// Targets that got all of it.
     pub complete: usize,
+    /// When each target that got all of it did, earliest first.
+    pub finished: Vec<Duration>,
     /// The Kumar-Ross bound.
     pub bound: Duration,
     /// Wall time of the run (set by [`SwarmScenario::run`]; zero from
@@ -261,7 +272,7 @@ pub fn release(size: usize, chunk_size: u32, signer: &Ed25519Signer) -> Arc<Rele
     release_of(size, chunk_size, signer, "1.0.0", size as u64)
 }
 
-/// Like [`release`], at `version` (`2.0.0`), with the bytes drawn from an
+/// Like [`release`], at `version` (such as `"2.0.0"`), with the bytes drawn from an
 /// RNG seeded with `seed`: releases with different seeds share no chunk.
 pub fn release_of(
     size: usize,

@@ -33,9 +33,10 @@
 //! # Authorization
 //!
 //! With an operator list configured, mutating requests (deploy, start,
-//! stop, restart, switch, rollback, remove) from any other peer are refused
-//! with [`ErrorKind::Denied`] and logged. Node info, status, logs and
-//! chunk fetches are answered for every peer that got through admission.
+//! stop, restart, switch, rollback, remove, fetch) from any other peer are
+//! refused with [`ErrorKind::Denied`] and logged. Node info, status, logs,
+//! the catalog, release descriptors, chunk fetches and swarm sessions are
+//! answered for every peer that got through admission.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -486,13 +487,7 @@ impl Agent {
             let rec = recs.get(&m.name);
             let installed = rec.is_some_and(|r| r.installed.get(&m.version) == Some(&id));
             let active = installed && rec.is_some_and(|r| r.active.as_ref() == Some(&m.version));
-            let arriving = locked(&self.inner.transfers)
-                .get(&id)
-                .map(|t| t.have().count());
-            let held = match arriving {
-                Some(n) => n,
-                None => d.chunks.len() - self.inner.chunks.missing(&d).await?.len(),
-            };
+            let held = d.chunks.len() - self.inner.chunks.missing(&d).await?.len();
             out.push(CatalogEntry {
                 name: m.name.clone(),
                 version: m.version.clone(),
@@ -608,6 +603,12 @@ impl Agent {
                     .map_err(rpc)?
                     .ok_or_else(|| not_found(format!("release {package} is not held here")))?;
                 let signatures = self.inner.chunks.signatures(&package).await.map_err(rpc)?;
+                if signatures.is_empty() {
+                    return Err(not_found(format!(
+                        "release {package} is held here without its signatures \
+                         (it arrived before they were kept); fetch it from another peer"
+                    )));
+                }
                 Ok(Reply::Release {
                     descriptor: d.to_bytes(),
                     signatures,
@@ -639,7 +640,9 @@ impl Agent {
         let end = match env.request {
             Request::Logs { app, selection } => self.serve_logs(&mut framed, &app, selection).await,
             Request::FetchChunks { package, indexes } => {
-                self.serve_chunks(&mut framed, &package, &indexes).await
+                let deadline = tokio::time::Instant::now() + timeout;
+                self.serve_chunks(&mut framed, &package, &indexes, deadline)
+                    .await
             }
             Request::Swarm { package, have } => match self.transfer_for(&package).await {
                 Ok(t) => {
@@ -722,6 +725,7 @@ impl Agent {
         framed: &mut Framed,
         package: &PackageId,
         indexes: &[u32],
+        deadline: tokio::time::Instant,
     ) -> Frame {
         let d = match self.inner.chunks.release(package).await {
             Ok(Some(d)) => d,
@@ -731,11 +735,24 @@ impl Agent {
         let chunks = &self.inner.chunks;
         let (d, cap) = (&d, self.inner.upload.as_deref());
         send_chunks(framed, package, indexes, |i| async move {
-            let bytes = chunks.get(d, i as usize).await?;
-            if let (Some(cap), Some(b)) = (cap, &bytes) {
-                cap.take(b.len() as u64).await;
+            // Under an upload cap, a chunk whose turn would come after the
+            // request's deadline is refused as busy at once (the client
+            // asks elsewhere) rather than booked and sent too late.
+            if let Some(cap) = cap {
+                let len = crate::chunks::chunk_len(d, i as usize);
+                match cap.book(len, deadline) {
+                    Some(start) => tokio::time::sleep_until(start).await,
+                    None => {
+                        return Err(Error::Busy {
+                            what: format!(
+                                "this node's upload cap ({} bytes/s) is booked past the request's deadline",
+                                cap.rate()
+                            ),
+                        });
+                    }
+                }
             }
-            Ok(bytes)
+            chunks.get(d, i as usize).await
         })
         .await
     }
@@ -1004,10 +1021,17 @@ impl Agent {
         let id = d.id();
         let m = d.manifest.clone();
         let _g = self.busy(&m.name).await?;
-        self.inner.cfg.trust.check(&d, signatures).map_err(|e| {
+        let counted = self.inner.cfg.trust.check(&d, signatures).map_err(|e| {
             tracing::warn!(app = %m.name, version = %m.version, peer = %from.short(), error = %e, "release refused");
             RpcError::new(ErrorKind::BadSignature, format!("{} {}: {e}", m.name, m.version))
         })?;
+        // Kept for peers that fetch the release from us: the signatures
+        // that counted, not whatever else came along.
+        let counted: Vec<p2p_core::Signature> = signatures
+            .iter()
+            .filter(|s| counted.contains(&s.key))
+            .cloned()
+            .collect();
         let mut rec = self.load(&m.name).await.map_err(rpc)?.unwrap_or(AppRecord {
             name: m.name.clone(),
             ..AppRecord::default()
@@ -1040,13 +1064,14 @@ impl Agent {
             // Verification, transfer and install end at the deadline;
             // activation, once begun, runs to its end.
             let fetch_install = async {
+                let t = self.transfer(&d).await?;
                 self.inner.chunks.add_release(&d).await.map_err(rpc)?;
                 self.inner
                     .chunks
-                    .add_signatures(&id, signatures)
+                    .add_signatures(&id, &counted)
                     .await
                     .map_err(rpc)?;
-                self.fetch(&d, sources, events, deadline).await?;
+                self.fetch(t, sources, events, deadline).await?;
                 self.inner
                     .parts
                     .installer
@@ -1073,29 +1098,51 @@ impl Agent {
             .await
     }
 
-    /// Fetches what the node lacks of `d` through the swarm.
+    /// The transfer of `d`: the one registered (a fetch in progress, or
+    /// one a session registered), else a new one over the chunks held,
+    /// registered so that sessions opened from now on share it. Call it
+    /// before storing the release, so that no session finds the release
+    /// without finding the transfer.
+    async fn transfer(&self, d: &Descriptor) -> Res<Arc<Transfer>> {
+        if let Some(t) = locked(&self.inner.transfers).get(&d.id()).cloned() {
+            return Ok(t);
+        }
+        let t = Transfer::from_store(d.clone(), &self.inner.chunks)
+            .await
+            .map_err(rpc)?;
+        Ok(locked(&self.inner.transfers)
+            .entry(d.id())
+            .or_insert(t)
+            .clone())
+    }
+
+    /// Fetches what the node lacks of `t`'s release through the swarm.
+    /// However it ends (done, failed, or dropped at a caller's deadline)
+    /// the transfer is unregistered, and closed unless complete, so the
+    /// next attempt starts from the chunks stored with no stale bookings.
     async fn fetch(
         &self,
-        d: &Descriptor,
+        t: Arc<Transfer>,
         sources: Sources,
         events: Option<&Events>,
         deadline: tokio::time::Instant,
     ) -> Res<()> {
-        let t = {
-            let existing = locked(&self.inner.transfers).get(&d.id()).cloned();
-            match existing {
-                Some(t) => t,
-                None => {
-                    let t = Transfer::from_store(d.clone(), &self.inner.chunks)
-                        .await
-                        .map_err(rpc)?;
-                    locked(&self.inner.transfers)
-                        .entry(d.id())
-                        .or_insert(t)
-                        .clone()
+        struct Unregister<'a>(&'a Agent, Arc<Transfer>);
+        impl Drop for Unregister<'_> {
+            fn drop(&mut self) {
+                let t = &self.1;
+                let mut transfers = locked(&self.0.inner.transfers);
+                if transfers.get(&t.id).is_some_and(|r| Arc::ptr_eq(r, t)) {
+                    transfers.remove(&t.id);
+                }
+                drop(transfers);
+                if !t.have().is_full() {
+                    t.close();
                 }
             }
-        };
+        }
+        let _unregister = Unregister(self, t.clone());
+        let d = &t.d;
         let total = d.archive_size;
         let mut progress = |bytes: u64| emit(events, DeployEvent::Transfer { bytes, total });
         let result = swarm::fetch(
@@ -1107,7 +1154,6 @@ impl Agent {
             &mut progress,
         )
         .await;
-        locked(&self.inner.transfers).remove(&d.id());
         result.map_err(|e| {
             let kind = match &e {
                 Error::Timeout { .. } => ErrorKind::Timeout,
@@ -1137,25 +1183,35 @@ impl Agent {
         let me = self.inner.parts.provider.local_id();
         let from: Vec<PeerAddr> = from.into_iter().filter(|a| a.id != me).collect();
         let work = async {
-            let d = match self.inner.chunks.release(package).await.map_err(rpc)? {
-                Some(d) => d,
+            let t = match self.inner.chunks.release(package).await.map_err(rpc)? {
+                Some(d) => self.transfer(&d).await?,
                 None => {
                     let (d, signatures) = self.release_from(package, &from).await?;
+                    let m = &d.manifest;
+                    // Kept only to be installed later: never below a
+                    // version already installed.
+                    if let Some(rec) = self.load(&m.name).await.map_err(rpc)? {
+                        let installed: Vec<_> = rec.installed.keys().cloned().collect();
+                        check_not_downgrade(&m.version, &installed, false).map_err(|e| {
+                            RpcError::new(ErrorKind::Downgrade, format!("{}: {e}", m.name))
+                        })?;
+                    }
+                    let t = self.transfer(&d).await?;
                     self.inner.chunks.add_release(&d).await.map_err(rpc)?;
                     self.inner
                         .chunks
                         .add_signatures(package, &signatures)
                         .await
                         .map_err(rpc)?;
-                    tracing::info!(app = %d.manifest.name, version = %d.manifest.version, "fetching a release from peers");
-                    d
+                    tracing::info!(app = %m.name, version = %m.version, "fetching a release from peers");
+                    t
                 }
             };
             let sources = Sources {
                 seed: None,
                 peers: from.clone(),
             };
-            self.fetch(&d, sources, events, deadline).await
+            self.fetch(t, sources, events, deadline).await
         };
         tokio::time::timeout_at(deadline, work)
             .await
@@ -1244,7 +1300,13 @@ impl Agent {
                 }
             };
             match self.inner.cfg.trust.check(&d, &signatures) {
-                Ok(_) => return Ok((d, signatures)),
+                Ok(counted) => {
+                    let signatures = signatures
+                        .into_iter()
+                        .filter(|s| counted.contains(&s.key))
+                        .collect();
+                    return Ok((d, signatures));
+                }
                 Err(e) => {
                     tracing::warn!(app = %d.manifest.name, version = %d.manifest.version, peer = %peer, error = %e, "release refused");
                     last = RpcError::new(
@@ -1257,10 +1319,8 @@ impl Agent {
         Err(last)
     }
 
-    /// The transfer a swarm session is about: one in progress, or one
-    /// over the chunks held of a kept release. An incomplete one is
-    /// registered, so that a deploy beginning now (or resuming) shares it
-    /// with the sessions already open instead of starting a second.
+    /// The transfer a swarm session is about: the registered one (a
+    /// fetch in progress), or one over the chunks held of a kept release.
     async fn transfer_for(&self, package: &PackageId) -> Res<Arc<Transfer>> {
         if let Some(t) = locked(&self.inner.transfers).get(package) {
             return Ok(t.clone());
@@ -1272,16 +1332,9 @@ impl Agent {
             .await
             .map_err(rpc)?
             .ok_or_else(|| not_found(format!("release {package} is not held here")))?;
-        let t = Transfer::from_store(d, &self.inner.chunks)
+        Transfer::from_store(d, &self.inner.chunks)
             .await
-            .map_err(rpc)?;
-        if t.have().is_full() {
-            return Ok(t);
-        }
-        Ok(locked(&self.inner.transfers)
-            .entry(*package)
-            .or_insert(t)
-            .clone())
+            .map_err(rpc)
     }
 
     /// A connection to a swarm peer, reused; its inbound streams are

@@ -96,8 +96,13 @@
 //! - [`swarm`]: how a release spreads: the controller seeds (each chunk
 //!   once before any twice), targets exchange have-maps and fetch the
 //!   rarest chunks from each other, every chunk is verified, and peers
-//!   that send bad chunks or fail are scored and banned. `bench-report
-//!   swarm` measures it on the simulator against the Kumar-Ross bound.
+//!   that send bad chunks or fail are scored and banned. Agents list the
+//!   releases they hold ([`Controller::search`] finds them by name, prefix
+//!   and version range) and fetch a release from any peer holding it
+//!   ([`Controller::prefetch`]); upload and download caps per agent.
+//!   `bench-report swarm` measures it on the simulator and `bench-report
+//!   swarm-netns` over iroh between network namespaces, both against the
+//!   Kumar-Ross bound.
 //!
 //! ## Measured figures
 //!

@@ -422,7 +422,10 @@ async fn search_finds_releases_by_name_and_version_and_a_node_fetches_one_from_h
         .prefetch(&a03.addr, tool.id(), hit.complete_holders())
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("not held"), "{e}");
+    assert!(
+        matches!(e, p2p_core::Error::NotFound { .. }) && e.to_string().contains("from peer"),
+        "{e}"
+    );
     let found = ctl.search("*", None).await;
     assert!(
         found

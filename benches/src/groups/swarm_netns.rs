@@ -72,10 +72,12 @@
 //! so that none outlives a benchmark that died without cleaning up.
 //!
 //! Needs root and iproute2 (`ip`, `tc`); otherwise it prints
-//! `swarm-netns: skipped: <reason>` and gives no figures. Run it with
+//! `swarm-netns: skipped: <reason>` and gives no figures. Build as
+//! yourself and run as root (so that `target/` stays yours):
 //!
 //! ```text
-//! sudo cargo run --release -p p2p-benches --bin bench-report -- swarm-netns
+//! cargo build --release -p p2p-benches --bin bench-report
+//! sudo ./target/release/bench-report swarm-netns
 //! ```
 
 use std::collections::BTreeMap;
@@ -139,6 +141,14 @@ const AGENTS_ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// Runs the group.
 pub fn run() -> Vec<Figure> {
     match measure() {
+        // A time over the targets that finished would flatter the run.
+        Ok((serial, swarm)) if serial.complete < AGENTS || swarm.complete < AGENTS => {
+            eprintln!(
+                "{GROUP}: failed: not every agent got the release (serial push {}/{AGENTS}, swarm {}/{AGENTS})",
+                serial.complete, swarm.complete
+            );
+            Vec::new()
+        }
         Ok((serial, swarm)) => figures(serial, swarm),
         Err(Stop::Skip(why)) => {
             eprintln!("{GROUP}: skipped: {why}");
