@@ -481,13 +481,14 @@ impl Agent {
             }
         }
         let mut out = Vec::new();
-        for d in self.inner.chunks.releases().await? {
+        let releases = self.inner.chunks.releases().await?;
+        let held = self.inner.chunks.held_counts(&releases).await?;
+        for (d, held) in releases.into_iter().zip(held) {
             let id = d.id();
             let m = &d.manifest;
             let rec = recs.get(&m.name);
             let installed = rec.is_some_and(|r| r.installed.get(&m.version) == Some(&id));
             let active = installed && rec.is_some_and(|r| r.active.as_ref() == Some(&m.version));
-            let held = d.chunks.len() - self.inner.chunks.missing(&d).await?.len();
             out.push(CatalogEntry {
                 name: m.name.clone(),
                 version: m.version.clone(),
@@ -1232,91 +1233,122 @@ impl Agent {
     }
 
     /// The descriptor and signatures of `package` from the first of
-    /// `from` that holds it and whose copy passes the trust store.
+    /// `from` that holds it and whose copy passes the trust store. When
+    /// none does, the error names what went wrong with each peer (its
+    /// kind: a refused signature if any peer's copy was refused, else the
+    /// last peer's).
     async fn release_from(
         &self,
         package: &PackageId,
         from: &[PeerAddr],
     ) -> Res<(Descriptor, Vec<p2p_core::Signature>)> {
-        let mut last = RpcError::new(
-            ErrorKind::Invalid,
-            format!("release {package} is not held here and no peer to fetch it from was given"),
-        );
+        let mut failed: Vec<RpcError> = Vec::new();
         for addr in from {
-            let peer = addr.id.short();
-            // Boxed: a request handler that dials (this) is itself served
-            // on dialed connections, and an unboxed future would contain itself.
-            let answer = match swarm::Host::dial(self, addr.clone()).await {
-                Ok(conn) => {
-                    crate::proto::call(
-                        &*conn,
-                        Request::Release { package: *package },
-                        Duration::from_secs(30),
-                    )
-                    .await
-                }
-                Err(e) => Err(e),
-            };
-            let (bytes, signatures) = match answer {
-                Ok(Reply::Release {
-                    descriptor,
-                    signatures,
-                }) => (descriptor, signatures),
-                Ok(other) => {
-                    last = RpcError::new(
-                        ErrorKind::Internal,
-                        format!("peer {peer} answered a release request with {other:?}"),
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    last = RpcError::new(
-                        RpcError::from_error(&e).kind,
-                        format!("release {package} from peer {peer}: {e}"),
-                    );
-                    continue;
-                }
-            };
-            let d = match Descriptor::from_bytes(&bytes) {
-                Ok(d) if d.id() == *package => d,
-                Ok(d) => {
-                    self.inner.reputation.corrupt(addr.id);
-                    last = RpcError::new(
-                        ErrorKind::Corrupt,
-                        format!(
-                            "peer {peer} sent release {} when asked for {package}",
-                            d.id()
-                        ),
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    self.inner.reputation.corrupt(addr.id);
-                    last = RpcError::new(
-                        ErrorKind::Corrupt,
-                        format!("peer {peer} sent a descriptor that does not decode: {e}"),
-                    );
-                    continue;
-                }
-            };
-            match self.inner.cfg.trust.check(&d, &signatures) {
-                Ok(counted) => {
-                    let signatures = signatures
-                        .into_iter()
-                        .filter(|s| counted.contains(&s.key))
-                        .collect();
-                    return Ok((d, signatures));
-                }
-                Err(e) => {
-                    tracing::warn!(app = %d.manifest.name, version = %d.manifest.version, peer = %peer, error = %e, "release refused");
-                    last = RpcError::new(
-                        ErrorKind::BadSignature,
-                        format!("{} {}: {e}", d.manifest.name, d.manifest.version),
-                    );
-                }
+            match self.release_from_one(package, addr).await {
+                Ok(found) => return Ok(found),
+                Err(e) => failed.push(e),
             }
         }
-        Err(last)
+        let Some(last) = failed.last() else {
+            return Err(RpcError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "release {package} is not held here and no peer to fetch it from was given"
+                ),
+            ));
+        };
+        let kind = if failed.iter().any(|e| e.kind == ErrorKind::BadSignature) {
+            ErrorKind::BadSignature
+        } else {
+            last.kind
+        };
+        let all: Vec<&str> = failed.iter().map(|e| e.message.as_str()).collect();
+        Err(RpcError::new(kind, all.join("; ")))
+    }
+
+    /// [`release_from`](Self::release_from), one peer.
+    async fn release_from_one(
+        &self,
+        package: &PackageId,
+        addr: &PeerAddr,
+    ) -> Res<(Descriptor, Vec<p2p_core::Signature>)> {
+        let peer = addr.id.short();
+        if self.inner.reputation.is_banned(&addr.id) {
+            return Err(RpcError::new(
+                ErrorKind::Denied,
+                format!("peer {peer} is banned here"),
+            ));
+        }
+        // Boxed: a request handler that dials (this) is itself served on
+        // dialed connections, and an unboxed future would contain itself.
+        let answer = match swarm::Host::dial(self, addr.clone()).await {
+            Ok(conn) => {
+                crate::proto::call(
+                    &*conn,
+                    Request::Release { package: *package },
+                    Duration::from_secs(30),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let (bytes, signatures) = match answer {
+            Ok(Reply::Release {
+                descriptor,
+                signatures,
+            }) => (descriptor, signatures),
+            Ok(other) => {
+                return Err(RpcError::new(
+                    ErrorKind::Corrupt,
+                    format!("peer {peer} answered a release request with {other:?}"),
+                ));
+            }
+            Err(e) => {
+                return Err(RpcError::new(
+                    RpcError::from_error(&e).kind,
+                    format!("release {package} from peer {peer}: {e}"),
+                ));
+            }
+        };
+        let d = match Descriptor::from_bytes(&bytes) {
+            Ok(d) if d.id() == *package => d,
+            Ok(d) => {
+                self.inner.reputation.corrupt(addr.id);
+                return Err(RpcError::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "peer {peer} sent release {} when asked for {package}",
+                        d.id()
+                    ),
+                ));
+            }
+            Err(e) => {
+                self.inner.reputation.corrupt(addr.id);
+                return Err(RpcError::new(
+                    ErrorKind::Corrupt,
+                    format!("peer {peer} sent a descriptor that does not decode: {e}"),
+                ));
+            }
+        };
+        match self.inner.cfg.trust.check(&d, &signatures) {
+            Ok(counted) => {
+                let signatures = signatures
+                    .into_iter()
+                    .filter(|s| counted.contains(&s.key))
+                    .collect();
+                Ok((d, signatures))
+            }
+            Err(e) => {
+                tracing::warn!(app = %d.manifest.name, version = %d.manifest.version, peer = %peer, error = %e, "release refused");
+                Err(RpcError::new(
+                    ErrorKind::BadSignature,
+                    format!(
+                        "{} {} from peer {peer}: {e}",
+                        d.manifest.name, d.manifest.version
+                    ),
+                ))
+            }
+        }
     }
 
     /// The transfer a swarm session is about: the registered one (a

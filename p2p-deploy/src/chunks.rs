@@ -167,6 +167,21 @@ impl ChunkStore {
         }
     }
 
+    /// For each of `releases`, how many of its chunks are stored (one
+    /// listing of the store for all of them).
+    pub async fn held_counts(&self, releases: &[Descriptor]) -> Result<Vec<usize>> {
+        let have: BTreeSet<String> = self.storage.list("chunks/").await?.into_iter().collect();
+        Ok(releases
+            .iter()
+            .map(|d| {
+                d.chunks
+                    .iter()
+                    .filter(|h| have.contains(&chunk_key(h)))
+                    .count()
+            })
+            .collect())
+    }
+
     /// Indexes of the chunks of `d` not yet stored.
     pub async fn missing(&self, d: &Descriptor) -> Result<Vec<usize>> {
         let have: BTreeSet<String> = self.storage.list("chunks/").await?.into_iter().collect();

@@ -413,6 +413,24 @@ async fn search_finds_releases_by_name_and_version_and_a_node_fetches_one_from_h
         .await
         .unwrap_err();
     assert!(matches!(e, p2p_core::Error::BadSignature { .. }), "{e}");
+    // Each holder's refusal is named, and neither is blamed for it: trust
+    // stores differ from node to node.
+    for h in &hit.holders {
+        assert!(e.to_string().contains(&h.node.id.short()), "{e}");
+    }
+    let a04_now = infos(&ctl)
+        .await
+        .into_iter()
+        .find(|i| i.id == a04.id)
+        .unwrap();
+    assert!(
+        a04_now
+            .peers
+            .iter()
+            .all(|p| p.corrupt == 0 && p.banned_ms.is_none()),
+        "{:?}",
+        a04_now.peers
+    );
     let e = ctl
         .prefetch(&a03.addr, tool.id(), Vec::new())
         .await
