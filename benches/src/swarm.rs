@@ -195,8 +195,6 @@ impl SwarmScenario {
     ) -> SwarmOutcome {
         let (report, done) = timed_deploy(ctl, release, targets).await;
         SwarmOutcome {
-            completion: done.values().copied().max().unwrap_or_default(),
-            complete: done.len(),
             finished: {
                 let mut t: Vec<Duration> = done.values().copied().collect();
                 t.sort();
@@ -242,10 +240,6 @@ pub(crate) async fn timed_deploy(
 /// How a run went.
 #[derive(Debug, Clone)]
 pub struct SwarmOutcome {
-    /// Virtual time until the last target held the whole release.
-    pub completion: Duration,
-    /// Targets that got all of it.
-    pub complete: usize,
     /// When each target that got all of it did, earliest first.
     pub finished: Vec<Duration>,
     /// The Kumar-Ross bound.
@@ -260,9 +254,19 @@ pub struct SwarmOutcome {
 }
 
 impl SwarmOutcome {
+    /// Virtual time until the last target held the whole release.
+    pub fn completion(&self) -> Duration {
+        self.finished.last().copied().unwrap_or_default()
+    }
+
+    /// Targets that got all of it.
+    pub fn complete(&self) -> usize {
+        self.finished.len()
+    }
+
     /// Completion over the bound.
     pub fn ratio(&self) -> f64 {
-        self.completion.as_secs_f64() / self.bound.as_secs_f64()
+        self.completion().as_secs_f64() / self.bound.as_secs_f64()
     }
 }
 

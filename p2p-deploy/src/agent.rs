@@ -1022,17 +1022,10 @@ impl Agent {
         let id = d.id();
         let m = d.manifest.clone();
         let _g = self.busy(&m.name).await?;
-        let counted = self.inner.cfg.trust.check(&d, signatures).map_err(|e| {
+        let counted = self.trusted(&d, signatures).map_err(|e| {
             tracing::warn!(app = %m.name, version = %m.version, peer = %from.short(), error = %e, "release refused");
             RpcError::new(ErrorKind::BadSignature, format!("{} {}: {e}", m.name, m.version))
         })?;
-        // Kept for peers that fetch the release from us: the signatures
-        // that counted, not whatever else came along.
-        let counted: Vec<p2p_core::Signature> = signatures
-            .iter()
-            .filter(|s| counted.contains(&s.key))
-            .cloned()
-            .collect();
         let mut rec = self.load(&m.name).await.map_err(rpc)?.unwrap_or(AppRecord {
             name: m.name.clone(),
             ..AppRecord::default()
@@ -1099,8 +1092,24 @@ impl Agent {
             .await
     }
 
-    /// The transfer of `d`: the one registered (a fetch in progress, or
-    /// one a session registered), else a new one over the chunks held,
+    /// Checks `signatures` over `d` against the trust store and returns
+    /// those that counted: what the node keeps and passes on to peers that
+    /// fetch the release from it, not whatever else came along.
+    fn trusted(
+        &self,
+        d: &Descriptor,
+        signatures: &[p2p_core::Signature],
+    ) -> std::result::Result<Vec<p2p_core::Signature>, crate::trust::VerifyError> {
+        let counted = self.inner.cfg.trust.check(d, signatures)?;
+        Ok(signatures
+            .iter()
+            .filter(|s| counted.contains(&s.key))
+            .cloned()
+            .collect())
+    }
+
+    /// The transfer of `d`: the one registered (a fetch in progress),
+    /// else a new one over the chunks held,
     /// registered so that sessions opened from now on share it. Call it
     /// before storing the release, so that no session finds the release
     /// without finding the transfer.
@@ -1330,14 +1339,8 @@ impl Agent {
                 ));
             }
         };
-        match self.inner.cfg.trust.check(&d, &signatures) {
-            Ok(counted) => {
-                let signatures = signatures
-                    .into_iter()
-                    .filter(|s| counted.contains(&s.key))
-                    .collect();
-                Ok((d, signatures))
-            }
+        match self.trusted(&d, &signatures) {
+            Ok(counted) => Ok((d, counted)),
             Err(e) => {
                 tracing::warn!(app = %d.manifest.name, version = %d.manifest.version, peer = %peer, error = %e, "release refused");
                 Err(RpcError::new(

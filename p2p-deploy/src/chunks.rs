@@ -167,10 +167,15 @@ impl ChunkStore {
         }
     }
 
+    /// The keys of every chunk stored.
+    async fn stored_keys(&self) -> Result<BTreeSet<String>> {
+        Ok(self.storage.list("chunks/").await?.into_iter().collect())
+    }
+
     /// For each of `releases`, how many of its chunks are stored (one
     /// listing of the store for all of them).
     pub async fn held_counts(&self, releases: &[Descriptor]) -> Result<Vec<usize>> {
-        let have: BTreeSet<String> = self.storage.list("chunks/").await?.into_iter().collect();
+        let have = self.stored_keys().await?;
         Ok(releases
             .iter()
             .map(|d| {
@@ -184,7 +189,7 @@ impl ChunkStore {
 
     /// Indexes of the chunks of `d` not yet stored.
     pub async fn missing(&self, d: &Descriptor) -> Result<Vec<usize>> {
-        let have: BTreeSet<String> = self.storage.list("chunks/").await?.into_iter().collect();
+        let have = self.stored_keys().await?;
         Ok((0..d.chunks.len())
             .filter(|i| !have.contains(&chunk_key(&d.chunks[*i])))
             .collect())

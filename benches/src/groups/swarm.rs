@@ -42,9 +42,9 @@ pub fn run() -> Vec<Figure> {
 fn figure(n: usize, label: &str, swarm: &SwarmOutcome, serial: &SwarmOutcome) -> Figure {
     let name = format!(
         "sim N={n} 100MB 100Mbit/s 20ms{label} (controller only {:.1} s, {:.1}x slower; {}/{n} complete, the first at {:.1} s; wall {:.0} s)",
-        serial.completion.as_secs_f64(),
-        serial.completion.as_secs_f64() / swarm.completion.as_secs_f64().max(1e-9),
-        swarm.complete,
+        serial.completion().as_secs_f64(),
+        serial.completion().as_secs_f64() / swarm.completion().as_secs_f64().max(1e-9),
+        swarm.complete(),
         swarm
             .finished
             .first()
@@ -53,7 +53,7 @@ fn figure(n: usize, label: &str, swarm: &SwarmOutcome, serial: &SwarmOutcome) ->
             .as_secs_f64(),
         (swarm.wall + serial.wall).as_secs_f64(),
     );
-    Figure::new("swarm", name, swarm.completion.as_secs_f64(), "s")
+    Figure::new("swarm", name, swarm.completion().as_secs_f64(), "s")
         .target("<= 1.3x bound")
         .baseline(swarm.bound.as_secs_f64(), "s (Kumar-Ross bound)")
 }
