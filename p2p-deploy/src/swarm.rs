@@ -1141,9 +1141,12 @@ pub(crate) struct Seed {
 /// "Any chunk" requests a seed serves at once. A slot is held until the
 /// chunk has arrived, and a target's downlink is shared with its peers'
 /// uploads, so a few slots leave the seed's uplink idle while their
-/// chunks crawl through busy downlinks (3 slots: the seed sent at two
-/// thirds of its rate in the simulator; 8: at its full rate).
-pub(crate) const SEED_SLOTS: usize = 8;
+/// chunks crawl through busy downlinks. In the simulator with 100
+/// targets, 8 slots sent one copy of every chunk at 84% of the seed's
+/// rate, 12 at 93% and 16 at 99%, but with 16 each first copy took so
+/// long to arrive that the spread lagged more: 12 finished first (1.36x
+/// the bound against 1.39x with 8 and 1.38x with 16).
+pub(crate) const SEED_SLOTS: usize = 12;
 
 impl Seed {
     pub(crate) fn new(d: Descriptor, seed: u64) -> Self {
