@@ -1,12 +1,23 @@
 //! # p2p-examples
 //!
-//! The SDK as tools a person runs. For now the offline half of `p2pctl`:
-//! keys, packages, signatures, verification and pre-shared keys.
+//! The SDK as tools a person runs:
+//!
+//! - `p2pd`, the node agent as a daemon: `init` writes a commented config
+//!   and a node key, `run` serves until SIGTERM, `id` prints the address.
+//! - `p2pctl`, the controller's command line; offline, it makes keys and
+//!   packages, signs and verifies them.
 //!
 //! ```text
+//! cargo run -p p2p-examples --bin p2pd -- init --data-dir ./node1 --listen 127.0.0.1:7401
+//! cargo run -p p2p-examples --bin p2pd -- run --data-dir ./node1
 //! cargo run -p p2p-examples --bin p2pctl -- keygen --out alice
 //! cargo run -p p2p-examples --bin p2pctl -- package ./web
 //! cargo run -p p2p-examples --bin p2pctl -- sign web-1.0.0.p2p --key alice.key
-//! cargo run -p p2p-examples --bin p2pctl -- verify web-1.0.0.p2p --trust ./trusted
-//! cargo run -p p2p-examples --bin p2pctl -- inspect web-1.0.0.p2p --json
 //! ```
+//!
+//! The library half is what the binaries share: [`net`] binds a node to
+//! iroh or libp2p with a pre-shared key and allow-list, [`daemon`] is
+//! `p2pd`'s configuration.
+
+pub mod daemon;
+pub mod net;

@@ -80,7 +80,9 @@ pub struct AgentConfig {
     /// Labels that controllers select on.
     pub labels: BTreeMap<String, String>,
     /// Peers allowed to send mutating requests; `None`: every admitted
-    /// peer may.
+    /// peer may. The node's own id always may: [`Agent::handle`] called
+    /// in-process with it (a remote peer cannot claim another's id: the
+    /// transports authenticate every connection).
     pub operators: Option<BTreeSet<PeerId>>,
     /// Which publishers' releases are accepted.
     pub trust: TrustStore,
@@ -90,6 +92,9 @@ pub struct AgentConfig {
     pub max_request_timeout: Duration,
     /// How the agent takes part in swarm transfers.
     pub swarm: SwarmConfig,
+    /// Most installed versions kept per app on this node: the smaller of
+    /// this and the app's own `keep_versions`. `None`: the app's.
+    pub keep_versions: Option<u32>,
 }
 
 impl AgentConfig {
@@ -104,6 +109,7 @@ impl AgentConfig {
             reconcile_every: Duration::from_secs(10),
             max_request_timeout: Duration::from_secs(30 * 60),
             swarm: SwarmConfig::default(),
+            keep_versions: None,
         }
     }
 }
@@ -542,6 +548,7 @@ impl Agent {
         if request.is_mutating()
             && let Some(ops) = &self.inner.cfg.operators
             && !ops.contains(&from)
+            && from != self.inner.parts.provider.local_id()
         {
             tracing::warn!(
                 peer = %from,
@@ -1511,7 +1518,13 @@ impl Agent {
                 self.save(&rec).await.map_err(rpc)?;
                 tracing::info!(app = %name, version = %to, "activated");
                 if let Err(e) = self
-                    .collect_versions(&mut rec, manifest.keep_versions)
+                    .collect_versions(
+                        &mut rec,
+                        self.inner
+                            .cfg
+                            .keep_versions
+                            .map_or(manifest.keep_versions, |k| k.min(manifest.keep_versions)),
+                    )
                     .await
                 {
                     tracing::warn!(app = %name, error = %e, "could not remove old versions");

@@ -1,9 +1,12 @@
 //! `p2pctl`: the controller's command line. The offline commands work on
 //! files alone: make a signing key, package a directory, sign, verify and
-//! inspect packages, make a pre-shared key.
+//! inspect packages, make a pre-shared key. The online commands talk to
+//! the nodes (`p2pd`): `nodes`, `status`, `deploy`, `start`, `stop`,
+//! `restart`, `switch`, `rollback`, `remove`, `logs`, `search`.
 //!
 //! Exit codes: 0 success, 1 failure (the package did not verify, a file
-//! was bad), 2 usage.
+//! was bad, no node could do it), 2 usage, 3 partial (a rollout halted or
+//! some nodes failed).
 //!
 //! Run: `cargo run -p p2p-examples --bin p2pctl -- --help`
 
@@ -18,6 +21,8 @@ use p2p_deploy::trust::{read_secret_key, write_key_pair};
 use p2p_deploy::{BuildOptions, PackageFile, TrustStore, build};
 use serde::Serialize;
 
+mod online;
+
 #[derive(Parser)]
 #[command(
     name = "p2pctl",
@@ -25,12 +30,21 @@ use serde::Serialize;
     about = "Deploy signed apps to a fleet over peer-to-peer networks"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: online::Global,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Online(online::Online),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Make a signing key pair: OUT.key (secret, mode 0600) and OUT.pub.
     Keygen {
         /// Base path of the two files.
@@ -105,7 +119,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli.command)) {
+    let result = match cli.command {
+        Command::Online(cmd) => cli
+            .global
+            .settings()
+            .and_then(|s| rt.block_on(online::run(&s, cmd))),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "p2pctl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        other => rt.block_on(run(other)),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("p2pctl: {e:#}");
@@ -151,6 +177,9 @@ struct Inspection {
 
 async fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
+        Command::Online(_) | Command::Completions { .. } => {
+            unreachable!("handled in main")
+        }
         Command::Keygen { out, comment } => {
             let signer = Ed25519Signer::generate(&mut rand::rng());
             let (secret, public) = write_key_pair(&out, &signer, &comment)?;

@@ -1,0 +1,488 @@
+//! `p2pd`: the node agent as a daemon.
+//!
+//! - `p2pd init --data-dir DIR` writes a commented `p2pd.toml` and a node
+//!   key (`node.key`, mode 0600) into `DIR`, and makes `DIR/trusted/` for
+//!   the publishers' public keys.
+//! - `p2pd run` starts the agent from `DIR/p2pd.toml`, with environment
+//!   (`P2PD_*`) and flag overrides, until SIGTERM or Ctrl-C.
+//! - `p2pd id` prints the node's peer address, for `p2pctl --bootstrap`.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand};
+use p2p_core::{FsStorage, NodeKey, PeerId, Provider, SystemClock};
+use p2p_deploy::proto::Request;
+use p2p_deploy::{Agent, AgentConfig, AgentParts, DirInstaller, TrustStore, UnpackLimits};
+use p2p_examples::daemon::{
+    ADDR_FILE, CONFIG_FILE, DaemonConfig, KEY_FILE, LogFormat, OnShutdown, parse_label, template,
+};
+use p2p_examples::net::{self, Backend};
+use p2p_runtime::{LogRotation, ProcessRuntime, RuntimeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "p2pd",
+    version,
+    about = "The p2p deployment agent: runs signed apps on this node"
+)]
+struct Cli {
+    /// The node's directory: config, key, state, versions, app logs.
+    #[arg(long, global = true, env = "P2PD_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// The config file (default: p2pd.toml in the data directory).
+    #[arg(long, global = true, env = "P2PD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented config and a node key into the data directory.
+    Init {
+        /// A name for people (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The transport.
+        #[arg(long, value_enum, default_value_t = Backend::Iroh)]
+        backend: Backend,
+        /// Addresses to listen on.
+        #[arg(long, value_delimiter = ',', default_value = "0.0.0.0:7401")]
+        listen: Vec<SocketAddr>,
+        /// Replace an existing config (the node key is kept).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the agent until SIGTERM or Ctrl-C.
+    Run(Box<Overrides>),
+    /// Print this node's peer address (`<id>@<addresses>`).
+    Id,
+}
+
+/// Settings that win over the config file: each flag, else its
+/// environment variable.
+#[derive(Args, Default)]
+struct Overrides {
+    /// The transport.
+    #[arg(long, env = "P2PD_BACKEND", value_enum)]
+    backend: Option<Backend>,
+    /// Addresses to listen on (comma separated).
+    #[arg(long, env = "P2PD_LISTEN", value_delimiter = ',')]
+    listen: Vec<SocketAddr>,
+    /// A name for people.
+    #[arg(long, env = "P2PD_NAME")]
+    name: Option<String>,
+    /// Labels, `key=value` (comma separated; replace the file's).
+    #[arg(long = "label", env = "P2PD_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The pre-shared key file.
+    #[arg(long, env = "P2PD_PSK_FILE")]
+    psk_file: Option<PathBuf>,
+    /// Peers allowed to connect (comma separated ids).
+    #[arg(long = "allow-peer", env = "P2PD_ALLOWED_PEERS", value_delimiter = ',')]
+    allowed_peers: Vec<String>,
+    /// Peers allowed to change the node (comma separated ids).
+    #[arg(long = "operator", env = "P2PD_OPERATORS", value_delimiter = ',')]
+    operators: Vec<String>,
+    /// Directory of trusted publisher keys.
+    #[arg(long, env = "P2PD_TRUSTED_KEYS")]
+    trusted_keys: Option<PathBuf>,
+    /// Signatures from distinct trusted keys a release needs.
+    #[arg(long, env = "P2PD_SIGNATURES_REQUIRED")]
+    signatures_required: Option<usize>,
+    /// Peers to dial at start (comma separated `<id>@<addr>`).
+    #[arg(long, env = "P2PD_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Local-network discovery on or off.
+    #[arg(long, env = "P2PD_MDNS")]
+    mdns: Option<bool>,
+    /// Most installed versions kept per app.
+    #[arg(long, env = "P2PD_KEEP_VERSIONS")]
+    keep_versions: Option<u32>,
+    /// What happens to the apps when p2pd stops.
+    #[arg(long, env = "P2PD_ON_SHUTDOWN", value_enum)]
+    on_shutdown: Option<OnShutdown>,
+    /// p2pd's own log format.
+    #[arg(long, env = "P2PD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Size at which an app's log file is rotated (such as "10 MiB").
+    #[arg(long, env = "P2PD_APP_LOG_MAX_SIZE")]
+    app_log_max_size: Option<ByteSize>,
+    /// Log files kept per app and stream.
+    #[arg(long, env = "P2PD_APP_LOG_FILES")]
+    app_log_files: Option<usize>,
+    /// Chunk bytes per second served to peers (such as "10 MiB").
+    #[arg(long, env = "P2PD_UPLOAD_LIMIT")]
+    upload_limit: Option<ByteSize>,
+    /// Chunk bytes per second fetched.
+    #[arg(long, env = "P2PD_DOWNLOAD_LIMIT")]
+    download_limit: Option<ByteSize>,
+}
+
+impl Overrides {
+    fn apply(self, cfg: &mut DaemonConfig) -> Result<()> {
+        if let Some(b) = self.backend {
+            cfg.backend = b;
+        }
+        if !self.listen.is_empty() {
+            cfg.listen = self.listen;
+        }
+        if let Some(n) = self.name {
+            cfg.name = n;
+        }
+        if !self.labels.is_empty() {
+            cfg.labels = self
+                .labels
+                .iter()
+                .map(|l| parse_label(l))
+                .collect::<Result<BTreeMap<_, _>>>()?;
+        }
+        if let Some(p) = self.psk_file {
+            cfg.psk_file = Some(p);
+        }
+        if !self.allowed_peers.is_empty() {
+            cfg.allowed_peers = self.allowed_peers;
+        }
+        if !self.operators.is_empty() {
+            cfg.operators = self.operators;
+        }
+        if let Some(p) = self.trusted_keys {
+            cfg.trusted_keys = p;
+        }
+        if let Some(n) = self.signatures_required {
+            cfg.signatures_required = n;
+        }
+        if !self.bootstrap.is_empty() {
+            cfg.bootstrap = self.bootstrap;
+        }
+        if let Some(m) = self.mdns {
+            cfg.mdns = m;
+        }
+        if let Some(k) = self.keep_versions {
+            cfg.keep_versions = Some(k);
+        }
+        if let Some(o) = self.on_shutdown {
+            cfg.on_shutdown = o;
+        }
+        if let Some(f) = self.log_format {
+            cfg.log_format = f;
+        }
+        if let Some(s) = self.app_log_max_size {
+            cfg.app_log_max_size = s;
+        }
+        if let Some(n) = self.app_log_files {
+            cfg.app_log_files = n;
+        }
+        if let Some(r) = self.upload_limit {
+            cfg.upload_limit = Some(r);
+        }
+        if let Some(r) = self.download_limit {
+            cfg.download_limit = Some(r);
+        }
+        cfg.check()
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_local_dir()
+        .map(|d| d.join("p2pd"))
+        .unwrap_or_else(|| PathBuf::from("p2pd-data"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("p2pd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Apps run in their own working directories: every path the agent
+    // hands down must be absolute.
+    let mut cli = cli;
+    match std::path::absolute(&cli.data_dir) {
+        Ok(d) => cli.data_dir = d,
+        Err(e) => {
+            eprintln!("p2pd: data dir {}: {e}", cli.data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| cli.data_dir.join(CONFIG_FILE));
+    let result = match cli.command {
+        Command::Init {
+            name,
+            backend,
+            listen,
+            force,
+        } => init(&cli.data_dir, &config, name, backend, &listen, force),
+        Command::Run(overrides) => rt.block_on(run(&cli.data_dir, &config, *overrides)),
+        Command::Id => id(&cli.data_dir, &config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("p2pd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(
+    dir: &Path,
+    config: &Path,
+    name: Option<String>,
+    backend: Backend,
+    listen: &[SocketAddr],
+    force: bool,
+) -> Result<()> {
+    if config.exists() && !force {
+        bail!(
+            "{} exists already (--force replaces it; the node key is kept)",
+            config.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("trusted"))?;
+    let key_path = dir.join(KEY_FILE);
+    let key = NodeKey::load_or_generate(&key_path, &mut rand::rng())
+        .with_context(|| format!("node key {}", key_path.display()))?;
+    let name = name.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("node-{}", key.peer_id().short()))
+    });
+    let text = template(&name, backend, listen);
+    // The template must stay loadable: check before writing.
+    let parsed: DaemonConfig = toml::from_str(&text).context("the config template")?;
+    parsed.check()?;
+    let tmp = config.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, config).with_context(|| format!("writing {}", config.display()))?;
+    println!("wrote {}", config.display());
+    println!("node key {} (id {})", key_path.display(), key.peer_id());
+    println!(
+        "next: put the publishers' *.pub keys in {} and run `p2pd run --data-dir {}`",
+        dir.join("trusted").display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn id(dir: &Path, config: &Path) -> Result<()> {
+    let key = NodeKey::load(&dir.join(KEY_FILE))
+        .with_context(|| format!("no node key in {} (run `p2pd init`)", dir.display()))?;
+    let running = dir.join(ADDR_FILE);
+    if let Ok(addr) = std::fs::read_to_string(&running) {
+        println!("{}", addr.trim());
+        return Ok(());
+    }
+    let cfg = DaemonConfig::load(config)?;
+    let fixed: Vec<String> = cfg
+        .listen
+        .iter()
+        .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+        .map(|a| match cfg.backend {
+            Backend::Iroh => a.to_string(),
+            Backend::Libp2p => {
+                let family = if a.is_ipv4() { "ip4" } else { "ip6" };
+                format!("/{family}/{}/tcp/{}", a.ip(), a.port())
+            }
+        })
+        .collect();
+    if fixed.is_empty() {
+        eprintln!(
+            "p2pd: not running and no fixed listen address: the id alone (start p2pd for the full address)"
+        );
+        println!("{}", key.peer_id());
+    } else {
+        println!("{}@{}", key.peer_id(), fixed.join(","));
+    }
+    Ok(())
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(dir: &Path, config: &Path, overrides: Overrides) -> Result<()> {
+    let mut cfg = DaemonConfig::load(config)?;
+    overrides.apply(&mut cfg)?;
+    init_logs(cfg.log_format);
+    let key_path = dir.join(KEY_FILE);
+    let key = NodeKey::load(&key_path).with_context(|| {
+        format!(
+            "node key {} (run `p2pd init --data-dir {}`)",
+            key_path.display(),
+            dir.display()
+        )
+    })?;
+    let trust_dir = dir.join(&cfg.trusted_keys);
+    let trust = TrustStore::load(&trust_dir)
+        .with_context(|| format!("trusted_keys {}", trust_dir.display()))?
+        .with_threshold(cfg.signatures_required);
+    if trust.trusted().is_empty() {
+        tracing::warn!(
+            dir = %trust_dir.display(),
+            "no trusted publisher key: every release will be refused until one is added (and p2pd restarted)"
+        );
+    }
+    let operators = cfg.operator_ids()?;
+    let bootstrap = cfg.bootstrap_addrs()?;
+    let provider = net::bind(&key, &cfg.net(dir)?).await?;
+    let runtime = Arc::new(
+        ProcessRuntime::new(
+            RuntimeConfig::new(dir.join("runtime"))
+                .log_rotation(LogRotation {
+                    max_bytes: cfg.app_log_max_size.as_u64(),
+                    files: cfg.app_log_files,
+                })
+                .seed(rand::random()),
+            Arc::new(SystemClock),
+        )
+        .context("starting the process runtime")?,
+    );
+    let storage = FsStorage::open(dir.join("state"))
+        .await
+        .with_context(|| format!("opening the state in {}", dir.join("state").display()))?;
+    let mut acfg = AgentConfig::new(trust);
+    acfg.name = cfg.name.clone();
+    acfg.labels = cfg.labels.clone();
+    acfg.operators = operators;
+    acfg.keep_versions = cfg.keep_versions;
+    acfg.swarm.upload_limit = cfg.upload_limit.map(|r| r.as_u64());
+    acfg.swarm.download_limit = cfg.download_limit.map(|r| r.as_u64());
+    let agent = Arc::new(Agent::new(
+        acfg,
+        AgentParts {
+            provider: provider.clone(),
+            runtime: runtime.clone(),
+            storage: Arc::new(storage),
+            installer: Arc::new(DirInstaller::new(
+                dir.join("versions"),
+                UnpackLimits::default(),
+            )),
+            clock: Arc::new(SystemClock),
+            seed: rand::random(),
+        },
+    ));
+    let mut serving = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.run().await }
+    });
+    let addr = provider.local_addr();
+    let addr_file = dir.join(ADDR_FILE);
+    std::fs::write(&addr_file, format!("{addr}\n"))
+        .with_context(|| format!("writing {}", addr_file.display()))?;
+    tracing::info!(
+        id = %addr.id,
+        address = %addr,
+        backend = %cfg.backend,
+        name = %cfg.name,
+        "p2pd ready"
+    );
+    for peer in bootstrap {
+        let provider = provider.clone();
+        tokio::spawn(async move {
+            match provider.connect(&peer).await {
+                Ok(_) => tracing::info!(peer = %peer.id.short(), "bootstrap peer reached"),
+                Err(e) => tracing::warn!(peer = %peer, error = %e, "bootstrap peer unreachable"),
+            }
+        });
+    }
+    let outcome = tokio::select! {
+        r = &mut serving => Some(r),
+        () = shutdown_signal() => None,
+    };
+    let _ = std::fs::remove_file(&addr_file);
+    match outcome {
+        Some(r) => {
+            runtime.shutdown().await;
+            provider.close("p2pd is stopping").await;
+            match r {
+                Ok(Ok(())) => bail!("the agent stopped: its transport closed"),
+                Ok(Err(e)) => Err(e).context("the agent stopped"),
+                Err(e) => bail!("the agent failed: {e}"),
+            }
+        }
+        None => {
+            tracing::info!(on_shutdown = ?cfg.on_shutdown, "stopping");
+            if cfg.on_shutdown == OnShutdown::Stop {
+                stop_apps(&agent, provider.local_id()).await;
+            }
+            serving.abort();
+            runtime.shutdown().await;
+            provider.close("p2pd is stopping").await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Records every app as stopped (the node's own id may operate on it).
+async fn stop_apps(agent: &Agent, me: PeerId) {
+    let apps = match agent.apps().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the apps to stop them");
+            return;
+        }
+    };
+    for app in apps {
+        let request = Request::Stop {
+            app: app.name.clone(),
+        };
+        match agent.handle(me, request, None, None).await {
+            Ok(_) => tracing::info!(app = %app.name, "stopped, and kept stopped"),
+            Err(e) => tracing::warn!(app = %app.name, error = %e, "could not stop"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,361 @@
+//! `p2pd`'s configuration: a TOML file in the data directory, written
+//! with comments by `p2pd init`, every setting overridable by an
+//! environment variable (`P2PD_<NAME>`) or a flag.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytesize::ByteSize;
+use p2p_core::{PeerAddr, PeerId, PreSharedKey};
+use serde::{Deserialize, Serialize};
+
+use crate::net::{Backend, NetOptions};
+
+/// The config file's name in the data directory.
+pub const CONFIG_FILE: &str = "p2pd.toml";
+/// The node key's file name in the data directory.
+pub const KEY_FILE: &str = "node.key";
+/// Where a running `p2pd` writes its full peer address.
+pub const ADDR_FILE: &str = "p2pd.addr";
+
+/// What happens to the apps when `p2pd` stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnShutdown {
+    /// Stop the apps' processes; the next `p2pd` starts again every app
+    /// that was running (the recorded state is unchanged).
+    #[default]
+    Restart,
+    /// Stop the apps and record them as stopped: they stay down under the
+    /// next `p2pd` until `p2pctl start`.
+    Stop,
+}
+
+/// How `p2pd` writes its own log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The settings of one node, as in `p2pd.toml`. Relative paths are
+/// relative to the data directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// A name for people (`p2pctl nodes`).
+    pub name: String,
+    /// The transport.
+    pub backend: Backend,
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Labels controllers select on.
+    pub labels: BTreeMap<String, String>,
+    /// A pre-shared key file (`p2pctl psk`): only holders can connect.
+    pub psk_file: Option<PathBuf>,
+    /// Only these peers may connect (peer ids); empty: any peer (that has
+    /// the pre-shared key, if one is set).
+    pub allowed_peers: Vec<String>,
+    /// Only these peers may change the node (deploy, start, stop...);
+    /// empty: any peer that may connect.
+    pub operators: Vec<String>,
+    /// Directory of trusted publisher keys (`*.pub`, and `revoked/`).
+    pub trusted_keys: PathBuf,
+    /// Valid signatures from distinct trusted keys a release needs.
+    pub signatures_required: usize,
+    /// Peers dialled at start (`<peer id>@<addr>`).
+    pub bootstrap: Vec<String>,
+    /// Local-network discovery.
+    pub mdns: bool,
+    /// Most installed versions kept per app (the smaller of this and the
+    /// app's own `keep_versions`); unset: the app's.
+    pub keep_versions: Option<u32>,
+    /// What happens to the apps when `p2pd` stops.
+    pub on_shutdown: OnShutdown,
+    /// `p2pd`'s own log format.
+    pub log_format: LogFormat,
+    /// Size at which an app's log file is rotated.
+    pub app_log_max_size: ByteSize,
+    /// Log files kept per app and stream, the current one included.
+    pub app_log_files: usize,
+    /// Most bytes per second of release chunks served to peers.
+    pub upload_limit: Option<ByteSize>,
+    /// Most bytes per second of release chunks fetched.
+    pub download_limit: Option<ByteSize>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            name: String::new(),
+            backend: Backend::Iroh,
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 7401))],
+            labels: BTreeMap::new(),
+            psk_file: None,
+            allowed_peers: Vec::new(),
+            operators: Vec::new(),
+            trusted_keys: PathBuf::from("trusted"),
+            signatures_required: 1,
+            bootstrap: Vec::new(),
+            mdns: false,
+            keep_versions: None,
+            on_shutdown: OnShutdown::Restart,
+            log_format: LogFormat::Text,
+            app_log_max_size: ByteSize::mib(10),
+            app_log_files: 5,
+            upload_limit: None,
+            download_limit: None,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading {} (make one with `p2pd init --data-dir <dir>`)",
+                path.display()
+            )
+        })?;
+        let cfg: DaemonConfig =
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        cfg.check()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: peer ids and addresses parse, numbers
+    /// are in range.
+    pub fn check(&self) -> Result<()> {
+        if self.listen.is_empty() {
+            bail!("listen: at least one address is needed");
+        }
+        if self.signatures_required == 0 {
+            bail!("signatures_required: at least 1 (a node never runs an unsigned package)");
+        }
+        if self.keep_versions == Some(0) {
+            bail!("keep_versions: at least 1 (the active version)");
+        }
+        if self.app_log_files == 0 || self.app_log_max_size.as_u64() < 1024 {
+            bail!("app_log_files must be at least 1 and app_log_max_size at least 1 KiB");
+        }
+        peer_ids("allowed_peers", &self.allowed_peers)?;
+        peer_ids("operators", &self.operators)?;
+        peer_addrs("bootstrap", &self.bootstrap)?;
+        for (k, v) in &self.labels {
+            check_label(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// The transport settings, reading the pre-shared key file.
+    pub fn net(&self, data_dir: &Path) -> Result<NetOptions> {
+        let psk = match &self.psk_file {
+            Some(p) => {
+                let p = data_dir.join(p);
+                Some(PreSharedKey::load(&p).with_context(|| format!("psk_file {}", p.display()))?)
+            }
+            None => None,
+        };
+        let allow = peer_ids("allowed_peers", &self.allowed_peers)?;
+        Ok(NetOptions {
+            backend: self.backend,
+            listen: self.listen.clone(),
+            psk,
+            allow: (!allow.is_empty()).then_some(allow),
+            mdns: self.mdns,
+        })
+    }
+
+    /// The operators, `None` when any peer may operate.
+    pub fn operator_ids(&self) -> Result<Option<BTreeSet<PeerId>>> {
+        let ops = peer_ids("operators", &self.operators)?;
+        Ok((!ops.is_empty()).then_some(ops))
+    }
+
+    /// The bootstrap peers.
+    pub fn bootstrap_addrs(&self) -> Result<Vec<PeerAddr>> {
+        peer_addrs("bootstrap", &self.bootstrap)
+    }
+}
+
+/// Parses `key=value` (a label given on the command line).
+pub fn parse_label(s: &str) -> Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("label {s:?}: expected key=value"))?;
+    check_label(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn check_label(k: &str, v: &str) -> Result<()> {
+    let ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    };
+    if k.is_empty() || !ok(k) || !ok(v) || k.len() > 63 || v.len() > 63 {
+        bail!(
+            "label {k}={v}: keys and values are up to 63 letters, digits, '-', '_', '.' or '/', \
+             and the key is not empty"
+        );
+    }
+    Ok(())
+}
+
+fn peer_ids(what: &str, ids: &[String]) -> Result<BTreeSet<PeerId>> {
+    ids.iter()
+        .map(|s| {
+            s.trim()
+                .parse::<PeerId>()
+                .map_err(|e| anyhow!("{what}: {s:?} is not a peer id: {e}"))
+        })
+        .collect()
+}
+
+fn peer_addrs(what: &str, addrs: &[String]) -> Result<Vec<PeerAddr>> {
+    addrs
+        .iter()
+        .map(|s| {
+            s.parse::<PeerAddr>()
+                .map_err(|e| anyhow!("{what}: {s:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The commented config `p2pd init` writes.
+pub fn template(name: &str, backend: Backend, listen: &[SocketAddr]) -> String {
+    let listen = listen
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"# p2pd configuration. Relative paths are relative to this directory.
+# Every setting can be overridden by an environment variable, P2PD_ and the
+# name in capitals (P2PD_BACKEND=libp2p), or by a flag (p2pd run --backend
+# libp2p); flags win over the environment, which wins over this file.
+
+# A name for people, shown by `p2pctl nodes`.
+name = "{name}"
+
+# The transport: "iroh" (QUIC) or "libp2p" (TCP + noise + yamux).
+backend = "{backend}"
+
+# Addresses to listen on. Port 0 picks a free port at every start; the
+# running node's address is then in p2pd.addr (and `p2pd id`).
+listen = [{listen}]
+
+# A private network: only nodes holding this key (made by `p2pctl psk`)
+# can connect at all.
+# psk_file = "network.psk"
+
+# Only these peers may connect (their ids, from `p2pd id`); empty: any
+# peer (holding the pre-shared key, if one is set).
+allowed_peers = []
+
+# Only these peers may change this node: deploy, start, stop, switch,
+# rollback, remove. Empty: any peer that may connect. Name your
+# controllers' ids here on any node that is not on a private network.
+operators = []
+
+# Publishers whose signatures this node accepts: a directory of *.pub
+# files made by `p2pctl keygen` (and revoked/ for revoked keys).
+trusted_keys = "trusted"
+
+# Valid signatures from distinct trusted keys that a release needs.
+signatures_required = 1
+
+# Peers to dial at start ("<peer id>@<address>").
+bootstrap = []
+
+# Find peers on the local network by mDNS.
+mdns = false
+
+# Installed versions kept per app, the active one included (the smaller of
+# this and the app's own keep_versions). Unset: the app's setting.
+# keep_versions = 3
+
+# When p2pd stops (SIGTERM, Ctrl-C): "restart" stops the apps and the next
+# p2pd starts again those that were running; "stop" stops them and keeps
+# them stopped until `p2pctl start`.
+on_shutdown = "restart"
+
+# p2pd's own log: "text" or "json" (one object per line). Verbosity comes
+# from RUST_LOG (default "info").
+log_format = "text"
+
+# The apps' logs: rotated at this size, this many files kept per stream.
+app_log_max_size = "10 MiB"
+app_log_files = 5
+
+# Bandwidth for release chunks served to and fetched from peers, per
+# second. Unset: no cap.
+# upload_limit = "10 MiB"
+# download_limit = "50 MiB"
+
+# Labels controllers select this node by (p2pctl deploy --selector role=web).
+[labels]
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_template_parses_to_the_defaults() {
+        let listen = [SocketAddr::from(([127, 0, 0, 1], 0))];
+        let cfg: DaemonConfig = toml::from_str(&template("n1", Backend::Libp2p, &listen)).unwrap();
+        assert_eq!(cfg.name, "n1");
+        assert_eq!(cfg.backend, Backend::Libp2p);
+        assert_eq!(cfg.listen, listen);
+        let expected = DaemonConfig {
+            name: "n1".into(),
+            backend: Backend::Libp2p,
+            listen: listen.to_vec(),
+            ..DaemonConfig::default()
+        };
+        assert_eq!(cfg, expected);
+        cfg.check().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let bad = [
+            ("bogus = 1", "bogus"),
+            ("backend = \"tcp\"", "backend"),
+            ("operators = [\"nope\"]", "operators"),
+            ("bootstrap = [\"x@y\"]", "bootstrap"),
+            ("signatures_required = 0", "signatures_required"),
+            ("upload_limit = \"ten\"", "upload_limit"),
+            ("listen = []", "listen"),
+            ("[labels]\n\"a b\" = \"c\"", "label"),
+        ];
+        for (text, name) in bad {
+            let err = toml::from_str::<DaemonConfig>(text)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| c.check().map(|()| c))
+                .unwrap_err();
+            assert!(format!("{err:#}").contains(name), "{text}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn labels_from_the_command_line() {
+        assert_eq!(
+            parse_label("role=web").unwrap(),
+            ("role".to_string(), "web".to_string())
+        );
+        assert!(parse_label("role").is_err());
+        assert!(parse_label("=web").is_err());
+    }
+}

@@ -1,0 +1,396 @@
+//! `p2pd` and `p2pctl` as processes on loopback, as a user runs them:
+//! init, run, deploy, status, logs (tail and follow), stop and start,
+//! rollback and switch, a tampered package refused, SIGTERM and restart;
+//! over iroh, and over libp2p with a pre-shared key that a controller
+//! without it cannot get past.
+#![allow(clippy::unwrap_used)]
+// Real processes: deadlines are on the wall clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, args: &[&str]) -> Daemon {
+        let _ = std::fs::remove_file(dir.join("p2pd.addr"));
+        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_p2pd"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        let begun = Instant::now();
+        while !dir.join("p2pd.addr").exists() {
+            assert!(
+                begun.elapsed() < Duration::from_secs(30),
+                "p2pd did not come up: {}",
+                std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn addr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("p2pd.addr"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let begun = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                begun.elapsed() < Duration::from_secs(20),
+                "p2pd ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let env = vec![
+            ("HOME".to_string(), home.display().to_string()),
+            (
+                "XDG_CONFIG_HOME".to_string(),
+                home.join(".config").display().to_string(),
+            ),
+            (
+                "XDG_DATA_HOME".to_string(),
+                home.join(".local/share").display().to_string(),
+            ),
+        ];
+        let w = World { dir, env };
+        let o = w.ctl(&["keygen", "--out", "publisher"]);
+        assert!(o.status.success(), "{}", text(&o));
+        w
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, bin: &str, args: &[&str]) -> Output {
+        Command::new(bin)
+            .current_dir(self.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        self.run(env!("CARGO_BIN_EXE_p2pctl"), args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.ctl(args);
+        assert!(o.status.success(), "p2pctl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `p2pd init` of node `name`, the publisher's key trusted.
+    fn node(&self, name: &str, backend: &str) -> PathBuf {
+        let dir = self.path().join(name);
+        let o = self.run(
+            env!("CARGO_BIN_EXE_p2pd"),
+            &[
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "init",
+                "--name",
+                name,
+                "--backend",
+                backend,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        std::fs::copy(
+            self.path().join("publisher.pub"),
+            dir.join("trusted/publisher.pub"),
+        )
+        .unwrap();
+        dir
+    }
+
+    /// A signed package of demo-app at `version`.
+    fn package(&self, version: &str, args: &str) -> String {
+        let app = self.path().join(format!("app-{version}"));
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::copy(env!("CARGO_BIN_EXE_demo-app"), app.join("demo-app")).unwrap();
+        std::fs::write(
+            app.join("p2p.toml"),
+            format!(
+                "name = \"demo\"\nversion = \"{version}\"\nentrypoint = \"demo-app\"\n\
+                 args = [{args}]\nstop_grace = \"2s\"\n\
+                 [health]\nexec = [\"./demo-app\", \"--probe\"]\ninterval = \"200ms\"\n\
+                 timeout = \"2s\"\nretries = 3\ngate = 2\n"
+            ),
+        )
+        .unwrap();
+        let file = format!("demo-{version}.p2p");
+        self.ok(&["package", app.to_str().unwrap(), "--out", &file]);
+        self.ok(&["sign", &file, "--key", "publisher.key"]);
+        file
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `{node name: active version}` from `status demo --json`.
+fn active(w: &World, bs: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        json_lines(&w.ok(&["status", "demo", "--json", "--bootstrap", bs]))
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap().to_string(),
+                    v["app"]["active"].as_str().unwrap_or("-").to_string(),
+                )
+            })
+            .collect();
+    out.sort();
+    out
+}
+
+fn pair(a: &str, b: &str) -> Vec<(String, String)> {
+    vec![
+        ("n1".to_string(), a.to_string()),
+        ("n2".to_string(), b.to_string()),
+    ]
+}
+
+#[test]
+fn a_fleet_of_two_daemons_over_iroh() {
+    let w = World::new();
+    let (d1, d2) = (w.node("n1", "iroh"), w.node("n2", "iroh"));
+    let n1 = Daemon::start(&d1, &["--label", "role=web,zone=a"]);
+    let n2 = Daemon::start(&d2, &["--label", "role=web,zone=b"]);
+    let bs = format!("{},{}", n1.addr(), n2.addr());
+    let v1 = w.package("1.0.0", "\"--name\", \"v1\"");
+    let v2 = w.package("2.0.0", "\"--name\", \"v2\"");
+
+    let nodes = json_lines(&w.ok(&["nodes", "--json", "--bootstrap", &bs]));
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["name"] == "n1" && n["labels"]["zone"] == "a")
+    );
+    let picked = json_lines(&w.ok(&["nodes", "--json", "-l", "zone=b", "--bootstrap", &bs]));
+    assert_eq!(picked.len(), 1);
+    assert_eq!(picked[0]["name"], "n2");
+
+    let o = w.ctl(&[
+        "deploy",
+        &v1,
+        "--plan",
+        "rolling",
+        "--batch",
+        "1",
+        "--bootstrap",
+        &bs,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("healthy"), "progress shown: {}", text(&o));
+    assert_eq!(active(&w, &bs), pair("1.0.0", "1.0.0"));
+
+    let logs = w.ok(&["logs", "demo", "--tail", "5", "--bootstrap", &bs]);
+    assert!(logs.lines().any(|l| l.starts_with("n1 ")), "{logs}");
+    assert!(logs.lines().any(|l| l.starts_with("n2 ")), "{logs}");
+
+    // Follow: lines keep coming from both nodes (the health probes log).
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_p2pctl"))
+        .current_dir(w.path())
+        .envs(w.env.iter().map(|(k, v)| (k, v)))
+        .args(["logs", "demo", "-f", "--tail", "0", "--bootstrap", &bs])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    while seen.len() < 2 {
+        let line = lines.next().unwrap().unwrap();
+        seen.insert(line.split_whitespace().next().unwrap().to_string());
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    w.ok(&["stop", "demo", "--nodes", "n1", "--bootstrap", &bs]);
+    let st = json_lines(&w.ok(&[
+        "status",
+        "demo",
+        "--json",
+        "--nodes",
+        "n1",
+        "--bootstrap",
+        &bs,
+    ]));
+    assert_eq!(st[0]["app"]["running"], false, "{st:?}");
+    w.ok(&["start", "demo", "--nodes", "n1", "--bootstrap", &bs]);
+
+    w.ok(&["deploy", &v2, "--bootstrap", &bs]);
+    assert_eq!(active(&w, &bs), pair("2.0.0", "2.0.0"));
+    w.ok(&["rollback", "demo", "--bootstrap", &bs]);
+    assert_eq!(active(&w, &bs), pair("1.0.0", "1.0.0"));
+    w.ok(&[
+        "switch",
+        "demo",
+        "2.0.0",
+        "--nodes",
+        "n2",
+        "--bootstrap",
+        &bs,
+    ]);
+    assert_eq!(active(&w, &bs), pair("1.0.0", "2.0.0"));
+
+    // A package whose bytes were changed after signing: refused, nothing
+    // changes.
+    let v3 = w.package("3.0.0", "\"--name\", \"v3\"");
+    let mut bytes = std::fs::read(w.path().join(&v3)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(w.path().join(&v3), bytes).unwrap();
+    let o = w.ctl(&["deploy", &v3, "--bootstrap", &bs]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(active(&w, &bs), pair("1.0.0", "2.0.0"));
+
+    let search = json_lines(&w.ok(&["search", "dem*", "--json", "--bootstrap", &bs]));
+    assert!(search.iter().any(|h| h["version"] == "2.0.0"), "{search:?}");
+
+    // SIGTERM stops the agent and its apps; a new p2pd brings them back.
+    assert!(n1.terminate().success());
+    let n1 = Daemon::start(&d1, &["--label", "role=web,zone=a"]);
+    let bs = format!("{},{}", n1.addr(), n2.addr());
+    let begun = Instant::now();
+    loop {
+        let st = json_lines(&w.ok(&[
+            "status",
+            "demo",
+            "--json",
+            "--nodes",
+            "n1",
+            "--bootstrap",
+            &bs,
+        ]));
+        if st[0]["app"]["status"]["state"] == "Healthy" {
+            assert_eq!(st[0]["app"]["active"], "1.0.0");
+            break;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(30), "{st:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_private_network_over_libp2p() {
+    let w = World::new();
+    w.ok(&["psk", "--out", "net.psk"]);
+    let psk = w.path().join("net.psk");
+    let d1 = w.node("n1", "libp2p");
+    let n1 = Daemon::start(&d1, &["--psk-file", psk.to_str().unwrap()]);
+    let bs = n1.addr();
+    let v1 = w.package("1.0.0", "\"--name\", \"v1\"");
+
+    let o = w.ctl(&[
+        "deploy",
+        &v1,
+        "--backend",
+        "libp2p",
+        "--psk-file",
+        "net.psk",
+        "--bootstrap",
+        &bs,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Without the key: nothing is seen, nothing is changed.
+    let o = w.ctl(&["nodes", "--json", "--backend", "libp2p", "--bootstrap", &bs]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let rows = json_lines(&String::from_utf8_lossy(&o.stdout));
+    assert!(
+        rows.iter().all(|r| r["health"] == "unreachable"),
+        "{rows:?}"
+    );
+    let o = w.ctl(&[
+        "stop",
+        "demo",
+        "--backend",
+        "libp2p",
+        "--nodes",
+        "n1",
+        "--bootstrap",
+        &bs,
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = w.ctl(&[
+        "status",
+        "demo",
+        "--json",
+        "--backend",
+        "libp2p",
+        "--psk-file",
+        "net.psk",
+        "--bootstrap",
+        &bs,
+    ]);
+    let st = json_lines(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(st[0]["app"]["running"], true, "{}", text(&o));
+}
