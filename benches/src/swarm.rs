@@ -56,6 +56,9 @@ pub struct SwarmScenario {
     pub agent: SwarmConfig,
 }
 
+/// The longest a deploy may take in these runs (virtual time).
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+
 impl SwarmScenario {
     /// The scenario: 100 MB, 100 Mbit/s everywhere, 20 ms, in
     /// chunks of 256 KiB (with 1 MiB chunks each hop of the spread takes
@@ -134,6 +137,7 @@ impl SwarmScenario {
                         let mut cfg = AgentConfig::new(trust);
                         cfg.name = ctx.name.clone();
                         cfg.swarm = swarm;
+                        cfg.max_request_timeout = DEPLOY_TIMEOUT;
                         let agent = Agent::new(
                             cfg,
                             AgentParts {
@@ -181,6 +185,9 @@ impl SwarmScenario {
                     .collect(),
                 swarm: self.swarm,
                 seed: self.seed,
+                // Every byte from the controller to 500 targets takes
+                // 500 x 8 s: past the default 30 minutes.
+                deploy_timeout: DEPLOY_TIMEOUT,
                 ..ControllerConfig::default()
             },
         )
