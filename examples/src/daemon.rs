@@ -196,11 +196,8 @@ pub fn parse_label(s: &str) -> Result<(String, String)> {
 }
 
 fn check_label(k: &str, v: &str) -> Result<()> {
-    let ok = |s: &str| {
-        s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-    };
-    if k.is_empty() || !ok(k) || !ok(v) || k.len() > 63 || v.len() > 63 {
+    use p2p_deploy::selector::is_label_word;
+    if !is_label_word(k) || !(v.is_empty() || is_label_word(v)) || k.len() > 63 || v.len() > 63 {
         bail!(
             "label {k}={v}: keys and values are up to 63 letters, digits, '-', '_', '.' or '/', \
              and the key is not empty"

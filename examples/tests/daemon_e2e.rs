@@ -209,6 +209,19 @@ fn active(w: &World, bs: &str) -> Vec<(String, String)> {
     out
 }
 
+/// `status demo --json` of one node.
+fn status_of(w: &World, bs: &str, node: &str) -> Vec<serde_json::Value> {
+    json_lines(&w.ok(&[
+        "status",
+        "demo",
+        "--json",
+        "--nodes",
+        node,
+        "--bootstrap",
+        bs,
+    ]))
+}
+
 fn pair(a: &str, b: &str) -> Vec<(String, String)> {
     vec![
         ("n1".to_string(), a.to_string()),
@@ -274,15 +287,7 @@ fn a_fleet_of_two_daemons_over_iroh() {
     let _ = follow.wait();
 
     w.ok(&["stop", "demo", "--nodes", "n1", "--bootstrap", &bs]);
-    let st = json_lines(&w.ok(&[
-        "status",
-        "demo",
-        "--json",
-        "--nodes",
-        "n1",
-        "--bootstrap",
-        &bs,
-    ]));
+    let st = status_of(&w, &bs, "n1");
     assert_eq!(st[0]["app"]["running"], false, "{st:?}");
     w.ok(&["start", "demo", "--nodes", "n1", "--bootstrap", &bs]);
 
@@ -321,15 +326,7 @@ fn a_fleet_of_two_daemons_over_iroh() {
     let bs = format!("{},{}", n1.addr(), n2.addr());
     let begun = Instant::now();
     loop {
-        let st = json_lines(&w.ok(&[
-            "status",
-            "demo",
-            "--json",
-            "--nodes",
-            "n1",
-            "--bootstrap",
-            &bs,
-        ]));
+        let st = status_of(&w, &bs, "n1");
         if st[0]["app"]["status"]["state"] == "Healthy" {
             assert_eq!(st[0]["app"]["active"], "1.0.0");
             break;

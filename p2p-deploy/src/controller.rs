@@ -184,8 +184,8 @@ impl NodeView {
     /// The node's name, else its short id.
     pub fn label(&self) -> String {
         match &self.info {
-            Ok(i) if !i.name.is_empty() => i.name.clone(),
-            _ => self.addr.id.short(),
+            Ok(i) => i.label(),
+            Err(_) => self.addr.id.short(),
         }
     }
 }
@@ -624,11 +624,7 @@ impl Controller {
         .await;
         let follow = selection.follow;
         let streams = nodes.iter().zip(opened).map(|(n, opened)| {
-            let prefix = if n.name.is_empty() {
-                n.id.short()
-            } else {
-                n.name.clone()
-            };
+            let prefix = n.label();
             futures::stream::unfold(Some(opened), move |state| {
                 let prefix = prefix.clone();
                 async move {

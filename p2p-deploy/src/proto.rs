@@ -307,6 +307,17 @@ pub struct NodeInfo {
     pub peers: Vec<crate::swarm::PeerScore>,
 }
 
+impl NodeInfo {
+    /// Its name, else its short id: how it is shown to people.
+    pub fn label(&self) -> String {
+        if self.name.is_empty() {
+            self.id.short()
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
 /// Steps of a deploy on one node, streamed as they happen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeployEvent {

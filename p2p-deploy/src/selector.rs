@@ -74,11 +74,17 @@ fn bad(text: &str, why: impl std::fmt::Display) -> Error {
     Error::invalid("label selector", format!("{text:?}: {why}"))
 }
 
-fn check_word(text: &str, w: &str, what: &str) -> Result<String, Error> {
-    let ok = !w.is_empty()
+/// Whether `w` can be a label key or value in a selector: not empty,
+/// letters, digits, `-`, `_`, `.` or `/`. Labels given to a node should
+/// pass it, or no selector can name them.
+pub fn is_label_word(w: &str) -> bool {
+    !w.is_empty()
         && w.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+}
+
+fn check_word(text: &str, w: &str, what: &str) -> Result<String, Error> {
+    if is_label_word(w) {
         Ok(w.to_string())
     } else {
         Err(bad(

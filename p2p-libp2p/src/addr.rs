@@ -61,6 +61,20 @@ pub fn from_libp2p(id: &libp2p::PeerId) -> Result<PeerId> {
     PeerId::from_bytes(ed.to_bytes())
 }
 
+/// An IP address as a multiaddr (`/ip4/...` or `/ip6/...`), for a
+/// transport part to be added to.
+pub fn ip_multiaddr(ip: std::net::IpAddr) -> Multiaddr {
+    Multiaddr::empty().with(match ip {
+        std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
+        std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
+    })
+}
+
+/// The TCP multiaddr of a socket address (`/ip4/192.0.2.7/tcp/4001`).
+pub fn tcp_multiaddr(addr: std::net::SocketAddr) -> Multiaddr {
+    ip_multiaddr(addr.ip()).with(Protocol::Tcp(addr.port()))
+}
+
 /// Parses one address of a [`PeerAddr`] as a multiaddr. A `/p2p/<id>`
 /// suffix is accepted when it names `id`, and removed.
 pub fn parse_multiaddr(id: &PeerId, text: &str) -> Result<Multiaddr> {

@@ -229,14 +229,13 @@ fn listen_multiaddrs(config: &Libp2pConfig) -> Vec<Multiaddr> {
     };
     let mut out = Vec::new();
     for b in binds {
-        let ip = match b.ip() {
-            std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
-            std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
-        };
-        let base = Multiaddr::empty().with(ip);
-        out.push(base.clone().with(Protocol::Tcp(b.port())));
+        out.push(addr::tcp_multiaddr(b));
         if config.quic_enabled() {
-            out.push(base.with(Protocol::Udp(b.port())).with(Protocol::QuicV1));
+            out.push(
+                addr::ip_multiaddr(b.ip())
+                    .with(Protocol::Udp(b.port()))
+                    .with(Protocol::QuicV1),
+            );
         }
     }
     out

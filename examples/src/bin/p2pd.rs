@@ -300,10 +300,7 @@ fn id(dir: &Path, config: &Path) -> Result<()> {
         .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
         .map(|a| match cfg.backend {
             Backend::Iroh => a.to_string(),
-            Backend::Libp2p => {
-                let family = if a.is_ipv4() { "ip4" } else { "ip6" };
-                format!("/{family}/{}/tcp/{}", a.ip(), a.port())
-            }
+            Backend::Libp2p => p2p_libp2p::addr::tcp_multiaddr(*a).to_string(),
         })
         .collect();
     if fixed.is_empty() {

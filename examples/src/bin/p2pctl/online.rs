@@ -478,11 +478,7 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
                     .filter(|a| app.as_ref().is_none_or(|x| *x == a.name))
                 {
                     found = true;
-                    let node = if n.name.is_empty() {
-                        n.id.short()
-                    } else {
-                        n.name.clone()
-                    };
+                    let node = n.label();
                     let state = a
                         .status
                         .as_ref()
@@ -560,19 +556,8 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
                 rollback_on_halt: !no_rollback,
                 options: ActivateOptions::default(),
             };
-            let names: BTreeMap<PeerId, String> = chosen
-                .iter()
-                .map(|n| {
-                    (
-                        n.id,
-                        if n.name.is_empty() {
-                            n.id.short()
-                        } else {
-                            n.name.clone()
-                        },
-                    )
-                })
-                .collect();
+            let names: BTreeMap<PeerId, String> =
+                chosen.iter().map(|n| (n.id, n.label())).collect();
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let deploy = ctl.deploy(release, &chosen, &rollout, tx);
             let show = async {
@@ -753,14 +738,7 @@ async fn act(
         let node = chosen
             .iter()
             .find(|n| n.id == id)
-            .map(|n| {
-                if n.name.is_empty() {
-                    id.short()
-                } else {
-                    n.name.clone()
-                }
-            })
-            .unwrap_or_else(|| id.short());
+            .map_or_else(|| id.short(), NodeInfo::label);
         let (ok, result) = match r {
             Ok(Reply::Activation(a)) => {
                 let text = format!("{a:?}");
