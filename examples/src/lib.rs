@@ -15,9 +15,15 @@
 //! cargo run -p p2p-examples --bin p2pctl -- sign web-1.0.0.p2p --key alice.key
 //! ```
 //!
-//! The library half is what the binaries share: [`net`] binds a node to
-//! iroh or libp2p with a pre-shared key and allow-list, [`daemon`] is
-//! `p2pd`'s configuration.
+//! The library half is what the binaries and the `fleet` example share:
+//! [`net`] binds a node to iroh or libp2p with a pre-shared key and
+//! allow-list, [`daemon`] is `p2pd`'s configuration, [`node`] composes an
+//! agent from a data directory, [`show`] prints tables and rollout
+//! progress, and [`fleet`] is the story `cargo run --release --example
+//! fleet` tells.
 
 pub mod daemon;
+pub mod fleet;
 pub mod net;
+pub mod node;
+pub mod show;

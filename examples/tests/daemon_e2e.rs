@@ -159,7 +159,9 @@ impl World {
     fn package(&self, version: &str, args: &str) -> String {
         let app = self.path().join(format!("app-{version}"));
         std::fs::create_dir_all(&app).unwrap();
-        std::fs::copy(env!("CARGO_BIN_EXE_demo-app"), app.join("demo-app")).unwrap();
+        let demo_app =
+            p2p_examples::fleet::build_demo_app(&std::env::current_exe().unwrap()).unwrap();
+        std::fs::copy(demo_app, app.join("demo-app")).unwrap();
         std::fs::write(
             app.join("p2p.toml"),
             format!(

@@ -1609,11 +1609,17 @@ impl Agent {
         let deadline = begun + limit;
         let mut up_since: Option<tokio::time::Instant> = None;
         let want = version.to_string();
+        // The runtime forgets a failed probe once it restarts the app:
+        // remember the latest, to say why.
+        let mut failed_probe: Option<String> = None;
         loop {
             let s = match self.inner.parts.runtime.status(app).await {
                 Ok(s) => s,
                 Err(e) => return Err(format!("the runtime lost the app: {e}")),
             };
+            if let Some(p2p_core::HealthOutcome::Unhealthy(r)) = &s.health {
+                failed_probe = Some(r.clone());
+            }
             if s.version != want {
                 return Err(format!(
                     "the runtime runs version {}, not {want}",
@@ -1621,12 +1627,19 @@ impl Agent {
                 ));
             }
             if s.restarts > 0 {
+                if let Some(probe) = &failed_probe {
+                    return Err(format!(
+                        "unhealthy: {probe} (restarted {} time(s) during the health gate)",
+                        s.restarts
+                    ));
+                }
                 return Err(format!(
-                    "it exited and was restarted {} time(s) during the health gate{}",
+                    "it exited and was restarted {} time(s) during the health gate{}{}",
                     s.restarts,
                     s.exit
                         .map(|e| format!(" (last exit {e:?})"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    s.reason.map(|r| format!(": {r}")).unwrap_or_default()
                 ));
             }
             match s.state {

@@ -13,19 +13,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
-use p2p_core::{FsStorage, NodeKey, PeerId, Provider, SystemClock};
-use p2p_deploy::proto::Request;
-use p2p_deploy::{Agent, AgentConfig, AgentParts, DirInstaller, TrustStore, UnpackLimits};
+use p2p_core::NodeKey;
 use p2p_examples::daemon::{
     ADDR_FILE, CONFIG_FILE, DaemonConfig, KEY_FILE, LogFormat, OnShutdown, parse_label, template,
 };
-use p2p_examples::net::{self, Backend};
-use p2p_runtime::{LogRotation, ProcessRuntime, RuntimeConfig};
+use p2p_examples::net::Backend;
+use p2p_examples::node::RunningNode;
 
 #[derive(Parser)]
 #[command(
@@ -331,71 +328,8 @@ async fn run(dir: &Path, config: &Path, overrides: Overrides) -> Result<()> {
     let mut cfg = DaemonConfig::load(config)?;
     overrides.apply(&mut cfg)?;
     init_logs(cfg.log_format);
-    let key_path = dir.join(KEY_FILE);
-    let key = NodeKey::load(&key_path).with_context(|| {
-        format!(
-            "node key {} (run `p2pd init --data-dir {}`)",
-            key_path.display(),
-            dir.display()
-        )
-    })?;
-    let trust_dir = dir.join(&cfg.trusted_keys);
-    let trust = TrustStore::load(&trust_dir)
-        .with_context(|| format!("trusted_keys {}", trust_dir.display()))?
-        .with_threshold(cfg.signatures_required);
-    if trust.trusted().is_empty() {
-        tracing::warn!(
-            dir = %trust_dir.display(),
-            "no trusted publisher key: every release will be refused until one is added (and p2pd restarted)"
-        );
-    }
-    let operators = cfg.operator_ids()?;
-    let bootstrap = cfg.bootstrap_addrs()?;
-    let provider = net::bind(&key, &cfg.net(dir)?).await?;
-    let runtime = Arc::new(
-        ProcessRuntime::new(
-            RuntimeConfig::new(dir.join("runtime"))
-                .log_rotation(LogRotation {
-                    max_bytes: cfg.app_log_max_size.as_u64(),
-                    files: cfg.app_log_files,
-                })
-                .seed(rand::random()),
-            Arc::new(SystemClock),
-        )
-        .context("starting the process runtime")?,
-    );
-    let storage = FsStorage::open(dir.join("state"))
-        .await
-        .with_context(|| format!("opening the state in {}", dir.join("state").display()))?;
-    let mut acfg = AgentConfig::new(trust);
-    acfg.name = cfg.name.clone();
-    acfg.labels = cfg.labels.clone();
-    acfg.operators = operators;
-    acfg.keep_versions = cfg.keep_versions;
-    acfg.swarm.upload_limit = cfg.upload_limit.map(|r| r.as_u64());
-    acfg.swarm.download_limit = cfg.download_limit.map(|r| r.as_u64());
-    let agent = Arc::new(Agent::new(
-        acfg,
-        AgentParts {
-            provider: provider.clone(),
-            runtime: runtime.clone(),
-            storage: Arc::new(storage),
-            installer: Arc::new(DirInstaller::new(
-                dir.join("versions"),
-                UnpackLimits::default(),
-            )),
-            clock: Arc::new(SystemClock),
-            seed: rand::random(),
-        },
-    ));
-    let mut serving = tokio::spawn({
-        let agent = agent.clone();
-        async move { agent.run().await }
-    });
-    let addr = provider.local_addr();
-    let addr_file = dir.join(ADDR_FILE);
-    std::fs::write(&addr_file, format!("{addr}\n"))
-        .with_context(|| format!("writing {}", addr_file.display()))?;
+    let mut node = RunningNode::start(dir, &cfg).await?;
+    let addr = node.addr();
     tracing::info!(
         id = %addr.id,
         address = %addr,
@@ -403,62 +337,17 @@ async fn run(dir: &Path, config: &Path, overrides: Overrides) -> Result<()> {
         name = %cfg.name,
         "p2pd ready"
     );
-    for peer in bootstrap {
-        let provider = provider.clone();
-        tokio::spawn(async move {
-            match provider.connect(&peer).await {
-                Ok(_) => tracing::info!(peer = %peer.id.short(), "bootstrap peer reached"),
-                Err(e) => tracing::warn!(peer = %peer, error = %e, "bootstrap peer unreachable"),
-            }
-        });
-    }
-    let outcome = tokio::select! {
-        r = &mut serving => Some(r),
+    let failed = tokio::select! {
+        e = node.stopped() => Some(e),
         () = shutdown_signal() => None,
     };
-    let _ = std::fs::remove_file(&addr_file);
-    match outcome {
-        Some(r) => {
-            runtime.shutdown().await;
-            provider.close("p2pd is stopping").await;
-            match r {
-                Ok(Ok(())) => bail!("the agent stopped: its transport closed"),
-                Ok(Err(e)) => Err(e).context("the agent stopped"),
-                Err(e) => bail!("the agent failed: {e}"),
-            }
-        }
-        None => {
-            tracing::info!(on_shutdown = ?cfg.on_shutdown, "stopping");
-            if cfg.on_shutdown == OnShutdown::Stop {
-                stop_apps(&agent, provider.local_id()).await;
-            }
-            serving.abort();
-            runtime.shutdown().await;
-            provider.close("p2pd is stopping").await;
-            tracing::info!("stopped");
-            Ok(())
-        }
+    if let Some(e) = failed {
+        return Err(e);
     }
-}
-
-/// Records every app as stopped (the node's own id may operate on it).
-async fn stop_apps(agent: &Agent, me: PeerId) {
-    let apps = match agent.apps().await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the apps to stop them");
-            return;
-        }
-    };
-    for app in apps {
-        let request = Request::Stop {
-            app: app.name.clone(),
-        };
-        match agent.handle(me, request, None, None).await {
-            Ok(_) => tracing::info!(app = %app.name, "stopped, and kept stopped"),
-            Err(e) => tracing::warn!(app = %app.name, error = %e, "could not stop"),
-        }
-    }
+    tracing::info!(on_shutdown = ?cfg.on_shutdown, "stopping");
+    node.shutdown(cfg.on_shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn shutdown_signal() {

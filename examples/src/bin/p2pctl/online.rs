@@ -10,12 +10,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use p2p_core::{LogSelection, LogStream, NodeKey, PeerAddr, PeerId, PreSharedKey};
-use p2p_deploy::controller::{
-    BatchSize, FailureLimit, NodeResult, NodeView, Plan, Progress, Release, RolloutPlan,
-};
+use p2p_deploy::controller::{BatchSize, FailureLimit, NodeView, Plan, Release, RolloutPlan};
 use p2p_deploy::proto::{Reply, Request};
 use p2p_deploy::{ActivateOptions, Controller, ControllerConfig, NodeInfo, PackageFile, Selector};
 use p2p_examples::net::{self, Backend, NetOptions};
+use p2p_examples::show::{DeployView, NodeRow, StatusRow, ViewStyle, report_lines};
 use serde::{Deserialize, Serialize};
 
 /// Exit code of a rollout that halted or left some nodes failed.
@@ -342,43 +341,6 @@ fn resolve(views: &[NodeView], s: &str) -> Result<PeerId> {
     }
 }
 
-fn health(info: &NodeInfo) -> String {
-    let total = info.apps.len();
-    let ok = info
-        .apps
-        .iter()
-        .filter(|a| {
-            !a.running
-                || a.status.as_ref().is_some_and(|s| {
-                    s.state == p2p_core::AppState::Healthy || s.state == p2p_core::AppState::Running
-                })
-        })
-        .count();
-    if total == ok {
-        "ok".into()
-    } else {
-        format!("{} of {total} apps unhealthy", total - ok)
-    }
-}
-
-#[derive(Serialize)]
-struct NodeRow {
-    id: String,
-    name: String,
-    labels: BTreeMap<String, String>,
-    address: String,
-    apps: Vec<String>,
-    health: String,
-    error: Option<String>,
-}
-
-fn labels_text(l: &BTreeMap<String, String>) -> String {
-    l.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 #[derive(Serialize)]
 struct ActionRow<'a> {
     node: String,
@@ -405,55 +367,15 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
         Online::Nodes { targets } => {
             let (views, chosen) = pick(&ctl, &targets).await?;
             if !s.json {
-                println!(
-                    "{:<12} {:<14} {:<24} {:<28} {:<24} HEALTH",
-                    "ID", "NAME", "LABELS", "ADDRESS", "APPS"
-                );
+                println!("{}", NodeRow::header());
             }
             for v in &views {
-                let info = chosen.iter().find(|c| c.id == v.addr.id);
-                if info.is_none() && v.info.is_ok() {
-                    continue; // not selected
-                }
-                let row = match (info, &v.info) {
-                    (Some(i), _) => NodeRow {
-                        id: i.id.to_string(),
-                        name: i.name.clone(),
-                        labels: i.labels.clone(),
-                        address: i.addr.addrs.first().cloned().unwrap_or_default(),
-                        apps: i
-                            .apps
-                            .iter()
-                            .map(|a| match &a.active {
-                                Some(v) => format!("{}@{v}", a.name),
-                                None => a.name.clone(),
-                            })
-                            .collect(),
-                        health: health(i),
-                        error: None,
-                    },
-                    (None, Err(e)) => NodeRow {
-                        id: v.addr.id.to_string(),
-                        name: String::new(),
-                        labels: BTreeMap::new(),
-                        address: v.addr.addrs.first().cloned().unwrap_or_default(),
-                        apps: Vec::new(),
-                        health: "unreachable".into(),
-                        error: Some(e.clone()),
-                    },
-                    (None, Ok(_)) => continue,
+                let row = match (chosen.iter().find(|c| c.id == v.addr.id), &v.info) {
+                    (Some(i), _) => NodeRow::of(i),
+                    (None, Err(e)) => NodeRow::unreachable(v, e),
+                    (None, Ok(_)) => continue, // not selected
                 };
-                out(s, &row, || {
-                    println!(
-                        "{:<12} {:<14} {:<24} {:<28} {:<24} {}",
-                        &row.id[..10],
-                        row.name,
-                        labels_text(&row.labels),
-                        row.address,
-                        row.apps.join(","),
-                        row.health
-                    )
-                });
+                out(s, &row, || println!("{}", row.line()));
             }
             let unreachable = views.iter().any(|v| v.info.is_err());
             return Ok(if unreachable {
@@ -464,13 +386,10 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
         }
         Online::Status { app, targets } => {
             let (_, chosen) = pick(&ctl, &targets).await?;
-            let mut found = false;
             if !s.json {
-                println!(
-                    "{:<14} {:<12} {:<10} {:<10} {:<10} {:<8} INSTALLED",
-                    "NODE", "APP", "ACTIVE", "STATE", "PREVIOUS", "RESTARTS"
-                );
+                println!("{}", StatusRow::header());
             }
+            let mut found = false;
             for n in &chosen {
                 for a in n
                     .apps
@@ -478,36 +397,14 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
                     .filter(|a| app.as_ref().is_none_or(|x| *x == a.name))
                 {
                     found = true;
-                    let node = n.label();
-                    let state = a
-                        .status
-                        .as_ref()
-                        .map(|st| format!("{:?}", st.state).to_lowercase())
-                        .unwrap_or_else(|| "-".into());
+                    let row = StatusRow::of(std::slice::from_ref(n), Some(&a.name));
                     out(
                         s,
                         &serde_json::json!({"node": n.id.to_string(), "name": n.name, "app": a}),
                         || {
-                            println!(
-                                "{:<14} {:<12} {:<10} {:<10} {:<10} {:<8} {}",
-                                node,
-                                a.name,
-                                a.active
-                                    .as_ref()
-                                    .map(ToString::to_string)
-                                    .unwrap_or("-".into()),
-                                state,
-                                a.previous
-                                    .as_ref()
-                                    .map(ToString::to_string)
-                                    .unwrap_or("-".into()),
-                                a.status.as_ref().map_or(0, |st| st.restarts),
-                                a.installed
-                                    .iter()
-                                    .map(|(v, _)| v.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(",")
-                            )
+                            for r in &row {
+                                println!("{}", r.line());
+                            }
                         },
                     );
                 }
@@ -560,26 +457,17 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
                 chosen.iter().map(|n| (n.id, n.label())).collect();
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let deploy = ctl.deploy(release, &chosen, &rollout, tx);
+            let mut view = DeployView::new(names.clone(), ViewStyle::auto(s.json));
             let show = async {
-                let mut shown: BTreeMap<PeerId, u64> = BTreeMap::new();
                 while let Some(p) = rx.recv().await {
-                    progress(s, &names, &mut shown, &p);
+                    view.show(&p);
                 }
             };
             let (report, ()) = tokio::join!(deploy, show);
+            view.finish();
             out(s, &serde_json::json!({"report": &report}), || {
-                println!(
-                    "{} {}: {}",
-                    report.app,
-                    report.version,
-                    match &report.halted {
-                        None => "completed".to_string(),
-                        Some(r) => format!("HALTED: {r}"),
-                    }
-                );
-                for (id, r) in &report.nodes {
-                    let name = names.get(id).cloned().unwrap_or_else(|| id.short());
-                    println!("  {name:<14} {}", result_text(r));
+                for line in report_lines(&report, &names) {
+                    println!("{line}");
                 }
             });
             return Ok(if report.is_success() {
@@ -773,74 +661,6 @@ async fn act(
         n if n == chosen.len() => ExitCode::from(1),
         _ => ExitCode::from(PARTIAL),
     })
-}
-
-fn result_text(r: &NodeResult) -> String {
-    match r {
-        NodeResult::Activated => "activated".into(),
-        NodeResult::AlreadyActive => "already active".into(),
-        NodeResult::RolledBack { reason } => format!("ROLLED BACK: {reason}"),
-        NodeResult::Failed { error } => format!("FAILED: {error}"),
-        NodeResult::Skipped => "skipped (the rollout halted first)".into(),
-    }
-}
-
-/// One line per change of a node's state (transfer at every 25%).
-fn progress(
-    s: &Settings,
-    names: &BTreeMap<PeerId, String>,
-    shown: &mut BTreeMap<PeerId, u64>,
-    p: &Progress,
-) {
-    if s.json {
-        if !matches!(p, Progress::Done(_)) {
-            out(s, &serde_json::json!({"progress": p}), || {});
-        }
-        return;
-    }
-    let name = |id: &PeerId| names.get(id).cloned().unwrap_or_else(|| id.short());
-    match p {
-        Progress::Selected { nodes } => eprintln!("deploying to {} node(s)", nodes.len()),
-        Progress::Batch { index, nodes } => eprintln!(
-            "batch {index}: {}",
-            nodes.iter().map(name).collect::<Vec<_>>().join(", ")
-        ),
-        Progress::Transfer { node, bytes, total } => {
-            let pct = if *total == 0 {
-                100
-            } else {
-                bytes * 100 / total
-            };
-            let last = shown.entry(*node).or_insert(u64::MAX);
-            if *last == u64::MAX || pct / 25 > *last / 25 {
-                *last = pct;
-                eprintln!("  {:<14} transfer {pct:>3}% of {total} bytes", name(node));
-            }
-        }
-        Progress::Installed { node } => eprintln!("  {:<14} installed", name(node)),
-        Progress::Started { node } => {
-            eprintln!("  {:<14} started, health gate running", name(node))
-        }
-        Progress::HealthPassed { node } => eprintln!("  {:<14} healthy", name(node)),
-        Progress::HealthFailed { node, reason } => {
-            eprintln!("  {:<14} health check FAILED: {reason}", name(node))
-        }
-        Progress::RolledBack { node, to } => eprintln!(
-            "  {:<14} rolled back to {}",
-            name(node),
-            to.as_ref()
-                .map(ToString::to_string)
-                .unwrap_or("nothing".into())
-        ),
-        Progress::NodeDone { node, result } => {
-            eprintln!("  {:<14} done: {}", name(node), result_text(result))
-        }
-        Progress::RollbackFailed { node, error } => {
-            eprintln!("  {:<14} could NOT be rolled back: {error}", name(node))
-        }
-        Progress::Halted { reason } => eprintln!("rollout halted: {reason}"),
-        Progress::Done(_) => {}
-    }
 }
 
 fn batch_size(s: &str) -> Result<BatchSize> {

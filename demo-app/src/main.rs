@@ -10,7 +10,7 @@
 //!   executable, asks `GET /health`, and exits 0 on a 200, 1 otherwise
 //!   (with the reason on stderr).
 //!
-//! Run it: `cargo run -p p2p-examples --bin demo-app`, then
+//! Run it: `cargo run -p demo-app`, then
 //! `curl http://127.0.0.1:$(cat port)/health`.
 
 use std::io::{BufRead, BufReader, Read, Write};
