@@ -1,8 +1,9 @@
 //! `p2pd` and `p2pctl` as processes on loopback, as a user runs them:
 //! init, run, deploy, status, logs (tail and follow), stop and start,
-//! rollback and switch, a tampered package refused, SIGTERM and restart;
-//! over iroh, and over libp2p with a pre-shared key that a controller
-//! without it cannot get past.
+//! rollback and switch, a tampered package refused, SIGTERM and restart,
+//! SIGKILL mid-deploy and restart into a consistent state; over iroh, and
+//! over libp2p with a pre-shared key that a controller without it cannot
+//! get past, an allow-list, and an operator list.
 #![allow(clippy::unwrap_used)]
 // Real processes: deadlines are on the wall clock.
 #![allow(clippy::disallowed_methods)]
@@ -392,4 +393,186 @@ fn a_private_network_over_libp2p() {
     ]);
     let st = json_lines(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(st[0]["app"]["running"], true, "{}", text(&o));
+}
+
+/// The ids of the processes whose executable lies under `dir`.
+fn processes_under(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(exe) = std::fs::read_link(entry.path().join("exe"))
+            && exe.starts_with(dir)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until node `node` runs `demo` healthy; returns its active
+/// version.
+fn healthy(w: &World, bs: &str, node: &str) -> String {
+    let begun = Instant::now();
+    loop {
+        let st = status_of(w, bs, node);
+        if st[0]["app"]["status"]["state"] == "Healthy" {
+            return st[0]["app"]["active"].as_str().unwrap().to_string();
+        }
+        assert!(begun.elapsed() < Duration::from_secs(30), "{st:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_agent_killed_mid_deploy_restarts_consistent() {
+    let w = World::new();
+    let d1 = w.node("n1", "iroh");
+    let mut n1 = Daemon::start(&d1, &[]);
+    let v1 = w.package("1.0.0", "\"--name\", \"v1\"");
+    w.ok(&["deploy", &v1, "--bootstrap", &n1.addr()]);
+    let source = std::fs::read(w.path().join("app-1.0.0/demo-app")).unwrap();
+
+    // SIGKILL during the transfer, the install, and the health gate.
+    for (i, delay_ms) in [50u64, 400, 1000].into_iter().enumerate() {
+        let version = format!("{}.0.0", i + 2);
+        let pkg = w.package(&version, "\"--name\", \"next\"");
+        let deploy = Command::new(env!("CARGO_BIN_EXE_p2pctl"))
+            .current_dir(w.path())
+            .envs(w.env.iter().map(|(k, v)| (k, v)))
+            .args(["deploy", &pkg, "--bootstrap", &n1.addr()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        n1.child.kill().unwrap(); // SIGKILL
+        n1.child.wait().unwrap();
+        // The controller would notice only at its idle timeout (30 s).
+        let mut deploy = deploy;
+        let _ = deploy.kill();
+        let _ = deploy.wait();
+
+        n1 = Daemon::start(&d1, &[]);
+        let bs = n1.addr();
+        let before = format!("{}.0.0", i + 1);
+        let active = healthy(&w, &bs, "n1");
+        assert!(
+            active == before || active == version,
+            "kill at {delay_ms} ms: active {active}, expected {before} or {version}"
+        );
+        // One copy of the app runs: the one the restarted agent started;
+        // the killed agent's orphan was stopped.
+        let procs = processes_under(&d1);
+        assert_eq!(procs.len(), 1, "kill at {delay_ms} ms: {procs:?}");
+        // Every installed version is whole.
+        let st = status_of(&w, &bs, "n1");
+        for v in st[0]["app"]["installed"].as_array().unwrap() {
+            let v = v[0].as_str().unwrap();
+            let bin = d1.join("versions/demo").join(v).join("demo-app");
+            assert_eq!(
+                std::fs::read(&bin).unwrap(),
+                source,
+                "kill at {delay_ms} ms: {} differs from the package's",
+                bin.display()
+            );
+        }
+        // The same deploy again completes.
+        w.ok(&["deploy", &pkg, "--bootstrap", &bs]);
+        assert_eq!(healthy(&w, &bs, "n1"), version);
+    }
+}
+
+#[test]
+fn operators_and_the_allow_list_over_libp2p() {
+    let w = World::new();
+    w.ok(&["psk", "--out", "net.psk"]);
+    let psk = w.path().join("net.psk");
+    let id_of = |key: Option<&str>| {
+        let mut args = vec!["id"];
+        if let Some(k) = key {
+            args.extend(["--key", k]);
+        }
+        w.ok(&args).trim().to_string()
+    };
+    let (a, b, c) = (id_of(None), id_of(Some("b.key")), id_of(Some("c.key")));
+    let d1 = w.node("n1", "libp2p");
+    let n1 = Daemon::start(
+        &d1,
+        &[
+            "--psk-file",
+            psk.to_str().unwrap(),
+            "--allow-peer",
+            &format!("{a},{b}"),
+            "--operator",
+            &a,
+        ],
+    );
+    let bs = n1.addr();
+    let net = [
+        "--backend",
+        "libp2p",
+        "--psk-file",
+        "net.psk",
+        "--bootstrap",
+    ];
+    let with = |key: Option<&str>, args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(net);
+        all.push(&bs);
+        if let Some(k) = key {
+            all.extend(["--key", k]);
+        }
+        w.ctl(&all)
+    };
+
+    // The operator deploys.
+    let v1 = w.package("1.0.0", "\"--name\", \"v1\"");
+    let o = with(None, &["deploy", &v1]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // An allowed peer that is not an operator reads, and is refused
+    // every change.
+    let o = with(Some("b.key"), &["status", "demo", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for change in [
+        vec!["stop", "demo"],
+        vec!["rollback", "demo"],
+        vec!["remove", "demo"],
+    ] {
+        let o = with(Some("b.key"), &change);
+        assert_eq!(o.status.code(), Some(1), "{change:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("not an operator"),
+            "{change:?}: {}",
+            text(&o)
+        );
+    }
+    let o = with(Some("b.key"), &["deploy", &v1]);
+    assert!(!o.status.success(), "{}", text(&o));
+
+    // A peer with the key but not on the allow-list sees nothing.
+    let o = with(Some("c.key"), &["nodes", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let rows = json_lines(&String::from_utf8_lossy(&o.stdout));
+    assert!(
+        rows.iter().all(|r| r["health"] == "unreachable"),
+        "{rows:?}"
+    );
+    let o = with(Some("c.key"), &["stop", "demo", "--nodes", &n1_id(&d1)]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let _ = c;
+
+    // Through all of it the app kept running.
+    let o = with(None, &["status", "demo", "--json"]);
+    let st = json_lines(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(st[0]["app"]["running"], true, "{}", text(&o));
+    assert_eq!(st[0]["app"]["active"], "1.0.0", "{}", text(&o));
+}
+
+/// A node's peer id, from its `p2pd.addr`.
+fn n1_id(dir: &Path) -> String {
+    let addr = std::fs::read_to_string(dir.join("p2pd.addr")).unwrap();
+    addr.split('@').next().unwrap().trim().to_string()
 }

@@ -53,6 +53,17 @@
 //! has a cgroup, limits or not, and everything in it is killed as well:
 //! that catches children that left the process group (`setsid`).
 //!
+//! ## A runtime that died
+//!
+//! Each app's main process is recorded in `<root>/pids/<app>` (pid and
+//! start time) while it runs. A runtime that starts on a root whose
+//! previous runtime died without stopping its apps (the agent got
+//! SIGKILL) finds those records, and stops every recorded process that
+//! still runs (SIGTERM to its group, SIGKILL after 5 s) before it starts
+//! anything, so that a restarted agent never runs a second copy beside an
+//! orphan. The start time guards against a pid reused by another process.
+//! One root belongs to one runtime at a time.
+//!
 //! ## States and restarts
 //!
 //! `Starting` (until the first passing health probe, when there is a
@@ -139,6 +150,7 @@
 mod health;
 mod limits;
 mod logs;
+mod pids;
 mod runtime;
 
 pub use health::ProcessHealthChecker;

@@ -180,6 +180,12 @@ impl ProcessRuntime {
         let logs = config.root.join("logs");
         std::fs::create_dir_all(&logs)
             .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
+        // Processes a killed predecessor left running would run beside
+        // the ones this runtime starts: stop them first.
+        let reaped = crate::pids::reap(&config.root.join("pids"), Duration::from_secs(5));
+        if !reaped.is_empty() {
+            tracing::warn!(apps = ?reaped, "stopped processes left by a previous runtime");
+        }
         let cgroups = Cgroups::detect(&config.cgroup_name);
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
         Ok(ProcessRuntime {
@@ -486,6 +492,8 @@ async fn supervise(
         };
         let pid = child.id().unwrap_or(0);
         let pgid = Pid::from_raw(pid as i32);
+        let pids = rt.config.root.join("pids");
+        crate::pids::record(&pids, &spec.name, pid);
         let oom_before = applied.oom_kills();
         let started = Instant::now();
         app.set(|s| {
@@ -642,6 +650,7 @@ async fn supervise(
         } else if group_alive(pgid) {
             let _ = killpg(pgid, Signal::SIGKILL);
         }
+        crate::pids::forget(&pids, &spec.name);
         for p in pumps.into_iter().flatten() {
             let abort = p.abort_handle();
             if tokio::time::timeout(Duration::from_secs(1), p)
