@@ -75,8 +75,26 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SIGTERM stops the apps with the agent; whatever is left (the
+        // agent ignored it, or a test killed it) is killed, so no test
+        // leaves processes behind.
+        if let Ok(None) = self.child.try_wait() {
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let begun = Instant::now();
+            while matches!(self.child.try_wait(), Ok(None))
+                && begun.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in processes_under(&self.dir) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }
 
