@@ -28,7 +28,10 @@ use p2p_examples::node::RunningNode;
 #[command(
     name = "p2pd",
     version,
-    about = "The p2p deployment agent: runs signed apps on this node"
+    about = "The p2p deployment agent: runs signed apps on this node",
+    after_help = "Exit codes: 0 success (and a clean stop on SIGTERM or Ctrl-C); 1 failure; 2 usage.\n\
+Settings: flags, else P2PD_* variables, else p2pd.toml in the data directory.\n\
+A systemd unit: see the README (\"Running p2pd under systemd\")."
 )]
 struct Cli {
     /// The node's directory: config, key, state, versions, app logs.

@@ -27,7 +27,10 @@ mod online;
 #[command(
     name = "p2pctl",
     version,
-    about = "Deploy signed apps to a fleet over peer-to-peer networks"
+    about = "Deploy signed apps to a fleet over peer-to-peer networks",
+    after_help = "Exit codes: 0 success; 1 failure (a package did not verify, a file was bad, \
+no node could do it); 2 usage; 3 partial (a rollout halted, or some nodes failed).\n\
+Settings: flags, else P2PCTL_* variables, else the config file."
 )]
 struct Cli {
     #[command(flatten)]
