@@ -393,7 +393,7 @@ pub async fn run_real(opts: &RealOptions) -> Result<Summary> {
     let result = async {
         for i in 1..=opts.nodes {
             let dir = root.join(format!("n{i}"));
-            let cfg = node_dir(&dir, i, opts.backend, &psk_path)?;
+            let cfg = node_dir(&dir, i, opts.backend, Some(&psk_path))?;
             std::fs::copy(&public, dir.join("trusted").join("publisher.pub"))
                 .with_context(|| format!("trusting the publisher key in {}", dir.display()))?;
             let node = RunningNode::start(&dir, &cfg)
@@ -451,9 +451,18 @@ fn signing_key(root: &Path, signer: Ed25519Signer) -> Result<Ed25519Signer> {
     Ok(signer)
 }
 
-/// Writes node `i`'s data directory as `p2pd init` would, with the
-/// publisher's key trusted once it exists, and returns its config.
-fn node_dir(dir: &Path, i: usize, backend: Backend, psk: &Path) -> Result<DaemonConfig> {
+/// Writes the data directory of node `n<i>` as `p2pd init` would (a node
+/// key, `trusted/`, a `p2pd.toml` listening on a free loopback port, with
+/// labels `role=web` and `zone=a` or `b`), and returns its config.
+///
+/// # Errors
+/// The directory or a file cannot be written.
+pub fn node_dir(
+    dir: &Path,
+    i: usize,
+    backend: Backend,
+    psk: Option<&Path>,
+) -> Result<DaemonConfig> {
     std::fs::create_dir_all(dir.join("trusted"))
         .with_context(|| format!("creating {}", dir.display()))?;
     NodeKey::load_or_generate(&dir.join(KEY_FILE), &mut rand::rng())?;
@@ -468,7 +477,7 @@ fn node_dir(dir: &Path, i: usize, backend: Backend, psk: &Path) -> Result<Daemon
                 if i % 2 == 1 { "a" } else { "b" }.to_string(),
             ),
         ]),
-        psk_file: Some(psk.to_path_buf()),
+        psk_file: psk.map(Path::to_path_buf),
         ..DaemonConfig::default()
     };
     let text = toml::to_string(&cfg).context("writing the node config")?;

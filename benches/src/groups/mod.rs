@@ -1,6 +1,7 @@
 //! Benchmark groups. Each group is a function that measures and returns its
 //! figures; [`ALL`] lists them for `bench-report`.
 
+pub mod agent;
 pub mod packages;
 pub mod runtime;
 pub mod sim;
@@ -56,6 +57,11 @@ pub const ALL: &[Group] = &[
         name: "swarm-netns",
         about: "a 32 MiB release to 8 agents in network namespaces shaped to 40 Mbit/s over iroh: swarm vs bound vs serial push",
         run: swarm_netns::run,
+    },
+    Group {
+        name: "agent",
+        about: "the agent as a process: idle memory, start to ready, status round trip, 100 MB to 10 local agents",
+        run: agent::run,
     },
     Group {
         name: "runtime",

@@ -1,0 +1,447 @@
+//! Group `agent`: the node agent as a process, composed exactly as `p2pd
+//! run` composes it ([`RunningNode`] from a data directory with a
+//! `p2pd.toml`), over iroh on loopback. `bench-report` re-executes itself
+//! as the agent (environment variable `P2P_BENCH_AGENT` = the data
+//! directory), so the figures are those of a separate process.
+//!
+//! - `idle_rss`: resident memory of an agent 2 s after it is ready, with no
+//!   app. Target at most 20 MB. Baseline: the same executable idling
+//!   without an agent (its floor).
+//! - `start_to_ready`: from spawning the process to its `p2pd.addr`
+//!   written (key loaded, transport bound, runtime and state open), median
+//!   of 5. Target at most 300 ms. Baseline: spawning the same executable
+//!   to exit at once.
+//! - `status_p50`: a `Status` request from a controller over an open
+//!   connection to the answer, median of 300. Target at most 5 ms.
+//!   Baseline: a 64-byte request and answer over loopback TCP.
+//! - `release_100mb_to_10`: a 100 MB release (incompressible) deployed to
+//!   10 agent processes at once: until every agent holds it, and until
+//!   every agent runs it behind its health check. The design's target was
+//!   under 30 s. Baseline: copying the same bytes once over loopback TCP
+//!   to one peer.
+
+#![allow(clippy::disallowed_methods)] // benchmarks measure wall time
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p2p_core::{Ed25519Signer, NodeKey, PeerAddr, SystemClock};
+use p2p_deploy::proto::Request;
+use p2p_deploy::trust::write_key_pair;
+use p2p_deploy::{
+    BuildOptions, Controller, ControllerConfig, PackageFile, Plan, Progress, Release, RolloutPlan,
+    build,
+};
+use p2p_examples::daemon::{ADDR_FILE, CONFIG_FILE, DaemonConfig, OnShutdown};
+use p2p_examples::fleet::node_dir;
+use p2p_examples::net::{self, Backend, NetOptions};
+use p2p_examples::node::RunningNode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Figure;
+
+const GROUP: &str = "agent";
+/// Set in a child: the data directory to run an agent in, or `idle` /
+/// `exit` for the baselines.
+const ROLE_VAR: &str = "P2P_BENCH_AGENT";
+const RELEASE_BYTES: usize = 100_000_000;
+const AGENTS: usize = 10;
+
+/// In a child process started by this group: plays its role until its
+/// stdin closes, and returns the exit code. `None` in any other process.
+pub fn child_main() -> Option<i32> {
+    let role = std::env::var_os(ROLE_VAR)?;
+    if role == "exit" {
+        return Some(0);
+    }
+    if role == "idle" {
+        let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
+        return Some(0);
+    }
+    let dir = PathBuf::from(role);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{GROUP} agent: {e}");
+            return Some(1);
+        }
+    };
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let cfg = DaemonConfig::load(&dir.join(CONFIG_FILE))?;
+        let node = RunningNode::start(&dir, &cfg).await?;
+        // Until the bench closes our stdin (or dies).
+        let mut buf = [0u8; 1];
+        let _ = tokio::io::stdin().read(&mut buf).await;
+        node.shutdown(OnShutdown::Restart).await;
+        Ok(())
+    });
+    Some(match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{GROUP} agent: {e:#}");
+            1
+        }
+    })
+}
+
+/// An agent (or baseline) process; closing its stdin stops it.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(role: &Path) -> Proc {
+        let exe = std::env::current_exe().expect("bench-report's path");
+        let child = Command::new(exe)
+            .env(ROLE_VAR, role)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning a child");
+        Proc { child }
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let begun = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && begun.elapsed() < Duration::from_secs(15)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns the agent of `dir` and waits until it is ready.
+fn start_agent(dir: &Path) -> (Proc, Duration) {
+    let _ = std::fs::remove_file(dir.join(ADDR_FILE));
+    let begun = Instant::now();
+    let mut p = Proc::spawn(dir);
+    while !dir.join(ADDR_FILE).exists() {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            panic!("{GROUP}: the agent in {} exited: {st}", dir.display());
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(60),
+            "{GROUP}: the agent in {} did not get ready",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    (p, begun.elapsed())
+}
+
+fn addr_of(dir: &Path) -> PeerAddr {
+    std::fs::read_to_string(dir.join(ADDR_FILE))
+        .expect("p2pd.addr")
+        .trim()
+        .parse()
+        .expect("a peer address")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs the group.
+pub fn run() -> Vec<Figure> {
+    let root = tempfile::tempdir().expect("temp dir");
+    let root = root.path();
+    let publisher = Ed25519Signer::generate(&mut rand::rng());
+    write_key_pair(&root.join("publisher"), &publisher, "bench").expect("publisher key");
+    let dirs: Vec<PathBuf> = (1..=AGENTS)
+        .map(|i| {
+            let dir = root.join(format!("n{i}"));
+            node_dir(&dir, i, Backend::Iroh, None).expect("node dir");
+            std::fs::copy(
+                root.join("publisher.pub"),
+                dir.join("trusted/publisher.pub"),
+            )
+            .expect("trusting the publisher");
+            dir
+        })
+        .collect();
+    let mut figures = Vec::new();
+
+    // Start to ready, against a process start of the same executable.
+    let mut ready = Vec::new();
+    let mut exits = Vec::new();
+    for _ in 0..5 {
+        let (p, took) = start_agent(&dirs[0]);
+        ready.push(took);
+        p.stop();
+        let begun = Instant::now();
+        let mut e = Proc::spawn(Path::new("exit"));
+        let _ = e.child.wait();
+        exits.push(begun.elapsed());
+    }
+    figures.push(
+        Figure::new(GROUP, "start_to_ready", ms(median(ready)), "ms")
+            .target("<= 300 ms")
+            .baseline(
+                ms(median(exits)),
+                "ms (the executable starting and exiting)",
+            ),
+    );
+
+    // Idle memory, against the executable idling without an agent.
+    let (agent, _) = start_agent(&dirs[0]);
+    let idle = Proc::spawn(Path::new("idle"));
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, floor) = (agent.rss_bytes(), idle.rss_bytes());
+    idle.stop();
+    figures.push(
+        Figure::new(GROUP, "idle_rss", rss as f64 / 1e6, "MB")
+            .target("<= 20 MB")
+            .baseline(floor as f64 / 1e6, "MB (the same executable, no agent)"),
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let status = rt.block_on(status_p50(addr_of(&dirs[0])));
+    let tcp = rt.block_on(tcp_round_trip_p50());
+    figures.push(
+        Figure::new(GROUP, "status_p50", us(status), "us")
+            .target("<= 5000 us")
+            .baseline(us(tcp), "us (64 bytes there and back over loopback TCP)"),
+    );
+    agent.stop();
+
+    // 100 MB to 10 agents, against one loopback TCP copy of the bytes.
+    let agents: Vec<Proc> = dirs.iter().map(|d| start_agent(d).0).collect();
+    let addrs: Vec<PeerAddr> = dirs.iter().map(|d| addr_of(d)).collect();
+    let package = package_100mb(root, &publisher);
+    let (held, done, ok) = rt.block_on(deploy_to_all(&package, addrs));
+    let copy = rt.block_on(tcp_copy(RELEASE_BYTES));
+    for a in agents {
+        a.stop();
+    }
+    let base = ms(copy);
+    if !ok {
+        eprintln!("{GROUP}: the deploy to {AGENTS} agents did not complete");
+    }
+    figures.push(
+        Figure::new(
+            GROUP,
+            format!("release_100mb_to_{AGENTS}_held"),
+            ms(held),
+            "ms",
+        )
+        .target("< 30000 ms")
+        .baseline(base, "ms (one loopback TCP copy of the bytes)"),
+    );
+    figures.push(
+        Figure::new(
+            GROUP,
+            format!(
+                "release_100mb_to_{AGENTS}_running{}",
+                if ok { "" } else { "_FAILED" }
+            ),
+            ms(done),
+            "ms",
+        )
+        .target("< 30000 ms")
+        .baseline(base, "ms (one loopback TCP copy of the bytes)"),
+    );
+    figures
+}
+
+async fn controller(bootstrap: Vec<PeerAddr>) -> Controller {
+    let key = NodeKey::generate(&mut rand::rng());
+    let provider = net::bind(&key, &NetOptions::default())
+        .await
+        .expect("binding the controller");
+    Controller::new(
+        provider,
+        ControllerConfig {
+            bootstrap,
+            ..ControllerConfig::default()
+        },
+    )
+}
+
+async fn status_p50(addr: PeerAddr) -> Duration {
+    let ctl = controller(vec![addr.clone()]).await;
+    let ask = || Request::Status {
+        app: "none".to_string(),
+    };
+    for _ in 0..20 {
+        let _ = ctl.request(&addr, ask()).await;
+    }
+    let mut took = Vec::new();
+    for _ in 0..300 {
+        let begun = Instant::now();
+        // An unknown app: the answer is an error reply, still a full
+        // round trip through the agent.
+        let _ = ctl.request(&addr, ask()).await;
+        took.push(begun.elapsed());
+    }
+    median(took)
+}
+
+async fn tcp_round_trip_p50() -> Duration {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("tcp listener");
+    let at = listener.local_addr().expect("tcp address");
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).await.is_ok() {
+            if s.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = tokio::net::TcpStream::connect(at).await.expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    let mut buf = [7u8; 64];
+    let mut took = Vec::new();
+    for i in 0..320 {
+        let begun = Instant::now();
+        c.write_all(&buf).await.expect("write");
+        c.read_exact(&mut buf).await.expect("read");
+        if i >= 20 {
+            took.push(begun.elapsed());
+        }
+    }
+    drop(c);
+    let _ = server.await;
+    median(took)
+}
+
+async fn tcp_copy(bytes: usize) -> Duration {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("tcp listener");
+    let at = listener.local_addr().expect("tcp address");
+    let data = vec![0x5au8; 1 << 20];
+    let begun = Instant::now();
+    let sender = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(at).await.expect("connect");
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(data.len());
+            s.write_all(&data[..n]).await.expect("write");
+            left -= n;
+        }
+    });
+    let (mut r, _) = listener.accept().await.expect("accept");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < bytes {
+        let n = r.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let _ = sender.await;
+    begun.elapsed()
+}
+
+/// A signed package of a shell-script app carrying 100 MB of random
+/// bytes, with a health check that passes at once.
+fn package_100mb(root: &Path, publisher: &Ed25519Signer) -> PathBuf {
+    let app = root.join("app");
+    std::fs::create_dir_all(&app).expect("app dir");
+    let mut data = vec![0u8; RELEASE_BYTES];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut data);
+    std::fs::write(app.join("payload.bin"), &data).expect("payload");
+    let script = app.join("run.sh");
+    let mut f = std::fs::File::create(&script).expect("run.sh");
+    f.write_all(b"#!/bin/sh\nexec sleep 3600\n")
+        .expect("run.sh");
+    drop(f);
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("run.sh mode");
+    std::fs::write(
+        app.join("p2p.toml"),
+        "name = \"payload\"\nversion = \"1.0.0\"\nentrypoint = \"run.sh\"\n\
+         [health]\nexec = [\"true\"]\ninterval = \"100ms\"\ngate = 1\n",
+    )
+    .expect("manifest");
+    let out = root.join("payload-1.0.0.p2p");
+    build(&app, &out, &SystemClock, BuildOptions::default()).expect("package");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        PackageFile::open(&out)
+            .expect("package")
+            .sign(publisher)
+            .await
+            .expect("sign")
+    });
+    out
+}
+
+/// Deploys to every agent at once: (until every agent holds the whole
+/// release, until the rollout completed, whether it succeeded).
+async fn deploy_to_all(package: &Path, addrs: Vec<PeerAddr>) -> (Duration, Duration, bool) {
+    let ctl = controller(addrs).await;
+    let views = ctl.nodes().await;
+    let every: p2p_deploy::Selector = "".parse().expect("the empty selector");
+    let targets = Controller::select(&views, Some(&every), &[]).expect("targets");
+    assert_eq!(targets.len(), AGENTS, "{GROUP}: agents answering");
+    let release = Arc::new(Release::from_package(
+        &PackageFile::open(package).expect("package"),
+    ));
+    let plan = RolloutPlan {
+        plan: Plan::All,
+        ..RolloutPlan::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let begun = Instant::now();
+    let watch = tokio::spawn(async move {
+        let mut held = BTreeMap::new();
+        let mut all_held = None;
+        while let Some(p) = rx.recv().await {
+            if let Progress::Transfer { node, bytes, total } = p
+                && bytes >= total
+            {
+                held.insert(node, ());
+                if held.len() == AGENTS && all_held.is_none() {
+                    all_held = Some(begun.elapsed());
+                }
+            }
+        }
+        all_held
+    });
+    let report = ctl.deploy(release, &targets, &plan, tx).await;
+    let done = begun.elapsed();
+    let held = watch.await.ok().flatten().unwrap_or(done);
+    (held, done, report.is_success())
+}
