@@ -10,12 +10,14 @@ use std::time::Duration;
 use p2p_core::{Ed25519Signer, LogSelection, LogStream, PeerAddr, PeerId, Provider};
 use p2p_deploy::proto::{Activation, Outcome, Reply, Request};
 use p2p_deploy::{
-    Agent, AgentConfig, AgentParts, BatchSize, BuildOptions, Controller, ControllerConfig,
-    FailureLimit, MemInstaller, NodeInfo, NodeResult, PackageFile, Plan, Progress, Release,
-    RolloutPlan, RolloutReport, Selector, TrustStore, build,
+    AgentConfig, BatchSize, BuildOptions, Controller, ControllerConfig, FailureLimit, NodeInfo,
+    NodeResult, PackageFile, Plan, Progress, Release, RolloutPlan, RolloutReport, Selector,
+    TrustStore, build,
 };
 use p2p_sim::{LinkSpec, NodeConfig, Script, SimClock, SimNet};
 use tokio::sync::mpsc;
+
+mod common;
 
 const APP: &str = "web";
 
@@ -83,26 +85,7 @@ fn fleet(seed: u64, n: usize, operators: Option<BTreeSet<PeerId>>) -> Fleet {
     for i in 0..n {
         let name = format!("n{i:02}");
         let cfg = agent_config(i, operators.clone());
-        net.spawn_node(&name, NodeConfig::default().mbit(100), move |ctx| {
-            let cfg = cfg.clone();
-            async move {
-                let agent = Agent::new(
-                    cfg,
-                    AgentParts {
-                        provider: Arc::new(ctx.provider),
-                        runtime: ctx.runtime.clone(),
-                        storage: Arc::new(ctx.storage),
-                        installer: Arc::new(MemInstaller::new()),
-                        clock: Arc::new(ctx.clock),
-                        seed: ctx.seed,
-                    },
-                );
-                if let Err(e) = agent.run().await {
-                    tracing::warn!(error = %e, "agent stopped");
-                }
-            }
-        })
-        .unwrap();
+        common::spawn_agent(&net, &name, cfg);
         names.push(name);
     }
     Fleet { net, names }

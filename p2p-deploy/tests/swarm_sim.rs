@@ -5,50 +5,25 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use p2p_core::framing::Framed;
-use p2p_core::{Ed25519Signer, PeerAddr, PeerId, Provider, Signer, Timestamp};
-use p2p_deploy::chunks::{ChunkStore, chunk_len};
-use p2p_deploy::proto::{Call, Envelope, Frame, MAX_FRAME, PROTOCOL, Reply, Request};
+use p2p_core::{Ed25519Signer, PeerAddr, PeerId, Provider};
+use p2p_deploy::chunks::ChunkStore;
 use p2p_deploy::{
-    Agent, AgentConfig, AgentParts, Bitfield, Controller, ControllerConfig, Descriptor, Manifest,
-    MemInstaller, NodeInfo, Plan, Release, RolloutPlan, RolloutReport, TrustStore,
+    AgentConfig, Controller, ControllerConfig, NodeInfo, Plan, Release, RolloutPlan, RolloutReport,
+    TrustStore,
 };
 use p2p_sim::{LinkSpec, NodeConfig, SimNet};
 use tokio::sync::mpsc;
 
-fn publisher() -> Ed25519Signer {
-    Ed25519Signer::from_seed(&[9; 32])
-}
+mod common;
+use common::{publisher, release_of, spawn_agent, spawn_mallory};
 
 /// A signed release of `size` random bytes in 64 KiB chunks (the sim
 /// installer only checks the bytes, it does not unpack them).
 async fn release(size: usize) -> Arc<Release> {
     release_of("app", "1.0.0", size).await
-}
-
-async fn release_of(name: &str, version: &str, size: usize) -> Arc<Release> {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(size as u64 + name.len() as u64);
-    let mut bytes = vec![0u8; size];
-    rng.fill(&mut bytes[..]);
-    let chunk_size = 64 * 1024;
-    let h = p2p_deploy::package::hash_archive(&bytes[..], chunk_size).unwrap();
-    let d = Descriptor {
-        manifest: Manifest::parse(&format!(
-            "name = \"{name}\"\nversion = \"{version}\"\nentrypoint = \"run\"\n"
-        ))
-        .unwrap(),
-        archive_size: h.len,
-        archive_sha256: h.sha256,
-        chunk_size,
-        chunks: h.chunks,
-        created_at: Timestamp(0),
-    };
-    let sig = publisher().sign(&d.signing_message()).await.unwrap();
-    Arc::new(Release::from_parts(d, vec![sig], bytes).unwrap())
 }
 
 /// `n` agents named a00.. and a controller "ctl", all at 100 Mbit/s.
@@ -71,24 +46,7 @@ fn fleet_with(
         let mut cfg = AgentConfig::new(TrustStore::new([publisher().key_id()]));
         cfg.name = name.clone();
         tweak(i, &mut cfg);
-        net.spawn_node(&name, NodeConfig::default().mbit(100), move |ctx| {
-            let cfg = cfg.clone();
-            async move {
-                let agent = Agent::new(
-                    cfg,
-                    AgentParts {
-                        provider: Arc::new(ctx.provider),
-                        runtime: ctx.runtime.clone(),
-                        storage: Arc::new(ctx.storage),
-                        installer: Arc::new(MemInstaller::new()),
-                        clock: Arc::new(ctx.clock),
-                        seed: ctx.seed,
-                    },
-                );
-                let _ = agent.run().await;
-            }
-        })
-        .unwrap();
+        spawn_agent(&net, &name, cfg);
         names.push(name);
     }
     let ctl = controller(&net, &names, "ctl");
@@ -141,66 +99,6 @@ fn all_active(infos: &[NodeInfo], version: &str) -> bool {
                 && a.status.as_ref().is_some_and(|s| s.state.is_live())
         })
     })
-}
-
-/// A node that claims every chunk of `d` and serves garbage: it opens a
-/// swarm session to each of `targets` as soon as their transfer exists,
-/// and answers every chunk request on those connections with bytes of the
-/// right length that fail verification. Records whom it got a session
-/// with.
-fn spawn_mallory(
-    provider: Arc<dyn Provider>,
-    targets: Vec<PeerAddr>,
-    d: Descriptor,
-) -> Arc<Mutex<BTreeSet<PeerId>>> {
-    let joined = Arc::new(Mutex::new(BTreeSet::new()));
-    for addr in targets {
-        let (provider, d, joined) = (provider.clone(), d.clone(), joined.clone());
-        tokio::spawn(async move {
-            let conn = provider.connect(&addr).await.unwrap();
-            let server = conn.clone();
-            let d2 = d.clone();
-            tokio::spawn(async move {
-                while let Ok((send, recv)) = server.accept_bi().await {
-                    let d = d2.clone();
-                    tokio::spawn(async move {
-                        let mut framed = Framed::with_max(send, recv, MAX_FRAME);
-                        framed.hello(&PROTOCOL).await.unwrap();
-                        let env: Envelope = framed.recv().await.unwrap();
-                        if let Request::FetchChunks { indexes, .. } = env.request {
-                            for index in indexes {
-                                let bytes = vec![0xAA; chunk_len(&d, index as usize) as usize];
-                                let _ = framed.send(&Frame::Chunk { index, bytes }).await;
-                            }
-                            let _ = framed.send(&Frame::Done(Reply::Ok)).await;
-                            let _ = framed.finish().await;
-                        }
-                    });
-                }
-            });
-            // The session: "I hold everything", kept open.
-            for _ in 0..400 {
-                let request = Request::Swarm {
-                    package: d.id(),
-                    have: Bitfield::full(d.chunks.len()),
-                };
-                let mut call = match Call::open(&*conn, request, Duration::from_secs(600)).await {
-                    Ok(c) => c,
-                    Err(_) => return,
-                };
-                match call.next().await {
-                    Ok(Frame::Have(_)) => {
-                        joined.lock().unwrap().insert(addr.id);
-                        while call.next_unbounded().await.is_ok() {}
-                        return;
-                    }
-                    // Its deploy has not reached it yet.
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        });
-    }
-    joined
 }
 
 #[tokio::test(start_paused = true)]

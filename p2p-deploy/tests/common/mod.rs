@@ -1,0 +1,137 @@
+//! Helpers shared by the simulator tests: signed releases of random
+//! bytes, and a peer that serves corrupt chunks.
+#![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use p2p_core::framing::Framed;
+use p2p_core::{Ed25519Signer, PeerAddr, PeerId, Provider, Signer, Timestamp};
+use p2p_deploy::chunks::chunk_len;
+use p2p_deploy::proto::{Call, Envelope, Frame, MAX_FRAME, PROTOCOL, Reply, Request};
+use p2p_deploy::{
+    Agent, AgentConfig, AgentParts, Bitfield, Descriptor, Manifest, MemInstaller, Release,
+};
+use p2p_sim::{NodeConfig, SimNet};
+
+/// Starts an agent with `cfg` on a new 100 Mbit/s node `name` of `net`,
+/// with the simulator's runtime, storage and clock and an in-memory
+/// installer; a restarted node runs a fresh agent on the same storage.
+pub fn spawn_agent(net: &SimNet, name: &str, cfg: AgentConfig) {
+    net.spawn_node(name, NodeConfig::default().mbit(100), move |ctx| {
+        let cfg = cfg.clone();
+        async move {
+            let agent = Agent::new(
+                cfg,
+                AgentParts {
+                    provider: Arc::new(ctx.provider),
+                    runtime: ctx.runtime.clone(),
+                    storage: Arc::new(ctx.storage),
+                    installer: Arc::new(MemInstaller::new()),
+                    clock: Arc::new(ctx.clock),
+                    seed: ctx.seed,
+                },
+            );
+            if let Err(e) = agent.run().await {
+                tracing::warn!(error = %e, "agent stopped");
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// The publisher every simulated agent trusts.
+pub fn publisher() -> Ed25519Signer {
+    Ed25519Signer::from_seed(&[9; 32])
+}
+
+/// A signed release of `name` at `version`: `size` random bytes in 64 KiB
+/// chunks (the sim installer only checks the bytes, it does not unpack
+/// them).
+pub async fn release_of(name: &str, version: &str, size: usize) -> Arc<Release> {
+    release_with(name, version, size, "").await
+}
+
+/// The same, with `extra` appended to the manifest (a `[health]` table).
+pub async fn release_with(name: &str, version: &str, size: usize, extra: &str) -> Arc<Release> {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(size as u64 + name.len() as u64);
+    let mut bytes = vec![0u8; size];
+    rng.fill(&mut bytes[..]);
+    let chunk_size = 64 * 1024;
+    let h = p2p_deploy::package::hash_archive(&bytes[..], chunk_size).unwrap();
+    let d = Descriptor {
+        manifest: Manifest::parse(&format!(
+            "name = \"{name}\"\nversion = \"{version}\"\nentrypoint = \"run\"\n{extra}"
+        ))
+        .unwrap(),
+        archive_size: h.len,
+        archive_sha256: h.sha256,
+        chunk_size,
+        chunks: h.chunks,
+        created_at: Timestamp(0),
+    };
+    let sig = publisher().sign(&d.signing_message()).await.unwrap();
+    Arc::new(Release::from_parts(d, vec![sig], bytes).unwrap())
+}
+
+/// A node that claims every chunk of `d` and serves garbage: it opens a
+/// swarm session to each of `targets` as soon as their transfer exists,
+/// and answers every chunk request on those connections with bytes of the
+/// right length that fail verification. Records whom it got a session
+/// with.
+pub fn spawn_mallory(
+    provider: Arc<dyn Provider>,
+    targets: Vec<PeerAddr>,
+    d: Descriptor,
+) -> Arc<Mutex<BTreeSet<PeerId>>> {
+    let joined = Arc::new(Mutex::new(BTreeSet::new()));
+    for addr in targets {
+        let (provider, d, joined) = (provider.clone(), d.clone(), joined.clone());
+        tokio::spawn(async move {
+            let conn = provider.connect(&addr).await.unwrap();
+            let server = conn.clone();
+            let d2 = d.clone();
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = server.accept_bi().await {
+                    let d = d2.clone();
+                    tokio::spawn(async move {
+                        let mut framed = Framed::with_max(send, recv, MAX_FRAME);
+                        framed.hello(&PROTOCOL).await.unwrap();
+                        let env: Envelope = framed.recv().await.unwrap();
+                        if let Request::FetchChunks { indexes, .. } = env.request {
+                            for index in indexes {
+                                let bytes = vec![0xAA; chunk_len(&d, index as usize) as usize];
+                                let _ = framed.send(&Frame::Chunk { index, bytes }).await;
+                            }
+                            let _ = framed.send(&Frame::Done(Reply::Ok)).await;
+                            let _ = framed.finish().await;
+                        }
+                    });
+                }
+            });
+            // The session: "I hold everything", kept open.
+            for _ in 0..400 {
+                let request = Request::Swarm {
+                    package: d.id(),
+                    have: Bitfield::full(d.chunks.len()),
+                };
+                let mut call = match Call::open(&*conn, request, Duration::from_secs(600)).await {
+                    Ok(c) => c,
+                    Err(_) => return,
+                };
+                match call.next().await {
+                    Ok(Frame::Have(_)) => {
+                        joined.lock().unwrap().insert(addr.id);
+                        while call.next_unbounded().await.is_ok() {}
+                        return;
+                    }
+                    // Its deploy has not reached it yet.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+    }
+    joined
+}
