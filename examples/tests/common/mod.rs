@@ -1,0 +1,286 @@
+//! Helpers shared by the tests that run `p2pd` and `p2pctl` as
+//! processes: a daemon in its data directory, a world with a publisher
+//! key and a private HOME, packages of demo-app, and status queries.
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    dead_code,
+    unreachable_pub
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, args: &[&str]) -> Daemon {
+        let _ = std::fs::remove_file(dir.join("p2pd.addr"));
+        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_p2pd"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        let begun = Instant::now();
+        while !dir.join("p2pd.addr").exists() {
+            assert!(
+                begun.elapsed() < Duration::from_secs(30),
+                "p2pd did not come up: {}",
+                std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn addr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("p2pd.addr"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let begun = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                begun.elapsed() < Duration::from_secs(20),
+                "p2pd ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM stops the apps with the agent; whatever is left (the
+        // agent ignored it, or a test killed it) is killed, so no test
+        // leaves processes behind.
+        if let Ok(None) = self.child.try_wait() {
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let begun = Instant::now();
+            while matches!(self.child.try_wait(), Ok(None))
+                && begun.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in processes_under(&self.dir) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let env = vec![
+            ("HOME".to_string(), home.display().to_string()),
+            (
+                "XDG_CONFIG_HOME".to_string(),
+                home.join(".config").display().to_string(),
+            ),
+            (
+                "XDG_DATA_HOME".to_string(),
+                home.join(".local/share").display().to_string(),
+            ),
+        ];
+        let w = World { dir, env };
+        let o = w.ctl(&["keygen", "--out", "publisher"]);
+        assert!(o.status.success(), "{}", text(&o));
+        w
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn run(&self, bin: &str, args: &[&str]) -> Output {
+        Command::new(bin)
+            .current_dir(self.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.run(env!("CARGO_BIN_EXE_p2pctl"), args)
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.ctl(args);
+        assert!(o.status.success(), "p2pctl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `p2pd init` of node `name`, the publisher's key trusted.
+    pub fn node(&self, name: &str, backend: &str) -> PathBuf {
+        let dir = self.path().join(name);
+        let o = self.run(
+            env!("CARGO_BIN_EXE_p2pd"),
+            &[
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "init",
+                "--name",
+                name,
+                "--backend",
+                backend,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        std::fs::copy(
+            self.path().join("publisher.pub"),
+            dir.join("trusted/publisher.pub"),
+        )
+        .unwrap();
+        dir
+    }
+
+    /// A signed package of demo-app at `version`.
+    pub fn package(&self, version: &str, args: &str) -> String {
+        let app = self.path().join(format!("app-{version}"));
+        std::fs::create_dir_all(&app).unwrap();
+        let demo_app =
+            p2p_examples::fleet::build_demo_app(&std::env::current_exe().unwrap()).unwrap();
+        std::fs::copy(demo_app, app.join("demo-app")).unwrap();
+        std::fs::write(
+            app.join("p2p.toml"),
+            format!(
+                "name = \"demo\"\nversion = \"{version}\"\nentrypoint = \"demo-app\"\n\
+                 args = [{args}]\nstop_grace = \"2s\"\n\
+                 [health]\nexec = [\"./demo-app\", \"--probe\"]\ninterval = \"200ms\"\n\
+                 timeout = \"2s\"\nretries = 3\ngate = 2\n"
+            ),
+        )
+        .unwrap();
+        let file = format!("demo-{version}.p2p");
+        self.ok(&["package", app.to_str().unwrap(), "--out", &file]);
+        self.ok(&["sign", &file, "--key", "publisher.key"]);
+        file
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `{node name: active version}` from `status demo --json`.
+pub fn active(w: &World, bs: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        json_lines(&w.ok(&["status", "demo", "--json", "--bootstrap", bs]))
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap().to_string(),
+                    v["app"]["active"].as_str().unwrap_or("-").to_string(),
+                )
+            })
+            .collect();
+    out.sort();
+    out
+}
+
+/// `status demo --json` of one node.
+pub fn status_of(w: &World, bs: &str, node: &str) -> Vec<serde_json::Value> {
+    json_lines(&w.ok(&[
+        "status",
+        "demo",
+        "--json",
+        "--nodes",
+        node,
+        "--bootstrap",
+        bs,
+    ]))
+}
+
+pub fn pair(a: &str, b: &str) -> Vec<(String, String)> {
+    vec![
+        ("n1".to_string(), a.to_string()),
+        ("n2".to_string(), b.to_string()),
+    ]
+}
+
+/// The ids of the processes whose executable lies under `dir`.
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(exe) = std::fs::read_link(entry.path().join("exe"))
+            && exe.starts_with(dir)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until node `node` runs `demo` healthy; returns its active
+/// version.
+pub fn healthy(w: &World, bs: &str, node: &str) -> String {
+    let begun = Instant::now();
+    loop {
+        let st = status_of(w, bs, node);
+        if st[0]["app"]["status"]["state"] == "Healthy" {
+            return st[0]["app"]["active"].as_str().unwrap().to_string();
+        }
+        assert!(begun.elapsed() < Duration::from_secs(30), "{st:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A node's peer id, from its `p2pd.addr`.
+pub fn n1_id(dir: &Path) -> String {
+    let addr = std::fs::read_to_string(dir.join("p2pd.addr")).unwrap();
+    addr.split('@').next().unwrap().trim().to_string()
+}
