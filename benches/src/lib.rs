@@ -41,6 +41,22 @@ pub struct Figure {
     pub target: Option<String>,
     /// Baseline measured in the same run, with its unit.
     pub baseline: Option<(f64, String)>,
+    /// The target in a form that can be checked.
+    pub goal: Option<Goal>,
+}
+
+/// A target a figure can be checked against: its value, or its ratio to
+/// the baseline, at most or at least a bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// `value <= bound`.
+    AtMost(f64),
+    /// `value >= bound`.
+    AtLeast(f64),
+    /// `value / baseline <= bound`.
+    RatioAtMost(f64),
+    /// `value / baseline >= bound`.
+    RatioAtLeast(f64),
 }
 
 impl Figure {
@@ -58,6 +74,7 @@ impl Figure {
             unit: unit.into(),
             target: None,
             baseline: None,
+            goal: None,
         }
     }
 
@@ -65,6 +82,23 @@ impl Figure {
     pub fn target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(target.into());
         self
+    }
+
+    /// Adds the checkable form of the target.
+    pub fn goal(mut self, goal: Goal) -> Self {
+        self.goal = Some(goal);
+        self
+    }
+
+    /// Whether the goal is met; `None` without a goal (or without the
+    /// baseline a ratio goal needs).
+    pub fn met(&self) -> Option<bool> {
+        match self.goal? {
+            Goal::AtMost(b) => Some(self.value <= b),
+            Goal::AtLeast(b) => Some(self.value >= b),
+            Goal::RatioAtMost(b) => self.ratio().map(|r| r <= b),
+            Goal::RatioAtLeast(b) => self.ratio().map(|r| r >= b),
+        }
     }
 
     /// Adds the baseline; the ratio printed is `value / baseline`.
@@ -104,4 +138,41 @@ impl fmt::Display for Figure {
         }
         Ok(())
     }
+}
+
+/// Every figure as one Markdown table: figure, value, target, baseline,
+/// ratio, and whether the target is met (`yes`, `NO`, or `-` when the
+/// figure has no checkable target).
+///
+/// ```
+/// use p2p_benches::{Figure, Goal, table};
+/// let f = Figure::new("agent", "idle_rss", 19.0, "MB").target("<= 20 MB").goal(Goal::AtMost(20.0));
+/// let t = table(&[f]);
+/// assert!(t.contains("| agent idle_rss | 19.0 MB | <= 20 MB | - | - | yes |"));
+/// ```
+pub fn table(figures: &[Figure]) -> String {
+    let mut out = String::from(
+        "| figure | value | target | baseline (same run) | ratio | met |\n|---|---|---|---|---|---|\n",
+    );
+    for f in figures {
+        let baseline = f
+            .baseline
+            .as_ref()
+            .map_or("-".to_string(), |(b, u)| format!("{b:.1} {u}"));
+        let ratio = f.ratio().map_or("-".to_string(), |r| format!("{r:.2}"));
+        let met = match f.met() {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        out.push_str(&format!(
+            "| {} {} | {:.1} {} | {} | {baseline} | {ratio} | {met} |\n",
+            f.group,
+            f.name,
+            f.value,
+            f.unit,
+            f.target.as_deref().unwrap_or("-"),
+        ));
+    }
+    out
 }

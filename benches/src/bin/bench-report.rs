@@ -1,5 +1,7 @@
-//! Runs benchmark groups and prints one line per figure:
-//! `group name: value unit (target T, baseline B, ratio=R)`.
+//! Runs benchmark groups and prints one line per figure as it is
+//! measured, `group name: value unit (target T, baseline B, ratio=R)`,
+//! then every figure in one table (value, target, baseline from the same
+//! run, ratio, whether the target is met) and the targets missed.
 //!
 //! Usage: cargo run --release -p p2p-benches --bin bench-report -- [GROUP...]
 
@@ -42,12 +44,27 @@ fn main() {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run with --release for meaningful figures");
     }
+    let mut all = Vec::new();
     for g in ALL
         .iter()
         .filter(|g| args.groups.is_empty() || args.groups.iter().any(|n| n == g.name))
     {
         for figure in (g.run)() {
             println!("{figure}");
+            all.push(figure);
+        }
+    }
+    if !all.is_empty() {
+        println!("\n{}", p2p_benches::table(&all));
+        let missed: Vec<String> = all
+            .iter()
+            .filter(|f| f.met() == Some(false))
+            .map(|f| format!("{} {}", f.group, f.name))
+            .collect();
+        if missed.is_empty() {
+            println!("every checkable target met");
+        } else {
+            println!("targets missed: {}", missed.join("; "));
         }
     }
 }

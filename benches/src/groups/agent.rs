@@ -207,6 +207,7 @@ pub fn run() -> Vec<Figure> {
     figures.push(
         Figure::new(GROUP, "start_to_ready", ms(median(ready)), "ms")
             .target("<= 300 ms")
+            .goal(crate::Goal::AtMost(300.0))
             .baseline(
                 ms(median(exits)),
                 "ms (the executable starting and exiting)",
@@ -222,6 +223,7 @@ pub fn run() -> Vec<Figure> {
     figures.push(
         Figure::new(GROUP, "idle_rss", rss as f64 / 1e6, "MB")
             .target("<= 20 MB")
+            .goal(crate::Goal::AtMost(20.0))
             .baseline(floor as f64 / 1e6, "MB (the same executable, no agent)"),
     );
 
@@ -235,6 +237,7 @@ pub fn run() -> Vec<Figure> {
     figures.push(
         Figure::new(GROUP, "status_p50", us(status), "us")
             .target("<= 5000 us")
+            .goal(crate::Goal::AtMost(5000.0))
             .baseline(us(tcp), "us (64 bytes there and back over loopback TCP)"),
     );
     agent.stop();
@@ -260,6 +263,7 @@ pub fn run() -> Vec<Figure> {
             "ms",
         )
         .target("< 30000 ms")
+        .goal(crate::Goal::AtMost(30000.0))
         .baseline(base, "ms (one loopback TCP copy of the bytes)"),
     );
     figures.push(
@@ -273,6 +277,7 @@ pub fn run() -> Vec<Figure> {
             "ms",
         )
         .target("< 30000 ms")
+        .goal(crate::Goal::AtMost(30000.0))
         .baseline(base, "ms (one loopback TCP copy of the bytes)"),
     );
     figures

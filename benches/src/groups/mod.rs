@@ -50,7 +50,7 @@ pub const ALL: &[Group] = &[
     },
     Group {
         name: "swarm",
-        about: "a 100 MB release to 10, 100 and 500 simulated agents: swarm vs Kumar-Ross bound vs controller only",
+        about: "a 100 MB release to 10 and 100 simulated agents (SWARM_NODES=500 for more): swarm vs Kumar-Ross bound vs controller only",
         run: swarm::run,
     },
     Group {

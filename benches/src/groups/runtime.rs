@@ -60,9 +60,11 @@ async fn run_async() -> Vec<Figure> {
     vec![
         Figure::new("runtime", "restart_latency_p50", ms(restart), "ms")
             .target("< 50 ms")
+            .goal(crate::Goal::AtMost(50.0))
             .baseline(ms(spawn), "ms plain spawn until running"),
         Figure::new("runtime", "log_follow_latency_p50", ms(follow), "ms")
             .target("< 20 ms")
+            .goal(crate::Goal::AtMost(20.0))
             .baseline(ms(pipe), "ms reading the pipe directly"),
         Figure::new(
             "runtime",

@@ -269,6 +269,7 @@ fn figures(serial: Rollout, swarm: Rollout) -> Vec<Figure> {
             "s",
         )
         .target("<= 1.5x bound")
+        .goal(crate::Goal::RatioAtMost(1.5))
         .baseline(bound, "s (Kumar-Ross bound)"),
         Figure::new(
             GROUP,
@@ -281,6 +282,7 @@ fn figures(serial: Rollout, swarm: Rollout) -> Vec<Figure> {
             "s",
         )
         .target("ratio >= 4, the swarm at least 4x faster")
+        .goal(crate::Goal::RatioAtLeast(4.0))
         .baseline(swarm.secs, "s (swarm, same run)"),
     ]
 }

@@ -20,6 +20,7 @@ pub(super) async fn figures() -> Vec<Figure> {
     vec![
         Figure::new("transport", "iroh_sdk_stream", sdk, "MiB/s")
             .target(">= 0.9 x raw iroh")
+            .goal(crate::Goal::RatioAtLeast(0.9))
             .baseline(raw, "MiB/s raw iroh stream"),
         Figure::new("transport", "iroh_raw_stream", raw, "MiB/s")
             .baseline(tcp, "MiB/s tokio TCP copy"),

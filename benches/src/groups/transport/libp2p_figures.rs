@@ -32,6 +32,7 @@ pub(super) async fn figures() -> Vec<Figure> {
     vec![
         Figure::new("transport", "libp2p_sdk_stream", sdk, "MiB/s")
             .target(">= 0.9 x raw libp2p")
+            .goal(crate::Goal::RatioAtLeast(0.9))
             .baseline(raw, "MiB/s raw libp2p-stream stream"),
         Figure::new("transport", "libp2p_raw_stream", raw, "MiB/s")
             .baseline(tcp, "MiB/s tokio TCP copy"),
