@@ -212,31 +212,45 @@ fn flip(path: &Path, offset: u64) {
     std::fs::write(path, b).unwrap();
 }
 
-#[tokio::test]
-async fn every_tampering_is_refused_with_its_own_error() {
-    let t = tempfile::tempdir().unwrap();
-    let trusted = trust(&[1]);
-    let verify = |p: &Path| PackageFile::open(p).and_then(|f| f.verify(&trusted));
+// The security matrix, package cases: each way a package can be wrong,
+// refused with its own error (README, "Security").
 
-    // A byte of the archive (in its third chunk).
+fn verify(p: &Path, trusted: &TrustStore) -> Result<(), VerifyError> {
+    PackageFile::open(p)
+        .and_then(|f| f.verify(trusted))
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn security_tampered_archive_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    // A byte of the archive, in its third chunk.
     let pkg = signed(t.path(), "1.0.0", &[1]).await;
     flip(&pkg.path, pkg.archive_offset + 2 * 64 * 1024 + 5);
     assert_eq!(
-        verify(&pkg.path).unwrap_err(),
+        verify(&pkg.path, &trust(&[1])).unwrap_err(),
         VerifyError::ChunkHash { index: 2 }
     );
+}
 
-    // The archive cut short (header and descriptor disagree).
+#[tokio::test]
+async fn security_truncated_package_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    // The archive cut short: header and descriptor disagree.
     let pkg = signed(t.path(), "1.0.1", &[1]).await;
     let mut b = std::fs::read(&pkg.path).unwrap();
     b.truncate(b.len() - 10);
     std::fs::write(&pkg.path, &b).unwrap();
     assert!(matches!(
-        verify(&pkg.path).unwrap_err(),
+        verify(&pkg.path, &trust(&[1])).unwrap_err(),
         VerifyError::Truncated(_)
     ));
+}
 
-    // A byte of the descriptor (inside the archive hash it vouches for).
+#[tokio::test]
+async fn security_tampered_descriptor_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    // A byte of the descriptor, inside the archive hash it vouches for.
     let pkg = signed(t.path(), "1.0.2", &[1]).await;
     let d_off = pkg.archive_offset + pkg.archive_len;
     let hash_at = pkg
@@ -246,51 +260,78 @@ async fn every_tampering_is_refused_with_its_own_error() {
         .unwrap() as u64;
     flip(&pkg.path, d_off + hash_at + 3);
     assert!(matches!(
-        verify(&pkg.path).unwrap_err(),
+        verify(&pkg.path, &trust(&[1])).unwrap_err(),
         VerifyError::BadSignature { .. }
     ));
+}
 
+#[tokio::test]
+async fn security_bad_signature_is_refused() {
+    let t = tempfile::tempdir().unwrap();
     // A byte of the signature.
     let pkg = signed(t.path(), "1.0.3", &[1]).await;
     let size = std::fs::metadata(&pkg.path).unwrap().len();
     flip(&pkg.path, size - 3);
     assert!(matches!(
-        verify(&pkg.path).unwrap_err(),
+        verify(&pkg.path, &trust(&[1])).unwrap_err(),
         VerifyError::BadSignature { .. }
     ));
+}
 
-    // A signature taken from another package.
+#[tokio::test]
+async fn security_signature_of_another_package_is_refused() {
+    let t = tempfile::tempdir().unwrap();
     let a = signed(t.path(), "2.0.0", &[1]).await;
-    let b = signed(t.path(), "2.0.1", &[]).await;
-    let sig_a = a.signatures[0].clone();
-    let mut forged = b.clone();
-    forged.signatures = vec![sig_a];
+    let mut forged = signed(t.path(), "2.0.1", &[]).await;
+    forged.signatures = vec![a.signatures[0].clone()];
     assert!(matches!(
-        forged.verify(&trusted).unwrap_err(),
+        forged.verify(&trust(&[1])).unwrap_err(),
         VerifyError::BadSignature { .. }
     ));
+}
 
-    // Unsigned; untrusted; revoked; below threshold.
-    assert_eq!(b.verify(&trusted).unwrap_err(), VerifyError::Unsigned);
+#[tokio::test]
+async fn security_unsigned_package_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let b = signed(t.path(), "2.0.1", &[]).await;
+    assert_eq!(b.verify(&trust(&[1])).unwrap_err(), VerifyError::Unsigned);
+    // Only an explicit opt-out accepts it.
     b.verify(&trust(&[1]).allow_unsigned()).unwrap();
+}
+
+#[tokio::test]
+async fn security_untrusted_key_is_refused() {
+    let t = tempfile::tempdir().unwrap();
     let by2 = signed(t.path(), "3.0.0", &[2]).await;
     assert!(matches!(
-        by2.verify(&trusted).unwrap_err(),
+        by2.verify(&trust(&[1])).unwrap_err(),
         VerifyError::UntrustedKey { .. }
     ));
+}
+
+#[tokio::test]
+async fn security_revoked_key_is_refused() {
+    let t = tempfile::tempdir().unwrap();
     let revoked = trust(&[1, 2]).revoke(signer(2).key_id());
     let both = signed(t.path(), "3.0.1", &[1, 2]).await;
     assert!(matches!(
         both.verify(&revoked).unwrap_err(),
         VerifyError::RevokedKey { .. }
     ));
+}
+
+#[tokio::test]
+async fn security_below_threshold_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let one = signed(t.path(), "2.0.0", &[1]).await;
     assert_eq!(
-        a.verify(&trust(&[1, 2]).with_threshold(2)).unwrap_err(),
+        one.verify(&trust(&[1, 2]).with_threshold(2)).unwrap_err(),
         VerifyError::BelowThreshold {
             valid: 1,
             needed: 2
         }
     );
+    let both = signed(t.path(), "3.0.1", &[1, 2]).await;
     both.verify(&trust(&[1, 2]).with_threshold(2)).unwrap();
 }
 
@@ -320,7 +361,7 @@ fn foreign_and_truncated_files_are_named() {
 }
 
 #[test]
-fn downgrades_need_an_explicit_rollback_to_an_installed_version() {
+fn security_downgrade_needs_an_explicit_rollback_to_an_installed_version() {
     let v = |s: &str| semver::Version::parse(s).unwrap();
     let installed = [v("1.0.0"), v("1.2.0")];
     check_not_downgrade(&v("1.3.0"), &installed, false).unwrap();
