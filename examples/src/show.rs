@@ -282,8 +282,7 @@ impl ViewStyle {
 pub struct DeployView {
     names: BTreeMap<PeerId, String>,
     nodes: BTreeMap<PeerId, NodeProgress>,
-    style: ViewStyle,
-    multi: Option<MultiProgress>,
+    mode: Mode,
     bars: BTreeMap<PeerId, ProgressBar>,
     /// Per node, the transfer quarter last printed (lines style).
     shown: BTreeMap<PeerId, u64>,
@@ -293,21 +292,25 @@ pub struct DeployView {
     limit: Option<usize>,
 }
 
+/// How a [`DeployView`] draws, once its bars (if any) exist.
+enum Mode {
+    Bars(MultiProgress),
+    Lines,
+    Json,
+}
+
 impl DeployView {
     /// A view of a rollout to the nodes in `names` (id to name).
     pub fn new(names: BTreeMap<PeerId, String>, style: ViewStyle) -> Self {
-        let (style, multi) = match style {
-            ViewStyle::Bars(target) => (
-                ViewStyle::Bars(ProgressDrawTarget::hidden()),
-                Some(MultiProgress::with_draw_target(target)),
-            ),
-            other => (other, None),
+        let mode = match style {
+            ViewStyle::Bars(target) => Mode::Bars(MultiProgress::with_draw_target(target)),
+            ViewStyle::Lines => Mode::Lines,
+            ViewStyle::Json => Mode::Json,
         };
         DeployView {
             names,
             nodes: BTreeMap::new(),
-            style,
-            multi,
+            mode,
             bars: BTreeMap::new(),
             shown: BTreeMap::new(),
             drawn: None,
@@ -338,16 +341,18 @@ impl DeployView {
 
     /// Prints a line above the bars, or on stderr.
     fn say(&self, text: &str) {
-        match &self.multi {
-            Some(m) => {
+        match &self.mode {
+            Mode::Bars(m) => {
                 let _ = m.println(text);
             }
-            None => eprintln!("{text}"),
+            _ => eprintln!("{text}"),
         }
     }
 
     fn bar(&mut self, node: &PeerId) -> Option<&ProgressBar> {
-        let multi = self.multi.as_ref()?;
+        let Mode::Bars(multi) = &self.mode else {
+            return None;
+        };
         if !self.bars.contains_key(node) {
             let style = ProgressStyle::with_template(
                 "  {prefix:<14} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
@@ -369,8 +374,8 @@ impl DeployView {
         if !self.drawn(node) {
             return;
         }
-        match self.style {
-            ViewStyle::Bars(_) => {
+        match self.mode {
+            Mode::Bars(_) => {
                 if let Some(bar) = self.bar(node) {
                     bar.set_message(step);
                     if done {
@@ -379,17 +384,17 @@ impl DeployView {
                     }
                 }
             }
-            ViewStyle::Lines => {
+            Mode::Lines => {
                 let name = self.name(node);
                 eprintln!("  {name:<14} {step}");
             }
-            ViewStyle::Json => {}
+            Mode::Json => {}
         }
     }
 
     /// Shows one event.
     pub fn show(&mut self, p: &Progress) {
-        if matches!(self.style, ViewStyle::Json) && !matches!(p, Progress::Done(_)) {
+        if matches!(self.mode, Mode::Json) && !matches!(p, Progress::Done(_)) {
             match serde_json::to_string(&serde_json::json!({ "progress": p })) {
                 Ok(line) => println!("{line}"),
                 Err(e) => eprintln!("cannot encode a progress event: {e}"),
@@ -409,10 +414,10 @@ impl DeployView {
                         },
                     );
                 }
-                if !matches!(self.style, ViewStyle::Json) {
+                if !matches!(self.mode, Mode::Json) {
                     self.say(&format!("deploying to {} node(s)", nodes.len()));
                 }
-                if let ViewStyle::Bars(_) = self.style {
+                if let Mode::Bars(_) = self.mode {
                     let drawn: Vec<PeerId> =
                         nodes.iter().filter(|n| self.drawn(n)).copied().collect();
                     for n in &drawn {
@@ -423,7 +428,7 @@ impl DeployView {
                 }
             }
             Progress::Batch { index, nodes } => {
-                if !matches!(self.style, ViewStyle::Json) {
+                if !matches!(self.mode, Mode::Json) {
                     let mut names: Vec<String> =
                         nodes.iter().take(8).map(|n| self.name(n)).collect();
                     if nodes.len() > 8 {
@@ -445,15 +450,15 @@ impl DeployView {
                 if !self.drawn(node) {
                     return;
                 }
-                match self.style {
-                    ViewStyle::Bars(_) => {
+                match self.mode {
+                    Mode::Bars(_) => {
                         if let Some(bar) = self.bar(node) {
                             bar.set_length(*total);
                             bar.set_position(*bytes);
                             bar.set_message(step);
                         }
                     }
-                    ViewStyle::Lines => {
+                    Mode::Lines => {
                         let pct = if *total == 0 {
                             100
                         } else {
@@ -466,7 +471,7 @@ impl DeployView {
                             eprintln!("  {name:<14} transfer {pct:>3}% of {total} bytes");
                         }
                     }
-                    ViewStyle::Json => {}
+                    Mode::Json => {}
                 }
             }
             Progress::Installed { node } => self.step(node, "installed".into(), false),
@@ -496,7 +501,7 @@ impl DeployView {
                 self.step(node, format!("could NOT be rolled back: {error}"), true)
             }
             Progress::Halted { reason } => {
-                if !matches!(self.style, ViewStyle::Json) {
+                if !matches!(self.mode, Mode::Json) {
                     self.say(&format!("rollout halted: {reason}"));
                 }
             }

@@ -16,7 +16,6 @@
 // Real processes: deadlines are on the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
@@ -47,22 +46,7 @@ fn sigkill_at_random_points_of_fifty_deploys_leaves_a_consistent_node() {
         let version = format!("1.{i}.0");
         let pkg = w.package(&version, "\"--name\", \"next\"");
         let kill_at = Duration::from_millis(rng.random_range(0..800));
-        let mut deploy = Command::new(env!("CARGO_BIN_EXE_p2pctl"))
-            .current_dir(w.path())
-            .envs(w.env.iter().map(|(k, v)| (k, v)))
-            .args(["deploy", &pkg, "--bootstrap", &node.addr()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(kill_at);
-        node.child.kill().unwrap(); // SIGKILL
-        node.child.wait().unwrap();
-        // The controller would only notice at its idle timeout.
-        let _ = deploy.kill();
-        let _ = deploy.wait();
-
-        node = Daemon::start(&dir, &[]);
+        node = w.sigkill_during_deploy(node, &pkg, kill_at);
         let bs = node.addr();
         let at = format!("iteration {i}, SIGKILL {kill_at:?} into the deploy of {version}");
         let active = healthy(&w, &bs, "n1");

@@ -9,7 +9,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -55,14 +55,10 @@ fn a_fleet_of_two_daemons_over_iroh() {
     assert!(logs.lines().any(|l| l.starts_with("n2 ")), "{logs}");
 
     // Follow: lines keep coming from both nodes (the health probes log).
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_p2pctl"))
-        .current_dir(w.path())
-        .envs(w.env.iter().map(|(k, v)| (k, v)))
-        .args(["logs", "demo", "-f", "--tail", "0", "--bootstrap", &bs])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut follow = w.spawn_ctl(
+        &["logs", "demo", "-f", "--tail", "0", "--bootstrap", &bs],
+        Stdio::piped(),
+    );
     let mut seen = std::collections::BTreeSet::new();
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
     while seen.len() < 2 {
@@ -191,23 +187,7 @@ fn an_agent_killed_mid_deploy_restarts_consistent() {
     for (i, delay_ms) in [50u64, 400, 1000].into_iter().enumerate() {
         let version = format!("{}.0.0", i + 2);
         let pkg = w.package(&version, "\"--name\", \"next\"");
-        let deploy = Command::new(env!("CARGO_BIN_EXE_p2pctl"))
-            .current_dir(w.path())
-            .envs(w.env.iter().map(|(k, v)| (k, v)))
-            .args(["deploy", &pkg, "--bootstrap", &n1.addr()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        n1.child.kill().unwrap(); // SIGKILL
-        n1.child.wait().unwrap();
-        // The controller would notice only at its idle timeout (30 s).
-        let mut deploy = deploy;
-        let _ = deploy.kill();
-        let _ = deploy.wait();
-
-        n1 = Daemon::start(&d1, &[]);
+        n1 = w.sigkill_during_deploy(n1, &pkg, Duration::from_millis(delay_ms));
         let bs = n1.addr();
         let before = format!("{}.0.0", i + 1);
         let active = healthy(&w, &bs, "n1");

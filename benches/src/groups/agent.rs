@@ -245,7 +245,7 @@ pub fn run() -> Vec<Figure> {
     // 100 MB to 10 agents, against one loopback TCP copy of the bytes.
     let agents: Vec<Proc> = dirs.iter().map(|d| start_agent(d).0).collect();
     let addrs: Vec<PeerAddr> = dirs.iter().map(|d| addr_of(d)).collect();
-    let package = package_100mb(root, &publisher);
+    let package = rt.block_on(package_100mb(root, &publisher));
     let (held, done, ok) = rt.block_on(deploy_to_all(&package, addrs));
     let copy = rt.block_on(tcp_copy(RELEASE_BYTES));
     for a in agents {
@@ -379,7 +379,7 @@ async fn tcp_copy(bytes: usize) -> Duration {
 
 /// A signed package of a shell-script app carrying 100 MB of random
 /// bytes, with a health check that passes at once.
-fn package_100mb(root: &Path, publisher: &Ed25519Signer) -> PathBuf {
+async fn package_100mb(root: &Path, publisher: &Ed25519Signer) -> PathBuf {
     let app = root.join("app");
     std::fs::create_dir_all(&app).expect("app dir");
     let mut data = vec![0u8; RELEASE_BYTES];
@@ -400,16 +400,11 @@ fn package_100mb(root: &Path, publisher: &Ed25519Signer) -> PathBuf {
     .expect("manifest");
     let out = root.join("payload-1.0.0.p2p");
     build(&app, &out, &SystemClock, BuildOptions::default()).expect("package");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        PackageFile::open(&out)
-            .expect("package")
-            .sign(publisher)
-            .await
-            .expect("sign")
-    });
+    PackageFile::open(&out)
+        .expect("package")
+        .sign(publisher)
+        .await
+        .expect("sign");
     out
 }
 

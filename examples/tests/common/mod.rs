@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct Daemon {
     pub child: Child,
     pub dir: PathBuf,
+    /// Another daemon runs on `dir` now: what is left there is its.
+    handed_over: bool,
 }
 
 impl Daemon {
@@ -34,6 +36,7 @@ impl Daemon {
         let d = Daemon {
             child,
             dir: dir.to_path_buf(),
+            handed_over: false,
         };
         let begun = Instant::now();
         while !dir.join("p2pd.addr").exists() {
@@ -89,6 +92,9 @@ impl Drop for Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.handed_over {
+            return;
+        }
         for pid in processes_under(&self.dir) {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
@@ -139,6 +145,36 @@ impl World {
 
     pub fn ctl(&self, args: &[&str]) -> Output {
         self.run(env!("CARGO_BIN_EXE_p2pctl"), args)
+    }
+
+    /// `p2pctl args` left running, its stdout as given, stderr dropped.
+    pub fn spawn_ctl(&self, args: &[&str], stdout: Stdio) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_p2pctl"))
+            .current_dir(self.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts `p2pctl deploy pkg` to `node`, kills the agent with SIGKILL
+    /// `after` into it, ends the deploy (the controller would notice only
+    /// at its idle timeout), and returns the agent started again.
+    pub fn sigkill_during_deploy(&self, node: Daemon, pkg: &str, after: Duration) -> Daemon {
+        let mut node = node;
+        let mut deploy =
+            self.spawn_ctl(&["deploy", pkg, "--bootstrap", &node.addr()], Stdio::null());
+        std::thread::sleep(after);
+        node.child.kill().unwrap(); // SIGKILL
+        node.child.wait().unwrap();
+        let _ = deploy.kill();
+        let _ = deploy.wait();
+        // The new agent must find the killed one's orphans itself.
+        let next = Daemon::start(&node.dir, &[]);
+        node.handed_over = true;
+        next
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
