@@ -261,13 +261,14 @@ impl PackageFile {
         if dlen > MAX_SECTION {
             return Err(truncated("descriptor length out of range"));
         }
-        let doff = HEADER_LEN
+        // Lengths come from the file: a header claiming more than the
+        // file holds must not overflow the offsets computed from it.
+        let soff = HEADER_LEN
             .checked_add(archive_len)
-            .ok_or_else(|| truncated("archive length out of range"))?;
-        let soff = doff + u64::from(dlen);
-        if soff + 4 > size {
-            return Err(truncated("the file ends before its signatures"));
-        }
+            .and_then(|d| d.checked_add(u64::from(dlen)))
+            .filter(|s| s.saturating_add(4) <= size)
+            .ok_or_else(|| truncated("the file ends before its signatures"))?;
+        let doff = soff - u64::from(dlen);
         f.seek(SeekFrom::Start(doff)).map_err(io)?;
         let mut descriptor_bytes = vec![0u8; dlen as usize];
         f.read_exact(&mut descriptor_bytes).map_err(io)?;

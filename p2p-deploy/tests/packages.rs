@@ -247,6 +247,25 @@ async fn security_truncated_package_is_refused() {
     ));
 }
 
+/// Found by the `package` fuzz target: a header whose archive length is
+/// near `u64::MAX` overflowed the offset arithmetic (a panic with overflow
+/// checks, a wrapped offset without).
+#[tokio::test]
+async fn security_header_lengths_past_the_file_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let pkg = signed(t.path(), "1.0.1", &[1]).await;
+    let good = std::fs::read(&pkg.path).unwrap();
+    for archive_len in [u64::MAX, u64::MAX - 0x7c, u64::MAX - 40, 1 << 40] {
+        let mut b = good.clone();
+        b[16..24].copy_from_slice(&archive_len.to_be_bytes());
+        std::fs::write(&pkg.path, &b).unwrap();
+        match PackageFile::open(&pkg.path).unwrap_err() {
+            VerifyError::Truncated(m) => assert!(m.contains("ends before its signatures"), "{m}"),
+            other => panic!("archive length {archive_len}: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn security_tampered_descriptor_is_refused() {
     let t = tempfile::tempdir().unwrap();
