@@ -392,7 +392,44 @@ fn exit_of(st: &std::process::ExitStatus) -> ExitStatus {
 }
 
 fn group_alive(pgid: Pid) -> bool {
-    killpg(pgid, None).is_ok()
+    if killpg(pgid, None).is_err() {
+        return false;
+    }
+    // Signal 0 succeeds while any member is a zombie, and members that
+    // outlived their parent are reaped by init, which some container
+    // inits do only about once a second: every stop then waited out its
+    // whole grace period. Zombies have exited; only running members count.
+    live_member_of(pgid).unwrap_or(true)
+}
+
+/// Whether a process of group `pgid` is running (not a zombie), from
+/// `/proc`; `None` where `/proc` cannot be read.
+fn live_member_of(pgid: Pid) -> Option<bool> {
+    let want = pgid.as_raw().to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // gone meanwhile
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold anything, so
+        // the fields are counted from its closing parenthesis.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let pgrp = fields.nth(1).unwrap_or("");
+        if pgrp == want && state != "Z" && state != "X" {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 /// TERM to the group, up to `grace` for the main process and then the
@@ -862,5 +899,48 @@ impl Runtime for ProcessRuntime {
 
     async fn logs(&self, name: &str, selection: LogSelection) -> Result<LogLines> {
         self.app(name)?.logs.read(&selection).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    fn state_of(pid: u32) -> String {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let (_, rest) = stat.rsplit_once(')').unwrap();
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+
+    /// A group whose only member is a zombie has exited: stopping an app
+    /// used to wait out its whole grace period for init to reap it.
+    #[test]
+    fn a_group_of_zombies_is_not_alive() {
+        let mut running = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = Pid::from_raw(running.id() as i32);
+        assert!(group_alive(pgid));
+        running.kill().unwrap();
+        // Not waited for: a zombie until `wait`.
+        for _ in 0..500 {
+            if state_of(running.id()) == "Z" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(state_of(running.id()), "Z");
+        assert!(
+            killpg(pgid, None).is_ok(),
+            "signal 0 still reaches a zombie"
+        );
+        assert!(!group_alive(pgid), "a group of zombies counts as alive");
+        running.wait().unwrap();
+        assert!(!group_alive(pgid));
     }
 }
