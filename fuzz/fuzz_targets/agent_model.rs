@@ -43,11 +43,12 @@ use p2p_deploy::{
     AgentConfig, Controller, ControllerConfig, NodeInfo, NodeResult, Release, RolloutPlan,
     TrustStore,
 };
-use p2p_sim::{NodeConfig, Script, SimNet};
+use p2p_sim::{NodeConfig, SimNet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "../../p2p-deploy/tests/common/mod.rs"]
 mod common;
+use common::Kind;
 
 const APP: &str = "app";
 const HEALTH: &str = "[health]\nhttp = \"http://127.0.0.1:8080/health\"\ninterval = \"1s\"\n\
@@ -59,41 +60,6 @@ const BOUND: Duration = Duration::from_secs(30 * 60);
 const SETTLE: Duration = Duration::from_secs(20);
 /// After the agent restarts: recovery and a reconcile round.
 const RECOVER: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Healthy,
-    SlowStart,
-    NeverHealthy,
-    Crashes,
-    FailsToStart,
-}
-
-impl Kind {
-    fn from(n: u8) -> Kind {
-        [
-            Kind::Healthy,
-            Kind::SlowStart,
-            Kind::NeverHealthy,
-            Kind::Crashes,
-            Kind::FailsToStart,
-        ][usize::from(n) % 5]
-    }
-
-    fn script(self) -> Script {
-        match self {
-            Kind::Healthy => Script::healthy(),
-            Kind::SlowStart => Script::slow_start(Duration::from_secs(4)),
-            Kind::NeverHealthy => Script::never_healthy(),
-            Kind::Crashes => Script::exits_after(3, Duration::from_secs(2)),
-            Kind::FailsToStart => Script::fails_to_start(127),
-        }
-    }
-
-    fn bad(self) -> bool {
-        !matches!(self, Kind::Healthy | Kind::SlowStart)
-    }
-}
 
 struct Model {
     net: SimNet,
@@ -142,7 +108,7 @@ impl Model {
         if let Some(r) = self.releases.get(version) {
             return r.clone();
         }
-        let kind = Kind::from(kind);
+        let kind = Kind::ALL[usize::from(kind) % Kind::ALL.len()];
         self.net.scripts().set(APP, version, kind.script());
         let r = (
             kind,

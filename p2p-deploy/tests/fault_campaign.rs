@@ -31,12 +31,12 @@ use p2p_deploy::{
     AgentConfig, BatchSize, Controller, ControllerConfig, FailureLimit, NodeInfo, NodeResult, Plan,
     Release, RolloutPlan, RolloutReport, Selector, TrustStore,
 };
-use p2p_sim::{LinkSpec, NodeConfig, Script, SimNet};
+use p2p_sim::{LinkSpec, NodeConfig, SimNet};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{publisher, release_with, spawn_agent, spawn_mallory};
+use common::{Kind, publisher, release_with, spawn_agent, spawn_mallory};
 
 const APP: &str = "app";
 const HEALTH: &str = "[health]\nhttp = \"http://127.0.0.1:8080/health\"\ninterval = \"1s\"\n\
@@ -56,33 +56,6 @@ fn install_panic_counter() {
             default(info);
         }));
     });
-}
-
-/// What a version does when started.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Healthy,
-    SlowStart,
-    NeverHealthy,
-    Crashes,
-    FailsToStart,
-}
-
-impl Kind {
-    fn script(self) -> Script {
-        match self {
-            Kind::Healthy => Script::healthy(),
-            Kind::SlowStart => Script::slow_start(Duration::from_secs(4)),
-            Kind::NeverHealthy => Script::never_healthy(),
-            Kind::Crashes => Script::exits_after(3, Duration::from_secs(2)),
-            Kind::FailsToStart => Script::fails_to_start(127),
-        }
-    }
-
-    /// Whether it can never pass a health gate.
-    fn bad(self) -> bool {
-        !matches!(self, Kind::Healthy | Kind::SlowStart)
-    }
 }
 
 struct World {
@@ -403,13 +376,7 @@ async fn campaign(seed: u64) -> Result<Vec<String>, (String, Vec<String>)> {
             w.log,
         ));
     }
-    let kinds = [
-        Kind::Healthy,
-        Kind::SlowStart,
-        Kind::NeverHealthy,
-        Kind::Crashes,
-        Kind::FailsToStart,
-    ];
+    let kinds = Kind::ALL;
     for minor in 1..=3 {
         let version = format!("1.{minor}.0");
         let kind = kinds[rng.random_range(0..kinds.len())];

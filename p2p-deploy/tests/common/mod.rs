@@ -13,7 +13,7 @@ use p2p_deploy::proto::{Call, Envelope, Frame, MAX_FRAME, PROTOCOL, Reply, Reque
 use p2p_deploy::{
     Agent, AgentConfig, AgentParts, Bitfield, Descriptor, Manifest, MemInstaller, Release,
 };
-use p2p_sim::{NodeConfig, SimNet};
+use p2p_sim::{NodeConfig, Script, SimNet};
 
 /// Starts an agent with `cfg` on a new 100 Mbit/s node `name` of `net`,
 /// with the simulator's runtime, storage and clock and an in-memory
@@ -134,4 +134,47 @@ pub fn spawn_mallory(
         });
     }
     joined
+}
+
+/// What a simulated version does when started (the fault campaign's and
+/// the `agent_model` fuzz target's versions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// Starts and passes every probe.
+    Healthy,
+    /// Passes its probes only after 4 s.
+    SlowStart,
+    /// Runs, and every probe fails.
+    NeverHealthy,
+    /// Healthy for 2 s, then exits with 3.
+    Crashes,
+    /// Exits with 127 the moment it spawns.
+    FailsToStart,
+}
+
+impl Kind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Healthy,
+        Kind::SlowStart,
+        Kind::NeverHealthy,
+        Kind::Crashes,
+        Kind::FailsToStart,
+    ];
+
+    /// The simulator script that behaves so.
+    pub fn script(self) -> Script {
+        match self {
+            Kind::Healthy => Script::healthy(),
+            Kind::SlowStart => Script::slow_start(Duration::from_secs(4)),
+            Kind::NeverHealthy => Script::never_healthy(),
+            Kind::Crashes => Script::exits_after(3, Duration::from_secs(2)),
+            Kind::FailsToStart => Script::fails_to_start(127),
+        }
+    }
+
+    /// Whether it can never pass a health gate.
+    pub fn bad(self) -> bool {
+        !matches!(self, Kind::Healthy | Kind::SlowStart)
+    }
 }
