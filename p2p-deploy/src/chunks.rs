@@ -121,13 +121,36 @@ impl ChunkStore {
         }
     }
 
-    /// The releases kept.
+    /// The releases kept. A stored descriptor that does not decode is
+    /// skipped with a warning (and left where it is): one damaged record
+    /// must not hide every other release from the catalog, or stop an
+    /// agent from resuming the transfers it had under way.
     pub async fn releases(&self) -> Result<Vec<Descriptor>> {
         let mut out = Vec::new();
         for key in self.storage.list("releases/").await? {
             if let Some(bytes) = self.storage.get(&key).await? {
+                match Descriptor::from_bytes(&bytes) {
+                    Ok(d) => out.push(d),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "a stored release is corrupt; skipped")
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every release kept, or an error naming the first that does not
+    /// decode: collection must know every release's chunks before it
+    /// deletes any.
+    async fn releases_all(&self) -> Result<Vec<Descriptor>> {
+        let mut out = Vec::new();
+        for key in self.storage.list("releases/").await? {
+            if let Some(bytes) = self.storage.get(&key).await? {
                 let d = Descriptor::from_bytes(&bytes).map_err(|e| {
-                    Error::protocol(format!("stored release {key} is corrupt: {e}"))
+                    Error::protocol(format!(
+                        "stored release {key} is corrupt ({e}); no chunk collected"
+                    ))
                 })?;
                 out.push(d);
             }
@@ -216,7 +239,7 @@ impl ChunkStore {
     pub async fn collect(&self) -> Result<usize> {
         let _alone = self.sweep.write().await;
         let mut live = BTreeSet::new();
-        for d in self.releases().await? {
+        for d in self.releases_all().await? {
             live.extend(d.chunks.iter().map(chunk_key));
         }
         let mut gone = 0;
@@ -226,5 +249,57 @@ impl ChunkStore {
             }
         }
         Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use p2p_core::{MemStorage, Timestamp};
+
+    use super::*;
+    use crate::Manifest;
+
+    fn descriptor(version: &str, bytes: &[u8]) -> Descriptor {
+        let h = crate::package::hash_archive(bytes, 4096).unwrap();
+        Descriptor {
+            manifest: Manifest::parse(&format!(
+                "name = \"app\"\nversion = \"{version}\"\nentrypoint = \"run\"\n"
+            ))
+            .unwrap(),
+            archive_size: h.len,
+            archive_sha256: h.sha256,
+            chunk_size: 4096,
+            chunks: h.chunks,
+            created_at: Timestamp(0),
+        }
+    }
+
+    /// One damaged descriptor used to fail `releases()`, and with it the
+    /// agent's whole catalog.
+    #[tokio::test]
+    async fn a_corrupt_descriptor_hides_only_itself_and_stops_collection() {
+        let storage = Arc::new(MemStorage::new());
+        let store = ChunkStore::new(storage.clone());
+        let (a, b) = (
+            descriptor("1.0.0", b"first"),
+            descriptor("2.0.0", b"second"),
+        );
+        store.add_release(&a).await.unwrap();
+        store.add_release(&b).await.unwrap();
+        store.put(&a, 0, b"first").await.unwrap();
+        store.put(&b, 0, b"second").await.unwrap();
+        storage
+            .put(&release_key(&b.id()), b"not a descriptor")
+            .await
+            .unwrap();
+        assert_eq!(store.releases().await.unwrap(), vec![a.clone()]);
+        // The damaged record stays; nothing is collected while it is there.
+        assert!(storage.get(&release_key(&b.id())).await.unwrap().is_some());
+        let e = store.collect().await.unwrap_err().to_string();
+        assert!(e.contains("corrupt"), "{e}");
+        assert_eq!(store.get(&a, 0).await.unwrap().unwrap(), b"first");
+        let b_chunk = storage.get(&chunk_key(&b.chunks[0])).await.unwrap();
+        assert_eq!(b_chunk.as_deref(), Some(&b"second"[..]));
     }
 }
