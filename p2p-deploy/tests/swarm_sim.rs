@@ -223,6 +223,47 @@ fn named(infos: &[NodeInfo], names: &[&str]) -> Vec<NodeInfo> {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_damaged_release_record_hides_only_itself() {
+    let (net, names, ctl) = fleet_with(23, 1, |_, _| {});
+    let all = infos(&ctl).await;
+    let app = release_of("app", "1.0.0", 300_000).await;
+    assert!(deploy_all(&ctl, &app, &all).await.is_success());
+    // A descriptor record that no longer decodes (a disk fault, a bad
+    // restore), then the agent restarts: it recovers, answers, and its
+    // catalog still lists what it holds.
+    let storage = net.storage(&names[0]).unwrap();
+    let key = format!("releases/{}", "ab".repeat(32));
+    p2p_core::Storage::put(&storage, &key, b"garbage")
+        .await
+        .unwrap();
+    net.crash(&names[0]).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.restart(&names[0]).unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let found = ctl.search("app", None).await;
+    assert!(found.unanswered.is_empty(), "{found:?}");
+    assert_eq!(found.hits.len(), 1, "{found:?}");
+    assert!(found.hits[0].holders[0].active, "{found:?}");
+    // Removing the app still works; the damaged record is left alone.
+    let reply = ctl
+        .request(
+            &all[0].addr,
+            p2p_deploy::proto::Request::Remove {
+                app: "app".into(),
+                version: None,
+            },
+        )
+        .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert!(
+        p2p_core::Storage::get(&storage, &key)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn search_finds_releases_by_name_and_version_and_a_node_fetches_one_from_holders() {
     let other = Ed25519Signer::from_seed(&[1; 32]);
     let (_net, names, ctl) = fleet_with(21, 5, |i, cfg| {
