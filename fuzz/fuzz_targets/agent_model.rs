@@ -30,7 +30,7 @@
 //! - every operation ends within a bound of virtual time;
 //! - nothing panics, in any task (libFuzzer's panic hook aborts).
 #![no_main]
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -127,32 +127,23 @@ impl ChunkStore {
     /// agent from resuming the transfers it had under way.
     pub async fn releases(&self) -> Result<Vec<Descriptor>> {
         let mut out = Vec::new();
-        for key in self.storage.list("releases/").await? {
-            if let Some(bytes) = self.storage.get(&key).await? {
-                match Descriptor::from_bytes(&bytes) {
-                    Ok(d) => out.push(d),
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "a stored release is corrupt; skipped")
-                    }
-                }
+        for (key, d) in self.stored_releases().await? {
+            match d {
+                Ok(d) => out.push(d),
+                Err(e) => tracing::warn!(%key, error = %e, "a stored release is corrupt; skipped"),
             }
         }
         Ok(out)
     }
 
-    /// Every release kept, or an error naming the first that does not
-    /// decode: collection must know every release's chunks before it
-    /// deletes any.
-    async fn releases_all(&self) -> Result<Vec<Descriptor>> {
+    /// Every stored descriptor record with its key, decoded or not.
+    async fn stored_releases(
+        &self,
+    ) -> Result<Vec<(String, std::result::Result<Descriptor, VerifyError>)>> {
         let mut out = Vec::new();
         for key in self.storage.list("releases/").await? {
             if let Some(bytes) = self.storage.get(&key).await? {
-                let d = Descriptor::from_bytes(&bytes).map_err(|e| {
-                    Error::protocol(format!(
-                        "stored release {key} is corrupt ({e}); no chunk collected"
-                    ))
-                })?;
-                out.push(d);
+                out.push((key, Descriptor::from_bytes(&bytes)));
             }
         }
         Ok(out)
@@ -239,7 +230,13 @@ impl ChunkStore {
     pub async fn collect(&self) -> Result<usize> {
         let _alone = self.sweep.write().await;
         let mut live = BTreeSet::new();
-        for d in self.releases_all().await? {
+        // Every release's chunks must be known before any is deleted.
+        for (key, d) in self.stored_releases().await? {
+            let d = d.map_err(|e| {
+                Error::protocol(format!(
+                    "stored release {key} is corrupt ({e}); no chunk collected"
+                ))
+            })?;
             live.extend(d.chunks.iter().map(chunk_key));
         }
         let mut gone = 0;

@@ -917,8 +917,8 @@ mod tests {
 
     /// A group whose only member is a zombie has exited: stopping an app
     /// used to wait out its whole grace period for init to reap it.
-    #[test]
-    fn a_group_of_zombies_is_not_alive() {
+    #[tokio::test]
+    async fn a_group_of_zombies_is_not_alive() {
         let mut running = std::process::Command::new("sleep")
             .arg("30")
             .process_group(0)
@@ -932,7 +932,7 @@ mod tests {
             if state_of(running.id()) == "Z" {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(state_of(running.id()), "Z");
         assert!(
