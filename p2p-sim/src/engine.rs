@@ -91,6 +91,17 @@ pub struct NetStats {
     pub events: u64,
 }
 
+/// Bytes one node's links carried since the network started (every
+/// incarnation), segment headers not counted: with the node's rates they
+/// tell how busy its uplink and downlink were.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeTraffic {
+    /// Bytes that left its uplink (retransmissions included).
+    pub sent: u64,
+    /// Bytes that went through its downlink (duplicates included).
+    pub received: u64,
+}
+
 /// Side effects that must run without the state lock held: they may drop
 /// connection handles, whose `Drop` takes the lock.
 pub(crate) enum Effect {
@@ -392,6 +403,7 @@ pub(crate) struct Node {
     pub(crate) storage: MemStorage,
     pub(crate) factory: Option<Factory>,
     conns: BTreeSet<ConnId>,
+    traffic: NodeTraffic,
 }
 
 pub(crate) struct State {
@@ -547,7 +559,9 @@ impl State {
                 if self.nodes[node as usize].inc != inc {
                     return;
                 }
-                self.nodes[node as usize].up_busy = false;
+                let n = &mut self.nodes[node as usize];
+                n.up_busy = false;
+                n.traffic.sent += seg.len() as u64;
                 self.route(seg);
                 self.uplink_next(node);
             }
@@ -556,7 +570,9 @@ impl State {
                 if self.nodes[node as usize].inc != inc {
                     return;
                 }
-                self.nodes[node as usize].down_busy = false;
+                let n = &mut self.nodes[node as usize];
+                n.down_busy = false;
+                n.traffic.received += seg.len() as u64;
                 self.deliver(seg);
                 self.downlink_next(node);
             }
@@ -639,10 +655,15 @@ impl State {
             storage: MemStorage::new(),
             factory: None,
             conns: BTreeSet::new(),
+            traffic: NodeTraffic::default(),
         });
         self.names.insert(name.to_string(), idx);
         self.ids.insert(id, idx);
         Ok(idx)
+    }
+
+    pub(crate) fn traffic(&self, n: NodeIdx) -> NodeTraffic {
+        self.nodes[n as usize].traffic
     }
 
     /// Brings a node up as a new incarnation; returns its generation.

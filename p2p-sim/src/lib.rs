@@ -86,7 +86,7 @@ pub mod scenario;
 pub mod trace;
 
 pub use clock::SimClock;
-pub use engine::NetStats;
+pub use engine::{NetStats, NodeTraffic};
 pub use link::{LinkSpec, NodeConfig};
 pub use net::{NodeCtx, SimNet, SimNetBuilder};
 pub use process::{Script, ScriptBook, SimHealthChecker, SimRuntime};

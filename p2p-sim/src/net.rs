@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::clock::SimClock;
-use crate::engine::{Config, NetStats, NodeIdx, Shared, State};
+use crate::engine::{Config, NetStats, NodeIdx, NodeTraffic, Shared, State};
 use crate::link::{LinkSpec, NodeConfig};
 use crate::process::{ScriptBook, SimRuntime};
 use crate::provider::SimProvider;
@@ -503,6 +503,12 @@ impl SimNet {
     /// Totals since the network started.
     pub fn stats(&self) -> NetStats {
         self.shared.with(|st| st.stats)
+    }
+
+    /// What the node called `name` sent and received so far.
+    pub fn traffic(&self, name: &str) -> Result<NodeTraffic> {
+        let n = self.idx(name)?;
+        Ok(self.shared.with(|st| st.traffic(n)))
     }
 
     /// Live stream directions and connections held by the engine (for leak

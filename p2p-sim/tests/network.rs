@@ -87,6 +87,35 @@ async fn hundred_megabytes_over_a_100_mbit_path_take_eight_seconds() {
     );
 }
 
+/// Each node's traffic counters: what left its uplink and what went
+/// through its downlink, the payload and not much more.
+#[tokio::test(start_paused = true)]
+async fn traffic_counts_what_each_node_sent_and_received() {
+    let net = net(2);
+    let a = net
+        .add_node_with("a", NodeConfig::default().mbit(100))
+        .unwrap();
+    let b = net
+        .add_node_with("b", NodeConfig::default().mbit(100))
+        .unwrap();
+    let (ab, ba) = connect(&a, &b).await;
+    let before = (net.traffic("a").unwrap(), net.traffic("b").unwrap());
+    stream_bytes(ab, ba, 5_000_000, Arc::new(AtomicU64::new(0))).await;
+    let (ta, tb) = (net.traffic("a").unwrap(), net.traffic("b").unwrap());
+    let sent = ta.sent - before.0.sent;
+    let received = tb.received - before.1.received;
+    for (what, n) in [("a sent", sent), ("b received", received)] {
+        assert!(
+            (5_000_000..5_100_000).contains(&n),
+            "{what} {n} bytes for a 5 MB stream"
+        );
+    }
+    // The other way only credit and stream control went.
+    assert!(tb.sent - before.1.sent < 100_000, "{tb:?}");
+    assert!(ta.received - before.0.received < 100_000, "{ta:?}");
+    assert!(net.traffic("nobody").is_err());
+}
+
 #[tokio::test(start_paused = true)]
 async fn two_flows_sharing_an_uplink_each_get_half() {
     let net = net(2);
