@@ -72,6 +72,10 @@ pub const HISTORY_KEPT: usize = 50;
 /// How long a request waits for another operation on the same app.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 
+/// How long an upload slot waits, after the chunks were written, for the
+/// client to say it read them.
+const SLOT_HOLD: Duration = Duration::from_secs(10);
+
 /// How an agent behaves.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -211,6 +215,8 @@ struct Inner {
     reputation: Reputation,
     /// Caps on chunk bytes served and fetched.
     upload: Option<Arc<Throttle>>,
+    /// Chunk requests being served; past the limit, more are refused.
+    upload_slots: tokio::sync::Semaphore,
     download: Option<Arc<Throttle>>,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
@@ -287,6 +293,7 @@ impl Agent {
             inner: Arc::new(Inner {
                 reputation: Reputation::new(cfg.swarm.reputation.clone()),
                 upload: cfg.swarm.upload_limit.map(|r| Arc::new(Throttle::new(r))),
+                upload_slots: tokio::sync::Semaphore::new(cfg.swarm.upload_slots.max(1)),
                 download: cfg.swarm.download_limit.map(|r| Arc::new(Throttle::new(r))),
                 rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(parts.seed)),
                 cfg,
@@ -649,8 +656,30 @@ impl Agent {
             Request::Logs { app, selection } => self.serve_logs(&mut framed, &app, selection).await,
             Request::FetchChunks { package, indexes } => {
                 let deadline = tokio::time::Instant::now() + timeout;
-                self.serve_chunks(&mut framed, &package, &indexes, deadline)
-                    .await
+                // A slot per request, or "busy" at once: the client asks
+                // another holder (see `SwarmConfig::upload_slots`).
+                let Ok(_slot) = self.inner.upload_slots.try_acquire() else {
+                    let e = RpcError::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "this node is serving {} chunk requests already",
+                            self.inner.cfg.swarm.upload_slots.max(1)
+                        ),
+                    );
+                    end_with(&mut framed, Frame::Error(e)).await;
+                    return;
+                };
+                let end = self
+                    .serve_chunks(&mut framed, &package, &indexes, deadline)
+                    .await;
+                end_with(&mut framed, end).await;
+                // Writing only queues the bytes: the slot is held until
+                // the client has read them (it closes its side then), for
+                // a bounded time, so that a client that never closes
+                // cannot keep it.
+                let hold = deadline.min(tokio::time::Instant::now() + SLOT_HOLD);
+                let _ = tokio::time::timeout_at(hold, framed.recv_opt::<Frame>()).await;
+                return;
             }
             Request::Swarm { package, have } => match self.transfer_for(&package).await {
                 Ok(t) => {

@@ -434,3 +434,51 @@ async fn upload_and_download_caps_bound_the_transfer_rate() {
         );
     }
 }
+
+/// A node serves `upload_slots` chunk requests at once and answers
+/// "busy" to one more at once (the client then asks another holder),
+/// until a slot is free again; a swarm of such nodes still completes.
+#[tokio::test(start_paused = true)]
+async fn a_node_with_every_upload_slot_taken_answers_busy_and_the_swarm_completes() {
+    use p2p_deploy::proto::{Call, Frame, Request};
+    let (net, _names, ctl) = fleet_with(23, 8, |_, cfg| cfg.swarm.upload_slots = 1);
+    let all = infos(&ctl).await;
+    let r = release(2 << 20).await;
+    let report = deploy_all(&ctl, &r, &all).await;
+    assert!(report.is_success(), "{report:?}");
+
+    let probe = net
+        .add_node_with("probe", NodeConfig::default().mbit(100))
+        .unwrap();
+    let conn = probe.connect(&all[0].addr).await.unwrap();
+    let fetch = |i: u32| Request::FetchChunks {
+        package: r.id(),
+        indexes: vec![i],
+    };
+    let timeout = Duration::from_secs(10);
+    // The first request takes the slot, and keeps it while this client
+    // has not closed its side.
+    let mut first = Call::open(&*conn, fetch(0), timeout).await.unwrap();
+    assert!(matches!(
+        first.next().await.unwrap(),
+        Frame::Chunk { index: 0, .. }
+    ));
+    let mut second = Call::open(&*conn, fetch(1), timeout).await.unwrap();
+    let busy = second.next().await.unwrap_err();
+    assert!(
+        matches!(busy, p2p_core::Error::Busy { .. }),
+        "with the one slot taken: {busy}"
+    );
+    assert!(
+        busy.to_string().contains("serving 1 chunk requests"),
+        "{busy}"
+    );
+    // Once the first client is done, the slot is free again.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = Call::open(&*conn, fetch(1), timeout).await.unwrap();
+    assert!(matches!(
+        third.next().await.unwrap(),
+        Frame::Chunk { index: 1, .. }
+    ));
+}
