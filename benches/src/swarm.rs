@@ -54,6 +54,8 @@ pub struct SwarmScenario {
     pub seed: u64,
     /// The agents' swarm settings.
     pub agent: SwarmConfig,
+    /// Records [`SwarmOutcome::traffic`] at this interval; `None`: not.
+    pub sample_every: Option<Duration>,
 }
 
 /// The longest a deploy may take in these runs (virtual time).
@@ -76,6 +78,7 @@ impl SwarmScenario {
             swarm: true,
             seed: 2026,
             agent: SwarmConfig::default(),
+            sample_every: None,
         }
     }
 
@@ -200,8 +203,40 @@ impl SwarmScenario {
         release: Arc<Release>,
         targets: &[NodeInfo],
     ) -> SwarmOutcome {
-        let (report, done) = timed_deploy(ctl, release, targets).await;
+        let stop = tokio::sync::Notify::new();
+        let sample = async {
+            let mut traffic = Vec::new();
+            let Some(every) = self.sample_every else {
+                return traffic;
+            };
+            let begun = tokio::time::Instant::now();
+            let names: Vec<String> = (0..self.nodes).map(|i| format!("t{i:03}")).collect();
+            loop {
+                let each: Vec<p2p_sim::NodeTraffic> = names
+                    .iter()
+                    .map(|n| net.traffic(n).unwrap_or_default())
+                    .collect();
+                let received = each.iter().map(|t| t.received).sum();
+                traffic.push(TrafficSample {
+                    at: begun.elapsed(),
+                    seed_sent: net.traffic("ctl").map_or(0, |t| t.sent),
+                    targets_received: received,
+                    targets: each,
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = stop.notified() => return traffic,
+                }
+            }
+        };
+        let deploy = async {
+            let out = timed_deploy(ctl, release, targets).await;
+            stop.notify_one();
+            out
+        };
+        let ((report, done), traffic) = tokio::join!(deploy, sample);
         SwarmOutcome {
+            traffic,
             finished: {
                 let mut t: Vec<Duration> = done.values().copied().collect();
                 t.sort();
@@ -258,6 +293,21 @@ pub struct SwarmOutcome {
     pub trace_hash: String,
     /// The rollout's report.
     pub report: RolloutReport,
+    /// Traffic over time, if [`SwarmScenario::sample_every`] asked for it.
+    pub traffic: Vec<TrafficSample>,
+}
+
+/// The traffic of a run at one moment since the deploy began.
+#[derive(Debug, Clone)]
+pub struct TrafficSample {
+    /// Since the deploy began.
+    pub at: Duration,
+    /// Bytes the controller's uplink sent so far.
+    pub seed_sent: u64,
+    /// Bytes all the targets' downlinks carried so far.
+    pub targets_received: u64,
+    /// Each target's traffic so far, in the order the targets were made.
+    pub targets: Vec<p2p_sim::NodeTraffic>,
 }
 
 impl SwarmOutcome {
