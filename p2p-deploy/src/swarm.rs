@@ -249,7 +249,7 @@ pub struct SwarmConfig {
 impl Default for SwarmConfig {
     fn default() -> Self {
         SwarmConfig {
-            dial: 8,
+            dial: 10,
             max_neighbors: 24,
             per_peer: 2,
             upload_slots: 16,
@@ -1268,10 +1268,11 @@ pub(crate) struct Seed {
 /// chunk has arrived, and a target's downlink is shared with its peers'
 /// uploads, so a few slots leave the seed's uplink idle while their
 /// chunks crawl through busy downlinks. In the simulator with 100
-/// targets (before [`SEED_FIRST_SLOTS`] and upload slots), 8 slots sent one copy of every chunk at 84% of the seed's
-/// rate, 12 at 93% and 16 at 99%, but with 16 each first copy took so
-/// long to arrive that the spread lagged more: 12 finished first (1.36x
-/// the bound against 1.39x with 8 and 1.38x with 16).
+/// targets, before the first slots were few and before upload slots, 8
+/// slots sent one copy of every chunk at 84% of the seed's rate, 12 at
+/// 93% and 16 at 99%, but with 16 each first copy took so long to arrive
+/// that the spread lagged more: 12 finished first (1.36x the bound
+/// against 1.39x with 8 and 1.38x with 16).
 pub(crate) const SEED_SLOTS: usize = 12;
 
 /// Slots a seed opens at first; one more opens for each chunk sent, up
