@@ -30,6 +30,17 @@ async fn connect(a: &SimProvider, b: &SimProvider) -> (Arc<dyn Connection>, Arc<
     (x.unwrap(), y.unwrap())
 }
 
+/// Nodes "a" and "b" at 100 Mbit/s, connected: a's side, then b's.
+async fn pair_at_100_mbit(net: &SimNet) -> (Arc<dyn Connection>, Arc<dyn Connection>) {
+    let a = net
+        .add_node_with("a", NodeConfig::default().mbit(100))
+        .unwrap();
+    let b = net
+        .add_node_with("b", NodeConfig::default().mbit(100))
+        .unwrap();
+    connect(&a, &b).await
+}
+
 /// Streams `total` bytes from `from` to a reader on `to` that counts them
 /// into `counter`; returns when the reader saw the end.
 async fn stream_bytes(
@@ -69,13 +80,7 @@ async fn stream_bytes(
 #[tokio::test(start_paused = true)]
 async fn hundred_megabytes_over_a_100_mbit_path_take_eight_seconds() {
     let net = net(1);
-    let a = net
-        .add_node_with("a", NodeConfig::default().mbit(100))
-        .unwrap();
-    let b = net
-        .add_node_with("b", NodeConfig::default().mbit(100))
-        .unwrap();
-    let (ab, ba) = connect(&a, &b).await;
+    let (ab, ba) = pair_at_100_mbit(&net).await;
     let got = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     stream_bytes(ab, ba, 100_000_000, got.clone()).await;
@@ -92,13 +97,7 @@ async fn hundred_megabytes_over_a_100_mbit_path_take_eight_seconds() {
 #[tokio::test(start_paused = true)]
 async fn traffic_counts_what_each_node_sent_and_received() {
     let net = net(2);
-    let a = net
-        .add_node_with("a", NodeConfig::default().mbit(100))
-        .unwrap();
-    let b = net
-        .add_node_with("b", NodeConfig::default().mbit(100))
-        .unwrap();
-    let (ab, ba) = connect(&a, &b).await;
+    let (ab, ba) = pair_at_100_mbit(&net).await;
     let before = (net.traffic("a").unwrap(), net.traffic("b").unwrap());
     stream_bytes(ab, ba, 5_000_000, Arc::new(AtomicU64::new(0))).await;
     let (ta, tb) = (net.traffic("a").unwrap(), net.traffic("b").unwrap());
