@@ -76,6 +76,47 @@ const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// client to say it read them.
 const SLOT_HOLD: Duration = Duration::from_secs(10);
 
+/// Upload slots one peer may hold at once, so that one peer cannot take
+/// them all (agents ask a neighbour for [`SwarmConfig::per_peer`]
+/// chunks at a time, 2 by default).
+///
+/// [`SwarmConfig::per_peer`]: crate::SwarmConfig::per_peer
+pub const SLOTS_PER_PEER: usize = 4;
+
+/// One upload slot held by a peer; given back when dropped.
+struct PeerSlot {
+    held: Arc<Mutex<BTreeMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl PeerSlot {
+    /// A slot for `peer`, unless it holds [`SLOTS_PER_PEER`] already.
+    fn take(held: &Arc<Mutex<BTreeMap<PeerId, usize>>>, peer: PeerId) -> Option<PeerSlot> {
+        let mut map = locked(held);
+        let n = map.entry(peer).or_default();
+        if *n >= SLOTS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            held: held.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = locked(&self.held);
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// How an agent behaves.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -217,6 +258,8 @@ struct Inner {
     upload: Option<Arc<Throttle>>,
     /// Chunk requests being served; past the limit, more are refused.
     upload_slots: tokio::sync::Semaphore,
+    /// Upload slots each peer holds (at most [`SLOTS_PER_PEER`]).
+    slots_held: Arc<Mutex<BTreeMap<PeerId, usize>>>,
     download: Option<Arc<Throttle>>,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
@@ -304,6 +347,7 @@ impl Agent {
                 background,
                 background_rx: Mutex::new(Some(background_rx)),
                 dialed: Pool::default(),
+                slots_held: Arc::default(),
             }),
         }
     }
@@ -658,6 +702,16 @@ impl Agent {
                 let deadline = tokio::time::Instant::now() + timeout;
                 // A slot per request, or "busy" at once: the client asks
                 // another holder (see `SwarmConfig::upload_slots`).
+                let Some(_mine) = PeerSlot::take(&self.inner.slots_held, peer) else {
+                    let e = RpcError::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "this node is serving {SLOTS_PER_PEER} chunk requests of yours already"
+                        ),
+                    );
+                    end_with(&mut framed, Frame::Error(e)).await;
+                    return;
+                };
                 let Ok(_slot) = self.inner.upload_slots.try_acquire() else {
                     let e = RpcError::new(
                         ErrorKind::Busy,

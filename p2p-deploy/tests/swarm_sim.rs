@@ -482,3 +482,50 @@ async fn a_node_with_every_upload_slot_taken_answers_busy_and_the_swarm_complete
         Frame::Chunk { index: 1, .. }
     ));
 }
+
+/// One peer holds at most `SLOTS_PER_PEER` of a node's upload slots: the
+/// next request of its is refused as busy while other peers are served.
+#[tokio::test(start_paused = true)]
+async fn one_peer_cannot_take_every_upload_slot() {
+    use p2p_deploy::agent::SLOTS_PER_PEER;
+    use p2p_deploy::proto::{Call, Frame, Request};
+    let (net, _names, ctl) = fleet(24, 2);
+    let all = infos(&ctl).await;
+    let r = release(2 << 20).await;
+    assert!(deploy_all(&ctl, &r, &all).await.is_success());
+    let fetch = |i: u32| Request::FetchChunks {
+        package: r.id(),
+        indexes: vec![i],
+    };
+    let timeout = Duration::from_secs(10);
+    let greedy = net.add_node("greedy").unwrap();
+    let conn = greedy.connect(&all[0].addr).await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..SLOTS_PER_PEER as u32 {
+        let mut call = Call::open(&*conn, fetch(i), timeout).await.unwrap();
+        assert!(matches!(call.next().await.unwrap(), Frame::Chunk { .. }));
+        held.push(call); // read, and never closed
+    }
+    let mut more = Call::open(&*conn, fetch(9), timeout).await.unwrap();
+    let busy = more.next().await.unwrap_err();
+    assert!(
+        matches!(busy, p2p_core::Error::Busy { .. }) && busy.to_string().contains("of yours"),
+        "a peer past its share of the slots: {busy}"
+    );
+    // Someone else is served meanwhile.
+    let other = net.add_node("other").unwrap();
+    let conn2 = other.connect(&all[0].addr).await.unwrap();
+    let mut call = Call::open(&*conn2, fetch(9), timeout).await.unwrap();
+    assert!(matches!(
+        call.next().await.unwrap(),
+        Frame::Chunk { index: 9, .. }
+    ));
+    // One slot given back: the greedy peer is served again.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = Call::open(&*conn, fetch(9), timeout).await.unwrap();
+    assert!(matches!(
+        again.next().await.unwrap(),
+        Frame::Chunk { index: 9, .. }
+    ));
+}
