@@ -163,7 +163,7 @@ impl SwarmScenario {
         let targets =
             Controller::select(&views, Some(&"".parse().expect("selector")), &[]).expect("targets");
         assert_eq!(targets.len(), self.nodes, "every agent answers");
-        self.deploy(&net, &ctl, release, &targets).await
+        self.deploy(&net, &names, &ctl, release, &targets).await
     }
 
     fn setup(&self) -> (SimNet, Arc<Release>, TrustStore) {
@@ -199,6 +199,7 @@ impl SwarmScenario {
     async fn deploy(
         &self,
         net: &SimNet,
+        names: &[String],
         ctl: &Controller,
         release: Arc<Release>,
         targets: &[NodeInfo],
@@ -210,7 +211,6 @@ impl SwarmScenario {
                 return traffic;
             };
             let begun = tokio::time::Instant::now();
-            let names: Vec<String> = (0..self.nodes).map(|i| format!("t{i:03}")).collect();
             loop {
                 let each: Vec<p2p_sim::NodeTraffic> = names
                     .iter()

@@ -84,30 +84,27 @@ const SLOT_HOLD: Duration = Duration::from_secs(10);
 pub const SLOTS_PER_PEER: usize = 4;
 
 /// One upload slot held by a peer; given back when dropped.
-struct PeerSlot {
-    held: Arc<Mutex<BTreeMap<PeerId, usize>>>,
+struct PeerSlot<'a> {
+    held: &'a Mutex<BTreeMap<PeerId, usize>>,
     peer: PeerId,
 }
 
-impl PeerSlot {
+impl<'a> PeerSlot<'a> {
     /// A slot for `peer`, unless it holds [`SLOTS_PER_PEER`] already.
-    fn take(held: &Arc<Mutex<BTreeMap<PeerId, usize>>>, peer: PeerId) -> Option<PeerSlot> {
+    fn take(held: &'a Mutex<BTreeMap<PeerId, usize>>, peer: PeerId) -> Option<Self> {
         let mut map = locked(held);
         let n = map.entry(peer).or_default();
         if *n >= SLOTS_PER_PEER {
             return None;
         }
         *n += 1;
-        Some(PeerSlot {
-            held: held.clone(),
-            peer,
-        })
+        Some(PeerSlot { held, peer })
     }
 }
 
-impl Drop for PeerSlot {
+impl Drop for PeerSlot<'_> {
     fn drop(&mut self) {
-        let mut map = locked(&self.held);
+        let mut map = locked(self.held);
         if let Some(n) = map.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
@@ -259,7 +256,7 @@ struct Inner {
     /// Chunk requests being served; past the limit, more are refused.
     upload_slots: tokio::sync::Semaphore,
     /// Upload slots each peer holds (at most [`SLOTS_PER_PEER`]).
-    slots_held: Arc<Mutex<BTreeMap<PeerId, usize>>>,
+    slots_held: Mutex<BTreeMap<PeerId, usize>>,
     download: Option<Arc<Throttle>>,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
@@ -347,7 +344,7 @@ impl Agent {
                 background,
                 background_rx: Mutex::new(Some(background_rx)),
                 dialed: Pool::default(),
-                slots_held: Arc::default(),
+                slots_held: Mutex::default(),
             }),
         }
     }
@@ -702,26 +699,28 @@ impl Agent {
                 let deadline = tokio::time::Instant::now() + timeout;
                 // A slot per request, or "busy" at once: the client asks
                 // another holder (see `SwarmConfig::upload_slots`).
-                let Some(_mine) = PeerSlot::take(&self.inner.slots_held, peer) else {
-                    let e = RpcError::new(
-                        ErrorKind::Busy,
+                let slots = PeerSlot::take(&self.inner.slots_held, peer)
+                    .ok_or_else(|| {
                         format!(
                             "this node is serving {SLOTS_PER_PEER} chunk requests of yours already"
-                        ),
-                    );
-                    end_with(&mut framed, Frame::Error(e)).await;
-                    return;
-                };
-                let Ok(_slot) = self.inner.upload_slots.try_acquire() else {
-                    let e = RpcError::new(
-                        ErrorKind::Busy,
-                        format!(
-                            "this node is serving {} chunk requests already",
-                            self.inner.cfg.swarm.upload_slots.max(1)
-                        ),
-                    );
-                    end_with(&mut framed, Frame::Error(e)).await;
-                    return;
+                        )
+                    })
+                    .and_then(|mine| {
+                        let all = self.inner.upload_slots.try_acquire().map_err(|_| {
+                            format!(
+                                "this node is serving {} chunk requests already",
+                                self.inner.cfg.swarm.upload_slots.max(1)
+                            )
+                        })?;
+                        Ok((mine, all))
+                    });
+                let _slots = match slots {
+                    Ok(s) => s,
+                    Err(why) => {
+                        let e = RpcError::new(ErrorKind::Busy, why);
+                        end_with(&mut framed, Frame::Error(e)).await;
+                        return;
+                    }
                 };
                 let end = self
                     .serve_chunks(&mut framed, &package, &indexes, deadline)

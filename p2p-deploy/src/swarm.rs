@@ -516,19 +516,15 @@ struct Neighbor {
     seed: bool,
     /// Not asked before then (it said it was busy).
     rest_until: Option<Instant>,
-    /// Requests it may have in flight (the whole part counts): 0 until
-    /// the first ends ([`SwarmConfig::per_peer`]), then between 1 and
-    /// that with how fast it serves.
-    window: f64,
+    /// Requests it may have in flight (the whole part counts): between
+    /// 1 and [`SwarmConfig::per_peer`] with how fast it serves; `None`
+    /// until the first one ends (then the most).
+    window: Option<f64>,
 }
 
 impl Neighbor {
     fn window(&self, cfg: &SwarmConfig) -> usize {
-        if self.window == 0.0 {
-            cfg.per_peer.max(1)
-        } else {
-            self.window as usize
-        }
+        self.window.map_or(cfg.per_peer.max(1), |w| w as usize)
     }
 }
 
@@ -707,7 +703,7 @@ async fn session(
             sessions: 0,
             seed,
             rest_until: None,
-            window: 0.0,
+            window: None,
         });
         n.sessions += 1;
         n.seed |= seed;
@@ -1002,9 +998,6 @@ pub(crate) async fn fetch<H: Host>(
                     }
                     Fetched::Failed { from, asked, error } => {
                         finish_request(t, from, asked, &mut seed_inflight);
-                        if asked.is_some() {
-                            adapt(t, &cfg, from, None);
-                        }
                         if asked.is_none() {
                             match &error {
                                 Error::NotFound { .. } | Error::Busy { .. } => {
@@ -1016,6 +1009,7 @@ pub(crate) async fn fetch<H: Host>(
                                 }
                             }
                         } else {
+                            adapt(t, &cfg, from, None);
                             tracing::debug!(peer = %from.short(), error = %error, "a chunk request failed");
                             match error {
                                 Error::Protocol { .. } => rep.corrupt(from),
@@ -1063,20 +1057,25 @@ fn adapt(t: &Transfer, cfg: &SwarmConfig, from: PeerId, took: Option<Duration>) 
     let Some(n) = st.neighbors.get_mut(&from) else {
         return;
     };
+    let window = n.window.get_or_insert(max);
     let Some(took) = took.map(|d| d.as_secs_f64()) else {
-        n.window = 1.0;
+        *window = 1.0;
         return;
     };
-    if n.window == 0.0 {
-        n.window = cfg.per_peer.max(1) as f64;
-    }
     let typical = *st.typical.get_or_insert(took);
     if took < typical {
-        n.window = (n.window + 0.5).min(max);
+        *window = (*window + 0.5).min(max);
     } else if took > 2.0 * typical {
-        n.window = (n.window - 1.0).max(1.0);
+        *window = (*window - 1.0).max(1.0);
     }
     st.typical = Some(typical * 0.9 + took * 0.1);
+}
+
+/// Shuffles `v` (Fisher-Yates; `random(k)` is uniform in `0..k`).
+fn shuffle<T>(v: &mut [T], mut random: impl FnMut(usize) -> usize) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, random(i + 1));
+    }
 }
 
 /// The index with the lowest count among `(count, index)` pairs, ties
@@ -1131,10 +1130,7 @@ fn schedule<H: Host>(
         })
         .map(|(id, _)| (rep.score(id) < 0, *id))
         .collect();
-    for i in (1..order.len()).rev() {
-        let j = host.random(i + 1);
-        order.swap(i, j);
-    }
+    shuffle(&mut order, |k| host.random(k));
     order.sort_by_key(|(bad, _)| *bad);
     for (_, id) in order {
         let Some(n) = st.neighbors.get_mut(&id) else {
@@ -1167,9 +1163,10 @@ fn schedule<H: Host>(
     }
 }
 
-/// Opens sessions to up to `want` of `peers` (in random order), in the
-/// background; a peer that does not know the release yet (its deploy is
-/// still on the way) is asked again a few times.
+/// Opens sessions to `peers` (in random order, [`DIALS_AT_ONCE`] at a
+/// time, in the background) until the transfer has `want` neighbours
+/// besides the seed; a peer that does not know the release yet (its
+/// deploy is still on the way) is asked again a few times.
 fn dial_peers<H: Host>(
     host: &H,
     t: &Arc<Transfer>,
@@ -1181,11 +1178,7 @@ fn dial_peers<H: Host>(
     peers.retain(|p| p.id != me);
     let mut seen = BTreeSet::new();
     peers.retain(|p| seen.insert(p.id));
-    // Fisher-Yates with the node's RNG.
-    for i in (1..peers.len()).rev() {
-        let j = host.random(i + 1);
-        peers.swap(i, j);
-    }
+    shuffle(&mut peers, |k| host.random(k));
     let queue = Arc::new(Mutex::new(VecDeque::from(peers)));
     for _ in 0..DIALS_AT_ONCE.min(want) {
         let (host2, t, queue) = (host.clone(), t.clone(), queue.clone());
@@ -1205,41 +1198,36 @@ fn dial_peers<H: Host>(
     }
 }
 
-/// Dials one peer and opens a session; true when it is a neighbour.
-async fn join_peer<H: Host>(
-    host: &H,
-    t: &Arc<Transfer>,
-    addr: PeerAddr,
-    deadline: Instant,
-) -> bool {
+/// Dials one peer and opens a session with it, unless it is banned or a
+/// neighbour already.
+async fn join_peer<H: Host>(host: &H, t: &Arc<Transfer>, addr: PeerAddr, deadline: Instant) {
     let id = addr.id;
     if host.reputation().is_banned(&id) {
-        return false;
+        return;
     }
     if t.st().neighbors.contains_key(&id) {
-        return false; // it opened one to us
+        return; // it opened one to us
     }
     let conn = match host.dial(addr).await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(peer = %id.short(), error = %e, "cannot reach a swarm peer");
-            return false;
+            return;
         }
     };
     for _ in 0..50 {
         match open_session(host, t, conn.clone(), false).await {
-            Ok(()) => return true,
+            Ok(()) => return,
             Err(Error::NotFound { .. }) if Instant::now() < deadline => {
                 // Its deploy has not reached it yet.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
                 tracing::debug!(peer = %id.short(), error = %e, "no swarm session");
-                return false;
+                return;
             }
         }
     }
-    false
 }
 
 /// What a seed (the controller) knows of one release's spread.
