@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Settings (environment): `N` targets (100), `SEED` (the scenario's),
-//! and the agents' `DIAL`, `PER_PEER`, `UPLOAD_SLOTS`, `SEED_INFLIGHT`.
+//! the agents' `DIAL`, `PER_PEER`, `UPLOAD_SLOTS`, `SEED_INFLIGHT`, and
+//! the controller's `COPIES` (descriptors sent whole).
 //! The scenario is the issue's: 100 MB in 256 KiB chunks, 100 Mbit/s
 //! everywhere, 20 ms latency.
 
@@ -43,6 +44,9 @@ fn main() {
         if let Some(v) = setting(name) {
             *field = v;
         }
+    }
+    if let Some(copies) = setting("COPIES") {
+        s.descriptor_copies = copies;
     }
     s.sample_every = Some(Duration::from_millis(100));
     let o = s.run();
@@ -118,6 +122,36 @@ fn main() {
             b.at.as_secs_f64(),
             spread(&|t| t.sent),
             spread(&|t| t.received)
+        );
+    }
+    // The last target to take in the release's size: what it took in
+    // every half second.
+    let reached = |i: usize| {
+        o.traffic
+            .iter()
+            .position(|t| t.targets[i].received >= s.size as u64)
+    };
+    if let Some((i, k)) = (0..n)
+        .filter_map(|i| reached(i).map(|k| (i, k)))
+        .max_by_key(|&(_, k)| k)
+    {
+        let steps: Vec<String> = o.traffic[..=k]
+            .iter()
+            .step_by(5)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .map(|w| {
+                let dt = (w[1].at - w[0].at).as_secs_f64();
+                let got = w[1].targets[i].received - w[0].targets[i].received;
+                format!("{:.0}", got as f64 / dt / rate * 100.0)
+            })
+            .collect();
+        println!(
+            "
+last to take in {} MB: target {i}, at {:.1} s; its downlink every 0.5 s (%): {}",
+            s.size / 1_000_000,
+            o.traffic[k].at.as_secs_f64(),
+            steps.join(" ")
         );
     }
 }

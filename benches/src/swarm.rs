@@ -54,6 +54,8 @@ pub struct SwarmScenario {
     pub seed: u64,
     /// The agents' swarm settings.
     pub agent: SwarmConfig,
+    /// The controller's [`ControllerConfig::descriptor_copies`].
+    pub descriptor_copies: usize,
     /// Records [`SwarmOutcome::traffic`] at this interval; `None`: not.
     pub sample_every: Option<Duration>,
 }
@@ -78,6 +80,7 @@ impl SwarmScenario {
             swarm: true,
             seed: 2026,
             agent: SwarmConfig::default(),
+            descriptor_copies: ControllerConfig::default().descriptor_copies,
             sample_every: None,
         }
     }
@@ -188,6 +191,7 @@ impl SwarmScenario {
                     .collect(),
                 swarm: self.swarm,
                 seed: self.seed,
+                descriptor_copies: self.descriptor_copies,
                 // Every byte from the controller to 500 targets takes
                 // 500 x 8 s: past the default 30 minutes.
                 deploy_timeout: DEPLOY_TIMEOUT,

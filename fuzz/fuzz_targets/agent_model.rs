@@ -257,7 +257,7 @@ impl Model {
     async fn stranger_request(&mut self, arg: u8) {
         let version = semver::Version::parse(VERSIONS[usize::from(arg) % 4]).unwrap();
         let app = APP.to_string();
-        let request = match arg % 7 {
+        let request = match arg % 8 {
             0 => Request::Stop { app },
             1 => Request::Start { app },
             2 => Request::Restart { app },
@@ -271,8 +271,18 @@ impl Model {
                 options: ActivateOptions::default(),
             },
             5 => Request::Remove { app, version: None },
+            6 => {
+                let (_, release) = self.release(arg / 8, 0).await;
+                Request::DeployRef {
+                    package: release.id(),
+                    signatures: release.signatures.clone(),
+                    options: ActivateOptions::default(),
+                    from: Vec::new(),
+                    peers: Vec::new(),
+                }
+            }
             _ => {
-                let (_, release) = self.release(arg / 7, 0).await;
+                let (_, release) = self.release(arg / 8, 0).await;
                 Request::Deploy {
                     descriptor: release.descriptor.to_bytes(),
                     signatures: release.signatures.clone(),

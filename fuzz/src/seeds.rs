@@ -97,6 +97,16 @@ fn requests() -> Vec<(&'static str, Request)> {
                 from: vec![PeerAddr::id_only(peer(4))],
             },
         ),
+        (
+            "deploy-ref",
+            Request::DeployRef {
+                package,
+                signatures: Vec::new(),
+                options: ActivateOptions::default(),
+                from: vec![PeerAddr::id_only(peer(5))],
+                peers: vec![PeerAddr::new(peer(4), ["127.0.0.1:4000"]).expect("an address")],
+            },
+        ),
     ]
 }
 

@@ -76,6 +76,17 @@ const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// client to say it read them.
 const SLOT_HOLD: Duration = Duration::from_secs(10);
 
+/// How long a node waits for one peer's answer to [`Request::Release`]:
+/// when fetching a release, and when looking for a [`Request::DeployRef`]'s
+/// descriptor (where the sender is asked if the peers named are slow).
+const DESCRIPTOR_WAIT: Duration = Duration::from_secs(30);
+const DESCRIPTOR_REF_WAIT: Duration = Duration::from_secs(5);
+
+/// For a [`Request::DeployRef`]: how many times the holders named are
+/// asked for the descriptor before the sender is, and the rest between.
+const DESCRIPTOR_ROUNDS: usize = 4;
+const DESCRIPTOR_REST: Duration = Duration::from_millis(100);
+
 /// Upload slots one peer may hold at once, so that one peer cannot take
 /// them all (agents ask a neighbour for [`SwarmConfig::per_peer`]
 /// chunks at a time, 2 by default).
@@ -637,14 +648,54 @@ impl Agent {
                 options,
                 peers,
             } => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                let d = Descriptor::from_bytes(&descriptor)
+                    .map_err(|e| RpcError::new(ErrorKind::Corrupt, e.to_string()))?;
                 let sources = Sources { seed: conn, peers };
+                let events = events.as_ref();
                 self.deploy(
                     from,
-                    &descriptor,
+                    d,
                     &signatures,
                     &options,
                     sources,
-                    events.as_ref(),
+                    events,
+                    deadline,
+                    timeout,
+                )
+                .await
+            }
+            Request::DeployRef {
+                package,
+                signatures,
+                options,
+                from: holders,
+                peers,
+            } => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                let d = tokio::time::timeout_at(
+                    deadline,
+                    self.descriptor_for(&package, &holders, conn.as_ref()),
+                )
+                .await
+                .map_err(|_| {
+                    RpcError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the descriptor of release {package} did not arrive within {timeout:?}"
+                        ),
+                    )
+                })??;
+                let sources = Sources { seed: conn, peers };
+                let events = events.as_ref();
+                self.deploy(
+                    from,
+                    d,
+                    &signatures,
+                    &options,
+                    sources,
+                    events,
+                    deadline,
                     timeout,
                 )
                 .await
@@ -1103,20 +1154,21 @@ impl Agent {
 
     // ----- deploy and activation -----
 
+    /// Deploys `d` (a decoded [`Request::Deploy`] or
+    /// [`Request::DeployRef`]); verification, transfer and install end at
+    /// `deadline`, which is `timeout` after the request came.
     #[allow(clippy::too_many_arguments)] // one request's parts, passed through
     async fn deploy(
         &self,
         from: PeerId,
-        descriptor: &[u8],
+        d: Descriptor,
         signatures: &[p2p_core::Signature],
         options: &ActivateOptions,
         sources: Sources,
         events: Option<&Events>,
+        deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Res<Reply> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let d = Descriptor::from_bytes(descriptor)
-            .map_err(|e| RpcError::new(ErrorKind::Corrupt, e.to_string()))?;
         let id = d.id();
         let m = d.manifest.clone();
         let _g = self.busy(&m.name).await?;
@@ -1379,26 +1431,62 @@ impl Agent {
         package: &PackageId,
         addr: &PeerAddr,
     ) -> Res<(Descriptor, Vec<p2p_core::Signature>)> {
-        let peer = addr.id.short();
+        let (d, signatures) = self
+            .descriptor_from_peer(package, addr, DESCRIPTOR_WAIT)
+            .await?;
+        match self.trusted(&d, &signatures) {
+            Ok(counted) => Ok((d, counted)),
+            Err(e) => {
+                let peer = addr.id.short();
+                tracing::warn!(app = %d.manifest.name, version = %d.manifest.version, peer = %peer, error = %e, "release refused");
+                Err(RpcError::new(
+                    ErrorKind::BadSignature,
+                    format!(
+                        "{} {} from peer {peer}: {e}",
+                        d.manifest.name, d.manifest.version
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The descriptor of `package` and the signatures that came with it,
+    /// from the peer at `addr` (not checked against the trust store).
+    async fn descriptor_from_peer(
+        &self,
+        package: &PackageId,
+        addr: &PeerAddr,
+        wait: Duration,
+    ) -> Res<(Descriptor, Vec<p2p_core::Signature>)> {
         if self.inner.reputation.is_banned(&addr.id) {
             return Err(RpcError::new(
                 ErrorKind::Denied,
-                format!("peer {peer} is banned here"),
+                format!("peer {} is banned here", addr.id.short()),
             ));
         }
         // Boxed: a request handler that dials (this) is itself served on
         // dialed connections, and an unboxed future would contain itself.
-        let answer = match swarm::Host::dial(self, addr.clone()).await {
-            Ok(conn) => {
-                crate::proto::call(
-                    &*conn,
-                    Request::Release { package: *package },
-                    Duration::from_secs(30),
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
+        match swarm::Host::dial(self, addr.clone()).await {
+            Ok(conn) => Box::pin(self.descriptor_over(&*conn, package, wait)).await,
+            Err(e) => Err(RpcError::new(
+                RpcError::from_error(&e).kind,
+                format!("release {package} from peer {}: {e}", addr.id.short()),
+            )),
+        }
+    }
+
+    /// The descriptor of `package` and its signatures, asked for with
+    /// [`Request::Release`] on `conn`. A copy that does not decode, or
+    /// is of another release, counts against the peer's reputation.
+    async fn descriptor_over(
+        &self,
+        conn: &dyn Connection,
+        package: &PackageId,
+        wait: Duration,
+    ) -> Res<(Descriptor, Vec<p2p_core::Signature>)> {
+        let id = conn.remote_id();
+        let peer = id.short();
+        let answer = crate::proto::call(conn, Request::Release { package: *package }, wait).await;
         let (bytes, signatures) = match answer {
             Ok(Reply::Release {
                 descriptor,
@@ -1417,36 +1505,98 @@ impl Agent {
                 ));
             }
         };
-        let d = match Descriptor::from_bytes(&bytes) {
-            Ok(d) if d.id() == *package => d,
+        match Descriptor::from_bytes(&bytes) {
+            Ok(d) if d.id() == *package => Ok((d, signatures)),
             Ok(d) => {
-                self.inner.reputation.corrupt(addr.id);
-                return Err(RpcError::new(
+                self.inner.reputation.corrupt(id);
+                Err(RpcError::new(
                     ErrorKind::Corrupt,
                     format!(
                         "peer {peer} sent release {} when asked for {package}",
                         d.id()
                     ),
-                ));
+                ))
             }
             Err(e) => {
-                self.inner.reputation.corrupt(addr.id);
-                return Err(RpcError::new(
+                self.inner.reputation.corrupt(id);
+                Err(RpcError::new(
                     ErrorKind::Corrupt,
                     format!("peer {peer} sent a descriptor that does not decode: {e}"),
-                ));
+                ))
             }
+        }
+    }
+
+    /// The descriptor of a [`Request::DeployRef`]'s release: from the
+    /// store when the release is held; else from `holders`, in order, in
+    /// up to [`DESCRIPTOR_ROUNDS`] rounds [`DESCRIPTOR_REST`] apart (a
+    /// holder may be receiving the descriptor itself); else from the
+    /// sender over `seed`. Every copy is checked against `package` (its
+    /// hash), so any peer's will do; the signatures are the sender's.
+    async fn descriptor_for(
+        &self,
+        package: &PackageId,
+        holders: &[PeerAddr],
+        seed: Option<&Arc<dyn Connection>>,
+    ) -> Res<Descriptor> {
+        if let Some(d) = self.inner.chunks.release(package).await.map_err(rpc)? {
+            return Ok(d);
+        }
+        let me = self.inner.parts.provider.local_id();
+        let mut ask: Vec<&PeerAddr> = Vec::new();
+        for a in holders {
+            if a.id != me && !ask.iter().any(|b| b.id == a.id) {
+                ask.push(a);
+            }
+        }
+        // Errors of peers not asked again, and of the last round.
+        let mut failed: Vec<String> = Vec::new();
+        let mut last: Vec<String> = Vec::new();
+        for round in 0..DESCRIPTOR_ROUNDS {
+            if ask.is_empty() {
+                break;
+            }
+            if round > 0 {
+                tokio::time::sleep(DESCRIPTOR_REST).await;
+            }
+            last.clear();
+            let mut again = Vec::new();
+            for addr in ask {
+                match self
+                    .descriptor_from_peer(package, addr, DESCRIPTOR_REF_WAIT)
+                    .await
+                {
+                    Ok((d, _)) => return Ok(d),
+                    // Not there yet: ask again.
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        again.push(addr);
+                        last.push(e.message);
+                    }
+                    // Unreachable, banned, or sent garbage: not again.
+                    Err(e) => failed.push(e.message),
+                }
+            }
+            ask = again;
+        }
+        failed.append(&mut last);
+        let Some(seed) = seed else {
+            failed.push("and there is no sender to ask".into());
+            return Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!("no descriptor of release {package}: {}", failed.join("; ")),
+            ));
         };
-        match self.trusted(&d, &signatures) {
-            Ok(counted) => Ok((d, counted)),
+        if !failed.is_empty() {
+            tracing::debug!(release = %package, tried = %failed.join("; "), "asking the sender for a descriptor");
+        }
+        match Box::pin(self.descriptor_over(&**seed, package, DESCRIPTOR_WAIT)).await {
+            Ok((d, _)) => Ok(d),
+            Err(e) if failed.is_empty() => Err(e),
             Err(e) => {
-                tracing::warn!(app = %d.manifest.name, version = %d.manifest.version, peer = %peer, error = %e, "release refused");
+                failed.push(e.message);
                 Err(RpcError::new(
-                    ErrorKind::BadSignature,
-                    format!(
-                        "{} {} from peer {peer}: {e}",
-                        d.manifest.name, d.manifest.version
-                    ),
+                    e.kind,
+                    format!("no descriptor of release {package}: {}", failed.join("; ")),
                 ))
             }
         }

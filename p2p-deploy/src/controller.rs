@@ -133,6 +133,15 @@ pub struct ControllerConfig {
     pub swarm: bool,
     /// Swarm peers given to each target (a random subset of the others).
     pub swarm_peers: usize,
+    /// With the swarm on: how many nodes are sent the release's
+    /// descriptor itself ([`Request::Deploy`]), counting those that took
+    /// it in earlier batches. The others get [`Request::DeployRef`] and
+    /// take the descriptor from two of those, so that the controller's
+    /// uplink does not carry a copy per target (13 KB per 100 MB of
+    /// package) before the first chunk moves. `usize::MAX`: every
+    /// target gets the descriptor (agents older than `DeployRef` need
+    /// that).
+    pub descriptor_copies: usize,
     /// Seed of the controller's own randomness (which peers each target
     /// is given, the seed's tie-breaks).
     pub seed: u64,
@@ -146,6 +155,7 @@ impl Default for ControllerConfig {
             deploy_timeout: Duration::from_secs(30 * 60),
             swarm: true,
             swarm_peers: 12,
+            descriptor_copies: 16,
             seed: 0,
         }
     }
@@ -792,14 +802,21 @@ impl Controller {
                 .cloned()
                 .chain(batch.iter().map(|t| t.addr.clone()))
                 .collect();
-            let results = futures::future::join_all(batch.iter().map(|t| {
+            let full = sent_whole(&self.cfg, holders.len(), batch.len());
+            let sources: Vec<PeerAddr> = holders
+                .iter()
+                .cloned()
+                .chain(batch[..full].iter().map(|t| t.addr.clone()))
+                .collect();
+            let results = futures::future::join_all(batch.iter().enumerate().map(|(i, t)| {
                 let release = release.clone();
                 let events = events.clone();
                 let peers = self.swarm_peers(&candidates, t.id);
+                let from = (i >= full).then(|| self.pick(&sources, t.id, 2));
                 async move {
                     (
                         t,
-                        self.deploy_one(&release, t, &plan.options, peers, &events)
+                        self.deploy_one(&release, t, &plan.options, from, peers, &events)
                             .await,
                     )
                 }
@@ -919,12 +936,17 @@ impl Controller {
         if !self.cfg.swarm {
             return Vec::new();
         }
+        self.pick(candidates, node, self.cfg.swarm_peers)
+    }
+
+    /// Up to `want` of `candidates` other than `node`, at random.
+    fn pick(&self, candidates: &[PeerAddr], node: PeerId, want: usize) -> Vec<PeerAddr> {
         let mut others: Vec<PeerAddr> = candidates
             .iter()
             .filter(|a| a.id != node)
             .cloned()
             .collect();
-        let want = self.cfg.swarm_peers.min(others.len());
+        let want = want.min(others.len());
         let mut rng = lock(&self.rng);
         for i in 0..want {
             let j = rand::RngExt::random_range(&mut *rng, i..others.len());
@@ -940,11 +962,14 @@ impl Controller {
     }
 
     /// Deploys to one node; returns its result and the version it had.
+    /// With `from`, the descriptor goes by reference: the node takes it
+    /// from those nodes ([`Request::DeployRef`]).
     async fn deploy_one(
         &self,
         release: &Release,
         node: &NodeInfo,
         options: &ActivateOptions,
+        from: Option<Vec<PeerAddr>>,
         peers: Vec<PeerAddr>,
         events: &mpsc::UnboundedSender<Progress>,
     ) -> (NodeResult, Option<semver::Version>) {
@@ -954,17 +979,22 @@ impl Controller {
         };
         let run = async {
             let conn = self.connect(&node.addr).await?;
-            let c = Call::open(
-                &*conn,
-                Request::Deploy {
+            let request = match from {
+                Some(from) => Request::DeployRef {
+                    package: release.id(),
+                    signatures: release.signatures.clone(),
+                    options: options.clone(),
+                    from,
+                    peers,
+                },
+                None => Request::Deploy {
                     descriptor: release.descriptor_bytes.clone(),
                     signatures: release.signatures.clone(),
                     options: options.clone(),
                     peers,
                 },
-                self.cfg.deploy_timeout,
-            )
-            .await?;
+            };
+            let c = Call::open(&*conn, request, self.cfg.deploy_timeout).await?;
             c.finish(|f| match f {
                 Frame::Event(e) => send(match e {
                     DeployEvent::Transfer { bytes, total } => Progress::Transfer {
@@ -1009,6 +1039,19 @@ impl Controller {
             ),
         }
     }
+}
+
+/// How many of a batch's first targets are sent the descriptor itself
+/// ([`ControllerConfig::descriptor_copies`] less the `holders` from
+/// earlier batches); the rest get it by reference from those.
+fn sent_whole(cfg: &ControllerConfig, holders: usize, batch: usize) -> usize {
+    if !cfg.swarm {
+        return batch;
+    }
+    cfg.descriptor_copies
+        .max(1)
+        .saturating_sub(holders)
+        .min(batch)
 }
 
 /// Splits targets into batches by plan.
@@ -1087,8 +1130,8 @@ impl Drop for Serving {
 }
 
 /// Serves a target on a controller's connection until it closes: chunk
-/// fetches, swarm sessions and "any chunk" requests for the releases being
-/// deployed.
+/// fetches, swarm sessions, "any chunk" requests and descriptors
+/// ([`Request::Release`]) for the releases being deployed.
 async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
     let peer = conn.remote_id();
     while let Ok((send, recv)) = conn.accept_bi().await {
@@ -1101,7 +1144,8 @@ async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
             let package = match &env.request {
                 Request::FetchChunks { package, .. }
                 | Request::Swarm { package, .. }
-                | Request::FetchAny { package, .. } => *package,
+                | Request::FetchAny { package, .. }
+                | Request::Release { package } => *package,
                 other => {
                     let e = RpcError::new(
                         ErrorKind::Invalid,
@@ -1137,6 +1181,13 @@ async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
                         end_with(&mut framed, end).await;
                     }
                 }
+                Request::Release { .. } => {
+                    let reply = Reply::Release {
+                        descriptor: s.release.descriptor_bytes.clone(),
+                        signatures: s.release.signatures.clone(),
+                    };
+                    end_with(&mut framed, Frame::Done(reply)).await;
+                }
                 _ => {}
             }
         });
@@ -1154,4 +1205,31 @@ fn read_chunk(r: Arc<Release>, i: usize) -> BoxFuture<'static, Result<Option<Vec
             .map_err(|e| Error::io("reading a chunk", std::io::Error::other(e)))?
             .map(Some)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_few_targets_get_the_descriptor_and_the_rest_a_reference() {
+        let cfg = |swarm, copies| ControllerConfig {
+            swarm,
+            descriptor_copies: copies,
+            ..ControllerConfig::default()
+        };
+        let default = ControllerConfig::default();
+        assert_eq!(default.descriptor_copies, 16);
+        // (holders from earlier batches, batch size) -> sent whole.
+        assert_eq!(sent_whole(&default, 0, 500), 16);
+        assert_eq!(sent_whole(&default, 0, 10), 10);
+        assert_eq!(sent_whole(&default, 10, 100), 6);
+        assert_eq!(sent_whole(&default, 40, 100), 0);
+        // Agents too old for references: every target gets it.
+        assert_eq!(sent_whole(&cfg(true, usize::MAX), 40, 100), 100);
+        // At least one node is sent it, or nobody would hold it.
+        assert_eq!(sent_whole(&cfg(true, 0), 0, 100), 1);
+        // Without the swarm there is nobody to take it from.
+        assert_eq!(sent_whole(&cfg(false, 16), 0, 100), 100);
+    }
 }

@@ -186,6 +186,30 @@ pub enum Request {
         /// Peers holding it (all or part).
         from: Vec<PeerAddr>,
     },
+    /// [`Request::Deploy`] with the descriptor by reference. In a large
+    /// rollout the controller sends the descriptor itself to a few
+    /// targets and this to the rest, so that its uplink carries a few
+    /// copies rather than one per target (a descriptor holds a hash per
+    /// chunk: 13 KB for 100 MB). The agent takes the descriptor from its
+    /// store when it holds the release, else from `from`, asked in the
+    /// order given and again after a short rest (they may be receiving it
+    /// themselves), and at last from the sender. Any copy is checked
+    /// against `package`, the descriptor's hash, and `signatures` against
+    /// the trust store, as for a deploy; then it is a deploy.
+    DeployRef {
+        /// The release.
+        package: PackageId,
+        /// Signatures over its descriptor.
+        signatures: Vec<Signature>,
+        /// Activation options.
+        options: ActivateOptions,
+        /// Nodes holding the descriptor or receiving it, asked for it in
+        /// this order; may be empty (then the sender is asked).
+        from: Vec<PeerAddr>,
+        /// As for [`Request::Deploy`]: other nodes receiving or holding
+        /// the release, to fetch chunks from.
+        peers: Vec<PeerAddr>,
+    },
 }
 
 impl Request {
@@ -200,6 +224,7 @@ impl Request {
                 | Request::Rollback { .. }
                 | Request::Remove { .. }
                 | Request::Deploy { .. }
+                | Request::DeployRef { .. }
                 | Request::Fetch { .. }
         )
     }
@@ -216,7 +241,7 @@ impl Request {
             Request::Switch { .. } => "switch",
             Request::Rollback { .. } => "rollback",
             Request::Remove { .. } => "remove",
-            Request::Deploy { .. } => "deploy",
+            Request::Deploy { .. } | Request::DeployRef { .. } => "deploy",
             Request::Logs { .. } => "logs",
             Request::FetchChunks { .. } => "fetch-chunks",
             Request::Swarm { .. } => "swarm",

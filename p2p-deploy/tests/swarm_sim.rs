@@ -11,8 +11,8 @@ use std::time::Duration;
 use p2p_core::{Ed25519Signer, PeerAddr, PeerId, Provider};
 use p2p_deploy::chunks::ChunkStore;
 use p2p_deploy::{
-    AgentConfig, Controller, ControllerConfig, NodeInfo, Plan, Release, RolloutPlan, RolloutReport,
-    TrustStore,
+    AgentConfig, Controller, ControllerConfig, NodeInfo, NodeResult, Plan, Release, RolloutPlan,
+    RolloutReport, TrustStore,
 };
 use p2p_sim::{LinkSpec, NodeConfig, SimNet};
 use tokio::sync::mpsc;
@@ -54,6 +54,16 @@ fn fleet_with(
 }
 
 fn controller(net: &SimNet, names: &[String], name: &str) -> Controller {
+    controller_with(net, names, name, ControllerConfig::default())
+}
+
+/// A controller `name` at 100 Mbit/s that knows `names`, with `cfg`.
+fn controller_with(
+    net: &SimNet,
+    names: &[String],
+    name: &str,
+    cfg: ControllerConfig,
+) -> Controller {
     let p = net
         .add_node_with(name, NodeConfig::default().mbit(100))
         .unwrap();
@@ -61,7 +71,7 @@ fn controller(net: &SimNet, names: &[String], name: &str) -> Controller {
         Arc::new(p),
         ControllerConfig {
             bootstrap: addrs(net, names),
-            ..ControllerConfig::default()
+            ..cfg
         },
     )
 }
@@ -528,4 +538,131 @@ async fn one_peer_cannot_take_every_upload_slot() {
         again.next().await.unwrap(),
         Frame::Chunk { index: 9, .. }
     ));
+}
+
+/// Sends `request` to `node` through `ctl` and reads to its answer.
+async fn ask(
+    ctl: &Controller,
+    node: &NodeInfo,
+    request: p2p_deploy::proto::Request,
+) -> p2p_core::Result<p2p_deploy::proto::Reply> {
+    let conn = ctl.connect(&node.addr).await?;
+    let call = p2p_deploy::proto::Call::open(&*conn, request, Duration::from_secs(120)).await?;
+    call.finish(|_| {}).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_by_reference_takes_the_descriptor_from_a_holder() {
+    use p2p_deploy::proto::{Activation, Reply, Request};
+    let (_net, _names, ctl) = fleet(25, 4);
+    let all = infos(&ctl).await;
+    let r = release(1 << 20).await;
+    assert!(deploy_all(&ctl, &r, &all[..1]).await.is_success());
+    let by_ref = |from: Vec<PeerAddr>, peers: Vec<PeerAddr>| Request::DeployRef {
+        package: r.id(),
+        signatures: r.signatures.clone(),
+        options: Default::default(),
+        from,
+        peers,
+    };
+
+    // No rollout runs, so the controller serves nothing: the descriptor
+    // and every chunk come from a00.
+    let reply = ask(
+        &ctl,
+        &all[1],
+        by_ref(vec![all[0].addr.clone()], vec![all[0].addr.clone()]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(reply, Reply::Activation(Activation::Activated { .. })),
+        "{reply:?}"
+    );
+    let a01 = infos(&ctl).await;
+    assert!(all_active(&a01[..2], "1.0.0"), "{a01:#?}");
+
+    // Nobody named holds it and the sender does not serve it: the error
+    // names the release and each source asked, and nothing is installed.
+    let e = ask(&ctl, &all[2], by_ref(vec![all[3].addr.clone()], Vec::new()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, p2p_core::Error::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains(&r.id().to_string()), "{e}");
+    let other = release_of("app", "2.0.0", 1 << 20).await;
+    let e = ask(
+        &ctl,
+        &all[2],
+        Request::DeployRef {
+            package: other.id(),
+            signatures: other.signatures.clone(),
+            options: Default::default(),
+            from: vec![all[0].addr.clone(), all[1].addr.clone()],
+            peers: Vec::new(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, p2p_core::Error::NotFound { .. }), "{e}");
+    for holder in &all[..2] {
+        assert!(e.to_string().contains(&holder.id.short()), "{e}");
+    }
+    let a02 = &infos(&ctl).await[2];
+    assert!(a02.apps.is_empty(), "{a02:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn targets_past_the_descriptor_copies_deploy_even_when_the_holders_named_are_down() {
+    let net = SimNet::builder(26)
+        .default_link(LinkSpec::latency(Duration::from_millis(10)))
+        .build();
+    let names: Vec<String> = (0..8).map(|i| format!("a{i:02}")).collect();
+    for name in &names {
+        let mut cfg = AgentConfig::new(TrustStore::new([publisher().key_id()]));
+        cfg.name = name.clone();
+        spawn_agent(&net, name, cfg);
+    }
+    let ctl = controller_with(
+        &net,
+        &names,
+        "ctl",
+        ControllerConfig {
+            descriptor_copies: 2,
+            ..ControllerConfig::default()
+        },
+    );
+    let r = release(2 << 20).await;
+    let t = infos(&ctl).await;
+    assert_eq!(t.len(), names.len());
+
+    // All up: the first two targets get the descriptor, the other two
+    // take it from them.
+    let report = deploy_all(&ctl, &r, &t[4..]).await;
+    assert!(report.is_success(), "{report:?}");
+    assert!(all_active(&infos(&ctl).await[4..], "1.0.0"));
+
+    // The two that get the descriptor are down: the other two are named
+    // holders that do not answer, and ask the controller.
+    for n in &names[..2] {
+        net.crash(n).unwrap();
+    }
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let plan = RolloutPlan {
+        max_failures: p2p_deploy::FailureLimit::Count(2),
+        ..RolloutPlan::default()
+    };
+    let report = ctl.deploy(r.clone(), &t[..4], &plan, tx).await;
+    assert!(report.halted.is_none(), "{report:?}");
+    for (i, node) in t[..4].iter().enumerate() {
+        let result = &report.nodes[&node.id];
+        assert_eq!(
+            matches!(result, NodeResult::Activated),
+            i >= 2,
+            "{}: {result:?}",
+            node.name
+        );
+    }
+    let after = infos(&ctl).await;
+    assert_eq!(after.len(), 6, "{after:#?}");
+    assert!(all_active(&after, "1.0.0"), "{after:#?}");
 }
