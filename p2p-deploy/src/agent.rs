@@ -89,7 +89,8 @@ const DESCRIPTOR_REST: Duration = Duration::from_millis(100);
 
 /// Upload slots one peer may hold at once, so that one peer cannot take
 /// them all (agents ask a neighbour for [`SwarmConfig::per_peer`]
-/// chunks at a time, 2 by default).
+/// chunks at a time, 2 by default, and twice that while they catch up
+/// with their neighbours).
 ///
 /// [`SwarmConfig::per_peer`]: crate::SwarmConfig::per_peer
 pub const SLOTS_PER_PEER: usize = 4;
