@@ -666,3 +666,84 @@ async fn targets_past_the_descriptor_copies_deploy_even_when_the_holders_named_a
     assert_eq!(after.len(), 6, "{after:#?}");
     assert!(all_active(&after, "1.0.0"), "{after:#?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_answering_with_another_releases_descriptor_is_caught_and_the_deploy_goes_on() {
+    use p2p_core::framing::Framed;
+    use p2p_deploy::proto::{Envelope, Frame, MAX_FRAME, PROTOCOL, Reply, Request};
+    let (net, _names, ctl) = fleet(27, 3);
+    let all = infos(&ctl).await;
+    let r = release(1 << 20).await;
+    let other = release_of("app", "9.0.0", 1 << 20).await;
+    assert!(deploy_all(&ctl, &r, &all[..1]).await.is_success());
+
+    // A peer that answers every descriptor request with the other
+    // release's descriptor and signatures: well signed, but not the one
+    // asked for.
+    let liar = net
+        .add_node_with("liar", NodeConfig::default().mbit(100))
+        .unwrap();
+    let liar_addr = liar.local_addr();
+    let mut listener = liar.listen().await.unwrap();
+    tokio::spawn(async move {
+        while let Ok(conn) = listener.accept().await {
+            let other = other.clone();
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let mut framed = Framed::with_max(send, recv, MAX_FRAME);
+                    framed.hello(&PROTOCOL).await.unwrap();
+                    let _: Envelope = framed.recv().await.unwrap();
+                    let reply = Reply::Release {
+                        descriptor: other.descriptor_bytes.clone(),
+                        signatures: other.signatures.clone(),
+                    };
+                    let _ = framed.send(&Frame::Done(reply)).await;
+                    let _ = framed.finish().await;
+                }
+            });
+        }
+    });
+
+    // Asked first, the liar is caught by the release id (the
+    // descriptor's hash) and marked; the descriptor comes from a00.
+    let reply = ask(
+        &ctl,
+        &all[1],
+        Request::DeployRef {
+            package: r.id(),
+            signatures: r.signatures.clone(),
+            options: Default::default(),
+            from: vec![liar_addr.clone(), all[0].addr.clone()],
+            peers: vec![all[0].addr.clone()],
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(reply, Reply::Activation(_)), "{reply:?}");
+    let now = infos(&ctl).await;
+    assert!(all_active(&now[..2], "1.0.0"), "{now:#?}");
+    let score = now[1]
+        .peers
+        .iter()
+        .find(|p| p.peer == liar_addr.id)
+        .unwrap_or_else(|| panic!("no score for the liar: {:?}", now[1].peers));
+    assert!(score.corrupt >= 1, "{score:?}");
+
+    // With only the liar to ask and nothing served by the sender, the
+    // deploy fails, naming the mismatch, and installs nothing.
+    let e = ask(
+        &ctl,
+        &all[2],
+        Request::DeployRef {
+            package: r.id(),
+            signatures: r.signatures.clone(),
+            options: Default::default(),
+            from: vec![liar_addr],
+            peers: Vec::new(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("when asked for"), "{e}");
+    assert!(infos(&ctl).await[2].apps.is_empty());
+}
