@@ -71,8 +71,10 @@
 //! Children also exit when their stdin (a pipe from the benchmark) closes,
 //! so that none outlives a benchmark that died without cleaning up.
 //!
-//! Needs root and iproute2 (`ip`, `tc`); otherwise it prints
-//! `swarm-netns: skipped: <reason>` and gives no figures. Build as
+//! Needs root, iproute2 (`ip`, `tc`) and a kernel that allows network
+//! namespaces (checked by making one); otherwise it prints
+//! `swarm-netns: skipped: <reason>` and gives no figures. Anything that
+//! breaks after that check prints `swarm-netns: failed: <reason>`. Build as
 //! yourself and run as root (so that `target/` stays yours):
 //!
 //! ```text
@@ -291,9 +293,11 @@ fn figures(serial: Rollout, swarm: Rollout) -> Vec<Figure> {
 fn measure() -> Result<(Rollout, Rollout), Stop> {
     preflight().map_err(Stop::Skip)?;
     let exe = std::env::current_exe()
-        .map_err(|e| Stop::Skip(format!("cannot find this program's path: {e}")))?;
+        .map_err(|e| Stop::Fail(format!("cannot find this program's path: {e}")))?;
+    // The machine allows namespaces (the preflight made one): a failure
+    // now is the benchmark's, not a reason to skip.
     let topo = Topology::create()
-        .map_err(|e| Stop::Skip(format!("cannot create the network namespaces: {e}")))?;
+        .map_err(|e| Stop::Fail(format!("cannot create the network namespaces: {e}")))?;
     // Declared after `topo`, so dropped (killed) before the namespaces go.
     let mut children = Children::default();
     let mut agent_lines = Vec::new();
@@ -340,7 +344,8 @@ fn measure() -> Result<(Rollout, Rollout), Stop> {
     Ok(result)
 }
 
-/// Root, `ip` and `tc`, or the reason to skip.
+/// Root, `ip` and `tc`, and a network namespace made and removed, or
+/// the reason to skip.
 fn preflight() -> Result<(), String> {
     let out = Command::new("id")
         .arg("-u")
@@ -358,6 +363,11 @@ fn preflight() -> Result<(), String> {
             .output()
             .map_err(|e| format!("cannot run `{tool}` (iproute2): {e}"))?;
     }
+    let probe = format!("p2p-probe-{}", std::process::id());
+    cmd("ip", &["netns", "add", &probe])
+        .map_err(|e| format!("this machine does not allow network namespaces: {e}"))?;
+    cmd("ip", &["netns", "del", &probe])
+        .map_err(|e| format!("cannot remove the probe namespace {probe}: {e}"))?;
     Ok(())
 }
 
