@@ -1,5 +1,6 @@
 //! One swarm run on the simulator, shown from the inside: when the
-//! targets finished, and how busy the links were over time. For tuning
+//! targets finished, and how busy the links were over time (every 100 ms
+//! for the first 2 s, then every 0.5 s). For tuning
 //! the swarm; `bench-report swarm` is the benchmark.
 //!
 //! ```text
@@ -72,7 +73,14 @@ fn main() {
     let rate = s.mbit as f64 * 1e6 / 8.0;
     println!("\n  time   controller uplink   targets' downlinks (mean)");
     let mut last: Option<&TrafficSample> = None;
-    for t in o.traffic.iter().step_by(5) {
+    // Every 100 ms for the first 2 s (the start), then every 0.5 s.
+    let shown = o
+        .traffic
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i <= 20 || i % 5 == 0)
+        .map(|(_, t)| t);
+    for t in shown {
         if let Some(p) = last {
             let dt = (t.at - p.at).as_secs_f64();
             let seed = (t.seed_sent - p.seed_sent) as f64 / dt / rate;

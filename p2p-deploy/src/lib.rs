@@ -66,7 +66,7 @@
 //! - [`build`]: a directory to a deterministic tar + zstd archive (sorted
 //!   entries, zero times and owners, modes 0644/0755 by the execute bit,
 //!   `.p2pignore` in gitignore syntax), hashed in the same pass: archive
-//!   SHA-256 and one SHA-256 per chunk (1 MiB by default).
+//!   SHA-256 and one SHA-256 per chunk (256 KiB by default).
 //! - [`package`]: the [`Descriptor`] (manifest, sizes, hashes, creation
 //!   time from the injected clock) in canonical postcard bytes, whose
 //!   SHA-256 is the [`PackageId`]; the one-file package format (magic,

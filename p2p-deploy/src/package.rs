@@ -44,8 +44,13 @@ pub const MAGIC: [u8; 8] = *b"P2PDPKG\n";
 pub const FORMAT_VERSION: u16 = 1;
 /// What a signature covers, before the descriptor bytes.
 pub const SIGNING_DOMAIN: &[u8] = b"p2p-deploy release v1\0";
-/// Default chunk size: 1 MiB.
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Default chunk size: 256 KiB. The swarm moves a release chunk by
+/// chunk, and a chunk is passed on only once it has arrived whole, so
+/// smaller chunks spread sooner; each costs a 32-byte hash in the
+/// descriptor (13 KB for 100 MB). In the simulator's swarm benchmark
+/// (100 targets, 100 MB) 256 KiB chunks finished at 1.24x the bound
+/// and 1 MiB chunks at 1.68x.
+pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
 const HEADER_LEN: u64 = 32;
 /// Descriptors and signature sections larger than this are refused
 /// before they are read (a 100 GiB archive has 100k chunk hashes, 3 MiB).
@@ -129,7 +134,7 @@ impl Descriptor {
 /// Options for [`build`].
 #[derive(Debug, Clone, Copy)]
 pub struct BuildOptions {
-    /// Chunk size in bytes (default 1 MiB).
+    /// Chunk size in bytes (default [`DEFAULT_CHUNK_SIZE`], 256 KiB).
     pub chunk_size: u32,
     /// zstd level (default 3).
     pub level: i32,

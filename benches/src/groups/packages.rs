@@ -13,7 +13,7 @@
 //!   cost about what writing the bytes costs. Target at least 0.8.
 //! - `descriptor_create`: computing a descriptor's hashes of the built
 //!   archive (`p2p_deploy::package::hash_archive`: SHA-256 of the whole
-//!   and of every 1 MiB chunk, on two threads), against reading and
+//!   and of every 256 KiB chunk, on two threads), against reading and
 //!   SHA-256 hashing the archive. Target at least 0.8. The full build
 //!   runs below this on two cores: it also compresses, and the two hashes
 //!   the descriptor format requires take one core each.

@@ -64,8 +64,9 @@ enum Command {
         /// The package file (default: NAME-VERSION.p2p here).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Chunk size in KiB.
-        #[arg(long, default_value_t = 1024)]
+        /// Chunk size in KiB (4 to 16384). Smaller chunks spread through
+        /// the swarm sooner; each adds a 32-byte hash to the descriptor.
+        #[arg(long, default_value_t = p2p_deploy::package::DEFAULT_CHUNK_SIZE / 1024)]
         chunk_kib: u32,
     },
     /// Sign a package in place.
