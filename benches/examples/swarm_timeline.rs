@@ -10,7 +10,8 @@
 //!
 //! Settings (environment): `N` targets (100), `SEED` (the scenario's),
 //! the agents' `DIAL`, `PER_PEER`, `UPLOAD_SLOTS`, `SEED_INFLIGHT`, and
-//! the controller's `COPIES` (descriptors sent whole).
+//! the controller's `COPIES` (descriptors sent whole), and the variants'
+//! `LOSS_PCT` (packets lost) and `SLOW_PCT` (nodes at a tenth of the rate).
 //! The scenario is the issue's: 100 MB in 256 KiB chunks, 100 Mbit/s
 //! everywhere, 20 ms latency.
 
@@ -48,6 +49,13 @@ fn main() {
     }
     if let Some(copies) = setting("COPIES") {
         s.descriptor_copies = copies;
+    }
+    // Percent of packets lost, percent of nodes at a tenth of the rate.
+    if let Some(loss) = setting("LOSS_PCT") {
+        s.loss = loss as f64 / 100.0;
+    }
+    if let Some(slow) = setting("SLOW_PCT") {
+        s.slow_share = slow as f64 / 100.0;
     }
     s.sample_every = Some(Duration::from_millis(100));
     let o = s.run();

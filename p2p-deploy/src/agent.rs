@@ -643,63 +643,9 @@ impl Agent {
                 self.rollback(&app, &options, events.as_ref()).await
             }
             Request::Remove { app, version } => self.remove(&app, version.as_ref()).await,
-            Request::Deploy {
-                descriptor,
-                signatures,
-                options,
-                peers,
-            } => {
-                let deadline = tokio::time::Instant::now() + timeout;
-                let d = Descriptor::from_bytes(&descriptor)
-                    .map_err(|e| RpcError::new(ErrorKind::Corrupt, e.to_string()))?;
-                let sources = Sources { seed: conn, peers };
-                let events = events.as_ref();
-                self.deploy(
-                    from,
-                    d,
-                    &signatures,
-                    &options,
-                    sources,
-                    events,
-                    deadline,
-                    timeout,
-                )
-                .await
-            }
-            Request::DeployRef {
-                package,
-                signatures,
-                options,
-                from: holders,
-                peers,
-            } => {
-                let deadline = tokio::time::Instant::now() + timeout;
-                let d = tokio::time::timeout_at(
-                    deadline,
-                    self.descriptor_for(&package, &holders, conn.as_ref()),
-                )
-                .await
-                .map_err(|_| {
-                    RpcError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the descriptor of release {package} did not arrive within {timeout:?}"
-                        ),
-                    )
-                })??;
-                let sources = Sources { seed: conn, peers };
-                let events = events.as_ref();
-                self.deploy(
-                    from,
-                    d,
-                    &signatures,
-                    &options,
-                    sources,
-                    events,
-                    deadline,
-                    timeout,
-                )
-                .await
+            request @ (Request::Deploy { .. } | Request::DeployRef { .. }) => {
+                self.deploy_request(from, request, conn, events.as_ref(), timeout)
+                    .await
             }
             Request::Catalog => Ok(Reply::Catalog(self.catalog().await.map_err(rpc)?)),
             Request::Release { package } => {
@@ -1154,6 +1100,69 @@ impl Agent {
     }
 
     // ----- deploy and activation -----
+
+    /// Answers [`Request::Deploy`] and [`Request::DeployRef`]: the
+    /// descriptor (decoded, or found by reference), then [`deploy`](Self::deploy).
+    async fn deploy_request(
+        &self,
+        from: PeerId,
+        request: Request,
+        conn: Option<Arc<dyn Connection>>,
+        events: Option<&Events>,
+        timeout: Duration,
+    ) -> Res<Reply> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (d, signatures, options, peers) = match request {
+            Request::Deploy {
+                descriptor,
+                signatures,
+                options,
+                peers,
+            } => {
+                let d = Descriptor::from_bytes(&descriptor)
+                    .map_err(|e| RpcError::new(ErrorKind::Corrupt, e.to_string()))?;
+                (d, signatures, options, peers)
+            }
+            Request::DeployRef {
+                package,
+                signatures,
+                options,
+                from: holders,
+                peers,
+            } => {
+                let find = self.descriptor_for(&package, &holders, conn.as_ref());
+                let d = tokio::time::timeout_at(deadline, find)
+                    .await
+                    .map_err(|_| {
+                        RpcError::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "the descriptor of release {package} did not arrive within {timeout:?}"
+                            ),
+                        )
+                    })??;
+                (d, signatures, options, peers)
+            }
+            other => {
+                return Err(RpcError::new(
+                    ErrorKind::Invalid,
+                    format!("{} is not a deploy", other.kind()),
+                ));
+            }
+        };
+        let sources = Sources { seed: conn, peers };
+        self.deploy(
+            from,
+            d,
+            &signatures,
+            &options,
+            sources,
+            events,
+            deadline,
+            timeout,
+        )
+        .await
+    }
 
     /// Deploys `d` (a decoded [`Request::Deploy`] or
     /// [`Request::DeployRef`]); verification, transfer and install end at

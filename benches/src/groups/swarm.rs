@@ -6,7 +6,7 @@
 //! bound, baseline <bound> s (Kumar-Ross bound), ratio=<completion/bound>)`,
 //! with the controller-only time in the name. `SWARM_NODES` (comma
 //! separated, default `10,100`: what a 2-core machine runs in a few
-//! minutes; `500` adds about 9 minutes) picks the fleet sizes.
+//! minutes; `500` adds about 7 minutes) picks the fleet sizes.
 
 use crate::Figure;
 use crate::swarm::{SwarmOutcome, SwarmScenario};
