@@ -1940,7 +1940,8 @@ impl Agent {
     }
 
     /// Keeps the active version and the `keep - 1` most recent others
-    /// (the previous version first); uninstalls the rest.
+    /// (the previous version first); uninstalls the rest, and drops the
+    /// app's releases kept ahead that can no longer be deployed.
     async fn collect_versions(&self, rec: &mut AppRecord, keep: u32) -> Result<()> {
         let keep = keep.max(1) as usize;
         let mut kept: Vec<semver::Version> = Vec::new();
@@ -1966,6 +1967,10 @@ impl Agent {
             .map(|(v, id)| (v.clone(), *id))
             .collect();
         if gone.is_empty() {
+            let stale = self.undeployable(rec).await?;
+            if !stale.is_empty() {
+                self.drop_releases(&stale).await?;
+            }
             return Ok(());
         }
         for (v, _) in &gone {
@@ -1979,8 +1984,39 @@ impl Agent {
             tracing::info!(app = %rec.name, version = %v, "removing an old version");
             self.inner.parts.installer.uninstall(&rec.name, v).await?;
         }
-        let ids: Vec<PackageId> = gone.into_iter().map(|(_, id)| id).collect();
+        let mut ids: Vec<PackageId> = gone.into_iter().map(|(_, id)| id).collect();
+        for id in self.undeployable(rec).await? {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
         self.drop_releases(&ids).await
+    }
+
+    /// Releases of `rec`'s app kept without being installed (fetched
+    /// ahead, [`Request::Fetch`]) that can no longer be deployed: a version
+    /// installed is as high or higher, and a deploy never goes below one.
+    /// One still being fetched is left alone.
+    async fn undeployable(&self, rec: &AppRecord) -> Result<Vec<PackageId>> {
+        let Some(top) = rec.installed.keys().next_back() else {
+            return Ok(Vec::new());
+        };
+        let installed: BTreeSet<PackageId> = rec.installed.values().copied().collect();
+        let fetching: BTreeSet<PackageId> = locked(&self.inner.transfers).keys().copied().collect();
+        let stale: Vec<PackageId> = self
+            .inner
+            .chunks
+            .releases()
+            .await?
+            .into_iter()
+            .filter(|d| d.manifest.name == rec.name && d.manifest.version <= *top)
+            .map(|d| d.id())
+            .filter(|id| !installed.contains(id) && !fetching.contains(id))
+            .collect();
+        for id in &stale {
+            tracing::info!(app = %rec.name, release = %id, "dropping a release kept ahead that can no longer be deployed");
+        }
+        Ok(stale)
     }
 }
 

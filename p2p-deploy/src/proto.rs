@@ -179,7 +179,9 @@ pub enum Request {
     /// deploy of it finds every chunk present. The descriptor and
     /// signatures come from the first of `from` that has them and are
     /// checked against the node's trust store before any chunk is
-    /// fetched. Answered with [`Reply::Catalog`] holding its entry.
+    /// fetched. Answered with [`Reply::Catalog`] holding its entry. The
+    /// release is dropped once a version of the app as high or higher is
+    /// installed there (it could no longer be deployed).
     Fetch {
         /// The release.
         package: PackageId,

@@ -53,7 +53,9 @@
 //! signatures are checked against the agent's own trust store before a
 //! single chunk is fetched, the chunks come through the same swarm, and
 //! the release is kept without being installed, so that a later deploy
-//! of it starts with every chunk present.
+//! of it starts with every chunk present. It is dropped once the node
+//! installs a version of the app as high or higher, since a deploy never
+//! goes below an installed version.
 //!
 //! # Bandwidth
 //!

@@ -747,3 +747,51 @@ async fn a_peer_answering_with_another_releases_descriptor_is_caught_and_the_dep
     assert!(e.to_string().contains("when asked for"), "{e}");
     assert!(infos(&ctl).await[2].apps.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_release_kept_ahead_is_dropped_once_it_can_no_longer_be_deployed() {
+    let (net, _names, ctl) = fleet(28, 2);
+    let all = infos(&ctl).await;
+    let v1 = release_of("app", "1.0.0", 1 << 20).await;
+    let v2 = release_of("app", "2.0.0", 1 << 20).await;
+    let v3 = release_of("app", "3.0.0", 1 << 20).await;
+    for r in [&v1, &v3] {
+        assert!(deploy_all(&ctl, r, &all[..1]).await.is_success());
+    }
+    // a01 keeps 1.0.0 and 3.0.0 ahead, from a00, installing neither.
+    for r in [&v1, &v3] {
+        let entry = ctl
+            .prefetch(&all[1].addr, r.id(), vec![all[0].addr.clone()])
+            .await
+            .unwrap();
+        assert!(entry.is_complete() && !entry.installed, "{entry:?}");
+    }
+    let store = ChunkStore::new(Arc::new(net.storage("a01").unwrap()));
+    let held = |id| {
+        let store = store.clone();
+        async move { store.release(&id).await.unwrap().is_some() }
+    };
+    assert!(held(v1.id()).await && held(v3.id()).await);
+
+    // 2.0.0 installed: 1.0.0 can never be deployed there again and goes
+    // (its chunks with it, unless another release shares them); 3.0.0
+    // still can, and stays.
+    assert!(deploy_all(&ctl, &v2, &all[1..]).await.is_success());
+    assert!(!held(v1.id()).await, "1.0.0 is kept for nothing");
+    assert!(held(v3.id()).await && held(v2.id()).await);
+    assert!(store.missing(&v3.descriptor).await.unwrap().is_empty());
+    let found = ctl.search("app", None).await;
+    let holders = |v: &str| -> Vec<PeerId> {
+        found
+            .hits
+            .iter()
+            .filter(|h| h.version.to_string() == v)
+            .flat_map(|h| h.holders.iter().map(|x| x.node.id))
+            .collect()
+    };
+    assert_eq!(holders("1.0.0"), [all[0].id]);
+    assert_eq!(holders("3.0.0").len(), 2);
+
+    // And 3.0.0 deploys there from what it kept.
+    assert!(deploy_all(&ctl, &v3, &all[1..]).await.is_success());
+}
