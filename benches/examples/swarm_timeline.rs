@@ -92,7 +92,7 @@ fn main() {
         if let Some(p) = last {
             let dt = (t.at - p.at).as_secs_f64();
             let seed = (t.seed_sent - p.seed_sent) as f64 / dt / rate;
-            let fleet = (t.targets_received - p.targets_received) as f64 / dt / rate / n as f64;
+            let fleet = (t.targets_received() - p.targets_received()) as f64 / dt / rate / n as f64;
             println!(
                 "{:>6.1} s {:>12.0}% {:>18.0}%",
                 t.at.as_secs_f64(),

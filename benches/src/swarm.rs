@@ -220,11 +220,9 @@ impl SwarmScenario {
                     .iter()
                     .map(|n| net.traffic(n).unwrap_or_default())
                     .collect();
-                let received = each.iter().map(|t| t.received).sum();
                 traffic.push(TrafficSample {
                     at: begun.elapsed(),
                     seed_sent: net.traffic("ctl").map_or(0, |t| t.sent),
-                    targets_received: received,
                     targets: each,
                 });
                 tokio::select! {
@@ -308,10 +306,15 @@ pub struct TrafficSample {
     pub at: Duration,
     /// Bytes the controller's uplink sent so far.
     pub seed_sent: u64,
-    /// Bytes all the targets' downlinks carried so far.
-    pub targets_received: u64,
     /// Each target's traffic so far, in the order the targets were made.
     pub targets: Vec<p2p_sim::NodeTraffic>,
+}
+
+impl TrafficSample {
+    /// Bytes all the targets' downlinks carried so far.
+    pub fn targets_received(&self) -> u64 {
+        self.targets.iter().map(|t| t.received).sum()
+    }
 }
 
 impl SwarmOutcome {

@@ -697,22 +697,7 @@ impl Agent {
                 let deadline = tokio::time::Instant::now() + timeout;
                 // A slot per request, or "busy" at once: the client asks
                 // another holder (see `SwarmConfig::upload_slots`).
-                let slots = PeerSlot::take(&self.inner.slots_held, peer)
-                    .ok_or_else(|| {
-                        format!(
-                            "this node is serving {SLOTS_PER_PEER} chunk requests of yours already"
-                        )
-                    })
-                    .and_then(|mine| {
-                        let all = self.inner.upload_slots.try_acquire().map_err(|_| {
-                            format!(
-                                "this node is serving {} chunk requests already",
-                                self.inner.cfg.swarm.upload_slots.max(1)
-                            )
-                        })?;
-                        Ok((mine, all))
-                    });
-                let _slots = match slots {
+                let _slots = match self.upload_slot(peer) {
                     Ok(s) => s,
                     Err(why) => {
                         let e = RpcError::new(ErrorKind::Busy, why);
@@ -1630,6 +1615,24 @@ impl Agent {
             .map_err(rpc)
     }
 
+    /// An upload slot for a chunk request from `peer`: one of its
+    /// [`SLOTS_PER_PEER`] and one of the node's; else why not.
+    fn upload_slot(
+        &self,
+        peer: PeerId,
+    ) -> std::result::Result<(PeerSlot<'_>, tokio::sync::SemaphorePermit<'_>), String> {
+        let mine = PeerSlot::take(&self.inner.slots_held, peer).ok_or_else(|| {
+            format!("this node is serving {SLOTS_PER_PEER} chunk requests of yours already")
+        })?;
+        let all = self.inner.upload_slots.try_acquire().map_err(|_| {
+            format!(
+                "this node is serving {} chunk requests already",
+                self.inner.cfg.swarm.upload_slots.max(1)
+            )
+        })?;
+        Ok((mine, all))
+    }
+
     /// A connection to a swarm peer, reused; its inbound streams are
     /// served like those of accepted connections.
     async fn dial_peer(&self, addr: PeerAddr) -> Result<Arc<dyn Connection>> {
@@ -1966,29 +1969,28 @@ impl Agent {
             .filter(|(v, _)| !kept.contains(v))
             .map(|(v, id)| (v.clone(), *id))
             .collect();
-        if gone.is_empty() {
-            let stale = self.undeployable(rec).await?;
-            if !stale.is_empty() {
-                self.drop_releases(&stale).await?;
+        if !gone.is_empty() {
+            for (v, _) in &gone {
+                rec.installed.remove(v);
+                if rec.previous.as_ref() == Some(v) {
+                    rec.previous = None;
+                }
             }
-            return Ok(());
-        }
-        for (v, _) in &gone {
-            rec.installed.remove(v);
-            if rec.previous.as_ref() == Some(v) {
-                rec.previous = None;
+            self.save(rec).await?;
+            for (v, _) in &gone {
+                tracing::info!(app = %rec.name, version = %v, "removing an old version");
+                self.inner.parts.installer.uninstall(&rec.name, v).await?;
             }
-        }
-        self.save(rec).await?;
-        for (v, _) in &gone {
-            tracing::info!(app = %rec.name, version = %v, "removing an old version");
-            self.inner.parts.installer.uninstall(&rec.name, v).await?;
         }
         let mut ids: Vec<PackageId> = gone.into_iter().map(|(_, id)| id).collect();
         for id in self.undeployable(rec).await? {
             if !ids.contains(&id) {
+                tracing::info!(app = %rec.name, release = %id, "dropping a release kept ahead that can no longer be deployed");
                 ids.push(id);
             }
+        }
+        if ids.is_empty() {
+            return Ok(());
         }
         self.drop_releases(&ids).await
     }
@@ -2003,7 +2005,7 @@ impl Agent {
         };
         let installed: BTreeSet<PackageId> = rec.installed.values().copied().collect();
         let fetching: BTreeSet<PackageId> = locked(&self.inner.transfers).keys().copied().collect();
-        let stale: Vec<PackageId> = self
+        Ok(self
             .inner
             .chunks
             .releases()
@@ -2012,11 +2014,7 @@ impl Agent {
             .filter(|d| d.manifest.name == rec.name && d.manifest.version <= *top)
             .map(|d| d.id())
             .filter(|id| !installed.contains(id) && !fetching.contains(id))
-            .collect();
-        for id in &stale {
-            tracing::info!(app = %rec.name, release = %id, "dropping a release kept ahead that can no longer be deployed");
-        }
-        Ok(stale)
+            .collect())
     }
 }
 

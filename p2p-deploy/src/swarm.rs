@@ -1464,9 +1464,6 @@ impl Seed {
 mod tests {
     use super::*;
 
-    /// Found by the `rpc` fuzz target: a have-map claiming 85 chunks in 3
-    /// bytes decoded, and `get` on it panicked. A decoded bitfield is now
-    /// well formed or an error.
     #[test]
     fn a_node_behind_its_neighbours_asks_for_more_at_once() {
         // 400 chunks: behind by more than 8 on average.
@@ -1481,6 +1478,9 @@ mod tests {
         assert_eq!(catch_up(0, std::iter::empty(), 400), 1);
     }
 
+    /// Found by the `rpc` fuzz target: a have-map claiming 85 chunks in 3
+    /// bytes decoded, and `get` on it panicked. A decoded bitfield is now
+    /// well formed or an error.
     #[test]
     fn malformed_bitfields_do_not_decode() {
         let crash = [0x55, 0x03, 0x55, 0x11, 0x01];

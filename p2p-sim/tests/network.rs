@@ -30,13 +30,13 @@ async fn connect(a: &SimProvider, b: &SimProvider) -> (Arc<dyn Connection>, Arc<
     (x.unwrap(), y.unwrap())
 }
 
-/// Nodes "a" and "b" at 100 Mbit/s, connected: a's side, then b's.
-async fn pair_at_100_mbit(net: &SimNet) -> (Arc<dyn Connection>, Arc<dyn Connection>) {
+/// Nodes "a" and "b" at `mbit` Mbit/s, connected: a's side, then b's.
+async fn pair_at(net: &SimNet, mbit: u64) -> (Arc<dyn Connection>, Arc<dyn Connection>) {
     let a = net
-        .add_node_with("a", NodeConfig::default().mbit(100))
+        .add_node_with("a", NodeConfig::default().mbit(mbit))
         .unwrap();
     let b = net
-        .add_node_with("b", NodeConfig::default().mbit(100))
+        .add_node_with("b", NodeConfig::default().mbit(mbit))
         .unwrap();
     connect(&a, &b).await
 }
@@ -80,7 +80,7 @@ async fn stream_bytes(
 #[tokio::test(start_paused = true)]
 async fn hundred_megabytes_over_a_100_mbit_path_take_eight_seconds() {
     let net = net(1);
-    let (ab, ba) = pair_at_100_mbit(&net).await;
+    let (ab, ba) = pair_at(&net, 100).await;
     let got = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     stream_bytes(ab, ba, 100_000_000, got.clone()).await;
@@ -97,7 +97,7 @@ async fn hundred_megabytes_over_a_100_mbit_path_take_eight_seconds() {
 #[tokio::test(start_paused = true)]
 async fn traffic_counts_what_each_node_sent_and_received() {
     let net = net(2);
-    let (ab, ba) = pair_at_100_mbit(&net).await;
+    let (ab, ba) = pair_at(&net, 100).await;
     let before = (net.traffic("a").unwrap(), net.traffic("b").unwrap());
     stream_bytes(ab, ba, 5_000_000, Arc::new(AtomicU64::new(0))).await;
     let (ta, tb) = (net.traffic("a").unwrap(), net.traffic("b").unwrap());
@@ -444,13 +444,7 @@ async fn loss_delays_streams_but_never_corrupts_them() {
         let net = SimNet::builder(10)
             .default_link(LinkSpec::latency(Duration::from_millis(5)).with_loss(loss))
             .build();
-        let a = net
-            .add_node_with("a", NodeConfig::default().mbit(50))
-            .unwrap();
-        let b = net
-            .add_node_with("b", NodeConfig::default().mbit(50))
-            .unwrap();
-        let (ab, ba) = connect(&a, &b).await;
+        let (ab, ba) = pair_at(&net, 50).await;
         let start = Instant::now();
         let data: Vec<u8> = (0..10_000_000u32)
             .map(|i| (i * 7 + i / 251) as u8)
