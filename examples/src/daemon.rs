@@ -217,13 +217,7 @@ fn peer_ids(what: &str, ids: &[String]) -> Result<BTreeSet<PeerId>> {
 }
 
 fn peer_addrs(what: &str, addrs: &[String]) -> Result<Vec<PeerAddr>> {
-    addrs
-        .iter()
-        .map(|s| {
-            s.parse::<PeerAddr>()
-                .map_err(|e| anyhow!("{what}: {s:?}: {e}"))
-        })
-        .collect()
+    crate::net::peer_list(what, addrs)
 }
 
 /// The commented config `p2pd init` writes.

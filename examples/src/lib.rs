@@ -25,5 +25,6 @@
 pub mod daemon;
 pub mod fleet;
 pub mod net;
+pub mod netlab;
 pub mod node;
 pub mod show;

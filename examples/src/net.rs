@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use p2p_core::{Admission, Admitted, NodeKey, PeerId, PreSharedKey, Provider};
+use anyhow::{Context, Result, anyhow};
+use p2p_core::{Admission, Admitted, NodeKey, PeerAddr, PeerId, PreSharedKey, Provider};
 use serde::{Deserialize, Serialize};
 
 /// Which transport a node speaks.
@@ -100,6 +100,18 @@ pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>>
         }
     };
     Ok(provider)
+}
+
+/// Peer addresses from a setting (`what`, named in errors): each entry is
+/// what `p2pd id` prints, or several of those separated by commas or
+/// spaces ([`PeerAddr::parse_list`]).
+pub fn peer_list(what: &str, entries: &[String]) -> Result<Vec<PeerAddr>> {
+    let mut out = Vec::new();
+    for e in entries {
+        let list = PeerAddr::parse_list(e).map_err(|err| anyhow!("{what}: {e:?}: {err}"))?;
+        out.extend(list);
+    }
+    Ok(out)
 }
 
 fn join(addrs: &[SocketAddr]) -> String {

@@ -58,4 +58,6 @@ pub use runtime::{
 };
 pub use signing::{Ed25519Signer, Ed25519Verifier, KeyId, Signature, Signer, Verifier};
 pub use storage::{FsStorage, MemStorage, Storage};
-pub use transport::{Connection, Discovered, Listener, Provider, RecvStream, SendStream};
+pub use transport::{
+    Connection, Discovered, Listener, PathInfo, PathKind, Provider, RecvStream, SendStream,
+};

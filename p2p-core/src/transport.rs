@@ -7,6 +7,7 @@
 //! and allocation-free.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -30,6 +31,69 @@ pub type RecvStream = Box<dyn AsyncRead + Send + Unpin>;
 /// bootstrap. The same peer may appear more than once, for example when its
 /// addresses change.
 pub type Discovered = BoxStream<'static, PeerAddr>;
+
+/// How a connection reaches its peer: straight to one of its addresses, or
+/// through a relay that forwards every byte.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// Packets go between the two nodes' own addresses (on a LAN, across
+    /// the internet, or through NAT after hole punching).
+    Direct,
+    /// Packets go through a relay server or relay node.
+    Relayed,
+    /// The backend cannot tell (or the connection is not set up yet).
+    Unknown,
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathKind::Direct => "direct",
+            PathKind::Relayed => "relayed",
+            PathKind::Unknown => "unknown",
+        })
+    }
+}
+
+/// The path a connection uses right now, as its transport sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathInfo {
+    /// Direct or relayed.
+    pub kind: PathKind,
+    /// The address the packets go to, in the backend's notation: the
+    /// peer's socket address or multiaddr when direct, the relay's URL or
+    /// address when relayed.
+    pub remote: Option<String>,
+    /// The transport's current round-trip estimate.
+    pub rtt: Option<Duration>,
+}
+
+impl PathInfo {
+    /// A path the backend knows nothing about.
+    pub fn unknown() -> Self {
+        PathInfo {
+            kind: PathKind::Unknown,
+            remote: None,
+            rtt: None,
+        }
+    }
+}
+
+impl std::fmt::Display for PathInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(r) = &self.remote {
+            write!(f, " via {r}")?;
+        }
+        if let Some(rtt) = self.rtt {
+            write!(f, " rtt {:.1} ms", rtt.as_secs_f64() * 1000.0)?;
+        }
+        Ok(())
+    }
+}
 
 /// A transport backend: dials peers and accepts connections from them.
 ///
@@ -139,6 +203,14 @@ pub trait Connection: Send + Sync {
 
     /// Closes the connection; the peer sees `reason`.
     async fn close(&self, reason: &str);
+
+    /// The path the connection uses now: direct or relayed, to which
+    /// address, and the round-trip estimate. It can change over the life of
+    /// a connection (a relayed connection becomes direct once hole punching
+    /// succeeds). Backends that cannot tell return [`PathInfo::unknown`].
+    fn path(&self) -> PathInfo {
+        PathInfo::unknown()
+    }
 }
 
 /// `Arc<P>` is a provider whenever `P` is, so `Arc<dyn Provider>` can be

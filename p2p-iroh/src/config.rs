@@ -21,7 +21,12 @@ pub enum Connectivity {
     /// hole punching and as a fallback path) and the `iroh.link` DNS/pkarr
     /// service, so that peers behind NAT can be dialed by id alone.
     N0Relays,
-    /// Your own relay servers (`https://relay.example.com`), no DNS lookups.
+    /// Your own relay servers (`https://relay.example.com`, or
+    /// `http://10.0.0.5:3340` for a relay without TLS), no DNS or pkarr
+    /// lookups. The node keeps a connection to the closest one (its home
+    /// relay), through which peers reach it before and unless hole punching
+    /// gives them a direct path. A relay's QUIC address discovery, when it
+    /// serves it, is expected on the default port 7842.
     CustomRelays(Vec<String>),
 }
 
@@ -78,6 +83,10 @@ pub struct IrohConfig {
     /// Inbound handshakes in progress at once; further connection attempts
     /// wait in the QUIC accept queue.
     pub max_pending_handshakes: usize,
+    /// Certificates (DER) trusted for relays besides the usual web roots:
+    /// a self-signed relay's certificate, or a private CA. Read PEM files
+    /// with [`crate::relay::certs_from_pem`].
+    pub relay_ca_certs: Vec<Vec<u8>>,
 }
 
 impl Default for IrohConfig {
@@ -96,6 +105,7 @@ impl Default for IrohConfig {
             max_concurrent_streams: 256,
             close_timeout: Duration::from_secs(3),
             max_pending_handshakes: 64,
+            relay_ca_certs: Vec::new(),
         }
     }
 }
@@ -136,6 +146,12 @@ impl IrohConfig {
     /// Sets the reach beyond the local network.
     pub fn connectivity(mut self, c: Connectivity) -> Self {
         self.connectivity = c;
+        self
+    }
+
+    /// Trusts `certs` (DER) for relays, besides the usual web roots.
+    pub fn trust_relay_certs(mut self, certs: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        self.relay_ca_certs.extend(certs);
         self
     }
 
@@ -239,12 +255,7 @@ impl IrohConfig {
                 return bad("connectivity", "custom relays need at least one URL");
             }
             for u in urls {
-                if u.parse::<iroh::RelayUrl>().is_err() {
-                    return Err(p2p_core::Error::invalid(
-                        "connectivity",
-                        format!("relay URL {u:?} is not a valid URL"),
-                    ));
-                }
+                crate::relay::parse_relay_url(u)?;
             }
         }
         Ok(())

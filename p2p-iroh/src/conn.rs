@@ -3,8 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use iroh::TransportAddr;
 use iroh::endpoint::{self, ConnectionError, VarInt};
-use p2p_core::{Connection, Error, PeerId, RecvStream, Result, SendStream};
+use p2p_core::{Connection, Error, PathInfo, PathKind, PeerId, RecvStream, Result, SendStream};
 
 /// QUIC application error code for an orderly close by the SDK.
 pub(crate) const CLOSE_NORMAL: u32 = 0;
@@ -77,6 +78,30 @@ impl IrohConnection {
     }
 }
 
+/// The path `conn` sends on now: the selected one, from iroh's own path
+/// list.
+pub(crate) fn selected_path(conn: &endpoint::Connection) -> PathInfo {
+    let paths = conn.paths();
+    let Some(p) = paths.iter().find(|p| p.is_selected()) else {
+        return PathInfo::unknown();
+    };
+    let (kind, remote) = describe(p.remote_addr());
+    PathInfo {
+        kind,
+        remote,
+        rtt: Some(p.rtt()),
+    }
+}
+
+/// Direct or relayed, and the address in the SDK's notation.
+pub(crate) fn describe(addr: &TransportAddr) -> (PathKind, Option<String>) {
+    match addr {
+        TransportAddr::Ip(a) => (PathKind::Direct, Some(a.to_string())),
+        TransportAddr::Relay(url) => (PathKind::Relayed, Some(url.to_string())),
+        other => (PathKind::Unknown, Some(format!("{other:?}"))),
+    }
+}
+
 /// Closes `conn` with `reason`, truncated to fit one QUIC frame.
 pub(crate) fn close_with(conn: &endpoint::Connection, code: u32, reason: &str) {
     conn.close(VarInt::from_u32(code), truncate(reason).as_bytes());
@@ -135,6 +160,10 @@ impl Connection for IrohConnection {
 
     fn is_connected(&self) -> bool {
         self.conn.close_reason().is_none()
+    }
+
+    fn path(&self) -> PathInfo {
+        selected_path(&self.conn)
     }
 
     async fn close(&self, reason: &str) {

@@ -31,13 +31,31 @@
 //!
 //! To work across the internet, choose a [`Connectivity`]:
 //!
+//! - [`Connectivity::CustomRelays`]: your own relays, no DNS. Run one with
+//!   [`relay_server::RelayServer`] (feature `relay-server`; `p2pd relay`
+//!   does it from the command line). A self-signed relay's certificate is
+//!   trusted through [`IrohConfig::trust_relay_certs`].
 //! - [`Connectivity::N0Relays`]: the number 0 public relays (hole punching,
 //!   relayed fallback) and their DNS/pkarr service, so peers behind NAT can
 //!   be dialed by id alone. The node then publishes its addresses there.
-//! - [`Connectivity::CustomRelays`]: your own `iroh-relay` servers, no DNS.
 //!
-//! A `PeerAddr` may then carry relay URLs next to socket addresses
-//! (`<id>@203.0.113.5:4433,https://relay.example.com./`).
+//! A node with relays keeps a connection to one (its home relay), and its
+//! [`local_addr`](p2p_core::Provider::local_addr) carries that relay's URL
+//! next to its socket addresses
+//! (`<id>@192.168.1.7:4433,https://relay.example.com/`). A peer given that
+//! address, or only `<id>@https://relay.example.com/`, reaches the node
+//! through the relay at once, then both punch a direct path through their
+//! NATs (helped by the relay's QUIC address discovery) and move to it; where
+//! NAT does not allow it (symmetric NAT on both sides), traffic stays on
+//! the relay. [`Connection::path`](p2p_core::Connection::path) says which
+//! path a connection uses, with its round-trip time, and each change
+//! (relayed to direct, or back) is logged.
+//!
+//! A relay that cannot be reached does not stop the node: it keeps working
+//! on direct paths, and [`IrohProvider::relay_health`] (logged as a
+//! warning when it changes) names the relay and the reason, such as a
+//! certificate the node does not trust. A relay-only address with relays
+//! off fails at once, saying so.
 //!
 //! ## Configuration
 //!
@@ -53,6 +71,7 @@
 //! | `receive_window`, `send_window` | 16 MiB | per connection |
 //! | `max_concurrent_streams` | 256 | streams a peer may have open towards us |
 //! | `close_timeout` | 3 s | how long `close` waits for peers to acknowledge |
+//! | `relay_ca_certs` | none | certificates trusted for relays besides the web roots |
 //!
 //! Every field is checked by [`IrohProvider::bind`]; a bad value fails with
 //! [`Error::Invalid`](p2p_core::Error::Invalid) naming the field.
@@ -132,6 +151,9 @@ mod conn;
 mod discovery;
 mod hooks;
 mod provider;
+pub mod relay;
+#[cfg(feature = "relay-server")]
+pub mod relay_server;
 
 pub use config::{Connectivity, IrohConfig};
 pub use conn::IrohConnection;

@@ -109,6 +109,8 @@ struct Core {
     /// QUIC settings for dialing: like the endpoint's, but accepting the
     /// one unidirectional stream that carries the welcome.
     dial_transport: QuicTransportConfig,
+    /// Where the node stands with its relays.
+    relay_health: Mutex<crate::relay::RelayHealth>,
 }
 
 impl Core {
@@ -123,6 +125,7 @@ impl Core {
     /// Wraps and registers a connection that just finished its handshake;
     /// fails (closing it) when the provider is closed.
     fn wrap(&self, conn: endpoint::Connection) -> Result<IrohConnection> {
+        tokio::spawn(log_paths(conn.clone()));
         let c = IrohConnection::new(conn);
         let refused = lock(&self.registry).track(c.inner(), c.reason_slot());
         match refused {
@@ -231,8 +234,19 @@ impl IrohProvider {
             stop: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
             dial_transport: config.quic_transport_config()?,
+            relay_health: Mutex::new(match config.connectivity {
+                Connectivity::LocalOnly => crate::relay::RelayHealth::Off,
+                _ => crate::relay::RelayHealth::Connecting,
+            }),
         });
         let mut tasks = vec![tokio::spawn(accept_loop(core.clone()))];
+        if let Some(urls) = relay_urls(&config.connectivity) {
+            tasks.push(tokio::spawn(watch_relays(
+                core.clone(),
+                secret_key(key),
+                urls,
+            )));
+        }
         let mdns = if config.mdns {
             let mdns = MdnsAddressLookup::builder()
                 .service_name(config.mdns_service.clone())
@@ -289,6 +303,24 @@ impl IrohProvider {
         &self.inner.core.config
     }
 
+    /// Where the node stands with its relays: off, connecting, connected to
+    /// its home relay, or unreachable and why (also logged as it changes).
+    pub fn relay_health(&self) -> crate::relay::RelayHealth {
+        lock(&self.inner.core.relay_health).clone()
+    }
+
+    /// Waits up to `limit` for a home relay; returns its URL, or `None`
+    /// when there is none by then (see [`relay_health`](Self::relay_health)
+    /// for why). Returns `None` at once with relays off.
+    pub async fn wait_for_relay(&self, limit: std::time::Duration) -> Option<String> {
+        let core = &self.inner.core;
+        if core.config.connectivity == Connectivity::LocalOnly {
+            return None;
+        }
+        let _ = tokio::time::timeout(limit, core.endpoint.online()).await;
+        crate::relay::home_relay(&core.endpoint)
+    }
+
     /// Dials `peer` and waits for its welcome; returns the raw iroh
     /// connection. Shared by `connect` and the benchmarks.
     async fn dial(&self, peer: &PeerAddr) -> Result<IrohConnection> {
@@ -303,15 +335,22 @@ impl IrohProvider {
             ));
         }
         let addr = to_endpoint_addr(peer)?;
-        if addr.addrs.is_empty()
-            && !core.config.mdns
-            && core.config.connectivity == Connectivity::LocalOnly
-        {
+        let relays_off = core.config.connectivity == Connectivity::LocalOnly;
+        if addr.addrs.is_empty() && !core.config.mdns && relays_off {
             return Err(Error::unreachable(format!(
                 "no address for peer {} and discovery is off: give its address as id@ip:port",
                 peer.id.short()
             )));
         }
+        if relays_off && !addr.addrs.is_empty() && addr.ip_addrs().next().is_none() {
+            return Err(Error::unreachable(format!(
+                "peer {} can only be reached through a relay ({}), and this node has relays \
+                 off: configure relays (connectivity)",
+                peer.id.short(),
+                peer.addrs.join(", ")
+            )));
+        }
+        let via_relay = addr.relay_urls().next().is_some();
         let who = peer.id.short();
         let limit = core.config.connect_timeout;
         let options = ConnectOptions::new().with_transport_config(core.dial_transport.clone());
@@ -328,15 +367,80 @@ impl IrohProvider {
             await_welcome(conn.inner(), &who).await?;
             Ok::<_, Error>(conn)
         };
-        let conn = tokio::select! {
+        let result = tokio::select! {
             biased;
             _ = core.stop.cancelled() => return Err(core.closed_error()),
             r = tokio::time::timeout(limit, attempt) => match r {
-                Ok(r) => r?,
-                Err(_) => return Err(Error::timeout(format!("connecting to peer {who}"), limit)),
+                Ok(r) => r,
+                Err(_) => Err(Error::timeout(format!("connecting to peer {who}"), limit)),
             },
         };
-        Ok(conn)
+        match result {
+            Ok(conn) => Ok(conn),
+            // A peer known through a relay, and our relays in trouble: the
+            // relay's problem is most likely the reason.
+            Err(e) if via_relay => match self.relay_health() {
+                crate::relay::RelayHealth::Unreachable(why) => Err(Error::unreachable(format!(
+                    "{e}; and this node has no relay: {why}"
+                ))),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The relays of `c`, when it has its own.
+fn relay_urls(c: &Connectivity) -> Option<Vec<RelayUrl>> {
+    match c {
+        Connectivity::CustomRelays(urls) => {
+            Some(urls.iter().filter_map(|u| u.parse().ok()).collect())
+        }
+        _ => None,
+    }
+}
+
+/// Follows the node's relays until it stops: records and logs each change
+/// (the first home relay, losing it, and why none is reachable).
+async fn watch_relays(core: Arc<Core>, key: iroh::SecretKey, urls: Vec<RelayUrl>) {
+    use crate::relay::{RelayHealth, diagnose_all, home_relay};
+    let ep = core.endpoint.clone();
+    tokio::select! {
+        biased;
+        _ = core.stop.cancelled() => return,
+        _ = tokio::time::timeout(crate::relay::FIRST_WAIT, ep.online()) => {}
+    }
+    loop {
+        let now = match home_relay(&ep) {
+            Some(url) => RelayHealth::Connected(url),
+            None => {
+                let why = tokio::select! {
+                    biased;
+                    _ = core.stop.cancelled() => return,
+                    why = diagnose_all(&ep, &key, &urls) => why,
+                };
+                RelayHealth::Unreachable(why)
+            }
+        };
+        let changed = {
+            let mut h = lock(&core.relay_health);
+            let changed = *h != now;
+            *h = now.clone();
+            changed
+        };
+        if changed {
+            match &now {
+                RelayHealth::Connected(url) => tracing::info!(relay = %url, "home relay connected"),
+                other => tracing::warn!(
+                    "{other}; the node keeps working on direct paths and tries again"
+                ),
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = core.stop.cancelled() => return,
+            _ = tokio::time::sleep(crate::relay::RECHECK) => {}
+        }
     }
 }
 
@@ -359,10 +463,19 @@ async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> 
             .net_report_config(NetReportConfig::minimal()),
         Connectivity::CustomRelays(urls) => {
             let urls: Vec<RelayUrl> = urls.iter().filter_map(|u| u.parse().ok()).collect();
-            b.relay_mode(RelayMode::custom(urls)).clear_address_lookup()
+            // No captive-portal check: it asks the relay host on port 80,
+            // which a self-hosted relay rarely serves.
+            let mut report = NetReportConfig::default();
+            report.captive_portal_check = false;
+            b.relay_mode(RelayMode::custom(urls))
+                .clear_address_lookup()
+                .net_report_config(report)
         }
         Connectivity::N0Relays => b,
     };
+    if !config.relay_ca_certs.is_empty() {
+        b = b.ca_tls_config(crate::relay::ca_config(&config.relay_ca_certs));
+    }
     if !config.bind_addrs.is_empty() {
         b = b.clear_ip_transports();
         for a in &config.bind_addrs {
@@ -382,6 +495,28 @@ async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> 
             std::io::Error::other(e.to_string()),
         )
     })
+}
+
+/// Logs the path changes of `conn` until it closes: the first path chosen
+/// at debug level, every change after it (a relayed connection that hole
+/// punching made direct, a direct one that fell back to the relay) at info.
+async fn log_paths(conn: endpoint::Connection) {
+    use futures::StreamExt;
+    let peer = crate::addr::peer_id(&conn.remote_id()).short();
+    let mut events = conn.path_events();
+    let mut last: Option<p2p_core::PathKind> = None;
+    while let Some(ev) = events.next().await {
+        let endpoint::PathEvent::Selected { remote_addr, .. } = ev else {
+            continue;
+        };
+        let (kind, remote) = crate::conn::describe(&remote_addr);
+        let remote = remote.unwrap_or_default();
+        match last {
+            None => tracing::debug!(%peer, path = %kind, %remote, "path selected"),
+            Some(was) => tracing::info!(%peer, path = %kind, was = %was, %remote, "path changed"),
+        }
+        last = Some(kind);
+    }
 }
 
 /// Reads the accepting side's welcome, or turns its refusal into the error

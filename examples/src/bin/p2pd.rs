@@ -98,8 +98,9 @@ struct Overrides {
     /// Signatures from distinct trusted keys a release needs.
     #[arg(long, env = "P2PD_SIGNATURES_REQUIRED")]
     signatures_required: Option<usize>,
-    /// Peers to dial at start (comma separated `<id>@<addr>`).
-    #[arg(long, env = "P2PD_BOOTSTRAP", value_delimiter = ',')]
+    /// Peers to dial at start: what `p2pd id` prints on them, several
+    /// separated by commas or spaces, or the flag repeated.
+    #[arg(long, env = "P2PD_BOOTSTRAP")]
     bootstrap: Vec<String>,
     /// Local-network discovery on or off.
     #[arg(long, env = "P2PD_MDNS")]

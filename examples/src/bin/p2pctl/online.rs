@@ -30,8 +30,9 @@ pub(crate) struct Global {
     /// The transport.
     #[arg(long, global = true, value_enum, env = "P2PCTL_BACKEND")]
     pub backend: Option<Backend>,
-    /// Nodes to ask (`<id>@<addr>`, comma separated or repeated).
-    #[arg(long, global = true, value_delimiter = ',', env = "P2PCTL_BOOTSTRAP")]
+    /// Nodes to ask: what `p2pd id` prints (`<id>@<addr>,<addr>...`), several
+    /// separated by commas or spaces, or the flag repeated.
+    #[arg(long, global = true, env = "P2PCTL_BOOTSTRAP")]
     pub bootstrap: Vec<String>,
     /// The private network's pre-shared key file.
     #[arg(long, global = true, env = "P2PCTL_PSK_FILE")]
@@ -91,13 +92,7 @@ impl Global {
         } else {
             self.bootstrap.clone()
         };
-        let bootstrap = bootstrap
-            .iter()
-            .map(|s| {
-                s.parse::<PeerAddr>()
-                    .map_err(|e| anyhow!("--bootstrap {s:?}: {e}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let bootstrap = net::peer_list("bootstrap", &bootstrap)?;
         let psk_file = self
             .psk_file
             .clone()
