@@ -25,7 +25,7 @@ use crate::transport::classify;
 pub(crate) struct Behaviour {
     pub(crate) allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     pub(crate) limits: connection_limits::Behaviour,
-    pub(crate) stream: libp2p_stream::Behaviour,
+    pub(crate) stream: crate::streams::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }

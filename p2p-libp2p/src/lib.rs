@@ -180,6 +180,7 @@ mod config;
 mod driver;
 mod provider;
 mod session;
+mod streams;
 mod transport;
 
 pub use config::Libp2pConfig;

@@ -79,7 +79,7 @@ struct Core {
     local: PeerId,
     config: Libp2pConfig,
     commands: mpsc::Sender<Command>,
-    control: libp2p_stream::Control,
+    control: crate::streams::Control,
     gates: Arc<Gates>,
     registry: Arc<Registry>,
     /// The live listener's id and queue.
@@ -276,7 +276,7 @@ impl Libp2pProvider {
         let keypair = addr::keypair(key);
         let lp_local = keypair.public().to_peer_id();
         let transport = build_transport(&keypair, &config)?;
-        let stream = libp2p_stream::Behaviour::new();
+        let stream = crate::streams::Behaviour::new();
         let mut control = stream.new_control();
         let incoming = control.accept(PROTOCOL).map_err(|e| Error::Backend {
             backend: "libp2p",
@@ -546,7 +546,7 @@ async fn open_session(
 /// Takes every inbound stream off `libp2p-stream` at once and handles it
 /// in its own task: `libp2p-stream` drops inbound streams while its
 /// hand-off channel is full, so this loop must never wait on a peer.
-async fn route_inbound(core: Arc<Core>, mut incoming: libp2p_stream::IncomingStreams) {
+async fn route_inbound(core: Arc<Core>, mut incoming: crate::streams::IncomingStreams) {
     loop {
         let next = tokio::select! {
             biased;

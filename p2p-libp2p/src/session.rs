@@ -333,7 +333,7 @@ impl Gates {
 /// Opens a stream to `peer` and sends `header`, holding the peer's gate
 /// until the peer answers [`RECEIVED`] (bounded by `limit`).
 pub(crate) async fn open_raw(
-    control: &libp2p_stream::Control,
+    control: &crate::streams::Control,
     gates: &Gates,
     peer: libp2p::PeerId,
     header: &[u8; HEADER_LEN],
@@ -366,7 +366,7 @@ pub(crate) async fn open_raw(
 /// Settings a session needs from the provider.
 #[derive(Clone)]
 pub(crate) struct SessionEnv {
-    pub(crate) control: libp2p_stream::Control,
+    pub(crate) control: crate::streams::Control,
     pub(crate) gates: Arc<Gates>,
     pub(crate) registry: Weak<Registry>,
     pub(crate) open_timeout: Duration,
