@@ -11,7 +11,7 @@ use bytesize::ByteSize;
 use p2p_core::{PeerAddr, PeerId, PreSharedKey};
 use serde::{Deserialize, Serialize};
 
-use crate::net::{Backend, NetOptions};
+use crate::net::{Backend, NetOptions, Reach, Relays};
 
 /// The config file's name in the data directory.
 pub const CONFIG_FILE: &str = "p2pd.toml";
@@ -88,6 +88,16 @@ pub struct DaemonConfig {
     pub upload_limit: Option<ByteSize>,
     /// Most bytes per second of release chunks fetched.
     pub download_limit: Option<ByteSize>,
+    /// How far the node reaches: `local`, `relays` or `public` (iroh);
+    /// unset: `relays` when `relays` lists any, else `local`.
+    pub connectivity: Option<Reach>,
+    /// Relays: URLs of iroh relays, addresses of libp2p relay nodes.
+    pub relays: Vec<String>,
+    /// iroh: a PEM file of certificates trusted for the relays (a
+    /// self-signed relay's `relay-cert.pem`).
+    pub relay_ca: Option<PathBuf>,
+    /// libp2p: serve as a circuit relay for other nodes too.
+    pub serve_relay: bool,
 }
 
 impl Default for DaemonConfig {
@@ -111,6 +121,10 @@ impl Default for DaemonConfig {
             app_log_files: 5,
             upload_limit: None,
             download_limit: None,
+            connectivity: None,
+            relays: Vec::new(),
+            relay_ca: None,
+            serve_relay: false,
         }
     }
 }
@@ -152,7 +166,27 @@ impl DaemonConfig {
         for (k, v) in &self.labels {
             check_label(k, v)?;
         }
-        Ok(())
+        if self.relay_ca.is_some() && self.backend == Backend::Libp2p {
+            bail!(
+                "relay_ca: libp2p relays are nodes of the network, proven by their ids, not by \
+                 certificates; relay_ca is for iroh relays"
+            );
+        }
+        self.relay_settings(Vec::new()).check(self.backend)
+    }
+
+    /// The relay settings, with `ca_certs` as read from `relay_ca`.
+    fn relay_settings(&self, ca_certs: Vec<Vec<u8>>) -> Relays {
+        Relays {
+            reach: self.connectivity.unwrap_or(if self.relays.is_empty() {
+                Reach::Local
+            } else {
+                Reach::Relays
+            }),
+            relays: self.relays.clone(),
+            ca_certs,
+            serve: self.serve_relay,
+        }
     }
 
     /// The transport settings, reading the pre-shared key file.
@@ -165,12 +199,17 @@ impl DaemonConfig {
             None => None,
         };
         let allow = peer_ids("allowed_peers", &self.allowed_peers)?;
+        let ca_certs = match &self.relay_ca {
+            Some(p) => crate::net::read_relay_ca(&data_dir.join(p))?,
+            None => Vec::new(),
+        };
         Ok(NetOptions {
             backend: self.backend,
             listen: self.listen.clone(),
             psk,
             allow: (!allow.is_empty()).then_some(allow),
             mdns: self.mdns,
+            relays: self.relay_settings(ca_certs),
         })
     }
 
@@ -291,6 +330,24 @@ app_log_files = 5
 # upload_limit = "10 MiB"
 # download_limit = "50 MiB"
 
+# Reaching nodes behind NAT, at other sites: "local" (direct addresses
+# only, nothing leaves the network), "relays" (the relays below: nodes
+# behind NAT are reached through them, and hole punching makes the path
+# direct where the NATs allow), or "public" (number 0's public iroh relays;
+# needs the internet). Unset: "relays" when relays lists any, else "local".
+# connectivity = "relays"
+
+# iroh: relay URLs ("https://relay.example.com:3341", from `p2pd relay`).
+# libp2p: relay nodes' addresses ("<id>@/ip4/203.0.113.5/tcp/7402").
+relays = []
+
+# iroh: a PEM file of certificates to trust for the relays, besides the
+# usual web roots (the relay-cert.pem of a self-signed `p2pd relay`).
+# relay_ca = "relay-cert.pem"
+
+# libp2p: also serve as a circuit relay for other nodes of the network.
+serve_relay = false
+
 # Labels controllers select this node by (p2pctl deploy --selector role=web).
 [labels]
 "#
@@ -330,6 +387,21 @@ mod tests {
             ("upload_limit = \"ten\"", "upload_limit"),
             ("listen = []", "listen"),
             ("[labels]\n\"a b\" = \"c\"", "label"),
+            ("connectivity = \"relays\"", "connectivity"),
+            ("connectivity = \"nearby\"", "connectivity"),
+            ("relays = [\"relay:443\"]", "relays"),
+            ("relays = [\"ftp://relay.example.com\"]", "relays"),
+            (
+                "connectivity = \"local\"\nrelays = [\"https://relay.example.com\"]",
+                "connectivity",
+            ),
+            ("backend = \"libp2p\"\nconnectivity = \"public\"", "public"),
+            (
+                "backend = \"libp2p\"\nrelays = [\"/ip4/1.2.3.4/tcp/1\"]",
+                "relays",
+            ),
+            ("backend = \"libp2p\"\nrelay_ca = \"ca.pem\"", "relay_ca"),
+            ("serve_relay = true", "serve_relay"),
         ];
         for (text, name) in bad {
             let err = toml::from_str::<DaemonConfig>(text)
@@ -338,6 +410,29 @@ mod tests {
                 .unwrap_err();
             assert!(format!("{err:#}").contains(name), "{text}: {err:#}");
         }
+    }
+
+    #[test]
+    fn relays_listed_mean_connectivity_relays() {
+        let cfg: DaemonConfig = toml::from_str("relays = [\"https://relay.example.com\"]").unwrap();
+        cfg.check().unwrap();
+        let net = cfg.net(Path::new("/nonexistent")).unwrap();
+        assert_eq!(net.relays.reach, Reach::Relays);
+        let cfg: DaemonConfig = toml::from_str(
+            "backend = \"libp2p\"\nserve_relay = true\nrelays = [\"0ef8fe5306adfe90fc0b42b301865084c4f48171ec4e992399614cee529904e0@/ip4/10.0.0.1/tcp/7402,/ip4/10.0.0.1/udp/7402/quic-v1\"]",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        assert_eq!(
+            cfg.net(Path::new("/x"))
+                .unwrap()
+                .relays
+                .libp2p_relays()
+                .unwrap()[0]
+                .addrs
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -189,7 +189,7 @@ async fn fleet_table(ctl: &Controller) -> Vec<NodeInfo> {
     let views = ctl.nodes().await;
     let mut infos: Vec<NodeInfo> = views.iter().filter_map(|v| v.info.clone().ok()).collect();
     infos.sort_by(|a, b| by_name(&a.name, &b.name));
-    let mut lines: Vec<String> = infos.iter().map(|i| NodeRow::of(i).line()).collect();
+    let mut lines: Vec<String> = infos.iter().map(|i| NodeRow::of(i, None).line()).collect();
     for v in NodeView::unanswered(&views) {
         if let Err(e) = &v.info {
             lines.push(NodeRow::unreachable(v, e).line());
@@ -403,9 +403,8 @@ pub async fn run_real(opts: &RealOptions) -> Result<Summary> {
         }
         let ctl_key = NodeKey::load_or_generate(&root.join("controller.key"), &mut rand::rng())?;
         let net_opts = NetOptions {
-            backend: opts.backend,
             psk: Some(PreSharedKey::load(&psk_path)?),
-            ..NetOptions::default()
+            ..NetOptions::loopback(opts.backend)
         };
         let provider = net::bind(&ctl_key, &net_opts).await?;
         let bootstrap: Vec<_> = nodes.iter().map(RunningNode::addr).collect();

@@ -27,4 +27,5 @@ pub mod fleet;
 pub mod net;
 pub mod netlab;
 pub mod node;
+pub mod relay;
 pub mod show;

@@ -1,12 +1,13 @@
 //! Binding a node to a real transport: iroh or libp2p, with an optional
-//! pre-shared key and allow-list. Shared by `p2pd`, `p2pctl` and the
-//! `fleet` example, so that all three admit each other the same way.
+//! pre-shared key and allow-list, and relays for reaching nodes behind NAT.
+//! Shared by `p2pd`, `p2pctl` and the `fleet` example, so that all three
+//! admit and reach each other the same way.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use p2p_core::{Admission, Admitted, NodeKey, PeerAddr, PeerId, PreSharedKey, Provider};
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// QUIC through iroh (local network only: no relays, no DNS).
+    /// QUIC through iroh (hole punching; relays when configured).
     #[default]
     Iroh,
     /// TCP + noise + yamux through libp2p (native private networks).
@@ -30,12 +31,121 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// How far beyond its own network a node reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// Direct addresses only: no relays, nothing outside the network.
+    #[default]
+    Local,
+    /// The relays listed in `relays`: nodes behind NAT are reached through
+    /// them, and hole punching makes paths direct where NAT allows.
+    Relays,
+    /// number 0's public iroh relays (needs the internet; iroh only).
+    Public,
+}
+
+impl std::fmt::Display for Reach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reach::Local => "local",
+            Reach::Relays => "relays",
+            Reach::Public => "public",
+        })
+    }
+}
+
+/// Relays, as a node's settings give them.
+#[derive(Debug, Clone, Default)]
+pub struct Relays {
+    /// Local, own relays, or public.
+    pub reach: Reach,
+    /// iroh: relay URLs (`https://relay.example.com`); libp2p: relay
+    /// nodes' addresses (`<id>@/ip4/203.0.113.5/tcp/7402`).
+    pub relays: Vec<String>,
+    /// iroh: certificates (DER) trusted for the relays besides the web
+    /// roots, such as a self-signed relay's.
+    pub ca_certs: Vec<Vec<u8>>,
+    /// libp2p: serve as a circuit relay for other nodes too.
+    pub serve: bool,
+}
+
+impl Relays {
+    /// Checks the settings for `backend`, naming the setting at fault:
+    /// `connectivity`, `relays`, `relay_ca` or `serve_relay`.
+    pub fn check(&self, backend: Backend) -> Result<()> {
+        match (self.reach, backend) {
+            (Reach::Relays, _) if self.relays.is_empty() => {
+                bail!("connectivity = \"relays\": list at least one relay in relays")
+            }
+            (Reach::Public, Backend::Libp2p) => bail!(
+                "connectivity = \"public\": there are no public relays for libp2p; \
+                 run your own (`p2pd relay --backend libp2p`) and list it in relays"
+            ),
+            (Reach::Local, _) if !self.relays.is_empty() => bail!(
+                "relays are listed but connectivity = \"local\": set connectivity = \"relays\" \
+                 (or leave it out)"
+            ),
+            _ => {}
+        }
+        match backend {
+            Backend::Iroh => {
+                self.iroh_urls()?;
+                if self.serve {
+                    bail!(
+                        "serve_relay: an iroh node does not relay for others; run `p2pd relay` \
+                         for a relay server"
+                    );
+                }
+            }
+            Backend::Libp2p => {
+                self.libp2p_relays()?;
+                if !self.ca_certs.is_empty() {
+                    bail!(
+                        "relay_ca: libp2p relays are nodes of the network, proven by their \
+                         ids, not by certificates; relay_ca is for iroh relays"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The iroh relay URLs (entries may hold several, comma separated).
+    pub fn iroh_urls(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in &self.relays {
+            for u in entry
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|u| !u.is_empty())
+            {
+                p2p_iroh::relay::parse_relay_url(u).map_err(|e| anyhow!("relays: {e}"))?;
+                out.push(u.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The libp2p relay nodes.
+    pub fn libp2p_relays(&self) -> Result<Vec<PeerAddr>> {
+        let relays = peer_list("relays", &self.relays)?;
+        for r in &relays {
+            if r.addrs.is_empty() {
+                bail!("relays: {r}: a relay node needs an address (<id>@/ip4/.../tcp/...)");
+            }
+            p2p_libp2p::addr::to_multiaddrs(r).map_err(|e| anyhow!("relays: {r}: {e}"))?;
+        }
+        Ok(relays)
+    }
+}
+
 /// How to bind.
 #[derive(Debug, Clone, Default)]
 pub struct NetOptions {
     /// The transport.
     pub backend: Backend,
-    /// Addresses to listen on; empty: loopback, a free port.
+    /// Addresses to listen on; empty: every interface, a free port (iroh
+    /// binds IPv6 too where the host has it).
     pub listen: Vec<SocketAddr>,
     /// Members of the private network of this key only.
     pub psk: Option<PreSharedKey>,
@@ -43,16 +153,33 @@ pub struct NetOptions {
     pub allow: Option<BTreeSet<PeerId>>,
     /// Local-network discovery.
     pub mdns: bool,
+    /// Relays.
+    pub relays: Relays,
+}
+
+impl NetOptions {
+    /// Loopback only, a free port: for tests and single-machine demos.
+    pub fn loopback(backend: Backend) -> Self {
+        NetOptions {
+            backend,
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            ..NetOptions::default()
+        }
+    }
 }
 
 /// Binds `key` with `opts`. With iroh, the pre-shared key and the
 /// allow-list are enforced by the admission handshake of `p2p-core`
 /// (the allow-list by iroh as well); libp2p enforces both natively (pnet).
 pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>> {
-    let listen = if opts.listen.is_empty() {
-        vec![SocketAddr::from(([127, 0, 0, 1], 0))]
-    } else {
-        opts.listen.clone()
+    opts.relays.check(opts.backend)?;
+    let listen = opts.listen.clone();
+    let on = || {
+        if listen.is_empty() {
+            "every interface".to_string()
+        } else {
+            join(&listen)
+        }
     };
     let provider: Arc<dyn Provider> = match opts.backend {
         Backend::Iroh => {
@@ -64,9 +191,21 @@ pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>>
             if let Some(allow) = &opts.allow {
                 cfg = cfg.allow_list(allow.iter().copied());
             }
+            cfg = cfg.connectivity(match opts.relays.reach {
+                Reach::Local => p2p_iroh::Connectivity::LocalOnly,
+                Reach::Relays => p2p_iroh::Connectivity::CustomRelays(opts.relays.iroh_urls()?),
+                Reach::Public => p2p_iroh::Connectivity::N0Relays,
+            });
+            cfg = cfg.trust_relay_certs(opts.relays.ca_certs.iter().cloned());
             let p = p2p_iroh::IrohProvider::bind(key, cfg)
                 .await
-                .with_context(|| format!("binding iroh on {}", join(&listen)))?;
+                .with_context(|| format!("binding iroh on {}", on()))?;
+            tracing::info!(
+                id = %p.local_id().short(),
+                bound = %join(&p.bound_sockets()),
+                "iroh bound; peers reach it at {}",
+                p.local_addr()
+            );
             if opts.psk.is_none() && opts.allow.is_none() {
                 Arc::new(p)
             } else {
@@ -92,14 +231,29 @@ pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>>
             if let Some(allow) = &opts.allow {
                 cfg = cfg.allow_list(allow.iter().copied());
             }
-            Arc::new(
-                p2p_libp2p::Libp2pProvider::bind(key, cfg)
-                    .await
-                    .with_context(|| format!("binding libp2p on {}", join(&listen)))?,
-            )
+            if opts.relays.reach == Reach::Relays {
+                cfg = cfg.relays(opts.relays.libp2p_relays()?);
+            }
+            cfg = cfg.relay_server(opts.relays.serve);
+            let p = p2p_libp2p::Libp2pProvider::bind(key, cfg)
+                .await
+                .with_context(|| format!("binding libp2p on {}", on()))?;
+            tracing::info!(
+                id = %p.local_id().short(),
+                "libp2p bound; peers reach it at {}",
+                p.local_addr()
+            );
+            Arc::new(p)
         }
     };
     Ok(provider)
+}
+
+/// The certificates in a PEM file, for `relay_ca`; the error names the
+/// file.
+pub fn read_relay_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>> {
+    let pem = std::fs::read(path).with_context(|| format!("relay_ca {}", path.display()))?;
+    p2p_iroh::relay::certs_from_pem(&pem).map_err(|e| anyhow!("relay_ca {}: {e}", path.display()))
 }
 
 /// Peer addresses from a setting (`what`, named in errors): each entry is

@@ -140,6 +140,24 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// A lab for test `test`, or `None` after saying why it is skipped: on
+/// stderr past the test harness's capture, so that a skip is never
+/// silent. Under `CI=true` as root a lab that cannot be built fails the
+/// test instead: CI installs what labs need.
+pub fn lab_for_test(test: &str, tag: &str, nat: bool) -> Option<Lab> {
+    use std::io::Write;
+    match Lab::preflight(nat) {
+        Ok(()) => Some(Lab::new(tag).unwrap_or_else(|e| panic!("{test}: building the lab: {e}"))),
+        Err(why) => {
+            if std::env::var("CI").as_deref() == Ok("true") && is_root() {
+                panic!("{test}: CI runs as root and must run this test, but: {why}");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+            None
+        }
+    }
+}
+
 impl Lab {
     /// Checks that this machine can build labs: root, iproute2, network
     /// namespaces (one is made and removed), and with `nat`, nftables or
@@ -152,7 +170,12 @@ impl Lab {
         if !has("ip", "-V") {
             return Err("needs `ip` (iproute2)".into());
         }
-        let probe = format!("p2plab-{}-probe", std::process::id());
+        static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let probe = format!(
+            "p2plab-{}-probe{}",
+            std::process::id(),
+            PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         ip(&["netns", "add", &probe])
             .map_err(|e| format!("this machine does not allow network namespaces: {e}"))?;
         let checked = if nat {
@@ -225,8 +248,9 @@ impl Lab {
     }
 
     /// Connects `host` to `seg` with address `.octet`/24 on interface
-    /// `eth<segment>`; where the segment has a router, the host's default
-    /// route goes through it. Returns the address.
+    /// `eth<segment>`, and IPv6 address [`Lab::addr6`] (reachable on the
+    /// segment only: routers route IPv4); where the segment has a router,
+    /// the host's default route goes through it. Returns the IPv4 address.
     pub fn attach(&mut self, host: &Host, seg: SegmentId, octet: u8) -> Result<Ipv4Addr, String> {
         let addr = self.link(host, seg, octet)?;
         if let Some(gw) = self.segments[seg.0].gateway {
@@ -273,8 +297,27 @@ impl Lab {
             "dev",
             &inner,
         ])?;
+        // No duplicate address detection: the address is usable at once.
+        ip(&[
+            "-n",
+            &host.ns,
+            "addr",
+            "add",
+            &format!("{}/64", self.addr6(seg, octet)),
+            "dev",
+            &inner,
+            "nodad",
+        ])?;
         ip(&["-n", &host.ns, "link", "set", &inner, "up"])?;
         Ok(addr)
+    }
+
+    /// The IPv6 address host `octet` has on segment `seg`:
+    /// `2001:db8:70:<segment>::<octet>`, from the documentation prefix (never
+    /// routed anywhere). Not a unique local address: iroh leaves those out
+    /// of a node's addresses when it has any other.
+    pub fn addr6(&self, seg: SegmentId, octet: u8) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x70, seg.0 as u16, 0, 0, 0, u16::from(octet))
     }
 
     /// A router between `wan` (its upstream segment and address there) and

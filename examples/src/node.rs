@@ -35,6 +35,7 @@ pub struct RunningNode {
     runtime: Arc<ProcessRuntime>,
     serving: JoinHandle<p2p_core::Result<()>>,
     addr_file: PathBuf,
+    addr_task: JoinHandle<()>,
 }
 
 impl RunningNode {
@@ -111,10 +112,21 @@ impl RunningNode {
             let agent = agent.clone();
             async move { agent.run().await }
         });
-        let addr = provider.local_addr();
+        // Bound to every interface, the first addresses come from an
+        // interface scan right after binding: wait a little for them, so
+        // that p2pd.addr is dialable from the start.
+        let mut addr = provider.local_addr();
+        for _ in 0..40 {
+            if !addr.addrs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            addr = provider.local_addr();
+        }
         let addr_file = dir.join(ADDR_FILE);
-        std::fs::write(&addr_file, format!("{addr}\n"))
+        write_addr(&addr_file, &addr)
             .with_context(|| format!("writing {}", addr_file.display()))?;
+        let addr_task = tokio::spawn(follow_addr(provider.clone(), addr_file.clone(), addr));
         for peer in bootstrap {
             let provider = provider.clone();
             tokio::spawn(async move {
@@ -132,6 +144,7 @@ impl RunningNode {
             runtime,
             serving,
             addr_file,
+            addr_task,
         })
     }
 
@@ -154,6 +167,7 @@ impl RunningNode {
     /// failed), stops the apps, and says why.
     pub async fn stopped(&mut self) -> anyhow::Error {
         let r = (&mut self.serving).await;
+        self.addr_task.abort();
         let _ = std::fs::remove_file(&self.addr_file);
         self.runtime.shutdown().await;
         self.provider.close("the agent stopped").await;
@@ -168,6 +182,7 @@ impl RunningNode {
     /// recorded as stopped; then the processes stop and the transport
     /// closes. `p2pd.addr` is removed.
     pub async fn shutdown(self, on_shutdown: OnShutdown) {
+        self.addr_task.abort();
         let _ = std::fs::remove_file(&self.addr_file);
         if on_shutdown == OnShutdown::Stop {
             stop_apps(&self.agent, self.provider.local_id()).await;
@@ -175,6 +190,30 @@ impl RunningNode {
         self.serving.abort();
         self.runtime.shutdown().await;
         self.provider.close("the node is stopping").await;
+    }
+}
+
+/// Writes `p2pd.addr` whole or not at all: a reader never sees half.
+fn write_addr(path: &Path, addr: &PeerAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("addr.tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Keeps `p2pd.addr` current: a node's addresses change after start (an
+/// interface comes up, a relay is reached and its URL or circuit joins
+/// them), and `p2pd id` prints what peers should dial now.
+async fn follow_addr(provider: Arc<dyn Provider>, path: PathBuf, mut last: PeerAddr) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = provider.local_addr();
+        if now != last {
+            tracing::info!(address = %now, "this node's address changed");
+            if let Err(e) = write_addr(&path, &now) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot update the address file");
+            }
+            last = now;
+        }
     }
 }
 

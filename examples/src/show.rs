@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2p_core::{AppState, PeerId};
+use p2p_core::{AppState, PathInfo, PeerId};
 use p2p_deploy::{NodeInfo, NodeResult, NodeView, Progress, RolloutReport};
 use serde::Serialize;
 
@@ -94,8 +94,13 @@ pub struct NodeRow {
     pub name: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// First listen address.
+    /// Where it was reached: the address of the controller's connection,
+    /// else the node's first listen address.
     pub address: String,
+    /// How it was reached: `direct`, `relayed` (or `unknown`), when it was.
+    pub path: Option<String>,
+    /// The connection's round trip, milliseconds.
+    pub rtt_ms: Option<f64>,
     /// `app@active-version` for each app.
     pub apps: Vec<String>,
     /// `ok`, `unreachable`, or how many apps are unhealthy.
@@ -105,13 +110,20 @@ pub struct NodeRow {
 }
 
 impl NodeRow {
-    /// The row of a node that answered.
-    pub fn of(i: &NodeInfo) -> Self {
+    /// The row of a node that answered, reached over `path`.
+    pub fn of(i: &NodeInfo, path: Option<&PathInfo>) -> Self {
         NodeRow {
             id: i.id.to_string(),
             name: i.name.clone(),
             labels: i.labels.clone(),
-            address: i.addr.addrs.first().cloned().unwrap_or_default(),
+            address: path
+                .and_then(|p| p.remote.clone())
+                .or_else(|| i.addr.addrs.first().cloned())
+                .unwrap_or_default(),
+            path: path.map(|p| p.kind.to_string()),
+            rtt_ms: path
+                .and_then(|p| p.rtt)
+                .map(|r| (r.as_secs_f64() * 10_000.0).round() / 10.0),
             apps: i
                 .apps
                 .iter()
@@ -132,6 +144,8 @@ impl NodeRow {
             name: String::new(),
             labels: BTreeMap::new(),
             address: v.addr.addrs.first().cloned().unwrap_or_default(),
+            path: None,
+            rtt_ms: None,
             apps: Vec::new(),
             health: "unreachable".into(),
             error: Some(error.to_string()),
@@ -141,19 +155,25 @@ impl NodeRow {
     /// The table's header line.
     pub fn header() -> String {
         format!(
-            "{:<12} {:<14} {:<24} {:<28} {:<24} HEALTH",
-            "ID", "NAME", "LABELS", "ADDRESS", "APPS"
+            "{:<12} {:<14} {:<24} {:<28} {:<16} {:<24} HEALTH",
+            "ID", "NAME", "LABELS", "ADDRESS", "PATH", "APPS"
         )
     }
 
     /// The row as a table line.
     pub fn line(&self) -> String {
+        let path = match (&self.path, self.rtt_ms) {
+            (Some(p), Some(ms)) => format!("{p} {ms} ms"),
+            (Some(p), None) => p.clone(),
+            (None, _) => "-".into(),
+        };
         format!(
-            "{:<12} {:<14} {:<24} {:<28} {:<24} {}",
+            "{:<12} {:<14} {:<24} {:<28} {:<16} {:<24} {}",
             self.id.get(..10).unwrap_or(&self.id),
             self.name,
             labels_text(&self.labels),
             self.address,
+            path,
             self.apps.join(","),
             self.health
         )

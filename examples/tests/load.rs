@@ -63,7 +63,12 @@ async fn release(w: &World, version: &str) -> Arc<Release> {
 
 async fn controller(addr: &PeerAddr) -> Controller {
     let key = NodeKey::generate(&mut rand::rng());
-    let provider = net::bind(&key, &NetOptions::default()).await.unwrap();
+    let provider = net::bind(
+        &key,
+        &NetOptions::loopback(p2p_examples::net::Backend::Iroh),
+    )
+    .await
+    .unwrap();
     Controller::new(
         provider,
         ControllerConfig {

@@ -168,6 +168,10 @@ pub struct NodeView {
     pub addr: PeerAddr,
     /// What it said, or why it could not be asked.
     pub info: std::result::Result<NodeInfo, String>,
+    /// How the controller's connection reached it (direct or relayed, the
+    /// round trip), when there was one.
+    #[serde(default)]
+    pub path: Option<p2p_core::PathInfo>,
 }
 
 impl NodeView {
@@ -533,12 +537,26 @@ impl Controller {
     pub async fn nodes(&self) -> Vec<NodeView> {
         let addrs = self.known();
         futures::future::join_all(addrs.into_iter().map(|addr| async move {
-            let info = match self.request(&addr, Request::Info).await {
+            let conn = match self.connect(&addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    return NodeView {
+                        addr,
+                        info: Err(e.to_string()),
+                        path: None,
+                    };
+                }
+            };
+            let info = match call(&*conn, Request::Info, self.cfg.request_timeout).await {
                 Ok(Reply::Info(i)) => Ok(*i),
                 Ok(other) => Err(format!("unexpected answer {other:?}")),
                 Err(e) => Err(e.to_string()),
             };
-            NodeView { addr, info }
+            NodeView {
+                addr,
+                info,
+                path: Some(conn.path()),
+            }
         }))
         .await
     }

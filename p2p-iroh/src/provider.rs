@@ -111,6 +111,8 @@ struct Core {
     dial_transport: QuicTransportConfig,
     /// Where the node stands with its relays.
     relay_health: Mutex<crate::relay::RelayHealth>,
+    /// The node's key, for diagnostic connections to its relays.
+    key: iroh::SecretKey,
 }
 
 impl Core {
@@ -234,6 +236,7 @@ impl IrohProvider {
             stop: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
             dial_transport: config.quic_transport_config()?,
+            key: secret_key(key),
             relay_health: Mutex::new(match config.connectivity {
                 Connectivity::LocalOnly => crate::relay::RelayHealth::Off,
                 _ => crate::relay::RelayHealth::Connecting,
@@ -241,11 +244,7 @@ impl IrohProvider {
         });
         let mut tasks = vec![tokio::spawn(accept_loop(core.clone()))];
         if let Some(urls) = relay_urls(&config.connectivity) {
-            tasks.push(tokio::spawn(watch_relays(
-                core.clone(),
-                secret_key(key),
-                urls,
-            )));
+            tasks.push(tokio::spawn(watch_relays(core.clone(), urls)));
         }
         let mdns = if config.mdns {
             let mdns = MdnsAddressLookup::builder()
@@ -383,6 +382,15 @@ impl IrohProvider {
                 crate::relay::RelayHealth::Unreachable(why) => Err(Error::unreachable(format!(
                     "{e}; and this node has no relay: {why}"
                 ))),
+                crate::relay::RelayHealth::Connecting
+                    if crate::relay::home_relay(&core.endpoint).is_none() =>
+                {
+                    // Not known yet (a short-lived node, such as p2pctl):
+                    // find out now.
+                    let urls = relay_urls(&core.config.connectivity).unwrap_or_default();
+                    let why = crate::relay::diagnose_all(&core.endpoint, &core.key, &urls).await;
+                    Err(Error::unreachable(format!("{e}; relays: {why}")))
+                }
                 _ => Err(e),
             },
             Err(e) => Err(e),
@@ -402,7 +410,7 @@ fn relay_urls(c: &Connectivity) -> Option<Vec<RelayUrl>> {
 
 /// Follows the node's relays until it stops: records and logs each change
 /// (the first home relay, losing it, and why none is reachable).
-async fn watch_relays(core: Arc<Core>, key: iroh::SecretKey, urls: Vec<RelayUrl>) {
+async fn watch_relays(core: Arc<Core>, urls: Vec<RelayUrl>) {
     use crate::relay::{RelayHealth, diagnose_all, home_relay};
     let ep = core.endpoint.clone();
     tokio::select! {
@@ -417,7 +425,7 @@ async fn watch_relays(core: Arc<Core>, key: iroh::SecretKey, urls: Vec<RelayUrl>
                 let why = tokio::select! {
                     biased;
                     _ = core.stop.cancelled() => return,
-                    why = diagnose_all(&ep, &key, &urls) => why,
+                    why = diagnose_all(&ep, &core.key, &urls) => why,
                 };
                 RelayHealth::Unreachable(why)
             }

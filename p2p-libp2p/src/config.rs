@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use p2p_core::{PeerId, PreSharedKey};
+use p2p_core::{PeerAddr, PeerId, PreSharedKey};
 
 /// Configuration of a [`Libp2pProvider`](crate::Libp2pProvider).
 ///
@@ -83,6 +83,22 @@ pub struct Libp2pConfig {
     /// Depth of the bounded channel from provider handles to the task that
     /// drives the libp2p swarm.
     pub command_buffer: usize,
+    /// Circuit relay v2 nodes this node reserves a slot on, so that peers
+    /// that cannot reach it directly (it is behind NAT) reach it through
+    /// one of them; the node's address then carries
+    /// `<relay addr>/p2p/<relay>/p2p-circuit`. Peers known by id alone are
+    /// dialed through them too. With an allow-list, the relays are allowed
+    /// at the transport (they cannot open SDK connections unless listed).
+    pub relays: Vec<PeerAddr>,
+    /// Serve as a circuit relay for other nodes (no limit on bytes; a
+    /// relayed connection lasts at most `relay_circuit_duration`).
+    pub relay_server: bool,
+    /// The longest a connection relayed by this node lasts (libp2p relays
+    /// always set one); a peer still relayed after it reconnects.
+    pub relay_circuit_duration: Duration,
+    /// How soon a relay that could not be reached, or refused a
+    /// reservation, is tried again.
+    pub relay_retry: Duration,
 }
 
 impl Default for Libp2pConfig {
@@ -104,6 +120,10 @@ impl Default for Libp2pConfig {
             accept_backlog: 64,
             close_timeout: Duration::from_secs(3),
             command_buffer: 64,
+            relays: Vec::new(),
+            relay_server: false,
+            relay_circuit_duration: Duration::from_secs(24 * 3600),
+            relay_retry: Duration::from_secs(15),
         }
     }
 }
@@ -143,6 +163,18 @@ impl Libp2pConfig {
     /// Restricts connections both ways to `peers`.
     pub fn allow_list(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
         self.allow_list = Some(peers.into_iter().collect());
+        self
+    }
+
+    /// Reserves slots on these relay nodes (see [`Libp2pConfig::relays`]).
+    pub fn relays(mut self, relays: impl IntoIterator<Item = PeerAddr>) -> Self {
+        self.relays.extend(relays);
+        self
+    }
+
+    /// Serves as a circuit relay for other nodes, or not.
+    pub fn relay_server(mut self, on: bool) -> Self {
+        self.relay_server = on;
         self
     }
 
@@ -215,6 +247,36 @@ impl Libp2pConfig {
         }
         if self.command_buffer == 0 {
             return bad("command_buffer", "must be at least 1");
+        }
+        if self.relay_circuit_duration < Duration::from_secs(10)
+            || self.relay_circuit_duration.as_secs() > u64::from(u32::MAX)
+        {
+            return bad("relay_circuit_duration", "must be 10 s to 136 years");
+        }
+        if self.relay_retry < Duration::from_millis(100) {
+            return bad("relay_retry", "must be at least 100 ms");
+        }
+        for r in &self.relays {
+            if r.addrs.is_empty() {
+                return Err(p2p_core::Error::invalid(
+                    "relays",
+                    format!(
+                        "relay {} has no address: give it as <id>@/ip4/.../tcp/...",
+                        r.id
+                    ),
+                ));
+            }
+            crate::addr::to_multiaddrs(r)
+                .map_err(|e| p2p_core::Error::invalid("relays", format!("relay {}: {e}", r.id)))?;
+            if r.addrs.iter().any(|a| a.contains("p2p-circuit")) {
+                return Err(p2p_core::Error::invalid(
+                    "relays",
+                    format!(
+                        "relay {}: a relay must be reachable directly, not through another relay",
+                        r.id
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -7,16 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, Swarm, SwarmEvent};
-use libp2p::{Multiaddr, allow_block_list, connection_limits, mdns, ping};
+use libp2p::{Multiaddr, allow_block_list, connection_limits, dcutr, identify, mdns, ping, relay};
 use p2p_core::discovery::PeerBook;
 use p2p_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::addr;
-use crate::transport::classify;
+use crate::paths::PathBook;
+use crate::transport::{classify, is_relayed};
 
 /// The behaviours of a provider's swarm. The allow-list and the
 /// connection limits come first, so they refuse a connection before any
@@ -28,6 +31,49 @@ pub(crate) struct Behaviour {
     pub(crate) stream: crate::streams::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Tells peers the address it sees them at (their NAT's), which hole
+    /// punching needs, and learns its own the same way.
+    pub(crate) identify: identify::Behaviour,
+    /// Circuits through relays: reservations on them, dials through them.
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Direct connection upgrade through relay: hole punching.
+    pub(crate) dcutr: dcutr::Behaviour,
+    /// Serving as a relay for others, when configured.
+    pub(crate) relay: Toggle<relay::Behaviour>,
+}
+
+/// Where a node stands with one of its relays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayReport {
+    /// The relay.
+    pub relay: p2p_core::PeerId,
+    /// A reservation is held: peers can reach this node through it.
+    pub reserved: bool,
+    /// Why not, when not.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayState {
+    /// Not connected; dialed again at `retry_at`.
+    Idle,
+    Dialing,
+    /// Connected; waiting for its identify, which gives this node the
+    /// address its NAT shows (hole punching needs it) before reserving.
+    Identifying,
+    Listening(ListenerId),
+    Reserved(ListenerId),
+}
+
+/// One configured relay.
+#[derive(Debug)]
+struct RelaySlot {
+    peer: libp2p::PeerId,
+    /// Its address, ending in `/p2p/<relay>`.
+    addr: Multiaddr,
+    state: RelayState,
+    retry_at: tokio::time::Instant,
+    problem: Option<String>,
 }
 
 /// What provider handles ask of the swarm task.
@@ -69,7 +115,15 @@ const REMEMBER_CLOSED: usize = 256;
 pub(crate) struct Driver {
     pub(crate) swarm: Swarm<Behaviour>,
     pending: BTreeMap<libp2p::PeerId, (ConnectionId, DialWaiters)>,
-    connections: BTreeMap<ConnectionId, (libp2p::PeerId, tokio::time::Instant)>,
+    connections: BTreeMap<ConnectionId, (libp2p::PeerId, tokio::time::Instant, bool)>,
+    paths: PathBook,
+    relays: Vec<RelaySlot>,
+    relay_reports: Arc<Mutex<Vec<RelayReport>>>,
+    relay_retry: Duration,
+    /// Serving as a relay: its listen addresses are announced as external.
+    relay_server: bool,
+    /// Every bind address is loopback (a test): loopback is announced too.
+    loopback_only: bool,
     /// Recently ended connections and how they ended.
     ended: BTreeMap<ConnectionId, ConnState>,
     listeners: Vec<libp2p::core::transport::ListenerId>,
@@ -86,18 +140,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
         book: PeerBook,
-        setup: Duration,
-        tcp_wait: Duration,
-        close_timeout: Duration,
+        paths: PathBook,
+        relay_reports: Arc<Mutex<Vec<RelayReport>>>,
+        config: &crate::Libp2pConfig,
     ) -> Self {
+        let setup = config.setup_timeout();
+        let tcp_wait = config.tcp_timeout();
+        let close_timeout = config.close_timeout;
+        let now = tokio::time::Instant::now();
+        let relays = config
+            .relays
+            .iter()
+            .filter_map(|r| {
+                let lp = addr::to_libp2p(&r.id);
+                let first = addr::to_multiaddrs(r).ok()?.into_iter().next()?;
+                Some(RelaySlot {
+                    peer: lp,
+                    addr: first,
+                    state: RelayState::Idle,
+                    retry_at: now,
+                    problem: None,
+                })
+            })
+            .collect();
         Driver {
             swarm,
             pending: BTreeMap::new(),
             connections: BTreeMap::new(),
+            paths,
+            relays,
+            relay_reports,
+            relay_retry: config.relay_retry,
+            relay_server: config.relay_server,
+            loopback_only: !config.bind_addrs.is_empty()
+                && config.bind_addrs.iter().all(|a| a.ip().is_loopback()),
             ended: BTreeMap::new(),
             listeners: Vec::new(),
             listen_addrs,
@@ -162,8 +243,12 @@ impl Driver {
 
     /// Runs until a shutdown command, or until every provider handle is gone.
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        self.report_relays();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = tick.tick(), if !self.relays.is_empty() => self.dial_relays(),
                 cmd = commands.recv() => match cmd {
                     Some(Command::Shutdown { reply }) => {
                         self.shutdown().await;
@@ -211,7 +296,9 @@ impl Driver {
         if let Some(conn) = self
             .connections
             .iter()
-            .find_map(|(c, (p, _))| (*p == peer).then_some(*c))
+            .filter(|(_, (p, _, _))| *p == peer)
+            .max_by_key(|(c, (_, _, relayed))| (!*relayed, **c))
+            .map(|(c, _)| *c)
         {
             let _ = reply.send(Ok(conn));
             return;
@@ -220,6 +307,16 @@ impl Driver {
             waiters.push((who, reply));
             return;
         }
+        let addrs = if addrs.is_empty() {
+            // Known by id alone: try it through every relay, besides what
+            // mDNS may know.
+            self.relays
+                .iter()
+                .map(|r| r.addr.clone().with(Protocol::P2pCircuit))
+                .collect()
+        } else {
+            addrs
+        };
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
             .extend_addresses_through_behaviour()
@@ -241,10 +338,40 @@ impl Driver {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
+                endpoint,
                 ..
             } => {
-                self.connections
-                    .insert(connection_id, (peer_id, tokio::time::Instant::now()));
+                let relayed = endpoint.is_relayed();
+                let remote = match &endpoint {
+                    libp2p::core::ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    libp2p::core::ConnectedPoint::Listener {
+                        local_addr,
+                        send_back_addr,
+                    } => {
+                        if relayed {
+                            local_addr.clone()
+                        } else {
+                            send_back_addr.clone()
+                        }
+                    }
+                };
+                tracing::debug!(
+                    peer = %short(&peer_id),
+                    path = if relayed { "relayed" } else { "direct" },
+                    %remote,
+                    "libp2p connection established"
+                );
+                self.paths
+                    .established(peer_id, connection_id, remote, relayed);
+                self.connections.insert(
+                    connection_id,
+                    (peer_id, tokio::time::Instant::now(), relayed),
+                );
+                if let Some(slot) = self.relays.iter_mut().find(|r| r.peer == peer_id)
+                    && slot.state == RelayState::Dialing
+                {
+                    slot.state = RelayState::Identifying;
+                }
                 if let Some((_, waiters)) = self.pending.remove(&peer_id) {
                     for (_, w) in waiters {
                         let _ = w.send(Ok(connection_id));
@@ -257,7 +384,12 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(?connection_id, ?cause, "libp2p connection closed");
-                if let Some((_, since)) = self.connections.remove(&connection_id) {
+                if let Some((peer, since, _)) = self.connections.remove(&connection_id) {
+                    self.paths.closed(&peer, connection_id);
+                    let still = self.connections.values().any(|(p, _, _)| *p == peer);
+                    if !still {
+                        self.relay_lost(&peer, "the connection to it closed");
+                    }
                     // An I/O error is the peer closing or the link failing;
                     // no cause means we closed it, a keep-alive timeout that
                     // it was idle.
@@ -277,11 +409,31 @@ impl Driver {
                 connection_id,
                 peer_id: Some(peer),
                 error,
+            } if self.relays.iter().any(|r| r.peer == peer && r.state == RelayState::Dialing)
+                && self
+                    .pending
+                    .get(&peer)
+                    .is_none_or(|(c, _)| *c != connection_id) =>
+            {
+                let e = dial_error("the relay", error, self.setup, self.tcp_wait);
+                self.relay_failed(&peer, format!("unreachable: {e}"));
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id: Some(peer),
+                error,
             } if self
                 .pending
                 .get(&peer)
                 .is_some_and(|(c, _)| *c == connection_id) =>
             {
+                if self
+                    .relays
+                    .iter()
+                    .any(|r| r.peer == peer && r.state == RelayState::Dialing)
+                {
+                    self.relay_failed(&peer, format!("unreachable: {error}"));
+                }
                 if let Some((_, waiters)) = self.pending.remove(&peer) {
                     let who = waiters.first().map(|(w, _)| w.clone()).unwrap_or_default();
                     let e = dial_error(&who, error, self.setup, self.tcp_wait);
@@ -291,10 +443,78 @@ impl Driver {
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
-                let mut addrs = lock(&self.listen_addrs);
-                if !addrs.contains(&address) {
-                    addrs.push(address);
+                let announce = self.relay_server
+                    && !is_relayed(&address)
+                    && (self.loopback_only || !is_loopback(&address));
+                {
+                    let mut addrs = lock(&self.listen_addrs);
+                    if !addrs.contains(&address) {
+                        addrs.push(address.clone());
+                    }
                 }
+                if announce {
+                    // A relay hands these to the nodes that reserve on it.
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(i) = self.relays.iter().position(|r| {
+                    matches!(r.state, RelayState::Listening(l) | RelayState::Reserved(l) if l == listener_id)
+                }) {
+                    let why = match reason {
+                        Ok(()) => "its reservation ended".to_string(),
+                        Err(e) => format!("reservation refused or lost: {}", error_chain(&e)),
+                    };
+                    let peer = self.relays[i].peer;
+                    self.relay_failed(&peer, why);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Ok(rtt),
+            })) => self.paths.rtt(&peer, connection, rtt),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                ..
+            })) => self.identified(peer_id),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                },
+            )) => self.reserved(relay_peer_id, renewal),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(conn) => {
+                    let remote = self
+                        .paths
+                        .remote_of(&remote_peer_id, conn)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    tracing::info!(
+                        peer = %short(&remote_peer_id),
+                        path = "direct",
+                        was = "relayed",
+                        %remote,
+                        "path changed: hole punched"
+                    );
+                }
+                Err(e) => tracing::info!(
+                    peer = %short(&remote_peer_id),
+                    error = %error_chain(&e),
+                    "hole punching failed; traffic stays on the relay"
+                ),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => {
+                tracing::debug!(event = ?ev, "serving as a relay");
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 lock(&self.listen_addrs).retain(|a| *a != address);
@@ -310,6 +530,115 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(ev)) => self.on_mdns(ev),
             _ => {}
         }
+    }
+
+    /// Dials the relays that are due.
+    fn dial_relays(&mut self) {
+        let now = tokio::time::Instant::now();
+        for i in 0..self.relays.len() {
+            let slot = &self.relays[i];
+            if slot.state != RelayState::Idle || slot.retry_at > now {
+                continue;
+            }
+            if self.swarm.is_connected(&slot.peer) {
+                self.relays[i].state = RelayState::Identifying;
+                // Its identify came long ago: reserve now.
+                let peer = self.relays[i].peer;
+                self.identified(peer);
+                continue;
+            }
+            let opts = DialOpts::peer_id(slot.peer)
+                .addresses(vec![slot.addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let peer = slot.peer;
+            match self.swarm.dial(opts) {
+                Ok(()) => self.relays[i].state = RelayState::Dialing,
+                Err(DialError::DialPeerConditionFalse(_)) => {
+                    self.relays[i].state = RelayState::Dialing;
+                }
+                Err(e) => self.relay_failed(&peer, format!("cannot dial it: {e}")),
+            }
+        }
+    }
+
+    /// A peer's identify arrived; a relay waiting for it is asked for a
+    /// reservation.
+    fn identified(&mut self, peer: libp2p::PeerId) {
+        let Some(i) = self.relays.iter().position(|r| r.peer == peer) else {
+            return;
+        };
+        if self.relays[i].state != RelayState::Identifying {
+            return;
+        }
+        let circuit = self.relays[i].addr.clone().with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit) {
+            Ok(l) => self.relays[i].state = RelayState::Listening(l),
+            Err(e) => self.relay_failed(&peer, format!("cannot listen through it: {e}")),
+        }
+    }
+
+    fn reserved(&mut self, relay: libp2p::PeerId, renewal: bool) {
+        let Some(slot) = self.relays.iter_mut().find(|r| r.peer == relay) else {
+            return;
+        };
+        if let RelayState::Listening(l) = slot.state {
+            slot.state = RelayState::Reserved(l);
+        }
+        if !renewal || slot.problem.is_some() {
+            tracing::info!(relay = %short(&relay), addr = %slot.addr, "relay reservation accepted: peers can reach this node through it");
+        }
+        slot.problem = None;
+        self.report_relays();
+    }
+
+    /// A relay's connection went: reserve again once it is back.
+    fn relay_lost(&mut self, peer: &libp2p::PeerId, why: &str) {
+        if let Some(slot) = self.relays.iter().find(|r| r.peer == *peer)
+            && matches!(slot.state, RelayState::Identifying)
+        {
+            let why = why.to_string();
+            self.relay_failed(peer, why);
+        }
+    }
+
+    /// Records a relay's problem (logged when it changes) and schedules the
+    /// next attempt.
+    fn relay_failed(&mut self, peer: &libp2p::PeerId, why: String) {
+        let retry = self.relay_retry;
+        let Some(slot) = self.relays.iter_mut().find(|r| r.peer == *peer) else {
+            return;
+        };
+        if let RelayState::Listening(l) | RelayState::Reserved(l) = slot.state {
+            self.swarm.remove_listener(l);
+        }
+        slot.state = RelayState::Idle;
+        slot.retry_at = tokio::time::Instant::now() + retry;
+        if slot.problem.as_deref() != Some(why.as_str()) {
+            tracing::warn!(
+                relay = %short(peer),
+                addr = %slot.addr,
+                "relay {}: {why}; the node keeps working on direct paths and tries again every {retry:?}",
+                short(peer)
+            );
+            slot.problem = Some(why);
+        }
+        self.report_relays();
+    }
+
+    fn report_relays(&self) {
+        let reports = self
+            .relays
+            .iter()
+            .filter_map(|r| {
+                Some(RelayReport {
+                    relay: addr::from_libp2p(&r.peer).ok()?,
+                    reserved: matches!(r.state, RelayState::Reserved(_)),
+                    problem: r.problem.clone(),
+                })
+            })
+            .collect();
+        *lock(&self.relay_reports) = reports;
     }
 
     fn on_mdns(&mut self, ev: mdns::Event) {
@@ -383,6 +712,35 @@ impl Driver {
         lock(&self.listen_addrs).clear();
         self.book.close();
     }
+}
+
+/// The first 10 hex characters of a peer's SDK id, as the rest of the SDK
+/// names peers in logs (its libp2p form when it has none).
+fn short(peer: &libp2p::PeerId) -> String {
+    addr::from_libp2p(peer).map_or_else(|_| peer.to_string(), |id| id.short())
+}
+
+fn is_loopback(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+/// An error with its causes, `: `-separated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// `Error` is not `Clone`: the waiters after the first get the same kind

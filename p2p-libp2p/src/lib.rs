@@ -178,12 +178,14 @@
 pub mod addr;
 mod config;
 mod driver;
+mod paths;
 mod provider;
 mod session;
 mod streams;
 mod transport;
 
 pub use config::Libp2pConfig;
+pub use driver::RelayReport;
 pub use provider::{Libp2pListener, Libp2pProvider};
 pub use session::{Libp2pConnection, PROTOCOL};
 pub use transport::build_transport;

@@ -10,7 +10,9 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{ConnectionId, Swarm};
-use libp2p::{Multiaddr, Stream, allow_block_list, connection_limits, mdns, ping};
+use libp2p::{
+    Multiaddr, Stream, allow_block_list, connection_limits, dcutr, identify, mdns, ping, relay,
+};
 use p2p_core::discovery::PeerBook;
 use p2p_core::framing::{decode, read_frame_bytes, write_frame};
 use p2p_core::{
@@ -23,13 +25,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::addr;
 use crate::config::Libp2pConfig;
-use crate::driver::{Behaviour, Command, ConnState, Driver};
+use crate::driver::{Behaviour, Command, ConnState, Driver, RelayReport};
+use crate::paths::PathBook;
 use crate::session::{
     Gates, HEADER_LEN, Header, Io, Kind, Libp2pConnection, MAX_CONTROL_FRAME, OPEN_ATTEMPTS,
     OpenReply, PROTOCOL, RECEIVED, Refusal, Registry, Session, SessionEnv, SessionKey, backoff,
     open_raw, route_data, truncate,
 };
 use crate::transport::build_transport;
+
+/// The identify protocol version nodes announce.
+const IDENTIFY_PROTOCOL: &str = "/p2p-deploy/1.0.0";
 
 /// Inbound streams whose header is being read or which wait for room in a
 /// connection's accept queue, across all peers; more are dropped.
@@ -93,6 +99,8 @@ struct Core {
     stop: CancellationToken,
     listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
     book: PeerBook,
+    paths: PathBook,
+    relay_reports: Arc<Mutex<Vec<RelayReport>>>,
     epoch: u64,
     next_session: AtomicU64,
 }
@@ -121,6 +129,7 @@ impl Core {
             open_timeout: self.config.connect_timeout,
             close_timeout: self.config.close_timeout,
             max_streams: self.config.max_concurrent_streams,
+            paths: self.paths.clone(),
         }
     }
 
@@ -275,7 +284,8 @@ impl Libp2pProvider {
         check_ports_free(&config)?;
         let keypair = addr::keypair(key);
         let lp_local = keypair.public().to_peer_id();
-        let transport = build_transport(&keypair, &config)?;
+        let (relay_transport, relay_client) = relay::client::new(lp_local);
+        let transport = build_transport(&keypair, &config, Some(relay_transport))?;
         let stream = crate::streams::Behaviour::new();
         let mut control = stream.new_control();
         let incoming = control.accept(PROTOCOL).map_err(|e| Error::Backend {
@@ -284,7 +294,9 @@ impl Libp2pProvider {
         })?;
         let allow = config.allow_list.as_ref().map(|list| {
             let mut b = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
-            for p in list {
+            // The relays carry connections for this node: the transport
+            // lets them in; SDK connections still need the list.
+            for p in list.iter().chain(config.relays.iter().map(|r| &r.id)) {
                 b.allow_peer(addr::to_libp2p(p));
             }
             b
@@ -310,12 +322,40 @@ impl Libp2pProvider {
                 .with_interval(config.ping_interval)
                 .with_timeout(config.ping_interval),
         );
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_string(), keypair.public())
+                .with_agent_version(format!("p2p-libp2p/{}", env!("CARGO_PKG_VERSION"))),
+        );
+        let relay_server = config.relay_server.then(|| {
+            relay::Behaviour::new(
+                lp_local,
+                relay::Config {
+                    max_reservations: 1024,
+                    max_reservations_per_peer: 8,
+                    // Every node of a site shares its NAT's address: no
+                    // per-IP rate limits.
+                    reservation_rate_limiters: Vec::new(),
+                    circuit_src_rate_limiters: Vec::new(),
+                    max_circuits: 1024,
+                    max_circuits_per_peer: 64,
+                    // 0: no limit on the bytes of a circuit (a release
+                    // may cross it).
+                    max_circuit_bytes: 0,
+                    max_circuit_duration: config.relay_circuit_duration,
+                    ..relay::Config::default()
+                },
+            )
+        });
         let behaviour = Behaviour {
             allow: Toggle::from(allow),
             limits: connection_limits::Behaviour::new(limits),
             stream,
             ping,
             mdns: Toggle::from(mdns),
+            identify,
+            relay_client,
+            dcutr: dcutr::Behaviour::new(lp_local),
+            relay: Toggle::from(relay_server),
         };
         let swarm_config = libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(config.idle_timeout)
@@ -324,13 +364,15 @@ impl Libp2pProvider {
 
         let listen_addrs = Arc::new(Mutex::new(Vec::new()));
         let book = PeerBook::default();
+        let paths = PathBook::default();
+        let relay_reports = Arc::new(Mutex::new(Vec::new()));
         let mut driver = Driver::new(
             swarm,
             listen_addrs.clone(),
             book.clone(),
-            config.setup_timeout(),
-            config.tcp_timeout(),
-            config.close_timeout,
+            paths.clone(),
+            relay_reports.clone(),
+            &config,
         );
         driver.listen(&listen_multiaddrs(&config)).await?;
         let (tx, rx) = mpsc::channel(config.command_buffer);
@@ -351,6 +393,8 @@ impl Libp2pProvider {
             stop: CancellationToken::new(),
             listen_addrs,
             book,
+            paths,
+            relay_reports,
             epoch: random_epoch(),
             next_session: AtomicU64::new(0),
         });
@@ -364,6 +408,30 @@ impl Libp2pProvider {
     /// The configuration this provider runs with.
     pub fn config(&self) -> &Libp2pConfig {
         &self.core.config
+    }
+
+    /// Where the node stands with each of its relays: whether it holds a
+    /// reservation, and if not, why (also logged as it changes).
+    pub fn relay_reports(&self) -> Vec<RelayReport> {
+        lock(&self.core.relay_reports).clone()
+    }
+
+    /// Waits up to `limit` until the node holds a reservation on at least
+    /// one relay; true if it does. False at once without relays.
+    pub async fn wait_for_relay(&self, limit: Duration) -> bool {
+        if self.core.config.relays.is_empty() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.relay_reports().iter().any(|r| r.reserved) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline || self.core.stop.is_cancelled() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The multiaddrs the node listens on, without the `/p2p/` suffix.
@@ -742,7 +810,20 @@ impl Provider for Libp2pProvider {
     }
 
     fn local_addr(&self) -> PeerAddr {
-        let addrs = lock(&self.core.listen_addrs).clone();
+        let mut addrs = lock(&self.core.listen_addrs).clone();
+        // Listening on every interface lists loopback too, which no other
+        // host can dial: leave it out when there is anything else, as iroh
+        // does.
+        let loopback = |a: &Multiaddr| {
+            a.iter().any(|p| match p {
+                Protocol::Ip4(ip) => ip.is_loopback(),
+                Protocol::Ip6(ip) => ip.is_loopback(),
+                _ => false,
+            })
+        };
+        if addrs.iter().any(|a| !loopback(a)) {
+            addrs.retain(|a| !loopback(a));
+        }
         addr::to_peer_addr(&self.core.local, addrs)
             .unwrap_or_else(|_| PeerAddr::id_only(self.core.local))
     }

@@ -372,6 +372,7 @@ pub(crate) struct SessionEnv {
     pub(crate) open_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) max_streams: usize,
+    pub(crate) paths: crate::paths::PathBook,
 }
 
 /// One SDK connection's state, shared by its handles, its streams, the
@@ -714,6 +715,11 @@ impl Connection for Libp2pConnection {
             }
         }
         Err(last_err.unwrap_or_else(|| Error::closed("stream could not be opened")))
+    }
+
+    fn path(&self) -> p2p_core::PathInfo {
+        let s = &self.guard.session;
+        s.env.paths.path_to(&s.key.peer)
     }
 
     async fn accept_bi(&self) -> Result<(SendStream, RecvStream)> {

@@ -1,8 +1,11 @@
 //! The libp2p transport stack, and what its dial errors mean to a caller.
 //!
-//! TCP, then (with a pre-shared key) the pnet handshake, then
-//! multistream-select, noise and yamux; QUIC beside it only when no key is
-//! set. Errors are labelled with the stage that failed ([`DialStage`]) so
+//! TCP or a circuit through a relay, then (with a pre-shared key) the pnet
+//! handshake, then multistream-select, noise and yamux; QUIC beside it only
+//! when no key is set. A relayed connection goes through the same pnet and
+//! noise handshakes as a direct one, end to end: the relay forwards bytes
+//! it cannot read, and a peer without the key gets no further through a
+//! relay than directly. Errors are labelled with the stage that failed ([`DialStage`]) so
 //! that [`classify`] can tell "nobody listens there" from "the peer is
 //! there but refused our handshake".
 
@@ -14,9 +17,10 @@ use either::Either;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::timeout::{TransportTimeout, TransportTimeoutError};
 use libp2p::core::transport::upgrade::Version;
-use libp2p::core::transport::{Boxed, TransportError};
+use libp2p::core::transport::{Boxed, OptionalTransport, TransportError};
 use libp2p::identity::Keypair;
-use libp2p::{Multiaddr, Transport, noise, pnet, quic, tcp, yamux};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, Transport, noise, pnet, quic, relay, tcp, yamux};
 use p2p_core::Error;
 
 use crate::config::Libp2pConfig;
@@ -40,6 +44,10 @@ pub(crate) enum DialStage {
     /// A QUIC dial.
     #[error("QUIC connection failed: {0}")]
     Quic(String),
+    /// A circuit through a relay (reaching the relay, or the relay
+    /// reaching the peer).
+    #[error("relayed connection failed: {0}")]
+    Relay(String),
 }
 
 /// Carries a [`DialStage`] through libp2p's error wrappers: those forward
@@ -113,13 +121,16 @@ fn yamux_config(config: &Libp2pConfig) -> yamux::Config {
     y
 }
 
-/// Builds the transport a provider with `config` uses: TCP + (pnet) +
-/// noise + yamux, and QUIC when [`Libp2pConfig::quic_enabled`]. Public so
-/// that a raw libp2p swarm can be built on exactly the provider's stack
-/// (the `transport` benchmark does).
+/// Builds the transport a provider with `config` uses: TCP, or circuits
+/// through `relay_client` when given (it must be the transport half of the
+/// relay client behaviour in the same swarm), + (pnet) + noise + yamux, and
+/// QUIC when [`Libp2pConfig::quic_enabled`]. Public so that a raw libp2p
+/// swarm can be built on exactly the provider's stack (the `transport`
+/// benchmark does).
 pub fn build_transport(
     key: &Keypair,
     config: &Libp2pConfig,
+    relay_client: Option<relay::client::Transport>,
 ) -> p2p_core::Result<Boxed<(libp2p::PeerId, StreamMuxerBox)>> {
     let backend = |e: noise::Error| Error::Backend {
         backend: "libp2p",
@@ -141,6 +152,20 @@ pub fn build_transport(
             ),
             TransportTimeoutError::TimerError(e) | TransportTimeoutError::Other(e) => e,
         }))
+    });
+    let relay = match relay_client {
+        Some(t) => OptionalTransport::some(t),
+        None => OptionalTransport::none(),
+    }
+    .map_err(|e: relay::client::transport::Error| {
+        // The error's text is generic; its cause says what failed.
+        let why = StdError::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        labelled(DialStage::Relay(format!("{e}{why}")))
+    });
+    let tcp = relay.or_transport(tcp).map_err(|e| match e {
+        Either::Left(e) | Either::Right(e) => e,
     });
     let stream_stack = match &config.psk {
         Some(psk) => {
@@ -221,6 +246,11 @@ fn stage_of<'a>(mut e: &'a (dyn StdError + 'static)) -> Option<&'a DialStage> {
     }
 }
 
+/// Whether `addr` goes through a relay.
+pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
 /// How bad one failed address is; the most telling one is reported.
 fn rank(e: &Error) -> u8 {
     match e {
@@ -260,6 +290,13 @@ pub(crate) fn classify(
                 Some(DialStage::Quic(q)) => {
                     Error::unreachable(format!("{who} at {addr}: QUIC connection failed: {q}"))
                 }
+                Some(DialStage::Relay(r)) => {
+                    Error::unreachable(format!("{who} through the relay at {addr}: {r}"))
+                }
+                Some(DialStage::Timeout) if is_relayed(addr) => Error::timeout(
+                    format!("relayed connection set-up with {who} at {addr}"),
+                    setup,
+                ),
                 Some(DialStage::Timeout) => {
                     Error::timeout(format!("connection set-up with {who} at {addr}"), setup)
                 }

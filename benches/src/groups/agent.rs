@@ -285,7 +285,7 @@ pub fn run() -> Vec<Figure> {
 
 async fn controller(bootstrap: Vec<PeerAddr>) -> Controller {
     let key = NodeKey::generate(&mut rand::rng());
-    let provider = net::bind(&key, &NetOptions::default())
+    let provider = net::bind(&key, &NetOptions::loopback(Backend::Iroh))
         .await
         .expect("binding the controller");
     Controller::new(

@@ -6,6 +6,8 @@
 //! - `p2pd run` starts the agent from `DIR/p2pd.toml`, with environment
 //!   (`P2PD_*`) and flag overrides, until SIGTERM or Ctrl-C.
 //! - `p2pd id` prints the node's peer address, for `p2pctl --bootstrap`.
+//! - `p2pd relay` runs a relay for the fleet (an iroh relay server, or a
+//!   libp2p circuit relay node), for nodes behind NAT.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage.
 
@@ -17,12 +19,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
-use p2p_core::NodeKey;
+use p2p_core::{NodeKey, PeerId, PreSharedKey};
 use p2p_examples::daemon::{
     ADDR_FILE, CONFIG_FILE, DaemonConfig, KEY_FILE, LogFormat, OnShutdown, parse_label, template,
 };
-use p2p_examples::net::Backend;
+use p2p_examples::net::{Backend, Reach};
 use p2p_examples::node::RunningNode;
+use p2p_examples::relay::{RelayOptions, TlsMode};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +68,57 @@ enum Command {
     Run(Box<Overrides>),
     /// Print this node's peer address (`<id>@<addresses>`).
     Id,
+    /// Run a relay for the fleet: nodes behind NAT are reached through it,
+    /// and punch direct paths with its help. Prints (and writes to
+    /// relay.addr) what nodes list in `relays`.
+    Relay(Box<RelayArgs>),
+}
+
+/// `p2pd relay`'s settings.
+#[derive(Args)]
+struct RelayArgs {
+    /// iroh: the iroh-relay server; libp2p: a circuit relay node.
+    #[arg(long, env = "P2PD_BACKEND", value_enum, default_value_t = Backend::Iroh)]
+    backend: Backend,
+    /// iroh: where the certificate comes from.
+    #[arg(long, value_enum, default_value_t = TlsMode::SelfSigned)]
+    tls: TlsMode,
+    /// iroh: the relay's address or host name as nodes dial it (comma
+    /// separated or repeated; all go into a self-signed certificate, the
+    /// first into the URL).
+    #[arg(long = "name", value_delimiter = ',')]
+    names: Vec<String>,
+    /// iroh: certificate chain, PEM (--tls files).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// iroh: private key, PEM (--tls files).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// iroh: the HTTPS address (the relay itself, with TLS).
+    #[arg(long, default_value = "0.0.0.0:3341")]
+    https: SocketAddr,
+    /// iroh: the plain HTTP address (the relay itself without TLS).
+    #[arg(long, default_value = "0.0.0.0:3340")]
+    http: SocketAddr,
+    /// iroh: QUIC address discovery, UDP (nodes expect port 7842).
+    #[arg(long, default_value = "0.0.0.0:7842")]
+    quic: SocketAddr,
+    /// iroh: no QUIC address discovery.
+    #[arg(long)]
+    no_quic: bool,
+    /// libp2p: addresses to listen on (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.0.0.0:7402")]
+    listen: Vec<SocketAddr>,
+    /// libp2p: the network's pre-shared key file (only members can use the
+    /// relay).
+    #[arg(long, env = "P2PD_PSK_FILE")]
+    psk_file: Option<PathBuf>,
+    /// Only these nodes may use the relay (comma separated ids).
+    #[arg(long = "allow-peer", value_delimiter = ',')]
+    allowed_peers: Vec<String>,
+    /// p2pd's own log format.
+    #[arg(long, env = "P2PD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// Settings that win over the config file: each flag, else its
@@ -126,6 +180,20 @@ struct Overrides {
     /// Chunk bytes per second fetched.
     #[arg(long, env = "P2PD_DOWNLOAD_LIMIT")]
     download_limit: Option<ByteSize>,
+    /// How far the node reaches: local, relays (those of --relay), public
+    /// (number 0's iroh relays).
+    #[arg(long, env = "P2PD_CONNECTIVITY", value_enum)]
+    connectivity: Option<Reach>,
+    /// Relays (replace the file's): iroh relay URLs, libp2p relay nodes'
+    /// addresses; comma separated or the flag repeated.
+    #[arg(long = "relay", env = "P2PD_RELAYS")]
+    relays: Vec<String>,
+    /// iroh: PEM file of certificates trusted for the relays.
+    #[arg(long, env = "P2PD_RELAY_CA")]
+    relay_ca: Option<PathBuf>,
+    /// libp2p: serve as a circuit relay for other nodes.
+    #[arg(long, env = "P2PD_SERVE_RELAY")]
+    serve_relay: Option<bool>,
 }
 
 impl Overrides {
@@ -188,6 +256,18 @@ impl Overrides {
         if let Some(r) = self.download_limit {
             cfg.download_limit = Some(r);
         }
+        if let Some(c) = self.connectivity {
+            cfg.connectivity = Some(c);
+        }
+        if !self.relays.is_empty() {
+            cfg.relays = self.relays;
+        }
+        if let Some(p) = self.relay_ca {
+            cfg.relay_ca = Some(p);
+        }
+        if let Some(s) = self.serve_relay {
+            cfg.serve_relay = s;
+        }
         cfg.check()
     }
 }
@@ -233,6 +313,7 @@ fn main() -> ExitCode {
         } => init(&cli.data_dir, &config, name, backend, &listen, force),
         Command::Run(overrides) => rt.block_on(run(&cli.data_dir, &config, *overrides)),
         Command::Id => id(&cli.data_dir, &config),
+        Command::Relay(args) => rt.block_on(relay(&cli.data_dir, *args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -313,6 +394,46 @@ fn id(dir: &Path, config: &Path) -> Result<()> {
         println!("{}@{}", key.peer_id(), fixed.join(","));
     }
     Ok(())
+}
+
+async fn relay(dir: &Path, args: RelayArgs) -> Result<()> {
+    init_logs(args.log_format);
+    let psk = args
+        .psk_file
+        .as_ref()
+        .map(|p| PreSharedKey::load(p).with_context(|| format!("--psk-file {}", p.display())))
+        .transpose()?;
+    if psk.is_some() && args.backend == Backend::Iroh {
+        bail!(
+            "--psk-file: an iroh relay forwards encrypted QUIC packets and never sees a \
+             pre-shared key; the nodes check it end to end (use --allow-peer to limit who \
+             may use the relay)"
+        );
+    }
+    let allow = args
+        .allowed_peers
+        .iter()
+        .map(|s| {
+            s.trim()
+                .parse::<PeerId>()
+                .map_err(|e| anyhow::anyhow!("--allow-peer {s:?}: {e}"))
+        })
+        .collect::<Result<std::collections::BTreeSet<_>>>()?;
+    let opts = RelayOptions {
+        data_dir: dir.to_path_buf(),
+        backend: args.backend,
+        tls: args.tls,
+        names: args.names,
+        cert: args.cert,
+        key: args.key,
+        https: args.https,
+        http: args.http,
+        quic: (!args.no_quic).then_some(args.quic),
+        listen: args.listen,
+        psk,
+        allow: (!allow.is_empty()).then_some(allow),
+    };
+    p2p_examples::relay::run(opts, shutdown_signal()).await
 }
 
 fn init_logs(format: LogFormat) {

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use p2p_examples::netlab::{Host, Lab};
+
 pub struct Daemon {
     pub child: Child,
     pub dir: PathBuf,
@@ -21,9 +23,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_with(Command::new(env!("CARGO_BIN_EXE_p2pd")), dir, args)
+    }
+
+    /// `p2pd run` on host `host` of `lab`.
+    pub fn start_in(lab: &Lab, host: &Host, dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_with(lab.command(host, env!("CARGO_BIN_EXE_p2pd")), dir, args)
+    }
+
+    fn start_with(mut command: Command, dir: &Path, args: &[&str]) -> Daemon {
         let _ = std::fs::remove_file(dir.join("p2pd.addr"));
         let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_p2pd"))
+        let child = command
             .arg("--data-dir")
             .arg(dir)
             .arg("run")
@@ -147,6 +158,38 @@ impl World {
         self.run(env!("CARGO_BIN_EXE_p2pctl"), args)
     }
 
+    /// `p2pctl args` on host `host` of `lab`, with `env` added.
+    pub fn ctl_in(&self, lab: &Lab, host: &Host, env: &[(&str, &str)], args: &[&str]) -> Output {
+        lab.command(host, env!("CARGO_BIN_EXE_p2pctl"))
+            .current_dir(self.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `p2pctl args` left running on host `host` of `lab`, its stdout as
+    /// given, stderr dropped.
+    pub fn spawn_ctl_in(
+        &self,
+        lab: &Lab,
+        host: &Host,
+        env: &[(&str, &str)],
+        args: &[&str],
+        stdout: Stdio,
+    ) -> Child {
+        lab.command(host, env!("CARGO_BIN_EXE_p2pctl"))
+            .current_dir(self.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// `p2pctl args` left running, its stdout as given, stderr dropped.
     pub fn spawn_ctl(&self, args: &[&str], stdout: Stdio) -> Child {
         Command::new(env!("CARGO_BIN_EXE_p2pctl"))
@@ -185,6 +228,12 @@ impl World {
 
     /// `p2pd init` of node `name`, the publisher's key trusted.
     pub fn node(&self, name: &str, backend: &str) -> PathBuf {
+        self.node_on(name, backend, "127.0.0.1:0")
+    }
+
+    /// `p2pd init` of node `name` listening on `listen`, the publisher's
+    /// key trusted.
+    pub fn node_on(&self, name: &str, backend: &str, listen: &str) -> PathBuf {
         let dir = self.path().join(name);
         let o = self.run(
             env!("CARGO_BIN_EXE_p2pd"),
@@ -197,7 +246,7 @@ impl World {
                 "--backend",
                 backend,
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ],
         );
         assert!(o.status.success(), "{}", text(&o));

@@ -101,7 +101,7 @@ async fn raw_node(n: u8) -> RawNode {
     let keypair = p2p_libp2p::addr::keypair(&key(n));
     let peer = keypair.public().to_peer_id();
     let cfg = config();
-    let transport = p2p_libp2p::build_transport(&keypair, &cfg).expect("transport");
+    let transport = p2p_libp2p::build_transport(&keypair, &cfg, None).expect("transport");
     let behaviour = libp2p_stream::Behaviour::new();
     let control = behaviour.new_control();
     let swarm_config = libp2p::swarm::Config::with_tokio_executor()

@@ -111,8 +111,28 @@ enum Command {
     },
 }
 
+/// Logs on stderr: none by default (p2pctl prints its own errors), then
+/// more with each `-v`: the SDK's info (where it bound, which relay), its
+/// debug, everything's debug. `RUST_LOG` wins when set.
+fn init_logs(verbose: u8) {
+    let default = match verbose {
+        0 => "off",
+        1 => "warn,p2p_examples=info,p2p_iroh=info,p2p_libp2p=info,p2p_deploy=info",
+        2 => "warn,p2p_examples=debug,p2p_iroh=debug,p2p_libp2p=debug,p2p_deploy=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.global.verbose);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

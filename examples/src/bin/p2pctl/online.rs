@@ -13,7 +13,7 @@ use p2p_core::{LogSelection, LogStream, NodeKey, PeerAddr, PeerId, PreSharedKey}
 use p2p_deploy::controller::{BatchSize, FailureLimit, NodeView, Plan, Release, RolloutPlan};
 use p2p_deploy::proto::{Reply, Request};
 use p2p_deploy::{ActivateOptions, Controller, ControllerConfig, NodeInfo, PackageFile, Selector};
-use p2p_examples::net::{self, Backend, NetOptions};
+use p2p_examples::net::{self, Backend, NetOptions, Reach, Relays};
 use p2p_examples::show::{DeployView, NodeRow, StatusRow, ViewStyle, report_lines};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,21 @@ pub(crate) struct Global {
     /// nodes list as an operator.
     #[arg(long, global = true, env = "P2PCTL_KEY")]
     pub key: Option<PathBuf>,
+    /// Addresses to bind (comma separated); default: every interface, a
+    /// free port.
+    #[arg(long, global = true, env = "P2PCTL_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// How far it reaches: local, relays (those of --relay, or of the
+    /// bootstrap addresses), public (number 0's iroh relays).
+    #[arg(long, global = true, env = "P2PCTL_CONNECTIVITY", value_enum)]
+    pub connectivity: Option<Reach>,
+    /// Relays: iroh relay URLs, libp2p relay nodes' addresses; comma
+    /// separated or the flag repeated.
+    #[arg(long = "relay", global = true, env = "P2PCTL_RELAYS")]
+    pub relays: Vec<String>,
+    /// iroh: PEM file of certificates trusted for the relays.
+    #[arg(long, global = true, env = "P2PCTL_RELAY_CA")]
+    pub relay_ca: Option<PathBuf>,
     /// One JSON object per line on stdout.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -57,6 +72,10 @@ struct CtlConfig {
     bootstrap: Vec<String>,
     psk_file: Option<PathBuf>,
     key: Option<PathBuf>,
+    listen: Vec<std::net::SocketAddr>,
+    connectivity: Option<Reach>,
+    relays: Vec<String>,
+    relay_ca: Option<PathBuf>,
 }
 
 fn config_dir() -> PathBuf {
@@ -105,12 +124,53 @@ impl Global {
             .clone()
             .or_else(|| cfg.key.map(|p| base.join(p)))
             .unwrap_or_else(|| config_dir().join("node.key"));
-        Ok(Settings {
-            net: NetOptions {
-                backend: self.backend.or(cfg.backend).unwrap_or_default(),
-                psk,
-                ..NetOptions::default()
+        let backend = self.backend.or(cfg.backend).unwrap_or_default();
+        let mut relays = if self.relays.is_empty() {
+            cfg.relays
+        } else {
+            self.relays.clone()
+        };
+        let explicit_reach = self.connectivity.or(cfg.connectivity);
+        if backend == Backend::Iroh && relays.is_empty() && explicit_reach.is_none() {
+            // A node known only through its relay: use the relays the
+            // bootstrap addresses name.
+            for a in bootstrap.iter().flat_map(|p| &p.addrs) {
+                if a.contains("://") && !relays.contains(a) {
+                    relays.push(a.clone());
+                }
+            }
+        }
+        let relay_ca = self
+            .relay_ca
+            .clone()
+            .or_else(|| cfg.relay_ca.map(|p| base.join(p)));
+        let ca_certs = match &relay_ca {
+            Some(p) => net::read_relay_ca(p)?,
+            None => Vec::new(),
+        };
+        let net = NetOptions {
+            backend,
+            listen: if self.listen.is_empty() {
+                cfg.listen
+            } else {
+                self.listen.clone()
             },
+            psk,
+            relays: Relays {
+                reach: explicit_reach.unwrap_or(if relays.is_empty() {
+                    Reach::Local
+                } else {
+                    Reach::Relays
+                }),
+                relays,
+                ca_certs,
+                serve: false,
+            },
+            ..NetOptions::default()
+        };
+        net.relays.check(backend)?;
+        Ok(Settings {
+            net,
             bootstrap,
             key,
             json: self.json,
@@ -127,21 +187,24 @@ impl Settings {
             .with_context(|| format!("controller key {}", self.key.display()))
     }
 
-    async fn controller(&self) -> Result<Controller> {
+    async fn controller(&self) -> Result<(Controller, Arc<dyn p2p_core::Provider>)> {
         if self.bootstrap.is_empty() {
             bail!(
                 "no node to ask: give --bootstrap <id>@<addr> (from `p2pd id`) or set bootstrap in the config file"
             );
         }
         let provider = net::bind(&self.node_key()?, &self.net).await?;
-        Ok(Controller::new(
+        Ok((
+            Controller::new(
+                provider.clone(),
+                ControllerConfig {
+                    bootstrap: self.bootstrap.clone(),
+                    request_timeout: Duration::from_secs(15),
+                    seed: rand::random(),
+                    ..ControllerConfig::default()
+                },
+            ),
             provider,
-            ControllerConfig {
-                bootstrap: self.bootstrap.clone(),
-                request_timeout: Duration::from_secs(15),
-                seed: rand::random(),
-                ..ControllerConfig::default()
-            },
         ))
     }
 }
@@ -356,17 +419,25 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let ctl = s.controller().await?;
+    let (ctl, provider) = s.controller().await?;
+    let result = run_with(s, &ctl, cmd).await;
+    // Peers learn at once that this controller is gone, instead of at
+    // their idle timeout.
+    provider.close("p2pctl is done").await;
+    result
+}
+
+async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCode> {
     match cmd {
         Online::Id => unreachable!("answered above"),
         Online::Nodes { targets } => {
-            let (views, chosen) = pick(&ctl, &targets).await?;
+            let (views, chosen) = pick(ctl, &targets).await?;
             if !s.json {
                 println!("{}", NodeRow::header());
             }
             for v in &views {
                 let row = match (chosen.iter().find(|c| c.id == v.addr.id), &v.info) {
-                    (Some(i), _) => NodeRow::of(i),
+                    (Some(i), _) => NodeRow::of(i, v.path.as_ref()),
                     (None, Err(e)) => NodeRow::unreachable(v, e),
                     (None, Ok(_)) => continue, // not selected
                 };
@@ -380,7 +451,7 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
             });
         }
         Online::Status { app, targets } => {
-            let (_, chosen) = pick(&ctl, &targets).await?;
+            let (_, chosen) = pick(ctl, &targets).await?;
             if !s.json {
                 println!("{}", StatusRow::header());
             }
@@ -429,7 +500,7 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
                 );
             }
             let release = Arc::new(Release::from_package(&pkg));
-            let (_, chosen) = pick(&ctl, &targets).await?;
+            let (_, chosen) = pick(ctl, &targets).await?;
             if chosen.is_empty() {
                 bail!("no node matches: nothing to deploy to");
             }
@@ -474,7 +545,7 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
         Online::Start { app, targets } => {
             return act(
                 s,
-                &ctl,
+                ctl,
                 &targets,
                 "start",
                 &app,
@@ -485,7 +556,7 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
         Online::Stop { app, targets } => {
             return act(
                 s,
-                &ctl,
+                ctl,
                 &targets,
                 "stop",
                 &app,
@@ -496,7 +567,7 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
         Online::Restart { app, targets } => {
             return act(
                 s,
-                &ctl,
+                ctl,
                 &targets,
                 "restart",
                 &app,
@@ -514,14 +585,14 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
                 version,
                 options: ActivateOptions::default(),
             };
-            return act(s, &ctl, &targets, "switch", &app, r).await;
+            return act(s, ctl, &targets, "switch", &app, r).await;
         }
         Online::Rollback { app, targets } => {
             let r = Request::Rollback {
                 app: app.clone(),
                 options: ActivateOptions::default(),
             };
-            return act(s, &ctl, &targets, "rollback", &app, r).await;
+            return act(s, ctl, &targets, "rollback", &app, r).await;
         }
         Online::Remove {
             app,
@@ -532,7 +603,7 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
                 app: app.clone(),
                 version,
             };
-            return act(s, &ctl, &targets, "remove", &app, r).await;
+            return act(s, ctl, &targets, "remove", &app, r).await;
         }
         Online::Logs {
             app,
@@ -541,7 +612,7 @@ pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
             stderr,
             targets,
         } => {
-            let (_, chosen) = pick(&ctl, &targets).await?;
+            let (_, chosen) = pick(ctl, &targets).await?;
             let selection = LogSelection {
                 stream: if stderr {
                     LogStream::Stderr

@@ -1,0 +1,175 @@
+//! `p2pd` and `p2pctl` on separate hosts, as a user runs them: each
+//! process in its own network namespace on a shared bridge, the nodes on
+//! every interface (IPv4 and IPv6), the controller with its defaults. The
+//! flows of the loopback tests (nodes, deploy, status, logs and logs -f,
+//! stop and start, rollback, refusal without the pre-shared key), over
+//! iroh and over libp2p, with the bootstrap list pasted from what `p2pd id`
+//! prints. A loopback-only assumption anywhere fails here.
+//!
+//! Needs root and iproute2; otherwise each test prints `SKIPPED` and why.
+#![allow(clippy::unwrap_used)]
+// Real processes: deadlines are on the wall clock.
+#![allow(clippy::disallowed_methods)]
+
+use p2p_examples::netlab::{Host, Lab, lab_for_test};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+mod common;
+use common::*;
+
+struct Site {
+    lab: Lab,
+    n1: Host,
+    n2: Host,
+    ctl: Host,
+}
+
+fn site(test: &str, tag: &str, net: u8) -> Option<Site> {
+    let mut lab = lab_for_test(test, tag, false)?;
+    let lan = lab.segment("lan", [10, net, 0, 0]).unwrap();
+    let n1 = lab.host("n1").unwrap();
+    lab.attach(&n1, lan, 1).unwrap();
+    let n2 = lab.host("n2").unwrap();
+    lab.attach(&n2, lan, 2).unwrap();
+    let ctl = lab.host("ctl").unwrap();
+    lab.attach(&ctl, lan, 9).unwrap();
+    Some(Site { lab, n1, n2, ctl })
+}
+
+/// The deploy story between three hosts over `backend`.
+fn story(test: &str, tag: &str, net: u8, backend: &str) {
+    let Some(s) = site(test, tag, net) else {
+        return;
+    };
+    let w = World::new();
+    w.ok(&["psk", "--out", "net.psk"]);
+    let psk = w.path().join("net.psk");
+    let listen = "0.0.0.0:7401,[::]:7401";
+    let (d1, d2) = (
+        w.node_on("n1", backend, listen),
+        w.node_on("n2", backend, listen),
+    );
+    let args = |labels: &'static str| vec!["--label", labels, "--psk-file", psk.to_str().unwrap()];
+    let _n1 = Daemon::start_in(&s.lab, &s.n1, &d1, &args("role=web,zone=a"));
+    let _n2 = Daemon::start_in(&s.lab, &s.n2, &d2, &args("role=web,zone=b"));
+
+    // What `p2pd id` prints is pasted as it is: every address of the host
+    // (IPv4 and IPv6), none of them loopback.
+    let id_of = |d: &std::path::Path| {
+        let o = w.run(
+            env!("CARGO_BIN_EXE_p2pd"),
+            &["--data-dir", d.to_str().unwrap(), "id"],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let (id1, id2) = (id_of(&d1), id_of(&d2));
+    for (id, ip) in [
+        (&id1, format!("10.{net}.0.1")),
+        (&id2, format!("10.{net}.0.2")),
+    ] {
+        assert!(id.contains(&ip), "{id}");
+        assert!(id.contains("2001:db8:70:"), "no IPv6 address in {id}");
+        assert!(!id.contains("127.0.0.1"), "{id}");
+    }
+    let bs = format!("{id1},{id2}");
+    let env = [
+        ("P2PCTL_BOOTSTRAP", bs.as_str()),
+        ("P2PCTL_BACKEND", backend),
+        ("P2PCTL_PSK_FILE", "net.psk"),
+    ];
+    let ctl = |args: &[&str]| w.ctl_in(&s.lab, &s.ctl, &env, args);
+    let ok = |args: &[&str]| {
+        let o = ctl(args);
+        assert!(o.status.success(), "p2pctl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let active = || {
+        let mut out: Vec<(String, String)> = json_lines(&ok(&["status", "demo", "--json"]))
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap().to_string(),
+                    v["app"]["active"].as_str().unwrap_or("-").to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+
+    // The fleet, reached directly from the controller's host.
+    let nodes = json_lines(&ok(&["nodes", "--json", "-v"]));
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for n in &nodes {
+        assert_eq!(n["path"], "direct", "{n}");
+        let addr = n["address"].as_str().unwrap();
+        assert!(
+            addr.contains(&format!("10.{net}.0.")) || addr.contains("2001:db8:70:"),
+            "{n}"
+        );
+    }
+
+    let v1 = w.package("1.0.0", "\"--name\", \"v1\"");
+    let v2 = w.package("2.0.0", "\"--name\", \"v2\"");
+    let o = ctl(&["deploy", &v1, "--plan", "rolling", "--batch", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(active(), pair("1.0.0", "1.0.0"));
+
+    let logs = ok(&["logs", "demo", "--tail", "5"]);
+    assert!(logs.lines().any(|l| l.starts_with("n1 ")), "{logs}");
+    assert!(logs.lines().any(|l| l.starts_with("n2 ")), "{logs}");
+    let mut follow = w.spawn_ctl_in(
+        &s.lab,
+        &s.ctl,
+        &env,
+        &["logs", "demo", "-f", "--tail", "0"],
+        Stdio::piped(),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    while seen.len() < 2 {
+        let line = lines.next().unwrap().unwrap();
+        seen.insert(line.split_whitespace().next().unwrap().to_string());
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    ok(&["stop", "demo", "--nodes", "n1"]);
+    let st = json_lines(&ok(&["status", "demo", "--json", "--nodes", "n1"]));
+    assert_eq!(st[0]["app"]["running"], false, "{st:?}");
+    ok(&["start", "demo", "--nodes", "n1"]);
+
+    ok(&["deploy", &v2]);
+    assert_eq!(active(), pair("2.0.0", "2.0.0"));
+    ok(&["rollback", "demo"]);
+    assert_eq!(active(), pair("1.0.0", "1.0.0"));
+
+    // Without the pre-shared key: nothing seen, nothing changed.
+    let without = [
+        ("P2PCTL_BOOTSTRAP", bs.as_str()),
+        ("P2PCTL_BACKEND", backend),
+    ];
+    let o = w.ctl_in(&s.lab, &s.ctl, &without, &["nodes", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let rows = json_lines(&String::from_utf8_lossy(&o.stdout));
+    assert!(
+        rows.len() == 2 && rows.iter().all(|r| r["health"] == "unreachable"),
+        "{rows:?}"
+    );
+    let o = w.ctl_in(&s.lab, &s.ctl, &without, &["stop", "demo", "--nodes", "n1"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let st = json_lines(&ok(&["status", "demo", "--json"]));
+    assert!(st.iter().all(|n| n["app"]["running"] == true), "{st:?}");
+}
+
+#[test]
+fn a_fleet_on_separate_hosts_over_iroh() {
+    story("a_fleet_on_separate_hosts_over_iroh", "bhi", 81, "iroh");
+}
+
+#[test]
+fn a_fleet_on_separate_hosts_over_libp2p() {
+    story("a_fleet_on_separate_hosts_over_libp2p", "bhl", 82, "libp2p");
+}

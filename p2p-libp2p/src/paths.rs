@@ -1,0 +1,108 @@
+//! Which libp2p connections a node has to each peer, direct or relayed,
+//! with their round-trip times: what [`Connection::path`] reports.
+//!
+//! [`Connection::path`]: p2p_core::Connection::path
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::swarm::ConnectionId;
+use p2p_core::{PathInfo, PathKind};
+
+/// `addr` without a trailing `/p2p/<peer>`: the SDK writes addresses
+/// without it.
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    let mut a = addr.clone();
+    if matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+        a.pop();
+    }
+    a
+}
+
+/// One libp2p connection's path.
+#[derive(Debug, Clone)]
+struct ConnPath {
+    remote: Multiaddr,
+    relayed: bool,
+    rtt: Option<Duration>,
+}
+
+/// The connections of every peer; shared by the swarm task (which keeps
+/// it current) and the SDK connections (which read it).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PathBook {
+    inner: Arc<Mutex<BTreeMap<libp2p::PeerId, BTreeMap<ConnectionId, ConnPath>>>>,
+}
+
+impl PathBook {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<libp2p::PeerId, BTreeMap<ConnectionId, ConnPath>>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn established(
+        &self,
+        peer: libp2p::PeerId,
+        conn: ConnectionId,
+        remote: Multiaddr,
+        relayed: bool,
+    ) {
+        self.lock().entry(peer).or_default().insert(
+            conn,
+            ConnPath {
+                remote,
+                relayed,
+                rtt: None,
+            },
+        );
+    }
+
+    pub(crate) fn closed(&self, peer: &libp2p::PeerId, conn: ConnectionId) {
+        let mut all = self.lock();
+        if let Some(conns) = all.get_mut(peer) {
+            conns.remove(&conn);
+            if conns.is_empty() {
+                all.remove(peer);
+            }
+        }
+    }
+
+    pub(crate) fn rtt(&self, peer: &libp2p::PeerId, conn: ConnectionId, rtt: Duration) {
+        if let Some(c) = self.lock().get_mut(peer).and_then(|c| c.get_mut(&conn)) {
+            c.rtt = Some(rtt);
+        }
+    }
+
+    /// The remote address of a connection, if it is open.
+    pub(crate) fn remote_of(&self, peer: &libp2p::PeerId, conn: ConnectionId) -> Option<Multiaddr> {
+        self.lock()
+            .get(peer)
+            .and_then(|c| c.get(&conn))
+            .map(|c| c.remote.clone())
+    }
+
+    /// The path new streams to `peer` take: a direct connection before a
+    /// relayed one, the newest first (the order the stream layer opens
+    /// streams in).
+    pub(crate) fn path_to(&self, peer: &libp2p::PeerId) -> PathInfo {
+        let all = self.lock();
+        let Some((_, best)) = all
+            .get(peer)
+            .and_then(|c| c.iter().max_by_key(|(id, p)| (!p.relayed, **id)))
+        else {
+            return PathInfo::unknown();
+        };
+        PathInfo {
+            kind: if best.relayed {
+                PathKind::Relayed
+            } else {
+                PathKind::Direct
+            },
+            remote: Some(without_peer(&best.remote).to_string()),
+            rtt: best.rtt,
+        }
+    }
+}
