@@ -249,6 +249,15 @@ pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>>
     Ok(provider)
 }
 
+/// Whether an address in a [`PeerAddr`] (iroh's socket address or
+/// libp2p's multiaddr) is a loopback address.
+pub fn is_loopback_addr(a: &str) -> bool {
+    match a.parse::<SocketAddr>() {
+        Ok(s) => s.ip().is_loopback(),
+        Err(_) => a.starts_with("/ip4/127.") || a.starts_with("/ip6/::1/"),
+    }
+}
+
 /// The certificates in a PEM file, for `relay_ca`; the error names the
 /// file.
 pub fn read_relay_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>> {

@@ -363,6 +363,44 @@ impl Lab {
         Ok(router)
     }
 
+    /// Makes `router` forward nothing between `inside` (a host of its site)
+    /// and any address but `only`: a host that can reach the outside world
+    /// through one address alone, such as a node behind a firewall that
+    /// lets only its relay through.
+    pub fn only_reach(
+        &self,
+        router: &Host,
+        inside: Ipv4Addr,
+        only: Ipv4Addr,
+    ) -> Result<(), String> {
+        let tool = self
+            .nat_tool
+            .ok_or("needs nftables (`nft`) or iptables for a firewall")?;
+        match tool {
+            NatTool::Nft => {
+                let rules = format!(
+                    "table ip p2plabfw {{ chain guard {{ type filter hook forward priority 0; \
+                     ip saddr {inside} ip daddr != {only} drop; \
+                     ip daddr {inside} ip saddr != {only} drop; }}; }}"
+                );
+                run("ip", &["netns", "exec", &router.ns, "nft", &rules]).map(drop)
+            }
+            NatTool::Iptables => {
+                let (inside, only) = (inside.to_string(), only.to_string());
+                for (dir_a, dir_b) in [("-s", "-d"), ("-d", "-s")] {
+                    run(
+                        "ip",
+                        &[
+                            "netns", "exec", &router.ns, "iptables", "-A", "FORWARD", dir_a,
+                            &inside, "!", dir_b, &only, "-j", "DROP",
+                        ],
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Shapes `host`'s link on `seg` to `mbit` Mbit/s each way with `tbf`
     /// (its upload on the host's end, its download on the bridge's end).
     pub fn shape(&self, host: &Host, seg: SegmentId, mbit: u64) -> Result<(), String> {
@@ -434,14 +472,21 @@ impl Lab {
 }
 
 /// Masquerades what leaves `dev` in namespace `ns`; with `random`, with a
-/// random source port per flow.
+/// random source port per flow. New flows that arrive on `dev` for the
+/// router itself are dropped, as a home router does: answered instead
+/// (ICMP port unreachable, TCP reset), each would leave a connection-
+/// tracking entry that makes the router pick another port for the host's
+/// own packets to that peer a moment later, which breaks hole punching.
 fn masquerade(ns: &str, dev: &str, tool: NatTool, random: bool) -> Result<(), String> {
+    let random_flag = if random { " fully-random" } else { "" };
     match tool {
         NatTool::Nft => {
             let rules = format!(
-                "table ip p2plab {{ chain post {{ type nat hook postrouting priority 100; \
-                 oifname \"{dev}\" masquerade{}; }}; }}",
-                if random { " fully-random" } else { "" }
+                "table ip p2plab {{ \
+                 chain post {{ type nat hook postrouting priority 100; \
+                 oifname \"{dev}\" masquerade{random_flag}; }}; \
+                 chain guard {{ type filter hook input priority 0; \
+                 iifname \"{dev}\" ct state new drop; }}; }}"
             );
             run("ip", &["netns", "exec", ns, "nft", &rules]).map(drop)
         }
@@ -463,7 +508,27 @@ fn masquerade(ns: &str, dev: &str, tool: NatTool, random: bool) -> Result<(), St
             if random {
                 args.push("--random-fully");
             }
-            run("ip", &args).map(drop)
+            run("ip", &args)?;
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "iptables",
+                    "-A",
+                    "INPUT",
+                    "-i",
+                    dev,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW",
+                    "-j",
+                    "DROP",
+                ],
+            )
+            .map(drop)
         }
     }
 }

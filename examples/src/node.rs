@@ -114,10 +114,15 @@ impl RunningNode {
         });
         // Bound to every interface, the first addresses come from an
         // interface scan right after binding: wait a little for them, so
-        // that p2pd.addr is dialable from the start.
+        // that p2pd.addr is dialable from another host from the start.
+        let local_only = cfg.listen.iter().all(|a| a.ip().is_loopback());
         let mut addr = provider.local_addr();
         for _ in 0..40 {
-            if !addr.addrs.is_empty() {
+            if addr
+                .addrs
+                .iter()
+                .any(|a| local_only || !crate::net::is_loopback_addr(a))
+            {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

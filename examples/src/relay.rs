@@ -182,12 +182,20 @@ async fn run_libp2p(
         .await
         .context("starting the libp2p relay")?;
     // The addresses nodes can use: not loopback, unless that is all there
-    // is.
+    // is. Listening on every interface, the others come a moment after
+    // the first.
     let mut addr = node.local_addr();
+    for _ in 0..40 {
+        if addr.addrs.iter().any(|a| !crate::net::is_loopback_addr(a)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        addr = node.local_addr();
+    }
     let outside: Vec<String> = addr
         .addrs
         .iter()
-        .filter(|a| !a.starts_with("/ip4/127.") && !a.starts_with("/ip6/::1/"))
+        .filter(|a| !crate::net::is_loopback_addr(a))
         .cloned()
         .collect();
     if !outside.is_empty() {

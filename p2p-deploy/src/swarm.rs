@@ -912,11 +912,27 @@ pub(crate) async fn fetch<H: Host>(
     let mut last_shown = 0u64;
     let begun = Instant::now();
     let mut alone_since: Option<Instant> = None;
+    // Chunks received from each source, for the log line at the end.
+    let mut sources: BTreeMap<PeerId, u32> = BTreeMap::new();
     loop {
         if t.have().is_full() {
             if last_shown != total {
                 progress(total);
             }
+            let seed_id = seed.as_ref().map(|c| c.remote_id());
+            let from_seed = seed_id.and_then(|s| sources.get(&s)).copied().unwrap_or(0);
+            let peers: Vec<String> = sources
+                .iter()
+                .filter(|(p, _)| Some(**p) != seed_id)
+                .map(|(p, n)| format!("{}={n}", p.short()))
+                .collect();
+            tracing::info!(
+                app = %t.d.manifest.name,
+                version = %t.d.manifest.version,
+                from_seed,
+                from_peers = %peers.join(","),
+                "release fetched"
+            );
             return Ok(());
         }
         let now = Instant::now();
@@ -988,6 +1004,7 @@ pub(crate) async fn fetch<H: Host>(
                                     rep.good(from);
                                 }
                                 t.got(i);
+                                *sources.entry(from).or_default() += 1;
                                 let have = t.have_bytes();
                                 // Progress at most every 1% of the size.
                                 if have - last_shown >= total / 100 || have == total {

@@ -511,14 +511,25 @@ async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> 
 async fn log_paths(conn: endpoint::Connection) {
     use futures::StreamExt;
     let peer = crate::addr::peer_id(&conn.remote_id()).short();
+    // Subscribe first, then read the path already chosen (during the
+    // handshake), so that no choice goes unlogged.
     let mut events = conn.path_events();
     let mut last: Option<p2p_core::PathKind> = None;
+    let now = crate::conn::selected_path(&conn);
+    if now.kind != p2p_core::PathKind::Unknown {
+        let remote = now.remote.unwrap_or_default();
+        tracing::debug!(%peer, path = %now.kind, %remote, "path selected");
+        last = Some(now.kind);
+    }
     while let Some(ev) = events.next().await {
         let endpoint::PathEvent::Selected { remote_addr, .. } = ev else {
             continue;
         };
         let (kind, remote) = crate::conn::describe(&remote_addr);
         let remote = remote.unwrap_or_default();
+        if last == Some(kind) {
+            continue;
+        }
         match last {
             None => tracing::debug!(%peer, path = %kind, %remote, "path selected"),
             Some(was) => tracing::info!(%peer, path = %kind, was = %was, %remote, "path changed"),

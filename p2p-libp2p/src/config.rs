@@ -99,6 +99,12 @@ pub struct Libp2pConfig {
     /// How soon a relay that could not be reached, or refused a
     /// reservation, is tried again.
     pub relay_retry: Duration,
+    /// How long `connect` waits, once it reached a peer through a relay,
+    /// for hole punching to give a direct connection, so that the SDK
+    /// connection starts on the direct path (and survives the relay going
+    /// away). Returns at once when hole punching fails; zero: no wait. At
+    /// most half of `connect_timeout` is used.
+    pub hole_punch_wait: Duration,
 }
 
 impl Default for Libp2pConfig {
@@ -124,6 +130,7 @@ impl Default for Libp2pConfig {
             relay_server: false,
             relay_circuit_duration: Duration::from_secs(24 * 3600),
             relay_retry: Duration::from_secs(15),
+            hole_punch_wait: Duration::from_secs(3),
         }
     }
 }

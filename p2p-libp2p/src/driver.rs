@@ -2,7 +2,7 @@
 //! talk to it through a bounded command channel; streams themselves go
 //! through `libp2p-stream`'s control and never pass through this task.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,7 +69,9 @@ enum RelayState {
 #[derive(Debug)]
 struct RelaySlot {
     peer: libp2p::PeerId,
-    /// Its address, ending in `/p2p/<relay>`.
+    /// Its addresses, each ending in `/p2p/<relay>`.
+    addrs: Vec<Multiaddr>,
+    /// The one it was last reached at (first: the first given).
     addr: Multiaddr,
     state: RelayState,
     retry_at: tokio::time::Instant,
@@ -97,6 +99,35 @@ pub(crate) enum Command {
 
 type DialWaiters = Vec<(String, oneshot::Sender<Result<ConnectionId>>)>;
 
+/// A dial waiting for the relays its circuit addresses go through.
+struct Parked {
+    relays: BTreeSet<libp2p::PeerId>,
+    addrs: Vec<Multiaddr>,
+    waiters: DialWaiters,
+}
+
+/// The relays that `addrs` go through: each relay's id and address.
+fn circuit_relays(addrs: &[Multiaddr]) -> BTreeMap<libp2p::PeerId, Multiaddr> {
+    let mut out = BTreeMap::new();
+    for a in addrs {
+        let mut prefix = Multiaddr::empty();
+        let mut last_peer = None;
+        for p in a.iter() {
+            if p == Protocol::P2pCircuit {
+                if let Some(relay) = last_peer {
+                    out.entry(relay).or_insert_with(|| prefix.clone());
+                }
+                break;
+            }
+            if let Protocol::P2p(id) = p {
+                last_peer = Some(id);
+            }
+            prefix.push(p);
+        }
+    }
+    out
+}
+
 /// What became of a libp2p connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnState {
@@ -115,6 +146,12 @@ const REMEMBER_CLOSED: usize = 256;
 pub(crate) struct Driver {
     pub(crate) swarm: Swarm<Behaviour>,
     pending: BTreeMap<libp2p::PeerId, (ConnectionId, DialWaiters)>,
+    parked: BTreeMap<libp2p::PeerId, Parked>,
+    /// Dials that ended on a relayed connection, held back a little for
+    /// hole punching: their SDK connection then starts on the direct path
+    /// and does not die with the relay.
+    holding: BTreeMap<libp2p::PeerId, (tokio::time::Instant, DialWaiters)>,
+    hole_punch_wait: Duration,
     connections: BTreeMap<ConnectionId, (libp2p::PeerId, tokio::time::Instant, bool)>,
     paths: PathBook,
     relays: Vec<RelaySlot>,
@@ -158,10 +195,11 @@ impl Driver {
             .iter()
             .filter_map(|r| {
                 let lp = addr::to_libp2p(&r.id);
-                let first = addr::to_multiaddrs(r).ok()?.into_iter().next()?;
+                let addrs = addr::to_multiaddrs(r).ok()?;
                 Some(RelaySlot {
                     peer: lp,
-                    addr: first,
+                    addr: addrs.first()?.clone(),
+                    addrs,
                     state: RelayState::Idle,
                     retry_at: now,
                     problem: None,
@@ -171,6 +209,9 @@ impl Driver {
         Driver {
             swarm,
             pending: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            holding: BTreeMap::new(),
+            hole_punch_wait: config.hole_punch_wait.min(config.connect_timeout / 2),
             connections: BTreeMap::new(),
             paths,
             relays,
@@ -248,7 +289,10 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick(), if !self.relays.is_empty() => self.dial_relays(),
+                _ = tick.tick(), if !self.relays.is_empty() || !self.holding.is_empty() => {
+                    self.dial_relays();
+                    self.release_held(None);
+                }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Shutdown { reply }) => {
                         self.shutdown().await;
@@ -307,6 +351,10 @@ impl Driver {
             waiters.push((who, reply));
             return;
         }
+        if let Some(p) = self.parked.get_mut(&peer) {
+            p.waiters.push((who, reply));
+            return;
+        }
         let addrs = if addrs.is_empty() {
             // Known by id alone: try it through every relay, besides what
             // mDNS may know.
@@ -317,6 +365,40 @@ impl Driver {
         } else {
             addrs
         };
+        // The relay client fails concurrent circuits through a relay it is
+        // still dialing ("oneshot canceled"): reach the relays first.
+        let mut relays = BTreeSet::new();
+        for (relay, relay_addr) in circuit_relays(&addrs) {
+            if self.swarm.is_connected(&relay) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(relay)
+                .addresses(vec![relay_addr])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                    relays.insert(relay);
+                }
+                // Not reachable: the circuit dial below reports it.
+                Err(_) => {}
+            }
+        }
+        if !relays.is_empty() {
+            self.parked.insert(
+                peer,
+                Parked {
+                    relays,
+                    addrs,
+                    waiters: vec![(who, reply)],
+                },
+            );
+            return;
+        }
+        self.dial_now(peer, addrs, vec![(who, reply)]);
+    }
+
+    fn dial_now(&mut self, peer: libp2p::PeerId, addrs: Vec<Multiaddr>, waiters: DialWaiters) {
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
             .extend_addresses_through_behaviour()
@@ -325,10 +407,32 @@ impl Driver {
         let conn = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.pending.insert(peer, (conn, vec![(who, reply)]));
+                self.pending.insert(peer, (conn, waiters));
             }
             Err(e) => {
-                let _ = reply.send(Err(dial_error(&who, e, self.setup, self.tcp_wait)));
+                let who = waiters.first().map(|(w, _)| w.clone()).unwrap_or_default();
+                let e = dial_error(&who, e, self.setup, self.tcp_wait);
+                for (_, w) in waiters {
+                    let _ = w.send(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+
+    /// `relay` is connected, or could not be: the dials that waited for it
+    /// (and for no other relay) go ahead.
+    fn relay_settled(&mut self, relay: &libp2p::PeerId) {
+        let ready: Vec<libp2p::PeerId> = self
+            .parked
+            .iter_mut()
+            .filter_map(|(peer, p)| {
+                p.relays.remove(relay);
+                p.relays.is_empty().then_some(*peer)
+            })
+            .collect();
+        for peer in ready {
+            if let Some(p) = self.parked.remove(&peer) {
+                self.dial_now(peer, p.addrs, p.waiters);
             }
         }
     }
@@ -371,12 +475,31 @@ impl Driver {
                     && slot.state == RelayState::Dialing
                 {
                     slot.state = RelayState::Identifying;
-                }
-                if let Some((_, waiters)) = self.pending.remove(&peer_id) {
-                    for (_, w) in waiters {
-                        let _ = w.send(Ok(connection_id));
+                    if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
+                        && !relayed
+                    {
+                        // Reserve at the address that answered.
+                        let mut a = address.clone();
+                        if !matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                            a.push(Protocol::P2p(peer_id));
+                        }
+                        slot.addr = a;
                     }
                 }
+                if let Some((_, waiters)) = self.pending.remove(&peer_id) {
+                    if relayed && !self.hole_punch_wait.is_zero() {
+                        let until = tokio::time::Instant::now() + self.hole_punch_wait;
+                        self.holding.insert(peer_id, (until, waiters));
+                    } else {
+                        for (_, w) in waiters {
+                            let _ = w.send(Ok(connection_id));
+                        }
+                    }
+                }
+                if !relayed && self.holding.contains_key(&peer_id) {
+                    self.release_held(Some(peer_id));
+                }
+                self.relay_settled(&peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 connection_id,
@@ -417,6 +540,7 @@ impl Driver {
             {
                 let e = dial_error("the relay", error, self.setup, self.tcp_wait);
                 self.relay_failed(&peer, format!("unreachable: {e}"));
+                self.relay_settled(&peer);
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -441,7 +565,12 @@ impl Driver {
                         let _ = w.send(Err(same_error(&e)));
                     }
                 }
+                self.relay_settled(&peer);
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } => self.relay_settled(&peer),
             SwarmEvent::NewListenAddr { address, .. } => {
                 let announce = self.relay_server
                     && !is_relayed(&address)
@@ -507,11 +636,14 @@ impl Driver {
                         "path changed: hole punched"
                     );
                 }
-                Err(e) => tracing::info!(
-                    peer = %short(&remote_peer_id),
-                    error = %error_chain(&e),
-                    "hole punching failed; traffic stays on the relay"
-                ),
+                Err(e) => {
+                    tracing::info!(
+                        peer = %short(&remote_peer_id),
+                        error = %error_chain(&e),
+                        "hole punching failed; traffic stays on the relay"
+                    );
+                    self.release_held(Some(remote_peer_id));
+                }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => {
                 tracing::debug!(event = ?ev, "serving as a relay");
@@ -532,6 +664,37 @@ impl Driver {
         }
     }
 
+    /// Answers held dials: those of `peer` (it has a direct connection now,
+    /// or hole punching failed), or with `None` those whose wait is over;
+    /// each gets the best connection there is (direct first).
+    fn release_held(&mut self, peer: Option<libp2p::PeerId>) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<libp2p::PeerId> = self
+            .holding
+            .iter()
+            .filter(|(p, (until, _))| Some(**p) == peer || *until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            let Some((_, waiters)) = self.holding.remove(&p) else {
+                continue;
+            };
+            let best = self
+                .connections
+                .iter()
+                .filter(|(_, (q, _, _))| *q == p)
+                .max_by_key(|(c, (_, _, relayed))| (!*relayed, **c))
+                .map(|(c, _)| *c);
+            for (who, w) in waiters {
+                let _ = w.send(best.ok_or_else(|| {
+                    Error::unreachable(format!(
+                        "the relayed connection to {who} was lost before it could be used"
+                    ))
+                }));
+            }
+        }
+    }
+
     /// Dials the relays that are due.
     fn dial_relays(&mut self) {
         let now = tokio::time::Instant::now();
@@ -548,7 +711,7 @@ impl Driver {
                 continue;
             }
             let opts = DialOpts::peer_id(slot.peer)
-                .addresses(vec![slot.addr.clone()])
+                .addresses(slot.addrs.clone())
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
             let peer = slot.peer;

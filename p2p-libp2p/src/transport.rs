@@ -271,7 +271,10 @@ pub(crate) fn classify(
     setup: Duration,
     tcp_wait: Duration,
 ) -> Error {
-    let mut worst: Option<Error> = None;
+    // The most telling error wins; between equals, one through a relay (a
+    // peer behind NAT usually also lists private addresses nobody else can
+    // reach, whose failure says nothing).
+    let mut worst: Option<(Error, (u8, bool))> = None;
     for (addr, err) in errors {
         let e = match err {
             TransportError::MultiaddrNotSupported(a) => Error::invalid(
@@ -309,9 +312,12 @@ pub(crate) fn classify(
                 None => Error::unreachable(format!("{who} at {addr}: {io}")),
             },
         };
-        if worst.as_ref().is_none_or(|w| rank(&e) > rank(w)) {
-            worst = Some(e);
+        let weight = (rank(&e), is_relayed(addr));
+        if worst.as_ref().is_none_or(|(_, w)| weight > *w) {
+            worst = Some((e, weight));
         }
     }
-    worst.unwrap_or_else(|| Error::unreachable(format!("{who}: no address could be dialed")))
+    worst
+        .map(|(e, _)| e)
+        .unwrap_or_else(|| Error::unreachable(format!("{who}: no address could be dialed")))
 }

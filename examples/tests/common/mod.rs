@@ -31,7 +31,33 @@ impl Daemon {
         Daemon::start_with(lab.command(host, env!("CARGO_BIN_EXE_p2pd")), dir, args)
     }
 
+    /// `p2pd run` on host `host` of `lab`, logging JSON at `filter`.
+    pub fn start_logged_in(
+        lab: &Lab,
+        host: &Host,
+        dir: &Path,
+        args: &[&str],
+        filter: &str,
+    ) -> Daemon {
+        let mut c = lab.command(host, env!("CARGO_BIN_EXE_p2pd"));
+        c.env("P2PD_LOG_FORMAT", "json")
+            .env("P2P_TEST_RUST_LOG", filter);
+        Daemon::start_with(c, dir, args)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
     fn start_with(mut command: Command, dir: &Path, args: &[&str]) -> Daemon {
+        // A filter a test asked for wins over the default.
+        let filter = command
+            .get_envs()
+            .find(|(k, _)| *k == "P2P_TEST_RUST_LOG")
+            .and_then(|(_, v)| v)
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "info".into());
         let _ = std::fs::remove_file(dir.join("p2pd.addr"));
         let log = std::fs::File::create(dir.with_extension("log")).unwrap();
         let child = command
@@ -39,7 +65,7 @@ impl Daemon {
             .arg(dir)
             .arg("run")
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -260,8 +286,21 @@ impl World {
 
     /// A signed package of demo-app at `version`.
     pub fn package(&self, version: &str, args: &str) -> String {
+        self.package_with(version, args, 0)
+    }
+
+    /// A signed package of demo-app at `version` with `ballast` bytes of
+    /// incompressible data besides, so that it takes many chunks.
+    pub fn package_with(&self, version: &str, args: &str, ballast: usize) -> String {
         let app = self.path().join(format!("app-{version}"));
         std::fs::create_dir_all(&app).unwrap();
+        if ballast > 0 {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ballast as u64);
+            let mut data = vec![0u8; ballast];
+            rng.fill_bytes(&mut data);
+            std::fs::write(app.join("ballast.bin"), data).unwrap();
+        }
         let demo_app =
             p2p_examples::fleet::build_demo_app(&std::env::current_exe().unwrap()).unwrap();
         std::fs::copy(demo_app, app.join("demo-app")).unwrap();

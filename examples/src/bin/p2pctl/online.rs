@@ -377,18 +377,27 @@ async fn pick(ctl: &Controller, targets: &Targets) -> Result<(Vec<NodeView>, Vec
     Ok((views, chosen))
 }
 
-/// A node by full id, id prefix or name.
+/// A node by name, full id or id prefix. A name wins: a node named `b1`
+/// is found by `b1` even when another node's id starts with `b1`.
 fn resolve(views: &[NodeView], s: &str) -> Result<PeerId> {
-    let hits: Vec<PeerId> = views
+    let named: Vec<PeerId> = views
         .iter()
         .filter(|v| {
-            v.addr.id.to_string().starts_with(s)
-                || v.info
-                    .as_ref()
-                    .is_ok_and(|i| !i.name.is_empty() && i.name == s)
+            v.info
+                .as_ref()
+                .is_ok_and(|i| !i.name.is_empty() && i.name == s)
         })
         .map(|v| v.addr.id)
         .collect();
+    let hits: Vec<PeerId> = if named.is_empty() {
+        views
+            .iter()
+            .filter(|v| v.addr.id.to_string().starts_with(s))
+            .map(|v| v.addr.id)
+            .collect()
+    } else {
+        named
+    };
     match hits.as_slice() {
         [one] => Ok(*one),
         [] => bail!("--nodes {s}: no such node among those answering"),
@@ -767,5 +776,43 @@ fn failure_limit(s: &str) -> Result<FailureLimit> {
                 anyhow!("--max-failures {s}: expected N or N%")
             })?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn view(seed: u8, name: &str) -> NodeView {
+        let id = NodeKey::from_seed([seed; 32]).peer_id();
+        NodeView {
+            addr: PeerAddr::id_only(id),
+            info: Ok(NodeInfo {
+                id,
+                name: name.into(),
+                labels: BTreeMap::new(),
+                addr: PeerAddr::id_only(id),
+                sdk_version: String::new(),
+                apps: Vec::new(),
+                peers: Vec::new(),
+            }),
+            path: None,
+        }
+    }
+
+    #[test]
+    fn a_name_wins_over_an_id_that_starts_with_it() {
+        let views: Vec<NodeView> = (1..=40).map(|i| view(i, &format!("n{i}"))).collect();
+        // Some id starts with "b" or a digit: name the node after it.
+        let other = &views[0];
+        let prefix: String = other.addr.id.to_string()[..2].to_string();
+        let mut views = views;
+        views.push(view(99, &prefix));
+        let named = resolve(&views, &prefix).unwrap();
+        assert_eq!(named, NodeKey::from_seed([99; 32]).peer_id());
+        // An id prefix still works when no name matches.
+        let id = views[3].addr.id.to_string();
+        assert_eq!(resolve(&views, &id[..12]).unwrap(), views[3].addr.id);
     }
 }
