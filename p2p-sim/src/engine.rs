@@ -35,7 +35,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::link::{LinkSpec, NodeConfig};
+use crate::link::{LinkSpec, NodeConfig, Reach};
 use crate::trace::{Trace, TraceEvent, TraceKind};
 
 pub(crate) type NodeIdx = u32;
@@ -236,6 +236,8 @@ pub(crate) struct Segment {
     flow: FlowId,
     seq: u64,
     kind: SegKind,
+    /// 0 on its way from the sender, 1 from the relay (relayed flows only).
+    hop: u8,
 }
 
 #[derive(Clone)]
@@ -336,6 +338,13 @@ struct Flow {
     // At the receiver's downlink.
     down_queue: VecDeque<Segment>,
     in_down_ring: bool,
+    // Relayed flows: the relay that forwards every segment, the segments
+    // at its downlink, and those waiting for its uplink.
+    via: Option<NodeIdx>,
+    relay_down: VecDeque<Segment>,
+    in_relay_down_ring: bool,
+    transit: VecDeque<Segment>,
+    in_relay_up_ring: bool,
     // Reader side.
     expected: u64,
     reorder: BTreeMap<u64, Segment>,
@@ -369,12 +378,15 @@ struct End {
 struct Conn {
     ends: [End; 2],
     flows: Vec<FlowId>,
+    /// The relay every byte goes through, for a relayed connection.
+    via: Option<NodeIdx>,
 }
 
 struct PendingConnect {
     from: NodeIdx,
     from_inc: u64,
     to: NodeIdx,
+    via: Option<NodeIdx>,
     expect: PeerId,
     tx: Option<oneshot::Sender<Result<Arc<dyn p2p_core::Connection>, Error>>>,
     conn: Option<ConnId>,
@@ -392,9 +404,11 @@ pub(crate) struct Node {
     pub(crate) inc: u64,
     pub(crate) down_reason: String,
     pub(crate) cfg: NodeConfig,
-    up_ring: VecDeque<FlowId>,
+    /// Flows with something to send, and whether as their relay.
+    up_ring: VecDeque<(FlowId, bool)>,
     up_busy: bool,
-    down_ring: VecDeque<FlowId>,
+    /// Flows with something arriving, and whether as their relay.
+    down_ring: VecDeque<(FlowId, bool)>,
     down_busy: bool,
     listener: Option<mpsc::Sender<Arc<dyn p2p_core::Connection>>>,
     subs: Vec<mpsc::Sender<PeerAddr>>,
@@ -403,6 +417,8 @@ pub(crate) struct Node {
     pub(crate) storage: MemStorage,
     pub(crate) factory: Option<Factory>,
     conns: BTreeSet<ConnId>,
+    /// Connections this node relays.
+    relaying: BTreeSet<ConnId>,
     traffic: NodeTraffic,
 }
 
@@ -537,6 +553,15 @@ impl State {
         l.latency.as_nanos() as u64 + j
     }
 
+    /// One-way delay from `a` to `b` along flow `fid`'s path: through its
+    /// relay when it has one.
+    fn path_delay(&mut self, a: NodeIdx, b: NodeIdx, fid: FlowId) -> u64 {
+        match self.flows.get(&fid).and_then(|f| f.via) {
+            Some(r) => self.delay(a, r) + self.delay(r, b),
+            None => self.delay(a, b),
+        }
+    }
+
     fn lost(&mut self, a: NodeIdx, b: NodeIdx) -> bool {
         let loss = self.link(a, b).loss;
         loss > 0.0 && self.rng.random_bool(loss)
@@ -573,7 +598,21 @@ impl State {
                 let n = &mut self.nodes[node as usize];
                 n.down_busy = false;
                 n.traffic.received += seg.len() as u64;
-                self.deliver(seg);
+                let relaying = seg.hop == 0
+                    && self
+                        .flows
+                        .get(&seg.flow)
+                        .is_some_and(|f| f.via == Some(node));
+                if relaying {
+                    // Through the relay's downlink: on to its uplink.
+                    let fid = seg.flow;
+                    if let Some(f) = self.flows.get_mut(&fid) {
+                        f.transit.push_back(Segment { hop: 1, ..seg });
+                    }
+                    self.enqueue_transit(fid);
+                } else {
+                    self.deliver(seg);
+                }
                 self.downlink_next(node);
             }
             Event::Retransmit { seg } => {
@@ -583,8 +622,15 @@ impl State {
                 if f.writer_error.is_some() {
                     return;
                 }
-                f.retx.push_back(seg.clone());
-                self.enqueue(seg.flow);
+                let fid = seg.flow;
+                if seg.hop == 1 {
+                    // Lost after the relay: the relay sends it again.
+                    f.transit.push_front(seg);
+                    self.enqueue_transit(fid);
+                } else {
+                    f.retx.push_back(seg);
+                    self.enqueue(fid);
+                }
             }
             Event::Credit { flow, bytes } => {
                 if let Some(f) = self.flows.get_mut(&flow) {
@@ -655,6 +701,7 @@ impl State {
             storage: MemStorage::new(),
             factory: None,
             conns: BTreeSet::new(),
+            relaying: BTreeSet::new(),
             traffic: NodeTraffic::default(),
         });
         self.names.insert(name.to_string(), idx);
@@ -737,6 +784,16 @@ impl State {
                     let msg = format!("connection reset: peer {name} crashed");
                     self.send_close(c, side, msg);
                 }
+            }
+        }
+        // The connections it relayed end for both of their nodes.
+        let relayed: Vec<ConnId> = std::mem::take(&mut self.nodes[n as usize].relaying)
+            .into_iter()
+            .collect();
+        for c in relayed {
+            let msg = format!("connection lost: relay {name} went down");
+            for side in 0..2 {
+                self.close_end(c, side, &msg, false);
             }
         }
         self.parked.retain(|(a, b), _| *a != n && *b != n);
@@ -934,6 +991,70 @@ impl State {
             })
     }
 
+    /// A node's relay by name.
+    fn relay_named(&self, name: &str, of: NodeIdx) -> Result<NodeIdx, Error> {
+        self.names.get(name).copied().ok_or_else(|| {
+            Error::invalid(
+                "relay",
+                format!(
+                    "simulated node {} names relay {name:?}, which does not exist",
+                    self.nodes[of as usize].name
+                ),
+            )
+        })
+    }
+
+    /// How a connection from `from` to `to` goes, and the extra set-up
+    /// time of getting through NAT:
+    ///
+    /// - between a node behind NAT and a public one: direct (the NATed
+    ///   side can always connect out); when the public side dials, after
+    ///   one signalling round trip through the NATed node's relay, which
+    ///   asks it to connect back;
+    /// - between two nodes behind NAT, either relay-only: through the
+    ///   target's relay (else the dialer's);
+    /// - between two punchable nodes: direct, after a signalling round
+    ///   trip through the target's relay.
+    ///
+    /// Connections with a relay itself are direct.
+    fn plan_route(&mut self, from: NodeIdx, to: NodeIdx) -> Result<(Option<NodeIdx>, u64), Error> {
+        let reach = |n: NodeIdx| self.nodes[n as usize].cfg.reach.clone();
+        let (rf, rt) = (reach(from), reach(to));
+        let relay_of = |this: &Self, r: &Reach, n: NodeIdx| -> Result<Option<NodeIdx>, Error> {
+            match r {
+                Reach::Public => Ok(None),
+                Reach::Punchable { relay } | Reach::RelayOnly { relay } => {
+                    this.relay_named(relay, n).map(Some)
+                }
+            }
+        };
+        let (relay_from, relay_to) = (relay_of(self, &rf, from)?, relay_of(self, &rt, to)?);
+        let is_relay_of_either = |r: NodeIdx| r == from || r == to;
+        let relay_only = |r: &Reach| matches!(r, Reach::RelayOnly { .. });
+        let via =
+            if relay_from.is_some() && relay_to.is_some() && (relay_only(&rf) || relay_only(&rt)) {
+                relay_to.or(relay_from).filter(|r| !is_relay_of_either(*r))
+            } else {
+                None
+            };
+        if let Some(r) = via {
+            if !self.nodes[r as usize].up {
+                return Err(Error::unreachable(format!(
+                    "simulated node {} can only be reached through relay {}, which is down",
+                    self.nodes[to as usize].name, self.nodes[r as usize].name
+                )));
+            }
+            return Ok((Some(r), 0));
+        }
+        // Direct; a NATed target is first asked through its relay.
+        let mut extra = 0;
+        if let Some(r) = relay_to.filter(|r| !is_relay_of_either(*r)) {
+            extra =
+                self.delay(from, r) + self.delay(r, to) + self.delay(to, r) + self.delay(r, from);
+        }
+        Ok((None, extra))
+    }
+
     /// Starts a dial; the answer arrives on the returned channel.
     pub(crate) fn connect(
         &mut self,
@@ -943,6 +1064,7 @@ impl State {
     ) -> Result<(u64, DialReply), Error> {
         self.node_live(from, inc)?;
         let to = self.resolve(addr)?;
+        let (via, extra) = self.plan_route(from, to)?;
         let (tx, rx) = oneshot::channel();
         let id = self.id();
         self.pending.insert(
@@ -951,13 +1073,22 @@ impl State {
                 from,
                 from_inc: inc,
                 to,
+                via,
                 expect: addr.id,
                 tx: Some(tx),
                 conn: None,
             },
         );
-        if !self.is_blocked(from, to) {
-            let mut at = self.now + self.delay(from, to);
+        let blocked = match via {
+            Some(r) => self.is_blocked(from, r) || self.is_blocked(r, to),
+            None => self.is_blocked(from, to),
+        };
+        if !blocked {
+            let mut at = self.now + extra;
+            at += match via {
+                Some(r) => self.delay(from, r) + self.delay(r, to),
+                None => self.delay(from, to),
+            };
             if self.lost(from, to) {
                 at += self.rto(from, to);
             }
@@ -1001,7 +1132,7 @@ impl State {
         let Some(p) = self.pending.get(&pending) else {
             return;
         };
-        let (from, from_inc, to, expect) = (p.from, p.from_inc, p.to, p.expect);
+        let (from, from_inc, to, expect, via) = (p.from, p.from_inc, p.to, p.expect, p.via);
         let dialer = &self.nodes[from as usize];
         if !dialer.up || dialer.inc != from_inc {
             self.pending.remove(&pending);
@@ -1048,10 +1179,14 @@ impl State {
             Conn {
                 ends: [end(from, from_inc), end(to, to_inc)],
                 flows: Vec::new(),
+                via,
             },
         );
         self.nodes[from as usize].conns.insert(conn);
         self.nodes[to as usize].conns.insert(conn);
+        if let Some(r) = via {
+            self.nodes[r as usize].relaying.insert(conn);
+        }
         if let Some(p) = self.pending.get_mut(&pending) {
             p.conn = Some(conn);
         }
@@ -1111,6 +1246,35 @@ impl State {
             )));
         }
         Ok(())
+    }
+
+    /// The path of connection `c`: direct, or through its relay.
+    pub(crate) fn path(&self, c: ConnId, side: usize) -> p2p_core::PathInfo {
+        let Some(conn) = self.conns.get(&c) else {
+            return p2p_core::PathInfo::unknown();
+        };
+        let peer = conn.ends[1 - side].node;
+        let (kind, remote) = match conn.via {
+            Some(r) => (
+                p2p_core::PathKind::Relayed,
+                self.nodes[r as usize].name.clone(),
+            ),
+            None => (
+                p2p_core::PathKind::Direct,
+                self.nodes[peer as usize].name.clone(),
+            ),
+        };
+        let me = conn.ends[side].node;
+        let one_way = |a: NodeIdx, b: NodeIdx| self.link(a, b).latency;
+        let rtt = match conn.via {
+            Some(r) => one_way(me, r) + one_way(r, peer) + one_way(peer, r) + one_way(r, me),
+            None => one_way(me, peer) + one_way(peer, me),
+        };
+        p2p_core::PathInfo {
+            kind,
+            remote: Some(remote),
+            rtt: Some(rtt),
+        }
     }
 
     pub(crate) fn is_connected(&self, c: ConnId, side: usize) -> bool {
@@ -1216,11 +1380,15 @@ impl State {
             for e in &conn.ends {
                 self.nodes[e.node as usize].conns.remove(&c);
             }
+            if let Some(r) = conn.via {
+                self.nodes[r as usize].relaying.remove(&c);
+            }
         }
     }
 
     fn new_flow(&mut self, c: ConnId, src_side: usize, src: NodeIdx, dst: NodeIdx) -> FlowId {
         let id = self.id();
+        let via = self.conns.get(&c).and_then(|conn| conn.via);
         self.flows.insert(
             id,
             Flow {
@@ -1242,6 +1410,11 @@ impl State {
                 writer_error: None,
                 down_queue: VecDeque::new(),
                 in_down_ring: false,
+                via,
+                relay_down: VecDeque::new(),
+                in_relay_down_ring: false,
+                transit: VecDeque::new(),
+                in_relay_up_ring: false,
                 expected: 0,
                 reorder: BTreeMap::new(),
                 recv_buf: VecDeque::new(),
@@ -1334,8 +1507,23 @@ impl State {
         }
         f.in_up_ring = true;
         let src = f.src;
-        self.nodes[src as usize].up_ring.push_back(flow);
+        self.nodes[src as usize].up_ring.push_back((flow, false));
         self.uplink_next(src);
+    }
+
+    /// Puts a relayed flow with segments waiting at its relay into the
+    /// relay's uplink ring.
+    fn enqueue_transit(&mut self, flow: FlowId) {
+        let Some(f) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        let Some(relay) = f.via else { return };
+        if f.in_relay_up_ring || f.transit.is_empty() {
+            return;
+        }
+        f.in_relay_up_ring = true;
+        self.nodes[relay as usize].up_ring.push_back((flow, true));
+        self.uplink_next(relay);
     }
 
     fn uplink_next(&mut self, n: NodeIdx) {
@@ -1344,10 +1532,27 @@ impl State {
             return;
         }
         let mss = self.cfg.mss;
-        while let Some(fid) = self.nodes[n as usize].up_ring.pop_front() {
+        while let Some((fid, transit)) = self.nodes[n as usize].up_ring.pop_front() {
             let Some(f) = self.flows.get_mut(&fid) else {
                 continue;
             };
+            if transit {
+                // Forwarding as the flow's relay.
+                let Some(seg) = f.transit.pop_front() else {
+                    f.in_relay_up_ring = false;
+                    continue;
+                };
+                if f.transit.is_empty() {
+                    f.in_relay_up_ring = false;
+                } else {
+                    self.nodes[n as usize].up_ring.push_back((fid, true));
+                }
+                let node = &mut self.nodes[n as usize];
+                node.up_busy = true;
+                let (inc, at) = (node.inc, self.now + tx_ns(seg.len(), node.cfg.upload));
+                self.schedule(at, Event::UplinkDone { node: n, inc, seg });
+                return;
+            }
             if !f.has_work() {
                 f.in_up_ring = false;
                 continue;
@@ -1371,10 +1576,11 @@ impl State {
                     flow: fid,
                     seq,
                     kind,
+                    hop: 0,
                 }
             };
             if f.has_work() {
-                self.nodes[n as usize].up_ring.push_back(fid);
+                self.nodes[n as usize].up_ring.push_back((fid, false));
             } else {
                 f.in_up_ring = false;
             }
@@ -1394,7 +1600,11 @@ impl State {
         if f.writer_error.is_some() {
             return;
         }
-        let (src, dst, conn) = (f.src, f.dst, f.conn);
+        let (src, dst, conn) = match (f.via, seg.hop) {
+            (Some(relay), 0) => (f.src, relay, f.conn),
+            (Some(relay), _) => (relay, f.dst, f.conn),
+            (None, _) => (f.src, f.dst, f.conn),
+        };
         if self.is_blocked(src, dst) {
             self.stats.segments_parked += 1;
             self.record(
@@ -1427,6 +1637,19 @@ impl State {
         let Some(f) = self.flows.get_mut(&fid) else {
             return;
         };
+        if let (Some(relay), 0) = (f.via, seg.hop) {
+            // At the relay's downlink.
+            if !self.nodes[relay as usize].up {
+                return;
+            }
+            f.relay_down.push_back(seg);
+            if !f.in_relay_down_ring {
+                f.in_relay_down_ring = true;
+                self.nodes[relay as usize].down_ring.push_back((fid, true));
+            }
+            self.downlink_next(relay);
+            return;
+        }
         if f.reader_error.is_some() || !self.nodes[f.dst as usize].up {
             return;
         }
@@ -1434,7 +1657,7 @@ impl State {
         f.down_queue.push_back(seg);
         if !f.in_down_ring {
             f.in_down_ring = true;
-            self.nodes[dst as usize].down_ring.push_back(fid);
+            self.nodes[dst as usize].down_ring.push_back((fid, false));
         }
         self.downlink_next(dst);
     }
@@ -1443,18 +1666,23 @@ impl State {
         if self.nodes[n as usize].down_busy {
             return;
         }
-        while let Some(fid) = self.nodes[n as usize].down_ring.pop_front() {
+        while let Some((fid, transit)) = self.nodes[n as usize].down_ring.pop_front() {
             let Some(f) = self.flows.get_mut(&fid) else {
                 continue;
             };
-            let Some(seg) = f.down_queue.pop_front() else {
-                f.in_down_ring = false;
+            let (queue, in_ring) = if transit {
+                (&mut f.relay_down, &mut f.in_relay_down_ring)
+            } else {
+                (&mut f.down_queue, &mut f.in_down_ring)
+            };
+            let Some(seg) = queue.pop_front() else {
+                *in_ring = false;
                 continue;
             };
-            if f.down_queue.is_empty() {
-                f.in_down_ring = false;
+            if queue.is_empty() {
+                *in_ring = false;
             } else {
-                self.nodes[n as usize].down_ring.push_back(fid);
+                self.nodes[n as usize].down_ring.push_back((fid, transit));
             }
             let node = &mut self.nodes[n as usize];
             node.down_busy = true;
@@ -1539,7 +1767,7 @@ impl State {
                 if f.reader == Handle::Gone {
                     // Nobody reads: hand the credit straight back.
                     let (flow, bytes, src, dst) = (fid, b.len(), f.src, f.dst);
-                    let at = self.now + self.delay(dst, src);
+                    let at = self.now + self.path_delay(dst, src, fid);
                     self.schedule(at, Event::Credit { flow, bytes });
                 } else {
                     f.recv_buf.push_back(b);
@@ -1657,7 +1885,7 @@ impl State {
         f.consumed_unacked += copied;
         if f.consumed_unacked >= window / 4 || f.recv_buf.is_empty() {
             let (bytes, src, dst) = (std::mem::take(&mut f.consumed_unacked), f.src, f.dst);
-            let at = self.now + self.delay(dst, src);
+            let at = self.now + self.path_delay(dst, src, fid);
             self.schedule(at, Event::Credit { flow: fid, bytes });
         }
         Poll::Ready(Ok(()))
@@ -1674,7 +1902,7 @@ impl State {
         f.consumed_unacked = 0;
         if bytes > 0 && f.writer_error.is_none() {
             let (src, dst) = (f.src, f.dst);
-            let at = self.now + self.delay(dst, src);
+            let at = self.now + self.path_delay(dst, src, fid);
             self.schedule(at, Event::Credit { flow: fid, bytes });
         }
         self.maybe_gc_flow(fid);
@@ -1685,7 +1913,13 @@ impl State {
             return;
         };
         let finished = f.fin_received || f.writer_error.is_some() || f.reader_error.is_some();
-        if f.writer == Handle::Gone && f.reader == Handle::Gone && finished && !f.in_up_ring {
+        let relaying = f.in_relay_up_ring || f.in_relay_down_ring;
+        if f.writer == Handle::Gone
+            && f.reader == Handle::Gone
+            && finished
+            && !f.in_up_ring
+            && !relaying
+        {
             let c = f.conn;
             self.flows.remove(&fid);
             if let Some(conn) = self.conns.get_mut(&c) {

@@ -65,6 +65,34 @@ pub struct NodeConfig {
     pub download: Option<u64>,
     /// Discovery segment: nodes discover each other only within one LAN.
     pub lan: u32,
+    /// How other nodes reach it: directly, or behind NAT.
+    pub reach: Reach,
+}
+
+/// How a simulated node is reached through NAT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Reach {
+    /// A public address: connections go straight to it. The default.
+    #[default]
+    Public,
+    /// Behind a NAT that hole punching gets through: its connections are
+    /// direct; one dialed to it waits for a round of signalling through
+    /// `relay` (a node name) first.
+    Punchable {
+        /// The relay node that carries the signalling.
+        relay: String,
+    },
+    /// Behind a NAT that hole punching does not get through (symmetric,
+    /// or a strict firewall): its connections with public nodes are
+    /// direct (it connects out; one dialed to it waits for a round of
+    /// signalling through `relay` first), those with other nodes behind
+    /// NAT go through `relay`, whose upload and download carry every byte
+    /// both ways. Such a connection fails while the relay is down, and
+    /// ends when it goes down.
+    RelayOnly {
+        /// The relay node.
+        relay: String,
+    },
 }
 
 impl NodeConfig {
@@ -79,6 +107,12 @@ impl NodeConfig {
     /// This config with a fixed key.
     pub fn with_key(mut self, key: NodeKey) -> Self {
         self.key = Some(key);
+        self
+    }
+
+    /// This config behind NAT, reached as `reach` says.
+    pub fn reach(mut self, reach: Reach) -> Self {
+        self.reach = reach;
         self
     }
 

@@ -260,6 +260,12 @@ impl Connection for SimConnection {
             .with(|st| st.is_connected(self.end.conn, self.end.side))
     }
 
+    fn path(&self) -> p2p_core::PathInfo {
+        self.end
+            .shared
+            .with(|st| st.path(self.end.conn, self.end.side))
+    }
+
     async fn close(&self, reason: &str) {
         self.end
             .shared

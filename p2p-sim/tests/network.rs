@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use p2p_core::{Connection, Error, Provider, Storage};
-use p2p_sim::{LinkSpec, NodeConfig, SimNet, SimProvider};
+use p2p_core::{Connection, Error, PathKind, Provider, Storage};
+use p2p_sim::{LinkSpec, NodeConfig, Reach, SimNet, SimProvider};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -693,4 +693,129 @@ async fn a_closed_providers_listener_hands_out_nothing_queued() {
     b.close("bye").await;
     let r = l.accept().await;
     assert!(matches!(r, Err(Error::Closed { .. })), "{r:?}");
+}
+
+/// A relay-only node's connections with other nodes behind NAT go through
+/// its relay: every byte crosses the relay's downlink and uplink, at the
+/// relay's rate when it is the slowest, and the connection says it is
+/// relayed. With a public node it connects directly.
+#[tokio::test(start_paused = true)]
+async fn a_relay_only_node_is_reached_through_its_relay_at_the_relays_rate() {
+    let net = net(21);
+    net.add_node_with("relay", NodeConfig::default().mbit(50))
+        .unwrap();
+    let a = net
+        .add_node_with(
+            "a",
+            NodeConfig::default().mbit(100).reach(Reach::RelayOnly {
+                relay: "relay".into(),
+            }),
+        )
+        .unwrap();
+    let b = net
+        .add_node_with(
+            "b",
+            NodeConfig::default().mbit(100).reach(Reach::Punchable {
+                relay: "relay".into(),
+            }),
+        )
+        .unwrap();
+    let public = net.add_node("public").unwrap();
+    let (pa, _) = connect(&public, &a).await;
+    assert_eq!(pa.path().kind, PathKind::Direct);
+    let (ba, ab) = connect(&b, &a).await;
+    let path = ba.path();
+    assert_eq!(path.kind, PathKind::Relayed, "{path}");
+    assert_eq!(path.remote.as_deref(), Some("relay"));
+    assert_eq!(ab.path().kind, PathKind::Relayed);
+    let before = net.traffic("relay").unwrap();
+    let got = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    stream_bytes(ba, ab, 10_000_000, got.clone()).await;
+    let took = start.elapsed().as_secs_f64();
+    assert_eq!(got.load(Ordering::Relaxed), 10_000_000);
+    // 10 MB at the relay's 50 Mbit/s: 1.6 s (the ends could do twice it).
+    assert!((took - 1.6).abs() / 1.6 < 0.05, "took {took:.3} s");
+    let t = net.traffic("relay").unwrap();
+    for (what, n) in [
+        ("relayed in", t.received - before.received),
+        ("relayed out", t.sent - before.sent),
+    ] {
+        assert!((10_000_000..10_200_000).contains(&n), "{what} {n}");
+    }
+}
+
+/// Connections with the relay itself, and between public nodes, stay
+/// direct; a punchable node's connections are direct too, after the
+/// signalling through its relay.
+#[tokio::test(start_paused = true)]
+async fn punchable_nodes_connect_directly_after_signalling_through_their_relay() {
+    let net = net(22);
+    let relay = net.add_node("relay").unwrap();
+    let reach = Reach::Punchable {
+        relay: "relay".into(),
+    };
+    let a = net
+        .add_node_with("a", NodeConfig::default().reach(reach))
+        .unwrap();
+    let b = net.add_node("b").unwrap();
+    let c = net.add_node("c").unwrap();
+    let (ar, _) = connect(&a, &relay).await;
+    assert_eq!(ar.path().kind, PathKind::Direct);
+    let begun = Instant::now();
+    let (bc, _) = connect(&b, &c).await;
+    let plain = begun.elapsed();
+    assert_eq!(bc.path().kind, PathKind::Direct);
+    let begun = Instant::now();
+    let (ba, _) = connect(&b, &a).await;
+    let punched = begun.elapsed();
+    assert_eq!(ba.path().kind, PathKind::Direct);
+    assert_eq!(ba.path().remote.as_deref(), Some("a"));
+    // The signalling is one more round trip through the relay: 4 ms on
+    // 1 ms links.
+    assert!(
+        punched >= plain + Duration::from_millis(4),
+        "{punched:?} vs {plain:?}"
+    );
+}
+
+/// A relay that goes down ends the connections it carried, on both nodes,
+/// and a relay-only node cannot be reached from behind NAT until it is
+/// back.
+#[tokio::test(start_paused = true)]
+async fn a_relay_going_down_ends_its_connections_and_says_why() {
+    let net = net(23);
+    net.add_node("relay").unwrap();
+    let behind = |r: Reach| NodeConfig::default().reach(r);
+    let a = net
+        .add_node_with(
+            "a",
+            behind(Reach::RelayOnly {
+                relay: "relay".into(),
+            }),
+        )
+        .unwrap();
+    let b = net
+        .add_node_with(
+            "b",
+            behind(Reach::RelayOnly {
+                relay: "relay".into(),
+            }),
+        )
+        .unwrap();
+    let (ba, ab) = connect(&b, &a).await;
+    net.crash("relay").unwrap();
+    assert!(!ba.is_connected() && !ab.is_connected());
+    let e = ba.accept_bi().await.err().unwrap().to_string();
+    assert!(e.contains("relay relay went down"), "{e}");
+    let mut l = a.listen().await.unwrap();
+    let e = b.connect(&a.local_addr()).await.err().unwrap();
+    assert!(
+        matches!(e, Error::Unreachable { .. }) && e.to_string().contains("relay"),
+        "{e}"
+    );
+    net.restart("relay").unwrap();
+    let addr = a.local_addr();
+    let (ba, _) = tokio::join!(b.connect(&addr), l.accept());
+    assert_eq!(ba.unwrap().path().kind, PathKind::Relayed);
 }

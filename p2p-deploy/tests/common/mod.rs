@@ -19,7 +19,12 @@ use p2p_sim::{NodeConfig, Script, SimNet};
 /// with the simulator's runtime, storage and clock and an in-memory
 /// installer; a restarted node runs a fresh agent on the same storage.
 pub fn spawn_agent(net: &SimNet, name: &str, cfg: AgentConfig) {
-    net.spawn_node(name, NodeConfig::default().mbit(100), move |ctx| {
+    spawn_agent_on(net, name, NodeConfig::default().mbit(100), cfg);
+}
+
+/// The same on a node configured as `node` (bandwidth, NAT).
+pub fn spawn_agent_on(net: &SimNet, name: &str, node: NodeConfig, cfg: AgentConfig) {
+    net.spawn_node(name, node, move |ctx| {
         let cfg = cfg.clone();
         async move {
             let agent = Agent::new(
