@@ -351,6 +351,27 @@ impl IrohProvider {
         }
         let via_relay = addr.relay_urls().next().is_some();
         let who = peer.id.short();
+        // Only a relay leads there, and this node has none yet: if the
+        // relay will not take this node (certificate, access), say so now
+        // rather than after the connect timeout.
+        if via_relay
+            && addr.ip_addrs().next().is_none()
+            && crate::relay::home_relay(&core.endpoint).is_none()
+        {
+            let urls: Vec<RelayUrl> = addr.relay_urls().cloned().collect();
+            let mut problems = Vec::new();
+            for url in &urls {
+                if let Some(why) = crate::relay::diagnose(&core.endpoint, &core.key, url).await {
+                    problems.push(why);
+                }
+            }
+            if problems.len() == urls.len() {
+                return Err(Error::unreachable(format!(
+                    "peer {who} can only be reached through a relay: {}",
+                    problems.join("; ")
+                )));
+            }
+        }
         let limit = core.config.connect_timeout;
         let options = ConnectOptions::new().with_transport_config(core.dial_transport.clone());
         let attempt = async {

@@ -93,6 +93,16 @@ async fn a_relay_with_an_untrusted_certificate_is_named_and_direct_paths_keep_wo
     let a = IrohProvider::bind(&NodeKey::from_seed([3; 32]), with_relay(&url, None))
         .await
         .unwrap();
+    // A peer only the relay leads to: refused before any dial (not after
+    // the connect timeout), saying why.
+    let via_relay = PeerAddr::new(NodeKey::from_seed([8; 32]).peer_id(), [url.clone()]).unwrap();
+    let e = a.connect(&via_relay).await.err().unwrap().to_string();
+    assert!(
+        e.contains("can only be reached through a relay")
+            && e.contains("not trusted")
+            && e.contains(&url),
+        "{e}"
+    );
     let b = IrohProvider::bind(&NodeKey::from_seed([4; 32]), IrohConfig::loopback())
         .await
         .unwrap();
