@@ -23,6 +23,10 @@ fn main() {
     if let Some(code) = p2p_benches::groups::swarm_netns::child_main() {
         std::process::exit(code)
     }
+    // And those of the `nat-netns` group.
+    if let Some(code) = p2p_benches::groups::nat_netns::child_main() {
+        std::process::exit(code)
+    }
     // So does an agent of the `agent` group.
     if let Some(code) = p2p_benches::groups::agent::child_main() {
         std::process::exit(code)

@@ -2,6 +2,7 @@
 //! figures; [`ALL`] lists them for `bench-report`.
 
 pub mod agent;
+pub mod nat_netns;
 pub mod packages;
 pub mod runtime;
 pub mod sim;
@@ -57,6 +58,11 @@ pub const ALL: &[Group] = &[
         name: "swarm-netns",
         about: "a 32 MiB release to 8 agents in network namespaces shaped to 40 Mbit/s over iroh: swarm vs bound vs serial push",
         run: swarm_netns::run,
+    },
+    Group {
+        name: "nat-netns",
+        about: "relays and hole punching in network namespaces (iroh, libp2p): relayed vs direct stream, dial to a direct path",
+        run: nat_netns::run,
     },
     Group {
         name: "agent",
