@@ -303,3 +303,48 @@ fn operators_and_the_allow_list_over_libp2p() {
     assert_eq!(st[0]["app"]["running"], true, "{}", text(&o));
     assert_eq!(st[0]["app"]["active"], "1.0.0", "{}", text(&o));
 }
+
+/// Bad relay settings stop p2pd and p2pctl at start, with the setting
+/// named.
+#[test]
+fn bad_relay_settings_are_refused_at_start() {
+    let w = World::new();
+    let d1 = w.node("n1", "iroh");
+    let p2pd = |args: &[&str]| {
+        let mut all = vec!["--data-dir", d1.to_str().unwrap(), "run"];
+        all.extend(args);
+        w.run(env!("CARGO_BIN_EXE_p2pd"), &all)
+    };
+    for (args, says) in [
+        (vec!["--relay", "relay:443"], "relays"),
+        (vec!["--relay", "ftp://relay.example.com"], "relays"),
+        (
+            vec![
+                "--relay",
+                "https://relay.example.com",
+                "--relay-ca",
+                "none.pem",
+            ],
+            "relay_ca",
+        ),
+        (vec!["--connectivity", "relays"], "connectivity"),
+    ] {
+        let o = p2pd(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
+    }
+    let id = key_file_peer_id(&d1);
+    let o = w.ctl(&["nodes", "--relay", "relay:443", "--bootstrap", &id]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("relays"), "{}", text(&o));
+}
+
+/// The peer id in a node's key file (a line `# peer id: <id>`).
+fn key_file_peer_id(dir: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(dir.join("node.key")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("# peer id: "))
+        .unwrap()
+        .trim()
+        .to_string()
+}

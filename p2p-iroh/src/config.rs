@@ -255,7 +255,8 @@ impl IrohConfig {
                 return bad("connectivity", "custom relays need at least one URL");
             }
             for u in urls {
-                crate::relay::parse_relay_url(u)?;
+                crate::relay::parse_relay_url(u)
+                    .map_err(|e| p2p_core::Error::invalid("connectivity", e.to_string()))?;
             }
         }
         Ok(())

@@ -127,7 +127,12 @@ impl Core {
     /// Wraps and registers a connection that just finished its handshake;
     /// fails (closing it) when the provider is closed.
     fn wrap(&self, conn: endpoint::Connection) -> Result<IrohConnection> {
-        tokio::spawn(log_paths(conn.clone()));
+        // The task holds the path events, never the connection: dropping
+        // the last handle must still close it.
+        let peer = crate::addr::peer_id(&conn.remote_id()).short();
+        let events = conn.path_events();
+        let now = crate::conn::selected_path(&conn);
+        tokio::spawn(log_paths(peer, now, events));
         let c = IrohConnection::new(conn);
         let refused = lock(&self.registry).track(c.inner(), c.reason_slot());
         match refused {
@@ -333,7 +338,16 @@ impl IrohProvider {
                 "a node cannot connect to itself",
             ));
         }
-        let addr = to_endpoint_addr(peer)?;
+        let mut addr = to_endpoint_addr(peer)?;
+        if addr.addrs.is_empty()
+            && let Some(urls) = relay_urls(&core.config.connectivity)
+        {
+            // Known by id alone: look for it at this node's relays (a relay
+            // forwards to the nodes connected to it).
+            for u in urls {
+                addr.addrs.insert(iroh::TransportAddr::Relay(u));
+            }
+        }
         let relays_off = core.config.connectivity == Connectivity::LocalOnly;
         if addr.addrs.is_empty() && !core.config.mdns && relays_off {
             return Err(Error::unreachable(format!(
@@ -529,14 +543,11 @@ async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> 
 /// Logs the path changes of `conn` until it closes: the first path chosen
 /// at debug level, every change after it (a relayed connection that hole
 /// punching made direct, a direct one that fell back to the relay) at info.
-async fn log_paths(conn: endpoint::Connection) {
+async fn log_paths(peer: String, now: p2p_core::PathInfo, mut events: endpoint::PathEventStream) {
     use futures::StreamExt;
-    let peer = crate::addr::peer_id(&conn.remote_id()).short();
-    // Subscribe first, then read the path already chosen (during the
-    // handshake), so that no choice goes unlogged.
-    let mut events = conn.path_events();
     let mut last: Option<p2p_core::PathKind> = None;
-    let now = crate::conn::selected_path(&conn);
+    // The path chosen during the handshake, read after subscribing, so
+    // that no choice goes unlogged.
     if now.kind != p2p_core::PathKind::Unknown {
         let remote = now.remote.unwrap_or_default();
         tracing::debug!(%peer, path = %now.kind, %remote, "path selected");

@@ -79,8 +79,21 @@ async fn a_node_known_by_id_and_relay_alone_is_reached_through_the_relay() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(dialed.path().rtt.is_some());
-    a.close("done").await;
-    b.close("done").await;
+
+    // By id alone: at the relays this node uses.
+    let c = IrohProvider::bind(&NodeKey::from_seed([9; 32]), with_relay(&url, Some(&cert)))
+        .await
+        .unwrap();
+    let by_id = PeerAddr::id_only(a.local_id());
+    let (dialed, accepted) =
+        tokio::time::timeout(STEP, async { tokio::join!(c.connect(&by_id), l.accept()) })
+            .await
+            .unwrap();
+    dialed.unwrap();
+    accepted.unwrap();
+    for p in [&a, &b, &c] {
+        p.close("done").await;
+    }
     relay.shutdown().await;
 }
 

@@ -41,7 +41,8 @@
 //! Other behaviours on the swarm: the allow-list (`allow-block-list`),
 //! connection limits, ping (a connection whose ping goes unanswered for a
 //! `ping_interval` is closed, so a vanished peer is noticed while idle),
-//! mDNS, and `libp2p-stream` for the SDK's streams. One task owns the
+//! mDNS, identify, circuit relay (client, and server when configured),
+//! DCUtR, and streams for the SDK (a copy of `libp2p-stream`, below). One task owns the
 //! swarm; provider handles talk to it through a bounded command channel.
 //!
 //! ## Configuration
@@ -63,6 +64,11 @@
 //! | `accept_backlog` | 64 | inbound connections waiting for `Listener::accept`; beyond it dialers hear "busy" |
 //! | `close_timeout` | 3 s | how long `close` waits for close reasons to go out |
 //! | `command_buffer` | 64 | depth of the channel to the swarm task |
+//! | `relays` | none | circuit relay v2 nodes to reserve a slot on (below) |
+//! | `relay_server` | off | serve as a circuit relay for other nodes |
+//! | `relay_circuit_duration` | 24 h | the longest a connection this node relays lasts |
+//! | `relay_retry` | 15 s | how soon an unreachable or refusing relay is tried again |
+//! | `hole_punch_wait` | 3 s | how long `connect` through a relay waits for a direct path (at most half of `connect_timeout`) |
 //!
 //! [`Libp2pProvider::bind`] checks every field and fails with
 //! [`Error::Invalid`](p2p_core::Error::Invalid) naming it; a fixed port that
@@ -119,6 +125,40 @@
 //! reaches the peer in one trip of its control message; a peer that
 //! vanishes without closing is noticed when ping fails, within about twice
 //! `ping_interval`.
+//!
+//! ## Relays and hole punching
+//!
+//! A node behind NAT lists relay nodes in `relays` (any provider with
+//! `relay_server` on, such as `p2pd relay --backend libp2p`). It connects to
+//! each, learns from the relay's identify the address its NAT shows, and
+//! reserves a slot; its [`local_addr`](p2p_core::Provider::local_addr) then
+//! carries `<relay addr>/p2p/<relay>/p2p-circuit`, and peers given that
+//! (or only its id, through their own relays) reach it through the relay.
+//! Then DCUtR punches a direct TCP path: both sides dial each other's
+//! observed address at once. New streams take a direct connection before a
+//! relayed one (the crate's copy of `libp2p-stream` is changed for that),
+//! and `connect` through a relay waits up to `hole_punch_wait` for the
+//! direct connection, so that an SDK connection starts on it and does not
+//! end with the relay. [`Connection::path`](p2p_core::Connection::path)
+//! says which path new streams take, with the ping round trip; a hole
+//! punched, or a failed attempt, is logged.
+//!
+//! The relayed circuit goes through the same pnet and noise handshakes as
+//! a direct connection: the relay forwards bytes it cannot read, must
+//! itself hold the pre-shared key to be reached, and a peer without the
+//! key gets no further through it than directly. With an allow-list the
+//! relays are let in at the transport, but cannot open SDK connections
+//! unless listed. A relay that cannot be reached, or refuses the
+//! reservation, is logged as a warning naming it and the reason
+//! ([`Libp2pProvider::relay_reports`]); the node keeps working on direct
+//! paths and tries again every `relay_retry`. Circuits through a relay
+//! wait until this node is connected to it (concurrent circuits through a
+//! relay being dialed fail in libp2p's relay client).
+//!
+//! TCP hole punching needs a NAT that keeps a node's port (most home and
+//! office NATs do); behind one NAT, give each node its own listen port. A
+//! symmetric NAT (a new port per flow) defeats it, and traffic stays on the
+//! relay.
 //!
 //! ## Admission
 //!

@@ -13,6 +13,11 @@
 //!   concurrent flows; partitions can be two-way or one-way and heal;
 //!   nodes crash (tasks abort, peers see resets) and restart from a
 //!   factory with their storage kept; nodes on one LAN discover each other.
+//!   Nodes can sit behind NAT ([`Reach`]): *punchable* nodes connect
+//!   directly after a round of signalling through their relay,
+//!   *relay-only* ones reach other nodes behind NAT only through their
+//!   relay, a node like any other whose own upload and download carry
+//!   every relayed byte; [`p2p_core::Connection::path`] says which.
 //! - [`SimRuntime`]: scripted processes ([`Script`]: healthy, exits with a
 //!   code after a time, unhealthy after a time, never healthy, slow start)
 //!   behind the real [`p2p_core::Runtime`] contract, with health checks,
