@@ -12,7 +12,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use p2p_examples::netlab::{Host, Lab, lab_for_test};
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 mod common;
@@ -85,19 +84,7 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
         assert!(o.status.success(), "p2pctl {args:?}: {}", text(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    let active = || {
-        let mut out: Vec<(String, String)> = json_lines(&ok(&["status", "demo", "--json"]))
-            .iter()
-            .map(|v| {
-                (
-                    v["name"].as_str().unwrap().to_string(),
-                    v["app"]["active"].as_str().unwrap_or("-").to_string(),
-                )
-            })
-            .collect();
-        out.sort();
-        out
-    };
+    let active = || active_in(&ok(&["status", "demo", "--json"]));
 
     // The fleet, reached directly from the controller's host.
     let nodes = json_lines(&ok(&["nodes", "--json", "-v"]));
@@ -120,21 +107,16 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
     let logs = ok(&["logs", "demo", "--tail", "5"]);
     assert!(logs.lines().any(|l| l.starts_with("n1 ")), "{logs}");
     assert!(logs.lines().any(|l| l.starts_with("n2 ")), "{logs}");
-    let mut follow = w.spawn_ctl_in(
-        &s.lab,
-        &s.ctl,
-        &env,
-        &["logs", "demo", "-f", "--tail", "0"],
-        Stdio::piped(),
+    follow_until_lines_from(
+        w.spawn_ctl_in(
+            &s.lab,
+            &s.ctl,
+            &env,
+            &["logs", "demo", "-f", "--tail", "0"],
+            Stdio::piped(),
+        ),
+        2,
     );
-    let mut seen = std::collections::BTreeSet::new();
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
-    while seen.len() < 2 {
-        let line = lines.next().unwrap().unwrap();
-        seen.insert(line.split_whitespace().next().unwrap().to_string());
-    }
-    let _ = follow.kill();
-    let _ = follow.wait();
 
     ok(&["stop", "demo", "--nodes", "n1"]);
     let st = json_lines(&ok(&["status", "demo", "--json", "--nodes", "n1"]));

@@ -8,7 +8,6 @@
 // Real processes: deadlines are on the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -55,18 +54,13 @@ fn a_fleet_of_two_daemons_over_iroh() {
     assert!(logs.lines().any(|l| l.starts_with("n2 ")), "{logs}");
 
     // Follow: lines keep coming from both nodes (the health probes log).
-    let mut follow = w.spawn_ctl(
-        &["logs", "demo", "-f", "--tail", "0", "--bootstrap", &bs],
-        Stdio::piped(),
+    follow_until_lines_from(
+        w.spawn_ctl(
+            &["logs", "demo", "-f", "--tail", "0", "--bootstrap", &bs],
+            Stdio::piped(),
+        ),
+        2,
     );
-    let mut seen = std::collections::BTreeSet::new();
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
-    while seen.len() < 2 {
-        let line = lines.next().unwrap().unwrap();
-        seen.insert(line.split_whitespace().next().unwrap().to_string());
-    }
-    let _ = follow.kill();
-    let _ = follow.wait();
 
     w.ok(&["stop", "demo", "--nodes", "n1", "--bootstrap", &bs]);
     let st = status_of(&w, &bs, "n1");

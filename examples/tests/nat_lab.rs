@@ -294,17 +294,7 @@ impl Fleet {
 
     /// `{name: active}` of the nodes that answer.
     fn active(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = json_lines(&self.ok(&["status", "demo", "--json"]))
-            .iter()
-            .map(|v| {
-                (
-                    v["name"].as_str().unwrap().to_string(),
-                    v["app"]["active"].as_str().unwrap_or("-").to_string(),
-                )
-            })
-            .collect();
-        out.sort();
-        out
+        active_in(&self.ok(&["status", "demo", "--json"]))
     }
 }
 

@@ -2,6 +2,7 @@
 //! figures; [`ALL`] lists them for `bench-report`.
 
 pub mod agent;
+mod children;
 pub mod nat_netns;
 pub mod packages;
 pub mod runtime;

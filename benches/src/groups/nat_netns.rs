@@ -30,12 +30,10 @@
 //! sudo ./target/release/bench-report nat-netns
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use p2p_core::{Connection, NodeKey, PathKind, PeerAddr, PreSharedKey, Provider};
@@ -43,6 +41,7 @@ use p2p_examples::net::{self, Backend, NetOptions, Reach, Relays};
 use p2p_examples::netlab::{Host, Lab, Nat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::children::{Children, exit_with_parent, say, wait_line};
 use crate::Figure;
 
 const GROUP: &str = "nat-netns";
@@ -100,19 +99,6 @@ pub fn child_main() -> Option<i32> {
     })
 }
 
-/// Children killed on drop (before the lab goes).
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn spawn(
     lab: &Lab,
     host: &Host,
@@ -121,42 +107,7 @@ fn spawn(
     children: &mut Children,
 ) -> Result<Receiver<String>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut c = lab.command(host, exe);
-    c.env(ROLE_VAR, role)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().map_err(|e| format!("starting the {role}: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    children.0.push(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(rx)
-}
-
-fn wait_line(rx: &Receiver<String>, prefix: &str, wait: Duration) -> Result<String, String> {
-    loop {
-        match rx.recv_timeout(wait) {
-            Ok(line) => {
-                if let Some(rest) = line.strip_prefix(prefix) {
-                    return Ok(rest.trim().to_string());
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => return Err(format!("no answer within {wait:?}")),
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err("exited without answering (its error is above)".into());
-            }
-        }
-    }
+    super::children::spawn(lab.command(host, exe), ROLE_VAR, role, env, children)
 }
 
 fn measure(backend: Backend) -> Result<Vec<Figure>, String> {
@@ -263,27 +214,6 @@ fn figures(backend: Backend, line: &str) -> Result<Vec<Figure>, String> {
         )
         .baseline(connect, "ms (dial to a relayed connection, p50, same run)"),
     ])
-}
-
-/// Exits when the parent closes our stdin (it is gone).
-fn exit_with_parent() {
-    std::thread::spawn(|| {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 64];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => std::process::exit(0),
-                Ok(_) => {}
-            }
-        }
-    });
-}
-
-fn say(line: &str) -> Result<(), String> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
-        .and_then(|()| out.flush())
-        .map_err(|e| e.to_string())
 }
 
 fn env(name: &str) -> Result<String, String> {

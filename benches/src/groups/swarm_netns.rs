@@ -83,12 +83,11 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use p2p_core::{Ed25519Signer, MemStorage, NodeKey, PeerAddr, Provider, SystemClock};
@@ -99,6 +98,7 @@ use p2p_deploy::{
 use p2p_iroh::{Connectivity, IrohConfig, IrohProvider};
 use p2p_sim::{ScriptBook, SimRuntime};
 
+use super::children::{Children, exit_with_parent, say, wait_line};
 use crate::Figure;
 use crate::swarm::{RecordOnly, SwarmScenario, release_of, timed_deploy};
 
@@ -378,19 +378,7 @@ fn node_ip(node: usize) -> Ipv4Addr {
 
 /// Runs `program` with `args`; the error says what failed.
 fn cmd(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    p2p_examples::netlab::run(program, args).map(drop)
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -493,22 +481,8 @@ impl Drop for Topology {
     }
 }
 
-/// The children of a run; killed and reaped on drop.
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Starts this program in namespace `ns` as `role`, with `env`; returns
-/// its stdout, line by line. Its stderr goes to ours; its stdin is a pipe
-/// that stays open for as long as the child is in `children`.
+/// its stdout, line by line.
 fn spawn(
     exe: &Path,
     ns: &str,
@@ -517,49 +491,8 @@ fn spawn(
     children: &mut Children,
 ) -> Result<Receiver<String>, String> {
     let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", ns])
-        .arg(exe)
-        .env(ROLE_VAR, role)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot start the {role} in {ns}: {e}"))?;
-    let stdout = child.stdout.take();
-    children.0.push(child);
-    let stdout = stdout.ok_or_else(|| format!("no stdout from the {role} in {ns}"))?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(rx)
-}
-
-/// The rest of the first line that starts with `prefix`.
-fn wait_line(lines: &Receiver<String>, prefix: &str, wait: Duration) -> Result<String, String> {
-    loop {
-        match lines.recv_timeout(wait) {
-            Ok(line) => match line.strip_prefix(prefix) {
-                Some(rest) => return Ok(rest.trim().to_string()),
-                None => eprintln!("{GROUP}: unexpected output: {line}"),
-            },
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(format!("no answer within {wait:?}"));
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err("exited without answering (its error is above)".to_string());
-            }
-        }
-    }
+    command.args(["netns", "exec", ns]).arg(exe);
+    super::children::spawn(command, ROLE_VAR, role, env, children)
 }
 
 fn env_var(name: &str) -> Result<String, String> {
@@ -578,30 +511,6 @@ fn iroh_config(ip: Ipv4Addr) -> IrohConfig {
         .bind(SocketAddr::from((ip, 0)))
         .connectivity(Connectivity::LocalOnly)
         .mdns(false)
-}
-
-/// Exits this child when its stdin closes: the parent holds the other end
-/// of the pipe, so that happens when the parent is gone, even if it died
-/// before killing its children.
-fn exit_with_parent() {
-    std::thread::spawn(|| {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 64];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => std::process::exit(0),
-                Ok(_) => {}
-            }
-        }
-    });
-}
-
-/// Prints `line` on stdout for the parent, flushed.
-fn say(line: &str) -> Result<(), String> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("writing to the parent: {e}"))
 }
 
 /// The agent child.

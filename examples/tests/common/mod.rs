@@ -339,18 +339,36 @@ pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
 
 /// `{node name: active version}` from `status demo --json`.
 pub fn active(w: &World, bs: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> =
-        json_lines(&w.ok(&["status", "demo", "--json", "--bootstrap", bs]))
-            .iter()
-            .map(|v| {
-                (
-                    v["name"].as_str().unwrap().to_string(),
-                    v["app"]["active"].as_str().unwrap_or("-").to_string(),
-                )
-            })
-            .collect();
+    active_in(&w.ok(&["status", "demo", "--json", "--bootstrap", bs]))
+}
+
+/// `{node name: active version}` from the output of `status demo --json`.
+pub fn active_in(status_json: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = json_lines(status_json)
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["app"]["active"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
     out.sort();
     out
+}
+
+/// Reads `p2pctl logs -f` (a running child with its stdout piped) until
+/// lines came from `nodes` different nodes, then stops it.
+pub fn follow_until_lines_from(mut follow: Child, nodes: usize) {
+    use std::io::{BufRead, BufReader};
+    let mut seen = std::collections::BTreeSet::new();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    while seen.len() < nodes {
+        let line = lines.next().unwrap().unwrap();
+        seen.insert(line.split_whitespace().next().unwrap().to_string());
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
 }
 
 /// `status demo --json` of one node.
