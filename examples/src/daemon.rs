@@ -177,16 +177,12 @@ impl DaemonConfig {
 
     /// The relay settings, with `ca_certs` as read from `relay_ca`.
     fn relay_settings(&self, ca_certs: Vec<Vec<u8>>) -> Relays {
-        Relays {
-            reach: self.connectivity.unwrap_or(if self.relays.is_empty() {
-                Reach::Local
-            } else {
-                Reach::Relays
-            }),
-            relays: self.relays.clone(),
+        Relays::new(
+            self.connectivity,
+            self.relays.clone(),
             ca_certs,
-            serve: self.serve_relay,
-        }
+            self.serve_relay,
+        )
     }
 
     /// The transport settings, reading the pre-shared key file.

@@ -71,6 +71,27 @@ pub struct Relays {
 }
 
 impl Relays {
+    /// The settings as given: `reach` unset means [`Reach::Relays`] when
+    /// `relays` lists any, else [`Reach::Local`].
+    pub fn new(
+        reach: Option<Reach>,
+        relays: Vec<String>,
+        ca_certs: Vec<Vec<u8>>,
+        serve: bool,
+    ) -> Self {
+        let reach = reach.unwrap_or(if relays.is_empty() {
+            Reach::Local
+        } else {
+            Reach::Relays
+        });
+        Relays {
+            reach,
+            relays,
+            ca_certs,
+            serve,
+        }
+    }
+
     /// Checks the settings for `backend`, naming the setting at fault:
     /// `connectivity`, `relays`, `relay_ca` or `serve_relay`.
     pub fn check(&self, backend: Backend) -> Result<()> {

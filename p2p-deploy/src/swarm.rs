@@ -535,7 +535,7 @@ struct Neighbor {
     window: Option<f64>,
     /// Its connection goes through a relay (as of `path_checked`).
     relayed: bool,
-    path_checked: Option<Instant>,
+    path_checked: Instant,
 }
 
 impl Neighbor {
@@ -736,7 +736,7 @@ async fn session(
             rest_until: None,
             window: None,
             relayed,
-            path_checked: Some(Instant::now()),
+            path_checked: Instant::now(),
         });
         n.sessions += 1;
         n.seed |= seed;
@@ -1179,17 +1179,19 @@ fn schedule<H: Host>(
     let st = &mut *st;
     let now = Instant::now();
     for n in st.neighbors.values_mut() {
-        if n.path_checked.is_none_or(|at| now >= at + PATH_RECHECK) {
+        if now >= n.path_checked + PATH_RECHECK {
             n.relayed = n.conn.path().kind == PathKind::Relayed;
-            n.path_checked = Some(now);
+            n.path_checked = now;
         }
     }
-    // What the directly reached neighbours (not the seed) hold.
-    let direct_has = st
-        .neighbors
-        .values()
-        .filter(|n| !n.seed && !n.relayed)
-        .fold(Bitfield::new(st.have.len()), |acc, n| acc.union(&n.have));
+    // What the directly reached neighbours (not the seed) hold; only
+    // needed when some neighbour is relayed.
+    let direct_has = st.neighbors.values().any(|n| n.relayed).then(|| {
+        st.neighbors
+            .values()
+            .filter(|n| !n.seed && !n.relayed)
+            .fold(Bitfield::new(st.have.len()), |acc, n| acc.union(&n.have))
+    });
     let theirs = st
         .neighbors
         .values()
@@ -1213,11 +1215,8 @@ fn schedule<H: Host>(
         let Some(n) = st.neighbors.get_mut(&id) else {
             continue;
         };
-        let (relayed, room) = if n.relayed {
-            (true, 1)
-        } else {
-            (false, n.window(cfg) * boost)
-        };
+        let relayed = n.relayed;
+        let room = if relayed { 1 } else { n.window(cfg) * boost };
         while n.inflight < room {
             // Rarest first among what this neighbour has and we lack
             // (through a relay: only what no direct neighbour has).
@@ -1225,7 +1224,7 @@ fn schedule<H: Host>(
                 .have
                 .ones()
                 .filter(|&i| !st.have.get(i) && !st.requested.get(i))
-                .filter(|&i| !relayed || !direct_has.get(i))
+                .filter(|&i| !relayed || direct_has.as_ref().is_none_or(|d| !d.get(i)))
                 .map(|i| (st.counts[i], i));
             let Some(i) = fewest(wanted, |ties| host.random(ties)) else {
                 break;

@@ -113,6 +113,8 @@ struct Core {
     relay_health: Mutex<crate::relay::RelayHealth>,
     /// The node's key, for diagnostic connections to its relays.
     key: iroh::SecretKey,
+    /// Its own relays (`Connectivity::CustomRelays`), parsed.
+    relays: Option<Vec<RelayUrl>>,
 }
 
 impl Core {
@@ -242,14 +244,15 @@ impl IrohProvider {
             close_reason: Arc::new(Mutex::new(None)),
             dial_transport: config.quic_transport_config()?,
             key: secret_key(key),
+            relays: relay_urls(&config.connectivity),
             relay_health: Mutex::new(match config.connectivity {
                 Connectivity::LocalOnly => crate::relay::RelayHealth::Off,
                 _ => crate::relay::RelayHealth::Connecting,
             }),
         });
         let mut tasks = vec![tokio::spawn(accept_loop(core.clone()))];
-        if let Some(urls) = relay_urls(&config.connectivity) {
-            tasks.push(tokio::spawn(watch_relays(core.clone(), urls)));
+        if core.relays.is_some() {
+            tasks.push(tokio::spawn(watch_relays(core.clone())));
         }
         let mdns = if config.mdns {
             let mdns = MdnsAddressLookup::builder()
@@ -340,12 +343,12 @@ impl IrohProvider {
         }
         let mut addr = to_endpoint_addr(peer)?;
         if addr.addrs.is_empty()
-            && let Some(urls) = relay_urls(&core.config.connectivity)
+            && let Some(urls) = &core.relays
         {
             // Known by id alone: look for it at this node's relays (a relay
             // forwards to the nodes connected to it).
             for u in urls {
-                addr.addrs.insert(iroh::TransportAddr::Relay(u));
+                addr.addrs.insert(iroh::TransportAddr::Relay(u.clone()));
             }
         }
         let relays_off = core.config.connectivity == Connectivity::LocalOnly;
@@ -368,17 +371,12 @@ impl IrohProvider {
         // Only a relay leads there, and this node has none yet: if the
         // relay will not take this node (certificate, access), say so now
         // rather than after the connect timeout.
-        if via_relay
+        let checked = via_relay
             && addr.ip_addrs().next().is_none()
-            && crate::relay::home_relay(&core.endpoint).is_none()
-        {
+            && crate::relay::home_relay(&core.endpoint).is_none();
+        if checked {
             let urls: Vec<RelayUrl> = addr.relay_urls().cloned().collect();
-            let mut problems = Vec::new();
-            for url in &urls {
-                if let Some(why) = crate::relay::diagnose(&core.endpoint, &core.key, url).await {
-                    problems.push(why);
-                }
-            }
+            let problems = crate::relay::problems(&core.endpoint, &core.key, &urls).await;
             if problems.len() == urls.len() {
                 return Err(Error::unreachable(format!(
                     "peer {who} can only be reached through a relay: {}",
@@ -417,13 +415,13 @@ impl IrohProvider {
                 crate::relay::RelayHealth::Unreachable(why) => Err(Error::unreachable(format!(
                     "{e}; and this node has no relay: {why}"
                 ))),
+                // Not known yet (a short-lived node, such as p2pctl), nor
+                // looked at before the dial: find out now.
                 crate::relay::RelayHealth::Connecting
-                    if crate::relay::home_relay(&core.endpoint).is_none() =>
+                    if !checked && crate::relay::home_relay(&core.endpoint).is_none() =>
                 {
-                    // Not known yet (a short-lived node, such as p2pctl):
-                    // find out now.
-                    let urls = relay_urls(&core.config.connectivity).unwrap_or_default();
-                    let why = crate::relay::diagnose_all(&core.endpoint, &core.key, &urls).await;
+                    let urls = core.relays.as_deref().unwrap_or_default();
+                    let why = crate::relay::diagnose_all(&core.endpoint, &core.key, urls).await;
                     Err(Error::unreachable(format!("{e}; relays: {why}")))
                 }
                 _ => Err(e),
@@ -445,9 +443,10 @@ fn relay_urls(c: &Connectivity) -> Option<Vec<RelayUrl>> {
 
 /// Follows the node's relays until it stops: records and logs each change
 /// (the first home relay, losing it, and why none is reachable).
-async fn watch_relays(core: Arc<Core>, urls: Vec<RelayUrl>) {
+async fn watch_relays(core: Arc<Core>) {
     use crate::relay::{RelayHealth, diagnose_all, home_relay};
     let ep = core.endpoint.clone();
+    let urls = core.relays.clone().unwrap_or_default();
     tokio::select! {
         biased;
         _ = core.stop.cancelled() => return,

@@ -152,14 +152,20 @@ pub(crate) async fn diagnose(ep: &Endpoint, key: &SecretKey, url: &RelayUrl) -> 
     }
 }
 
-/// Why none of `urls` is reachable, relay by relay.
-pub(crate) async fn diagnose_all(ep: &Endpoint, key: &SecretKey, urls: &[RelayUrl]) -> String {
-    let mut reasons = Vec::new();
+/// What is wrong with each of `urls` that has a problem.
+pub(crate) async fn problems(ep: &Endpoint, key: &SecretKey, urls: &[RelayUrl]) -> Vec<String> {
+    let mut out = Vec::new();
     for url in urls {
         if let Some(why) = diagnose(ep, key, url).await {
-            reasons.push(why);
+            out.push(why);
         }
     }
+    out
+}
+
+/// Why none of `urls` is reachable, relay by relay.
+pub(crate) async fn diagnose_all(ep: &Endpoint, key: &SecretKey, urls: &[RelayUrl]) -> String {
+    let reasons = problems(ep, key, urls).await;
     if reasons.is_empty() {
         // Each accepts a connection, yet the endpoint has not picked one:
         // its probes (QUIC address discovery on UDP port 7842, then HTTPS)

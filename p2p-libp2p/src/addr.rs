@@ -70,6 +70,15 @@ pub fn ip_multiaddr(ip: std::net::IpAddr) -> Multiaddr {
     })
 }
 
+/// Whether `a` is a loopback address (`/ip4/127.../`, `/ip6/::1/`).
+pub fn is_loopback(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 /// The TCP multiaddr of a socket address (`/ip4/192.0.2.7/tcp/4001`).
 pub fn tcp_multiaddr(addr: std::net::SocketAddr) -> Multiaddr {
     ip_multiaddr(addr.ip()).with(Protocol::Tcp(addr.port()))

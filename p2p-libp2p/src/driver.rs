@@ -104,28 +104,45 @@ struct Parked {
     relays: BTreeSet<libp2p::PeerId>,
     addrs: Vec<Multiaddr>,
     waiters: DialWaiters,
+    /// Why the first relay that could not be reached failed.
+    relay_error: Option<Error>,
+}
+
+/// The relay a circuit address goes through: its id and address.
+fn relay_of(a: &Multiaddr) -> Option<(libp2p::PeerId, Multiaddr)> {
+    let mut prefix = Multiaddr::empty();
+    let mut last_peer = None;
+    for p in a.iter() {
+        if p == Protocol::P2pCircuit {
+            return last_peer.map(|relay| (relay, prefix));
+        }
+        if let Protocol::P2p(id) = p {
+            last_peer = Some(id);
+        }
+        prefix.push(p);
+    }
+    None
 }
 
 /// The relays that `addrs` go through: each relay's id and address.
 fn circuit_relays(addrs: &[Multiaddr]) -> BTreeMap<libp2p::PeerId, Multiaddr> {
     let mut out = BTreeMap::new();
-    for a in addrs {
-        let mut prefix = Multiaddr::empty();
-        let mut last_peer = None;
-        for p in a.iter() {
-            if p == Protocol::P2pCircuit {
-                if let Some(relay) = last_peer {
-                    out.entry(relay).or_insert_with(|| prefix.clone());
-                }
-                break;
-            }
-            if let Protocol::P2p(id) = p {
-                last_peer = Some(id);
-            }
-            prefix.push(p);
-        }
+    for (relay, addr) in addrs.iter().filter_map(relay_of) {
+        out.entry(relay).or_insert(addr);
     }
     out
+}
+
+/// The error of a dial whose every address went through relays this node
+/// could not reach: the relay's own failure, with the peer named.
+fn through_failed_relays(who: &str, relay: &Error) -> Error {
+    let say =
+        |m: &str| format!("{who} is reached only through relays this node could not reach: {m}");
+    match relay {
+        Error::Denied { reason } => Error::denied(say(reason)),
+        Error::Timeout { during, after } => Error::timeout(say(during), *after),
+        other => Error::unreachable(say(&other.to_string())),
+    }
 }
 
 /// What became of a libp2p connection.
@@ -152,7 +169,7 @@ pub(crate) struct Driver {
     /// and does not die with the relay.
     holding: BTreeMap<libp2p::PeerId, (tokio::time::Instant, DialWaiters)>,
     hole_punch_wait: Duration,
-    connections: BTreeMap<ConnectionId, (libp2p::PeerId, tokio::time::Instant, bool)>,
+    connections: BTreeMap<ConnectionId, (libp2p::PeerId, tokio::time::Instant)>,
     paths: PathBook,
     relays: Vec<RelaySlot>,
     relay_reports: Arc<Mutex<Vec<RelayReport>>>,
@@ -337,13 +354,7 @@ impl Driver {
         who: String,
         reply: oneshot::Sender<Result<ConnectionId>>,
     ) {
-        if let Some(conn) = self
-            .connections
-            .iter()
-            .filter(|(_, (p, _, _))| *p == peer)
-            .max_by_key(|(c, (_, _, relayed))| (!*relayed, **c))
-            .map(|(c, _)| *c)
-        {
+        if let Some(conn) = self.paths.best_connection(&peer) {
             let _ = reply.send(Ok(conn));
             return;
         }
@@ -391,6 +402,7 @@ impl Driver {
                     relays,
                     addrs,
                     waiters: vec![(who, reply)],
+                    relay_error: None,
                 },
             );
             return;
@@ -419,20 +431,38 @@ impl Driver {
         }
     }
 
-    /// `relay` is connected, or could not be: the dials that waited for it
-    /// (and for no other relay) go ahead.
-    fn relay_settled(&mut self, relay: &libp2p::PeerId) {
+    /// `relay` is connected, or could not be (`failed` says why): the dials
+    /// that waited for it (and for no other relay) go ahead. Circuits
+    /// through a relay that failed are not tried again (it would cost
+    /// another set-up timeout); a dial left with no address fails with the
+    /// relay's error.
+    fn relay_settled(&mut self, relay: &libp2p::PeerId, failed: Option<&Error>) {
         let ready: Vec<libp2p::PeerId> = self
             .parked
             .iter_mut()
             .filter_map(|(peer, p)| {
-                p.relays.remove(relay);
+                if !p.relays.remove(relay) {
+                    return None;
+                }
+                if let Some(e) = failed {
+                    p.addrs
+                        .retain(|a| relay_of(a).is_none_or(|(r, _)| r != *relay));
+                    p.relay_error.get_or_insert_with(|| same_error(e));
+                }
                 p.relays.is_empty().then_some(*peer)
             })
             .collect();
         for peer in ready {
-            if let Some(p) = self.parked.remove(&peer) {
-                self.dial_now(peer, p.addrs, p.waiters);
+            let Some(p) = self.parked.remove(&peer) else {
+                continue;
+            };
+            match p.relay_error {
+                Some(e) if p.addrs.is_empty() => {
+                    for (who, w) in p.waiters {
+                        let _ = w.send(Err(through_failed_relays(&who, &e)));
+                    }
+                }
+                _ => self.dial_now(peer, p.addrs, p.waiters),
             }
         }
     }
@@ -467,10 +497,8 @@ impl Driver {
                 );
                 self.paths
                     .established(peer_id, connection_id, remote, relayed);
-                self.connections.insert(
-                    connection_id,
-                    (peer_id, tokio::time::Instant::now(), relayed),
-                );
+                self.connections
+                    .insert(connection_id, (peer_id, tokio::time::Instant::now()));
                 if let Some(slot) = self.relays.iter_mut().find(|r| r.peer == peer_id)
                     && slot.state == RelayState::Dialing
                 {
@@ -499,7 +527,7 @@ impl Driver {
                 if !relayed && self.holding.contains_key(&peer_id) {
                     self.release_held(Some(peer_id));
                 }
-                self.relay_settled(&peer_id);
+                self.relay_settled(&peer_id, None);
             }
             SwarmEvent::ConnectionClosed {
                 connection_id,
@@ -507,9 +535,9 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(?connection_id, ?cause, "libp2p connection closed");
-                if let Some((peer, since, _)) = self.connections.remove(&connection_id) {
+                if let Some((peer, since)) = self.connections.remove(&connection_id) {
                     self.paths.closed(&peer, connection_id);
-                    let still = self.connections.values().any(|(p, _, _)| *p == peer);
+                    let still = self.connections.values().any(|(p, _)| *p == peer);
                     if !still {
                         self.relay_lost(&peer, "the connection to it closed");
                     }
@@ -532,49 +560,37 @@ impl Driver {
                 connection_id,
                 peer_id: Some(peer),
                 error,
-            } if self.relays.iter().any(|r| r.peer == peer && r.state == RelayState::Dialing)
-                && self
-                    .pending
-                    .get(&peer)
-                    .is_none_or(|(c, _)| *c != connection_id) =>
-            {
-                let e = dial_error("the relay", error, self.setup, self.tcp_wait);
-                self.relay_failed(&peer, format!("unreachable: {e}"));
-                self.relay_settled(&peer);
-            }
-            SwarmEvent::OutgoingConnectionError {
-                connection_id,
-                peer_id: Some(peer),
-                error,
-            } if self
-                .pending
-                .get(&peer)
-                .is_some_and(|(c, _)| *c == connection_id) =>
-            {
-                if self
+            } => {
+                // A dial a caller waits for, a relay this node reserves
+                // on, or both; the dials parked for that relay go on.
+                let waiters = match self.pending.get(&peer) {
+                    Some((c, _)) if *c == connection_id => self.pending.remove(&peer),
+                    _ => None,
+                };
+                let relay = self
                     .relays
                     .iter()
-                    .any(|r| r.peer == peer && r.state == RelayState::Dialing)
-                {
-                    self.relay_failed(&peer, format!("unreachable: {error}"));
-                }
-                if let Some((_, waiters)) = self.pending.remove(&peer) {
-                    let who = waiters.first().map(|(w, _)| w.clone()).unwrap_or_default();
+                    .any(|r| r.peer == peer && r.state == RelayState::Dialing);
+                let parked = self.parked.values().any(|p| p.relays.contains(&peer));
+                if waiters.is_some() || relay || parked {
+                    let who = waiters
+                        .as_ref()
+                        .and_then(|(_, w)| w.first())
+                        .map_or_else(|| "the relay".to_string(), |(w, _)| w.clone());
                     let e = dial_error(&who, error, self.setup, self.tcp_wait);
-                    for (_, w) in waiters {
+                    if relay {
+                        self.relay_failed(&peer, format!("unreachable: {e}"));
+                    }
+                    for (_, w) in waiters.map(|(_, w)| w).unwrap_or_default() {
                         let _ = w.send(Err(same_error(&e)));
                     }
+                    self.relay_settled(&peer, Some(&e));
                 }
-                self.relay_settled(&peer);
             }
-            SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
-                ..
-            } => self.relay_settled(&peer),
             SwarmEvent::NewListenAddr { address, .. } => {
                 let announce = self.relay_server
                     && !is_relayed(&address)
-                    && (self.loopback_only || !is_loopback(&address));
+                    && (self.loopback_only || !addr::is_loopback(&address));
                 {
                     let mut addrs = lock(&self.listen_addrs);
                     if !addrs.contains(&address) {
@@ -679,12 +695,7 @@ impl Driver {
             let Some((_, waiters)) = self.holding.remove(&p) else {
                 continue;
             };
-            let best = self
-                .connections
-                .iter()
-                .filter(|(_, (q, _, _))| *q == p)
-                .max_by_key(|(c, (_, _, relayed))| (!*relayed, **c))
-                .map(|(c, _)| *c);
+            let best = self.paths.best_connection(&p);
             for (who, w) in waiters {
                 let _ = w.send(best.ok_or_else(|| {
                     Error::unreachable(format!(
@@ -881,14 +892,6 @@ impl Driver {
 /// names peers in logs (its libp2p form when it has none).
 fn short(peer: &libp2p::PeerId) -> String {
     addr::from_libp2p(peer).map_or_else(|_| peer.to_string(), |id| id.short())
-}
-
-fn is_loopback(a: &Multiaddr) -> bool {
-    a.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    })
 }
 
 /// An error with its causes, `: `-separated.

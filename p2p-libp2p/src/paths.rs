@@ -84,15 +84,25 @@ impl PathBook {
             .map(|c| c.remote.clone())
     }
 
-    /// The path new streams to `peer` take: a direct connection before a
+    /// The connection new streams to `peer` take: a direct one before a
     /// relayed one, the newest first (the order the stream layer opens
     /// streams in).
+    fn best(conns: &BTreeMap<ConnectionId, ConnPath>) -> Option<(&ConnectionId, &ConnPath)> {
+        conns.iter().max_by_key(|(id, p)| (!p.relayed, **id))
+    }
+
+    /// The id of that connection, if `peer` has any.
+    pub(crate) fn best_connection(&self, peer: &libp2p::PeerId) -> Option<ConnectionId> {
+        self.lock()
+            .get(peer)
+            .and_then(|c| Self::best(c))
+            .map(|(id, _)| *id)
+    }
+
+    /// The path new streams to `peer` take (see [`PathBook::best_connection`]).
     pub(crate) fn path_to(&self, peer: &libp2p::PeerId) -> PathInfo {
         let all = self.lock();
-        let Some((_, best)) = all
-            .get(peer)
-            .and_then(|c| c.iter().max_by_key(|(id, p)| (!p.relayed, **id)))
-        else {
+        let Some((_, best)) = all.get(peer).and_then(|c| Self::best(c)) else {
             return PathInfo::unknown();
         };
         PathInfo {

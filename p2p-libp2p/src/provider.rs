@@ -814,15 +814,8 @@ impl Provider for Libp2pProvider {
         // Listening on every interface lists loopback too, which no other
         // host can dial: leave it out when there is anything else, as iroh
         // does.
-        let loopback = |a: &Multiaddr| {
-            a.iter().any(|p| match p {
-                Protocol::Ip4(ip) => ip.is_loopback(),
-                Protocol::Ip6(ip) => ip.is_loopback(),
-                _ => false,
-            })
-        };
-        if addrs.iter().any(|a| !loopback(a)) {
-            addrs.retain(|a| !loopback(a));
+        if addrs.iter().any(|a| !addr::is_loopback(a)) {
+            addrs.retain(|a| !addr::is_loopback(a));
         }
         addr::to_peer_addr(&self.core.local, addrs)
             .unwrap_or_else(|_| PeerAddr::id_only(self.core.local))

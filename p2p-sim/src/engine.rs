@@ -556,7 +556,13 @@ impl State {
     /// One-way delay from `a` to `b` along flow `fid`'s path: through its
     /// relay when it has one.
     fn path_delay(&mut self, a: NodeIdx, b: NodeIdx, fid: FlowId) -> u64 {
-        match self.flows.get(&fid).and_then(|f| f.via) {
+        let via = self.flows.get(&fid).and_then(|f| f.via);
+        self.delay_via(a, b, via)
+    }
+
+    /// One-way delay from `a` to `b`, through relay `via` when given.
+    fn delay_via(&mut self, a: NodeIdx, b: NodeIdx, via: Option<NodeIdx>) -> u64 {
+        match via {
             Some(r) => self.delay(a, r) + self.delay(r, b),
             None => self.delay(a, b),
         }
@@ -1049,8 +1055,7 @@ impl State {
         // Direct; a NATed target is first asked through its relay.
         let mut extra = 0;
         if let Some(r) = relay_to.filter(|r| !is_relay_of_either(*r)) {
-            extra =
-                self.delay(from, r) + self.delay(r, to) + self.delay(to, r) + self.delay(r, from);
+            extra = self.delay_via(from, to, Some(r)) + self.delay_via(to, from, Some(r));
         }
         Ok((None, extra))
     }
@@ -1084,11 +1089,7 @@ impl State {
             None => self.is_blocked(from, to),
         };
         if !blocked {
-            let mut at = self.now + extra;
-            at += match via {
-                Some(r) => self.delay(from, r) + self.delay(r, to),
-                None => self.delay(from, to),
-            };
+            let mut at = self.now + extra + self.delay_via(from, to, via);
             if self.lost(from, to) {
                 at += self.rto(from, to);
             }

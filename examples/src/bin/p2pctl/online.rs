@@ -156,16 +156,7 @@ impl Global {
                 self.listen.clone()
             },
             psk,
-            relays: Relays {
-                reach: explicit_reach.unwrap_or(if relays.is_empty() {
-                    Reach::Local
-                } else {
-                    Reach::Relays
-                }),
-                relays,
-                ca_certs,
-                serve: false,
-            },
+            relays: Relays::new(explicit_reach, relays, ca_certs, false),
             ..NetOptions::default()
         };
         net.relays.check(backend)?;
