@@ -597,7 +597,41 @@ impl Agent {
             .await
     }
 
+    /// Handles one request and logs a refused or failed change (a
+    /// deploy, switch, stop...) with the peer, its address and why: one
+    /// line per request, at warn, so that an operator reading a node's log
+    /// sees every change it did not make. Read-only requests that fail
+    /// are logged at debug.
     async fn handle_within(
+        &self,
+        from: PeerId,
+        request: Request,
+        conn: Option<Arc<dyn Connection>>,
+        events: Option<mpsc::UnboundedSender<Frame>>,
+        timeout: Duration,
+    ) -> std::result::Result<Reply, RpcError> {
+        let kind = request.kind();
+        let mutating = request.is_mutating();
+        let address = conn.as_ref().and_then(|c| c.path().remote);
+        let result = self.dispatch(from, request, conn, events, timeout).await;
+        if let Err(e) = &result {
+            let address = address.as_deref().unwrap_or("unknown");
+            if mutating {
+                tracing::warn!(
+                    peer = %from.short(),
+                    %address,
+                    request = kind,
+                    kind = ?e.kind,
+                    "{kind} refused or failed: {e}"
+                );
+            } else {
+                tracing::debug!(peer = %from.short(), %address, request = kind, error = %e, "request failed");
+            }
+        }
+        result
+    }
+
+    async fn dispatch(
         &self,
         from: PeerId,
         request: Request,
@@ -610,11 +644,6 @@ impl Agent {
             && !ops.contains(&from)
             && from != self.inner.parts.provider.local_id()
         {
-            tracing::warn!(
-                peer = %from,
-                request = request.kind(),
-                "refused: the peer is not an operator of this node"
-            );
             return Err(RpcError::new(
                 ErrorKind::Denied,
                 format!(
@@ -644,7 +673,7 @@ impl Agent {
             }
             Request::Remove { app, version } => self.remove(&app, version.as_ref()).await,
             request @ (Request::Deploy { .. } | Request::DeployRef { .. }) => {
-                self.deploy_request(from, request, conn, events.as_ref(), timeout)
+                self.deploy_request(request, conn, events.as_ref(), timeout)
                     .await
             }
             Request::Catalog => Ok(Reply::Catalog(self.catalog().await.map_err(rpc)?)),
@@ -1090,7 +1119,6 @@ impl Agent {
     /// descriptor (decoded, or found by reference), then [`deploy`](Self::deploy).
     async fn deploy_request(
         &self,
-        from: PeerId,
         request: Request,
         conn: Option<Arc<dyn Connection>>,
         events: Option<&Events>,
@@ -1136,17 +1164,8 @@ impl Agent {
             }
         };
         let sources = Sources { seed: conn, peers };
-        self.deploy(
-            from,
-            d,
-            &signatures,
-            &options,
-            sources,
-            events,
-            deadline,
-            timeout,
-        )
-        .await
+        self.deploy(d, &signatures, &options, sources, events, deadline, timeout)
+            .await
     }
 
     /// Deploys `d` (a decoded [`Request::Deploy`] or
@@ -1155,7 +1174,6 @@ impl Agent {
     #[allow(clippy::too_many_arguments)] // one request's parts, passed through
     async fn deploy(
         &self,
-        from: PeerId,
         d: Descriptor,
         signatures: &[p2p_core::Signature],
         options: &ActivateOptions,
@@ -1167,9 +1185,12 @@ impl Agent {
         let id = d.id();
         let m = d.manifest.clone();
         let _g = self.busy(&m.name).await?;
+        // A refusal is logged by `handle_within`, with the peer.
         let counted = self.trusted(&d, signatures).map_err(|e| {
-            tracing::warn!(app = %m.name, version = %m.version, peer = %from.short(), error = %e, "release refused");
-            RpcError::new(ErrorKind::BadSignature, format!("{} {}: {e}", m.name, m.version))
+            RpcError::new(
+                ErrorKind::BadSignature,
+                format!("{} {}: {e}", m.name, m.version),
+            )
         })?;
         let mut rec = self.load(&m.name).await.map_err(rpc)?.unwrap_or(AppRecord {
             name: m.name.clone(),
@@ -1314,6 +1335,9 @@ impl Agent {
                 Error::Timeout { .. } => ErrorKind::Timeout,
                 Error::Invalid { .. } => ErrorKind::Invalid,
                 Error::Unreachable { .. } => ErrorKind::Unreachable,
+                // A chunk that came bad from every source that had it; the
+                // reason names the release, the chunk and the peer.
+                Error::Protocol { reason } => return RpcError::new(ErrorKind::Corrupt, reason),
                 _ => ErrorKind::Internal,
             };
             RpcError::new(

@@ -58,7 +58,10 @@ enum Archive {
 
 impl Release {
     /// The release in a package file (the archive is read from the file
-    /// as chunks are asked for).
+    /// as chunks are asked for). Nothing is checked here: call
+    /// [`PackageFile::check_archive`] first (as `p2pctl deploy` does), or a
+    /// changed byte is found only by the nodes, each of which then fails
+    /// the deploy naming the chunk.
     pub fn from_package(pkg: &PackageFile) -> Self {
         Release {
             descriptor: pkg.descriptor.clone(),
@@ -81,6 +84,11 @@ impl Release {
             .map_err(|e| Error::io("hashing the archive", e))?;
         if h.len != descriptor.archive_size || h.sha256 != descriptor.archive_sha256 {
             return Err(crate::trust::VerifyError::ArchiveHash.into());
+        }
+        if let Some(index) =
+            (0..descriptor.chunks.len()).find(|&i| h.chunks.get(i) != descriptor.chunks.get(i))
+        {
+            return Err(crate::trust::VerifyError::ChunkHash { index }.into());
         }
         Ok(Release {
             descriptor_bytes: descriptor.to_bytes(),
@@ -1175,9 +1183,17 @@ async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
             };
             let served = lock(&releases).get(&package).map(|(s, _)| s.clone());
             let Some(s) = served else {
+                // To a seed's "any chunk" request: Unreachable, not
+                // NotFound, so that the node stops asking this seed rather
+                // than wait and ask again.
+                let kind = if matches!(env.request, Request::FetchAny { .. }) {
+                    ErrorKind::Unreachable
+                } else {
+                    ErrorKind::NotFound
+                };
                 let e = RpcError::new(
-                    ErrorKind::NotFound,
-                    format!("release {package} is not served here"),
+                    kind,
+                    format!("release {package} is not served here (any more)"),
                 );
                 end_with(&mut framed, Frame::Error(e)).await;
                 return;

@@ -557,6 +557,11 @@ const SEED_WAIT: Duration = Duration::from_secs(600);
 /// How long a transfer waits with no source at all before it fails.
 const NO_SOURCE_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a transfer whose seed went away waits, with no neighbour and
+/// nothing in flight, before it fails: the seed's going is already known,
+/// so only dials still in progress get this long.
+const SEED_GONE_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a session may last.
 const SESSION_MAX: Duration = Duration::from_secs(30 * 60);
 
@@ -934,12 +939,14 @@ pub(crate) async fn fetch<H: Host>(
     let mut alone_since: Option<Instant> = None;
     // Chunks received from each source, for the log line at the end.
     let mut sources: BTreeMap<PeerId, u32> = BTreeMap::new();
+    // Chunks that came bad, and from whom.
+    let mut bad = BadChunks::default();
+    let seed_id = seed.as_ref().map(|c| c.remote_id());
     loop {
         if t.have().is_full() {
             if last_shown != total {
                 progress(total);
             }
-            let seed_id = seed.as_ref().map(|c| c.remote_id());
             let from_seed = seed_id.and_then(|s| sources.get(&s)).copied().unwrap_or(0);
             let peers: Vec<String> = sources
                 .iter()
@@ -956,16 +963,57 @@ pub(crate) async fn fetch<H: Host>(
             return Ok(());
         }
         let now = Instant::now();
-        // No seed, no neighbour, nothing on the way: give up after a
-        // while (dials in progress get that long to succeed).
-        if !seed_alive && t.neighbors() == 0 && inflight.is_empty() {
+        let seed_usable = seed_alive && seed_id.is_some_and(|s| !rep.is_banned(&s));
+        // A chunk that came bad and that no usable source can still give:
+        // the release cannot be completed, so say which chunk and who.
+        if let Some((i, from)) = bad.unobtainable(t, rep, seed_id.filter(|_| seed_usable)) {
+            t.close();
+            let who = if Some(from) == seed_id {
+                " (the sender of the release)"
+            } else {
+                ""
+            };
+            return Err(Error::protocol(format!(
+                "chunk {i} of {} {} does not match its hash as sent by peer {}{who}, and no \
+                 other source holds it ({} of {} chunks held)",
+                t.d.manifest.name,
+                t.d.manifest.version,
+                from.short(),
+                t.have().count(),
+                t.d.chunks.len()
+            )));
+        }
+        // No usable seed, and a missing chunk that no neighbour holds
+        // (with no neighbour at all, every one): give up after a while.
+        // Dials in progress get that long to bring a holder; less once
+        // the seed is known to be gone, as then the chunk may be nowhere.
+        let orphan = if seed_usable {
+            None
+        } else {
+            orphan_chunk(t, rep)
+        };
+        if let Some(i) = orphan {
             let since = *alone_since.get_or_insert(now);
-            if now - since >= NO_SOURCE_GRACE {
+            let grace = if seed.is_some() {
+                SEED_GONE_GRACE
+            } else {
+                NO_SOURCE_GRACE
+            };
+            if now - since >= grace {
                 t.close();
+                let seed = match seed_id {
+                    Some(s) => format!(
+                        "the sender of the release (peer {}) is gone and ",
+                        s.short()
+                    ),
+                    None => String::new(),
+                };
                 return Err(Error::unreachable(format!(
-                    "no peer holding the missing chunks of {} {} can be reached ({} of {} held)",
+                    "no peer holding chunk {i} of {} {} can be reached: {seed}none of the {} \
+                     peer(s) connected holds it ({} of {} chunks held)",
                     t.d.manifest.name,
                     t.d.manifest.version,
+                    usable_neighbors(t, rep),
                     t.have().count(),
                     t.d.chunks.len()
                 )));
@@ -985,13 +1033,19 @@ pub(crate) async fn fetch<H: Host>(
         }
         // Seed: "any chunk" requests, a few at a time.
         if let Some(conn) = &seed
-            && seed_alive
+            && seed_usable
             && seed_rest_until.is_none_or(|u| now >= u)
         {
             while seed_inflight < cfg.seed_inflight {
+                // Chunks the seed sent bad count as held: it would only
+                // send them bad again.
                 let have = {
                     let st = t.st();
-                    st.have.union(&st.requested)
+                    let mut have = st.have.union(&st.requested);
+                    for i in bad.sent_bad_by(seed_id) {
+                        have.set(i);
+                    }
+                    have
                 };
                 seed_inflight += 1;
                 let request = Request::FetchAny { package, have };
@@ -1037,7 +1091,12 @@ pub(crate) async fn fetch<H: Host>(
                                 rep.corrupt(from);
                             }
                             Err(e @ Error::BadSignature { .. }) | Err(e @ Error::Protocol { .. }) => {
-                                tracing::warn!(peer = %from.short(), index, error = %e, "a bad chunk");
+                                if bad.first_from(from) {
+                                    tracing::warn!(peer = %from.short(), index, error = %e, "a bad chunk");
+                                } else {
+                                    tracing::debug!(peer = %from.short(), index, error = %e, "a bad chunk");
+                                }
+                                bad.record(i, from);
                                 rep.corrupt(from);
                             }
                             Err(e) => {
@@ -1051,7 +1110,7 @@ pub(crate) async fn fetch<H: Host>(
                         if asked.is_none() {
                             match &error {
                                 Error::NotFound { .. } | Error::Busy { .. } => {
-                                    seed_rest_until = Some(Instant::now() + Duration::from_millis(200));
+                                    seed_rest_until = Some(Instant::now() + SEED_REST);
                                 }
                                 e => {
                                     tracing::info!(error = %e, "the seed is gone; going on with peers");
@@ -1079,6 +1138,92 @@ pub(crate) async fn fetch<H: Host>(
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// How long the seed is left alone after it had nothing to send or was
+/// busy.
+const SEED_REST: Duration = Duration::from_millis(200);
+
+/// The chunks of one transfer that came bad, and from which peers.
+///
+/// Honest nodes verify every chunk before they store or serve it, and the
+/// transport authenticates who sent what, so a peer that sent chunk `i`
+/// bad would send it bad again: it is not asked for that chunk twice.
+#[derive(Default)]
+struct BadChunks {
+    /// Per chunk: who sent it bad, the last one first in the pair.
+    chunks: BTreeMap<usize, (PeerId, BTreeSet<PeerId>)>,
+    /// Peers that have sent at least one bad chunk (for logging once).
+    peers: BTreeSet<PeerId>,
+}
+
+impl BadChunks {
+    /// Whether `from` has not sent a bad chunk before.
+    fn first_from(&self, from: PeerId) -> bool {
+        !self.peers.contains(&from)
+    }
+
+    fn record(&mut self, i: usize, from: PeerId) {
+        self.peers.insert(from);
+        let e = self.chunks.entry(i).or_insert((from, BTreeSet::new()));
+        e.0 = from;
+        e.1.insert(from);
+    }
+
+    /// The chunks `peer` sent bad.
+    fn sent_bad_by(&self, peer: Option<PeerId>) -> impl Iterator<Item = usize> + '_ {
+        self.chunks
+            .iter()
+            .filter(move |(_, (_, from))| peer.is_some_and(|p| from.contains(&p)))
+            .map(|(i, _)| *i)
+    }
+
+    /// A missing chunk that came bad and that no source can still give:
+    /// not `seed` (the usable seed, if any) and no unbanned neighbour
+    /// holding it, unless it sent that chunk bad already. Returns the
+    /// chunk and the last peer that sent it bad.
+    fn unobtainable(
+        &self,
+        t: &Transfer,
+        rep: &Reputation,
+        seed: Option<PeerId>,
+    ) -> Option<(usize, PeerId)> {
+        let st = t.st();
+        self.chunks
+            .iter()
+            .filter(|(i, _)| !st.have.get(**i) && !st.requested.get(**i))
+            .find_map(|(&i, (last, from))| {
+                let seed_can = seed.is_some_and(|s| !from.contains(&s));
+                let peer_can = st.neighbors.iter().any(|(id, n)| {
+                    !n.seed && n.have.get(i) && !from.contains(id) && !rep.is_banned(id)
+                });
+                (!seed_can && !peer_can).then_some((i, *last))
+            })
+    }
+}
+
+/// A chunk this node lacks that no neighbour (not the seed, not banned)
+/// holds or is sending.
+fn orphan_chunk(t: &Transfer, rep: &Reputation) -> Option<usize> {
+    let st = t.st();
+    let holders: Vec<&Neighbor> = st
+        .neighbors
+        .iter()
+        .filter(|(id, n)| !n.seed && !rep.is_banned(id))
+        .map(|(_, n)| n)
+        .collect();
+    (0..t.d.chunks.len()).find(|&i| {
+        !st.have.get(i) && !st.requested.get(i) && !holders.iter().any(|n| n.have.get(i))
+    })
+}
+
+/// Neighbours (not the seed) that are not banned.
+fn usable_neighbors(t: &Transfer, rep: &Reputation) -> usize {
+    t.st()
+        .neighbors
+        .iter()
+        .filter(|(id, n)| !n.seed && !rep.is_banned(id))
+        .count()
 }
 
 /// Books a finished request: a chunk asked of a neighbour (`asked`), or

@@ -795,3 +795,127 @@ async fn a_release_kept_ahead_is_dropped_once_it_can_no_longer_be_deployed() {
     // And 3.0.0 deploys there from what it kept.
     assert!(deploy_all(&ctl, &v3, &all[1..]).await.is_success());
 }
+
+/// A signed package of app "app" 1.0.0 (300 KB of noise in 64 KiB chunks)
+/// with one byte of its archive changed, in chunk 2: the signatures hold,
+/// the chunk does not match its hash. Served as a controller that skips
+/// its own check would serve it.
+async fn tampered_release(dir: &std::path::Path) -> Arc<Release> {
+    use rand::{RngExt, SeedableRng};
+    use std::os::unix::fs::PermissionsExt;
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("p2p.toml"),
+        "name = \"app\"\nversion = \"1.0.0\"\nentrypoint = \"run\"\n",
+    )
+    .unwrap();
+    std::fs::write(app.join("run"), "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(app.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut noise = vec![0u8; 300_000];
+    rand_chacha::ChaCha8Rng::seed_from_u64(5).fill(&mut noise[..]);
+    std::fs::write(app.join("data.bin"), noise).unwrap();
+    let out = dir.join("app-1.0.0.p2p");
+    let opts = p2p_deploy::BuildOptions {
+        chunk_size: 64 * 1024,
+        ..p2p_deploy::BuildOptions::default()
+    };
+    p2p_deploy::build(&app, &out, &p2p_core::SystemClock, opts).unwrap();
+    let mut pkg = p2p_deploy::PackageFile::open(&out).unwrap();
+    pkg.sign(&publisher()).await.unwrap();
+    let pkg = p2p_deploy::PackageFile::open(&out).unwrap();
+    let mut bytes = std::fs::read(&out).unwrap();
+    bytes[(pkg.archive_offset + 2 * 64 * 1024 + 5) as usize] ^= 0x01;
+    std::fs::write(&out, bytes).unwrap();
+    let pkg = p2p_deploy::PackageFile::open(&out).unwrap();
+    assert_eq!(
+        pkg.check_archive().unwrap_err(),
+        p2p_deploy::VerifyError::ChunkHash { index: 2 }
+    );
+    Arc::new(Release::from_package(&pkg))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_with_a_bad_chunk_fails_at_once_naming_the_chunk_and_the_sender() {
+    let (net, names, ctl) = fleet(14, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = tampered_release(dir.path()).await;
+    let ctl_id = net.provider("ctl").unwrap().local_id();
+    let t = infos(&ctl).await;
+    assert_eq!(t.len(), names.len());
+
+    let begun = tokio::time::Instant::now();
+    let report = deploy_all(&ctl, &bad, &t).await;
+    let took = begun.elapsed();
+    for n in &t {
+        match &report.nodes[&n.id] {
+            NodeResult::Failed { error } => {
+                assert!(
+                    error.contains("chunk 2 of app 1.0.0 does not match its hash")
+                        && error.contains(&ctl_id.short()),
+                    "{}: {error}",
+                    n.name
+                );
+            }
+            other => panic!("{}: {other:?}", n.name),
+        }
+    }
+    // Virtual time: the nodes gave up at the bad chunk, not at a timeout.
+    assert!(took < Duration::from_secs(10), "the rollout took {took:?}");
+
+    // Nothing was left locked: a good release of the app goes in at once.
+    let good = release_of("app", "1.0.1", 1 << 20).await;
+    let begun = tokio::time::Instant::now();
+    let report = deploy_all(&ctl, &good, &t).await;
+    assert!(report.is_success(), "{report:?}");
+    assert!(
+        begun.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        begun.elapsed()
+    );
+    assert!(all_active(&infos(&ctl).await, "1.0.1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_whose_controller_dies_before_any_chunk_arrived_frees_the_app_within_seconds() {
+    // Slow agents, so the controller dies with most of the release unsent.
+    let net = SimNet::builder(15)
+        .default_link(LinkSpec::latency(Duration::from_millis(10)))
+        .build();
+    let mut names = Vec::new();
+    for i in 0..2 {
+        let name = format!("a{i:02}");
+        let mut cfg = AgentConfig::new(TrustStore::new([publisher().key_id()]));
+        cfg.name = name.clone();
+        common::spawn_agent_on(&net, &name, NodeConfig::default().mbit(1), cfg);
+        names.push(name);
+    }
+    let ctl = controller(&net, &names, "ctl");
+    let r = release(8 << 20).await;
+    let t = infos(&ctl).await;
+    let crash = {
+        let net = net.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            net.crash("ctl").unwrap();
+        }
+    };
+    let (report, ()) = tokio::join!(deploy_all(&ctl, &r, &t), crash);
+    assert!(!report.is_success(), "{report:?}");
+    let died = tokio::time::Instant::now();
+
+    // Another controller deploys another version: the agents gave the
+    // dead one's deploy up and answer this one, not "busy".
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ctl2 = controller(&net, &names, "ctl2");
+    let t2 = infos(&ctl2).await;
+    assert_eq!(t2.len(), names.len());
+    let small = release_of("app", "1.0.1", 64 << 10).await;
+    let report = deploy_all(&ctl2, &small, &t2).await;
+    assert!(report.is_success(), "{report:?}");
+    assert!(
+        died.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        died.elapsed()
+    );
+}
