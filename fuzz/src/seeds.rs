@@ -198,6 +198,7 @@ pub fn rpc_seeds(descriptor: &[u8]) -> Vec<Seed> {
             "error",
             Frame::Error(RpcError::new(ErrorKind::NotFound, "no app \"web\"")),
         ),
+        ("alive", Frame::Alive),
     ];
     for (name, f) in &frames {
         out.push((format!("frame-{name}"), with(&[4], &enc(f))));

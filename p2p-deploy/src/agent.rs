@@ -58,9 +58,9 @@ use crate::manifest::Manifest;
 use crate::package::{Descriptor, PackageId};
 use crate::pool::Pool;
 use crate::proto::{
-    ActivateOptions, Activation, AppInfo, CatalogEntry, DeployEvent, ErrorKind, Frame,
-    HistoryEntry, MAX_FRAME, NodeInfo, Outcome, Reply, Request, RpcError, SDK_VERSION,
-    accept_request, end_with, send_chunks,
+    ALIVE_VERSION, ActivateOptions, Activation, AppInfo, CatalogEntry, DeployEvent, ErrorKind,
+    Frame, HEARTBEAT, HistoryEntry, MAX_FRAME, NodeInfo, Outcome, Reply, Request, RpcError,
+    SDK_VERSION, accept_request, end_with, send_chunks,
 };
 use crate::swarm::{self, Reputation, SwarmConfig, Throttle, Transfer};
 use crate::trust::{TrustStore, check_not_downgrade};
@@ -714,7 +714,7 @@ impl Agent {
     async fn serve_stream(&self, conn: Arc<dyn Connection>, send: SendStream, recv: RecvStream) {
         let peer = conn.remote_id();
         let mut framed = Framed::with_max(send, recv, MAX_FRAME);
-        let Some(env) = accept_request(&mut framed, &peer).await else {
+        let Some((env, version)) = accept_request(&mut framed, &peer).await else {
             return;
         };
         let timeout = Duration::from_millis(env.timeout_ms).min(self.inner.cfg.max_request_timeout);
@@ -778,9 +778,26 @@ impl Agent {
                             })
                     }
                 };
+                // Progress as it comes, and a heartbeat every second
+                // between (protocol version 2 on), through transfer,
+                // install and the whole health gate: the client tells a
+                // busy node from a dead one by them.
+                let beat = version >= ALIVE_VERSION;
                 let forward = async {
                     let mut gone = false;
-                    while let Some(f) = rx.recv().await {
+                    let mut tick = tokio::time::interval_at(
+                        tokio::time::Instant::now() + HEARTBEAT,
+                        HEARTBEAT,
+                    );
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        let f = tokio::select! {
+                            f = rx.recv() => match f {
+                                Some(f) => f,
+                                None => break,
+                            },
+                            _ = tick.tick(), if beat && !gone => Frame::Alive,
+                        };
                         if !gone && framed.send(&f).await.is_err() {
                             gone = true;
                         }

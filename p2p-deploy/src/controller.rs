@@ -32,7 +32,7 @@ use crate::package::{Descriptor, PackageFile, PackageId};
 use crate::pool::Pool;
 use crate::proto::{
     ActivateOptions, Activation, Call, DeployEvent, ErrorKind, Frame, MAX_FRAME, NodeInfo, Reply,
-    Request, RpcError, accept_request, call, end_with, send_chunks, unexpected,
+    Request, RpcError, accept_request, call_watched, end_with, send_chunks, unexpected,
 };
 use crate::selector::Selector;
 use crate::swarm::Seed;
@@ -136,6 +136,16 @@ pub struct ControllerConfig {
     pub request_timeout: Duration,
     /// Deadline of verification and transfer in a deploy.
     pub deploy_timeout: Duration,
+    /// The bound on connecting to a node.
+    pub connect_timeout: Duration,
+    /// A node that sends nothing for this long while it works on a
+    /// request (a deploy's transfer, install or health gate, a switch, a
+    /// status) is reported as having stopped answering, and the request
+    /// fails: a node killed or cut off mid-rollout counts as failed within
+    /// seconds instead of at the transport's idle timeout. Nodes send a
+    /// heartbeat every [`proto::HEARTBEAT`](crate::proto::HEARTBEAT), so
+    /// keep this to a few of them; `None`: no such check.
+    pub node_silence: Option<Duration>,
     /// Whether targets fetch from each other (the swarm) as well as from
     /// the controller. Off, every byte comes from the controller.
     pub swarm: bool,
@@ -161,6 +171,8 @@ impl Default for ControllerConfig {
             bootstrap: Vec::new(),
             request_timeout: Duration::from_secs(30),
             deploy_timeout: Duration::from_secs(30 * 60),
+            connect_timeout: Duration::from_secs(10),
+            node_silence: Some(Duration::from_secs(5)),
             swarm: true,
             swarm_peers: 12,
             descriptor_copies: 16,
@@ -555,7 +567,14 @@ impl Controller {
                     };
                 }
             };
-            let info = match call(&*conn, Request::Info, self.cfg.request_timeout).await {
+            let info = match call_watched(
+                &conn,
+                Request::Info,
+                self.cfg.request_timeout,
+                self.cfg.node_silence,
+            )
+            .await
+            {
                 Ok(Reply::Info(i)) => Ok(*i),
                 Ok(other) => Err(format!("unexpected answer {other:?}")),
                 Err(e) => Err(e.to_string()),
@@ -610,7 +629,7 @@ impl Controller {
     pub async fn connect(&self, addr: &PeerAddr) -> Result<Arc<dyn Connection>> {
         let releases = self.releases.clone();
         self.conns
-            .connect(&*self.provider, addr, self.cfg.request_timeout, |conn| {
+            .connect(&*self.provider, addr, self.cfg.connect_timeout, |conn| {
                 tokio::spawn(serve_chunks(conn, releases));
             })
             .await
@@ -619,7 +638,13 @@ impl Controller {
     /// One request to one node, with the configured deadline.
     pub async fn request(&self, addr: &PeerAddr, request: Request) -> Result<Reply> {
         let conn = self.connect(addr).await?;
-        call(&*conn, request, self.cfg.request_timeout).await
+        call_watched(
+            &conn,
+            request,
+            self.cfg.request_timeout,
+            self.cfg.node_silence,
+        )
+        .await
     }
 
     /// The same request to many nodes, concurrently.
@@ -764,10 +789,11 @@ impl Controller {
         from: Vec<PeerAddr>,
     ) -> Result<crate::proto::CatalogEntry> {
         let conn = self.connect(node).await?;
-        let reply = call(
-            &*conn,
+        let reply = call_watched(
+            &conn,
             Request::Fetch { package, from },
             self.cfg.deploy_timeout,
+            self.cfg.node_silence,
         )
         .await?;
         match reply {
@@ -840,11 +866,16 @@ impl Controller {
                 let peers = self.swarm_peers(&candidates, t.id);
                 let from = (i >= full).then(|| self.pick(&sources, t.id, 2));
                 async move {
-                    (
-                        t,
-                        self.deploy_one(&release, t, &plan.options, from, peers, &events)
-                            .await,
-                    )
+                    let (result, previous) = self
+                        .deploy_one(&release, t, &plan.options, from, peers, &events)
+                        .await;
+                    // Reported as soon as this node is done, not when its
+                    // batch is.
+                    let _ = events.send(Progress::NodeDone {
+                        node: t.id,
+                        result: result.clone(),
+                    });
+                    (t, (result, previous))
                 }
             }))
             .await;
@@ -865,10 +896,6 @@ impl Controller {
                 } else if matches!(result, NodeResult::Failed { .. }) {
                     uncertain.push(t.clone());
                 }
-                send(Progress::NodeDone {
-                    node: t.id,
-                    result: result.clone(),
-                });
                 report.nodes.insert(t.id, result);
             }
             failures += batch_failed;
@@ -890,15 +917,16 @@ impl Controller {
         if report.halted.is_some() && plan.rollback_on_halt {
             // A node that failed on our side but is on the new version was
             // changed by this rollout too.
-            for t in uncertain {
-                if let Ok(Reply::App(a)) = self
-                    .request(
-                        &t.addr,
-                        Request::Status {
-                            app: m.name.clone(),
-                        },
-                    )
-                    .await
+            let asked = futures::future::join_all(uncertain.into_iter().map(|t| async move {
+                let status = Request::Status {
+                    app: m.name.clone(),
+                };
+                let r = self.request(&t.addr, status).await;
+                (t, r)
+            }))
+            .await;
+            for (t, r) in asked {
+                if let Ok(Reply::App(a)) = r
                     && a.active.as_ref() == Some(&m.version)
                 {
                     changed.push((t, a.previous.clone()));
@@ -984,7 +1012,13 @@ impl Controller {
 
     async fn request_long(&self, addr: &PeerAddr, request: Request) -> Result<Reply> {
         let conn = self.connect(addr).await?;
-        call(&*conn, request, self.cfg.deploy_timeout).await
+        call_watched(
+            &conn,
+            request,
+            self.cfg.deploy_timeout,
+            self.cfg.node_silence,
+        )
+        .await
     }
 
     /// Deploys to one node; returns its result and the version it had.
@@ -1020,7 +1054,13 @@ impl Controller {
                     peers,
                 },
             };
-            let c = Call::open(&*conn, request, self.cfg.deploy_timeout).await?;
+            let c = Call::open_watched(
+                &conn,
+                request,
+                self.cfg.deploy_timeout,
+                self.cfg.node_silence,
+            )
+            .await?;
             c.finish(|f| match f {
                 Frame::Event(e) => send(match e {
                     DeployEvent::Transfer { bytes, total } => Progress::Transfer {
@@ -1164,7 +1204,7 @@ async fn serve_chunks(conn: Arc<dyn Connection>, releases: Served) {
         let releases = releases.clone();
         tokio::spawn(async move {
             let mut framed = Framed::with_max(send, recv, MAX_FRAME);
-            let Some(env) = accept_request(&mut framed, &peer).await else {
+            let Some((env, _)) = accept_request(&mut framed, &peer).await else {
                 return;
             };
             let package = match &env.request {

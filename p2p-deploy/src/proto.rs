@@ -14,6 +14,13 @@
 //!    [`Frame::Done`] or [`Frame::Error`]. A followed log has no end: the
 //!    client closes the stream when it has seen enough.
 //!
+//! From version 2, the server also sends [`Frame::Alive`] every
+//! [`HEARTBEAT`] while it works on a request (a deploy's transfer,
+//! install and health gate, a switch...), so that a client can tell a
+//! node that is busy from one that stopped answering (killed, cut off)
+//! within seconds, long before the transport's idle timeout; see
+//! [`Call::open_watched`]. A version-1 peer neither sends nor gets them.
+//!
 //! Every request carries its deadline (`timeout_ms`); the server gives up
 //! at the deadline with [`ErrorKind::Timeout`], and the client waits a
 //! little longer than that for the answer. Errors travel as [`RpcError`]:
@@ -38,8 +45,16 @@ pub use crate::swarm::Bitfield;
 pub const PROTOCOL: ProtocolId = ProtocolId {
     name: "p2p/deploy",
     min: 1,
-    max: 1,
+    max: 2,
 };
+
+/// The protocol version from which a server sends [`Frame::Alive`]
+/// while it works on a request.
+pub const ALIVE_VERSION: u16 = 2;
+
+/// How often a server sends [`Frame::Alive`] while it works on a request
+/// (version 2 on).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Largest frame on a deploy stream: a 16 MiB chunk plus room.
 pub const MAX_FRAME: u32 = (16 << 20) + (64 << 10);
@@ -473,6 +488,9 @@ pub enum Frame {
     Done(Reply),
     /// The error; the request is over.
     Error(RpcError),
+    /// Version 2 on: the server is still working on the request. Sent
+    /// every [`HEARTBEAT`]; [`Call`] reads past it.
+    Alive,
 }
 
 /// What kind of error a request met.
@@ -565,6 +583,10 @@ pub struct Call {
     peer: PeerId,
     timeout: Duration,
     deadline: tokio::time::Instant,
+    /// Fail when nothing comes for this long (a server that sends
+    /// [`Frame::Alive`] only), and close `conn`.
+    silence: Option<Duration>,
+    conn: Option<std::sync::Arc<dyn p2p_core::Connection>>,
 }
 
 impl std::fmt::Debug for Call {
@@ -584,9 +606,45 @@ impl Call {
         request: Request,
         timeout: Duration,
     ) -> Result<Call> {
+        Call::start(conn, request, timeout, None).await
+    }
+
+    /// As [`open`](Self::open), and with `silence` set, the request fails
+    /// as soon as the node sends nothing for that long: its hello, or
+    /// while it works, a frame or a heartbeat ([`Frame::Alive`], every
+    /// [`HEARTBEAT`]). A node that was killed or cut off mid-deploy is
+    /// then reported ("stopped answering") after `silence`, not after
+    /// the transport's idle timeout. A node of protocol version 1 sends
+    /// no heartbeats: only its hello is watched.
+    ///
+    /// The connection of a node that stopped answering is closed: nothing
+    /// still queued on it (this request, say a rollback) may reach the
+    /// node later, when the network heals, unknown to the caller.
+    pub async fn open_watched(
+        conn: &std::sync::Arc<dyn p2p_core::Connection>,
+        request: Request,
+        timeout: Duration,
+        silence: Option<Duration>,
+    ) -> Result<Call> {
+        let watched = silence.map(|s| (s, conn.clone()));
+        Call::start(&**conn, request, timeout, watched).await
+    }
+
+    async fn start(
+        conn: &dyn p2p_core::Connection,
+        request: Request,
+        timeout: Duration,
+        watched: Option<(Duration, std::sync::Arc<dyn p2p_core::Connection>)>,
+    ) -> Result<Call> {
+        let (silence, watched_conn) = match watched {
+            Some((s, c)) => (Some(s), Some(c)),
+            None => (None, None),
+        };
         let peer = conn.remote_id();
-        let deadline = tokio::time::Instant::now() + timeout + CLIENT_SLACK;
-        let framed = tokio::time::timeout_at(deadline, async {
+        let now = tokio::time::Instant::now();
+        let deadline = now + timeout + CLIENT_SLACK;
+        let open_by = silence.map_or(deadline, |s| deadline.min(now + s));
+        let opened = tokio::time::timeout_at(open_by, async {
             let (send, recv) = conn.open_bi().await?;
             let mut framed = Framed::with_max(send, recv, MAX_FRAME);
             framed.send(&Hello::new(&PROTOCOL)).await?;
@@ -603,16 +661,29 @@ impl Call {
                     ),
                     other => other,
                 })?;
-            negotiate(&PROTOCOL, &theirs)?;
-            Ok::<_, Error>(framed)
+            let version = negotiate(&PROTOCOL, &theirs)?;
+            Ok::<_, Error>((framed, version))
         })
-        .await
-        .map_err(|_| Error::timeout(format!("opening a request to {}", peer.short()), timeout))??;
+        .await;
+        let (framed, version) = match opened {
+            Ok(r) => r?,
+            Err(_) if open_by < deadline => {
+                return Err(stopped_answering(&peer, silence, watched_conn.as_ref()).await);
+            }
+            Err(_) => {
+                return Err(Error::timeout(
+                    format!("opening a request to {}", peer.short()),
+                    timeout,
+                ));
+            }
+        };
         Ok(Call {
             framed,
             peer,
             timeout,
             deadline,
+            silence: silence.filter(|_| version >= ALIVE_VERSION),
+            conn: watched_conn,
         })
     }
 
@@ -632,20 +703,36 @@ impl Call {
     }
 
     async fn next_until(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Frame> {
-        let frame = match deadline {
-            Some(d) => tokio::time::timeout_at(d, self.framed.recv::<Frame>())
-                .await
-                .map_err(|_| {
-                    Error::timeout(
-                        format!("waiting for node {} to answer", self.peer.short()),
-                        self.timeout + CLIENT_SLACK,
-                    )
-                })??,
-            None => self.framed.recv::<Frame>().await?,
-        };
-        match frame {
-            Frame::Error(e) => Err(e.into_error(&self.peer, self.timeout)),
-            other => Ok(other),
+        loop {
+            let frame = match deadline {
+                Some(d) => {
+                    let quiet = self.silence.map(|s| tokio::time::Instant::now() + s);
+                    let until = quiet.map_or(d, |q| q.min(d));
+                    match tokio::time::timeout_at(until, self.framed.recv::<Frame>()).await {
+                        Ok(f) => f?,
+                        Err(_) if until < d => {
+                            return Err(stopped_answering(
+                                &self.peer,
+                                self.silence,
+                                self.conn.as_ref(),
+                            )
+                            .await);
+                        }
+                        Err(_) => {
+                            return Err(Error::timeout(
+                                format!("waiting for node {} to answer", self.peer.short()),
+                                self.timeout + CLIENT_SLACK,
+                            ));
+                        }
+                    }
+                }
+                None => self.framed.recv::<Frame>().await?,
+            };
+            match frame {
+                Frame::Alive => {}
+                Frame::Error(e) => return Err(e.into_error(&self.peer, self.timeout)),
+                other => return Ok(other),
+            }
         }
     }
 
@@ -660,6 +747,24 @@ impl Call {
     }
 }
 
+/// The error of a node that sent nothing for `silence`; its connection
+/// `conn` is closed.
+async fn stopped_answering(
+    peer: &PeerId,
+    silence: Option<Duration>,
+    conn: Option<&std::sync::Arc<dyn p2p_core::Connection>>,
+) -> Error {
+    if let Some(c) = conn {
+        c.close("the node stopped answering").await;
+    }
+    let silence = silence.unwrap_or_default();
+    Error::unreachable(format!(
+        "node {} stopped answering: nothing from it for {silence:?} (killed, cut off, or its \
+         host is down)",
+        peer.short()
+    ))
+}
+
 /// A one-shot request: open, read to the reply.
 pub async fn call(
     conn: &dyn p2p_core::Connection,
@@ -667,6 +772,20 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<Reply> {
     Call::open(conn, request, timeout)
+        .await?
+        .finish(|_| {})
+        .await
+}
+
+/// A one-shot request that fails when the node sends nothing for
+/// `silence` (see [`Call::open_watched`]).
+pub async fn call_watched(
+    conn: &std::sync::Arc<dyn p2p_core::Connection>,
+    request: Request,
+    timeout: Duration,
+    silence: Option<Duration>,
+) -> Result<Reply> {
+    Call::open_watched(conn, request, timeout, silence)
         .await?
         .finish(|_| {})
         .await
@@ -680,17 +799,18 @@ pub(crate) const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// answered with an [`ErrorKind::Invalid`] error naming the problem (a
 /// client of another SDK version, most often); a stream that is not this
 /// protocol at all is dropped. `None`: there is nothing to serve.
-pub(crate) async fn accept_request(framed: &mut Framed, peer: &PeerId) -> Option<Envelope> {
+/// Returns the request and the protocol version both sides speak.
+pub(crate) async fn accept_request(framed: &mut Framed, peer: &PeerId) -> Option<(Envelope, u16)> {
     let read = async {
-        framed.hello(&PROTOCOL).await?;
+        let version = framed.hello(&PROTOCOL).await?;
         match framed.recv::<Envelope>().await {
-            Ok(env) => Ok(Ok(env)),
+            Ok(env) => Ok(Ok((env, version))),
             Err(e @ (Error::Protocol { .. } | Error::FrameTooLarge { .. })) => Ok(Err(e)),
             Err(e) => Err(e),
         }
     };
     match tokio::time::timeout(REQUEST_READ_TIMEOUT, read).await {
-        Ok(Ok(Ok(env))) => Some(env),
+        Ok(Ok(Ok(got))) => Some(got),
         Ok(Ok(Err(e))) => {
             tracing::debug!(peer = %peer.short(), error = %e, "malformed request");
             let answer = Frame::Error(RpcError::new(
@@ -776,6 +896,7 @@ pub(crate) fn unexpected(peer: &PeerId, what: &str, got: &Frame) -> Error {
         Frame::Got(_) => "a chunk announcement",
         Frame::Done(_) => "a reply",
         Frame::Error(_) => "an error",
+        Frame::Alive => "a heartbeat",
     };
     Error::protocol(format!(
         "node {} sent {shown} where {what} was expected",

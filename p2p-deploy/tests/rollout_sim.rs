@@ -28,6 +28,11 @@ fn publisher() -> Ed25519Signer {
 /// A signed release of `web` at `version`, with an HTTP health check
 /// (gate of 3 probes, one a second).
 async fn release(version: &str) -> Arc<Release> {
+    release_with(version, "").await
+}
+
+/// The same, with `health` added to the `[health]` table.
+async fn release_with(version: &str, health: &str) -> Arc<Release> {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("app");
     std::fs::create_dir_all(&dir).unwrap();
@@ -35,7 +40,7 @@ async fn release(version: &str) -> Arc<Release> {
         dir.join("p2p.toml"),
         format!(
             "name = \"{APP}\"\nversion = \"{version}\"\nentrypoint = \"run\"\n\
-             [health]\nhttp = \"http://127.0.0.1:8080/health\"\ninterval = \"1s\"\nretries = 2\ngate = 3\n"
+             [health]\nhttp = \"http://127.0.0.1:8080/health\"\ninterval = \"1s\"\nretries = 2\ngate = 3\n{health}\n"
         ),
     )
     .unwrap();
@@ -780,4 +785,85 @@ fn the_same_seed_gives_the_same_trace() {
     assert_eq!(a, b);
     let c = rt().block_on(scenario(43));
     assert_ne!(a.0, c.0, "another seed, another trace");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_dies_silently_mid_rollout_is_reported_within_seconds() {
+    let (f, ctl, t) = fleet_on_v1(21, 4).await;
+    // 2.0.0 turns healthy only after 20 s: the live nodes sit in their
+    // health gate four times longer than the silence limit, sending
+    // heartbeats, and must not be taken for dead.
+    f.net
+        .scripts()
+        .set(APP, "2.0.0", Script::slow_start(Duration::from_secs(20)));
+    let v2 = release_with("2.0.0", "start_period = \"30s\"").await;
+    let n03 = f.net.peer_id("n03").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tolerant = RolloutPlan {
+        max_failures: FailureLimit::Count(1),
+        ..plan(Plan::All)
+    };
+    let net = f.net.clone();
+    // Killed silently in its gate: cut off first, so no reset reaches
+    // anyone (a host that lost power, a cable pulled).
+    let kill = async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        net.partition(&["ctl", "n00", "n01", "n02"], &["n03"])
+            .unwrap();
+        net.crash("n03").unwrap();
+        tokio::time::Instant::now()
+    };
+    let watch = async move {
+        while let Some(p) = rx.recv().await {
+            if let Progress::NodeDone { node, result } = p
+                && node == n03
+            {
+                return Some((tokio::time::Instant::now(), result));
+            }
+        }
+        None
+    };
+    let (report, killed, seen) = tokio::join!(ctl.deploy(v2, &t, &tolerant, tx), kill, watch);
+    let (at, result) = seen.expect("no result for n03");
+    let after = at - killed;
+    assert!(
+        after <= Duration::from_secs(6),
+        "n03 reported {after:?} after it died"
+    );
+    match result {
+        NodeResult::Failed { error } => {
+            assert!(error.contains("stopped answering"), "{error}")
+        }
+        other => panic!("n03: {other:?}"),
+    }
+    assert!(report.halted.is_none(), "{report:?}");
+    for n in t.iter().filter(|n| n.id != n03) {
+        assert_eq!(report.nodes[&n.id], NodeResult::Activated, "{}", n.name);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_is_down_costs_a_listing_the_connect_timeout_only() {
+    let f = fleet(22, 3, None);
+    f.net.crash("n01").unwrap();
+    let p = f
+        .net
+        .add_node_with("ctl", NodeConfig::default().mbit(100))
+        .unwrap();
+    let ctl = Controller::new(
+        Arc::new(p),
+        ControllerConfig {
+            bootstrap: f.addrs(),
+            connect_timeout: Duration::from_secs(3),
+            ..ControllerConfig::default()
+        },
+    );
+    let begun = tokio::time::Instant::now();
+    let views = ctl.nodes().await;
+    let took = begun.elapsed();
+    assert!(took <= Duration::from_secs(4), "listing took {took:?}");
+    let n01 = f.net.peer_id("n01").unwrap();
+    for v in &views {
+        assert_eq!(v.info.is_err(), v.addr.id == n01, "{v:?}");
+    }
 }

@@ -1334,6 +1334,19 @@ impl State {
         }
         let (me, peer) = (conn.ends[side].node, conn.ends[1 - side].node);
         if self.is_blocked(me, peer) {
+            // A closed QUIC endpoint sends nothing more of the connection:
+            // what it had written and not got through is dropped, not
+            // delivered on heal (a request given up on must not be carried
+            // out later, unknown to its sender).
+            let flows = &self.flows;
+            if let Some(held) = self.parked.get_mut(&(me, peer)) {
+                held.retain(|p| match p {
+                    Parked::Segment(seg) => flows
+                        .get(&seg.flow)
+                        .is_none_or(|f| f.conn != c || f.src_side != side),
+                    Parked::Close { .. } => true,
+                });
+            }
             // Delivered on heal with its reason; if the cut lasts, the idle
             // check ends the far side first.
             self.parked
