@@ -389,6 +389,7 @@ impl<P: Provider> Provider for Admitted<P> {
         let policy = self.policy.clone();
         let local = self.inner.local_id();
         let limit = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let refusals = Arc::new(crate::ratelog::LogLimiter::new(REFUSAL_LOG_PERIOD));
         let loop_tx = tx.clone();
         let task = tokio::spawn(async move {
             let tx = loop_tx;
@@ -414,27 +415,36 @@ impl<P: Provider> Provider for Admitted<P> {
                     p = limit.clone().acquire_owned() => p,
                 };
                 let Ok(permit) = permit else { break };
-                let (policy, tx) = (policy.clone(), tx.clone());
+                let (policy, tx, refusals) = (policy.clone(), tx.clone(), refusals.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
                     let remote = conn.remote_id();
+                    let address = conn.path().remote.unwrap_or_else(|| "unknown".into());
                     let timeout = policy.handshake_timeout;
                     let res = tokio::time::timeout(timeout, answer(&policy, local, &*conn)).await;
-                    match res {
+                    let why = match res {
                         Ok(Ok(())) => {
                             let _ = tx.send(Ok(conn)).await;
+                            return;
                         }
-                        Ok(Err(e)) => {
-                            tracing::warn!(peer = %remote.short(), "admission refused inbound peer: {e}");
-                            conn.close(&format!("{DENIED_PREFIX}{}", denial_text(&e)))
-                                .await;
-                        }
-                        Err(_) => {
-                            tracing::warn!(peer = %remote.short(), "admission handshake timed out after {timeout:?}");
-                            conn.close(&format!("{DENIED_PREFIX}handshake timed out"))
-                                .await;
-                        }
+                        Ok(Err(e)) => denial_text(&e),
+                        Err(_) => format!("handshake timed out after {timeout:?}"),
+                    };
+                    // One line per peer address per period: a peer that
+                    // keeps trying cannot flood the log.
+                    if let Some(held) = refusals.allow(&address) {
+                        let more = if held > 0 {
+                            format!(" ({held} more from this address not logged)")
+                        } else {
+                            String::new()
+                        };
+                        tracing::warn!(
+                            peer = %remote.short(),
+                            %address,
+                            "admission refused an inbound peer: {why}{more}"
+                        );
                     }
+                    conn.close(&format!("{DENIED_PREFIX}{why}")).await;
                 });
             }
         });
@@ -598,6 +608,10 @@ async fn answer(policy: &Admission, local: PeerId, conn: &dyn Connection) -> Res
     let _ = f.finish().await;
     Ok(())
 }
+
+/// At most one log line per peer address per this period for refused
+/// handshakes.
+const REFUSAL_LOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn unexpected(wanted: &str, got: &Msg) -> Error {
     let name = match got {

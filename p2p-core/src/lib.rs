@@ -41,6 +41,7 @@ pub mod discovery;
 pub mod error;
 pub mod framing;
 pub mod id;
+pub mod ratelog;
 pub mod runtime;
 pub mod signing;
 pub mod storage;

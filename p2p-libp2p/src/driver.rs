@@ -162,6 +162,9 @@ const REMEMBER_CLOSED: usize = 256;
 /// The swarm task's state.
 pub(crate) struct Driver {
     pub(crate) swarm: Swarm<Behaviour>,
+    /// Inbound connections refused (a different pre-shared key, not on
+    /// the allow-list, over a limit): logged once per address per period.
+    refusals: p2p_core::ratelog::LogLimiter,
     pending: BTreeMap<libp2p::PeerId, (ConnectionId, DialWaiters)>,
     parked: BTreeMap<libp2p::PeerId, Parked>,
     /// Dials that ended on a relayed connection, held back a little for
@@ -228,6 +231,7 @@ impl Driver {
             pending: BTreeMap::new(),
             parked: BTreeMap::new(),
             holding: BTreeMap::new(),
+            refusals: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
             hole_punch_wait: config.hole_punch_wait.min(config.connect_timeout / 2),
             connections: BTreeMap::new(),
             paths,
@@ -676,6 +680,30 @@ impl Driver {
                 self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(ev)) => self.on_mdns(ev),
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                // The host, not the port: a peer retrying comes from new
+                // ports.
+                let host = send_back_addr
+                    .iter()
+                    .next()
+                    .map_or_else(|| send_back_addr.to_string(), |p| p.to_string());
+                if let Some(held) = self.refusals.allow(&host) {
+                    let more = if held > 0 {
+                        format!(" ({held} more from this host not logged)")
+                    } else {
+                        String::new()
+                    };
+                    tracing::warn!(
+                        address = %send_back_addr,
+                        "refused an inbound connection: {}{more}",
+                        error_chain(&error)
+                    );
+                }
+            }
             _ => {}
         }
     }

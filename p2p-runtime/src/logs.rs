@@ -115,6 +115,9 @@ pub(crate) struct AppLogs {
     rotation: LogRotation,
     files: Mutex<Files>,
     followers: Mutex<Followers>,
+    /// Failed writes (a full disk) are logged once per period, not once
+    /// per line; the app keeps running and its output keeps being read.
+    write_errors: p2p_core::ratelog::LogLimiter,
 }
 
 /// The live-line channel, made when the first follower comes and dropped
@@ -149,6 +152,7 @@ impl AppLogs {
             rotation,
             files: Mutex::new(files),
             followers: Mutex::new(Followers::default()),
+            write_errors: p2p_core::ratelog::LogLimiter::new(std::time::Duration::from_secs(30)),
         }))
     }
 
@@ -172,11 +176,18 @@ impl AppLogs {
             tagged.extend_from_slice(tag);
             tagged.extend_from_slice(line.as_bytes());
             tagged.push(b'\n');
-            if let Err(e) = file.write(&tagged[tag.len()..], rot) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write an app log");
-            }
-            if let Err(e) = files.combined.write(&tagged, rot) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write an app log");
+            let written = file
+                .write(&tagged[tag.len()..], rot)
+                .and_then(|()| files.combined.write(&tagged, rot));
+            if let Err(e) = written
+                && let Some(held) = self.write_errors.allow("write")
+            {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    error = %e,
+                    "cannot write an app log; its lines are lost until this is fixed, the app runs on \
+                     ({held} more failed writes not logged)"
+                );
             }
             // Sent under the file lock, so that a new follower's tail and
             // its live lines neither overlap nor leave a gap.
