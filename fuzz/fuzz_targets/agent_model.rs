@@ -84,6 +84,11 @@ impl Model {
         let mut cfg = AgentConfig::new(TrustStore::new([common::publisher().key_id()]));
         cfg.name = "agent".into();
         cfg.operators = Some([ctl_provider.local_id()].into_iter().collect());
+        // The model checks state, not the request rate: no limit.
+        cfg.request_rate = p2p_deploy::RequestRate {
+            per_second: f64::MAX,
+            burst: f64::MAX,
+        };
         common::spawn_agent(&net, "agent", cfg);
         let agent = net.provider("agent").unwrap().local_addr();
         let config = || ControllerConfig {

@@ -245,6 +245,7 @@ pub struct ResourceLimits {
 
 /// Lifecycle state of an app instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AppState {
     /// Started, not yet known to be running (or within its start period).
     Starting,
@@ -274,6 +275,7 @@ impl AppState {
 
 /// How an instance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     /// Exited with a code.
     Code(i32),
@@ -283,6 +285,7 @@ pub enum ExitStatus {
 
 /// The last health probe result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HealthOutcome {
     /// The probe passed.
     Healthy,
@@ -374,6 +377,7 @@ impl AppStatus {
 
 /// Which output of an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogStream {
     /// Standard output.
     Stdout,

@@ -149,6 +149,68 @@ pub struct AgentConfig {
     /// Most installed versions kept per app on this node: the smaller of
     /// this and the app's own `keep_versions`. `None`: the app's.
     pub keep_versions: Option<u32>,
+    /// How many read-only requests (info, status, list, logs, catalog)
+    /// each peer may send; past it, a request is answered "busy" at once.
+    /// One peer polling in a tight loop then cannot starve a deploy or
+    /// the other peers. Changes (deploy, switch, stop...) and chunk
+    /// transfers are not counted (the transfers have upload slots).
+    pub request_rate: RequestRate,
+}
+
+/// A per-peer token bucket: `per_second` requests on average, up to
+/// `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestRate {
+    /// Requests per second, sustained.
+    pub per_second: f64,
+    /// Requests at once, after a quiet spell.
+    pub burst: f64,
+}
+
+impl Default for RequestRate {
+    /// 50 a second, 100 at once: far above what `p2pctl` or a dashboard
+    /// polling every 50 ms asks.
+    fn default() -> Self {
+        RequestRate {
+            per_second: 50.0,
+            burst: 100.0,
+        }
+    }
+}
+
+/// The request buckets of the peers that asked lately.
+#[derive(Default)]
+struct RateBook {
+    buckets: BTreeMap<PeerId, (f64, tokio::time::Instant)>,
+}
+
+/// How long a request over its peer's rate waits for its "busy".
+const OVER_RATE_DELAY: Duration = Duration::from_secs(1);
+
+/// Peers remembered at most; past it, those whose bucket is full again
+/// are forgotten.
+const MAX_RATED_PEERS: usize = 4096;
+
+impl RateBook {
+    /// Takes a token from `peer`'s bucket; false when it is empty.
+    fn take(&mut self, peer: PeerId, rate: RequestRate) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = |(tokens, at): (f64, tokio::time::Instant)| {
+            (tokens + now.duration_since(at).as_secs_f64() * rate.per_second).min(rate.burst)
+        };
+        if self.buckets.len() >= MAX_RATED_PEERS && !self.buckets.contains_key(&peer) {
+            self.buckets.retain(|_, b| refill(*b) < rate.burst);
+        }
+        let b = self.buckets.entry(peer).or_insert((rate.burst, now));
+        let tokens = refill(*b);
+        if tokens >= 1.0 {
+            *b = (tokens - 1.0, now);
+            true
+        } else {
+            *b = (tokens, now);
+            false
+        }
+    }
 }
 
 impl AgentConfig {
@@ -164,6 +226,7 @@ impl AgentConfig {
             max_request_timeout: Duration::from_secs(30 * 60),
             swarm: SwarmConfig::default(),
             keep_versions: None,
+            request_rate: RequestRate::default(),
         }
     }
 }
@@ -269,6 +332,10 @@ struct Inner {
     upload_slots: tokio::sync::Semaphore,
     /// Upload slots each peer holds (at most [`SLOTS_PER_PEER`]).
     slots_held: Mutex<BTreeMap<PeerId, usize>>,
+    /// Read-only requests per peer ([`AgentConfig::request_rate`]).
+    rates: Mutex<RateBook>,
+    /// Peers over their request rate, logged once per period.
+    over_rate: p2p_core::ratelog::LogLimiter,
     download: Option<Arc<Throttle>>,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
@@ -276,6 +343,29 @@ struct Inner {
     background_rx: Mutex<Option<mpsc::UnboundedReceiver<BoxFuture<'static, ()>>>>,
     /// Connections this agent dialed to swarm peers.
     dialed: Pool,
+}
+
+/// Whether `e` is a write that failed for want of disk space.
+fn no_space(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => {
+            source.kind() == std::io::ErrorKind::StorageFull
+                || source.kind() == std::io::ErrorKind::QuotaExceeded
+                || source.raw_os_error() == Some(28)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `r` counts against a peer's [`RequestRate`]: the read-only
+/// requests. Changes come from operators, and chunk transfers have
+/// upload slots.
+fn counts_against_rate(r: &Request) -> bool {
+    !r.is_mutating()
+        && !matches!(
+            r,
+            Request::FetchChunks { .. } | Request::Swarm { .. } | Request::FetchAny { .. }
+        )
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -357,6 +447,8 @@ impl Agent {
                 background_rx: Mutex::new(Some(background_rx)),
                 dialed: Pool::default(),
                 slots_held: Mutex::default(),
+                rates: Mutex::default(),
+                over_rate: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
             }),
         }
     }
@@ -719,6 +811,32 @@ impl Agent {
         };
         let timeout = Duration::from_millis(env.timeout_ms).min(self.inner.cfg.max_request_timeout);
         let kind = env.request.kind();
+        if counts_against_rate(&env.request)
+            && !locked(&self.inner.rates).take(peer, self.inner.cfg.request_rate)
+        {
+            let rate = self.inner.cfg.request_rate;
+            if let Some(held) = self.inner.over_rate.allow(&peer.to_string()) {
+                tracing::warn!(
+                    peer = %peer.short(),
+                    address = conn.path().remote.as_deref().unwrap_or("unknown"),
+                    "a peer is over its request rate ({} a second); answering busy \
+                     ({held} more refused before)",
+                    rate.per_second
+                );
+            }
+            let e = RpcError::new(
+                ErrorKind::Busy,
+                format!(
+                    "{kind} refused: more than {} requests a second from this peer; slow down",
+                    rate.per_second
+                ),
+            );
+            // The answer waits a while: a peer that floods gets as many
+            // refusals a second as it has requests open, not thousands.
+            tokio::time::sleep(OVER_RATE_DELAY).await;
+            end_with(&mut framed, Frame::Error(e)).await;
+            return;
+        }
         tracing::debug!(peer = %peer.short(), request = kind, "request");
         let end = match env.request {
             Request::Logs { app, selection } => self.serve_logs(&mut framed, &app, selection).await,
@@ -1249,12 +1367,17 @@ impl Agent {
                     .await
                     .map_err(rpc)?;
                 self.fetch(t, sources, events, deadline).await?;
-                self.inner
+                match self
+                    .inner
                     .parts
                     .installer
                     .install(&d, &self.inner.chunks)
                     .await
-                    .map_err(rpc)
+                {
+                    Ok(dir) => Ok(dir),
+                    Err(e) if no_space(&e) => Err(self.out_of_space(&d, &e).await),
+                    Err(e) => Err(rpc(e)),
+                }
             };
             tokio::time::timeout_at(deadline, fetch_install)
                 .await
@@ -1347,6 +1470,11 @@ impl Agent {
             &mut progress,
         )
         .await;
+        if let Err(e) = &result
+            && no_space(e)
+        {
+            return Err(self.out_of_space(d, e).await);
+        }
         result.map_err(|e| {
             let kind = match &e {
                 Error::Timeout { .. } => ErrorKind::Timeout,
@@ -1362,6 +1490,29 @@ impl Agent {
                 format!("{} {}: {e}", d.manifest.name, d.manifest.version),
             )
         })
+    }
+
+    /// A release that ran out of disk space on the way in: its chunks
+    /// (those no other release holds) are removed, so that the disk is as
+    /// it was before the deploy and the apps running keep their room (for
+    /// their logs, say); the error names what could not be written.
+    async fn out_of_space(&self, d: &Descriptor, e: &Error) -> RpcError {
+        let id = d.id();
+        let freed = match self.inner.chunks.remove_release(&id).await {
+            Ok(_) => self.inner.chunks.collect().await,
+            Err(e) => Err(e),
+        };
+        let cleanup = match freed {
+            Ok(n) => format!("its {n} chunk(s) received were removed"),
+            Err(c) => format!("removing what was received failed too: {c}"),
+        };
+        RpcError::new(
+            ErrorKind::Internal,
+            format!(
+                "{} {}: no space left on the node's disk: {e}; {cleanup}, the active version runs on",
+                d.manifest.name, d.manifest.version
+            ),
+        )
     }
 
     /// Answers [`Request::Fetch`]: the release's descriptor and

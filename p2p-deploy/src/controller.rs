@@ -274,6 +274,7 @@ pub struct Holder {
 
 /// How many nodes per batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BatchSize {
     /// A number of nodes (at least 1).
     Nodes(usize),
@@ -292,6 +293,7 @@ impl BatchSize {
 
 /// How targets are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Plan {
     /// Every target at once.
     All,
@@ -312,6 +314,7 @@ pub enum Plan {
 
 /// How many failures a rollout tolerates before it halts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailureLimit {
     /// At most this many failed nodes.
     Count(usize),
@@ -354,6 +357,7 @@ impl Default for RolloutPlan {
 
 /// How one node's deploy ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NodeResult {
     /// Activated.
     Activated,
@@ -385,6 +389,7 @@ impl NodeResult {
 
 /// Progress of a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Progress {
     /// The targets, in the order they will be taken.
     Selected {

@@ -79,7 +79,16 @@ impl Installer for DirInstaller {
             .prefix(".incoming-")
             .tempfile_in(&self.root)
             .map_err(|e| Error::io(format!("creating a file in {}", self.root.display()), e))?;
-        chunks.assemble(d, tmp.as_file_mut()).await?;
+        let at = tmp.path().to_path_buf();
+        chunks
+            .assemble(d, tmp.as_file_mut())
+            .await
+            .map_err(|e| match e {
+                Error::Io { context, source } => {
+                    Error::io(format!("{context} to {}", at.display()), source)
+                }
+                other => other,
+            })?;
         let target = version_dir(&self.root, &m.name, &m.version)?;
         if target.exists() {
             // Left by an install that was never recorded: replace it.

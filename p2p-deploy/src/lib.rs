@@ -129,7 +129,7 @@ pub mod swarm;
 pub mod trust;
 pub mod unpack;
 
-pub use agent::{Agent, AgentConfig, AgentParts};
+pub use agent::{Agent, AgentConfig, AgentParts, RequestRate};
 pub use archive::IGNORE_FILE;
 pub use controller::{
     BatchSize, Controller, ControllerConfig, FailureLimit, Holder, NodeResult, NodeView, Plan,

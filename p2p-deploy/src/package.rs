@@ -73,9 +73,42 @@ pub struct Descriptor {
     pub created_at: Timestamp,
 }
 
-/// A package id: the SHA-256 of the descriptor's canonical bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A package id: the SHA-256 of the descriptor's canonical bytes. In
+/// JSON (and other human-readable formats) it is 64 hex characters; on
+/// the wire and on disk, its 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PackageId(pub [u8; 32]);
+
+impl Serialize for PackageId {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            // As the derived newtype encoding: the bytes themselves.
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PackageId {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let s = String::deserialize(deserializer)?;
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(&s, &mut bytes).map_err(|e| {
+                serde::de::Error::custom(format!("package id {s:?} is not 64 hex characters: {e}"))
+            })?;
+            Ok(PackageId(bytes))
+        } else {
+            <[u8; 32]>::deserialize(deserializer).map(PackageId)
+        }
+    }
+}
 
 impl std::fmt::Display for PackageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -313,6 +313,7 @@ pub struct HistoryEntry {
 
 /// How a deployment ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The version passed its health gate and is active.
     Activated,
@@ -362,6 +363,7 @@ impl NodeInfo {
 
 /// Steps of a deploy on one node, streamed as they happen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DeployEvent {
     /// Signatures and version checks passed.
     Verified,
@@ -392,6 +394,7 @@ pub enum DeployEvent {
 
 /// The final answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Reply {
     /// For [`Request::Info`].
     Info(Box<NodeInfo>),
@@ -444,6 +447,7 @@ impl CatalogEntry {
 
 /// How a deploy, switch or rollback ended on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// The version passed its gate and is active.
     Activated {
@@ -495,6 +499,7 @@ pub enum Frame {
 
 /// What kind of error a request met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The caller may not do this (not an operator).
     Denied,
@@ -709,7 +714,7 @@ impl Call {
                     let quiet = self.silence.map(|s| tokio::time::Instant::now() + s);
                     let until = quiet.map_or(d, |q| q.min(d));
                     match tokio::time::timeout_at(until, self.framed.recv::<Frame>()).await {
-                        Ok(f) => f?,
+                        Ok(f) => f.map_err(|e| self.gone(e))?,
                         Err(_) if until < d => {
                             return Err(stopped_answering(
                                 &self.peer,
@@ -726,13 +731,29 @@ impl Call {
                         }
                     }
                 }
-                None => self.framed.recv::<Frame>().await?,
+                None => self
+                    .framed
+                    .recv::<Frame>()
+                    .await
+                    .map_err(|e| self.gone(e))?,
             };
             match frame {
                 Frame::Alive => {}
                 Frame::Error(e) => return Err(e.into_error(&self.peer, self.timeout)),
                 other => return Ok(other),
             }
+        }
+    }
+
+    /// A stream that ended before the answer: the node went away (it
+    /// stopped or crashed, or its connection broke) mid-request.
+    fn gone(&self, e: Error) -> Error {
+        match e {
+            Error::Closed { reason } => Error::unreachable(format!(
+                "node {} stopped answering: its connection ended mid-request ({reason})",
+                self.peer.short()
+            )),
+            other => other,
         }
     }
 
