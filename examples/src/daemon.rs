@@ -206,6 +206,7 @@ impl DaemonConfig {
             allow: (!allow.is_empty()).then_some(allow),
             mdns: self.mdns,
             relays: self.relay_settings(ca_certs),
+            connect_timeout: None,
         })
     }
 

@@ -13,7 +13,7 @@
 //! cargo run -p p2p-examples --bin p2pd -- run --data-dir ./node1
 //! cargo run -p p2p-examples --bin p2pctl -- keygen --out alice
 //! cargo run -p p2p-examples --bin p2pctl -- package ./web
-//! cargo run -p p2p-examples --bin p2pctl -- sign web-1.0.0.p2p --key alice.key
+//! cargo run -p p2p-examples --bin p2pctl -- sign web-1.0.0.p2p --signing-key alice.key
 //! ```
 //!
 //! The library half is what the binaries and the `fleet` example share:

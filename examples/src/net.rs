@@ -176,6 +176,9 @@ pub struct NetOptions {
     pub mdns: bool,
     /// Relays.
     pub relays: Relays,
+    /// The bound on connecting to a peer (and on the admission handshake
+    /// of a private iroh network); `None`: the backend's default (10 s).
+    pub connect_timeout: Option<std::time::Duration>,
 }
 
 impl NetOptions {
@@ -218,6 +221,9 @@ pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>>
                 Reach::Public => p2p_iroh::Connectivity::N0Relays,
             });
             cfg = cfg.trust_relay_certs(opts.relays.ca_certs.iter().cloned());
+            if let Some(t) = opts.connect_timeout {
+                cfg = cfg.connect_timeout(t);
+            }
             let p = p2p_iroh::IrohProvider::bind(key, cfg)
                 .await
                 .with_context(|| format!("binding iroh on {}", on()))?;
@@ -236,6 +242,9 @@ pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>>
                 }
                 if let Some(allow) = &opts.allow {
                     policy = policy.with_allow_list(allow.iter().copied());
+                }
+                if let Some(t) = opts.connect_timeout {
+                    policy = policy.with_handshake_timeout(t);
                 }
                 Arc::new(Admitted::new(p, policy))
             }
@@ -256,6 +265,9 @@ pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>>
                 cfg = cfg.relays(opts.relays.libp2p_relays()?);
             }
             cfg = cfg.relay_server(opts.relays.serve);
+            if let Some(t) = opts.connect_timeout {
+                cfg = cfg.connect_timeout(t);
+            }
             let p = p2p_libp2p::Libp2pProvider::bind(key, cfg)
                 .await
                 .with_context(|| format!("binding libp2p on {}", on()))?;

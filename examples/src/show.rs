@@ -57,6 +57,15 @@ pub fn by_name(a: &str, b: &str) -> std::cmp::Ordering {
     (a.len(), a).cmp(&(b.len(), b))
 }
 
+/// An app's state as it is spelled in JSON output (`healthy`,
+/// `backing_off`, ...).
+pub fn state_name(state: &p2p_core::AppState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}").to_lowercase())
+}
+
 /// A rollout's report for people: a summary line, then one line per
 /// node, by name.
 pub fn report_lines(report: &RolloutReport, names: &BTreeMap<PeerId, String>) -> Vec<String> {
@@ -214,7 +223,7 @@ impl StatusRow {
                     state: a
                         .status
                         .as_ref()
-                        .map(|st| format!("{:?}", st.state).to_lowercase())
+                        .map(|st| state_name(&st.state))
                         .unwrap_or_else(|| "-".into()),
                     previous: a.previous.as_ref().map(ToString::to_string),
                     restarts: a.status.as_ref().map_or(0, |st| st.restarts),
@@ -223,6 +232,19 @@ impl StatusRow {
             }
         }
         rows
+    }
+
+    /// The row of a node that did not answer.
+    pub fn unreachable(node: &str, app: Option<&str>) -> StatusRow {
+        StatusRow {
+            node: node.to_string(),
+            app: app.unwrap_or("-").to_string(),
+            active: None,
+            state: "unreachable".into(),
+            previous: None,
+            restarts: 0,
+            installed: Vec::new(),
+        }
     }
 
     /// The table's header line.

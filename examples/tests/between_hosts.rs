@@ -13,6 +13,7 @@
 
 use p2p_examples::netlab::{Host, Lab, lab_for_test};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 mod common;
 use common::*;
@@ -50,8 +51,8 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
         w.node_on("n2", backend, listen),
     );
     let args = |labels: &'static str| vec!["--label", labels, "--psk-file", psk.to_str().unwrap()];
-    let _n1 = Daemon::start_in(&s.lab, &s.n1, &d1, &args("role=web,zone=a"));
-    let _n2 = Daemon::start_in(&s.lab, &s.n2, &d2, &args("role=web,zone=b"));
+    let n1 = Daemon::start_in(&s.lab, &s.n1, &d1, &args("role=web,zone=a"));
+    let mut n2 = Daemon::start_in(&s.lab, &s.n2, &d2, &args("role=web,zone=b"));
 
     // What `p2pd id` prints is pasted as it is: every address of the host
     // (IPv4 and IPv6), none of them loopback.
@@ -144,6 +145,101 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
     assert!(!o.status.success(), "{}", text(&o));
     let st = json_lines(&ok(&["status", "demo", "--json"]));
     assert!(st.iter().all(|n| n["app"]["running"] == true), "{st:?}");
+    // The node said what it refused, and from where, without a line per
+    // attempt.
+    let log = n1.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused an inbound"))
+        .collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l.contains(&format!("10.{net}.0.9")) || l.contains("2001:db8:70:")),
+        "no refusal with the controller's address in n1's log:\n{log}"
+    );
+    assert!(refusals.len() <= 6, "{refusals:#?}");
+
+    // A node killed in its health gate (eight seconds long here) is
+    // reported once it falls silent, not at the transport's idle timeout
+    // (30 s and more), and the rollout goes on within its failure limit.
+    let n2_id = id2.split('@').next().unwrap().to_string();
+    let v3 = w.package_health(
+        "3.0.0",
+        "\"--name\", \"v3\"",
+        "interval = \"1s\"\ntimeout = \"2s\"\nretries = 3\ngate = 8\n",
+    );
+    let args = [
+        "deploy",
+        &v3,
+        "--json",
+        "--max-failures",
+        "1",
+        "--node-silence",
+        "2s",
+    ];
+    let mut deploy = w.spawn_ctl_in(&s.lab, &s.ctl, &env, &args, Stdio::piped());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = deploy.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let mut lines = Vec::new();
+    let wait = |what: &dyn Fn(&str) -> bool, lines: &mut Vec<String>| loop {
+        let (at, line) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no such line in {lines:#?}"));
+        let hit = what(&line);
+        lines.push(line);
+        if hit {
+            return at;
+        }
+    };
+    wait(
+        &|l: &str| l.contains("\"started\"") && l.contains(&n2_id),
+        &mut lines,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    n2.kill();
+    let killed = Instant::now();
+    let reported = wait(
+        &|l: &str| l.contains("\"node_done\"") && l.contains(&n2_id),
+        &mut lines,
+    );
+    let last = lines.last().unwrap().clone();
+    assert!(last.contains("stopped answering"), "{last}");
+    // Well under the transport's idle timeout, with room for a loaded
+    // machine: the heartbeat is what noticed.
+    let after = reported - killed;
+    assert!(
+        after < Duration::from_secs(15),
+        "reported {after:?} after the kill"
+    );
+    let status = deploy.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "n1 on 3.0.0, n2 failed: {lines:#?}");
+
+    // With n2 down, listings take the connect timeout and say so; n1 is
+    // shown, n2 is unreachable, and the exit code says "some".
+    for cmd in [&["nodes", "--json"][..], &["status", "demo", "--json"][..]] {
+        let begun = Instant::now();
+        let o = ctl(&[cmd, &["--connect-timeout", "2s"]].concat());
+        let took = begun.elapsed();
+        assert_eq!(o.status.code(), Some(3), "{cmd:?}: {}", text(&o));
+        assert!(took < Duration::from_secs(8), "{cmd:?} took {took:?}");
+        let rows = json_lines(&String::from_utf8_lossy(&o.stdout));
+        let down = rows
+            .iter()
+            .find(|r| r["node"] == n2_id.as_str() || r["id"] == n2_id.as_str())
+            .unwrap_or_else(|| panic!("{cmd:?}: no row for n2: {rows:?}"));
+        assert!(
+            down["health"] == "unreachable" || down["unreachable"] == true,
+            "{down}"
+        );
+        assert!(text(&o).contains("did not answer"), "{}", text(&o));
+    }
 }
 
 #[test]

@@ -82,16 +82,43 @@ fn a_fleet_of_two_daemons_over_iroh() {
     ]);
     assert_eq!(active(&w, &bs), pair("1.0.0", "2.0.0"));
 
-    // A package whose bytes were changed after signing: refused, nothing
-    // changes.
+    // A package whose signature bytes were changed: every node refuses
+    // it, nothing changes.
     let v3 = w.package("3.0.0", "\"--name\", \"v3\"");
     let mut bytes = std::fs::read(w.path().join(&v3)).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(w.path().join(&v3), bytes).unwrap();
     let o = w.ctl(&["deploy", &v3, "--bootstrap", &bs]);
-    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("every node refused"), "{}", text(&o));
     assert_eq!(active(&w, &bs), pair("1.0.0", "2.0.0"));
+
+    // A package with a byte of its archive changed (its signatures hold):
+    // p2pctl refuses it itself, naming the chunk, before any node hears
+    // of it.
+    let v4 = w.package("4.0.0", "\"--name\", \"v4\"");
+    let at = p2p_deploy::PackageFile::open(&w.path().join(&v4))
+        .unwrap()
+        .archive_offset
+        + 5;
+    let mut bytes = std::fs::read(w.path().join(&v4)).unwrap();
+    bytes[at as usize] ^= 0x01;
+    std::fs::write(w.path().join(&v4), bytes).unwrap();
+    let o = w.ctl(&["deploy", &v4, "--bootstrap", &bs]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("chunk 0 of the archive does not match its hash")
+            && text(&o).contains("nothing was sent"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(active(&w, &bs), pair("1.0.0", "2.0.0"));
+    let search = json_lines(&w.ok(&["search", "demo", "--json", "--bootstrap", &bs]));
+    assert!(
+        search.iter().all(|h| h["version"] != "4.0.0"),
+        "a node holds the refused package: {search:?}"
+    );
 
     let search = json_lines(&w.ok(&["search", "dem*", "--json", "--bootstrap", &bs]));
     assert!(search.iter().any(|h| h["version"] == "2.0.0"), "{search:?}");
@@ -103,7 +130,7 @@ fn a_fleet_of_two_daemons_over_iroh() {
     let begun = Instant::now();
     loop {
         let st = status_of(&w, &bs, "n1");
-        if st[0]["app"]["status"]["state"] == "Healthy" {
+        if st[0]["app"]["status"]["state"] == "healthy" {
             assert_eq!(st[0]["app"]["active"], "1.0.0");
             break;
         }

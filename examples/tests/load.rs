@@ -6,7 +6,10 @@
 //!   every follower keeps receiving lines, the deploy completes, and the
 //!   agent's memory stays bounded;
 //! - 200 deploys in a row: each completes, and the agent's open files
-//!   and memory do not grow beyond a bound from the 20th to the 200th.
+//!   and memory do not grow beyond a bound from the 20th to the 200th;
+//! - one peer flooding the node with info requests while a deploy runs:
+//!   it is answered "busy" past its request rate, and the deploy takes
+//!   about as long as one without the flood (measured in the same run).
 #![allow(clippy::unwrap_used)]
 // Real processes: deadlines are on the wall clock.
 #![allow(clippy::disallowed_methods)]
@@ -32,8 +35,20 @@ use common::*;
 /// A signed release of a shell-script app at `version` whose health
 /// check passes at once; it prints a line a second.
 async fn release(w: &World, version: &str) -> Arc<Release> {
+    release_sized(w, version, 0).await
+}
+
+/// The same with `ballast` incompressible bytes besides.
+async fn release_sized(w: &World, version: &str, ballast: usize) -> Arc<Release> {
     let app = w.path().join(format!("load-{version}"));
     std::fs::create_dir_all(&app).unwrap();
+    if ballast > 0 {
+        use rand::{Rng, SeedableRng};
+        let mut data = vec![0u8; ballast];
+        rand_chacha::ChaCha8Rng::seed_from_u64(ballast as u64 + version.len() as u64)
+            .fill_bytes(&mut data);
+        std::fs::write(app.join("ballast.bin"), data).unwrap();
+    }
     let script = app.join("run.sh");
     std::fs::write(
         &script,
@@ -253,4 +268,71 @@ async fn two_hundred_deploys_in_a_row_do_not_leak() {
         .unwrap()
         .count();
     assert!(kept <= 5, "{kept} versions on disk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_requests_does_not_slow_a_deploy() {
+    let w = World::new();
+    let (_node, addr) = start(&w);
+    let ctl = controller(&addr).await;
+    let t = target(&ctl).await;
+    deploy(&ctl, release(&w, "1.0.0").await, &t).await;
+    const SIZE: usize = 64 << 20;
+    // The baseline: the best of two deploys alone.
+    let mut alone = Duration::MAX;
+    for v in ["2.0.0", "3.0.0"] {
+        let r = release_sized(&w, v, SIZE).await;
+        let begun = Instant::now();
+        deploy(&ctl, r, &t).await;
+        alone = alone.min(begun.elapsed());
+    }
+
+    // A peer sends info requests as fast as it gets answers, eight at a
+    // time, while the same size of deploy runs.
+    let flooder = Arc::new(controller(&addr).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, busy) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (flooder, addr, stop, answered, busy) = (
+            flooder.clone(),
+            addr.clone(),
+            stop.clone(),
+            answered.clone(),
+            busy.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match flooder.request(&addr, Request::Info).await {
+                    Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                    Err(p2p_core::Error::Busy { .. }) => busy.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => panic!("the flooder got {e}"),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = release_sized(&w, "4.0.0", SIZE).await;
+    let begun = Instant::now();
+    deploy(&ctl, r, &t).await;
+    let flooded = begun.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (answered, busy) = (
+        answered.load(Ordering::Relaxed),
+        busy.load(Ordering::Relaxed),
+    );
+    let ratio = flooded.as_secs_f64() / alone.as_secs_f64();
+    eprintln!(
+        "flood: a 64 MiB deploy took {flooded:?} under the flood, {alone:?} alone ({ratio:.2}x); \
+         the flooder got {answered} answers and {busy} busy refusals"
+    );
+    assert!(busy > 0, "the flooding peer was never limited");
+    // The target is 1.2x; the margin is for a shared, noisy machine.
+    assert!(
+        ratio < 2.0,
+        "the deploy took {ratio:.2}x as long under the flood"
+    );
 }

@@ -71,7 +71,7 @@ fn keygen_package_sign_verify_inspect_psk() {
     assert_eq!(v["ok"], false);
     assert!(v["error"].as_str().unwrap().contains("not signed"));
 
-    let o = p2pctl(d, &["sign", "web-1.0.0.p2p", "--key", "alice.key"]);
+    let o = p2pctl(d, &["sign", "web-1.0.0.p2p", "--signing-key", "alice.key"]);
     assert!(o.status.success(), "{}", text(&o));
     let o = p2pctl(
         d,
@@ -96,7 +96,7 @@ fn keygen_package_sign_verify_inspect_psk() {
 
     // A key file that is too open is refused by name.
     std::fs::set_permissions(d.join("alice.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let o = p2pctl(d, &["sign", "web-1.0.0.p2p", "--key", "alice.key"]);
+    let o = p2pctl(d, &["sign", "web-1.0.0.p2p", "--signing-key", "alice.key"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("alice.key"), "{}", text(&o));
 
@@ -125,4 +125,116 @@ fn keygen_package_sign_verify_inspect_psk() {
     // Usage errors exit 2.
     let o = p2pctl(d, &["sign", "web-1.0.0.p2p"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn each_command_lists_only_its_options_and_bad_input_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // Offline commands know nothing of the network.
+    for cmd in ["keygen", "package", "sign", "verify", "psk"] {
+        let o = p2pctl(d, &[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd}: {}", text(&o));
+        let help = text(&o);
+        for net in ["--bootstrap", "--psk-file", "--backend", "--relay"] {
+            assert!(!help.contains(net), "{cmd} --help lists {net}:\n{help}");
+        }
+    }
+    // `id` takes the node key, nothing of the network.
+    let help = text(&p2pctl(d, &["id", "--help"]));
+    assert!(
+        help.contains("--key") && !help.contains("--bootstrap"),
+        "{help}"
+    );
+    // The online commands do.
+    let help = text(&p2pctl(d, &["deploy", "--help"]));
+    for net in [
+        "--bootstrap",
+        "--connect-timeout",
+        "--node-silence",
+        "--key",
+    ] {
+        assert!(help.contains(net), "deploy --help lacks {net}:\n{help}");
+    }
+
+    // A signing key given where the node key goes is named as such.
+    let o = p2pctl(d, &["keygen", "--out", "publisher"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = p2pctl(d, &["id", "--key", "publisher.key"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("is a signing key"), "{}", text(&o));
+
+    // Bad values are usage errors, before any node is asked.
+    for bad in [
+        &["deploy", "x.p2p", "--batch", "0%"][..],
+        &["deploy", "x.p2p", "--max-failures", "many"][..],
+        &["nodes", "--selector", "role=="][..],
+        &["nodes", "--connect-timeout", "soon"][..],
+    ] {
+        let o = p2pctl(d, bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+    }
+    let o = p2pctl(d, &["nodes", "--node-silence", "1s"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("node silence"), "{}", text(&o));
+}
+
+#[test]
+fn a_package_with_a_changed_archive_byte_is_named_by_inspect_and_never_sent() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir_all(d.join("web")).unwrap();
+    std::fs::write(
+        d.join("web/p2p.toml"),
+        "name = \"web\"\nversion = \"1.0.0\"\nentrypoint = \"run\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("web/run"), "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    for args in [
+        &["keygen", "--out", "alice"][..],
+        &["package", "web"][..],
+        &["sign", "web-1.0.0.p2p", "--signing-key", "alice.key"][..],
+    ] {
+        let o = p2pctl(d, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+    }
+    let o = p2pctl(d, &["inspect", "web-1.0.0.p2p"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("every byte matches"), "{}", text(&o));
+
+    let path = d.join("web-1.0.0.p2p");
+    let at = p2p_deploy::PackageFile::open(&path).unwrap().archive_offset + 3;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at as usize] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let o = p2pctl(d, &["inspect", "web-1.0.0.p2p", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["archive_ok"], false);
+    assert!(
+        v["archive_error"].as_str().unwrap().contains("chunk 0"),
+        "{v}"
+    );
+    // The signature itself still verifies: only the archive is wrong.
+    assert_eq!(v["signatures"][0]["verifies"], true);
+
+    // deploy refuses it before it binds or dials anything: the bootstrap
+    // here leads nowhere.
+    let o = p2pctl(
+        d,
+        &[
+            "deploy",
+            "web-1.0.0.p2p",
+            "--bootstrap",
+            "0000000000000000000000000000000000000000000000000000000000000001@127.0.0.1:9",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("chunk 0 of the archive does not match its hash")
+            && text(&o).contains("nothing was sent"),
+        "{}",
+        text(&o)
+    );
 }

@@ -278,6 +278,12 @@ fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("p2pd-data"))
 }
 
+/// The default log filter: info, except iroh's QUIC layer, whose
+/// warnings (`failed closing path err=LastOpenPath` when a peer's last
+/// path goes away with its connection) are about its own bookkeeping and
+/// ask nothing of an operator; `RUST_LOG=info` shows them again.
+const DEFAULT_LOG: &str = "info,noq_proto::connection=error";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -438,7 +444,7 @@ async fn relay(dir: &Path, args: RelayArgs) -> Result<()> {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

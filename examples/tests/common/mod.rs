@@ -94,6 +94,13 @@ impl Daemon {
             .to_string()
     }
 
+    /// SIGKILL, as a crash or a power cut would end it (its apps live
+    /// on until the daemon is dropped).
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -292,6 +299,17 @@ impl World {
     /// A signed package of demo-app at `version` with `ballast` bytes of
     /// incompressible data besides, so that it takes many chunks.
     pub fn package_with(&self, version: &str, args: &str, ballast: usize) -> String {
+        self.package_full(version, args, ballast, DEFAULT_HEALTH)
+    }
+
+    /// A signed package of demo-app at `version` whose health check
+    /// settings (after `exec`) are `health`: `"interval = \"1s\"\ngate =
+    /// 8\n"` makes its gate take eight seconds.
+    pub fn package_health(&self, version: &str, args: &str, health: &str) -> String {
+        self.package_full(version, args, 0, health)
+    }
+
+    fn package_full(&self, version: &str, args: &str, ballast: usize, health: &str) -> String {
         let app = self.path().join(format!("app-{version}"));
         std::fs::create_dir_all(&app).unwrap();
         if ballast > 0 {
@@ -309,17 +327,20 @@ impl World {
             format!(
                 "name = \"demo\"\nversion = \"{version}\"\nentrypoint = \"demo-app\"\n\
                  args = [{args}]\nstop_grace = \"2s\"\n\
-                 [health]\nexec = [\"./demo-app\", \"--probe\"]\ninterval = \"200ms\"\n\
-                 timeout = \"2s\"\nretries = 3\ngate = 2\n"
+                 [health]\nexec = [\"./demo-app\", \"--probe\"]\n{health}"
             ),
         )
         .unwrap();
         let file = format!("demo-{version}.p2p");
         self.ok(&["package", app.to_str().unwrap(), "--out", &file]);
-        self.ok(&["sign", &file, "--key", "publisher.key"]);
+        self.ok(&["sign", &file, "--signing-key", "publisher.key"]);
         file
     }
 }
+
+/// The health settings of [`World::package`]: a gate of two probes, 200
+/// ms apart.
+const DEFAULT_HEALTH: &str = "interval = \"200ms\"\ntimeout = \"2s\"\nretries = 3\ngate = 2\n";
 
 pub fn text(o: &Output) -> String {
     format!(
@@ -413,7 +434,7 @@ pub fn healthy(w: &World, bs: &str, node: &str) -> String {
     let begun = Instant::now();
     loop {
         let st = status_of(w, bs, node);
-        if st[0]["app"]["status"]["state"] == "Healthy" {
+        if st[0]["app"]["status"]["state"] == "healthy" {
             return st[0]["app"]["active"].as_str().unwrap().to_string();
         }
         assert!(begun.elapsed() < Duration::from_secs(30), "{st:?}");

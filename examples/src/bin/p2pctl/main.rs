@@ -4,9 +4,11 @@
 //! the nodes (`p2pd`): `nodes`, `status`, `deploy`, `start`, `stop`,
 //! `restart`, `switch`, `rollback`, `remove`, `logs`, `search`.
 //!
-//! Exit codes: 0 success, 1 failure (the package did not verify, a file
-//! was bad, no node could do it), 2 usage, 3 partial (a rollout halted or
-//! some nodes failed).
+//! Exit codes, one rule for every command: 0 when every node asked did
+//! it; 3 when some did and some did not (refused, failed, or did not
+//! answer); 1 when none did, or the input was bad (a package that does
+//! not verify, a missing file); 2 for usage errors. The last line, on
+//! stderr, says what happened.
 //!
 //! Run: `cargo run -p p2p-examples --bin p2pctl -- --help`
 
@@ -28,17 +30,21 @@ mod online;
     name = "p2pctl",
     version,
     about = "Deploy signed apps to a fleet over peer-to-peer networks",
-    after_help = "Exit codes: 0 success; 1 failure (a package did not verify, a file was bad, \
-no node could do it); 2 usage; 3 partial (a rollout halted, or some nodes failed).\n\
+    after_help = "Exit codes: 0 every node asked did it; 3 some did, some did not (refused, \
+failed, or did not answer); 1 none did, or bad input (a package that does not verify, a missing \
+file); 2 usage. The last line, on stderr, says what happened.\n\
 Settings: flags, else P2PCTL_* variables, else the config file."
 )]
 struct Cli {
-    #[command(flatten)]
-    global: online::Global,
+    /// More output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per run: the size of the network options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     #[command(flatten)]
@@ -73,9 +79,9 @@ enum Command {
     Sign {
         /// The package file.
         package: PathBuf,
-        /// The secret key file.
+        /// The signing key's secret file (OUT.key from `keygen`).
         #[arg(long)]
-        key: PathBuf,
+        signing_key: PathBuf,
     },
     /// Verify a package against a trust store directory: signatures, then
     /// every byte.
@@ -92,7 +98,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a package: manifest, id, size, chunks, signatures.
+    /// Show a package: manifest, id, size, chunks, signatures, and
+    /// whether every byte of its archive matches (exit 1 when not, or
+    /// when a signature is invalid).
     Inspect {
         /// The package file.
         package: PathBuf,
@@ -132,7 +140,7 @@ fn init_logs(verbose: u8) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.global.verbose);
+    init_logs(cli.verbose);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,10 +152,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Online(cmd) => cli
-            .global
-            .settings()
-            .and_then(|s| rt.block_on(online::run(&s, cmd))),
+        Command::Online(cmd) => rt.block_on(online::run(cmd)),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -199,6 +204,10 @@ struct Inspection {
     chunk_size: u32,
     chunks: usize,
     created_at_ms: u64,
+    /// Whether every byte of the archive matches the descriptor.
+    archive_ok: bool,
+    /// Which chunk does not, when one does not.
+    archive_error: Option<String>,
     signatures: Vec<SignatureInfo>,
 }
 
@@ -243,8 +252,11 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             );
             println!("id {}", d.id());
         }
-        Command::Sign { package, key } => {
-            let signer = read_secret_key(&key)?;
+        Command::Sign {
+            package,
+            signing_key,
+        } => {
+            let signer = read_secret_key(&signing_key)?;
             let mut pkg =
                 PackageFile::open(&package).map_err(|e| anyhow!("{}: {e}", package.display()))?;
             pkg.sign(&signer).await?;
@@ -310,9 +322,15 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                     verifies: Ed25519Verifier::new(s.key)
                         .and_then(|v| v.verify(&message, s))
                         .is_ok(),
-                    trusted: store.as_ref().map(|t| t.trusted().contains(&s.key)),
+                    // Trusted, not revoked, and valid: would a node count it?
+                    trusted: store.as_ref().map(|t| {
+                        t.trusted().contains(&s.key)
+                            && t.check(&pkg.descriptor, std::slice::from_ref(s)).is_ok()
+                    }),
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            let archive = pkg.check_archive().err().map(|e| e.to_string());
+            let bad = archive.is_some() || signatures.iter().any(|s| !s.verifies);
             let m = &pkg.descriptor.manifest;
             let info = Inspection {
                 file: package.display().to_string(),
@@ -325,6 +343,8 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 chunk_size: pkg.descriptor.chunk_size,
                 chunks: pkg.descriptor.chunks.len(),
                 created_at_ms: pkg.descriptor.created_at.as_millis(),
+                archive_ok: archive.is_none(),
+                archive_error: archive,
                 signatures,
             };
             if json {
@@ -338,8 +358,14 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 println!("id          {}", info.id);
                 println!("entrypoint  {}", info.entrypoint);
                 println!(
-                    "archive     {} bytes, {} chunks of {} bytes",
-                    info.archive_bytes, info.chunks, info.chunk_size
+                    "archive     {} bytes, {} chunks of {} bytes, {}",
+                    info.archive_bytes,
+                    info.chunks,
+                    info.chunk_size,
+                    match &info.archive_error {
+                        None => "every byte matches".to_string(),
+                        Some(e) => format!("CORRUPT: {e}"),
+                    }
                 );
                 if info.signatures.is_empty() {
                     println!("signatures  none");
@@ -353,6 +379,9 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                     let ok = if s.verifies { "valid" } else { "INVALID" };
                     println!("signature   {} {ok}{trusted}", s.key);
                 }
+            }
+            if bad {
+                return Ok(ExitCode::from(1));
             }
         }
         Command::Psk { out } => {

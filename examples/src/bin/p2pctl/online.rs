@@ -10,59 +10,85 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use p2p_core::{LogSelection, LogStream, NodeKey, PeerAddr, PeerId, PreSharedKey};
-use p2p_deploy::controller::{BatchSize, FailureLimit, NodeView, Plan, Release, RolloutPlan};
-use p2p_deploy::proto::{Reply, Request};
+use p2p_deploy::controller::{
+    BatchSize, FailureLimit, NodeResult, NodeView, Plan, Release, RolloutPlan,
+};
+use p2p_deploy::proto::{Activation, Reply, Request};
 use p2p_deploy::{ActivateOptions, Controller, ControllerConfig, NodeInfo, PackageFile, Selector};
 use p2p_examples::net::{self, Backend, NetOptions, Reach, Relays};
-use p2p_examples::show::{DeployView, NodeRow, StatusRow, ViewStyle, report_lines};
+use p2p_examples::show::{
+    DeployView, NodeRow, StatusRow, ViewStyle, report_lines, result_text, state_name,
+};
 use serde::{Deserialize, Serialize};
 
 /// Exit code of a rollout that halted or left some nodes failed.
 pub(crate) const PARTIAL: u8 = 3;
 
-/// How to reach the fleet: flags, else the config file, else defaults.
+/// Who this controller is, and how it prints.
 #[derive(Args, Clone, Default)]
-pub(crate) struct Global {
+pub(crate) struct Identity {
     /// The config file (default: p2pctl/config.toml in the user's config
     /// directory; missing is fine).
-    #[arg(long, global = true, env = "P2PCTL_CONFIG")]
+    #[arg(long, env = "P2PCTL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// This controller's node key (made on first use); its id is what
+    /// nodes list as an operator. Not the signing key of `p2pctl sign`.
+    #[arg(long, env = "P2PCTL_KEY")]
+    pub key: Option<PathBuf>,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The help heading of the network settings.
+const NET: &str = "Reaching the fleet";
+
+/// How to reach the fleet: flags, else `P2PCTL_*` variables, else the
+/// config file, else defaults.
+#[derive(Args, Clone, Default)]
+pub(crate) struct Global {
+    #[command(flatten)]
+    pub who: Identity,
     /// The transport.
-    #[arg(long, global = true, value_enum, env = "P2PCTL_BACKEND")]
+    #[arg(long, value_enum, env = "P2PCTL_BACKEND", help_heading = NET)]
     pub backend: Option<Backend>,
     /// Nodes to ask: what `p2pd id` prints (`<id>@<addr>,<addr>...`), several
     /// separated by commas or spaces, or the flag repeated.
-    #[arg(long, global = true, env = "P2PCTL_BOOTSTRAP")]
+    #[arg(long, env = "P2PCTL_BOOTSTRAP", help_heading = NET)]
     pub bootstrap: Vec<String>,
     /// The private network's pre-shared key file.
-    #[arg(long, global = true, env = "P2PCTL_PSK_FILE")]
+    #[arg(long, env = "P2PCTL_PSK_FILE", help_heading = NET)]
     pub psk_file: Option<PathBuf>,
-    /// This controller's node key (made on first use); its id is what
-    /// nodes list as an operator.
-    #[arg(long, global = true, env = "P2PCTL_KEY")]
-    pub key: Option<PathBuf>,
     /// Addresses to bind (comma separated); default: every interface, a
     /// free port.
-    #[arg(long, global = true, env = "P2PCTL_LISTEN", value_delimiter = ',')]
+    #[arg(long, env = "P2PCTL_LISTEN", value_delimiter = ',', help_heading = NET)]
     pub listen: Vec<std::net::SocketAddr>,
     /// How far it reaches: local, relays (those of --relay, or of the
     /// bootstrap addresses), public (number 0's iroh relays).
-    #[arg(long, global = true, env = "P2PCTL_CONNECTIVITY", value_enum)]
+    #[arg(long, env = "P2PCTL_CONNECTIVITY", value_enum, help_heading = NET)]
     pub connectivity: Option<Reach>,
     /// Relays: iroh relay URLs, libp2p relay nodes' addresses; comma
     /// separated or the flag repeated.
-    #[arg(long = "relay", global = true, env = "P2PCTL_RELAYS")]
+    #[arg(long = "relay", env = "P2PCTL_RELAYS", help_heading = NET)]
     pub relays: Vec<String>,
     /// iroh: PEM file of certificates trusted for the relays.
-    #[arg(long, global = true, env = "P2PCTL_RELAY_CA")]
+    #[arg(long, env = "P2PCTL_RELAY_CA", help_heading = NET)]
     pub relay_ca: Option<PathBuf>,
-    /// One JSON object per line on stdout.
-    #[arg(long, global = true)]
-    pub(crate) json: bool,
-    /// More output on stderr (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    /// How long a node gets to take the connection ("3s", the default): a
+    /// node that is down costs this much.
+    #[arg(long, env = "P2PCTL_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, help_heading = NET)]
+    pub connect_timeout: Option<Duration>,
+    /// A node that sends nothing for this long while it works on a
+    /// request ("5s", the default; at least 2s) is reported as having
+    /// stopped answering, and counts as failed.
+    #[arg(long, env = "P2PCTL_NODE_SILENCE", value_parser = humantime::parse_duration, help_heading = NET)]
+    pub node_silence: Option<Duration>,
 }
+
+/// The default of `--connect-timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The default of `--node-silence`.
+const NODE_SILENCE: Duration = Duration::from_secs(5);
 
 /// `p2pctl`'s config file.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -76,6 +102,10 @@ struct CtlConfig {
     connectivity: Option<Reach>,
     relays: Vec<String>,
     relay_ca: Option<PathBuf>,
+    /// "3s".
+    connect_timeout: Option<String>,
+    /// "5s".
+    node_silence: Option<String>,
 }
 
 fn config_dir() -> PathBuf {
@@ -89,13 +119,15 @@ pub(crate) struct Settings {
     net: NetOptions,
     bootstrap: Vec<PeerAddr>,
     key: PathBuf,
+    node_silence: Duration,
     /// JSON output.
     pub(crate) json: bool,
 }
 
-impl Global {
-    /// Flags over the config file over defaults.
-    pub(crate) fn settings(&self) -> Result<Settings> {
+impl Identity {
+    /// The config file (an explicit one must exist) and the directory its
+    /// relative paths start from.
+    fn file(&self) -> Result<(CtlConfig, PathBuf)> {
         let (file, explicit) = match &self.config {
             Some(p) => (p.clone(), true),
             None => (config_dir().join("config.toml"), false),
@@ -106,6 +138,36 @@ impl Global {
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok((cfg, base))
+    }
+
+    /// Where the node key is: the flag, else the config file, else the
+    /// default.
+    fn key_path(&self, cfg: &CtlConfig, base: &Path) -> PathBuf {
+        self.key
+            .clone()
+            .or_else(|| cfg.key.as_ref().map(|p| base.join(p)))
+            .unwrap_or_else(|| config_dir().join("node.key"))
+    }
+
+    /// This controller's node key, made on first use.
+    pub(crate) fn node_key(&self) -> Result<NodeKey> {
+        let (cfg, base) = self.file()?;
+        load_node_key(&self.key_path(&cfg, &base))
+    }
+}
+
+/// A duration setting from the config file ("3s").
+fn duration_setting(what: &str, v: Option<&String>) -> Result<Option<Duration>> {
+    v.map(|t| humantime::parse_duration(t).map_err(|e| anyhow!("{what} = {t:?}: {e}")))
+        .transpose()
+}
+
+impl Global {
+    /// Flags over the config file over defaults.
+    pub(crate) fn settings(&self) -> Result<Settings> {
+        let (cfg, base) = self.who.file()?;
+        let key = self.who.key_path(&cfg, &base);
         let bootstrap = if self.bootstrap.is_empty() {
             cfg.bootstrap
         } else {
@@ -119,11 +181,6 @@ impl Global {
         let psk = psk_file
             .map(|p| PreSharedKey::load(&p).with_context(|| format!("psk file {}", p.display())))
             .transpose()?;
-        let key = self
-            .key
-            .clone()
-            .or_else(|| cfg.key.map(|p| base.join(p)))
-            .unwrap_or_else(|| config_dir().join("node.key"));
         let backend = self.backend.or(cfg.backend).unwrap_or_default();
         let mut relays = if self.relays.is_empty() {
             cfg.relays
@@ -148,6 +205,27 @@ impl Global {
             Some(p) => net::read_relay_ca(p)?,
             None => Vec::new(),
         };
+        let connect_timeout = match self.connect_timeout {
+            Some(d) => d,
+            None => duration_setting("connect_timeout", cfg.connect_timeout.as_ref())?
+                .unwrap_or(CONNECT_TIMEOUT),
+        };
+        if connect_timeout.is_zero() {
+            bail!("connect timeout: must be more than zero");
+        }
+        let node_silence = match self.node_silence {
+            Some(d) => d,
+            None => {
+                duration_setting("node_silence", cfg.node_silence.as_ref())?.unwrap_or(NODE_SILENCE)
+            }
+        };
+        if node_silence < 2 * p2p_deploy::proto::HEARTBEAT {
+            bail!(
+                "node silence {node_silence:?}: at least {:?} (nodes send a heartbeat every {:?})",
+                2 * p2p_deploy::proto::HEARTBEAT,
+                p2p_deploy::proto::HEARTBEAT
+            );
+        }
         let net = NetOptions {
             backend,
             listen: if self.listen.is_empty() {
@@ -157,6 +235,7 @@ impl Global {
             },
             psk,
             relays: Relays::new(explicit_reach, relays, ca_certs, false),
+            connect_timeout: Some(connect_timeout),
             ..NetOptions::default()
         };
         net.relays.check(backend)?;
@@ -164,18 +243,37 @@ impl Global {
             net,
             bootstrap,
             key,
-            json: self.json,
+            node_silence,
+            json: self.who.json,
         })
     }
 }
 
+/// The node key at `path`, made when missing. A signing key (from
+/// `p2pctl keygen`) is refused by name: it is easy to pass one for the
+/// other.
+fn load_node_key(path: &Path) -> Result<NodeKey> {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && text.starts_with("p2p-ed25519-secret")
+    {
+        bail!(
+            "{} is a signing key (made by `p2pctl keygen`, for `p2pctl sign --signing-key`); \
+             --key takes this controller's node key (made on first use, or by `p2pctl id --key <new file>`)",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    NodeKey::load_or_generate(path, &mut rand::rng())
+        .with_context(|| format!("controller key {}", path.display()))
+}
+
 impl Settings {
     fn node_key(&self) -> Result<NodeKey> {
-        if let Some(dir) = self.key.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        NodeKey::load_or_generate(&self.key, &mut rand::rng())
-            .with_context(|| format!("controller key {}", self.key.display()))
+        load_node_key(&self.key)
     }
 
     async fn controller(&self) -> Result<(Controller, Arc<dyn p2p_core::Provider>)> {
@@ -191,6 +289,8 @@ impl Settings {
                 ControllerConfig {
                     bootstrap: self.bootstrap.clone(),
                     request_timeout: Duration::from_secs(15),
+                    connect_timeout: self.net.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
+                    node_silence: Some(self.node_silence),
                     seed: rand::random(),
                     ..ControllerConfig::default()
                 },
@@ -204,8 +304,8 @@ impl Settings {
 #[derive(Args, Clone, Default)]
 pub(crate) struct Targets {
     /// A label selector (`role=web,zone!=b`); default: every node.
-    #[arg(long, short = 'l')]
-    pub selector: Option<String>,
+    #[arg(long, short = 'l', value_parser = parse_selector)]
+    pub selector: Option<Selector>,
     /// Node ids (comma separated), besides those the selector picks.
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
@@ -225,15 +325,22 @@ pub(crate) enum PlanKind {
 #[derive(Subcommand)]
 pub(crate) enum Online {
     /// Print this controller's peer id (for the nodes' `operators`).
-    Id,
+    Id {
+        #[command(flatten)]
+        who: Identity,
+    },
     /// The nodes: id, name, labels, address, apps, health.
     Nodes {
+        #[command(flatten)]
+        net: Global,
         #[command(flatten)]
         targets: Targets,
     },
     /// Apps across nodes (one app, or all).
     #[command(alias = "apps")]
     Status {
+        #[command(flatten)]
+        net: Global,
         /// The app.
         app: Option<String>,
         #[command(flatten)]
@@ -241,6 +348,8 @@ pub(crate) enum Online {
     },
     /// Deploy a signed package to the selected nodes.
     Deploy {
+        #[command(flatten)]
+        net: Global,
         /// The package file.
         package: PathBuf,
         #[command(flatten)]
@@ -249,20 +358,22 @@ pub(crate) enum Online {
         #[arg(long, value_enum, default_value = "all")]
         plan: PlanKind,
         /// Batch size: a number of nodes or a percentage ("25%").
-        #[arg(long, default_value = "1")]
-        batch: String,
+        #[arg(long, default_value = "1", value_parser = batch_size)]
+        batch: BatchSize,
         /// Canary nodes (canary plan).
         #[arg(long, default_value_t = 1)]
         canary: usize,
         /// Failed nodes tolerated: a number or a percentage.
-        #[arg(long, default_value = "0")]
-        max_failures: String,
+        #[arg(long, default_value = "0", value_parser = failure_limit)]
+        max_failures: FailureLimit,
         /// Leave changed nodes on the new version when the rollout halts.
         #[arg(long)]
         no_rollback: bool,
     },
     /// Start an app (and keep it running).
     Start {
+        #[command(flatten)]
+        net: Global,
         /// The app.
         app: String,
         #[command(flatten)]
@@ -270,6 +381,8 @@ pub(crate) enum Online {
     },
     /// Stop an app (and keep it stopped).
     Stop {
+        #[command(flatten)]
+        net: Global,
         /// The app.
         app: String,
         #[command(flatten)]
@@ -277,6 +390,8 @@ pub(crate) enum Online {
     },
     /// Restart an app.
     Restart {
+        #[command(flatten)]
+        net: Global,
         /// The app.
         app: String,
         #[command(flatten)]
@@ -284,6 +399,8 @@ pub(crate) enum Online {
     },
     /// Activate an installed version (through the health gate).
     Switch {
+        #[command(flatten)]
+        net: Global,
         /// The app.
         app: String,
         /// The version.
@@ -293,6 +410,8 @@ pub(crate) enum Online {
     },
     /// Go back to the version active before the current one.
     Rollback {
+        #[command(flatten)]
+        net: Global,
         /// The app.
         app: String,
         #[command(flatten)]
@@ -300,6 +419,8 @@ pub(crate) enum Online {
     },
     /// Remove an app, or one inactive version of it.
     Remove {
+        #[command(flatten)]
+        net: Global,
         /// The app.
         app: String,
         /// Only this version.
@@ -310,6 +431,8 @@ pub(crate) enum Online {
     },
     /// An app's logs from many nodes, each line prefixed with its node.
     Logs {
+        #[command(flatten)]
+        net: Global,
         /// The app.
         app: String,
         /// Keep following.
@@ -326,12 +449,34 @@ pub(crate) enum Online {
     },
     /// Find releases held in the fleet: a name, or a prefix ending in `*`.
     Search {
+        #[command(flatten)]
+        net: Global,
         /// `web`, `web*`, or `*`.
         query: String,
         /// A semver requirement (`^1.2`).
         #[arg(long)]
         version: Option<semver::VersionReq>,
     },
+}
+
+impl Online {
+    /// How this command reaches the fleet (`None` for `id`).
+    fn net(&self) -> Option<&Global> {
+        match self {
+            Online::Id { .. } => None,
+            Online::Nodes { net, .. }
+            | Online::Status { net, .. }
+            | Online::Deploy { net, .. }
+            | Online::Start { net, .. }
+            | Online::Stop { net, .. }
+            | Online::Restart { net, .. }
+            | Online::Switch { net, .. }
+            | Online::Rollback { net, .. }
+            | Online::Remove { net, .. }
+            | Online::Logs { net, .. }
+            | Online::Search { net, .. } => Some(net),
+        }
+    }
 }
 
 fn out<T: Serialize>(s: &Settings, value: &T, text: impl FnOnce()) {
@@ -345,6 +490,9 @@ fn out<T: Serialize>(s: &Settings, value: &T, text: impl FnOnce()) {
     }
 }
 
+/// Asks every known node for its info and picks the targets. Nodes that
+/// did not answer are left out (their labels are unknown); callers count
+/// them as failed.
 async fn pick(ctl: &Controller, targets: &Targets) -> Result<(Vec<NodeView>, Vec<NodeInfo>)> {
     let views = ctl.nodes().await;
     for v in NodeView::unanswered(&views) {
@@ -352,20 +500,23 @@ async fn pick(ctl: &Controller, targets: &Targets) -> Result<(Vec<NodeView>, Vec
             eprintln!("p2pctl: node {} did not answer: {e}", v.addr.id.short());
         }
     }
-    let selector: Selector = targets
-        .selector
-        .as_deref()
-        .unwrap_or("")
-        .parse()
-        .map_err(|e| anyhow!("--selector: {e}"))?;
     let ids = targets
         .nodes
         .iter()
         .map(|s| resolve(&views, s))
         .collect::<Result<Vec<_>>>()?;
-    let use_selector = targets.selector.is_some() || ids.is_empty();
-    let chosen = Controller::select(&views, use_selector.then_some(&selector), &ids)?;
+    let every = Selector::default();
+    let selector = match (&targets.selector, ids.is_empty()) {
+        (Some(sel), _) => Some(sel),
+        (None, true) => Some(&every),
+        (None, false) => None,
+    };
+    let chosen = Controller::select(&views, selector, &ids)?;
     Ok((views, chosen))
+}
+
+fn parse_selector(s: &str) -> std::result::Result<Selector, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 /// A node by name, full id or id prefix. A name wins: a node named `b1`
@@ -409,54 +560,169 @@ struct ActionRow<'a> {
 }
 
 /// Runs an online command.
-pub(crate) async fn run(s: &Settings, cmd: Online) -> Result<ExitCode> {
-    if let Online::Id = cmd {
-        let key = s.node_key()?;
-        out(
-            s,
-            &serde_json::json!({"id": key.peer_id().to_string()}),
-            || println!("{}", key.peer_id()),
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
+pub(crate) async fn run(cmd: Online) -> Result<ExitCode> {
+    let net = match (&cmd, cmd.net()) {
+        (Online::Id { who }, _) => {
+            let id = who.node_key()?.peer_id();
+            if who.json {
+                println!("{}", serde_json::json!({"id": id.to_string()}));
+            } else {
+                println!("{id}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        (_, Some(net)) => net,
+        (_, None) => unreachable!("every command but id reaches the fleet"),
+    };
+    // A package is checked, every byte against its signed descriptor,
+    // before anything else: no node hears of a bad one.
+    let release = match &cmd {
+        Online::Deploy { package, .. } => Some(checked_release(package)?),
+        _ => None,
+    };
+    let s = &net.settings()?;
     let (ctl, provider) = s.controller().await?;
-    let result = run_with(s, &ctl, cmd).await;
+    let result = run_with(s, &ctl, cmd, release).await;
     // Peers learn at once that this controller is gone, instead of at
     // their idle timeout.
     provider.close("p2pctl is done").await;
     result
 }
 
-async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCode> {
+/// The release in `package`, refused unless it is signed and every byte
+/// of its archive matches the descriptor (as `p2pctl verify` checks; trust
+/// is each node's business). A changed byte is named by its chunk.
+fn checked_release(package: &Path) -> Result<Arc<Release>> {
+    let pkg = PackageFile::open(package).map_err(|e| anyhow!("{}: {e}", package.display()))?;
+    if pkg.signatures.is_empty() {
+        bail!(
+            "{} is not signed: sign it with `p2pctl sign {} --signing-key <key>` (nodes refuse unsigned packages)",
+            package.display(),
+            package.display()
+        );
+    }
+    pkg.check_archive()
+        .map_err(|e| anyhow!("{}: REFUSED, nothing was sent: {e}", package.display()))?;
+    Ok(Arc::new(Release::from_package(&pkg)))
+}
+
+/// What became of each node a command asked, for its exit code and its
+/// last line (on stderr): 0 when every node did it, 3 when some did, 1
+/// when none did. A node that did not answer counts as one that did not
+/// do it.
+struct Tally {
+    what: String,
+    done: usize,
+    failed: Vec<(String, String)>,
+}
+
+impl Tally {
+    fn new(what: impl Into<String>) -> Self {
+        Tally {
+            what: what.into(),
+            done: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    fn done(&mut self) {
+        self.done += 1;
+    }
+
+    fn failed(&mut self, node: impl Into<String>, why: impl Into<String>) {
+        self.failed.push((node.into(), why.into()));
+    }
+
+    /// The nodes of `views` that did not answer.
+    fn unanswered(&mut self, views: &[NodeView]) {
+        for v in NodeView::unanswered(views) {
+            if let Err(e) = &v.info {
+                self.failed(v.addr.id.short(), format!("did not answer: {e}"));
+            }
+        }
+    }
+
+    /// The exit code, after the last line when something failed, or
+    /// always with `always`.
+    fn finish(self, always: bool) -> ExitCode {
+        let total = self.done + self.failed.len();
+        let list = || {
+            self.failed
+                .iter()
+                .map(|(n, why)| format!("{n}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let (code, line) = if self.failed.is_empty() {
+            (0, format!("{}: done on {total} node(s)", self.what))
+        } else if self.done == 0 {
+            let verb = if self
+                .failed
+                .iter()
+                .all(|(_, w)| w.starts_with("did not answer"))
+            {
+                "no node answered"
+            } else {
+                "every node refused or failed"
+            };
+            (1, format!("{}: {verb}: {}", self.what, list()))
+        } else {
+            (
+                PARTIAL,
+                format!(
+                    "{}: done on {} of {total} node(s); not on {}",
+                    self.what,
+                    self.done,
+                    list()
+                ),
+            )
+        };
+        if code != 0 || always {
+            eprintln!("p2pctl: {line}");
+        }
+        ExitCode::from(code)
+    }
+}
+
+async fn run_with(
+    s: &Settings,
+    ctl: &Controller,
+    cmd: Online,
+    release: Option<Arc<Release>>,
+) -> Result<ExitCode> {
     match cmd {
-        Online::Id => unreachable!("answered above"),
-        Online::Nodes { targets } => {
+        Online::Id { .. } => unreachable!("answered above"),
+        Online::Nodes { targets, .. } => {
             let (views, chosen) = pick(ctl, &targets).await?;
             if !s.json {
                 println!("{}", NodeRow::header());
             }
+            let mut tally = Tally::new("nodes");
             for v in &views {
                 let row = match (chosen.iter().find(|c| c.id == v.addr.id), &v.info) {
-                    (Some(i), _) => NodeRow::of(i, v.path.as_ref()),
+                    (Some(i), _) => {
+                        tally.done();
+                        NodeRow::of(i, v.path.as_ref())
+                    }
                     (None, Err(e)) => NodeRow::unreachable(v, e),
                     (None, Ok(_)) => continue, // not selected
                 };
                 out(s, &row, || println!("{}", row.line()));
             }
-            let unreachable = views.iter().any(|v| v.info.is_err());
-            return Ok(if unreachable {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            });
+            if targets.nodes.is_empty() {
+                tally.unanswered(&views);
+            }
+            Ok(tally.finish(false))
         }
-        Online::Status { app, targets } => {
-            let (_, chosen) = pick(ctl, &targets).await?;
+        Online::Status { app, targets, .. } => {
+            let (views, chosen) = pick(ctl, &targets).await?;
             if !s.json {
                 println!("{}", StatusRow::header());
             }
+            let mut tally = Tally::new("status");
             let mut found = false;
             for n in &chosen {
+                tally.done();
                 for a in n
                     .apps
                     .iter()
@@ -475,11 +741,32 @@ async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCod
                     );
                 }
             }
-            if let Some(app) = app
+            // Nodes that did not answer, after those that did.
+            if targets.nodes.is_empty() {
+                for v in NodeView::unanswered(&views) {
+                    let error = v.info.as_ref().err().cloned().unwrap_or_default();
+                    let row = StatusRow::unreachable(&v.addr.id.short(), app.as_deref());
+                    out(
+                        s,
+                        &serde_json::json!({
+                            "node": v.addr.id.to_string(),
+                            "name": "",
+                            "app": null,
+                            "unreachable": true,
+                            "error": error,
+                        }),
+                        || println!("{}", row.line()),
+                    );
+                }
+                tally.unanswered(&views);
+            }
+            if let Some(app) = &app
                 && !found
+                && tally.done > 0
             {
                 bail!("no selected node has an app {app:?}");
             }
+            Ok(tally.finish(false))
         }
         Online::Deploy {
             package,
@@ -489,36 +776,38 @@ async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCod
             canary,
             max_failures,
             no_rollback,
+            ..
         } => {
-            let pkg =
-                PackageFile::open(&package).map_err(|e| anyhow!("{}: {e}", package.display()))?;
-            if pkg.signatures.is_empty() {
-                bail!(
-                    "{} is not signed: sign it with `p2pctl sign {} --key <key>` (nodes refuse unsigned packages)",
-                    package.display(),
-                    package.display()
-                );
-            }
-            let release = Arc::new(Release::from_package(&pkg));
-            let (_, chosen) = pick(ctl, &targets).await?;
-            if chosen.is_empty() {
-                bail!("no node matches: nothing to deploy to");
-            }
+            // Checked in `run`, before any node was contacted.
+            let release = release.ok_or_else(|| anyhow!("{}: not loaded", package.display()))?;
             let rollout = RolloutPlan {
                 plan: match plan {
                     PlanKind::All => Plan::All,
-                    PlanKind::Rolling => Plan::Rolling {
-                        batch: batch_size(&batch)?,
-                    },
+                    PlanKind::Rolling => Plan::Rolling { batch },
                     PlanKind::Canary => Plan::Canary {
                         canary,
-                        batch: Some(batch_size(&batch)?),
+                        batch: Some(batch),
                     },
                 },
-                max_failures: failure_limit(&max_failures)?,
+                max_failures,
                 rollback_on_halt: !no_rollback,
                 options: ActivateOptions::default(),
             };
+            let what = format!(
+                "deploy {} {}",
+                release.descriptor.manifest.name, release.descriptor.manifest.version
+            );
+            let (views, chosen) = pick(ctl, &targets).await?;
+            let mut tally = Tally::new(&what);
+            if targets.nodes.is_empty() {
+                tally.unanswered(&views);
+            }
+            if chosen.is_empty() {
+                if tally.failed.is_empty() {
+                    bail!("no node matches the selector: nothing to deploy to");
+                }
+                return Ok(tally.finish(true));
+            }
             let names: BTreeMap<PeerId, String> =
                 chosen.iter().map(|n| (n.id, n.label())).collect();
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -536,74 +825,63 @@ async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCod
                     println!("{line}");
                 }
             });
-            return Ok(if report.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(PARTIAL)
-            });
+            for (id, r) in &report.nodes {
+                let name = names.get(id).cloned().unwrap_or_else(|| id.short());
+                let kept = matches!(r, NodeResult::Activated | NodeResult::AlreadyActive)
+                    && !report.rolled_back.contains(id);
+                if kept {
+                    tally.done();
+                } else if report.rolled_back.contains(id) {
+                    tally.failed(name, "rolled back when the rollout halted");
+                } else {
+                    tally.failed(name, result_text(r));
+                }
+            }
+            Ok(tally.finish(true))
         }
-        Online::Start { app, targets } => {
-            return act(
-                s,
-                ctl,
-                &targets,
-                "start",
-                &app,
-                Request::Start { app: app.clone() },
-            )
-            .await;
+        Online::Start { app, targets, .. } => {
+            let r = Request::Start { app: app.clone() };
+            act(s, ctl, &targets, "start", &app, r).await
         }
-        Online::Stop { app, targets } => {
-            return act(
-                s,
-                ctl,
-                &targets,
-                "stop",
-                &app,
-                Request::Stop { app: app.clone() },
-            )
-            .await;
+        Online::Stop { app, targets, .. } => {
+            let r = Request::Stop { app: app.clone() };
+            act(s, ctl, &targets, "stop", &app, r).await
         }
-        Online::Restart { app, targets } => {
-            return act(
-                s,
-                ctl,
-                &targets,
-                "restart",
-                &app,
-                Request::Restart { app: app.clone() },
-            )
-            .await;
+        Online::Restart { app, targets, .. } => {
+            let r = Request::Restart { app: app.clone() };
+            act(s, ctl, &targets, "restart", &app, r).await
         }
         Online::Switch {
             app,
             version,
             targets,
+            ..
         } => {
             let r = Request::Switch {
                 app: app.clone(),
                 version,
                 options: ActivateOptions::default(),
             };
-            return act(s, ctl, &targets, "switch", &app, r).await;
+            act(s, ctl, &targets, "switch", &app, r).await
         }
-        Online::Rollback { app, targets } => {
+        Online::Rollback { app, targets, .. } => {
             let r = Request::Rollback {
                 app: app.clone(),
                 options: ActivateOptions::default(),
             };
-            return act(s, ctl, &targets, "rollback", &app, r).await;
+            act(s, ctl, &targets, "rollback", &app, r).await
         }
         Online::Remove {
             app,
             version,
             targets,
+            ..
         } => {
             let r = Request::Remove {
                 app: app.clone(),
                 version,
             };
-            return act(s, ctl, &targets, "remove", &app, r).await;
+            act(s, ctl, &targets, "remove", &app, r).await
         }
         Online::Logs {
             app,
@@ -611,8 +889,13 @@ async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCod
             tail,
             stderr,
             targets,
+            ..
         } => {
-            let (_, chosen) = pick(ctl, &targets).await?;
+            let (views, chosen) = pick(ctl, &targets).await?;
+            let mut tally = Tally::new(format!("logs {app}"));
+            if targets.nodes.is_empty() {
+                tally.unanswered(&views);
+            }
             let selection = LogSelection {
                 stream: if stderr {
                     LogStream::Stderr
@@ -628,7 +911,7 @@ async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCod
                 .map(|n| n.name.len().max(10))
                 .max()
                 .unwrap_or(10);
-            let mut failed = false;
+            let mut failed = 0;
             while let Some(item) = lines.next().await {
                 match item {
                     Ok((node, line)) => out(
@@ -637,19 +920,26 @@ async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCod
                         || println!("{node:<width$} | {}", line.line),
                     ),
                     Err(e) => {
-                        failed = true;
-                        eprintln!("p2pctl: {e}");
+                        // Each node's stream ends in at most one error,
+                        // which names the node.
+                        failed += 1;
+                        tally.failed("", e.to_string());
                     }
                 }
             }
-            if failed {
-                return Ok(ExitCode::from(1));
+            for _ in failed..chosen.len() {
+                tally.done();
             }
+            Ok(tally.finish(false))
         }
-        Online::Search { query, version } => {
+        Online::Search { query, version, .. } => {
             let found = ctl.search(&query, version.as_ref()).await;
+            let mut tally = Tally::new(format!("search {query}"));
             for (addr, e) in &found.unanswered {
-                eprintln!("p2pctl: node {} did not answer: {e}", addr.id.short());
+                tally.failed(addr.id.short(), format!("did not answer: {e}"));
+            }
+            for _ in found.unanswered.len()..ctl.known().len() {
+                tally.done();
             }
             for hit in &found.hits {
                 out(s, hit, || {
@@ -665,13 +955,20 @@ async fn run_with(s: &Settings, ctl: &Controller, cmd: Online) -> Result<ExitCod
                     )
                 });
             }
-            if found.hits.is_empty() && !s.json {
+            if found.hits.is_empty() && tally.done > 0 {
+                // Like grep: nothing found is a failure, with or
+                // without --json.
+                let code = tally.finish(false);
                 eprintln!("p2pctl: no release matches {query:?}");
-                return Ok(ExitCode::from(1));
+                return Ok(if code == ExitCode::SUCCESS {
+                    ExitCode::from(1)
+                } else {
+                    code
+                });
             }
+            Ok(tally.finish(false))
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The same request to every selected node; one line per node.
@@ -683,11 +980,14 @@ async fn act(
     app: &str,
     request: Request,
 ) -> Result<ExitCode> {
-    let (_, chosen) = pick(ctl, targets).await?;
-    if chosen.is_empty() {
-        bail!("no node matches");
+    let (views, chosen) = pick(ctl, targets).await?;
+    let mut tally = Tally::new(format!("{action} {app}"));
+    if targets.nodes.is_empty() {
+        tally.unanswered(&views);
     }
-    let mut failures = 0;
+    if chosen.is_empty() && tally.failed.is_empty() {
+        bail!("no node matches the selector");
+    }
     for (id, r) in ctl.request_all(&chosen, request).await {
         let node = chosen
             .iter()
@@ -695,14 +995,18 @@ async fn act(
             .map_or_else(|| id.short(), NodeInfo::label);
         let (ok, result) = match r {
             Ok(Reply::Activation(a)) => {
-                let text = format!("{a:?}");
-                (!text.starts_with("RolledBack"), text)
+                let ok = !matches!(a, Activation::RolledBack { .. });
+                (ok, activation_text(&a))
             }
+            Ok(Reply::App(a)) => (true, app_text(&a)),
+            Ok(Reply::Ok) => (true, "ok".to_string()),
             Ok(other) => (true, format!("{other:?}").chars().take(120).collect()),
             Err(e) => (false, e.to_string()),
         };
-        if !ok {
-            failures += 1;
+        if ok {
+            tally.done();
+        } else {
+            tally.failed(&node, &result);
         }
         let row = ActionRow {
             node: node.clone(),
@@ -715,21 +1019,46 @@ async fn act(
             println!(
                 "{node:<14} {action} {app}: {}",
                 if ok {
-                    "ok".to_string()
+                    result.clone()
                 } else {
                     format!("FAILED: {result}")
                 }
             )
         });
     }
-    Ok(match failures {
-        0 => ExitCode::SUCCESS,
-        n if n == chosen.len() => ExitCode::from(1),
-        _ => ExitCode::from(PARTIAL),
-    })
+    Ok(tally.finish(true))
+}
+
+/// An activation's outcome, for people.
+fn activation_text(a: &Activation) -> String {
+    match a {
+        Activation::Activated { version, previous } => match previous {
+            Some(p) => format!("{version} active (was {p})"),
+            None => format!("{version} active"),
+        },
+        Activation::AlreadyActive { version } => format!("{version} was active already"),
+        Activation::RolledBack { reason, to } => match to {
+            Some(v) => format!("rolled back to {v}: {reason}"),
+            None => format!("stopped: {reason}"),
+        },
+    }
+}
+
+/// An app's state after a start, stop or remove, for people.
+fn app_text(a: &p2p_deploy::proto::AppInfo) -> String {
+    let state = a
+        .status
+        .as_ref()
+        .map_or_else(|| "not running".to_string(), |st| state_name(&st.state));
+    match &a.active {
+        Some(v) => format!("{v} {state}"),
+        None => state,
+    }
 }
 
 fn batch_size(s: &str) -> Result<BatchSize> {
+    // (A clap value parser: a bad value is a usage error, exit 2, before
+    // any node is asked.)
     match s.strip_suffix('%') {
         Some(p) => {
             let p: u8 = p
