@@ -156,7 +156,8 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
         refusals
             .iter()
             .any(|l| l.contains(&format!("10.{net}.0.9")) || l.contains("2001:db8:70:")),
-        "no refusal with the controller's address in n1's log:\n{log}"
+        "no refusal with the controller's address in n1's log:\n{log}\nlast p2pctl: {}",
+        text(&o)
     );
     assert!(refusals.len() <= 6, "{refusals:#?}");
 

@@ -564,7 +564,13 @@ async fn answer(policy: &Admission, local: PeerId, conn: &dyn Connection) -> Res
     let remote = conn.remote_id();
     let (send, recv) = conn.accept_bi().await?;
     let mut f = Framed::with_max(send, recv, MAX_ADMISSION_FRAME);
-    f.hello(&ADMISSION_PROTOCOL).await?;
+    f.hello(&ADMISSION_PROTOCOL).await.map_err(|e| match e {
+        Error::Protocol { reason } => Error::denied(format!(
+            "the peer did not begin the admission handshake: it has no pre-shared key or \
+             allow-list settings for this network ({reason})"
+        )),
+        other => other,
+    })?;
     let (nonce_d, has_key) = match f.recv::<Msg>().await? {
         Msg::Offer { nonce, has_key } => (nonce, has_key),
         other => return Err(unexpected("an offer", &other)),

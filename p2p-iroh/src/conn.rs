@@ -83,7 +83,15 @@ impl IrohConnection {
 pub(crate) fn selected_path(conn: &endpoint::Connection) -> PathInfo {
     let paths = conn.paths();
     let Some(p) = paths.iter().find(|p| p.is_selected()) else {
-        return PathInfo::unknown();
+        // None chosen yet (several being tried): the kind is not known,
+        // an address the peer was seen at is (for logs).
+        return PathInfo {
+            remote: paths
+                .iter()
+                .next()
+                .and_then(|p| describe(p.remote_addr()).1),
+            ..PathInfo::unknown()
+        };
     };
     let (kind, remote) = describe(p.remote_addr());
     PathInfo {
