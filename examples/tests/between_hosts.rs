@@ -241,6 +241,17 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
         );
         assert!(text(&o).contains("did not answer"), "{}", text(&o));
     }
+    // The same rule for the other commands: n1 did it, n2 did not.
+    let o = ctl(&["logs", "demo", "--tail", "1", "--connect-timeout", "2s"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("n1 "), "{}", text(&o));
+    let o = ctl(&["restart", "demo", "--connect-timeout", "2s"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("restart demo: done on 1 of 2"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
