@@ -336,6 +336,9 @@ struct Inner {
     rates: Mutex<RateBook>,
     /// Peers over their request rate, logged once per period.
     over_rate: p2p_core::ratelog::LogLimiter,
+    /// Changes refused as not an operator's, logged once per peer per
+    /// period (any admitted peer can send them).
+    denied: p2p_core::ratelog::LogLimiter,
     download: Option<Arc<Throttle>>,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
@@ -449,6 +452,7 @@ impl Agent {
                 slots_held: Mutex::default(),
                 rates: Mutex::default(),
                 over_rate: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
+                denied: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
             }),
         }
     }
@@ -708,15 +712,27 @@ impl Agent {
         let result = self.dispatch(from, request, conn, events, timeout).await;
         if let Err(e) = &result {
             let address = address.as_deref().unwrap_or("unknown");
-            if mutating {
+            // A peer that is no operator can send refusals at will: those
+            // are logged once per peer per period.
+            let held = if e.kind == ErrorKind::Denied {
+                self.inner.denied.allow(&from.to_string())
+            } else {
+                Some(0)
+            };
+            if let Some(held) = held.filter(|_| mutating) {
+                let more = if held > 0 {
+                    format!(" ({held} more refusals of this peer not logged)")
+                } else {
+                    String::new()
+                };
                 tracing::warn!(
                     peer = %from.short(),
                     %address,
                     request = kind,
                     kind = ?e.kind,
-                    "{kind} refused or failed: {e}"
+                    "{kind} refused or failed: {e}{more}"
                 );
-            } else {
+            } else if !mutating {
                 tracing::debug!(peer = %from.short(), %address, request = kind, error = %e, "request failed");
             }
         }

@@ -937,6 +937,8 @@ pub(crate) async fn fetch<H: Host>(
     let mut last_shown = 0u64;
     let begun = Instant::now();
     let mut alone_since: Option<Instant> = None;
+    // The last chunk stored: a transfer that moves is not given up on.
+    let mut last_progress = Instant::now();
     // Chunks received from each source, for the log line at the end.
     let mut sources: BTreeMap<PeerId, u32> = BTreeMap::new();
     // Chunks that came bad, and from whom.
@@ -966,7 +968,12 @@ pub(crate) async fn fetch<H: Host>(
         let seed_usable = seed_alive && seed_id.is_some_and(|s| !rep.is_banned(&s));
         // A chunk that came bad and that no usable source can still give:
         // the release cannot be completed, so say which chunk and who.
-        if let Some((i, from)) = bad.unobtainable(t, rep, seed_id.filter(|_| seed_usable)) {
+        // Without a seed (a fetch from peers), holders still being dialed
+        // get the no-source grace first.
+        let settled = seed.is_some() || (inflight.is_empty() && now - begun >= NO_SOURCE_GRACE);
+        if settled
+            && let Some((i, from)) = bad.unobtainable(t, rep, seed_id.filter(|_| seed_usable))
+        {
             t.close();
             let who = if Some(from) == seed_id {
                 " (the sender of the release)"
@@ -984,7 +991,8 @@ pub(crate) async fn fetch<H: Host>(
             )));
         }
         // No usable seed, and a missing chunk that no neighbour holds
-        // (with no neighbour at all, every one): give up after a while.
+        // (with no neighbour at all, every one): give up after a while
+        // without progress.
         // Dials in progress get that long to bring a holder; less once
         // the seed is known to be gone, as then the chunk may be nowhere.
         let orphan = if seed_usable {
@@ -992,8 +1000,11 @@ pub(crate) async fn fetch<H: Host>(
         } else {
             orphan_chunk(t, rep)
         };
-        if let Some(i) = orphan {
-            let since = *alone_since.get_or_insert(now);
+        // The wait starts over whenever a chunk arrives, and only runs
+        // while nothing is on its way: neighbours that are still fetching
+        // announce what they get.
+        if let Some(i) = orphan.filter(|_| inflight.is_empty()) {
+            let since = (*alone_since.get_or_insert(now)).max(last_progress);
             let grace = if seed.is_some() {
                 SEED_GONE_GRACE
             } else {
@@ -1078,6 +1089,7 @@ pub(crate) async fn fetch<H: Host>(
                                     rep.good(from);
                                 }
                                 t.got(i);
+                                last_progress = Instant::now();
                                 *sources.entry(from).or_default() += 1;
                                 let have = t.have_bytes();
                                 // Progress at most every 1% of the size.
@@ -1097,7 +1109,13 @@ pub(crate) async fn fetch<H: Host>(
                                     tracing::debug!(peer = %from.short(), index, error = %e, "a bad chunk");
                                 }
                                 bad.record(i, from);
-                                rep.corrupt(from);
+                                // The seed is not asked again for it
+                                // (`bad`); its standing is left alone, so
+                                // that one bad package does not ban a
+                                // controller from later, good deploys.
+                                if !is_seed {
+                                    rep.corrupt(from);
+                                }
                             }
                             Err(e) => {
                                 t.close();

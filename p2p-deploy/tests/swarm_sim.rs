@@ -163,7 +163,33 @@ async fn a_peer_serving_corrupt_chunks_is_banned_and_the_deploy_completes() {
 
 #[tokio::test(start_paused = true)]
 async fn the_transfer_completes_when_the_controller_dies_after_seeding() {
-    let (net, names, ctl) = fleet(12, 8);
+    controller_dies_after_seeding(12, 8, None).await;
+}
+
+/// The same in a fleet where each node knows only 3 others: when the
+/// controller dies, some chunks a node lacks are on none of its
+/// neighbours yet, and come to them later; the node must wait for them
+/// while chunks keep arriving, not give up.
+#[tokio::test(start_paused = true)]
+async fn with_few_neighbours_each_the_transfer_completes_when_the_controller_dies() {
+    controller_dies_after_seeding(16, 30, Some(3)).await;
+}
+
+async fn controller_dies_after_seeding(seed: u64, n: usize, swarm_peers: Option<usize>) {
+    let (net, names, ctl) = match swarm_peers {
+        None => fleet(seed, n),
+        Some(k) => {
+            let (net, names, _) = fleet(seed, n);
+            net.crash("ctl").unwrap();
+            let cfg = ControllerConfig {
+                swarm_peers: k,
+                ..ControllerConfig::default()
+            };
+            let ctl = controller_with(&net, &names, "ctl0", cfg);
+            (net, names, ctl)
+        }
+    };
+    let ctl_name = if swarm_peers.is_some() { "ctl0" } else { "ctl" };
     let r = release(6 << 20).await;
     let d = r.descriptor.clone();
     let t = infos(&ctl).await;
@@ -195,13 +221,14 @@ async fn the_transfer_completes_when_the_controller_dies_after_seeding() {
                     });
                 }
                 if lacking.is_some_and(|l| l.is_empty()) {
-                    net.crash("ctl").unwrap();
+                    net.crash(ctl_name).unwrap();
                     return complete;
                 }
             }
         }
     };
     let (report, complete_at_crash) = tokio::join!(deploy_all(&ctl, &r, &t), watch);
+    let _ = ctl_name;
     assert!(
         complete_at_crash < names.len(),
         "every agent was complete before the controller died: the test proves nothing"
