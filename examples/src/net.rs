@@ -266,7 +266,14 @@ pub async fn bind(key: &NodeKey, opts: &NetOptions) -> Result<Arc<dyn Provider>>
             }
             cfg = cfg.relay_server(opts.relays.serve);
             if let Some(t) = opts.connect_timeout {
-                cfg = cfg.connect_timeout(t);
+                // The caller bounds the whole connect (the controller's
+                // pool does, for p2pctl); libp2p keeps its own budgets for
+                // TCP, the handshakes and hole punching, which a short
+                // bound would cut through a NAT, and holds a relayed dial
+                // for hole punching at most half the caller's bound.
+                cfg.hole_punch_wait = cfg.hole_punch_wait.min(t / 2);
+                let budget = t.max(cfg.connect_timeout);
+                cfg = cfg.connect_timeout(budget);
             }
             let p = p2p_libp2p::Libp2pProvider::bind(key, cfg)
                 .await
