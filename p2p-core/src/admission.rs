@@ -433,15 +433,11 @@ impl<P: Provider> Provider for Admitted<P> {
                     // One line per peer address per period: a peer that
                     // keeps trying cannot flood the log.
                     if let Some(held) = refusals.allow(&address) {
-                        let more = if held > 0 {
-                            format!(" ({held} more from this address not logged)")
-                        } else {
-                            String::new()
-                        };
                         tracing::warn!(
                             peer = %remote.short(),
                             %address,
-                            "admission refused an inbound peer: {why}{more}"
+                            "admission refused an inbound peer: {why}{}",
+                            crate::ratelog::held_back(held)
                         );
                     }
                     conn.close(&format!("{DENIED_PREFIX}{why}")).await;

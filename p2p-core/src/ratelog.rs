@@ -71,6 +71,16 @@ impl LogLimiter {
     }
 }
 
+/// The tail of a line let through after `held` were held back: empty, or
+/// " (N more like it not logged)".
+pub fn held_back(held: u64) -> String {
+    if held == 0 {
+        String::new()
+    } else {
+        format!(" ({held} more like it not logged)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -712,28 +712,23 @@ impl Agent {
         let result = self.dispatch(from, request, conn, events, timeout).await;
         if let Err(e) = &result {
             let address = address.as_deref().unwrap_or("unknown");
-            // A peer that is no operator can send refusals at will: those
-            // are logged once per peer per period.
-            let held = if e.kind == ErrorKind::Denied {
+            if !mutating {
+                tracing::debug!(peer = %from.short(), %address, request = kind, error = %e, "request failed");
+            } else if let Some(held) = if e.kind == ErrorKind::Denied {
+                // A peer that is no operator can send refusals at will:
+                // those are logged once per peer per period.
                 self.inner.denied.allow(&from.to_string())
             } else {
                 Some(0)
-            };
-            if let Some(held) = held.filter(|_| mutating) {
-                let more = if held > 0 {
-                    format!(" ({held} more refusals of this peer not logged)")
-                } else {
-                    String::new()
-                };
+            } {
                 tracing::warn!(
                     peer = %from.short(),
                     %address,
                     request = kind,
                     kind = ?e.kind,
-                    "{kind} refused or failed: {e}{more}"
+                    "{kind} refused or failed: {e}{}",
+                    p2p_core::ratelog::held_back(held)
                 );
-            } else if !mutating {
-                tracing::debug!(peer = %from.short(), %address, request = kind, error = %e, "request failed");
             }
         }
         result
@@ -835,9 +830,9 @@ impl Agent {
                 tracing::warn!(
                     peer = %peer.short(),
                     address = conn.path().remote.as_deref().unwrap_or("unknown"),
-                    "a peer is over its request rate ({} a second); answering busy \
-                     ({held} more refused before)",
-                    rate.per_second
+                    "a peer is over its request rate ({} a second); answering busy{}",
+                    rate.per_second,
+                    p2p_core::ratelog::held_back(held)
                 );
             }
             let e = RpcError::new(

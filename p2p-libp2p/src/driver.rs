@@ -692,15 +692,11 @@ impl Driver {
                     .next()
                     .map_or_else(|| send_back_addr.to_string(), |p| p.to_string());
                 if let Some(held) = self.refusals.allow(&host) {
-                    let more = if held > 0 {
-                        format!(" ({held} more from this host not logged)")
-                    } else {
-                        String::new()
-                    };
                     tracing::warn!(
                         address = %send_back_addr,
-                        "refused an inbound connection: {}{more}",
-                        error_chain(&error)
+                        "refused an inbound connection: {}{}",
+                        error_chain(&error),
+                        p2p_core::ratelog::held_back(held)
                     );
                 }
             }

@@ -185,8 +185,8 @@ impl AppLogs {
                 tracing::warn!(
                     dir = %self.dir.display(),
                     error = %e,
-                    "cannot write an app log; its lines are lost until this is fixed, the app runs on \
-                     ({held} more failed writes not logged)"
+                    "cannot write an app log; its lines are lost until this is fixed, the app runs on{}",
+                    p2p_core::ratelog::held_back(held)
                 );
             }
             // Sent under the file lock, so that a new follower's tail and
