@@ -225,7 +225,7 @@ impl Admission {
 
     fn nonce(&self) -> [u8; 32] {
         let mut n = [0u8; 32];
-        let mut rng = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rng = crate::sync::lock(&self.nonces);
         rand::Rng::fill_bytes(&mut *rng, &mut n);
         n
     }
@@ -368,7 +368,7 @@ impl<P: Provider> Provider for Admitted<P> {
 
     async fn listen(&self) -> Result<Box<dyn Listener>> {
         let previous = {
-            let mut slot = self.accept_loop.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = crate::sync::lock(&self.accept_loop);
             match slot.take() {
                 Some((task, tx)) if !tx.is_closed() => {
                     *slot = Some((task, tx));
@@ -444,7 +444,7 @@ impl<P: Provider> Provider for Admitted<P> {
                 });
             }
         });
-        *self.accept_loop.lock().unwrap_or_else(|p| p.into_inner()) = Some((task, tx));
+        *crate::sync::lock(&self.accept_loop) = Some((task, tx));
         Ok(Box::new(AdmittedListener { rx }))
     }
 

@@ -48,7 +48,7 @@ pub struct PeerBook {
 
 impl PeerBook {
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// Records a sighting and tells every subscriber if it is news.

@@ -45,6 +45,7 @@ pub mod ratelog;
 pub mod runtime;
 pub mod signing;
 pub mod storage;
+pub mod sync;
 pub mod transport;
 
 pub use addr::PeerAddr;

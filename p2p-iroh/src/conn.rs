@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use iroh::TransportAddr;
 use iroh::endpoint::{self, ConnectionError, VarInt};
+use p2p_core::sync::lock;
 use p2p_core::{Connection, Error, PathInfo, PathKind, PeerId, RecvStream, Result, SendStream};
 
 /// QUIC application error code for an orderly close by the SDK.
@@ -64,11 +65,7 @@ impl IrohConnection {
     }
 
     fn error(&self, e: ConnectionError) -> Error {
-        let local = self
-            .local_reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let local = lock(&self.local_reason).clone();
         match local {
             // We closed it (or our provider did): whatever QUIC reports
             // after that, the caller's answer is our reason.
@@ -176,7 +173,7 @@ impl Connection for IrohConnection {
 
     async fn close(&self, reason: &str) {
         {
-            let mut local = self.local_reason.lock().unwrap_or_else(|p| p.into_inner());
+            let mut local = lock(&self.local_reason);
             if local.is_none() && self.conn.close_reason().is_none() {
                 *local = Some(reason.to_string());
             }

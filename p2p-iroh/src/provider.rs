@@ -26,6 +26,7 @@ use crate::conn::{
 use crate::discovery::run_mdns;
 use crate::hooks::AllowListHooks;
 use p2p_core::discovery::PeerBook;
+use p2p_core::sync::lock;
 
 /// The one ALPN of the SDK. Which protocol a stream speaks is named at the
 /// start of the stream by p2p-core's versioned hello
@@ -46,10 +47,6 @@ const NOT_ACCEPTING: &str = "not accepting connections: no listener";
 const ACCEPT_QUEUE: usize = 64;
 
 type ReasonSlot = Arc<Mutex<Option<String>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Connections of this provider, so that `close` can give each a reason.
 /// Every connection is registered right after its handshake, on both
