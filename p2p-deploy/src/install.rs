@@ -221,9 +221,7 @@ impl MemInstaller {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, semver::Version)>> {
-        self.installed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        p2p_core::sync::lock(&self.installed)
     }
 }
 

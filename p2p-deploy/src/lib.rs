@@ -116,30 +116,25 @@
 //! runs at about the speed of copying the files there with an fsync.
 
 pub mod agent;
-mod archive;
 pub mod chunks;
 pub mod controller;
 pub mod install;
-pub mod manifest;
 pub mod package;
 mod pool;
 pub mod proto;
 pub mod selector;
 pub mod swarm;
-pub mod trust;
-pub mod unpack;
 
 pub use agent::{Agent, AgentConfig, AgentParts, RequestRate};
-pub use archive::IGNORE_FILE;
 pub use controller::{
     BatchSize, Controller, ControllerConfig, FailureLimit, Holder, NodeResult, NodeView, Plan,
-    Progress, Release, RolloutPlan, RolloutReport, Search, SearchHit,
+    Progress, RolloutPlan, RolloutReport, Search, SearchHit,
 };
 pub use install::{DirInstaller, Installer, MemInstaller};
-pub use manifest::{MANIFEST_FILE, Manifest};
-pub use package::{BuildOptions, Descriptor, PackageFile, PackageId, build};
+pub use package::manifest::{self, MANIFEST_FILE, Manifest};
+pub use package::trust::{self, TrustStore, VerifyError, check_not_downgrade};
+pub use package::unpack::{self, UnpackLimits, unpack};
+pub use package::{BuildOptions, Descriptor, IGNORE_FILE, PackageFile, PackageId, Release, build};
 pub use proto::{ActivateOptions, CatalogEntry, NodeInfo};
 pub use selector::Selector;
 pub use swarm::{Bitfield, PeerScore, Reputation, ReputationPolicy, SwarmConfig};
-pub use trust::{TrustStore, VerifyError, check_not_downgrade};
-pub use unpack::{UnpackLimits, unpack};

@@ -15,9 +15,7 @@ pub(crate) struct Pool {
 
 impl Pool {
     fn live(&self, id: &PeerId) -> Option<Arc<dyn Connection>> {
-        self.conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        p2p_core::sync::lock(&self.conns)
             .get(id)
             .filter(|c| c.is_connected())
             .cloned()
@@ -40,10 +38,7 @@ impl Pool {
             .map_err(|_| Error::timeout(format!("connecting to {}", addr.id.short()), timeout))??;
         // Another task may have connected meanwhile: keep one.
         let existing = {
-            let mut conns = self
-                .conns
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut conns = p2p_core::sync::lock(&self.conns);
             match conns.get(&addr.id).filter(|c| c.is_connected()) {
                 Some(c) => Some(c.clone()),
                 None => {

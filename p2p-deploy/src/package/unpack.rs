@@ -24,7 +24,7 @@ use std::path::{Component, Path, PathBuf};
 
 use p2p_core::{Error, Result};
 
-use crate::archive::link_stays_inside;
+use super::archive::link_stays_inside;
 use crate::manifest::check_name;
 
 /// Bounds on what an archive may unpack to.

@@ -1,0 +1,86 @@
+//! What a node says about itself: its info, its apps, and the catalog of
+//! releases it holds.
+
+use std::collections::BTreeMap;
+
+use p2p_core::Result;
+
+use super::Agent;
+use super::records::AppRecord;
+use crate::proto::{AppInfo, CatalogEntry, NodeInfo, SDK_VERSION};
+
+impl Agent {
+    /// What the node says about itself.
+    pub async fn info(&self) -> Result<NodeInfo> {
+        let p = &self.inner.parts.provider;
+        Ok(NodeInfo {
+            id: p.local_id(),
+            name: self.inner.cfg.name.clone(),
+            labels: self.inner.cfg.labels.clone(),
+            addr: p.local_addr(),
+            sdk_version: SDK_VERSION.to_string(),
+            apps: self.apps().await?,
+            peers: self.inner.reputation.snapshot(),
+        })
+    }
+
+    /// The releases this node holds (kept in its chunk store), complete
+    /// or still arriving, by name and version.
+    pub async fn catalog(&self) -> Result<Vec<CatalogEntry>> {
+        let mut recs = BTreeMap::new();
+        for name in self.app_names().await? {
+            if let Some(rec) = self.load_readable(&name).await {
+                recs.insert(name, rec);
+            }
+        }
+        let mut out = Vec::new();
+        let releases = self.inner.chunks.releases().await?;
+        let held = self.inner.chunks.held_counts(&releases).await?;
+        for (d, held) in releases.into_iter().zip(held) {
+            let id = d.id();
+            let m = &d.manifest;
+            let rec = recs.get(&m.name);
+            let installed = rec.is_some_and(|r| r.installed.get(&m.version) == Some(&id));
+            let active = installed && rec.is_some_and(|r| r.active.as_ref() == Some(&m.version));
+            out.push(CatalogEntry {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                id,
+                size: d.archive_size,
+                chunks: d.chunks.len() as u32,
+                held: held as u32,
+                installed,
+                active,
+            });
+        }
+        out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Ok(out)
+    }
+
+    /// Every app's info.
+    pub async fn apps(&self) -> Result<Vec<AppInfo>> {
+        let mut out = Vec::new();
+        for name in self.app_names().await? {
+            if let Some(rec) = self.load_readable(&name).await {
+                out.push(self.app_info(&rec).await);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn app_info(&self, rec: &AppRecord) -> AppInfo {
+        AppInfo {
+            name: rec.name.clone(),
+            active: rec.active.clone(),
+            running: rec.running,
+            installed: rec
+                .installed
+                .iter()
+                .map(|(v, id)| (v.clone(), *id))
+                .collect(),
+            previous: rec.previous.clone(),
+            status: self.status(&rec.name).await,
+            history: rec.history.clone(),
+        }
+    }
+}

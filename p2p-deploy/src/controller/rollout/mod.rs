@@ -1,0 +1,315 @@
+//! Rollouts: batches by plan, a deploy per target with progress, failure
+//! limits, halting, and the rollback of the nodes a halted rollout had
+//! changed.
+
+mod plan;
+mod report;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use p2p_core::sync::lock;
+use p2p_core::{PeerAddr, PeerId};
+use tokio::sync::mpsc;
+
+use super::Controller;
+use super::chunk_server::Serving;
+use crate::package::Release;
+use crate::proto::{
+    ActivateOptions, Activation, Call, DeployEvent, Frame, NodeInfo, Reply, Request,
+};
+pub use plan::{BatchSize, FailureLimit, Plan, RolloutPlan};
+use plan::{batches, sent_whole};
+pub use report::{NodeResult, Progress, RolloutReport};
+
+impl Controller {
+    /// Deploys `release` to `targets` by `plan`, sending progress to
+    /// `events` (which may be dropped: progress is then discarded).
+    pub async fn deploy(
+        &self,
+        release: Arc<Release>,
+        targets: &[NodeInfo],
+        plan: &RolloutPlan,
+        events: mpsc::UnboundedSender<Progress>,
+    ) -> RolloutReport {
+        let send = |p: Progress| {
+            let _ = events.send(p);
+        };
+        let m = &release.descriptor.manifest;
+        let _serving = Serving::new(&self.releases, &release, self.cfg.seed);
+        let mut report = RolloutReport {
+            app: m.name.clone(),
+            version: m.version.clone(),
+            halted: None,
+            nodes: targets
+                .iter()
+                .map(|t| (t.id, NodeResult::Skipped))
+                .collect(),
+            rolled_back: Vec::new(),
+            rollback_failed: BTreeMap::new(),
+        };
+        send(Progress::Selected {
+            nodes: targets.iter().map(|t| t.id).collect(),
+        });
+        let total = targets.len();
+        let limit = plan.max_failures.of(total);
+        let batches = batches(targets, plan.plan);
+        let mut failures = 0;
+        let mut changed: Vec<(NodeInfo, Option<semver::Version>)> = Vec::new();
+        // Nodes whose deploy ended in an error on our side (a timeout, a
+        // lost connection): they may have activated anyway.
+        let mut uncertain: Vec<NodeInfo> = Vec::new();
+        let mut holders: Vec<PeerAddr> = Vec::new();
+        for (index, batch) in batches.iter().enumerate() {
+            send(Progress::Batch {
+                index,
+                nodes: batch.iter().map(|t| t.id).collect(),
+            });
+            // Swarm peers: the nodes that took the release in earlier
+            // batches, and this batch.
+            let candidates: Vec<PeerAddr> = holders
+                .iter()
+                .cloned()
+                .chain(batch.iter().map(|t| t.addr.clone()))
+                .collect();
+            let full = sent_whole(&self.cfg, holders.len(), batch.len());
+            let sources: Vec<PeerAddr> = holders
+                .iter()
+                .cloned()
+                .chain(batch[..full].iter().map(|t| t.addr.clone()))
+                .collect();
+            let results = futures::future::join_all(batch.iter().enumerate().map(|(i, t)| {
+                let release = release.clone();
+                let events = events.clone();
+                let peers = self.swarm_peers(&candidates, t.id);
+                let from = (i >= full).then(|| self.pick(&sources, t.id, 2));
+                async move {
+                    let (result, previous) = self
+                        .deploy_one(&release, t, &plan.options, from, peers, &events)
+                        .await;
+                    // Reported as soon as this node is done, not when its
+                    // batch is.
+                    let _ = events.send(Progress::NodeDone {
+                        node: t.id,
+                        result: result.clone(),
+                    });
+                    (t, (result, previous))
+                }
+            }))
+            .await;
+            let mut batch_failed = 0;
+            for (t, (result, previous)) in results {
+                if result.is_failure() {
+                    batch_failed += 1;
+                }
+                if !matches!(result, NodeResult::Failed { .. }) {
+                    holders.push(t.addr.clone());
+                }
+                if result == NodeResult::Activated {
+                    // A node that was on this version already (not
+                    // running) was restarted, not changed: no rollback.
+                    if previous.as_ref() != Some(&m.version) {
+                        changed.push((t.clone(), previous));
+                    }
+                } else if matches!(result, NodeResult::Failed { .. }) {
+                    uncertain.push(t.clone());
+                }
+                report.nodes.insert(t.id, result);
+            }
+            failures += batch_failed;
+            let canary_failed =
+                matches!(plan.plan, Plan::Canary { .. }) && index == 0 && batch_failed > 0;
+            if canary_failed || failures > limit {
+                let reason = if canary_failed {
+                    format!("{batch_failed} canary node(s) failed")
+                } else {
+                    format!("{failures} node(s) failed, more than the {limit} allowed")
+                };
+                send(Progress::Halted {
+                    reason: reason.clone(),
+                });
+                report.halted = Some(reason);
+                break;
+            }
+        }
+        if report.halted.is_some() && plan.rollback_on_halt {
+            // A node that failed on our side but is on the new version was
+            // changed by this rollout too.
+            let asked = futures::future::join_all(uncertain.into_iter().map(|t| async move {
+                let status = Request::Status {
+                    app: m.name.clone(),
+                };
+                let r = self.request(&t.addr, status).await;
+                (t, r)
+            }))
+            .await;
+            for (t, r) in asked {
+                if let Ok(Reply::App(a)) = r
+                    && a.active.as_ref() == Some(&m.version)
+                {
+                    changed.push((t, a.previous.clone()));
+                }
+            }
+            let rolled = futures::future::join_all(changed.iter().map(|(t, previous)| {
+                let app = m.name.clone();
+                let options = plan.options.clone();
+                async move {
+                    let req = match previous {
+                        Some(_) => Request::Rollback { app, options },
+                        None => Request::Stop { app },
+                    };
+                    (t, previous, self.request_long(&t.addr, req).await)
+                }
+            }))
+            .await;
+            for (t, previous, r) in rolled {
+                match r {
+                    Ok(Reply::Activation(Activation::Activated { version, .. })) => {
+                        send(Progress::RolledBack {
+                            node: t.id,
+                            to: Some(version),
+                        });
+                        report.rolled_back.push(t.id);
+                    }
+                    Ok(Reply::App(_)) if previous.is_none() => {
+                        send(Progress::RolledBack {
+                            node: t.id,
+                            to: None,
+                        });
+                        report.rolled_back.push(t.id);
+                    }
+                    other => {
+                        let error = match other {
+                            Ok(Reply::Activation(Activation::RolledBack { reason, .. })) => {
+                                format!("going back failed too: {reason}")
+                            }
+                            Ok(Reply::Activation(Activation::AlreadyActive { version })) => {
+                                format!("it is on {version}")
+                            }
+                            Ok(other) => format!("unexpected answer {other:?}"),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::warn!(node = %t.id.short(), %error, "rollback failed");
+                        send(Progress::RollbackFailed {
+                            node: t.id,
+                            error: error.clone(),
+                        });
+                        report.rollback_failed.insert(t.id, error);
+                    }
+                }
+            }
+        }
+        send(Progress::Done(report.clone()));
+        report
+    }
+
+    /// Up to `swarm_peers` of `candidates` other than `node`, at random.
+    pub(super) fn swarm_peers(&self, candidates: &[PeerAddr], node: PeerId) -> Vec<PeerAddr> {
+        if !self.cfg.swarm {
+            return Vec::new();
+        }
+        self.pick(candidates, node, self.cfg.swarm_peers)
+    }
+
+    /// Up to `want` of `candidates` other than `node`, at random.
+    pub(super) fn pick(&self, candidates: &[PeerAddr], node: PeerId, want: usize) -> Vec<PeerAddr> {
+        let mut others: Vec<PeerAddr> = candidates
+            .iter()
+            .filter(|a| a.id != node)
+            .cloned()
+            .collect();
+        let want = want.min(others.len());
+        let mut rng = lock(&self.rng);
+        for i in 0..want {
+            let j = rand::RngExt::random_range(&mut *rng, i..others.len());
+            others.swap(i, j);
+        }
+        others.truncate(want);
+        others
+    }
+
+    /// Deploys to one node; returns its result and the version it had.
+    /// With `from`, the descriptor goes by reference: the node takes it
+    /// from those nodes ([`Request::DeployRef`]).
+    pub(super) async fn deploy_one(
+        &self,
+        release: &Release,
+        node: &NodeInfo,
+        options: &ActivateOptions,
+        from: Option<Vec<PeerAddr>>,
+        peers: Vec<PeerAddr>,
+        events: &mpsc::UnboundedSender<Progress>,
+    ) -> (NodeResult, Option<semver::Version>) {
+        let id = node.id;
+        let send = |p: Progress| {
+            let _ = events.send(p);
+        };
+        let run = async {
+            let conn = self.connect(&node.addr).await?;
+            let request = match from {
+                Some(from) => Request::DeployRef {
+                    package: release.id(),
+                    signatures: release.signatures.clone(),
+                    options: options.clone(),
+                    from,
+                    peers,
+                },
+                None => Request::Deploy {
+                    descriptor: release.descriptor_bytes.clone(),
+                    signatures: release.signatures.clone(),
+                    options: options.clone(),
+                    peers,
+                },
+            };
+            let c = Call::open_watched(
+                &conn,
+                request,
+                self.cfg.deploy_timeout,
+                self.cfg.node_silence,
+            )
+            .await?;
+            c.finish(|f| match f {
+                Frame::Event(e) => send(match e {
+                    DeployEvent::Transfer { bytes, total } => Progress::Transfer {
+                        node: id,
+                        bytes,
+                        total,
+                    },
+                    DeployEvent::Installed => Progress::Installed { node: id },
+                    DeployEvent::Started => Progress::Started { node: id },
+                    DeployEvent::HealthPassed => Progress::HealthPassed { node: id },
+                    DeployEvent::HealthFailed { reason } => {
+                        Progress::HealthFailed { node: id, reason }
+                    }
+                    DeployEvent::RolledBack { to } => Progress::RolledBack { node: id, to },
+                    DeployEvent::Verified => return,
+                }),
+                other => tracing::debug!(node = %id.short(), "ignored frame {other:?}"),
+            })
+            .await
+        };
+        match run.await {
+            Ok(Reply::Activation(Activation::Activated { previous, .. })) => {
+                (NodeResult::Activated, previous)
+            }
+            Ok(Reply::Activation(Activation::AlreadyActive { .. })) => {
+                (NodeResult::AlreadyActive, None)
+            }
+            Ok(Reply::Activation(Activation::RolledBack { reason, .. })) => {
+                (NodeResult::RolledBack { reason }, None)
+            }
+            Ok(other) => (
+                NodeResult::Failed {
+                    error: format!("unexpected answer {other:?}"),
+                },
+                None,
+            ),
+            Err(e) => (
+                NodeResult::Failed {
+                    error: e.to_string(),
+                },
+                None,
+            ),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Finding releases in the fleet (by name, prefix and version range) and
+//! having nodes fetch one ahead of a deploy.
+
+use std::collections::BTreeMap;
+
+use p2p_core::{Error, PeerAddr, Result};
+use serde::{Deserialize, Serialize};
+
+use super::Controller;
+use crate::package::PackageId;
+use crate::proto::{Reply, Request, call_watched};
+
+/// What [`Controller::search`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Search {
+    /// Matching releases.
+    pub hits: Vec<SearchHit>,
+    /// Nodes that could not be asked, and why.
+    pub unanswered: Vec<(PeerAddr, String)>,
+}
+
+/// One release found in the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// App name.
+    pub name: String,
+    /// Version.
+    pub version: semver::Version,
+    /// The release's id.
+    pub id: PackageId,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// Nodes holding it, complete holders first.
+    pub holders: Vec<Holder>,
+}
+
+impl SearchHit {
+    /// The nodes holding every chunk, to fetch it from.
+    pub fn complete_holders(&self) -> Vec<PeerAddr> {
+        self.holders
+            .iter()
+            .filter(|h| h.complete)
+            .map(|h| h.node.clone())
+            .collect()
+    }
+}
+
+/// A node holding a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The node, at the address it was reached at.
+    pub node: PeerAddr,
+    /// Whether it holds every chunk.
+    pub complete: bool,
+    /// Whether the version is installed there.
+    pub installed: bool,
+    /// Whether it is the active version there.
+    pub active: bool,
+}
+
+impl Controller {
+    /// Searches the fleet's catalogs: every known node is asked which
+    /// releases it holds, concurrently. `name` matches an app name exactly,
+    /// or, ending in `*`, as a prefix (`"web*"`; `"*"` or `""` match
+    /// everything); `version` narrows to a semver requirement. Hits come
+    /// sorted by name, newest version first, each with the nodes holding
+    /// it (complete holders first); nodes that could not be asked are
+    /// listed in [`Search::unanswered`].
+    pub async fn search(&self, name: &str, version: Option<&semver::VersionReq>) -> Search {
+        let addrs = self.known();
+        let answers = futures::future::join_all(addrs.into_iter().map(|addr| async move {
+            let r = match self.request(&addr, Request::Catalog).await {
+                Ok(Reply::Catalog(entries)) => Ok(entries),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            (addr, r)
+        }))
+        .await;
+        let matches = |n: &str| match name.strip_suffix('*') {
+            Some(prefix) => n.starts_with(prefix),
+            None => name.is_empty() || n == name,
+        };
+        let mut hits: BTreeMap<PackageId, SearchHit> = BTreeMap::new();
+        let mut unanswered = Vec::new();
+        for (addr, r) in answers {
+            let entries = match r {
+                Ok(e) => e,
+                Err(e) => {
+                    unanswered.push((addr, e));
+                    continue;
+                }
+            };
+            for e in entries {
+                if !matches(&e.name) || version.is_some_and(|req| !req.matches(&e.version)) {
+                    continue;
+                }
+                let hit = hits.entry(e.id).or_insert_with(|| SearchHit {
+                    name: e.name.clone(),
+                    version: e.version.clone(),
+                    id: e.id,
+                    size: e.size,
+                    holders: Vec::new(),
+                });
+                hit.holders.push(Holder {
+                    node: addr.clone(),
+                    complete: e.is_complete(),
+                    installed: e.installed,
+                    active: e.active,
+                });
+            }
+        }
+        let mut hits: Vec<SearchHit> = hits.into_values().collect();
+        for h in &mut hits {
+            h.holders.sort_by_key(|h| (!h.complete, h.node.id));
+        }
+        hits.sort_by(|a, b| {
+            a.name
+                .cmp(&b.name)
+                .then_with(|| b.version.cmp(&a.version))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Search { hits, unanswered }
+    }
+
+    /// Has `node` fetch release `package` from `from` (nodes holding it,
+    /// as [`search`](Self::search) finds them) and keep it without
+    /// installing it, so that a later deploy of it starts with every chunk
+    /// present. Bounded by the deploy deadline.
+    pub async fn prefetch(
+        &self,
+        node: &PeerAddr,
+        package: PackageId,
+        from: Vec<PeerAddr>,
+    ) -> Result<crate::proto::CatalogEntry> {
+        let conn = self.connect(node).await?;
+        let reply = call_watched(
+            &conn,
+            Request::Fetch { package, from },
+            self.cfg.deploy_timeout,
+            self.cfg.node_silence,
+        )
+        .await?;
+        match reply {
+            Reply::Catalog(mut e) if e.len() == 1 => Ok(e.remove(0)),
+            other => Err(Error::protocol(format!(
+                "node {} answered a fetch with {other:?}",
+                node.id.short()
+            ))),
+        }
+    }
+}

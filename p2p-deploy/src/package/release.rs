@@ -1,0 +1,105 @@
+//! A release as a controller holds it to deploy and serve: the signed
+//! descriptor and its archive, in memory or in a package file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use p2p_core::{Error, Result, Signature};
+
+use super::{Descriptor, PackageFile, PackageId};
+use crate::chunks::chunk_len;
+
+/// A release the controller deploys and serves.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// The descriptor.
+    pub descriptor: Descriptor,
+    /// Its canonical bytes (what was signed).
+    pub descriptor_bytes: Vec<u8>,
+    /// Signatures.
+    pub signatures: Vec<Signature>,
+    archive: Archive,
+}
+
+#[derive(Debug, Clone)]
+enum Archive {
+    Memory(Arc<Vec<u8>>),
+    File { path: PathBuf, offset: u64 },
+}
+
+impl Release {
+    /// The release in a package file (the archive is read from the file
+    /// as chunks are asked for). Nothing is checked here: call
+    /// [`PackageFile::check_archive`] first (as `p2pctl deploy` does), or a
+    /// changed byte is found only by the nodes, each of which then fails
+    /// the deploy naming the chunk.
+    pub fn from_package(pkg: &PackageFile) -> Self {
+        Release {
+            descriptor: pkg.descriptor.clone(),
+            descriptor_bytes: pkg.descriptor_bytes.clone(),
+            signatures: pkg.signatures.clone(),
+            archive: Archive::File {
+                path: pkg.path.clone(),
+                offset: pkg.archive_offset,
+            },
+        }
+    }
+
+    /// A release held in memory; the archive must match the descriptor.
+    pub fn from_parts(
+        descriptor: Descriptor,
+        signatures: Vec<Signature>,
+        archive: Vec<u8>,
+    ) -> Result<Self> {
+        let h = crate::package::hash_archive(&archive[..], descriptor.chunk_size)
+            .map_err(|e| Error::io("hashing the archive", e))?;
+        if h.len != descriptor.archive_size || h.sha256 != descriptor.archive_sha256 {
+            return Err(crate::trust::VerifyError::ArchiveHash.into());
+        }
+        if let Some(index) =
+            (0..descriptor.chunks.len()).find(|&i| h.chunks.get(i) != descriptor.chunks.get(i))
+        {
+            return Err(crate::trust::VerifyError::ChunkHash { index }.into());
+        }
+        Ok(Release {
+            descriptor_bytes: descriptor.to_bytes(),
+            descriptor,
+            signatures,
+            archive: Archive::Memory(Arc::new(archive)),
+        })
+    }
+
+    /// The package id.
+    pub fn id(&self) -> PackageId {
+        self.descriptor.id()
+    }
+
+    /// Whether the archive is held in memory (else it is read from a
+    /// package file).
+    pub(crate) fn in_memory(&self) -> bool {
+        matches!(self.archive, Archive::Memory(_))
+    }
+
+    /// Chunk `index`.
+    pub fn chunk(&self, index: usize) -> Result<Vec<u8>> {
+        if index >= self.descriptor.chunks.len() {
+            return Err(Error::NotFound {
+                what: format!("chunk {index} of {}", self.id()),
+            });
+        }
+        let start = index as u64 * u64::from(self.descriptor.chunk_size);
+        let len = chunk_len(&self.descriptor, index) as usize;
+        match &self.archive {
+            Archive::Memory(b) => Ok(b[start as usize..start as usize + len].to_vec()),
+            Archive::File { path, offset } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let ioe = |e| Error::io(format!("reading {}", path.display()), e);
+                let mut f = std::fs::File::open(path).map_err(ioe)?;
+                f.seek(SeekFrom::Start(offset + start)).map_err(ioe)?;
+                let mut buf = vec![0u8; len];
+                f.read_exact(&mut buf).map_err(ioe)?;
+                Ok(buf)
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Errors as they travel: a kind a caller can branch on and a message a
+//! user can act on.
+
+use std::time::Duration;
+
+use p2p_core::{Error, PeerId};
+use serde::{Deserialize, Serialize};
+
+/// What kind of error a request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The caller may not do this (not an operator).
+    Denied,
+    /// No such app, version or release.
+    NotFound,
+    /// The request is malformed or impossible.
+    Invalid,
+    /// Signatures or trust refused the release.
+    BadSignature,
+    /// A lower version than an installed one, without a rollback.
+    Downgrade,
+    /// Another operation on the app is in progress.
+    Busy,
+    /// The deadline passed.
+    Timeout,
+    /// The node could not reach a peer it needed (the sender of a
+    /// release's chunks, say).
+    Unreachable,
+    /// A release's bytes do not match its descriptor.
+    Corrupt,
+    /// Anything else on the node's side (storage, runtime).
+    Internal,
+}
+
+/// An error as it travels: kind and message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    /// What kind.
+    pub kind: ErrorKind,
+    /// For people.
+    pub message: String,
+}
+
+impl RpcError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RpcError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Converts a local error for the wire.
+    pub fn from_error(e: &Error) -> Self {
+        let kind = match e {
+            Error::Denied { .. } => ErrorKind::Denied,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Invalid { .. } | Error::AlreadyExists { .. } | Error::NotSupported { .. } => {
+                ErrorKind::Invalid
+            }
+            Error::BadSignature { .. } => ErrorKind::BadSignature,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Busy { .. } => ErrorKind::Busy,
+            Error::Unreachable { .. } | Error::Closed { .. } => ErrorKind::Unreachable,
+            Error::Protocol { .. } => ErrorKind::Corrupt,
+            _ => ErrorKind::Internal,
+        };
+        RpcError::new(kind, e.to_string())
+    }
+
+    /// Back into a p2p-core error, naming the node it came from; `after`
+    /// is the deadline of the request, shown by a timeout.
+    pub fn into_error(self, node: &PeerId, after: Duration) -> Error {
+        let m = format!("node {}: {}", node.short(), self.message);
+        match self.kind {
+            ErrorKind::Denied | ErrorKind::Downgrade => Error::denied(m),
+            ErrorKind::NotFound => Error::NotFound { what: m },
+            ErrorKind::Invalid => Error::invalid("request", m),
+            ErrorKind::BadSignature => Error::BadSignature { reason: m },
+            ErrorKind::Busy => Error::Busy { what: m },
+            ErrorKind::Timeout => Error::Timeout { during: m, after },
+            ErrorKind::Unreachable => Error::unreachable(m),
+            ErrorKind::Corrupt => Error::protocol(m),
+            ErrorKind::Internal => Error::Backend {
+                backend: "agent",
+                source: m.into(),
+            },
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The messages: requests, replies, progress frames and what they carry,
+//! and the protocol's name, version and limits.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use p2p_core::framing::ProtocolId;
+use p2p_core::{AppStatus, LogLine, LogSelection, PeerAddr, PeerId, Signature};
+use serde::{Deserialize, Serialize};
+
+use super::bitfield::Bitfield;
+use super::error::RpcError;
+use crate::package::PackageId;
+
+/// The protocol name and versions this build speaks.
+pub const PROTOCOL: ProtocolId = ProtocolId {
+    name: "p2p/deploy",
+    min: 1,
+    max: 2,
+};
+
+/// The protocol version from which a server sends [`Frame::Alive`]
+/// while it works on a request.
+pub const ALIVE_VERSION: u16 = 2;
+
+/// How often a server sends [`Frame::Alive`] while it works on a request
+/// (version 2 on).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Largest frame on a deploy stream: a 16 MiB chunk plus room.
+pub const MAX_FRAME: u32 = (16 << 20) + (64 << 10);
+
+/// The SDK version agents report in [`NodeInfo`].
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How a deploy is activated on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivateOptions {
+    /// How long the health gate may take; `None`: from the manifest's
+    /// health check (start period + interval x (gate + retries + 1) +
+    /// 30 s), or 30 s for an app without one.
+    pub gate_timeout: Option<Duration>,
+    /// For an app without a health check: how long it must stay up,
+    /// without a restart, to pass.
+    pub settle: Duration,
+}
+
+impl Default for ActivateOptions {
+    fn default() -> Self {
+        ActivateOptions {
+            gate_timeout: None,
+            settle: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Node info: id, name, labels, addresses, SDK version, apps.
+    Info,
+    /// Every app on the node.
+    List,
+    /// One app.
+    Status {
+        /// App name.
+        app: String,
+    },
+    /// Start the app's active version and keep it running.
+    Start {
+        /// App name.
+        app: String,
+    },
+    /// Stop the app and keep it stopped.
+    Stop {
+        /// App name.
+        app: String,
+    },
+    /// Restart the app's active version.
+    Restart {
+        /// App name.
+        app: String,
+    },
+    /// Activate an installed version (through the health gate).
+    Switch {
+        /// App name.
+        app: String,
+        /// An installed version.
+        version: semver::Version,
+        /// Activation options.
+        options: ActivateOptions,
+    },
+    /// Activate the version that was active before the current one.
+    Rollback {
+        /// App name.
+        app: String,
+        /// Activation options.
+        options: ActivateOptions,
+    },
+    /// Remove an app (stopped and uninstalled), or one inactive version.
+    Remove {
+        /// App name.
+        app: String,
+        /// Only this version.
+        version: Option<semver::Version>,
+    },
+    /// Install and activate a signed release. The agent fetches the chunks
+    /// it lacks from the sender, over the same connection.
+    Deploy {
+        /// The descriptor's canonical bytes.
+        descriptor: Vec<u8>,
+        /// Signatures over the descriptor.
+        signatures: Vec<Signature>,
+        /// Activation options.
+        options: ActivateOptions,
+        /// Other nodes receiving or holding the release, to fetch chunks
+        /// from besides the sender (the swarm); may be empty.
+        peers: Vec<PeerAddr>,
+    },
+    /// An app's logs: tail and/or follow.
+    Logs {
+        /// App name.
+        app: String,
+        /// Which stream, how many lines, follow or not.
+        selection: LogSelection,
+    },
+    /// Chunks of a release, by index, streamed as [`Frame::Chunk`].
+    FetchChunks {
+        /// The release.
+        package: PackageId,
+        /// Chunk indexes.
+        indexes: Vec<u32>,
+    },
+    /// A swarm session for a release: the server answers with
+    /// [`Frame::Have`] and then [`Frame::Got`] as chunks arrive; the
+    /// client sends [`Frame::Got`] frames the same way after its request.
+    /// The session lasts until both sides hold every chunk or either
+    /// closes it.
+    Swarm {
+        /// The release.
+        package: PackageId,
+        /// The chunks the client holds.
+        have: Bitfield,
+    },
+    /// One chunk the seed (the controller) chooses: one the client lacks
+    /// and the fleet holds fewest copies of. Answered with one
+    /// [`Frame::Chunk`]; [`ErrorKind::NotFound`] when there is nothing
+    /// left to give.
+    FetchAny {
+        /// The release.
+        package: PackageId,
+        /// The chunks the client holds or is fetching.
+        have: Bitfield,
+    },
+    /// The releases this node holds, complete or not ([`Reply::Catalog`]).
+    Catalog,
+    /// A held release's descriptor and signatures ([`Reply::Release`]),
+    /// for a peer that wants to fetch it.
+    Release {
+        /// The release.
+        package: PackageId,
+    },
+    /// Fetch a release from peers that hold it (found with
+    /// [`Request::Catalog`]) and keep it, without installing it: a later
+    /// deploy of it finds every chunk present. The descriptor and
+    /// signatures come from the first of `from` that has them and are
+    /// checked against the node's trust store before any chunk is
+    /// fetched. Answered with [`Reply::Catalog`] holding its entry. The
+    /// release is dropped once a version of the app as high or higher is
+    /// installed there (it could no longer be deployed).
+    Fetch {
+        /// The release.
+        package: PackageId,
+        /// Peers holding it (all or part).
+        from: Vec<PeerAddr>,
+    },
+    /// [`Request::Deploy`] with the descriptor by reference. In a large
+    /// rollout the controller sends the descriptor itself to a few
+    /// targets and this to the rest, so that its uplink carries a few
+    /// copies rather than one per target (a descriptor holds a hash per
+    /// chunk: 13 KB for 100 MB). The agent takes the descriptor from its
+    /// store when it holds the release, else from `from`, asked in the
+    /// order given and again after a short rest (they may be receiving it
+    /// themselves), and at last from the sender. Any copy is checked
+    /// against `package`, the descriptor's hash, and `signatures` against
+    /// the trust store, as for a deploy; then it is a deploy.
+    DeployRef {
+        /// The release.
+        package: PackageId,
+        /// Signatures over its descriptor.
+        signatures: Vec<Signature>,
+        /// Activation options.
+        options: ActivateOptions,
+        /// Nodes holding the descriptor or receiving it, asked for it in
+        /// this order; may be empty (then the sender is asked).
+        from: Vec<PeerAddr>,
+        /// As for [`Request::Deploy`]: other nodes receiving or holding
+        /// the release, to fetch chunks from.
+        peers: Vec<PeerAddr>,
+    },
+}
+
+impl Request {
+    /// Whether the request changes the node (only operators may send it).
+    pub fn is_mutating(&self) -> bool {
+        matches!(
+            self,
+            Request::Start { .. }
+                | Request::Stop { .. }
+                | Request::Restart { .. }
+                | Request::Switch { .. }
+                | Request::Rollback { .. }
+                | Request::Remove { .. }
+                | Request::Deploy { .. }
+                | Request::DeployRef { .. }
+                | Request::Fetch { .. }
+        )
+    }
+
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Info => "info",
+            Request::List => "list",
+            Request::Status { .. } => "status",
+            Request::Start { .. } => "start",
+            Request::Stop { .. } => "stop",
+            Request::Restart { .. } => "restart",
+            Request::Switch { .. } => "switch",
+            Request::Rollback { .. } => "rollback",
+            Request::Remove { .. } => "remove",
+            Request::Deploy { .. } | Request::DeployRef { .. } => "deploy",
+            Request::Logs { .. } => "logs",
+            Request::FetchChunks { .. } => "fetch-chunks",
+            Request::Swarm { .. } => "swarm",
+            Request::FetchAny { .. } => "fetch-any",
+            Request::Catalog => "catalog",
+            Request::Release { .. } => "release",
+            Request::Fetch { .. } => "fetch",
+        }
+    }
+}
+
+/// A request with its deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Milliseconds the server may spend on it.
+    pub timeout_ms: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// What an agent knows about one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// App name.
+    pub name: String,
+    /// The version the node keeps active, if any.
+    pub active: Option<semver::Version>,
+    /// Whether the node keeps it running.
+    pub running: bool,
+    /// Installed versions with their package ids, lowest first.
+    pub installed: Vec<(semver::Version, PackageId)>,
+    /// The version active before the current one.
+    pub previous: Option<semver::Version>,
+    /// What the runtime reports, if it knows the app.
+    pub status: Option<AppStatus>,
+    /// The latest deployment records, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One deployment record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Wall-clock milliseconds (the agent's injected clock).
+    pub at_ms: u64,
+    /// What was attempted: `deploy`, `switch`, `rollback`, `start`, ...
+    pub action: String,
+    /// The version it was about.
+    pub version: semver::Version,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// How a deployment ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The version passed its health gate and is active.
+    Activated,
+    /// It failed; the node went back to `to` (or has nothing active).
+    RolledBack {
+        /// Why it failed.
+        reason: String,
+        /// The version active again.
+        to: Option<semver::Version>,
+    },
+    /// The agent stopped during activation; after restart it went back.
+    Interrupted {
+        /// The version active again.
+        to: Option<semver::Version>,
+    },
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Peer id.
+    pub id: PeerId,
+    /// Human name (configured; may be empty).
+    pub name: String,
+    /// Labels for selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Where it listens.
+    pub addr: PeerAddr,
+    /// The SDK version it runs.
+    pub sdk_version: String,
+    /// Its apps.
+    pub apps: Vec<AppInfo>,
+    /// The swarm peers it has scored, with any bans.
+    pub peers: Vec<PeerScore>,
+}
+
+impl NodeInfo {
+    /// Its name, else its short id: how it is shown to people.
+    pub fn label(&self) -> String {
+        if self.name.is_empty() {
+            self.id.short()
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+/// Steps of a deploy on one node, streamed as they happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployEvent {
+    /// Signatures and version checks passed.
+    Verified,
+    /// Chunk bytes present so far.
+    Transfer {
+        /// Bytes present.
+        bytes: u64,
+        /// Archive size.
+        total: u64,
+    },
+    /// The version is unpacked and recorded.
+    Installed,
+    /// The new version is started; the health gate is running.
+    Started,
+    /// The health gate passed.
+    HealthPassed,
+    /// The health gate failed.
+    HealthFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The node went back to the previous version.
+    RolledBack {
+        /// The version active again.
+        to: Option<semver::Version>,
+    },
+}
+
+/// The final answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// For [`Request::Info`].
+    Info(Box<NodeInfo>),
+    /// For [`Request::List`].
+    Apps(Vec<AppInfo>),
+    /// For status, start, stop, restart, remove of a version.
+    App(Box<AppInfo>),
+    /// For deploy, switch and rollback.
+    Activation(Activation),
+    /// Done, nothing to report (remove, end of logs or chunks).
+    Ok,
+    /// For [`Request::Catalog`] and [`Request::Fetch`].
+    Catalog(Vec<CatalogEntry>),
+    /// For [`Request::Release`].
+    Release {
+        /// The descriptor's canonical bytes.
+        descriptor: Vec<u8>,
+        /// The signatures the node received with it.
+        signatures: Vec<Signature>,
+    },
+}
+
+/// A release a node holds, as its catalog lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// App name.
+    pub name: String,
+    /// Version.
+    pub version: semver::Version,
+    /// The release's id (its descriptor's hash).
+    pub id: PackageId,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// Chunks in the release.
+    pub chunks: u32,
+    /// Chunks this node holds (all of them once the release is complete).
+    pub held: u32,
+    /// Whether the version is installed (unpacked and recorded).
+    pub installed: bool,
+    /// Whether it is the app's active version.
+    pub active: bool,
+}
+
+impl CatalogEntry {
+    /// Whether the node holds every chunk.
+    pub fn is_complete(&self) -> bool {
+        self.held == self.chunks
+    }
+}
+
+/// How a deploy, switch or rollback ended on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// The version passed its gate and is active.
+    Activated {
+        /// The new active version.
+        version: semver::Version,
+        /// The version active before.
+        previous: Option<semver::Version>,
+    },
+    /// The version was already active and running; nothing changed.
+    AlreadyActive {
+        /// The active version.
+        version: semver::Version,
+    },
+    /// The version failed and the node went back.
+    RolledBack {
+        /// Why it failed.
+        reason: String,
+        /// The version active again, if any.
+        to: Option<semver::Version>,
+    },
+}
+
+/// One frame from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Deploy progress.
+    Event(DeployEvent),
+    /// A log line.
+    Log(LogLine),
+    /// A chunk.
+    Chunk {
+        /// Its index.
+        index: u32,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// In a swarm session: the chunks the sender holds.
+    Have(Bitfield),
+    /// In a swarm session: the sender now holds this chunk.
+    Got(u32),
+    /// The answer; the request is over.
+    Done(Reply),
+    /// The error; the request is over.
+    Error(RpcError),
+    /// Version 2 on: the server is still working on the request. Sent
+    /// every [`HEARTBEAT`]; [`Call`] reads past it.
+    Alive,
+}
+
+/// One peer's standing, as node info shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerScore {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its score: good chunks raise it, failures and bad chunks lower it.
+    pub score: i32,
+    /// Good chunks it served.
+    pub good: u64,
+    /// Requests to it that failed or timed out.
+    pub failed: u64,
+    /// Chunks from it that failed verification.
+    pub corrupt: u64,
+    /// Milliseconds left of its ban, if it is banned.
+    pub banned_ms: Option<u64>,
+}
