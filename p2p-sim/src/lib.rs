@@ -30,12 +30,11 @@
 //!   workload, in any process.
 //! - Speed: run under a current-thread tokio runtime with paused time
 //!   (`#[tokio::test(start_paused = true)]`); idle time jumps to the next
-//!   event. `bench-report sim` measures simulated seconds per wall second
-//!   for 100 nodes exchanging traffic under the bandwidth model (the
-//!   [`scenario`] fleet: 20 Mbit/s nodes, 10 ms links, 1% loss, a partition
-//!   and a crash): **125x to 150x** across runs on a 2-core machine (target
-//!   100x), with
-//!   the bandwidth model costing about 15% over unlimited links.
+//!   event. A [`SimNet`] refuses any other runtime, where it would run in
+//!   real time and give a different trace on every run. `bench-report sim`
+//!   measures simulated seconds per wall second for 100 nodes exchanging
+//!   traffic under the bandwidth model (the [`scenario`] fleet: 20 Mbit/s
+//!   nodes, 10 ms links, 1% loss, a partition and a crash).
 //!
 //! ## Model notes
 //!

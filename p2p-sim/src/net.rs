@@ -1,7 +1,8 @@
 //! [`SimNet`]: the simulated network and its fault controls.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_core::{Error, MemStorage, NodeKey, PeerId, Result};
@@ -11,10 +12,10 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::clock::SimClock;
-use crate::engine::{Config, NetStats, NodeIdx, NodeTraffic, Shared, State};
+use crate::engine::{Config, ConnId, NetStats, NodeIdx, NodeTraffic, Shared, State};
 use crate::link::{LinkSpec, NodeConfig};
 use crate::process::{ScriptBook, SimRuntime};
-use crate::provider::SimProvider;
+use crate::provider::{SimConnection, SimProvider};
 use crate::trace::TraceEvent;
 
 /// Builds a [`SimNet`] with non-default model parameters.
@@ -66,25 +67,71 @@ impl SimNetBuilder {
         self
     }
 
-    /// Creates the network. Must be called inside a tokio runtime (a
-    /// current-thread runtime with paused time, for determinism and speed).
+    /// Creates the network and starts its driver task.
+    ///
+    /// # Panics
+    ///
+    /// Outside a current-thread tokio runtime with paused time (see
+    /// [`SimNet`]), with a message saying how to get one;
+    /// [`SimNetBuilder::try_build`] returns that as an error instead.
     pub fn build(self) -> SimNet {
+        match self.try_build() {
+            Ok(net) => net,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Creates the network and starts its driver task, or says why the
+    /// current tokio runtime cannot run it: it must be a current-thread
+    /// runtime with paused time (see [`SimNet`]), or the simulation would
+    /// run in real time with a different trace on every run.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] outside a tokio runtime, on a multi-thread one,
+    /// or when time is not paused.
+    pub fn try_build(self) -> Result<SimNet> {
+        if let Some(problem) = crate::engine::runtime_problem() {
+            return Err(Error::invalid(
+                "tokio runtime for a SimNet",
+                format!(
+                    "{problem}; the simulator needs a current-thread runtime with paused \
+                     time, or it runs in real time with a different trace on every run. Use \
+                     #[tokio::test(start_paused = true)] or \
+                     tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true)"
+                ),
+            ));
+        }
         let epoch = Instant::now();
         let rng = sub_rng(self.seed, "links");
         let state = State::new(self.seed, self.cfg, self.link, rng);
-        let shared = Shared::new(state, epoch);
+        let shared = Shared::new(state, epoch, connection_handle);
         tokio::spawn(crate::engine::drive(
             Arc::downgrade(&shared),
             shared.notify.clone(),
             epoch,
         ));
-        SimNet {
+        Ok(SimNet {
             shared,
             clock: SimClock::with_epoch(self.clock_start_ms, epoch),
             scripts: ScriptBook::new(),
-        }
+            factories: Arc::default(),
+        })
     }
 }
+
+/// The handle the engine hands out for one side of a new connection.
+fn connection_handle(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    side: usize,
+    remote: PeerId,
+) -> Arc<dyn p2p_core::Connection> {
+    Arc::new(SimConnection::new(shared, conn, side, remote))
+}
+
+/// A node's boxed main task, made by its factory.
+type Factory = Arc<dyn Fn(NodeCtx) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// A deterministic child RNG for component `name` of a network with `seed`.
 fn sub_rng(seed: u64, name: &str) -> ChaCha20Rng {
@@ -150,11 +197,24 @@ impl NodeCtx {
 /// virtual time and reproducible from one seed.
 ///
 /// Cloning gives another handle to the same network.
+///
+/// # Runtime
+///
+/// A `SimNet` runs on a tokio **current-thread runtime with paused time**:
+/// `#[tokio::test(start_paused = true)]`, or
+/// `tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true)`.
+/// Paused time is what makes idle time jump to the next event and the
+/// trace the same on every run; on a multi-thread runtime, or with time
+/// running, the network would run in real time and differ from run to
+/// run. [`SimNet::new`] and [`SimNetBuilder::build`] therefore panic there,
+/// saying so, and [`SimNetBuilder::try_build`] returns the error.
 #[derive(Clone)]
 pub struct SimNet {
     shared: Arc<Shared>,
     clock: SimClock,
     scripts: ScriptBook,
+    /// The software of nodes added with [`SimNet::spawn_node`].
+    factories: Arc<Mutex<BTreeMap<NodeIdx, Factory>>>,
 }
 
 impl std::fmt::Debug for SimNet {
@@ -164,9 +224,12 @@ impl std::fmt::Debug for SimNet {
 }
 
 impl SimNet {
-    /// A network with default parameters. Must be called inside a tokio
-    /// runtime, normally a current-thread one with paused time
-    /// (`#[tokio::test(start_paused = true)]`).
+    /// A network with default parameters.
+    ///
+    /// # Panics
+    ///
+    /// Outside a current-thread tokio runtime with paused time (see
+    /// [Runtime](SimNet#runtime)).
     pub fn new(seed: u64) -> Self {
         Self::builder(seed).build()
     }
@@ -263,12 +326,9 @@ impl SimNet {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let key = cfg.key.clone().unwrap_or_else(|| self.key_for(name));
-        let factory: crate::engine::Factory = Arc::new(move |ctx| Box::pin(factory(ctx)));
-        let n = self.shared.with(|st| {
-            let n = st.add_node(name, key, cfg)?;
-            st.nodes[n as usize].factory = Some(factory);
-            Ok::<_, Error>(n)
-        })?;
+        let factory: Factory = Arc::new(move |ctx| Box::pin(factory(ctx)));
+        let n = self.shared.with(|st| st.add_node(name, key, cfg))?;
+        p2p_core::sync::lock(&self.factories).insert(n, factory);
         self.start_incarnation(n);
         Ok(())
     }
@@ -276,16 +336,16 @@ impl SimNet {
     fn start_incarnation(&self, n: NodeIdx) -> SimProvider {
         let inc = self.shared.with(|st| st.bring_up(n));
         let provider = self.provider_for(n, inc);
-        let (factory, key, storage, name, seed) = self.shared.with(|st| {
+        let (key, storage, name, seed) = self.shared.with(|st| {
             let node = &st.nodes[n as usize];
             (
-                node.factory.clone(),
                 node.key.clone(),
                 node.storage.clone(),
                 node.name.clone(),
                 st.seed,
             )
         });
+        let factory = p2p_core::sync::lock(&self.factories).get(&n).cloned();
         if let Some(factory) = factory {
             let mut h = Sha256::new();
             h.update(seed.to_le_bytes());
@@ -515,5 +575,75 @@ impl SimNet {
     /// checks in tests).
     pub fn live_objects(&self) -> (usize, usize) {
         self.shared.with(|st| (st.conn_count(), st.flow_count()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn current_thread(paused: bool) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(paused)
+            .build()
+            .unwrap()
+    }
+
+    fn refusal(rt: &tokio::runtime::Runtime) -> String {
+        rt.block_on(async { SimNet::builder(1).try_build() })
+            .expect_err("the runtime must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_multi_thread_runtime_is_refused_with_the_fix() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let e = refusal(&rt);
+        assert!(e.contains("multi-thread"), "{e}");
+        assert!(e.contains("#[tokio::test(start_paused = true)]"), "{e}");
+        assert!(
+            e.contains("new_current_thread().enable_time().start_paused(true)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn running_time_is_refused_with_the_fix() {
+        let e = refusal(&current_thread(false));
+        assert!(e.contains("time is not paused"), "{e}");
+        assert!(e.contains("start_paused(true)"), "{e}");
+    }
+
+    #[test]
+    fn no_runtime_is_refused() {
+        let e = SimNet::builder(1).try_build().unwrap_err().to_string();
+        assert!(e.contains("no tokio runtime"), "{e}");
+    }
+
+    #[test]
+    #[should_panic(expected = "#[tokio::test(start_paused = true)]")]
+    fn new_panics_on_a_multi_thread_runtime_naming_the_fix() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async { SimNet::new(1) });
+    }
+
+    #[test]
+    fn paused_time_is_accepted_also_far_ahead_of_real_time() {
+        current_thread(true).block_on(async {
+            let net = SimNet::new(1);
+            tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
+            let again = SimNet::builder(2).try_build();
+            assert!(again.is_ok(), "{:?}", again.err());
+            assert_eq!(net.seed(), 1);
+        });
     }
 }
