@@ -40,7 +40,7 @@ impl PathBook {
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, BTreeMap<libp2p::PeerId, BTreeMap<ConnectionId, ConnPath>>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        p2p_core::sync::lock(&self.inner)
     }
 
     pub(crate) fn established(

@@ -1,8 +1,6 @@
 //! [`ProcessHealthChecker`]: the four probes against real processes and
 //! sockets.
 
-use std::path::{Path, PathBuf};
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -10,7 +8,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use p2p_core::runtime::{HealthCheckSpec, HealthChecker, HealthOutcome, HealthProbe, ProbeTarget};
-use p2p_core::{Error, Result};
 use tokio::io::AsyncReadExt;
 
 /// Probes real processes: alive, TCP connect, HTTP GET (through hyper's
@@ -165,169 +162,5 @@ pub(crate) fn process_alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
-    }
-}
-
-/// Checks a probe's target before an app starts, so that a typo is an
-/// error at start rather than an app that never becomes healthy.
-pub(crate) fn check_probe(probe: &HealthProbe, workdir: &Path) -> Result<()> {
-    let bad = |reason: String| Err(Error::invalid("health check", reason));
-    match probe {
-        HealthProbe::Process => Ok(()),
-        HealthProbe::Tcp { addr } => {
-            let Some((host, port)) = addr.rsplit_once(':') else {
-                return bad(format!("TCP target {addr:?} is not host:port"));
-            };
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return bad(format!("TCP target {addr:?} is not host:port"));
-            }
-            Ok(())
-        }
-        HealthProbe::Http { url } => {
-            let u: hyper::Uri = url
-                .parse()
-                .map_err(|e| Error::invalid("health check", format!("URL {url:?}: {e}")))?;
-            match u.scheme_str() {
-                Some("http") if u.host().is_some() => Ok(()),
-                Some("http") => bad(format!("URL {url:?} has no host")),
-                Some("https") => bad(format!(
-                    "URL {url:?}: https is not supported by health checks; probe the app over http"
-                )),
-                Some(other) => bad(format!("URL {url:?}: scheme {other:?} is not http")),
-                None => bad(format!(
-                    "URL {url:?} is not absolute (http://host:port/path)"
-                )),
-            }
-        }
-        HealthProbe::Exec { command, .. } => resolve_program(command, workdir, None)
-            .map(|_| ())
-            .map_err(|e| match e {
-                Error::Invalid { reason, .. } => Error::invalid("health check", reason),
-                other => other,
-            }),
-    }
-}
-
-/// Finds `program` as `execve` would: a path with a `/` is taken
-/// relative to `workdir`; a bare name is looked up in `path_var` (or the
-/// default `PATH`). It must be an executable file.
-pub(crate) fn resolve_program(
-    program: &str,
-    workdir: &Path,
-    path_var: Option<&str>,
-) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let bad = |reason: String| Err(Error::invalid("entrypoint", reason));
-    if program.is_empty() {
-        return bad("the program is empty".into());
-    }
-    let check = |p: &Path| -> std::result::Result<PathBuf, String> {
-        match std::fs::metadata(p) {
-            Err(e) => Err(format!("{}: {e}", p.display())),
-            Ok(m) if !m.is_file() => Err(format!("{} is not a file", p.display())),
-            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
-                Err(format!("{} is not executable", p.display()))
-            }
-            Ok(_) => Ok(p.to_path_buf()),
-        }
-    };
-    if program.contains('/') {
-        let p = workdir.join(program);
-        return check(&p).or_else(bad);
-    }
-    let path = path_var.unwrap_or(DEFAULT_PATH);
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        if let Ok(p) = check(&Path::new(dir).join(program)) {
-            return Ok(p);
-        }
-    }
-    bad(format!("{program:?} was not found in PATH ({path})"))
-}
-
-/// `PATH` for apps whose spec sets none.
-pub(crate) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_targets_are_named_at_start() {
-        let wd = Path::new("/");
-        for (p, want) in [
-            (
-                HealthProbe::Tcp {
-                    addr: "localhost".into(),
-                },
-                "host:port",
-            ),
-            (
-                HealthProbe::Tcp {
-                    addr: "h:99999".into(),
-                },
-                "host:port",
-            ),
-            (
-                HealthProbe::Http {
-                    url: "not a url".into(),
-                },
-                "URL",
-            ),
-            (
-                HealthProbe::Http {
-                    url: "https://x/".into(),
-                },
-                "https",
-            ),
-            (
-                HealthProbe::Exec {
-                    command: "no-such-program-p2p".into(),
-                    args: vec![],
-                },
-                "not found",
-            ),
-        ] {
-            let e = check_probe(&p, wd).unwrap_err().to_string();
-            assert!(e.contains(want) && e.contains("health check"), "{e}");
-        }
-        check_probe(
-            &HealthProbe::Tcp {
-                addr: "127.0.0.1:80".into(),
-            },
-            wd,
-        )
-        .unwrap();
-        check_probe(
-            &HealthProbe::Http {
-                url: "http://127.0.0.1:1/h".into(),
-            },
-            wd,
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn programs_resolve_like_execve() {
-        let wd = Path::new("/");
-        assert!(resolve_program("sh", wd, None).unwrap().ends_with("sh"));
-        assert!(
-            resolve_program("etc/passwd", wd, None)
-                .unwrap_err()
-                .to_string()
-                .contains("not executable")
-        );
-        assert!(
-            resolve_program("./etc", wd, None)
-                .unwrap_err()
-                .to_string()
-                .contains("not a file")
-        );
-        assert!(
-            resolve_program("./nope", wd, None)
-                .unwrap_err()
-                .to_string()
-                .contains("No such file")
-        );
     }
 }

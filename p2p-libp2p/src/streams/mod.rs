@@ -9,7 +9,8 @@
 //! the newest first, so new streams move to the direct path as soon as it
 //! exists, while streams already open on the relayed connection finish
 //! there. Nothing else differs; the `HashMap`s became `BTreeMap`s for the
-//! workspace's determinism lints.
+//! workspace's determinism lints, and `Shared::lock` takes the lock through
+//! `p2p_core::sync::lock` (ignoring poisoning, as upstream does).
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 mod behaviour;

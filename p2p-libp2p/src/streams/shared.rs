@@ -34,7 +34,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(shared: &Arc<Mutex<Shared>>) -> MutexGuard<'_, Shared> {
-        shared.lock().unwrap_or_else(|e| e.into_inner())
+        p2p_core::sync::lock(shared)
     }
 }
 

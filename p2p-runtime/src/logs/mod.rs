@@ -2,16 +2,24 @@
 //! file for reading both in arrival order, tail without reading whole
 //! files, and follow through a broadcast that never blocks the app.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+mod rotation;
+mod tail;
+
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use p2p_core::runtime::{LogLine, LogLines, LogSelection, LogStream};
+use p2p_core::sync::lock;
 use p2p_core::{Error, Result};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt as _, BufReader};
 use tokio::sync::broadcast;
+
+pub use rotation::LogRotation;
+use rotation::Rotated;
+use tail::{open_set, tail_of_set};
 
 /// A line longer than this is split; protects the supervisor from an app
 /// that writes without newlines.
@@ -19,89 +27,7 @@ pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// Lines a follower may fall behind before it loses some.
 const FOLLOW_BUFFER: usize = 4096;
 
-/// Log file sizes and counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogRotation {
-    /// A file is rotated when a write would take it past this.
-    pub max_bytes: u64,
-    /// Files kept per stream, the current one included.
-    pub files: usize,
-}
-
-impl Default for LogRotation {
-    /// 10 MiB x 5 files per stream.
-    fn default() -> Self {
-        LogRotation {
-            max_bytes: 10 * 1024 * 1024,
-            files: 5,
-        }
-    }
-}
-
-/// One rotated file: `<name>`, `<name>.1` (newest rotated) ... `<name>.<files-1>`.
-struct Rotated {
-    path: PathBuf,
-    file: File,
-    len: u64,
-}
-
-impl Rotated {
-    fn open(path: PathBuf) -> io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let len = file.metadata()?.len();
-        Ok(Rotated { path, file, len })
-    }
-
-    fn write(&mut self, bytes: &[u8], rot: LogRotation) -> io::Result<()> {
-        if self.len > 0 && self.len + bytes.len() as u64 > rot.max_bytes {
-            self.rotate(rot)?;
-        }
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
-        Ok(())
-    }
-
-    fn rotate(&mut self, rot: LogRotation) -> io::Result<()> {
-        let keep = rot.files.max(1);
-        if keep == 1 {
-            // One file: start a new one. Unlinked rather than truncated,
-            // so that a reader holding the old file keeps its bytes.
-            fs::remove_file(&self.path)?;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
-            self.len = 0;
-            return Ok(());
-        }
-        let numbered = |n: usize| rotated_path(&self.path, n);
-        // Drop the oldest, shift the rest up by one.
-        let _ = fs::remove_file(numbered(keep - 1));
-        for n in (1..keep - 1).rev() {
-            let from = numbered(n);
-            if from.exists() {
-                fs::rename(&from, numbered(n + 1))?;
-            }
-        }
-        fs::rename(&self.path, numbered(1))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        self.len = 0;
-        Ok(())
-    }
-}
-
-fn rotated_path(path: &Path, n: usize) -> PathBuf {
-    if n == 0 {
-        return path.to_path_buf();
-    }
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{n}"));
-    PathBuf::from(s)
-}
-
+/// The current file of each stream, and of both.
 struct Files {
     stdout: Rotated,
     stderr: Rotated,
@@ -127,10 +53,6 @@ struct Followers {
     tx: Option<broadcast::Sender<LogLine>>,
     /// Set when the app is removed: no more followers.
     closed: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AppLogs {
@@ -282,47 +204,6 @@ impl AppLogs {
     }
 }
 
-/// The files of a rotated set, newest first, opened with their lengths
-/// now: lines written later are not read from them.
-fn open_set(path: &Path, rot: LogRotation) -> Result<Vec<(File, u64)>> {
-    let mut out = Vec::new();
-    for k in 0..rot.files.max(1) {
-        let p = rotated_path(path, k);
-        match File::open(&p) {
-            Ok(f) => {
-                let len = f
-                    .metadata()
-                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
-                    .len();
-                out.push((f, len));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
-        }
-    }
-    Ok(out)
-}
-
-/// The last `n` lines of opened files (newest first), oldest line first.
-fn tail_of_set(files: Vec<(File, u64)>, n: usize) -> Result<Vec<String>> {
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    for (mut f, len) in files {
-        if lines.len() >= n {
-            break;
-        }
-        let need = n - lines.len();
-        let mut found =
-            tail_of_file(&mut f, len, need).map_err(|e| Error::io("reading a log file", e))?;
-        found.append(&mut lines);
-        lines = found;
-    }
-    let start = lines.len().saturating_sub(n);
-    Ok(lines
-        .drain(start..)
-        .map(|l| String::from_utf8_lossy(&l).into_owned())
-        .collect())
-}
-
 fn untag(l: String) -> LogLine {
     match l.split_at_checked(2) {
         Some(("e ", rest)) => LogLine {
@@ -338,45 +219,6 @@ fn untag(l: String) -> LogLine {
             line: l,
         },
     }
-}
-
-/// The last `n` lines of a rotated file set, oldest first, read backwards
-/// in blocks: memory is bounded by the lines returned, not the files.
-#[cfg(test)]
-pub(crate) fn tail_lines(path: &Path, rot: LogRotation, n: usize) -> Result<Vec<String>> {
-    tail_of_set(open_set(path, rot)?, n)
-}
-
-/// The last `n` lines of one file, oldest first. Reads blocks from the
-/// end until it has seen enough line ends.
-fn tail_of_file(f: &mut File, len: u64, n: usize) -> io::Result<Vec<Vec<u8>>> {
-    const BLOCK: u64 = 16 * 1024;
-    if len == 0 || n == 0 {
-        return Ok(Vec::new());
-    }
-    let mut pos = len;
-    let mut blocks: Vec<Vec<u8>> = Vec::new();
-    let mut newlines = 0usize;
-    while pos > 0 && newlines <= n {
-        let take = BLOCK.min(pos);
-        pos -= take;
-        let mut block = vec![0u8; take as usize];
-        f.seek(SeekFrom::Start(pos))?;
-        f.read_exact(&mut block)?;
-        newlines += block.iter().filter(|b| **b == b'\n').count();
-        blocks.push(block);
-    }
-    let mut data: Vec<u8> = blocks.into_iter().rev().flatten().collect();
-    if data.last() == Some(&b'\n') {
-        data.pop();
-    }
-    let mut lines: Vec<Vec<u8>> = data.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
-    // Without reaching the file's start, the first piece may be cut.
-    if pos > 0 {
-        lines.remove(0);
-    }
-    let start = lines.len().saturating_sub(n);
-    Ok(lines.split_off(start))
 }
 
 /// Copies an app's output stream into `logs`, line by line, until the
@@ -406,10 +248,10 @@ pub(crate) async fn pump(logs: Arc<AppLogs>, stream: LogStream, out: impl AsyncR
     }
 }
 
-use tokio::io::AsyncReadExt as _;
-
 #[cfg(test)]
 mod tests {
+    use super::rotation::rotated_path;
+    use super::tail::tail_lines;
     use super::*;
 
     fn rot(max: u64, files: usize) -> LogRotation {
