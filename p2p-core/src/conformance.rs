@@ -1,8 +1,16 @@
-//! The conformance suite every transport backend must pass.
+//! The conformance suites: this module's for transport backends
+//! ([`Provider`]), [`runtime`] for [`Runtime`](crate::Runtime)
+//! implementations, and [`mdns`] for backends with LAN discovery.
+//!
+//! # Transport
 //!
 //! Each case is a generic `async fn` over a [`TestNet`], which a backend
 //! implements in a few lines: how to make a node from a key, and an address
-//! where nobody listens. [`conformance_tests!`](crate::conformance_tests)
+//! where nobody listens. Where a backend genuinely differs from the others
+//! it says so through a flag with a default ([`TestNet::provider_drop_closes`],
+//! [`TestNet::wrong_identity_is_a_protocol_error`],
+//! [`TestNet::dialing_itself_is_refused`]), and the case checks the
+//! declared behaviour. [`conformance_tests!`](crate::conformance_tests)
 //! expands one `#[tokio::test]` per case, twice: once with the backend's own
 //! provider type, and once with every provider behind `Arc<dyn Provider>`
 //! (module `dyn_provider`). A backend's whole `tests/conformance.rs`:
@@ -17,8 +25,10 @@
 //! }
 //! ```
 //!
-//! Cases panic with a message saying which guarantee broke. Every wait is
-//! bounded, so a broken backend fails instead of hanging.
+//! The nodes a `TestNet` makes must not discover peers outside the test
+//! (mDNS off, or an isolated network). Cases panic with a message saying
+//! which guarantee broke. Every wait is bounded, so a broken backend fails
+//! instead of hanging.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -37,6 +47,7 @@ use crate::id::{NodeKey, PeerId};
 use crate::transport::{Connection, Listener, Provider, RecvStream, SendStream};
 
 pub mod mdns;
+pub mod runtime;
 
 /// Time bounds a backend promises; the suite fails a case that exceeds them.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +61,8 @@ pub struct Bounds {
     pub step: Duration,
     /// The 64 MiB transfer finishes within this.
     pub large_transfer: Duration,
+    /// [`Provider::close`] returns within this, the first time and again.
+    pub close: Duration,
 }
 
 impl Default for Bounds {
@@ -59,6 +72,7 @@ impl Default for Bounds {
             close_propagation: Duration::from_secs(10),
             step: Duration::from_secs(20),
             large_transfer: Duration::from_secs(120),
+            close: Duration::from_secs(10),
         }
     }
 }
@@ -87,6 +101,31 @@ pub trait TestNet: Send + Sync + 'static {
     fn bounds(&self) -> Bounds {
         Bounds::default()
     }
+
+    /// Whether dropping a node (without `close`) closes its connections.
+    /// True for backends whose provider owns its node (iroh, libp2p);
+    /// false where a provider is one of many handles to a node that lives
+    /// on without it (the simulator, whose nodes belong to the network).
+    /// The suite checks whichever is declared.
+    fn provider_drop_closes(&self) -> bool {
+        true
+    }
+
+    /// Whether a dial that finds another identity at the address fails
+    /// with [`Error::Protocol`] (iroh: the TLS handshake refuses the
+    /// peer's certificate) instead of [`Error::Unreachable`] (the peer
+    /// asked for is not there; libp2p and the simulator).
+    fn wrong_identity_is_a_protocol_error(&self) -> bool {
+        false
+    }
+
+    /// Whether a dial to the node's own address is refused with
+    /// [`Error::Invalid`] (iroh, libp2p). False where a node can connect
+    /// to itself (the simulator); the suite then checks that the
+    /// connection reaches the node itself.
+    fn dialing_itself_is_refused(&self) -> bool {
+        true
+    }
 }
 
 /// Runs the suite with every node behind `Arc<dyn Provider>`.
@@ -113,6 +152,15 @@ impl<N: TestNet> TestNet for DynNet<N> {
     }
     fn bounds(&self) -> Bounds {
         self.0.bounds()
+    }
+    fn provider_drop_closes(&self) -> bool {
+        self.0.provider_drop_closes()
+    }
+    fn wrong_identity_is_a_protocol_error(&self) -> bool {
+        self.0.wrong_identity_is_a_protocol_error()
+    }
+    fn dialing_itself_is_refused(&self) -> bool {
+        self.0.dialing_itself_is_refused()
     }
 }
 
@@ -149,6 +197,15 @@ impl<N: TestNet> TestNet for AdmittedNet<N> {
     fn bounds(&self) -> Bounds {
         self.inner.bounds()
     }
+    fn provider_drop_closes(&self) -> bool {
+        self.inner.provider_drop_closes()
+    }
+    fn wrong_identity_is_a_protocol_error(&self) -> bool {
+        self.inner.wrong_identity_is_a_protocol_error()
+    }
+    fn dialing_itself_is_refused(&self) -> bool {
+        self.inner.dialing_itself_is_refused()
+    }
 }
 
 /// Expands one test per conformance case, for `$net` as is and through
@@ -159,7 +216,15 @@ impl<N: TestNet> TestNet for AdmittedNet<N> {
 #[macro_export]
 macro_rules! conformance_tests {
     ($net:expr, $(#[$m:meta])+) => {
-        $crate::conformance_tests!(@cases $net, [$(#[$m])+],
+        $crate::conformance_tests!(@suite $net, [$(#[$m])+]);
+        mod dyn_provider {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_tests!(@suite $crate::conformance::DynNet::new($net), [$(#[$m])+]);
+        }
+    };
+    (@suite $net:expr, $attrs:tt) => {
+        $crate::conformance_tests!(@cases $net, $attrs,
             connect_and_accept_both_ways
             stream_round_trip
             many_concurrent_streams
@@ -172,25 +237,17 @@ macro_rules! conformance_tests {
             missing_key_is_denied_on_both_sides
             peer_not_allow_listed_is_denied_on_both_sides
             same_key_gives_same_id_after_restart
+            closing_the_provider_tells_peers_why_and_refuses_new_work
+            a_node_without_a_listener_refuses_dials
+            one_listener_at_a_time_and_dropping_it_frees_the_slot
+            a_different_identity_at_the_address_is_refused
+            local_addr_names_the_node_and_reads_back_from_its_text
+            dialing_an_unknown_id_is_unreachable
+            dialing_itself_is_refused_as_invalid_or_reaches_itself
+            a_lone_nodes_discovery_yields_nothing_and_ends_on_close
+            dropping_the_provider_closes_its_connections_as_declared
+            a_connection_closes_when_its_last_handle_and_stream_are_dropped
         );
-        mod dyn_provider {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_tests!(@cases $crate::conformance::DynNet::new($net), [$(#[$m])+],
-                connect_and_accept_both_ways
-                stream_round_trip
-                many_concurrent_streams
-                large_transfer_is_intact
-                half_close_lets_the_reader_answer
-                close_propagates_to_the_peer
-                unreachable_peer_fails_in_bounded_time
-                right_key_is_admitted
-                wrong_key_is_denied_on_both_sides
-                missing_key_is_denied_on_both_sides
-                peer_not_allow_listed_is_denied_on_both_sides
-                same_key_gives_same_id_after_restart
-            );
-        }
     };
     (@cases $net:expr, $attrs:tt, ) => {};
     (@cases $net:expr, $attrs:tt, $case:ident $($rest:ident)*) => {
@@ -725,4 +782,339 @@ pub async fn same_key_gives_same_id_after_restart<N: TestNet>(net: &N) {
     );
     assert_eq!(ab.remote_id(), first_id);
     check_stream(&*ab, &*ba, b"hello again", s).await;
+}
+
+/// `from` dials `to` while `to`'s listener accepts; both ends.
+async fn link(
+    from: &dyn Provider,
+    to: &dyn Provider,
+    listener: &mut Box<dyn Listener>,
+    s: Duration,
+) -> (Arc<dyn Connection>, Arc<dyn Connection>) {
+    let addr = to.local_addr();
+    let (c, a) = within(s, "connect and accept", async {
+        tokio::join!(from.connect(&addr), listener.accept())
+    })
+    .await;
+    (
+        c.expect("connect to a listening peer"),
+        a.expect("accept an inbound connection"),
+    )
+}
+
+fn assert_closed_with<T>(r: crate::Result<T>, reason: &str, what: &str) {
+    match r {
+        Err(Error::Closed { reason: got }) => assert!(
+            got.contains(reason),
+            "{what}: the close reason must reach the peer, got {got:?}"
+        ),
+        Err(other) => panic!("{what}: expected Error::Closed, got {other}"),
+        Ok(_) => panic!("{what}: succeeded on a closed connection"),
+    }
+}
+
+/// `close` ends every connection, inbound and outbound, with a reason the
+/// peers see; it returns within its bound, leaves a provider that refuses
+/// new work, and closing again is harmless.
+pub async fn closing_the_provider_tells_peers_why_and_refuses_new_work<N: TestNet>(net: &N) {
+    const WHY: &str = "node a is upgrading";
+    let bounds = net.bounds();
+    let s = bounds.step;
+    let a: Arc<dyn Provider> = Arc::new(net.node(key(1)).await);
+    let b: Arc<dyn Provider> = Arc::new(net.node(key(2)).await);
+    let c: Arc<dyn Provider> = Arc::new(net.node(key(3)).await);
+    let mut bl = within(s, "listen", b.listen()).await.expect("listen");
+    let mut al = within(s, "listen", a.listen()).await.expect("listen");
+    let (ab, ba) = link(&*a, &*b, &mut bl, s).await;
+    // A second connection, the other way, with an open stream.
+    let (ca, _ac) = link(&*c, &*a, &mut al, s).await;
+    let (mut send, _recv) = within(s, "open_bi", ca.open_bi()).await.expect("open_bi");
+    send.write_all(b"x").await.expect("write");
+    send.flush().await.expect("flush");
+
+    within(bounds.close, "closing the provider", a.close(WHY)).await;
+    for (who, conn) in [("dialed peer b", &ba), ("dialing peer c", &ca)] {
+        let r = within(
+            bounds.close_propagation,
+            "peer noticing the close",
+            conn.accept_bi(),
+        )
+        .await;
+        assert_closed_with(r, WHY, who);
+    }
+    let e = within(s, "open_bi after close", ab.open_bi())
+        .await
+        .err()
+        .expect("open_bi on a closed provider's connection must fail");
+    assert!(
+        e.to_string().contains(WHY),
+        "the closer's own handle must report its reason, got {e}"
+    );
+    let r = within(s, "accept after close", al.accept()).await;
+    assert!(
+        matches!(r, Err(Error::Closed { .. })),
+        "accept on a closed provider must fail with Closed, got {:?}",
+        r.map(|c| c.remote_id())
+    );
+    let r = within(s, "connect after close", a.connect(&b.local_addr())).await;
+    assert!(
+        matches!(r, Err(Error::Closed { .. })),
+        "connect from a closed provider must fail with Closed, got {:?}",
+        r.map(|c| c.remote_id())
+    );
+    assert!(
+        within(s, "listen after close", a.listen()).await.is_err(),
+        "listen on a closed provider must fail"
+    );
+    within(bounds.close, "closing again", a.close("again")).await;
+}
+
+/// A dial to a node that exists but has no listener fails with
+/// `Unreachable` within the step bound, instead of hanging.
+pub async fn a_node_without_a_listener_refuses_dials<N: TestNet>(net: &N) {
+    let s = net.bounds().step;
+    let a = net.node(key(1)).await;
+    let b = net.node(key(2)).await;
+    match within(
+        s,
+        "dial to a node without a listener",
+        a.connect(&b.local_addr()),
+    )
+    .await
+    {
+        Err(Error::Unreachable { .. }) => {}
+        Err(other) => panic!("expected Error::Unreachable, got {other}"),
+        Ok(_) => panic!("connected to a node without a listener"),
+    }
+}
+
+/// A second `listen` while one listener is live fails with
+/// `AlreadyExists`; once it is dropped, a new one starts and accepts.
+pub async fn one_listener_at_a_time_and_dropping_it_frees_the_slot<N: TestNet>(net: &N) {
+    let s = net.bounds().step;
+    let a = net.node(key(1)).await;
+    let b = net.node(key(2)).await;
+    let first = within(s, "listen", b.listen()).await.expect("listen");
+    match within(s, "second listen", b.listen()).await {
+        Err(Error::AlreadyExists { .. }) => {}
+        Err(other) => panic!("second listener: expected Error::AlreadyExists, got {other}"),
+        Ok(_) => panic!("a second listener started while the first is live"),
+    }
+    drop(first);
+    let mut l = within(s, "listen after the first was dropped", b.listen())
+        .await
+        .expect("listen again after dropping the listener");
+    let (ab, ba) = link(&a, &b, &mut l, s).await;
+    check_stream(&*ab, &*ba, b"through the new listener", s).await;
+}
+
+/// Dialing a listening node under another node's id fails, with
+/// `Unreachable` (or `Protocol` where the backend declares
+/// [`TestNet::wrong_identity_is_a_protocol_error`]), and the listener
+/// yields nothing: never a connection to an identity other than the one
+/// asked for.
+pub async fn a_different_identity_at_the_address_is_refused<N: TestNet>(net: &N) {
+    let s = net.bounds().step;
+    let a = net.node(key(1)).await;
+    let b = net.node(key(2)).await;
+    let mut bl = within(s, "listen", b.listen()).await.expect("listen");
+    let impostor = PeerAddr::new(key(7).peer_id(), b.local_addr().addrs).expect("addr");
+    match within(s, "dial under a wrong id", a.connect(&impostor)).await {
+        Err(Error::Protocol { .. }) if net.wrong_identity_is_a_protocol_error() => {}
+        Err(Error::Unreachable { .. }) if !net.wrong_identity_is_a_protocol_error() => {}
+        Err(other) => panic!(
+            "expected Error::{}, got {other}",
+            if net.wrong_identity_is_a_protocol_error() {
+                "Protocol (as the backend declares)"
+            } else {
+                "Unreachable"
+            }
+        ),
+        Ok(c) => panic!(
+            "connected to {} when {} was asked for",
+            c.remote_id().short(),
+            impostor.id.short()
+        ),
+    }
+    if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), bl.accept()).await {
+        panic!(
+            "the listener yielded {} from a dial meant for another identity",
+            c.remote_id().short()
+        );
+    }
+}
+
+/// `local_addr` carries the node's id and at least one address, and its
+/// text form parses back to the same address.
+pub async fn local_addr_names_the_node_and_reads_back_from_its_text<N: TestNet>(net: &N) {
+    let a = net.node(key(1)).await;
+    let addr = a.local_addr();
+    assert_eq!(
+        addr.id,
+        key(1).peer_id(),
+        "local_addr carries the node's id"
+    );
+    assert_eq!(addr.id, a.local_id());
+    assert!(
+        !addr.addrs.is_empty(),
+        "local_addr lists no address: {addr}"
+    );
+    let text = addr.to_string();
+    let back: PeerAddr = text.parse().expect("local_addr's text form parses");
+    assert_eq!(back, addr, "local_addr does not read back from {text:?}");
+}
+
+/// Dialing an id that nobody has, with no address, fails with
+/// `Unreachable` within the step bound.
+pub async fn dialing_an_unknown_id_is_unreachable<N: TestNet>(net: &N) {
+    let s = net.bounds().step;
+    let a = net.node(key(1)).await;
+    let nobody = PeerAddr::id_only(key(9).peer_id());
+    match within(s, "dial to an unknown id", a.connect(&nobody)).await {
+        Err(Error::Unreachable { .. }) => {}
+        Err(other) => panic!("unknown id: expected Error::Unreachable, got {other}"),
+        Ok(_) => panic!("connected to an id that no node has"),
+    }
+}
+
+/// Dialing its own address is refused with `Invalid`; where the backend
+/// declares that a node may connect to itself
+/// ([`TestNet::dialing_itself_is_refused`] false), the connection reaches
+/// the node itself and carries streams.
+pub async fn dialing_itself_is_refused_as_invalid_or_reaches_itself<N: TestNet>(net: &N) {
+    let s = net.bounds().step;
+    let a = net.node(key(1)).await;
+    let mut l = within(s, "listen", a.listen()).await.expect("listen");
+    if net.dialing_itself_is_refused() {
+        match within(s, "dial to itself", a.connect(&a.local_addr())).await {
+            Err(Error::Invalid { .. }) => {}
+            Err(other) => panic!("dialing itself: expected Error::Invalid, got {other}"),
+            Ok(_) => panic!("a node connected to itself"),
+        }
+    } else {
+        let (out, inn) = link(&a, &a, &mut l, s).await;
+        assert_eq!(out.remote_id(), a.local_id());
+        assert_eq!(inn.remote_id(), a.local_id());
+        check_stream(&*out, &*inn, b"to myself", s).await;
+    }
+}
+
+/// With nobody to find, `discovered` yields nothing; it ends when the
+/// provider closes, so a task reading it does not wait forever.
+pub async fn a_lone_nodes_discovery_yields_nothing_and_ends_on_close<N: TestNet>(net: &N) {
+    use futures::StreamExt;
+    let s = net.bounds().step;
+    let a = net.node(key(1)).await;
+    let mut found = a.discovered();
+    if let Ok(Some(peer)) = tokio::time::timeout(Duration::from_secs(1), found.next()).await {
+        panic!("a lone node discovered {peer}");
+    }
+    within(net.bounds().close, "close", a.close("bye")).await;
+    let end = within(s, "the discovery stream ending", found.next()).await;
+    assert!(
+        end.is_none(),
+        "discovery must end when the provider closes, got {end:?}"
+    );
+}
+
+/// Dropping a node without `close` closes its connections (the peer sees
+/// `Closed`) when the backend's provider owns its node; where a provider
+/// is one handle to a node that lives on (declared by
+/// [`TestNet::provider_drop_closes`]), its connections stay up.
+pub async fn dropping_the_provider_closes_its_connections_as_declared<N: TestNet>(net: &N) {
+    let bounds = net.bounds();
+    let s = bounds.step;
+    let a = net.node(key(1)).await;
+    let b = net.node(key(2)).await;
+    let mut bl = within(s, "listen", b.listen()).await.expect("listen");
+    let (ab, ba) = link(&a, &b, &mut bl, s).await;
+    // The connection handles outlive the provider: only its drop can
+    // close them.
+    drop(a);
+    if net.provider_drop_closes() {
+        let r = within(
+            bounds.close_propagation,
+            "peer noticing the dropped provider",
+            ba.accept_bi(),
+        )
+        .await;
+        assert!(
+            matches!(r, Err(Error::Closed { .. })),
+            "peer of a dropped provider must see Closed, got {:?}",
+            r.map(|_| ())
+        );
+        within(
+            bounds.close_propagation,
+            "is_connected turning false",
+            async {
+                while ab.is_connected() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        )
+        .await;
+    } else {
+        // Longer than a close takes to reach the peer.
+        tokio::time::sleep(bounds.close_propagation).await;
+        assert!(
+            ab.is_connected() && ba.is_connected(),
+            "dropping one handle to a node that lives on closed its connection"
+        );
+        check_stream(&*ab, &*ba, b"still connected", s).await;
+    }
+}
+
+/// A stream keeps its connection open after the connection handle is
+/// dropped; once the last handle and stream are gone, the peer sees
+/// `Closed`.
+pub async fn a_connection_closes_when_its_last_handle_and_stream_are_dropped<N: TestNet>(net: &N) {
+    let bounds = net.bounds();
+    let s = bounds.step;
+    let a = net.node(key(1)).await;
+    let b = net.node(key(2)).await;
+    let mut bl = within(s, "listen", b.listen()).await.expect("listen");
+
+    let (ab, ba) = link(&a, &b, &mut bl, s).await;
+    let (mut send, mut recv) = within(s, "open_bi", ab.open_bi()).await.expect("open_bi");
+    drop(ab);
+    write_and_finish(&mut send, b"after the handle").await;
+    let (mut b_send, mut b_recv) = within(s, "accept_bi", ba.accept_bi())
+        .await
+        .expect("a stream keeps its connection open after the handle is dropped");
+    let got = within(s, "read", read_all(&mut b_recv)).await;
+    assert_eq!(got, b"after the handle");
+    write_and_finish(&mut b_send, b"ok").await;
+    let reply = within(s, "read the reply", read_all(&mut recv)).await;
+    assert_eq!(reply, b"ok");
+    assert!(
+        ba.is_connected(),
+        "the connection closed while a stream was open"
+    );
+    drop((send, recv));
+    let r = within(
+        bounds.close_propagation,
+        "peer noticing the last stream dropped",
+        ba.accept_bi(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(Error::Closed { .. })),
+        "dropping the last stream must close the connection, got {:?}",
+        r.map(|_| ())
+    );
+
+    // Without any stream, dropping the handle closes it at once.
+    let (ab, ba) = link(&a, &b, &mut bl, s).await;
+    drop(ab);
+    let r = within(
+        bounds.close_propagation,
+        "peer noticing the handle dropped",
+        ba.accept_bi(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(Error::Closed { .. })),
+        "dropping the last handle must close the connection, got {:?}",
+        r.map(|_| ())
+    );
 }

@@ -415,23 +415,55 @@ pub type LogLines = BoxStream<'static, Result<LogLine>>;
 ///
 /// # Contract
 ///
-/// - [`start`](Runtime::start) launches `spec` under `spec.name`. Starting a
+/// - [`start`](Runtime::start) launches `spec` under `spec.name` and
+///   returns the new instance's status: live, with its pid. Starting a
 ///   name whose instance is live fails with
-///   [`Error::AlreadyExists`](crate::Error::AlreadyExists); a stopped or
-///   failed instance of that name is replaced.
+///   [`Error::AlreadyExists`](crate::Error::AlreadyExists) and leaves that
+///   instance alone; a stopped or failed instance of that name is
+///   replaced.
 /// - [`stop`](Runtime::stop) ends the instance and everything it spawned
 ///   (graceful signal, `stop_grace`, then forced) and leaves it
-///   [`AppState::Stopped`]; the restart policy does not apply. Stopping a
-///   stopped instance is not an error.
+///   [`AppState::Stopped`] without a pid; the restart policy does not
+///   apply. It returns once the instance has ended, with `exit` saying
+///   how: [`ExitStatus::Signal`]`(15)` for an app the graceful signal
+///   ended, which is not held for the rest of its grace period,
+///   `Signal(9)` for one forced after `stop_grace`. Stopping a stopped
+///   instance is not an error.
 /// - [`restart`](Runtime::restart) is stop then start with the same spec.
 /// - [`status`](Runtime::status) and [`list`](Runtime::list) reflect health
-///   probes, exits, restarts and backoff as they happen. An unknown name
-///   fails with [`Error::NotFound`](crate::Error::NotFound).
+///   probes, exits, restarts and backoff as they happen. Every call naming
+///   an app the runtime does not know fails with
+///   [`Error::NotFound`](crate::Error::NotFound).
+/// - After an instance exits by itself, `spec.restart` decides through
+///   [`RestartTracker`]: [`RestartMode::Never`] leaves the app `Stopped`;
+///   [`RestartMode::OnFailure`] restarts it after a non-zero exit, a
+///   signal or an unhealthy episode, and leaves it `Stopped` after exit
+///   code 0; [`RestartMode::Always`] restarts it after any exit. Before
+///   each restart the app is [`AppState::BackingOff`], without a pid, for
+///   the tracker's delay (growing from `initial_backoff`); when the
+///   tracker gives up, the app is [`AppState::Failed`] and `reason` names
+///   the crash loop. `exit` keeps how the last instance ended, and after
+///   the n-th restart `restarts` is n.
+/// - With a health check, a passing probe makes the app
+///   [`AppState::Healthy`], sets `health` and grows `healthy_streak`;
+///   `retries` failed probes in a row (past `start_period`) make it
+///   [`AppState::Unhealthy`], with the failure in `health`. An unhealthy
+///   episode counts as one failed exit: under `OnFailure` and `Always` the
+///   instance is ended and restarted once per episode, with a `reason`
+///   naming the health check while it backs off; under `Never` it keeps
+///   running, `Unhealthy`.
 /// - [`remove`](Runtime::remove) stops the instance, forgets it, ends its
 ///   log followers and frees its resources.
-/// - [`logs`](Runtime::logs) delivers the selected lines; with `follow`, new
-///   lines arrive as they are written until the app is removed. Followers
-///   never slow the app down: a follower that falls behind loses lines.
+/// - [`logs`](Runtime::logs) delivers the selected lines in the order the
+///   app wrote them, each tagged with its stream; `tail: Some(n)` gives
+///   the last `n` lines written (of those kept). With `follow`, new lines
+///   arrive as they are written until the app is removed, and a tail and
+///   the live lines after it neither overlap nor leave a gap. Followers
+///   never slow the app down: a follower that falls behind loses lines;
+///   one that keeps up gets every line.
+///
+/// `p2p_core::conformance::runtime` (feature `conformance`) checks these
+/// guarantees against an implementation.
 #[async_trait]
 pub trait Runtime: Send + Sync {
     /// Starts an instance.

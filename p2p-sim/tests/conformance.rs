@@ -46,6 +46,17 @@ impl TestNet for SimTestNet {
         self.net.crash(&name).expect("crash node");
         PeerAddr::new(self.net.peer_id(&name).expect("id"), [name]).expect("addr")
     }
+
+    fn provider_drop_closes(&self) -> bool {
+        // A SimProvider is a handle to a node the network owns: the node
+        // runs until it is closed, crashed or removed.
+        false
+    }
+
+    fn dialing_itself_is_refused(&self) -> bool {
+        // A simulated node reaches itself like any other node.
+        false
+    }
 }
 
 mod plain {

@@ -1,14 +1,17 @@
 #![allow(clippy::unwrap_used)]
-//! What a deploy agent relies on from simulated processes, checked in paused
-//! tokio time: states, health, restarts and backoff, stop/start, logs, and
-//! shutdown.
+//! The simulated process model beyond the runtime conformance suite
+//! (`tests/runtime_conformance.rs`: restart modes, backoff and crash
+//! loops, health states, log tail and follow, stop), checked in paused
+//! tokio time: exact timings, startup and start periods, recovery after an
+//! unhealthy episode, the script book, the runtime's own log lines,
+//! lagging followers, shutdown, the health checker, and determinism.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use p2p_core::{
-    AppSpec, AppState, AppStatus, Error, ExitStatus, HealthCheckSpec, HealthChecker, HealthOutcome,
+    AppSpec, AppState, AppStatus, ExitStatus, HealthCheckSpec, HealthChecker, HealthOutcome,
     HealthProbe, LogSelection, LogStream, ProbeTarget, ResourceLimits, RestartMode, RestartPolicy,
     Runtime, Timestamp,
 };
@@ -139,8 +142,11 @@ async fn without_a_health_check_a_started_app_is_running() {
     assert_eq!((s.health, s.healthy_streak), (None, 0));
 }
 
+/// In virtual time the backoff is exact: each delay within the policy's
+/// ±20% jitter of 1 s, 2 s, 4 s, and every exit logged on stderr. (That
+/// delays grow and the loop ends `Failed`: the runtime conformance suite.)
 #[tokio::test(start_paused = true)]
-async fn crashing_app_backs_off_with_growing_delays_then_fails_with_a_reason() {
+async fn crash_loop_delays_stay_within_the_jitter_and_every_exit_is_logged() {
     let origin = Instant::now();
     let book = ScriptBook::new();
     book.set(
@@ -158,8 +164,6 @@ async fn crashing_app_backs_off_with_growing_delays_then_fails_with_a_reason() {
 
     let seen = distinct_statuses(&rt, "web", origin, 60.0, Duration::from_millis(50)).await;
     assert!(seen.iter().any(|s| s.state == AppState::BackingOff
-        && s.exit == Some(ExitStatus::Code(3))
-        && s.pid.is_none()
         && s.reason.as_deref().unwrap().contains("restarting in")));
 
     // Each instance runs 5 s; the gap between starts beyond that is the backoff.
@@ -176,17 +180,7 @@ async fn crashing_app_backs_off_with_growing_delays_then_fails_with_a_reason() {
             "{delays:?}"
         );
     }
-    assert!(delays.windows(2).all(|w| w[0] < w[1]), "{delays:?}");
-
-    let end = rt.status("web").await.unwrap();
-    assert_eq!(end.state, AppState::Failed);
-    assert_eq!(end.restarts, 3);
-    assert_eq!(end.exit, Some(ExitStatus::Code(3)));
-    assert_eq!(end.pid, None);
-    assert!(
-        end.reason.as_deref().unwrap().contains("crash loop"),
-        "{end:?}"
-    );
+    assert_eq!(rt.status("web").await.unwrap().state, AppState::Failed);
 
     let stderr = rt
         .logs("web", selection(LogStream::Stderr, None, false))
@@ -195,59 +189,6 @@ async fn crashing_app_backs_off_with_growing_delays_then_fails_with_a_reason() {
         .collect::<Vec<_>>()
         .await;
     assert_eq!(lines(&stderr), vec!["exited with code 3"; 4]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn never_policy_leaves_a_crashed_app_stopped_with_its_exit_code() {
-    let origin = Instant::now();
-    let book = ScriptBook::new();
-    book.set(
-        "web",
-        "1.0.0",
-        Script::exits_after(3, Duration::from_secs(5)),
-    );
-    let rt = runtime(&book);
-    rt.start(AppSpec {
-        restart: policy(RestartMode::Never),
-        ..spec("web")
-    })
-    .await
-    .unwrap();
-    at(origin, 600.0).await;
-    let s = rt.status("web").await.unwrap();
-    assert_eq!(s.state, AppState::Stopped);
-    assert_eq!(s.exit, Some(ExitStatus::Code(3)));
-    assert_eq!((s.restarts, s.pid), (0, None));
-    assert!(s.reason.as_deref().unwrap().contains("never"), "{s:?}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn clean_exit_under_on_failure_is_not_restarted_but_always_is() {
-    let origin = Instant::now();
-    let book = ScriptBook::new();
-    book.set_for_name("job", Script::exits_after(0, Duration::from_secs(5)));
-    book.set_for_name("job-always", Script::exits_after(0, Duration::from_secs(5)));
-    let rt = runtime(&book);
-    rt.start(AppSpec::new("job", "1.0.0", "./job"))
-        .await
-        .unwrap();
-    rt.start(AppSpec {
-        name: "job-always".to_string(),
-        restart: policy(RestartMode::Always),
-        ..AppSpec::new("job", "1.0.0", "./job")
-    })
-    .await
-    .unwrap();
-    at(origin, 5.5).await;
-    let s = rt.status("job").await.unwrap();
-    assert_eq!(
-        (s.state, s.exit),
-        (AppState::Stopped, Some(ExitStatus::Code(0)))
-    );
-    let s = rt.status("job-always").await.unwrap();
-    assert_eq!(s.state, AppState::BackingOff);
-    at(origin, 7.0).await;
-    assert_eq!(rt.status("job-always").await.unwrap().restarts, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -315,50 +256,6 @@ async fn unhealthy_app_under_never_policy_keeps_running_unhealthy() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn never_healthy_app_stays_unhealthy() {
-    let origin = Instant::now();
-    let book = ScriptBook::new();
-    book.set("web", "1.0.0", Script::never_healthy());
-    let rt = runtime(&book);
-    let first = rt
-        .start(AppSpec {
-            restart: policy(RestartMode::Never),
-            ..spec("web")
-        })
-        .await
-        .unwrap();
-    at(origin, 2.5).await;
-    assert_eq!(rt.status("web").await.unwrap().state, AppState::Running);
-    at(origin, 3.5).await;
-    let s = rt.status("web").await.unwrap();
-    assert_eq!(s.state, AppState::Unhealthy);
-    assert!(
-        s.reason
-            .as_deref()
-            .unwrap()
-            .contains("3 consecutive failed health checks"),
-        "{s:?}"
-    );
-    at(origin, 3600.0).await;
-    let s = rt.status("web").await.unwrap();
-    assert_eq!(s.state, AppState::Unhealthy);
-    assert_eq!((s.restarts, s.pid, s.healthy_streak), (0, first.pid, 0));
-}
-
-#[tokio::test(start_paused = true)]
-async fn never_healthy_app_under_on_failure_ends_failed() {
-    let origin = Instant::now();
-    let book = ScriptBook::new();
-    book.set("web", "1.0.0", Script::never_healthy());
-    let rt = runtime(&book);
-    rt.start(spec("web")).await.unwrap();
-    at(origin, 3600.0).await;
-    let s = rt.status("web").await.unwrap();
-    assert_eq!((s.state, s.restarts), (AppState::Failed, 3));
-    assert!(s.reason.as_deref().unwrap().contains("crash loop"), "{s:?}");
-}
-
-#[tokio::test(start_paused = true)]
 async fn slow_start_becomes_healthy_after_its_delay() {
     let origin = Instant::now();
     let book = ScriptBook::new();
@@ -381,58 +278,6 @@ async fn slow_start_becomes_healthy_after_its_delay() {
     at(origin, 31.0).await;
     let s = rt.status("web").await.unwrap();
     assert_eq!((s.state, s.healthy_streak), (AppState::Healthy, 1));
-}
-
-#[tokio::test(start_paused = true)]
-async fn stop_start_restart_and_their_errors() {
-    let origin = Instant::now();
-    let rt: Arc<dyn Runtime> = Arc::new(runtime(&ScriptBook::new()));
-    let first = rt.start(spec("web")).await.unwrap();
-    assert!(matches!(
-        rt.start(spec("web")).await,
-        Err(Error::AlreadyExists { .. })
-    ));
-
-    at(origin, 2.0).await;
-    let stopped = rt.stop("web").await.unwrap();
-    assert_eq!(stopped.state, AppState::Stopped);
-    assert_eq!(stopped.exit, Some(ExitStatus::Signal(15)));
-    assert_eq!(stopped.pid, None);
-    // Stopping again is fine and changes nothing; no policy brings it back.
-    assert_eq!(rt.stop("web").await.unwrap(), stopped);
-    at(origin, 600.0).await;
-    assert_eq!(rt.status("web").await.unwrap(), stopped);
-
-    let again = rt.start(spec("web")).await.unwrap();
-    assert_eq!(
-        (again.state, again.restarts, again.exit),
-        (AppState::Starting, 0, None)
-    );
-    assert_ne!(again.pid, first.pid);
-
-    let restarted = rt.restart("web").await.unwrap();
-    assert_eq!(restarted.state, AppState::Starting);
-    assert_ne!(restarted.pid, again.pid);
-    at(origin, 602.0).await;
-    assert_eq!(rt.status("web").await.unwrap().state, AppState::Healthy);
-
-    for result in [
-        rt.status("nope").await.map(drop),
-        rt.stop("nope").await.map(drop),
-        rt.restart("nope").await.map(drop),
-        rt.remove("nope").await,
-        rt.logs("nope", selection(LogStream::Both, None, false))
-            .await
-            .map(drop),
-    ] {
-        assert!(matches!(result, Err(Error::NotFound { .. })), "{result:?}");
-    }
-
-    rt.remove("web").await.unwrap();
-    assert!(matches!(
-        rt.status("web").await,
-        Err(Error::NotFound { .. })
-    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -553,49 +398,6 @@ async fn logs_tail_respects_stream_and_count() {
     );
     assert_eq!(read(LogStream::Stderr, None).await, ["exited with code 3"]);
     assert!(read(LogStream::Both, Some(0)).await.is_empty());
-}
-
-#[tokio::test(start_paused = true)]
-async fn follow_delivers_new_lines_until_the_app_is_removed() {
-    let origin = Instant::now();
-    let book = ScriptBook::new();
-    book.set(
-        "web",
-        "1.0.0",
-        Script::healthy().with_logs_every(Duration::from_secs(1)),
-    );
-    let rt = Arc::new(runtime(&book));
-    rt.start(spec("web")).await.unwrap();
-    let stdout = rt
-        .logs("web", selection(LogStream::Stdout, Some(0), true))
-        .await
-        .unwrap();
-    let stderr = rt
-        .logs("web", selection(LogStream::Stderr, None, true))
-        .await
-        .unwrap();
-    let remover = {
-        let rt = Arc::clone(&rt);
-        tokio::spawn(async move {
-            at(origin, 5.5).await;
-            rt.remove("web").await.unwrap();
-        })
-    };
-    let stdout = stdout.collect::<Vec<_>>().await;
-    assert_eq!(
-        lines(&stdout),
-        [
-            "web 1.0.0 ready",
-            "web 1.0.0 heartbeat 1",
-            "web 1.0.0 heartbeat 2",
-            "web 1.0.0 heartbeat 3",
-            "web 1.0.0 heartbeat 4",
-            "web 1.0.0 heartbeat 5",
-        ]
-    );
-    assert!(stderr.collect::<Vec<_>>().await.is_empty());
-    assert_eq!(origin.elapsed(), Duration::from_millis(5_500));
-    remover.await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
