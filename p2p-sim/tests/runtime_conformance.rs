@@ -37,9 +37,7 @@ impl TestRuntime for SimTestRuntime {
             Behaviour::ExitsAfter { code, after } => Script::exits_after(*code, *after),
             Behaviour::NeverHealthy => Script::never_healthy(),
             Behaviour::WritesLines { every } => Script::healthy().with_logs_every(*every),
-            Behaviour::IgnoresStop => {
-                unreachable!("simulated processes always end on the graceful signal")
-            }
+            Behaviour::IgnoresStop => Script::healthy().ignoring_term(),
         };
         self.book.set(name, VERSION, script);
         AppSpec {
@@ -54,10 +52,6 @@ impl TestRuntime for SimTestRuntime {
     fn line_number(&self, line: &str) -> Option<u64> {
         // `NAME VERSION heartbeat N`
         line.rsplit_once(" heartbeat ")?.1.parse().ok()
-    }
-
-    fn can_ignore_stop(&self) -> bool {
-        false
     }
 
     async fn shutdown(&self) {

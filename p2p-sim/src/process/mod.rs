@@ -31,7 +31,9 @@
 //!   when the policy does not restart. Jitter comes from an RNG seeded by the
 //!   runtime's seed, so the same seed gives the same delays and pids.
 //! - [`Runtime::stop`] behaves like a process that dies on `SIGTERM`: it ends
-//!   at once and its exit is recorded as `Signal(15)`.
+//!   at once and its exit is recorded as `Signal(15)`; a script made with
+//!   [`Script::ignoring_term`] runs on for the app's `stop_grace` and is
+//!   then killed, exit `Signal(9)`.
 //! - Pids are allocated sequentially from a seeded base, like a kernel's.
 //! - Resource limits are accepted, not enforced; `limits_applied` reads
 //!   `simulated` when any are set.

@@ -128,18 +128,20 @@ impl Runtime for SimRuntime {
     }
 
     async fn stop(&self, name: &str) -> Result<AppStatus> {
+        let signal = self.term(name).await?;
         let mut table = self.shared.lock();
         let epoch = table.new_epoch();
         let entry = table.apps.get_mut(name).ok_or_else(|| not_found(name))?;
-        halt(entry, epoch, 15, "received SIGTERM, exiting");
+        halt(entry, epoch, signal, last_words(signal));
         Ok(entry.status.clone())
     }
 
     async fn restart(&self, name: &str) -> Result<AppStatus> {
+        let signal = self.term(name).await?;
         let mut table = self.shared.lock();
         let epoch = table.new_epoch();
         let entry = table.apps.get_mut(name).ok_or_else(|| not_found(name))?;
-        halt(entry, epoch, 15, "received SIGTERM, exiting");
+        halt(entry, epoch, signal, last_words(signal));
         let spec = entry.spec.clone();
         start_locked(&self.shared, &mut table, spec)
     }
@@ -187,5 +189,37 @@ impl Runtime for SimRuntime {
             Some(followers) => Ok(backlog.chain(follow(followers.subscribe(), wanted)).boxed()),
             None => Ok(backlog.boxed()),
         }
+    }
+}
+
+impl SimRuntime {
+    /// The graceful signal to `name`: 15 when its instance ends on it (or
+    /// there is none); 9 when its script ignores it, after waiting the
+    /// app's `stop_grace` (the instance runs on meanwhile).
+    async fn term(&self, name: &str) -> Result<i32> {
+        let grace = {
+            let table = self.shared.lock();
+            let entry = table.apps.get(name).ok_or_else(|| not_found(name))?;
+            entry
+                .instance
+                .as_ref()
+                .filter(|i| i.script.ignores_term)
+                .map(|_| entry.spec.stop_grace)
+        };
+        match grace {
+            Some(grace) => {
+                tokio::time::sleep(grace).await;
+                Ok(9)
+            }
+            None => Ok(15),
+        }
+    }
+}
+
+fn last_words(signal: i32) -> &'static str {
+    if signal == 9 {
+        "ignored SIGTERM; killed after its stop grace"
+    } else {
+        "received SIGTERM, exiting"
     }
 }

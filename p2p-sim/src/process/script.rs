@@ -37,6 +37,7 @@ pub struct Script {
     unhealthy_after: Option<Duration>,
     pub(super) exit: Option<(Duration, i32)>,
     pub(super) log_every: Option<Duration>,
+    pub(super) ignores_term: bool,
 }
 
 impl Default for Script {
@@ -57,6 +58,7 @@ impl Script {
             unhealthy_after: None,
             exit: None,
             log_every: None,
+            ignores_term: false,
         }
     }
 
@@ -116,6 +118,15 @@ impl Script {
     #[must_use]
     pub fn with_exit(mut self, code: i32, after: Duration) -> Self {
         self.exit = Some((after, code));
+        self
+    }
+
+    /// Ignores the graceful signal: a stop (or restart) waits the app's
+    /// `stop_grace`, in virtual time, and then kills it (exit
+    /// `Signal(9)`), as a real process that traps `SIGTERM` would be.
+    #[must_use]
+    pub fn ignoring_term(mut self) -> Self {
+        self.ignores_term = true;
         self
     }
 
