@@ -8,7 +8,6 @@
 //! implements in a few lines: how to make a node from a key, and an address
 //! where nobody listens. Where a backend genuinely differs from the others
 //! it says so through a flag with a default ([`TestNet::provider_drop_closes`],
-//! [`TestNet::wrong_identity_is_a_protocol_error`],
 //! [`TestNet::dialing_itself_is_refused`]), and the case checks the
 //! declared behaviour. [`conformance_tests!`](crate::conformance_tests)
 //! expands one `#[tokio::test]` per case, twice: once with the backend's own
@@ -111,14 +110,6 @@ pub trait TestNet: Send + Sync + 'static {
         true
     }
 
-    /// Whether a dial that finds another identity at the address fails
-    /// with [`Error::Protocol`] (iroh: the TLS handshake refuses the
-    /// peer's certificate) instead of [`Error::Unreachable`] (the peer
-    /// asked for is not there; libp2p and the simulator).
-    fn wrong_identity_is_a_protocol_error(&self) -> bool {
-        false
-    }
-
     /// Whether a dial to the node's own address is refused with
     /// [`Error::Invalid`] (iroh, libp2p). False where a node can connect
     /// to itself (the simulator); the suite then checks that the
@@ -155,9 +146,6 @@ impl<N: TestNet> TestNet for DynNet<N> {
     }
     fn provider_drop_closes(&self) -> bool {
         self.0.provider_drop_closes()
-    }
-    fn wrong_identity_is_a_protocol_error(&self) -> bool {
-        self.0.wrong_identity_is_a_protocol_error()
     }
     fn dialing_itself_is_refused(&self) -> bool {
         self.0.dialing_itself_is_refused()
@@ -199,9 +187,6 @@ impl<N: TestNet> TestNet for AdmittedNet<N> {
     }
     fn provider_drop_closes(&self) -> bool {
         self.inner.provider_drop_closes()
-    }
-    fn wrong_identity_is_a_protocol_error(&self) -> bool {
-        self.inner.wrong_identity_is_a_protocol_error()
     }
     fn dialing_itself_is_refused(&self) -> bool {
         self.inner.dialing_itself_is_refused()
@@ -908,9 +893,8 @@ pub async fn one_listener_at_a_time_and_dropping_it_frees_the_slot<N: TestNet>(n
     check_stream(&*ab, &*ba, b"through the new listener", s).await;
 }
 
-/// Dialing a listening node under another node's id fails, with
-/// `Unreachable` (or `Protocol` where the backend declares
-/// [`TestNet::wrong_identity_is_a_protocol_error`]), and the listener
+/// Dialing a listening node under another node's id fails with
+/// `Unreachable` (the peer asked for is not there), and the listener
 /// yields nothing: never a connection to an identity other than the one
 /// asked for.
 pub async fn a_different_identity_at_the_address_is_refused<N: TestNet>(net: &N) {
@@ -920,16 +904,8 @@ pub async fn a_different_identity_at_the_address_is_refused<N: TestNet>(net: &N)
     let mut bl = within(s, "listen", b.listen()).await.expect("listen");
     let impostor = PeerAddr::new(key(7).peer_id(), b.local_addr().addrs).expect("addr");
     match within(s, "dial under a wrong id", a.connect(&impostor)).await {
-        Err(Error::Protocol { .. }) if net.wrong_identity_is_a_protocol_error() => {}
-        Err(Error::Unreachable { .. }) if !net.wrong_identity_is_a_protocol_error() => {}
-        Err(other) => panic!(
-            "expected Error::{}, got {other}",
-            if net.wrong_identity_is_a_protocol_error() {
-                "Protocol (as the backend declares)"
-            } else {
-                "Unreachable"
-            }
-        ),
+        Err(Error::Unreachable { .. }) => {}
+        Err(other) => panic!("expected Error::Unreachable, got {other}"),
         Ok(c) => panic!(
             "connected to {} when {} was asked for",
             c.remote_id().short(),

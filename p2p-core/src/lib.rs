@@ -14,8 +14,10 @@
 //!   limit checked before allocation, and a versioned hello on every stream.
 //! - **Admission** ([`admission`]): a provider wrapper enforcing a pre-shared
 //!   key and an allow-list on both sides of every connection.
-//! - **Conformance** (feature `conformance`): the test suite every transport
-//!   must pass.
+//! - **Conformance** (feature `conformance`): the contract suites every
+//!   transport ([`Provider`]) and every [`Runtime`] must pass.
+//! - **Locking** ([`sync::lock`]): the one poison-ignoring lock the SDK
+//!   uses.
 //!
 //! Every trait documents what implementations guarantee under a `# Contract`
 //! heading. Errors are one [`Error`] enum named by meaning.

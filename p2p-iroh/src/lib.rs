@@ -128,22 +128,13 @@
 //! carrying it), stops accepting, ends discovery subscriptions, and waits at
 //! most `close_timeout` for peers to acknowledge. It is idempotent.
 //!
-//! ## Measured figures
+//! ## Performance
 //!
-//! `cargo run --release -p p2p-benches --bin bench-report -- transport`,
-//! on a shared 2-core machine, loopback, one process (medians of 5 runs):
-//!
-//! | figure | SDK | raw iroh | tokio TCP |
-//! |---|---|---|---|
-//! | 256 MiB over one stream | 580-680 MiB/s | 580-690 MiB/s | 1.9-2.4 GiB/s |
-//! | connect, p50 of 100 | 1.0 ms | 0.9-1.0 ms | |
-//! | heap per idle connection, both ends | 188 KiB | | |
-//!
-//! SDK / raw iroh is 0.9 to 1.1 from run to run: the SDK adds a boxed
-//! stream and nothing per byte. Connect adds the welcome, half a round
-//! trip. On loopback the windows are not the limit (raw iroh with iroh's
-//! default settings moves the same); QUIC in user space with encryption
-//! costs about a third of a TCP copy.
+//! `cargo run --release -p p2p-benches --bin bench-report -- transport`
+//! measures streams, connects and memory against raw iroh and tokio TCP
+//! in the same run; the figures are in the README's benchmark section.
+//! The SDK adds a boxed stream and nothing per byte; connect adds the
+//! welcome, half a round trip.
 
 pub mod addr;
 mod config;

@@ -630,8 +630,11 @@ fn connect_error(e: ConnectError, who: &str) -> Error {
                 ConnectionError::TimedOut => {
                     Error::unreachable(format!("no answer from any address of peer {who}"))
                 }
-                ConnectionError::TransportError(t) => Error::protocol(format!(
-                    "handshake with peer {who} failed: {t} (is the peer id right?)"
+                // The TLS handshake checks the id: another node at the
+                // address (or a wrong id) fails here. The peer asked for
+                // is not reachable there, as on every backend.
+                ConnectionError::TransportError(t) => Error::unreachable(format!(
+                    "peer {who} is not at that address: the handshake failed: {t} (another node answers there, or the peer id is wrong)"
                 )),
                 ConnectionError::ConnectionClosed(c) => Error::protocol(format!(
                     "peer {who} refused the QUIC handshake: {c} (not a p2p-iroh node, or another ALPN than {:?})",

@@ -36,12 +36,6 @@ impl TestNet for IrohTestNet {
             ..Bounds::default()
         }
     }
-
-    fn wrong_identity_is_a_protocol_error(&self) -> bool {
-        // The TLS handshake refuses the certificate of the node that
-        // answers, and p2p-iroh reports that as a protocol error.
-        true
-    }
 }
 
 mod plain {
