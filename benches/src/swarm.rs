@@ -19,14 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use p2p_core::{Ed25519Signer, MemStorage, Provider, Result, Signer, Storage, Timestamp};
+use p2p_core::{Ed25519Signer, Result, Storage};
 use p2p_deploy::chunks::ChunkStore;
-use p2p_deploy::package::hash_archive;
 use p2p_deploy::{
-    Agent, AgentConfig, AgentParts, Controller, ControllerConfig, Descriptor, Installer, Manifest,
-    NodeInfo, Plan, Progress, Release, RolloutPlan, RolloutReport, SwarmConfig, TrustStore,
+    AgentParts, Controller, ControllerConfig, Descriptor, Installer, NodeInfo, Plan, Progress,
+    Release, RolloutPlan, RolloutReport, SwarmConfig,
 };
 use p2p_sim::{LinkSpec, NodeConfig, SimNet};
+use p2p_testkit::{Fleet, Node, RandomRelease};
 use tokio::sync::mpsc;
 
 /// One swarm run.
@@ -117,78 +117,48 @@ impl SwarmScenario {
     #[allow(clippy::disallowed_methods)] // wall time, outside the simulation
     pub fn run(&self) -> SwarmOutcome {
         let wall = std::time::Instant::now();
-        let mut outcome = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("tokio runtime")
-            .block_on(self.run_async());
+        let mut outcome = p2p_testkit::block_on(self.run_async());
         outcome.wall = wall.elapsed();
         outcome
     }
 
     /// Runs it on the current runtime (which must have paused time).
     pub async fn run_async(&self) -> SwarmOutcome {
-        let (net, release, trust) = self.setup();
-        let shared = SharedChunks::default();
-        let names: Vec<String> = (0..self.nodes).map(|i| format!("t{i:03}")).collect();
-        for (i, name) in names.iter().enumerate() {
-            let (trust, shared, swarm) = (trust.clone(), shared.clone(), self.agent.clone());
-            net.spawn_node(
-                name,
-                NodeConfig::default().mbit(self.mbit_of(i)),
-                move |ctx| {
-                    let (trust, shared, swarm) = (trust.clone(), shared.clone(), swarm.clone());
-                    async move {
-                        let mut cfg = AgentConfig::new(trust);
-                        cfg.name = ctx.name.clone();
-                        cfg.swarm = swarm;
-                        cfg.max_request_timeout = DEPLOY_TIMEOUT;
-                        let agent = Agent::new(
-                            cfg,
-                            AgentParts {
-                                provider: Arc::new(ctx.provider),
-                                runtime: ctx.runtime.clone(),
-                                storage: Arc::new(shared.storage(ctx.storage)),
-                                installer: Arc::new(RecordOnly),
-                                clock: Arc::new(ctx.clock),
-                                seed: ctx.seed,
-                            },
-                        );
-                        let _ = agent.run().await;
-                    }
-                },
-            )
-            .expect("a node");
-        }
-        let ctl = self.controller(&net, &names);
+        let fleet = self.fleet();
+        let release = release(self.size, self.chunk_size, fleet.signer());
+        let names: Vec<String> = fleet.agents().map(str::to_string).collect();
+        let ctl = fleet.controller();
         let views = ctl.nodes().await;
         let targets =
             Controller::select(&views, Some(&"".parse().expect("selector")), &[]).expect("targets");
         assert_eq!(targets.len(), self.nodes, "every agent answers");
-        self.deploy(&net, &names, &ctl, release, &targets).await
+        self.deploy(fleet.net(), &names, ctl, release, &targets)
+            .await
     }
 
-    fn setup(&self) -> (SimNet, Arc<Release>, TrustStore) {
-        let net = SimNet::builder(self.seed)
-            .default_link(LinkSpec::latency(self.latency).with_loss(self.loss))
-            .build();
-        let signer = Ed25519Signer::from_seed(&[3; 32]);
-        let trust = TrustStore::new([signer.key_id()]);
-        (net, release(self.size, self.chunk_size, &signer), trust)
-    }
-
-    fn controller(&self, net: &SimNet, names: &[String]) -> Controller {
-        let p = net
-            .add_node_with("ctl", NodeConfig::default().mbit(self.mbit))
-            .expect("the controller");
-        Controller::new(
-            Arc::new(p),
-            ControllerConfig {
-                bootstrap: names
-                    .iter()
-                    .map(|n| net.provider(n).expect("a node").local_addr())
-                    .collect(),
+    /// Targets `t000`, `t001`, ... at their bandwidth, each storing chunk
+    /// bytes in one place shared by all and recording versions without
+    /// reading them, and a controller at the fleet's bandwidth.
+    fn fleet(&self) -> Fleet {
+        let shared = SharedChunks::default();
+        let swarm = self.agent.clone();
+        Fleet::builder(self.seed)
+            .link(LinkSpec::latency(self.latency).with_loss(self.loss))
+            .signer(Ed25519Signer::from_seed(&[3; 32]))
+            .nodes(self.nodes, |i| {
+                Node::new(format!("t{i:03}")).mbit(self.mbit_of(i))
+            })
+            .agent_config(move |cfg| {
+                cfg.swarm = swarm.clone();
+                cfg.max_request_timeout = DEPLOY_TIMEOUT;
+            })
+            .agent_parts(move |_, parts| AgentParts {
+                storage: Arc::new(shared.storage(parts.storage)),
+                installer: Arc::new(RecordOnly),
+                ..parts
+            })
+            .controller_node(NodeConfig::default().mbit(self.mbit))
+            .controller(ControllerConfig {
                 swarm: self.swarm,
                 seed: self.seed,
                 descriptor_copies: self.descriptor_copies,
@@ -196,8 +166,8 @@ impl SwarmScenario {
                 // 500 x 8 s: past the default 30 minutes.
                 deploy_timeout: DEPLOY_TIMEOUT,
                 ..ControllerConfig::default()
-            },
-        )
+            })
+            .build()
     }
 
     async fn deploy(
@@ -262,7 +232,7 @@ pub(crate) async fn timed_deploy(
     targets: &[NodeInfo],
 ) -> (RolloutReport, BTreeMap<p2p_core::PeerId, Duration>) {
     let begun = tokio::time::Instant::now();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(1024);
     let watch = async move {
         let mut done: BTreeMap<p2p_core::PeerId, Duration> = BTreeMap::new();
         while let Some(p) = rx.recv().await {
@@ -349,25 +319,10 @@ pub fn release_of(
     version: &str,
     seed: u64,
 ) -> Arc<Release> {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut bytes = vec![0u8; size];
-    rng.fill(&mut bytes[..]);
-    let h = hash_archive(&bytes[..], chunk_size).expect("hashing");
-    let manifest = Manifest::parse(&format!(
-        "name = \"payload\"\nversion = \"{version}\"\nentrypoint = \"run\"\n"
-    ))
-    .expect("manifest");
-    let d = Descriptor {
-        manifest,
-        archive_size: h.len,
-        archive_sha256: h.sha256,
-        chunk_size,
-        chunks: h.chunks,
-        created_at: Timestamp(0),
-    };
-    let sig = futures::executor::block_on(signer.sign(&d.signing_message())).expect("signing");
-    Arc::new(Release::from_parts(d, vec![sig], bytes).expect("a release"))
+    RandomRelease::new("payload", version, size)
+        .chunk_size(chunk_size)
+        .seed(seed)
+        .sign(signer)
 }
 
 /// Storage whose `chunks/` values are shared by every node that stores
@@ -378,7 +333,7 @@ struct SharedChunks {
 }
 
 impl SharedChunks {
-    fn storage(&self, own: MemStorage) -> NodeStorage {
+    fn storage(&self, own: Arc<dyn Storage>) -> NodeStorage {
         NodeStorage {
             own,
             shared: self.chunks.clone(),
@@ -388,7 +343,7 @@ impl SharedChunks {
 }
 
 struct NodeStorage {
-    own: MemStorage,
+    own: Arc<dyn Storage>,
     shared: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>,
     held: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }

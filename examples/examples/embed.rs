@@ -79,7 +79,7 @@ async fn main() -> Result<()> {
     );
     let views = ctl.nodes().await;
     let targets = Controller::select(&views, Some(&"role=web".parse()?), &[])?;
-    let (progress, _events) = tokio::sync::mpsc::unbounded_channel();
+    let (progress, _) = tokio::sync::mpsc::channel(1);
     let report = ctl
         .deploy(release, &targets, &RolloutPlan::default(), progress)
         .await;

@@ -25,11 +25,11 @@ use p2p_core::{
 };
 use p2p_deploy::trust::write_key_pair;
 use p2p_deploy::{
-    Agent, AgentConfig, AgentParts, BatchSize, BuildOptions, Controller, ControllerConfig,
-    MemInstaller, NodeInfo, NodeResult, NodeView, PackageFile, Plan, Release, RolloutPlan,
-    RolloutReport, TrustStore, build,
+    BatchSize, BuildOptions, Controller, ControllerConfig, NodeInfo, NodeResult, NodeView, Plan,
+    Release, RolloutPlan, RolloutReport,
 };
-use p2p_sim::{LinkSpec, NodeConfig, Script, SimClock, SimNet};
+use p2p_sim::{Script, SimClock};
+use p2p_testkit::{Fleet, Node};
 
 use crate::daemon::{CONFIG_FILE, DaemonConfig, KEY_FILE};
 use crate::net::{self, Backend, NetOptions};
@@ -164,25 +164,17 @@ async fn package(
 ) -> Result<Arc<Release>> {
     let dir = app_dir(root, demo_app, version, args)?;
     let out = root.join(format!("{APP}-{version}.p2p"));
-    build(&dir, &out, clock, BuildOptions::default())
+    // Held in memory: the simulated fleet has no disk to stream from.
+    let release = p2p_testkit::package(&dir, &out, signer, clock, BuildOptions::default())
+        .await
         .with_context(|| format!("packaging {}", dir.display()))?;
-    let mut pkg = PackageFile::open(&out)?;
-    pkg.sign(signer).await?;
-    let pkg = PackageFile::open(&out)?;
     println!(
         "packaged and signed {} ({} bytes, {} chunks)",
         out.display(),
-        pkg.descriptor.archive_size,
-        pkg.descriptor.chunks.len()
+        release.descriptor.archive_size,
+        release.descriptor.chunks.len()
     );
-    // Read into memory: the simulated fleet has no disk to stream from.
-    let mut archive = Vec::new();
-    std::io::Read::read_to_end(&mut pkg.archive_reader()?, &mut archive)?;
-    Ok(Arc::new(Release::from_parts(
-        pkg.descriptor,
-        pkg.signatures,
-        archive,
-    )?))
+    Ok(release)
 }
 
 async fn fleet_table(ctl: &Controller) -> Vec<NodeInfo> {
@@ -254,7 +246,7 @@ async fn deploy(
     plan: &RolloutPlan,
 ) -> RolloutReport {
     let names: BTreeMap<PeerId, String> = targets.iter().map(|n| (n.id, n.label())).collect();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let mut view = DeployView::new(names.clone(), ViewStyle::auto(false)).limit(ROWS);
     let run = ctl.deploy(release, targets, plan, tx);
     let show = async {
@@ -535,73 +527,31 @@ async fn keep_running(root: &Path, backend: Backend, addrs: &[p2p_core::PeerAddr
 /// As [`run_real`].
 pub async fn run_sim(nodes: usize, seed: u64, root: &Path) -> Result<Summary> {
     println!("a simulated fleet of {nodes} agents (seed {seed}), in virtual time");
-    let net = SimNet::builder(seed)
-        .default_link(LinkSpec::latency(Duration::from_millis(10)))
+    let fleet = Fleet::builder(seed)
+        .nodes(nodes, |i| {
+            let zone = if i % 2 == 0 { "a" } else { "b" };
+            Node::new(format!("n{}", i + 1))
+                .label("role", "web")
+                .label("zone", zone)
+        })
         .build();
+    let net = fleet.net();
     net.scripts().set_default(
         Script::healthy()
             .with_startup(Duration::from_millis(300))
             .with_logs_every(Duration::from_millis(500)),
     );
-    net.scripts().set(APP, "2.0.0", Script::never_healthy());
-    // Made from the seed, as everything else here: the same seed gives
-    // the same packages, signatures and trace.
-    let signer = signing_key(root, Ed25519Signer::generate(&mut net.rng("publisher")))?;
-    let trust = TrustStore::new([signer.key_id()]);
-    for i in 1..=nodes {
-        let mut cfg = AgentConfig::new(trust.clone());
-        cfg.name = format!("n{i}");
-        cfg.labels = BTreeMap::from([
-            ("role".to_string(), "web".to_string()),
-            (
-                "zone".to_string(),
-                if i % 2 == 1 { "a" } else { "b" }.to_string(),
-            ),
-        ]);
-        net.spawn_node(
-            &cfg.name.clone(),
-            NodeConfig::default().mbit(100),
-            move |ctx| {
-                let cfg = cfg.clone();
-                async move {
-                    let agent = Agent::new(
-                        cfg,
-                        AgentParts {
-                            provider: Arc::new(ctx.provider),
-                            runtime: ctx.runtime.clone(),
-                            storage: Arc::new(ctx.storage),
-                            installer: Arc::new(MemInstaller::new()),
-                            clock: Arc::new(ctx.clock),
-                            seed: ctx.seed,
-                        },
-                    );
-                    if let Err(e) = agent.run().await {
-                        tracing::warn!(error = %e, "agent stopped");
-                    }
-                }
-            },
-        )?;
-    }
-    let provider = net.add_node_with("ctl", NodeConfig::default().mbit(100))?;
-    let bootstrap = (1..=nodes)
-        .map(|i| {
-            net.provider(&format!("n{i}"))
-                .map(|p| p2p_core::Provider::local_addr(&p))
-        })
-        .collect::<p2p_core::Result<Vec<_>>>()?;
-    let ctl = Controller::new(
-        Arc::new(provider),
-        ControllerConfig {
-            bootstrap,
-            ..ControllerConfig::default()
-        },
-    );
+    fleet.script(APP, "2.0.0", Script::never_healthy());
+    // The kit made the publisher key from the seed, as everything else
+    // here: the same seed gives the same packages, signatures and trace.
+    let signer = signing_key(root, fleet.signer().clone())?;
+    let ctl = fleet.controller();
     let clock: SimClock = net.clock();
     // A stand-in for the binary (simulated processes run scripts), as
     // large as the real one and as hard to compress: the swarm moves it.
     let mut demo_app = vec![0u8; 1 << 20];
     rand::Rng::fill_bytes(&mut net.rng("demo-app"), &mut demo_app);
-    let mut summary = story(&ctl, nodes, root, &demo_app, &clock, &signer).await?;
+    let mut summary = story(ctl, nodes, root, &demo_app, &clock, &signer).await?;
     let hash = net.trace_hash();
     println!(
         "\nvirtual time {:.1} s; trace hash {hash}",
@@ -616,12 +566,7 @@ pub async fn run_sim(nodes: usize, seed: u64, root: &Path) -> Result<Summary> {
 /// # Errors
 /// As [`run_sim`].
 pub fn run_sim_blocking(nodes: usize, seed: u64, root: &Path) -> Result<Summary> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .context("building the simulator's runtime")?;
-    rt.block_on(run_sim(nodes, seed, root))
+    p2p_testkit::block_on(run_sim(nodes, seed, root))
 }
 
 /// Builds `demo-app` (the workspace's dependency-free `demo-app`

@@ -48,6 +48,7 @@ pub fn result_text(r: &NodeResult) -> String {
         NodeResult::RolledBack { reason } => format!("ROLLED BACK: {reason}"),
         NodeResult::Failed { error } => format!("FAILED: {error}"),
         NodeResult::Skipped => "skipped (the rollout halted first)".into(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -469,15 +470,12 @@ impl DeployView {
                     }
                 }
             }
-            Progress::Batch { index, nodes } => {
-                if !matches!(self.mode, Mode::Json) {
-                    let mut names: Vec<String> =
-                        nodes.iter().take(8).map(|n| self.name(n)).collect();
-                    if nodes.len() > 8 {
-                        names.push(format!("and {} more", nodes.len() - 8));
-                    }
-                    self.say(&format!("batch {index}: {}", names.join(", ")));
+            Progress::Batch { index, nodes } if !matches!(self.mode, Mode::Json) => {
+                let mut names: Vec<String> = nodes.iter().take(8).map(|n| self.name(n)).collect();
+                if nodes.len() > 8 {
+                    names.push(format!("and {} more", nodes.len() - 8));
                 }
+                self.say(&format!("batch {index}: {}", names.join(", ")));
             }
             Progress::Transfer { node, bytes, total } => {
                 let p = self.nodes.entry(*node).or_default();
@@ -542,12 +540,13 @@ impl DeployView {
             Progress::RollbackFailed { node, error } => {
                 self.step(node, format!("could NOT be rolled back: {error}"), true)
             }
-            Progress::Halted { reason } => {
-                if !matches!(self.mode, Mode::Json) {
-                    self.say(&format!("rollout halted: {reason}"));
-                }
+            Progress::Halted { reason } if !matches!(self.mode, Mode::Json) => {
+                self.say(&format!("rollout halted: {reason}"));
             }
             Progress::Done(_) => self.finish(),
+            // Batches and halts in JSON mode (printed above), and events
+            // this build does not know: shown in JSON only.
+            _ => {}
         }
     }
 

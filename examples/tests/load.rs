@@ -99,7 +99,7 @@ async fn target(ctl: &Controller) -> Vec<NodeInfo> {
 }
 
 async fn deploy(ctl: &Controller, r: Arc<Release>, t: &[NodeInfo]) {
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, _) = tokio::sync::mpsc::channel(1);
     let report = ctl.deploy(r, t, &RolloutPlan::default(), tx).await;
     assert!(report.is_success(), "{report:?}");
 }

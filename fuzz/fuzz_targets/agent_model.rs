@@ -152,7 +152,7 @@ impl Model {
     /// activated.
     async fn deploy(&mut self, release: Arc<Release>) -> bool {
         let targets = self.targets().await;
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, _) = tokio::sync::mpsc::channel(1);
         let report = bounded(
             self.ctl
                 .deploy(release, &targets, &RolloutPlan::default(), tx),
@@ -416,7 +416,7 @@ async fn run(data: &[u8]) {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 m.net
                     .spawn_on("ctl", async move {
-                        let (ptx, _prx) = tokio::sync::mpsc::unbounded_channel();
+                        let (ptx, _) = tokio::sync::mpsc::channel(1);
                         let report = ctl
                             .deploy(release, &targets, &RolloutPlan::default(), ptx)
                             .await;

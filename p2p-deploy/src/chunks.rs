@@ -28,8 +28,44 @@ use std::sync::Arc;
 use p2p_core::{Error, Result, Signature, Storage};
 use sha2::{Digest, Sha256};
 
+use crate::package::FormatError;
 use crate::package::{Descriptor, PackageId};
-use crate::trust::VerifyError;
+
+/// Why a chunk was not stored. The swarm scores its sender by the kind:
+/// a chunk out of range or corrupt is the sender's fault, a storage
+/// failure is the node's own.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChunkError {
+    /// The release has no chunk with that index.
+    #[error("chunk {index} is out of range: the release has {chunks} chunks")]
+    OutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// Chunks in the release.
+        chunks: usize,
+    },
+    /// The bytes do not match the chunk's length and SHA-256 in the
+    /// descriptor.
+    #[error("chunk {index} does not match its hash")]
+    Corrupt {
+        /// The chunk.
+        index: usize,
+    },
+    /// The storage failed (a full disk, say).
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl From<ChunkError> for Error {
+    fn from(e: ChunkError) -> Self {
+        match e {
+            ChunkError::OutOfRange { .. } => Error::invalid("chunk index", e.to_string()),
+            ChunkError::Corrupt { .. } => Error::protocol(e.to_string()),
+            ChunkError::Store(e) => e,
+        }
+    }
+}
 
 /// Chunks and kept releases on a [`Storage`].
 #[derive(Clone)]
@@ -139,7 +175,7 @@ impl ChunkStore {
     /// Every stored descriptor record with its key, decoded or not.
     async fn stored_releases(
         &self,
-    ) -> Result<Vec<(String, std::result::Result<Descriptor, VerifyError>)>> {
+    ) -> Result<Vec<(String, std::result::Result<Descriptor, FormatError>)>> {
         let mut out = Vec::new();
         for key in self.storage.list("releases/").await? {
             if let Some(bytes) = self.storage.get(&key).await? {
@@ -150,18 +186,24 @@ impl ChunkStore {
     }
 
     /// Stores chunk `index` of `d` after checking its length and hash; a
-    /// chunk that does not match is refused with
-    /// [`VerifyError::ChunkHash`] and nothing is stored.
-    pub async fn put(&self, d: &Descriptor, index: usize, bytes: &[u8]) -> Result<()> {
-        let want = d.chunks.get(index).ok_or_else(|| {
-            Error::invalid("chunk index", format!("{index} of {}", d.chunks.len()))
+    /// chunk that does not match is refused with [`ChunkError::Corrupt`]
+    /// and nothing is stored.
+    pub async fn put(
+        &self,
+        d: &Descriptor,
+        index: usize,
+        bytes: &[u8],
+    ) -> std::result::Result<(), ChunkError> {
+        let want = d.chunks.get(index).ok_or(ChunkError::OutOfRange {
+            index,
+            chunks: d.chunks.len(),
         })?;
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         if bytes.len() as u64 != chunk_len(d, index) || &hash != want {
-            return Err(VerifyError::ChunkHash { index }.into());
+            return Err(ChunkError::Corrupt { index });
         }
         let _w = self.sweep.read().await;
-        self.storage.put(&chunk_key(want), bytes).await
+        Ok(self.storage.put(&chunk_key(want), bytes).await?)
     }
 
     /// Chunk `index` of `d`, if present (checked again on the way out, so
@@ -221,7 +263,7 @@ impl ChunkStore {
                 .map_err(|e| Error::io("writing the archive", e))?;
         }
         if total.finalize().as_slice() != d.archive_sha256 {
-            return Err(VerifyError::ArchiveHash.into());
+            return Err(FormatError::ArchiveHash.into());
         }
         Ok(())
     }

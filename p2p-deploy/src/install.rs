@@ -111,7 +111,7 @@ impl Installer for DirInstaller {
                 .map_err(|e| Error::io("reading the archive", e))?;
             let dir = unpack(std::io::BufReader::new(f), &root, &name, &version, limits);
             drop(tmp);
-            dir
+            Ok(dir?)
         })
         .await
         .map_err(|e| Error::io("unpacking", std::io::Error::other(e)))?

@@ -55,7 +55,7 @@
 //!     plan: Plan::Rolling { batch: BatchSize::Percent(20) },
 //!     ..RolloutPlan::default()
 //! };
-//! let (events, mut progress) = tokio::sync::mpsc::unbounded_channel();
+//! let (events, mut progress) = tokio::sync::mpsc::channel(256);
 //! tokio::spawn(async move { while let Some(p) = progress.recv().await { println!("{p:?}") } });
 //! let report = ctl.deploy(release, &targets, &plan, events).await;
 //! assert!(report.is_success(), "{report:?}");
@@ -75,7 +75,9 @@
 //! - [`trust`]: key files, the [`TrustStore`] (trusted and revoked keys,
 //!   a threshold, signatures required unless explicitly switched off for
 //!   development, with a warning on every use) and the anti-downgrade
-//!   rule. Every way a package can be wrong is its own [`VerifyError`].
+//!   rule. Every way a package can be malformed is its own
+//!   [`FormatError`](package::FormatError), every trust refusal its own
+//!   [`VerifyError`].
 //! - [`chunks`]: the chunk store on a p2p-core `Storage`: content
 //!   addressed, each chunk verified before it is stored or served, kept
 //!   while a release refers to it, collected after; transfers resume from
@@ -87,7 +89,10 @@
 //!   stream, streamed progress, typed errors, deadlines).
 //! - [`agent`]: the node agent: persistent per-app state, reconcile,
 //!   activation through a health gate with automatic rollback, crash
-//!   recovery, keeping K versions, operator authorization.
+//!   recovery, keeping K versions, operator authorization. The gate
+//!   itself is pure ([`agent::HealthGate`]: status samples and `now` in,
+//!   pass, wait or a typed [`agent::GateFailure`] out); a deploy's errors
+//!   stay typed ([`agent::DeployError`]) until the request is answered.
 //! - [`controller`]: discovery, [`selector`]s, rollout plans (all, rolling,
 //!   canary), failure limits with rollback on halt, progress events,
 //!   merged logs from many nodes.
@@ -104,16 +109,12 @@
 //!   swarm-netns` over iroh between network namespaces, both against the
 //!   Kumar-Ross bound.
 //!
-//! ## Measured figures
+//! ## Performance
 //!
-//! `cargo run --release -p p2p-benches --bin bench-report -- packages`, a
-//! 512 MiB directory of incompressible files on a shared 2-core machine:
-//! the descriptor's hashes of the archive are computed at about 1200 MiB/s,
-//! 0.88 of plain SHA-256 of the same bytes, and verification of every byte
-//! runs at 0.9 (the whole-archive and the chunk hashes on two threads).
-//! The whole build (pack, compress, hash, write) runs at 550 to 650 MiB/s
-//! into memory: two cores carry two SHA-256 passes plus zstd. On disk it
-//! runs at about the speed of copying the files there with an fsync.
+//! `cargo run --release -p p2p-benches --bin bench-report -- packages
+//! swarm agent` measures building and verifying packages against plain
+//! SHA-256, the swarm against the Kumar-Ross bound, and the agent as a
+//! process; the figures are in the README's benchmark section.
 
 pub mod agent;
 pub mod chunks;

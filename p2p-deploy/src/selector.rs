@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 /// One requirement on a node's labels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Requirement {
     /// `k=v` (or `k==v`).
     Equals(String, String),
@@ -40,7 +41,7 @@ pub enum Requirement {
 /// All of its requirements.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selector {
-    /// The requirements.
+    /// Every one must hold for a node to match; none: every node matches.
     pub requirements: Vec<Requirement>,
 }
 

@@ -248,7 +248,7 @@ async fn rollout(
             (ctl.clone(), release.clone(), targets.clone(), plan.clone());
         w.net
             .spawn_on(&ctl_name, async move {
-                let (ptx, _prx) = tokio::sync::mpsc::unbounded_channel();
+                let (ptx, _) = tokio::sync::mpsc::channel(1);
                 let report = ctl.deploy(release, &targets, &plan, ptx).await;
                 let _ = tx.send(report);
             })
@@ -271,7 +271,7 @@ async fn rollout(
             let (_, ctl) = w.controller();
             tokio::time::sleep(Duration::from_secs(5)).await;
             let targets = infos(&ctl).await;
-            let (ptx, _prx) = tokio::sync::mpsc::unbounded_channel();
+            let (ptx, _) = tokio::sync::mpsc::channel(1);
             tokio::time::timeout(BOUND, ctl.deploy(release, &targets, &plan, ptx))
                 .await
                 .map_err(|_| {
@@ -368,7 +368,7 @@ async fn campaign(seed: u64) -> Result<Vec<String>, (String, Vec<String>)> {
     let v1 = w.release("1.0.0", Kind::Healthy).await;
     let (_, ctl) = w.controller();
     let t = infos(&ctl).await;
-    let (ptx, _prx) = tokio::sync::mpsc::unbounded_channel();
+    let (ptx, _) = tokio::sync::mpsc::channel(1);
     let r = ctl.deploy(v1, &t, &RolloutPlan::default(), ptx).await;
     if !r.is_success() {
         return Err((

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use p2p_core::{Ed25519Signer, Error, Signer, Timestamp};
+use p2p_deploy::package::FormatError;
 use p2p_deploy::trust::{read_public_key, read_secret_key, write_key_pair};
 use p2p_deploy::{
     BuildOptions, Descriptor, PackageFile, TrustStore, VerifyError, build, check_not_downgrade,
@@ -216,9 +217,7 @@ fn flip(path: &Path, offset: u64) {
 // refused with its own error (README, "Security").
 
 fn verify(p: &Path, trusted: &TrustStore) -> Result<(), VerifyError> {
-    PackageFile::open(p)
-        .and_then(|f| f.verify(trusted))
-        .map(|_| ())
+    PackageFile::open(p)?.verify(trusted).map(|_| ())
 }
 
 #[tokio::test]
@@ -229,7 +228,7 @@ async fn security_tampered_archive_is_refused() {
     flip(&pkg.path, pkg.archive_offset + 2 * 64 * 1024 + 5);
     assert_eq!(
         verify(&pkg.path, &trust(&[1])).unwrap_err(),
-        VerifyError::ChunkHash { index: 2 }
+        VerifyError::Format(FormatError::ChunkHash { index: 2 })
     );
 }
 
@@ -243,7 +242,7 @@ async fn security_truncated_package_is_refused() {
     std::fs::write(&pkg.path, &b).unwrap();
     assert!(matches!(
         verify(&pkg.path, &trust(&[1])).unwrap_err(),
-        VerifyError::Truncated(_)
+        VerifyError::Format(FormatError::Truncated(_))
     ));
 }
 
@@ -260,7 +259,7 @@ async fn security_header_lengths_past_the_file_are_refused() {
         b[16..24].copy_from_slice(&archive_len.to_be_bytes());
         std::fs::write(&pkg.path, &b).unwrap();
         match PackageFile::open(&pkg.path).unwrap_err() {
-            VerifyError::Truncated(m) => assert!(m.contains("ends before its signatures"), "{m}"),
+            FormatError::Truncated(m) => assert!(m.contains("ends before its signatures"), "{m}"),
             other => panic!("archive length {archive_len}: {other:?}"),
         }
     }
@@ -361,13 +360,13 @@ fn foreign_and_truncated_files_are_named() {
     std::fs::write(&p, b"\xff\xd8\xff\xe0 not a package at all, just bytes").unwrap();
     let e = PackageFile::open(&p).unwrap_err();
     assert!(
-        matches!(&e, VerifyError::NotAPackage(f) if f.contains("photo.jpg")),
+        matches!(&e, FormatError::NotAPackage(f) if f.contains("photo.jpg")),
         "{e}"
     );
     std::fs::write(&p, b"P2PDPKG\n\x00\x09").unwrap();
     assert!(matches!(
         PackageFile::open(&p).unwrap_err(),
-        VerifyError::NotAPackage(_)
+        FormatError::NotAPackage(_)
     ));
     let mut h = b"P2PDPKG\n".to_vec();
     h.extend_from_slice(&[0, 9]);
@@ -375,7 +374,7 @@ fn foreign_and_truncated_files_are_named() {
     std::fs::write(&p, &h).unwrap();
     assert_eq!(
         PackageFile::open(&p).unwrap_err(),
-        VerifyError::UnsupportedFormat(9)
+        FormatError::UnsupportedFormat(9)
     );
 }
 

@@ -144,7 +144,7 @@ async fn run(
     t: &[NodeInfo],
     plan: RolloutPlan,
 ) -> RolloutReport {
-    let (tx, _rx) = mpsc::unbounded_channel();
+    let (tx, _) = mpsc::channel(1);
     ctl.deploy(r.clone(), t, &plan, tx).await
 }
 
@@ -183,7 +183,8 @@ async fn fifty_nodes_with_each_plan() {
     let t = targets(&ctl, "role=web").await;
     assert_eq!(t.len(), 50);
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Read after the rollout: room for every event.
+    let (tx, mut rx) = mpsc::channel(16 * 1024);
     let v1 = release("1.0.0").await;
     let report = ctl.deploy(v1.clone(), &t, &plan(Plan::All), tx).await;
     assert!(report.is_success(), "{report:?}");
@@ -212,7 +213,7 @@ async fn fifty_nodes_with_each_plan() {
     let rolling = plan(Plan::Rolling {
         batch: BatchSize::Nodes(10),
     });
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(1024);
     let report = ctl.deploy(v2, &t, &rolling, tx).await;
     assert!(report.is_success(), "{report:?}");
     let batches = std::iter::from_fn(|| rx.try_recv().ok())
@@ -245,6 +246,25 @@ async fn fifty_nodes_with_each_plan() {
     assert_eq!(targets(&ctl, "zone in (a,b),role").await.len(), 50);
 }
 
+/// Found by an embedder: `select` with neither a selector nor ids picked
+/// nothing, and a rollout to nothing reported success.
+#[tokio::test(start_paused = true)]
+async fn no_selector_means_every_node_and_a_rollout_to_none_is_no_success() {
+    let f = fleet(3, 4, None);
+    let ctl = f.controller("ctl");
+    let views = ctl.nodes().await;
+    assert_eq!(Controller::select(&views, None, &[]).unwrap().len(), 4);
+    let only = Controller::select(&views, None, &[views[0].addr.id]).unwrap();
+    assert_eq!(only.len(), 1, "ids alone pick only those");
+    let db: Selector = "role=db".parse().unwrap();
+    let none = Controller::select(&views, Some(&db), &[]).unwrap();
+    assert!(none.is_empty());
+    let report = run(&ctl, &release("1.0.0").await, &none, plan(Plan::All)).await;
+    assert!(!report.is_success(), "{report:?}");
+    let halted = report.halted.as_deref().unwrap_or_default();
+    assert!(halted.contains("matched no node"), "{report:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn canary_failure_halts_before_the_rest() {
     let (f, ctl, t) = fleet_on_v1(2, 12).await;
@@ -260,7 +280,9 @@ async fn canary_failure_halts_before_the_rest() {
         }),
     )
     .await;
-    assert!(report.halted.is_some(), "{report:?}");
+    // The reason names the canaries by name (n00, n01 sort first).
+    let halted = report.halted.as_deref().unwrap_or_default();
+    assert!(halted.contains("canary node(s) failed: n0"), "{report:?}");
     let failed = report.nodes.values().filter(|r| r.is_failure()).count();
     let skipped = report
         .nodes
@@ -276,7 +298,7 @@ async fn canary_failure_halts_before_the_rest() {
 async fn max_failures_halts_and_rolls_back_the_nodes_already_changed() {
     let (f, ctl, t) = fleet_on_v1(3, 12).await;
     let v2 = release("2.0.0").await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(1024);
     let rolling = RolloutPlan {
         plan: Plan::Rolling {
             batch: BatchSize::Nodes(4),
@@ -321,7 +343,7 @@ async fn max_failures_halts_and_rolls_back_the_nodes_already_changed() {
 async fn a_changed_node_that_cannot_be_rolled_back_is_reported() {
     let (f, ctl, t) = fleet_on_v1(13, 6).await;
     let v2 = release("2.0.0").await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(1024);
     let rolling = plan(Plan::Rolling {
         batch: BatchSize::Nodes(2),
     });
@@ -798,7 +820,7 @@ async fn a_node_that_dies_silently_mid_rollout_is_reported_within_seconds() {
         .set(APP, "2.0.0", Script::slow_start(Duration::from_secs(20)));
     let v2 = release_with("2.0.0", "start_period = \"30s\"").await;
     let n03 = f.net.peer_id("n03").unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(1024);
     let tolerant = RolloutPlan {
         max_failures: FailureLimit::Count(1),
         ..plan(Plan::All)

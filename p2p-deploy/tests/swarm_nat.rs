@@ -84,7 +84,7 @@ async fn relay_only_agents_take_most_chunks_from_direct_peers() {
     assert_eq!(targets.len(), AGENTS);
     let before = net.traffic("relay").unwrap();
     let begun = tokio::time::Instant::now();
-    let (tx, _rx) = mpsc::unbounded_channel();
+    let (tx, _) = mpsc::channel(1);
     let plan = RolloutPlan {
         plan: Plan::All,
         ..RolloutPlan::default()

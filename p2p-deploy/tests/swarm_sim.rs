@@ -92,7 +92,7 @@ async fn infos(ctl: &Controller) -> Vec<NodeInfo> {
 }
 
 async fn deploy_all(ctl: &Controller, r: &Arc<Release>, t: &[NodeInfo]) -> RolloutReport {
-    let (tx, _rx) = mpsc::unbounded_channel();
+    let (tx, _) = mpsc::channel(1);
     let plan = RolloutPlan {
         plan: Plan::All,
         ..RolloutPlan::default()
@@ -673,7 +673,7 @@ async fn targets_past_the_descriptor_copies_deploy_even_when_the_holders_named_a
     for n in &names[..2] {
         net.crash(n).unwrap();
     }
-    let (tx, _rx) = mpsc::unbounded_channel();
+    let (tx, _) = mpsc::channel(1);
     let plan = RolloutPlan {
         max_failures: p2p_deploy::FailureLimit::Count(2),
         ..RolloutPlan::default()
@@ -857,7 +857,7 @@ async fn tampered_release(dir: &std::path::Path) -> Arc<Release> {
     let pkg = p2p_deploy::PackageFile::open(&out).unwrap();
     assert_eq!(
         pkg.check_archive().unwrap_err(),
-        p2p_deploy::VerifyError::ChunkHash { index: 2 }
+        p2p_deploy::package::FormatError::ChunkHash { index: 2 }
     );
     Arc::new(Release::from_package(&pkg))
 }

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use p2p_deploy::unpack::{Refusal, UnpackError};
 use p2p_deploy::{UnpackLimits, unpack};
 
 fn v(s: &str) -> semver::Version {
@@ -82,15 +83,19 @@ fn a_good_archive_lands_whole() {
         UnpackLimits::default(),
     )
     .unwrap_err();
-    assert!(matches!(e, p2p_core::Error::AlreadyExists { .. }), "{e}");
+    assert!(
+        matches!(e, UnpackError::Other(p2p_core::Error::AlreadyExists { .. })),
+        "{e}"
+    );
 }
 
 // The security matrix, archive cases: every unsafe entry refused by name,
 // nothing left behind, nothing written outside (README, "Security").
 
-/// Unpacks `bytes` into a fresh directory and checks the refusal names
-/// `want` and that nothing was written, inside or outside.
-fn refused(what: &str, bytes: &[u8], want: &str) {
+/// Unpacks `bytes` into a fresh directory and checks it was refused for
+/// `kind`, with a message naming `want`, and that nothing was written,
+/// inside or outside.
+fn refused(what: &str, bytes: &[u8], kind: Refusal, want: &str) {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("versions");
     std::fs::create_dir_all(&root).unwrap();
@@ -101,6 +106,10 @@ fn refused(what: &str, bytes: &[u8], want: &str) {
     let e = unpack(bytes, &root, "web", &v("2.0.0"), limits)
         .err()
         .unwrap_or_else(|| panic!("{what}: unpacked"));
+    assert!(
+        matches!(e, UnpackError::Refused { kind: k, .. } if k == kind),
+        "{what}: {e:?}"
+    );
     let msg = e.to_string();
     assert!(msg.contains(want), "{what}: {msg}");
     assert!(
@@ -121,6 +130,7 @@ fn security_absolute_path_is_refused() {
     refused(
         "absolute",
         &archive(&[("/etc/evil", Regular, b"x", None)]),
+        Refusal::AbsolutePath,
         "absolute",
     );
 }
@@ -130,6 +140,7 @@ fn security_path_traversal_is_refused() {
     refused(
         "dotdot",
         &archive(&[("a/../../evil", Regular, b"x", None)]),
+        Refusal::ParentDir,
         "..",
     );
 }
@@ -139,11 +150,13 @@ fn security_escaping_symlinks_are_refused() {
     refused(
         "symlink out",
         &archive(&[("l", Symlink, b"", Some("../../etc"))]),
+        Refusal::LinkOutside,
         "outside",
     );
     refused(
         "symlink absolute",
         &archive(&[("l", Symlink, b"", Some("/etc/passwd"))]),
+        Refusal::LinkOutside,
         "outside",
     );
 }
@@ -153,6 +166,7 @@ fn security_writing_through_a_symlink_is_refused() {
     refused(
         "through a symlink",
         &archive(&[("d", Symlink, b"", Some(".")), ("d/f", Regular, b"x", None)]),
+        Refusal::ThroughLink,
         "symlink",
     );
 }
@@ -162,11 +176,13 @@ fn security_escaping_hardlinks_are_refused() {
     refused(
         "hardlink out",
         &archive(&[("h", Link, b"", Some("../../etc/passwd"))]),
+        Refusal::LinkOutside,
         "outside",
     );
     refused(
         "hardlink to nothing",
         &archive(&[("h", Link, b"", Some("missing"))]),
+        Refusal::BadLink,
         "not a file",
     );
 }
@@ -176,14 +192,21 @@ fn security_device_files_and_fifos_are_refused() {
     refused(
         "char device",
         &archive(&[("dev", Char, b"", None)]),
+        Refusal::DeviceFile,
         "device",
     );
     refused(
         "block device",
         &archive(&[("dev", Block, b"", None)]),
+        Refusal::DeviceFile,
         "device",
     );
-    refused("fifo", &archive(&[("p", Fifo, b"", None)]), "fifo");
+    refused(
+        "fifo",
+        &archive(&[("p", Fifo, b"", None)]),
+        Refusal::Fifo,
+        "fifo",
+    );
 }
 
 #[test]
@@ -191,13 +214,19 @@ fn security_oversized_archive_is_refused() {
     refused(
         "too big",
         &archive(&[("big", Regular, &[0u8; 5000], None)]),
+        Refusal::TooLarge,
         "more than 4096 bytes",
     );
 }
 
 #[test]
 fn security_not_an_archive_is_refused() {
-    refused("not an archive", b"plain text, not zstd", "archive");
+    refused(
+        "not an archive",
+        b"plain text, not zstd",
+        Refusal::Unreadable,
+        "archive",
+    );
 }
 
 #[test]

@@ -423,7 +423,7 @@ async fn deploy_to_all(package: &Path, addrs: Vec<PeerAddr>) -> (Duration, Durat
         plan: Plan::All,
         ..RolloutPlan::default()
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let begun = Instant::now();
     let watch = tokio::spawn(async move {
         let mut held = BTreeMap::new();

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use p2p_core::sync::lock;
 use p2p_core::{Connection, Error, PeerAddr, PeerId, Result};
 
+use super::error::DeployError;
 use super::{Agent, Events, Res, emit, not_found, rpc};
 use crate::chunks::ChunkStore;
 use crate::package::{Descriptor, PackageId};
@@ -103,13 +104,11 @@ impl Agent {
     /// registered so that sessions opened from now on share it. Call it
     /// before storing the release, so that no session finds the release
     /// without finding the transfer.
-    pub(super) async fn transfer(&self, d: &Descriptor) -> Res<Arc<Transfer>> {
+    pub(super) async fn transfer(&self, d: &Descriptor) -> Result<Arc<Transfer>> {
         if let Some(t) = lock(&self.inner.transfers).get(&d.id()).cloned() {
             return Ok(t);
         }
-        let t = Transfer::from_store(d.clone(), &self.inner.chunks)
-            .await
-            .map_err(rpc)?;
+        let t = Transfer::from_store(d.clone(), &self.inner.chunks).await?;
         Ok(lock(&self.inner.transfers)
             .entry(d.id())
             .or_insert(t)
@@ -126,7 +125,7 @@ impl Agent {
         sources: Sources,
         events: Option<&Events>,
         deadline: tokio::time::Instant,
-    ) -> Res<()> {
+    ) -> std::result::Result<(), DeployError> {
         struct Unregister<'a>(&'a Agent, Arc<Transfer>);
         impl Drop for Unregister<'_> {
             fn drop(&mut self) {
@@ -154,33 +153,21 @@ impl Agent {
             &mut progress,
         )
         .await;
-        if let Err(e) = &result
-            && no_space(e)
-        {
-            return Err(self.out_of_space(d, e).await);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if no_space(&e) => Err(self.out_of_space(d, e).await),
+            Err(source) => Err(DeployError::Transfer {
+                release: format!("{} {}", d.manifest.name, d.manifest.version),
+                source,
+            }),
         }
-        result.map_err(|e| {
-            let kind = match &e {
-                Error::Timeout { .. } => ErrorKind::Timeout,
-                Error::Invalid { .. } => ErrorKind::Invalid,
-                Error::Unreachable { .. } => ErrorKind::Unreachable,
-                // A chunk that came bad from every source that had it; the
-                // reason names the release, the chunk and the peer.
-                Error::Protocol { reason } => return RpcError::new(ErrorKind::Corrupt, reason),
-                _ => ErrorKind::Internal,
-            };
-            RpcError::new(
-                kind,
-                format!("{} {}: {e}", d.manifest.name, d.manifest.version),
-            )
-        })
     }
 
     /// A release that ran out of disk space on the way in: its chunks
     /// (those no other release holds) are removed, so that the disk is as
     /// it was before the deploy and the apps running keep their room (for
     /// their logs, say); the error names what could not be written.
-    pub(super) async fn out_of_space(&self, d: &Descriptor, e: &Error) -> RpcError {
+    pub(super) async fn out_of_space(&self, d: &Descriptor, source: Error) -> DeployError {
         let id = d.id();
         let freed = match self.inner.chunks.remove_release(&id).await {
             Ok(_) => self.inner.chunks.collect().await,
@@ -190,13 +177,11 @@ impl Agent {
             Ok(n) => format!("its {n} chunk(s) received were removed"),
             Err(c) => format!("removing what was received failed too: {c}"),
         };
-        RpcError::new(
-            ErrorKind::Internal,
-            format!(
-                "{} {}: no space left on the node's disk: {e}; {cleanup}, the active version runs on",
-                d.manifest.name, d.manifest.version
-            ),
-        )
+        DeployError::OutOfSpace {
+            release: format!("{} {}", d.manifest.name, d.manifest.version),
+            source,
+            cleanup,
+        }
     }
 
     /// Answers [`Request::Fetch`]: the release's descriptor and
@@ -209,31 +194,33 @@ impl Agent {
         from: Vec<PeerAddr>,
         events: Option<&Events>,
         timeout: Duration,
-    ) -> Res<Reply> {
+    ) -> std::result::Result<Reply, DeployError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let me = self.inner.parts.provider.local_id();
         let from: Vec<PeerAddr> = from.into_iter().filter(|a| a.id != me).collect();
         let work = async {
-            let t = match self.inner.chunks.release(package).await.map_err(rpc)? {
+            let t = match self.inner.chunks.release(package).await? {
                 Some(d) => self.transfer(&d).await?,
                 None => {
                     let (d, signatures) = self.release_from(package, &from).await?;
                     let m = &d.manifest;
                     // Kept only to be installed later: never below a
                     // version already installed.
-                    if let Some(rec) = self.load(&m.name).await.map_err(rpc)? {
+                    if let Some(rec) = self.load(&m.name).await? {
                         let installed: Vec<_> = rec.installed.keys().cloned().collect();
-                        check_not_downgrade(&m.version, &installed, false).map_err(|e| {
-                            RpcError::new(ErrorKind::Downgrade, format!("{}: {e}", m.name))
+                        check_not_downgrade(&m.version, &installed, false).map_err(|source| {
+                            DeployError::Downgrade {
+                                app: m.name.clone(),
+                                source,
+                            }
                         })?;
                     }
                     let t = self.transfer(&d).await?;
-                    self.inner.chunks.add_release(&d).await.map_err(rpc)?;
+                    self.inner.chunks.add_release(&d).await?;
                     self.inner
                         .chunks
                         .add_signatures(package, &signatures)
-                        .await
-                        .map_err(rpc)?;
+                        .await?;
                     tracing::info!(app = %m.name, version = %m.version, "fetching a release from peers");
                     t
                 }
@@ -246,16 +233,13 @@ impl Agent {
         };
         tokio::time::timeout_at(deadline, work)
             .await
-            .map_err(|_| {
-                RpcError::new(
-                    ErrorKind::Timeout,
-                    format!("fetching release {package} did not finish within {timeout:?}"),
-                )
+            .map_err(|_| DeployError::TimedOut {
+                what: format!("fetching release {package}"),
+                after: timeout,
             })??;
         let entry = self
             .catalog()
-            .await
-            .map_err(rpc)?
+            .await?
             .into_iter()
             .filter(|e| e.id == *package)
             .collect();

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use p2p_core::Connection;
+use p2p_core::{Connection, Error};
 
 use super::acquire::{Sources, no_space};
+use super::error::DeployError;
 use super::records::AppRecord;
-use super::{Agent, Events, Res, emit, rpc};
+use super::{Agent, Events, emit};
 use crate::package::Descriptor;
-use crate::proto::{ActivateOptions, Activation, DeployEvent, ErrorKind, Reply, Request, RpcError};
+use crate::proto::{ActivateOptions, Activation, DeployEvent, Reply, Request};
 use crate::trust::check_not_downgrade;
 
 impl Agent {
@@ -24,7 +25,7 @@ impl Agent {
         conn: Option<Arc<dyn Connection>>,
         events: Option<&Events>,
         timeout: Duration,
-    ) -> Res<Reply> {
+    ) -> Result<Reply, DeployError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let (d, signatures, options, peers) = match request {
             Request::Deploy {
@@ -33,8 +34,7 @@ impl Agent {
                 options,
                 peers,
             } => {
-                let d = Descriptor::from_bytes(&descriptor)
-                    .map_err(|e| RpcError::new(ErrorKind::Corrupt, e.to_string()))?;
+                let d = Descriptor::from_bytes(&descriptor)?;
                 (d, signatures, options, peers)
             }
             Request::DeployRef {
@@ -47,21 +47,16 @@ impl Agent {
                 let find = self.descriptor_for(&package, &holders, conn.as_ref());
                 let d = tokio::time::timeout_at(deadline, find)
                     .await
-                    .map_err(|_| {
-                        RpcError::new(
-                            ErrorKind::Timeout,
-                            format!(
-                                "the descriptor of release {package} did not arrive within {timeout:?}"
-                            ),
-                        )
+                    .map_err(|_| DeployError::TimedOut {
+                        what: format!("finding the descriptor of release {package}"),
+                        after: timeout,
                     })??;
                 (d, signatures, options, peers)
             }
             other => {
-                return Err(RpcError::new(
-                    ErrorKind::Invalid,
-                    format!("{} is not a deploy", other.kind()),
-                ));
+                return Err(
+                    Error::invalid("request", format!("{} is not a deploy", other.kind())).into(),
+                );
             }
         };
         let sources = Sources { seed: conn, peers };
@@ -82,30 +77,27 @@ impl Agent {
         events: Option<&Events>,
         deadline: tokio::time::Instant,
         timeout: Duration,
-    ) -> Res<Reply> {
+    ) -> Result<Reply, DeployError> {
         let id = d.id();
         let m = d.manifest.clone();
         let _g = self.busy(&m.name).await?;
         // A refusal is logged by `handle_within`, with the peer.
-        let counted = self.trusted(&d, signatures).map_err(|e| {
-            RpcError::new(
-                ErrorKind::BadSignature,
-                format!("{} {}: {e}", m.name, m.version),
-            )
-        })?;
-        let mut rec = self.load(&m.name).await.map_err(rpc)?.unwrap_or(AppRecord {
+        let counted = self
+            .trusted(&d, signatures)
+            .map_err(|source| DeployError::Untrusted {
+                release: format!("{} {}", m.name, m.version),
+                source,
+            })?;
+        let mut rec = self.load(&m.name).await?.unwrap_or(AppRecord {
             name: m.name.clone(),
             ..AppRecord::default()
         });
         if let Some(other) = rec.installed.get(&m.version) {
             if *other != id {
-                return Err(RpcError::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "{} {} is installed from another package ({other}); publish a new version instead",
-                        m.name, m.version
-                    ),
-                ));
+                return Err(DeployError::Conflict {
+                    release: format!("{} {}", m.name, m.version),
+                    other: *other,
+                });
             }
             if rec.active.as_ref() == Some(&m.version)
                 && rec.running
@@ -117,8 +109,12 @@ impl Agent {
             }
         }
         let installed: Vec<_> = rec.installed.keys().cloned().collect();
-        check_not_downgrade(&m.version, &installed, false)
-            .map_err(|e| RpcError::new(ErrorKind::Downgrade, format!("{}: {e}", m.name)))?;
+        check_not_downgrade(&m.version, &installed, false).map_err(|source| {
+            DeployError::Downgrade {
+                app: m.name.clone(),
+                source,
+            }
+        })?;
         emit(events, DeployEvent::Verified);
 
         if !rec.installed.contains_key(&m.version) {
@@ -126,12 +122,8 @@ impl Agent {
             // activation, once begun, runs to its end.
             let fetch_install = async {
                 let t = self.transfer(&d).await?;
-                self.inner.chunks.add_release(&d).await.map_err(rpc)?;
-                self.inner
-                    .chunks
-                    .add_signatures(&id, &counted)
-                    .await
-                    .map_err(rpc)?;
+                self.inner.chunks.add_release(&d).await?;
+                self.inner.chunks.add_signatures(&id, &counted).await?;
                 self.fetch(t, sources, events, deadline).await?;
                 match self
                     .inner
@@ -141,26 +133,22 @@ impl Agent {
                     .await
                 {
                     Ok(dir) => Ok(dir),
-                    Err(e) if no_space(&e) => Err(self.out_of_space(&d, &e).await),
-                    Err(e) => Err(rpc(e)),
+                    Err(e) if no_space(&e) => Err(self.out_of_space(&d, e).await),
+                    Err(e) => Err(DeployError::Node(e)),
                 }
             };
             tokio::time::timeout_at(deadline, fetch_install)
                 .await
-                .map_err(|_| {
-                    RpcError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "transfer and install of {} {} did not finish within {timeout:?}",
-                            m.name, m.version
-                        ),
-                    )
+                .map_err(|_| DeployError::TimedOut {
+                    what: format!("transfer and install of {} {}", m.name, m.version),
+                    after: timeout,
                 })??;
             rec.installed.insert(m.version.clone(), id);
-            self.save(&rec).await.map_err(rpc)?;
+            self.save(&rec).await?;
         }
         emit(events, DeployEvent::Installed);
-        self.activate(rec, &m.version, "deploy", options, events)
-            .await
+        Ok(self
+            .activate(rec, &m.version, "deploy", options, events)
+            .await?)
     }
 }

@@ -22,6 +22,7 @@ use crate::proto::ActivateOptions;
 
 /// What the gate says about one status sample.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum GateStep {
     /// The version has proven itself: commit it.
     Pass,

@@ -41,6 +41,7 @@
 mod acquire;
 mod activate;
 mod deploy;
+mod error;
 pub mod gate;
 mod inventory;
 mod lifecycle;
@@ -69,6 +70,7 @@ use crate::pool::Pool;
 use crate::proto::{DeployEvent, ErrorKind, Frame, Reply, Request, RpcError};
 use crate::swarm::{Reputation, SwarmConfig, Throttle, Transfer};
 use crate::trust::TrustStore;
+pub use error::DeployError;
 pub use gate::{GateFailure, GateStep, HealthGate};
 pub use records::HISTORY_KEPT;
 use serve::rate::RateBook;
@@ -128,11 +130,13 @@ impl AgentConfig {
 /// What an agent runs on: the p2p-core implementations it is given.
 #[derive(Clone)]
 pub struct AgentParts {
-    /// The network.
+    /// The transport: connections in and out (wrap it in `Admitted` for
+    /// a pre-shared key and allow-list).
     pub provider: Arc<dyn Provider>,
     /// Where apps run.
     pub runtime: Arc<dyn Runtime>,
-    /// Persistent state.
+    /// Where records, the node key, release descriptors and chunks are
+    /// kept across restarts.
     pub storage: Arc<dyn Storage>,
     /// Where versions are unpacked.
     pub installer: Arc<dyn Installer>,

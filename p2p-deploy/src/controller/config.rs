@@ -29,8 +29,8 @@ pub struct ControllerConfig {
     /// Swarm peers given to each target (a random subset of the others).
     pub swarm_peers: usize,
     /// With the swarm on: how many nodes are sent the release's
-    /// descriptor itself ([`Request::Deploy`]), counting those that took
-    /// it in earlier batches. The others get [`Request::DeployRef`] and
+    /// descriptor itself ([`Request::Deploy`](crate::proto::Request::Deploy)), counting those that took
+    /// it in earlier batches. The others get [`Request::DeployRef`](crate::proto::Request::DeployRef) and
     /// take the descriptor from two of those, so that the controller's
     /// uplink does not carry a copy per target (13 KB per 100 MB of
     /// package) before the first chunk moves. `usize::MAX`: every

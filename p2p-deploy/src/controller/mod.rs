@@ -1,7 +1,7 @@
 //! The controller: finds nodes, selects targets, runs rollouts, follows
 //! logs across the fleet.
 //!
-//! A rollout deploys one signed [`Release`] to the selected nodes by a
+//! A rollout deploys one signed [`Release`](crate::Release) to the selected nodes by a
 //! [`Plan`]: all at once, in rolling batches, or a canary batch first and
 //! the rest only if every canary passes. After each batch the failures are
 //! counted; past [`RolloutPlan::max_failures`] the rollout halts and,

@@ -88,7 +88,8 @@ impl Controller {
     }
 
     /// The nodes among `views` that answered and match `selector`, plus
-    /// those named in `ids` (which must have answered). Nodes that did not
+    /// those named in `ids` (which must have answered). With neither a
+    /// selector nor ids, every node that answered. Nodes that did not
     /// answer cannot be matched by label: [`NodeView::unanswered`] lists
     /// them, for a caller to warn about.
     pub fn select(
@@ -110,6 +111,12 @@ impl Controller {
                 }
             }
         }
+        let every = Selector::default();
+        let selector = match selector {
+            Some(sel) => Some(sel),
+            None if ids.is_empty() => Some(&every),
+            None => None,
+        };
         if let Some(sel) = selector {
             for v in views {
                 if let Ok(i) = &v.info

@@ -13,7 +13,7 @@ use crate::proto::{Reply, Request, call_watched};
 /// What [`Controller::search`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Search {
-    /// Matching releases.
+    /// Matching releases, by name and version, each with its holders.
     pub hits: Vec<SearchHit>,
     /// Nodes that could not be asked, and why.
     pub unanswered: Vec<(PeerAddr, String)>,

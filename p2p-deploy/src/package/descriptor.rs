@@ -8,8 +8,8 @@ use p2p_core::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::error::FormatError;
 use super::manifest::Manifest;
-use crate::trust::VerifyError;
 
 /// What a signature covers, before the descriptor bytes.
 pub const SIGNING_DOMAIN: &[u8] = b"p2p-deploy release v1\0";
@@ -90,23 +90,23 @@ impl Descriptor {
 
     /// Decodes canonical bytes; anything else (trailing bytes, a
     /// non-canonical encoding) is an error.
-    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, VerifyError> {
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, FormatError> {
         let d: Descriptor = postcard::from_bytes(bytes)
-            .map_err(|e| VerifyError::DescriptorCorrupt(e.to_string()))?;
+            .map_err(|e| FormatError::DescriptorCorrupt(e.to_string()))?;
         if d.to_bytes() != bytes {
-            return Err(VerifyError::DescriptorCorrupt(
+            return Err(FormatError::DescriptorCorrupt(
                 "not in canonical form".into(),
             ));
         }
         if d.chunk_size == 0 {
-            return Err(VerifyError::DescriptorCorrupt("chunk size 0".into()));
+            return Err(FormatError::DescriptorCorrupt("chunk size 0".into()));
         }
         d.manifest
             .validate()
-            .map_err(|e| VerifyError::DescriptorCorrupt(e.to_string()))?;
+            .map_err(|e| FormatError::DescriptorCorrupt(e.to_string()))?;
         let want = d.archive_size.div_ceil(u64::from(d.chunk_size)).max(1);
         if d.chunks.len() as u64 != want {
-            return Err(VerifyError::DescriptorCorrupt(format!(
+            return Err(FormatError::DescriptorCorrupt(format!(
                 "{} chunk hashes for {} bytes in chunks of {}",
                 d.chunks.len(),
                 d.archive_size,

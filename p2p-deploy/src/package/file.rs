@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::archive::{ArchiveHashes, hash_parallel};
 use super::descriptor::{Descriptor, PackageId};
+use super::error::FormatError;
 use crate::trust::{TrustStore, VerifyError};
 
 /// The first bytes of every package file.
@@ -81,25 +82,25 @@ impl PackageFile {
     /// Reads the header, descriptor and signatures of `path`. A file that
     /// is not a package, of another format version, or truncated is an
     /// error naming the file.
-    pub fn open(path: &Path) -> std::result::Result<Self, VerifyError> {
-        let io = |e: io::Error| VerifyError::Io(format!("{}: {e}", path.display()));
+    pub fn open(path: &Path) -> std::result::Result<Self, FormatError> {
+        let io = |e: io::Error| FormatError::Io(format!("{}: {e}", path.display()));
         let mut f = File::open(path).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
         let mut h = [0u8; HEADER_LEN as usize];
         if size < HEADER_LEN {
-            return Err(VerifyError::NotAPackage(path.display().to_string()));
+            return Err(FormatError::NotAPackage(path.display().to_string()));
         }
         f.read_exact(&mut h).map_err(io)?;
         if h[..8] != MAGIC {
-            return Err(VerifyError::NotAPackage(path.display().to_string()));
+            return Err(FormatError::NotAPackage(path.display().to_string()));
         }
         let version = u16::from_be_bytes([h[8], h[9]]);
         if version != FORMAT_VERSION {
-            return Err(VerifyError::UnsupportedFormat(version));
+            return Err(FormatError::UnsupportedFormat(version));
         }
         let archive_len = u64::from_be_bytes(h[16..24].try_into().expect("8 bytes"));
         let dlen = u32::from_be_bytes(h[24..28].try_into().expect("4 bytes"));
-        let truncated = |what: &str| VerifyError::Truncated(format!("{}: {what}", path.display()));
+        let truncated = |what: &str| FormatError::Truncated(format!("{}: {what}", path.display()));
         if dlen > MAX_SECTION {
             return Err(truncated("descriptor length out of range"));
         }
@@ -123,10 +124,10 @@ impl PackageFile {
         let mut sbytes = vec![0u8; slen as usize];
         f.read_exact(&mut sbytes).map_err(io)?;
         let signatures: Vec<Signature> = postcard::from_bytes(&sbytes)
-            .map_err(|e| VerifyError::SignaturesCorrupt(e.to_string()))?;
+            .map_err(|e| FormatError::SignaturesCorrupt(e.to_string()))?;
         let descriptor = Descriptor::from_bytes(&descriptor_bytes)?;
         if descriptor.archive_size != archive_len {
-            return Err(VerifyError::ArchiveSize {
+            return Err(FormatError::ArchiveSize {
                 expected: descriptor.archive_size,
                 actual: archive_len,
             });
@@ -150,8 +151,8 @@ impl PackageFile {
     /// Checks every archive byte against the descriptor, in one pass
     /// (the total and the chunk hashes on two threads): size, each
     /// chunk's hash (the first bad one is named), the total.
-    pub fn check_archive(&self) -> std::result::Result<(), VerifyError> {
-        let io = |e: io::Error| VerifyError::Io(format!("{}: {e}", self.path.display()));
+    pub fn check_archive(&self) -> std::result::Result<(), FormatError> {
+        let io = |e: io::Error| FormatError::Io(format!("{}: {e}", self.path.display()));
         let mut f = File::open(&self.path).map_err(io)?;
         f.seek(SeekFrom::Start(self.archive_offset)).map_err(io)?;
         let ArchiveHashes {
@@ -160,16 +161,16 @@ impl PackageFile {
             chunks,
         } = hash_parallel(f.take(self.archive_len), self.descriptor.chunk_size).map_err(io)?;
         if len != self.descriptor.archive_size {
-            return Err(VerifyError::ArchiveSize {
+            return Err(FormatError::ArchiveSize {
                 expected: self.descriptor.archive_size,
                 actual: len,
             });
         }
         if let Some(i) = (0..chunks.len()).find(|i| chunks[*i] != self.descriptor.chunks[*i]) {
-            return Err(VerifyError::ChunkHash { index: i });
+            return Err(FormatError::ChunkHash { index: i });
         }
         if total != self.descriptor.archive_sha256 {
-            return Err(VerifyError::ArchiveHash);
+            return Err(FormatError::ArchiveHash);
         }
         Ok(())
     }

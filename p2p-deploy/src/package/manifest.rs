@@ -64,15 +64,15 @@ pub struct Manifest {
     pub description: Option<String>,
     /// Program, relative to the package root.
     pub entrypoint: String,
-    /// Arguments.
+    /// Arguments passed to the entrypoint.
     pub args: Vec<String>,
-    /// Environment variables.
+    /// Environment variables set for the app (nothing else is inherited).
     pub env: BTreeMap<String, String>,
-    /// Health check.
+    /// The health check and gate; `None`: running counts as healthy.
     pub health: Option<Health>,
-    /// Restart policy.
+    /// When the app is restarted after it exits, with backoff.
     pub restart: RestartPolicy,
-    /// Resource limits.
+    /// Memory and CPU limits, applied where the host allows.
     pub limits: ResourceLimits,
     /// Installed versions kept per node.
     pub keep_versions: u32,

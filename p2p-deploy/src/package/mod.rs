@@ -38,6 +38,7 @@
 mod archive;
 mod build;
 mod descriptor;
+mod error;
 mod file;
 pub mod manifest;
 mod release;
@@ -47,5 +48,6 @@ pub mod unpack;
 pub use archive::{ArchiveHashes, IGNORE_FILE};
 pub use build::{BuildOptions, build, hash_archive};
 pub use descriptor::{DEFAULT_CHUNK_SIZE, Descriptor, PackageId, SIGNING_DOMAIN};
+pub use error::FormatError;
 pub use file::{FORMAT_VERSION, MAGIC, PackageFile};
 pub use release::Release;

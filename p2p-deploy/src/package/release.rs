@@ -12,11 +12,11 @@ use crate::chunks::chunk_len;
 /// A release the controller deploys and serves.
 #[derive(Debug, Clone)]
 pub struct Release {
-    /// The descriptor.
+    /// The signed descriptor, decoded.
     pub descriptor: Descriptor,
     /// Its canonical bytes (what was signed).
     pub descriptor_bytes: Vec<u8>,
-    /// Signatures.
+    /// The signatures sent with every deploy of it.
     pub signatures: Vec<Signature>,
     archive: Archive,
 }
@@ -54,12 +54,12 @@ impl Release {
         let h = crate::package::hash_archive(&archive[..], descriptor.chunk_size)
             .map_err(|e| Error::io("hashing the archive", e))?;
         if h.len != descriptor.archive_size || h.sha256 != descriptor.archive_sha256 {
-            return Err(crate::trust::VerifyError::ArchiveHash.into());
+            return Err(super::FormatError::ArchiveHash.into());
         }
         if let Some(index) =
             (0..descriptor.chunks.len()).find(|&i| h.chunks.get(i) != descriptor.chunks.get(i))
         {
-            return Err(crate::trust::VerifyError::ChunkHash { index }.into());
+            return Err(super::FormatError::ChunkHash { index }.into());
         }
         Ok(Release {
             descriptor_bytes: descriptor.to_bytes(),

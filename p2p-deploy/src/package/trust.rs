@@ -19,48 +19,18 @@ use std::path::Path;
 
 use p2p_core::{Ed25519Signer, Ed25519Verifier, Error, KeyId, Result, Signature, Verifier};
 
-use crate::package::Descriptor;
+use crate::package::{Descriptor, FormatError};
 
 const PUBLIC_TAG: &str = "p2p-ed25519-public";
 const SECRET_TAG: &str = "p2p-ed25519-secret";
 
-/// Why a package or release was refused. Each way a package can be wrong
-/// has its own variant, so that callers and tests can tell them apart.
+/// Why a package or release was refused: the trust store's refusals
+/// (signatures, keys, threshold, downgrade), and a malformed package
+/// ([`VerifyError::Format`]). Each has its own variant, so that callers
+/// and tests can tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
-    /// The file does not start with the package magic.
-    #[error("{0} is not a p2p-deploy package")]
-    NotAPackage(String),
-    /// A format version this build does not read.
-    #[error("package format version {0} is not supported (this build reads version 1)")]
-    UnsupportedFormat(u16),
-    /// The file is shorter or longer than its header says.
-    #[error("truncated or malformed package: {0}")]
-    Truncated(String),
-    /// The descriptor does not decode, or is not canonical.
-    #[error("the package descriptor is corrupt: {0}")]
-    DescriptorCorrupt(String),
-    /// The signature section does not decode.
-    #[error("the signature section is corrupt: {0}")]
-    SignaturesCorrupt(String),
-    /// The archive's length differs from the descriptor's.
-    #[error("the archive is {actual} bytes, the descriptor says {expected}")]
-    ArchiveSize {
-        /// From the descriptor.
-        expected: u64,
-        /// Found.
-        actual: u64,
-    },
-    /// A chunk's SHA-256 differs from the descriptor's.
-    #[error("chunk {index} of the archive does not match its hash")]
-    ChunkHash {
-        /// The first bad chunk.
-        index: usize,
-    },
-    /// The archive's SHA-256 differs from the descriptor's.
-    #[error("the archive does not match its SHA-256")]
-    ArchiveHash,
     /// No signatures, and they are required.
     #[error("the release is not signed, and signatures are required")]
     Unsigned,
@@ -100,9 +70,9 @@ pub enum VerifyError {
         /// Offered.
         offered: String,
     },
-    /// Reading the file failed.
-    #[error("{0}")]
-    Io(String),
+    /// The package or release is malformed (see [`FormatError`]).
+    #[error(transparent)]
+    Format(#[from] FormatError),
 }
 
 impl From<VerifyError> for Error {
@@ -116,8 +86,7 @@ impl From<VerifyError> for Error {
                 reason: e.to_string(),
             },
             VerifyError::Downgrade { .. } => Error::denied(e.to_string()),
-            VerifyError::Io(m) => Error::io(m.clone(), std::io::Error::other(e.to_string())),
-            _ => Error::protocol(e.to_string()),
+            VerifyError::Format(f) => f.clone().into(),
         }
     }
 }

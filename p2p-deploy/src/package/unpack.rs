@@ -46,8 +46,103 @@ impl Default for UnpackLimits {
     }
 }
 
-fn refuse(entry: &str, why: impl std::fmt::Display) -> Error {
-    Error::invalid("archive", format!("entry {entry:?}: {why}"))
+/// What is wrong with an archive that was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// An entry with an absolute path.
+    AbsolutePath,
+    /// An entry whose path contains `..`.
+    ParentDir,
+    /// An entry with an empty path.
+    EmptyPath,
+    /// An entry whose path passes through a symlink or a file.
+    ThroughLink,
+    /// A symlink or hard link that points outside the package.
+    LinkOutside,
+    /// A link without a usable target, or a hard link to anything but a
+    /// file extracted before it.
+    BadLink,
+    /// A character or block device.
+    DeviceFile,
+    /// A fifo.
+    Fifo,
+    /// Any other special entry.
+    UnsupportedEntry,
+    /// More entries than [`UnpackLimits::max_entries`].
+    TooManyEntries,
+    /// More content than [`UnpackLimits::max_bytes`].
+    TooLarge,
+    /// An entry shorter than its header says.
+    Truncated,
+    /// Not a readable tar + zstd archive.
+    Unreadable,
+    /// An entry that could not be created (it exists already, say).
+    NotWritable,
+}
+
+/// Why an archive was not unpacked. Nothing is left behind either way.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnpackError {
+    /// The archive is unsafe or malformed.
+    #[error("invalid archive: {}{detail}", entry.as_ref().map(|e| format!("entry {e:?}: ")).unwrap_or_default())]
+    Refused {
+        /// What is wrong.
+        kind: Refusal,
+        /// The entry, when one entry is to blame.
+        entry: Option<String>,
+        /// The details, for people.
+        detail: String,
+    },
+    /// Something else failed: the disk, or the version exists already
+    /// ([`Error::AlreadyExists`]).
+    #[error(transparent)]
+    Other(#[from] Error),
+}
+
+impl UnpackError {
+    /// The refusal's kind, if the archive was refused.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            UnpackError::Refused { kind, .. } => Some(*kind),
+            UnpackError::Other(_) => None,
+        }
+    }
+}
+
+impl From<UnpackError> for Error {
+    fn from(e: UnpackError) -> Self {
+        match e {
+            UnpackError::Refused {
+                entry: Some(entry),
+                detail,
+                ..
+            } => Error::invalid("archive", format!("entry {entry:?}: {detail}")),
+            UnpackError::Refused {
+                entry: None,
+                detail,
+                ..
+            } => Error::invalid("archive", detail),
+            UnpackError::Other(e) => e,
+        }
+    }
+}
+
+fn refuse(entry: &str, kind: Refusal, why: impl std::fmt::Display) -> UnpackError {
+    UnpackError::Refused {
+        kind,
+        entry: Some(entry.to_string()),
+        detail: why.to_string(),
+    }
+}
+
+fn refuse_archive(kind: Refusal, why: impl std::fmt::Display) -> UnpackError {
+    UnpackError::Refused {
+        kind,
+        entry: None,
+        detail: why.to_string(),
+    }
 }
 
 /// The directory a version is installed in: `<root>/<name>/<version>`.
@@ -57,20 +152,21 @@ pub fn version_dir(root: &Path, name: &str, version: &semver::Version) -> Result
 }
 
 /// Unpacks the tar + zstd `archive` into `<root>/<name>/<version>`.
-/// Fails with [`Error::AlreadyExists`] if that version is there already,
-/// and leaves nothing behind on any error.
+/// Refuses an unsafe or malformed archive with [`UnpackError::Refused`]
+/// (its [`Refusal`] says why), fails with [`Error::AlreadyExists`] if that
+/// version is there already, and leaves nothing behind on any error.
 pub fn unpack(
     archive: impl Read,
     root: &Path,
     name: &str,
     version: &semver::Version,
     limits: UnpackLimits,
-) -> Result<PathBuf> {
+) -> std::result::Result<PathBuf, UnpackError> {
     let target = version_dir(root, name, version)?;
     if target.exists() {
-        return Err(Error::AlreadyExists {
+        return Err(UnpackError::Other(Error::AlreadyExists {
             what: format!("{}", target.display()),
-        });
+        }));
     }
     let app_dir = target
         .parent()
@@ -92,7 +188,7 @@ pub fn unpack(
     let staged = staging.keep();
     if let Err(e) = fs::rename(&staged, &target) {
         let _ = fs::remove_dir_all(&staged);
-        return Err(Error::io(format!("moving into {}", target.display()), e));
+        return Err(Error::io(format!("moving into {}", target.display()), e).into());
     }
     sync_dir(&app_dir)?;
     Ok(target)
@@ -105,42 +201,56 @@ fn sync_dir(d: &Path) -> Result<()> {
 }
 
 /// Checks an entry path: relative, plain components only.
-fn clean_path(raw: &Path, shown: &str) -> Result<PathBuf> {
+fn clean_path(raw: &Path, shown: &str) -> std::result::Result<PathBuf, UnpackError> {
     let mut out = PathBuf::new();
     for c in raw.components() {
         match c {
             Component::Normal(p) => out.push(p),
             Component::CurDir => {}
-            Component::ParentDir => return Err(refuse(shown, "contains '..'")),
+            Component::ParentDir => return Err(refuse(shown, Refusal::ParentDir, "contains '..'")),
             Component::RootDir | Component::Prefix(_) => {
-                return Err(refuse(shown, "is an absolute path"));
+                return Err(refuse(shown, Refusal::AbsolutePath, "is an absolute path"));
             }
         }
     }
     if out.as_os_str().is_empty() {
-        return Err(refuse(shown, "is empty"));
+        return Err(refuse(shown, Refusal::EmptyPath, "is empty"));
     }
     Ok(out)
 }
 
 /// Refuses a path whose existing ancestors (inside `root`) are not all
 /// real directories.
-fn no_link_on_the_way(root: &Path, rel: &Path, shown: &str) -> Result<()> {
+fn no_link_on_the_way(
+    root: &Path,
+    rel: &Path,
+    shown: &str,
+) -> std::result::Result<(), UnpackError> {
     let mut cur = root.to_path_buf();
     let parts: Vec<_> = rel.components().collect();
     for c in &parts[..parts.len().saturating_sub(1)] {
         cur.push(c);
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => return Err(refuse(shown, "passes through a symlink or a file")),
+            Ok(_) => {
+                return Err(refuse(
+                    shown,
+                    Refusal::ThroughLink,
+                    "passes through a symlink or a file",
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("checking {}", cur.display()), e)),
+            Err(e) => return Err(Error::io(format!("checking {}", cur.display()), e).into()),
         }
     }
     Ok(())
 }
 
-fn extract(archive: impl Read, dest: &Path, limits: UnpackLimits) -> Result<()> {
+fn extract(
+    archive: impl Read,
+    dest: &Path,
+    limits: UnpackLimits,
+) -> std::result::Result<(), UnpackError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut dec = zstd::stream::read::Decoder::new(archive)
         .map_err(|e| Error::io("starting decompression", e))?;
@@ -151,20 +261,25 @@ fn extract(archive: impl Read, dest: &Path, limits: UnpackLimits) -> Result<()> 
     let mut count: u64 = 0;
     let entries = ar
         .entries()
-        .map_err(|e| Error::invalid("archive", format!("unreadable: {e}")))?;
+        .map_err(|e| refuse_archive(Refusal::Unreadable, format!("unreadable: {e}")))?;
     for entry in entries {
-        let mut entry =
-            entry.map_err(|e| Error::invalid("archive", format!("unreadable entry: {e}")))?;
+        let mut entry = entry
+            .map_err(|e| refuse_archive(Refusal::Unreadable, format!("unreadable entry: {e}")))?;
         count += 1;
         if count > limits.max_entries {
-            return Err(Error::invalid(
-                "archive",
+            return Err(refuse_archive(
+                Refusal::TooManyEntries,
                 format!("more than {} entries", limits.max_entries),
             ));
         }
         let raw = entry
             .path()
-            .map_err(|e| Error::invalid("archive", format!("an entry path is not valid: {e}")))?
+            .map_err(|e| {
+                refuse_archive(
+                    Refusal::Unreadable,
+                    format!("an entry path is not valid: {e}"),
+                )
+            })?
             .into_owned();
         let shown = raw.display().to_string();
         let rel = clean_path(&raw, &shown)?;
@@ -180,8 +295,8 @@ fn extract(archive: impl Read, dest: &Path, limits: UnpackLimits) -> Result<()> 
                 let size = entry.size();
                 total = total.saturating_add(size);
                 if total > limits.max_bytes {
-                    return Err(Error::invalid(
-                        "archive",
+                    return Err(refuse_archive(
+                        Refusal::TooLarge,
                         format!("unpacks to more than {} bytes", limits.max_bytes),
                     ));
                 }
@@ -196,11 +311,21 @@ fn extract(archive: impl Read, dest: &Path, limits: UnpackLimits) -> Result<()> 
                     .create_new(true)
                     .mode(if exec { 0o755 } else { 0o644 })
                     .open(&path)
-                    .map_err(|e| refuse(&shown, format!("cannot be written: {e}")))?;
+                    .map_err(|e| {
+                        refuse(
+                            &shown,
+                            Refusal::NotWritable,
+                            format!("cannot be written: {e}"),
+                        )
+                    })?;
                 let copied = io::copy(&mut (&mut entry).take(size), &mut f)
                     .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
                 if copied != size {
-                    return Err(refuse(&shown, "is shorter than its header says"));
+                    return Err(refuse(
+                        &shown,
+                        Refusal::Truncated,
+                        "is shorter than its header says",
+                    ));
                 }
                 f.flush()
                     .and_then(|_| f.sync_all())
@@ -209,12 +334,13 @@ fn extract(archive: impl Read, dest: &Path, limits: UnpackLimits) -> Result<()> 
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name()
-                    .map_err(|e| refuse(&shown, format!("bad link target: {e}")))?
-                    .ok_or_else(|| refuse(&shown, "a symlink without a target"))?
+                    .map_err(|e| refuse(&shown, Refusal::BadLink, format!("bad link target: {e}")))?
+                    .ok_or_else(|| refuse(&shown, Refusal::BadLink, "a symlink without a target"))?
                     .into_owned();
                 if !link_stays_inside(&rel, &target) {
                     return Err(refuse(
                         &shown,
+                        Refusal::LinkOutside,
                         format!("symlink to {} points outside the package", target.display()),
                     ));
                 }
@@ -222,19 +348,27 @@ fn extract(archive: impl Read, dest: &Path, limits: UnpackLimits) -> Result<()> 
                     fs::create_dir_all(parent)
                         .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
                 }
-                std::os::unix::fs::symlink(&target, &path)
-                    .map_err(|e| refuse(&shown, format!("cannot be created: {e}")))?;
+                std::os::unix::fs::symlink(&target, &path).map_err(|e| {
+                    refuse(
+                        &shown,
+                        Refusal::NotWritable,
+                        format!("cannot be created: {e}"),
+                    )
+                })?;
             }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name()
-                    .map_err(|e| refuse(&shown, format!("bad link target: {e}")))?
-                    .ok_or_else(|| refuse(&shown, "a hard link without a target"))?
+                    .map_err(|e| refuse(&shown, Refusal::BadLink, format!("bad link target: {e}")))?
+                    .ok_or_else(|| {
+                        refuse(&shown, Refusal::BadLink, "a hard link without a target")
+                    })?
                     .into_owned();
                 let target_shown = target.display().to_string();
                 let trel = clean_path(&target, &target_shown).map_err(|_| {
                     refuse(
                         &shown,
+                        Refusal::LinkOutside,
                         format!("hard link to {target_shown} points outside the package"),
                     )
                 })?;
@@ -245,28 +379,40 @@ fn extract(archive: impl Read, dest: &Path, limits: UnpackLimits) -> Result<()> 
                     _ => {
                         return Err(refuse(
                             &shown,
+                            Refusal::BadLink,
                             format!(
                                 "hard link to {target_shown}, which is not a file extracted before it"
                             ),
                         ));
                     }
                 }
-                fs::hard_link(&tpath, &path)
-                    .map_err(|e| refuse(&shown, format!("cannot be created: {e}")))?;
+                fs::hard_link(&tpath, &path).map_err(|e| {
+                    refuse(
+                        &shown,
+                        Refusal::NotWritable,
+                        format!("cannot be created: {e}"),
+                    )
+                })?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
-                return Err(refuse(&shown, "is a device file"));
+                return Err(refuse(&shown, Refusal::DeviceFile, "is a device file"));
             }
-            tar::EntryType::Fifo => return Err(refuse(&shown, "is a fifo")),
+            tar::EntryType::Fifo => return Err(refuse(&shown, Refusal::Fifo, "is a fifo")),
             tar::EntryType::XGlobalHeader
             | tar::EntryType::XHeader
             | tar::EntryType::GNULongName
             | tar::EntryType::GNULongLink => {}
-            other => return Err(refuse(&shown, format!("has unsupported type {other:?}"))),
+            other => {
+                return Err(refuse(
+                    &shown,
+                    Refusal::UnsupportedEntry,
+                    format!("has unsupported type {other:?}"),
+                ));
+            }
         }
     }
     // Directories were made as their contents arrived; sync them all.
-    sync_tree(dest)
+    Ok(sync_tree(dest)?)
 }
 
 fn sync_tree(dir: &Path) -> Result<()> {

@@ -45,7 +45,7 @@ impl Call {
     /// As [`open`](Self::open), and with `silence` set, the request fails
     /// as soon as the node sends nothing for that long: its hello, or
     /// while it works, a frame or a heartbeat ([`Frame::Alive`], every
-    /// [`HEARTBEAT`]). A node that was killed or cut off mid-deploy is
+    /// [`HEARTBEAT`](super::HEARTBEAT)). A node that was killed or cut off mid-deploy is
     /// then reported ("stopped answering") after `silence`, not after
     /// the transport's idle timeout. A node of protocol version 1 sends
     /// no heartbeats: only its hello is watched.

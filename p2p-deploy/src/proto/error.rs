@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// What kind of error a request met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The caller may not do this (not an operator).
     Denied,
@@ -37,9 +38,9 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct RpcError {
-    /// What kind.
+    /// What kind of error: what a caller branches on.
     pub kind: ErrorKind,
-    /// For people.
+    /// What went wrong, for people: names the app, release, peer or chunk.
     pub message: String,
 }
 

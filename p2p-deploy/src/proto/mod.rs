@@ -4,10 +4,10 @@
 //! [`Connection`](p2p_core::Connection), framed with
 //! [`p2p_core::framing`] (u32 length + postcard):
 //!
-//! 1. The client sends its [`Hello`] for
+//! 1. The client sends its [`Hello`](p2p_core::framing::Hello) for
 //!    [`PROTOCOL`] and, without waiting, one [`Request`]; the server
 //!    answers with its hello (a version mismatch fails both sides with
-//!    [`Error::VersionMismatch`]).
+//!    [`Error::VersionMismatch`](p2p_core::Error::VersionMismatch)).
 //! 2. The server answers with zero or more progress frames
 //!    ([`Frame::Event`] during a deploy, [`Frame::Log`] for logs,
 //!    [`Frame::Chunk`] for chunk fetches) and ends with exactly one

@@ -56,6 +56,7 @@ impl Default for ActivateOptions {
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Request {
     /// Node info: id, name, labels, addresses, SDK version, apps.
     Info,
@@ -144,7 +145,7 @@ pub enum Request {
     },
     /// One chunk the seed (the controller) chooses: one the client lacks
     /// and the fleet holds fewest copies of. Answered with one
-    /// [`Frame::Chunk`]; [`ErrorKind::NotFound`] when there is nothing
+    /// [`Frame::Chunk`]; [`ErrorKind::NotFound`](super::ErrorKind::NotFound) when there is nothing
     /// left to give.
     FetchAny {
         /// The release.
@@ -202,19 +203,30 @@ pub enum Request {
 
 impl Request {
     /// Whether the request changes the node (only operators may send it).
+    ///
+    /// Every request is named here, with no catch-all: a new request does
+    /// not compile until someone decides whether non-operators may send it.
     pub fn is_mutating(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Request::Start { .. }
-                | Request::Stop { .. }
-                | Request::Restart { .. }
-                | Request::Switch { .. }
-                | Request::Rollback { .. }
-                | Request::Remove { .. }
-                | Request::Deploy { .. }
-                | Request::DeployRef { .. }
-                | Request::Fetch { .. }
-        )
+            | Request::Stop { .. }
+            | Request::Restart { .. }
+            | Request::Switch { .. }
+            | Request::Rollback { .. }
+            | Request::Remove { .. }
+            | Request::Deploy { .. }
+            | Request::DeployRef { .. }
+            | Request::Fetch { .. } => true,
+            Request::Info
+            | Request::List
+            | Request::Status { .. }
+            | Request::Logs { .. }
+            | Request::Catalog
+            | Request::Release { .. }
+            | Request::FetchChunks { .. }
+            | Request::FetchAny { .. }
+            | Request::Swarm { .. } => false,
+        }
     }
 
     /// A short name for logs and errors.
@@ -246,7 +258,7 @@ impl Request {
 pub struct Envelope {
     /// Milliseconds the server may spend on it.
     pub timeout_ms: u64,
-    /// The request.
+    /// What is asked; the deadline is `timeout_ms`.
     pub request: Request,
 }
 
@@ -285,6 +297,7 @@ pub struct HistoryEntry {
 /// How a deployment ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// The version passed its health gate and is active.
     Activated,
@@ -315,7 +328,7 @@ pub struct NodeInfo {
     pub addr: PeerAddr,
     /// The SDK version it runs.
     pub sdk_version: String,
-    /// Its apps.
+    /// Every app it has a record of, with status and history.
     pub apps: Vec<AppInfo>,
     /// The swarm peers it has scored, with any bans.
     pub peers: Vec<PeerScore>,
@@ -335,6 +348,7 @@ impl NodeInfo {
 /// Steps of a deploy on one node, streamed as they happen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DeployEvent {
     /// Signatures and version checks passed.
     Verified,
@@ -366,6 +380,7 @@ pub enum DeployEvent {
 /// The final answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Reply {
     /// For [`Request::Info`].
     Info(Box<NodeInfo>),
@@ -419,6 +434,7 @@ impl CatalogEntry {
 /// How a deploy, switch or rollback ended on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Activation {
     /// The version passed its gate and is active.
     Activated {
@@ -443,6 +459,7 @@ pub enum Activation {
 
 /// One frame from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Frame {
     /// Deploy progress.
     Event(DeployEvent),
@@ -464,14 +481,14 @@ pub enum Frame {
     /// The error; the request is over.
     Error(RpcError),
     /// Version 2 on: the server is still working on the request. Sent
-    /// every [`HEARTBEAT`]; [`Call`] reads past it.
+    /// every [`HEARTBEAT`]; [`Call`](super::Call) reads past it.
     Alive,
 }
 
 /// One peer's standing, as node info shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerScore {
-    /// The peer.
+    /// The peer scored, by its id.
     pub peer: PeerId,
     /// Its score: good chunks raise it, failures and bad chunks lower it.
     pub score: i32,

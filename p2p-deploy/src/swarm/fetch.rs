@@ -18,7 +18,7 @@ use super::session::{dial_peers, open_session};
 use super::sources::{BadChunks, orphan_chunk, usable_neighbors};
 use super::throttle::Throttle;
 use super::transfer::{BUSY_REST, NO_SOURCE_GRACE, SEED_GONE_GRACE, SEED_WAIT, Transfer};
-use crate::chunks::chunk_len;
+use crate::chunks::{ChunkError, chunk_len};
 use crate::proto::{Call, Frame, Reply, Request, unexpected};
 
 enum Fetched {
@@ -291,11 +291,11 @@ pub(crate) async fn fetch<H: Host>(
                                     progress(have);
                                 }
                             }
-                            Err(Error::Invalid { .. }) => {
+                            Err(ChunkError::OutOfRange { .. }) => {
                                 tracing::debug!(peer = %from.short(), index, "a chunk out of range");
                                 rep.corrupt(from);
                             }
-                            Err(e @ Error::BadSignature { .. }) | Err(e @ Error::Protocol { .. }) => {
+                            Err(e @ ChunkError::Corrupt { .. }) => {
                                 if bad.first_from(from) {
                                     tracing::warn!(peer = %from.short(), index, error = %e, "a bad chunk");
                                 } else {
@@ -310,7 +310,7 @@ pub(crate) async fn fetch<H: Host>(
                                     rep.corrupt(from);
                                 }
                             }
-                            Err(e) => {
+                            Err(ChunkError::Store(e)) => {
                                 t.close();
                                 return Err(e);
                             }

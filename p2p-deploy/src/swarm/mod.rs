@@ -6,24 +6,24 @@
 //! - The deploy request carries the release's descriptor (a hash per
 //!   chunk: 13 KB for 100 MB in 256 KiB chunks). Only the first
 //!   [`ControllerConfig::descriptor_copies`](crate::ControllerConfig::descriptor_copies)
-//!   targets get it whole; the others get [`Request::DeployRef`], take
-//!   the descriptor from two of those with [`Request::Release`], and ask
+//!   targets get it whole; the others get [`Request::DeployRef`](crate::proto::Request::DeployRef), take
+//!   the descriptor from two of those with [`Request::Release`](crate::proto::Request::Release), and ask
 //!   the controller only if neither has it after a few tries. Any copy is
 //!   checked against the release id, its hash. At 500 targets this keeps
 //!   6.5 MB of descriptors off the controller's uplink at the start.
 //! - The controller is the *seed*. A target asks it for "any chunk"
-//!   ([`Request::FetchAny`]) and the seed chooses one the target lacks
+//!   ([`Request::FetchAny`](crate::proto::Request::FetchAny)) and the seed chooses one the target lacks
 //!   and the fleet holds fewest copies of, serving a few at a time (two at
 //!   first, so that the first chunks arrive soon, then up to twelve). So
 //!   the seed's uplink, the scarcest resource at the start, sends every
 //!   chunk once before it sends any twice.
-//! - Each target opens *swarm sessions* ([`Request::Swarm`]) to peers
+//! - Each target opens *swarm sessions* ([`Request::Swarm`](crate::proto::Request::Swarm)) to peers
 //!   from the deploy's peer list until it has [`SwarmConfig::dial`]
 //!   neighbours, counting the sessions others opened to it: both sides
 //!   send their have-map ([`Bitfield`]) and then announce each chunk as it
 //!   arrives. The seed keeps a session with every target, so its choices
 //!   follow the fleet.
-//! - A target fetches from its neighbours with [`Request::FetchChunks`],
+//! - A target fetches from its neighbours with [`Request::FetchChunks`](crate::proto::Request::FetchChunks),
 //!   a few requests in flight per neighbour, the rarest chunk among its
 //!   neighbours first with random tie-breaks (the agent's seeded RNG);
 //!   neighbours that failed it or sent bad chunks are asked last. A
@@ -36,18 +36,18 @@
 //! - Every chunk is checked against the descriptor before it is stored or
 //!   served; a peer that sends a bad one, or fails requests repeatedly,
 //!   loses [`Reputation`] and is banned for a while past a threshold.
-//! - Chunks are kept in the [`ChunkStore`] as
+//! - Chunks are kept in the [`ChunkStore`](crate::chunks::ChunkStore) as
 //!   they arrive, so a transfer that is interrupted resumes where it was.
 //!   Once every chunk exists somewhere in the fleet, the seed may go away.
 //!
 //! # Finding and fetching releases
 //!
-//! Every agent answers [`Request::Catalog`] with the releases it holds
+//! Every agent answers [`Request::Catalog`](crate::proto::Request::Catalog) with the releases it holds
 //! (name, version, id, chunks held, installed, active), and
-//! [`Request::Release`] with a held release's descriptor and the
+//! [`Request::Release`](crate::proto::Request::Release) with a held release's descriptor and the
 //! signatures it arrived with. [`Controller::search`](crate::Controller::search)
 //! asks the whole fleet, by name (`web`) or prefix (`web*`) and a semver
-//! requirement; [`Request::Fetch`] (or
+//! requirement; [`Request::Fetch`](crate::proto::Request::Fetch) (or
 //! [`Controller::prefetch`](crate::Controller::prefetch)) has an agent
 //! take a release from the peers that hold it: the descriptor and
 //! signatures are checked against the agent's own trust store before a

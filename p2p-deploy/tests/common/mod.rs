@@ -1,5 +1,7 @@
-//! Helpers shared by the simulator tests: signed releases of random
-//! bytes, and a peer that serves corrupt chunks.
+//! Helpers shared by the simulator tests. Fleets, agents and releases
+//! come from `p2p-testkit`; what stays here tests the SDK itself rather
+//! than a deployment: a peer that serves corrupt chunks, and the versions
+//! of the fault campaign.
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
 use std::collections::BTreeSet;
@@ -7,43 +9,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_core::framing::Framed;
-use p2p_core::{Ed25519Signer, PeerAddr, PeerId, Provider, Signer, Timestamp};
+use p2p_core::{Ed25519Signer, PeerAddr, PeerId, Provider};
 use p2p_deploy::chunks::chunk_len;
 use p2p_deploy::proto::{Call, Envelope, Frame, MAX_FRAME, PROTOCOL, Reply, Request};
-use p2p_deploy::{
-    Agent, AgentConfig, AgentParts, Bitfield, Descriptor, Manifest, MemInstaller, Release,
-};
+use p2p_deploy::{AgentConfig, Bitfield, Descriptor, Release};
 use p2p_sim::{NodeConfig, Script, SimNet};
+use p2p_testkit::RandomRelease;
 
-/// Starts an agent with `cfg` on a new 100 Mbit/s node `name` of `net`,
-/// with the simulator's runtime, storage and clock and an in-memory
-/// installer; a restarted node runs a fresh agent on the same storage.
+/// Starts an agent with `cfg` on a new 100 Mbit/s node `name` of `net`
+/// ([`p2p_testkit::spawn_agent`]).
 pub fn spawn_agent(net: &SimNet, name: &str, cfg: AgentConfig) {
     spawn_agent_on(net, name, NodeConfig::default().mbit(100), cfg);
 }
 
 /// The same on a node configured as `node` (bandwidth, NAT).
 pub fn spawn_agent_on(net: &SimNet, name: &str, node: NodeConfig, cfg: AgentConfig) {
-    net.spawn_node(name, node, move |ctx| {
-        let cfg = cfg.clone();
-        async move {
-            let agent = Agent::new(
-                cfg,
-                AgentParts {
-                    provider: Arc::new(ctx.provider),
-                    runtime: ctx.runtime.clone(),
-                    storage: Arc::new(ctx.storage),
-                    installer: Arc::new(MemInstaller::new()),
-                    clock: Arc::new(ctx.clock),
-                    seed: ctx.seed,
-                },
-            );
-            if let Err(e) = agent.run().await {
-                tracing::warn!(error = %e, "agent stopped");
-            }
-        }
-    })
-    .unwrap();
+    p2p_testkit::spawn_agent(net, name, node, cfg).unwrap();
 }
 
 /// The publisher every simulated agent trusts.
@@ -59,26 +40,12 @@ pub async fn release_of(name: &str, version: &str, size: usize) -> Arc<Release> 
 }
 
 /// The same, with `extra` appended to the manifest (a `[health]` table).
+/// Versions of one name and size share their bytes.
 pub async fn release_with(name: &str, version: &str, size: usize, extra: &str) -> Arc<Release> {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(size as u64 + name.len() as u64);
-    let mut bytes = vec![0u8; size];
-    rng.fill(&mut bytes[..]);
-    let chunk_size = 64 * 1024;
-    let h = p2p_deploy::package::hash_archive(&bytes[..], chunk_size).unwrap();
-    let d = Descriptor {
-        manifest: Manifest::parse(&format!(
-            "name = \"{name}\"\nversion = \"{version}\"\nentrypoint = \"run\"\n{extra}"
-        ))
-        .unwrap(),
-        archive_size: h.len,
-        archive_sha256: h.sha256,
-        chunk_size,
-        chunks: h.chunks,
-        created_at: Timestamp(0),
-    };
-    let sig = publisher().sign(&d.signing_message()).await.unwrap();
-    Arc::new(Release::from_parts(d, vec![sig], bytes).unwrap())
+    RandomRelease::new(name, version, size)
+        .manifest(extra)
+        .seed(size as u64 + name.len() as u64)
+        .sign(&publisher())
 }
 
 /// A node that claims every chunk of `d` and serves garbage: it opens a

@@ -274,7 +274,9 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             json,
         } => {
             let store = TrustStore::load(&trust)?.with_threshold(threshold);
-            let result = PackageFile::open(&package).and_then(|p| p.verify(&store).map(|k| (p, k)));
+            let result = PackageFile::open(&package)
+                .map_err(p2p_deploy::VerifyError::from)
+                .and_then(|p| p.verify(&store).map(|k| (p, k)));
             match result {
                 Ok((pkg, keys)) => {
                     let keys: Vec<String> =

@@ -10,9 +10,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use p2p_core::{LogSelection, LogStream, NodeKey, PeerAddr, PeerId, PreSharedKey};
-use p2p_deploy::controller::{
-    BatchSize, FailureLimit, NodeResult, NodeView, Plan, Release, RolloutPlan,
-};
+use p2p_deploy::Release;
+use p2p_deploy::controller::{BatchSize, FailureLimit, NodeResult, NodeView, Plan, RolloutPlan};
 use p2p_deploy::proto::{Activation, Reply, Request};
 use p2p_deploy::{ActivateOptions, Controller, ControllerConfig, NodeInfo, PackageFile, Selector};
 use p2p_examples::net::{self, Backend, NetOptions, Reach, Relays};
@@ -505,13 +504,7 @@ async fn pick(ctl: &Controller, targets: &Targets) -> Result<(Vec<NodeView>, Vec
         .iter()
         .map(|s| resolve(&views, s))
         .collect::<Result<Vec<_>>>()?;
-    let every = Selector::default();
-    let selector = match (&targets.selector, ids.is_empty()) {
-        (Some(sel), _) => Some(sel),
-        (None, true) => Some(&every),
-        (None, false) => None,
-    };
-    let chosen = Controller::select(&views, selector, &ids)?;
+    let chosen = Controller::select(&views, targets.selector.as_ref(), &ids)?;
     Ok((views, chosen))
 }
 
@@ -810,7 +803,7 @@ async fn run_with(
             }
             let names: BTreeMap<PeerId, String> =
                 chosen.iter().map(|n| (n.id, n.label())).collect();
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
             let deploy = ctl.deploy(release, &chosen, &rollout, tx);
             let mut view = DeployView::new(names.clone(), ViewStyle::auto(s.json));
             let show = async {
@@ -1041,6 +1034,7 @@ fn activation_text(a: &Activation) -> String {
             Some(v) => format!("rolled back to {v}: {reason}"),
             None => format!("stopped: {reason}"),
         },
+        other => format!("{other:?}"),
     }
 }
 

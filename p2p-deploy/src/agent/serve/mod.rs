@@ -103,8 +103,10 @@ impl Agent {
             }
             Request::Remove { app, version } => self.remove(&app, version.as_ref()).await,
             request @ (Request::Deploy { .. } | Request::DeployRef { .. }) => {
-                self.deploy_request(request, conn, events.as_ref(), timeout)
-                    .await
+                // The deploy's typed error becomes the wire's here.
+                Ok(self
+                    .deploy_request(request, conn, events.as_ref(), timeout)
+                    .await?)
             }
             Request::Catalog => Ok(Reply::Catalog(self.catalog().await.map_err(rpc)?)),
             Request::Release { package } => {
@@ -127,10 +129,9 @@ impl Agent {
                     signatures,
                 })
             }
-            Request::Fetch { package, from } => {
-                self.fetch_release(&package, from, events.as_ref(), timeout)
-                    .await
-            }
+            Request::Fetch { package, from } => Ok(self
+                .fetch_release(&package, from, events.as_ref(), timeout)
+                .await?),
             Request::Logs { .. }
             | Request::FetchChunks { .. }
             | Request::Swarm { .. }

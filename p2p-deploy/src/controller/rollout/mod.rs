@@ -24,17 +24,17 @@ pub use report::{NodeResult, Progress, RolloutReport};
 
 impl Controller {
     /// Deploys `release` to `targets` by `plan`, sending progress to
-    /// `events` (which may be dropped: progress is then discarded).
+    /// `events`. The channel is bounded: the rollout waits while it is
+    /// full, so read it promptly, or drop the receiver (progress is then
+    /// discarded). A channel of a few hundred events keeps a rollout of
+    /// thousands of nodes from ever waiting on a reader that keeps up.
     pub async fn deploy(
         &self,
         release: Arc<Release>,
         targets: &[NodeInfo],
         plan: &RolloutPlan,
-        events: mpsc::UnboundedSender<Progress>,
+        events: mpsc::Sender<Progress>,
     ) -> RolloutReport {
-        let send = |p: Progress| {
-            let _ = events.send(p);
-        };
         let m = &release.descriptor.manifest;
         let _serving = Serving::new(&self.releases, &release, self.cfg.seed);
         let mut report = RolloutReport {
@@ -48,9 +48,28 @@ impl Controller {
             rolled_back: Vec::new(),
             rollback_failed: BTreeMap::new(),
         };
-        send(Progress::Selected {
-            nodes: targets.iter().map(|t| t.id).collect(),
-        });
+        emit(
+            &events,
+            Progress::Selected {
+                nodes: targets.iter().map(|t| t.id).collect(),
+            },
+        )
+        .await;
+        if targets.is_empty() {
+            // Nothing deployed is no success: a selector that matched no
+            // node is a mistake the caller should hear about.
+            let reason = "no target nodes: the selection matched no node".to_string();
+            emit(
+                &events,
+                Progress::Halted {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            report.halted = Some(reason);
+            emit(&events, Progress::Done(report.clone())).await;
+            return report;
+        }
         let total = targets.len();
         let limit = plan.max_failures.of(total);
         let batches = batches(targets, plan.plan);
@@ -60,11 +79,18 @@ impl Controller {
         // lost connection): they may have activated anyway.
         let mut uncertain: Vec<NodeInfo> = Vec::new();
         let mut holders: Vec<PeerAddr> = Vec::new();
+        // The nodes that failed so far, by name (else short id), for the
+        // halt's reason.
+        let mut failed_names: Vec<String> = Vec::new();
         for (index, batch) in batches.iter().enumerate() {
-            send(Progress::Batch {
-                index,
-                nodes: batch.iter().map(|t| t.id).collect(),
-            });
+            emit(
+                &events,
+                Progress::Batch {
+                    index,
+                    nodes: batch.iter().map(|t| t.id).collect(),
+                },
+            )
+            .await;
             // Swarm peers: the nodes that took the release in earlier
             // batches, and this batch.
             let candidates: Vec<PeerAddr> = holders
@@ -89,10 +115,14 @@ impl Controller {
                         .await;
                     // Reported as soon as this node is done, not when its
                     // batch is.
-                    let _ = events.send(Progress::NodeDone {
-                        node: t.id,
-                        result: result.clone(),
-                    });
+                    emit(
+                        &events,
+                        Progress::NodeDone {
+                            node: t.id,
+                            result: result.clone(),
+                        },
+                    )
+                    .await;
                     (t, (result, previous))
                 }
             }))
@@ -101,6 +131,7 @@ impl Controller {
             for (t, (result, previous)) in results {
                 if result.is_failure() {
                     batch_failed += 1;
+                    failed_names.push(t.label());
                 }
                 if !matches!(result, NodeResult::Failed { .. }) {
                     holders.push(t.addr.clone());
@@ -120,14 +151,19 @@ impl Controller {
             let canary_failed =
                 matches!(plan.plan, Plan::Canary { .. }) && index == 0 && batch_failed > 0;
             if canary_failed || failures > limit {
+                let names = failed_names.join(", ");
                 let reason = if canary_failed {
-                    format!("{batch_failed} canary node(s) failed")
+                    format!("{batch_failed} canary node(s) failed: {names}")
                 } else {
-                    format!("{failures} node(s) failed, more than the {limit} allowed")
+                    format!("{failures} node(s) failed, more than the {limit} allowed: {names}")
                 };
-                send(Progress::Halted {
-                    reason: reason.clone(),
-                });
+                emit(
+                    &events,
+                    Progress::Halted {
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
                 report.halted = Some(reason);
                 break;
             }
@@ -165,17 +201,25 @@ impl Controller {
             for (t, previous, r) in rolled {
                 match r {
                     Ok(Reply::Activation(Activation::Activated { version, .. })) => {
-                        send(Progress::RolledBack {
-                            node: t.id,
-                            to: Some(version),
-                        });
+                        emit(
+                            &events,
+                            Progress::RolledBack {
+                                node: t.id,
+                                to: Some(version),
+                            },
+                        )
+                        .await;
                         report.rolled_back.push(t.id);
                     }
                     Ok(Reply::App(_)) if previous.is_none() => {
-                        send(Progress::RolledBack {
-                            node: t.id,
-                            to: None,
-                        });
+                        emit(
+                            &events,
+                            Progress::RolledBack {
+                                node: t.id,
+                                to: None,
+                            },
+                        )
+                        .await;
                         report.rolled_back.push(t.id);
                     }
                     other => {
@@ -189,17 +233,21 @@ impl Controller {
                             Ok(other) => format!("unexpected answer {other:?}"),
                             Err(e) => e.to_string(),
                         };
-                        tracing::warn!(node = %t.id.short(), %error, "rollback failed");
-                        send(Progress::RollbackFailed {
-                            node: t.id,
-                            error: error.clone(),
-                        });
+                        tracing::warn!(node = %t.label(), %error, "rollback failed");
+                        emit(
+                            &events,
+                            Progress::RollbackFailed {
+                                node: t.id,
+                                error: error.clone(),
+                            },
+                        )
+                        .await;
                         report.rollback_failed.insert(t.id, error);
                     }
                 }
             }
         }
-        send(Progress::Done(report.clone()));
+        emit(&events, Progress::Done(report.clone())).await;
         report
     }
 
@@ -238,12 +286,9 @@ impl Controller {
         options: &ActivateOptions,
         from: Option<Vec<PeerAddr>>,
         peers: Vec<PeerAddr>,
-        events: &mpsc::UnboundedSender<Progress>,
+        events: &mpsc::Sender<Progress>,
     ) -> (NodeResult, Option<semver::Version>) {
         let id = node.id;
-        let send = |p: Progress| {
-            let _ = events.send(p);
-        };
         let run = async {
             let conn = self.connect(&node.addr).await?;
             let request = match from {
@@ -261,32 +306,38 @@ impl Controller {
                     peers,
                 },
             };
-            let c = Call::open_watched(
+            let mut c = Call::open_watched(
                 &conn,
                 request,
                 self.cfg.deploy_timeout,
                 self.cfg.node_silence,
             )
             .await?;
-            c.finish(|f| match f {
-                Frame::Event(e) => send(match e {
-                    DeployEvent::Transfer { bytes, total } => Progress::Transfer {
-                        node: id,
-                        bytes,
-                        total,
+            loop {
+                let p = match c.next().await? {
+                    Frame::Done(reply) => return Ok::<_, p2p_core::Error>(reply),
+                    Frame::Event(e) => match e {
+                        DeployEvent::Transfer { bytes, total } => Progress::Transfer {
+                            node: id,
+                            bytes,
+                            total,
+                        },
+                        DeployEvent::Installed => Progress::Installed { node: id },
+                        DeployEvent::Started => Progress::Started { node: id },
+                        DeployEvent::HealthPassed => Progress::HealthPassed { node: id },
+                        DeployEvent::HealthFailed { reason } => {
+                            Progress::HealthFailed { node: id, reason }
+                        }
+                        DeployEvent::RolledBack { to } => Progress::RolledBack { node: id, to },
+                        DeployEvent::Verified => continue,
                     },
-                    DeployEvent::Installed => Progress::Installed { node: id },
-                    DeployEvent::Started => Progress::Started { node: id },
-                    DeployEvent::HealthPassed => Progress::HealthPassed { node: id },
-                    DeployEvent::HealthFailed { reason } => {
-                        Progress::HealthFailed { node: id, reason }
+                    other => {
+                        tracing::debug!(node = %id.short(), "ignored frame {other:?}");
+                        continue;
                     }
-                    DeployEvent::RolledBack { to } => Progress::RolledBack { node: id, to },
-                    DeployEvent::Verified => return,
-                }),
-                other => tracing::debug!(node = %id.short(), "ignored frame {other:?}"),
-            })
-            .await
+                };
+                emit(events, p).await;
+            }
         };
         match run.await {
             Ok(Reply::Activation(Activation::Activated { previous, .. })) => {
@@ -312,4 +363,10 @@ impl Controller {
             ),
         }
     }
+}
+
+/// Sends `p` to a rollout's progress channel, waiting while it is full; a
+/// receiver that went away is no error (progress is then discarded).
+async fn emit(events: &mpsc::Sender<Progress>, p: Progress) {
+    let _ = events.send(p).await;
 }

@@ -9,6 +9,7 @@ use crate::proto::{ActivateOptions, NodeInfo};
 /// How many nodes per batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BatchSize {
     /// A number of nodes (at least 1).
     Nodes(usize),
@@ -28,6 +29,7 @@ impl BatchSize {
 /// How targets are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Plan {
     /// Every target at once.
     All,
@@ -49,6 +51,7 @@ pub enum Plan {
 /// How many failures a rollout tolerates before it halts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FailureLimit {
     /// At most this many failed nodes.
     Count(usize),
@@ -68,7 +71,7 @@ impl FailureLimit {
 /// A rollout's plan and policies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutPlan {
-    /// Batching.
+    /// How targets are batched: all at once, rolling, or canary first.
     pub plan: Plan,
     /// Failures tolerated; one more halts the rollout. Default 0.
     pub max_failures: FailureLimit,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// How one node's deploy ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum NodeResult {
     /// Activated.
     Activated,
@@ -41,6 +42,7 @@ impl NodeResult {
 /// Progress of a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Progress {
     /// The targets, in the order they will be taken.
     Selected {
@@ -135,8 +137,11 @@ pub struct RolloutReport {
 }
 
 impl RolloutReport {
-    /// Completed with every node on the new version (or already on it).
+    /// Completed with every node on the new version (or already on it),
+    /// and at least one node: a rollout to no node is no success.
     pub fn is_success(&self) -> bool {
-        self.halted.is_none() && self.nodes.values().all(|r| !r.is_failure())
+        self.halted.is_none()
+            && !self.nodes.is_empty()
+            && self.nodes.values().all(|r| !r.is_failure())
     }
 }

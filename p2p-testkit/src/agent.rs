@@ -1,0 +1,62 @@
+//! One simulated node running the real [`Agent`].
+
+use std::sync::Arc;
+
+use p2p_deploy::{Agent, AgentConfig, AgentParts, MemInstaller};
+use p2p_sim::{NodeConfig, SimNet};
+
+/// Changes the parts an agent is composed of on one node (its storage,
+/// its installer, ...), given the node's name and the parts the kit made.
+pub type PartsHook = Arc<dyn Fn(&str, AgentParts) -> AgentParts + Send + Sync>;
+
+/// Starts an [`Agent`] with `cfg` on a new node `name` of `net`,
+/// configured as `node` (bandwidth, NAT, LAN, key). The agent runs on the
+/// simulator's provider, processes ([`SimRuntime`](p2p_sim::SimRuntime),
+/// scripted by [`SimNet::scripts`]), storage and clock, with an in-memory
+/// installer ([`MemInstaller`]). After [`SimNet::crash`] and
+/// [`SimNet::restart`] the node runs a fresh agent on the same storage,
+/// as a real node does after a reboot.
+///
+/// This is what [`Fleet`](crate::Fleet) does for each of its agents; call
+/// it to add agents to a network built some other way.
+///
+/// # Errors
+/// A node called `name` exists already.
+pub fn spawn_agent(
+    net: &SimNet,
+    name: &str,
+    node: NodeConfig,
+    cfg: AgentConfig,
+) -> p2p_core::Result<()> {
+    spawn_agent_with(net, name, node, cfg, None)
+}
+
+/// [`spawn_agent`], with the parts changed by `parts` when given.
+pub(crate) fn spawn_agent_with(
+    net: &SimNet,
+    name: &str,
+    node: NodeConfig,
+    cfg: AgentConfig,
+    parts: Option<PartsHook>,
+) -> p2p_core::Result<()> {
+    net.spawn_node(name, node, move |ctx| {
+        let cfg = cfg.clone();
+        let hook = parts.clone();
+        async move {
+            let mut agent_parts = AgentParts {
+                provider: Arc::new(ctx.provider),
+                runtime: ctx.runtime.clone(),
+                storage: Arc::new(ctx.storage),
+                installer: Arc::new(MemInstaller::new()),
+                clock: Arc::new(ctx.clock),
+                seed: ctx.seed,
+            };
+            if let Some(hook) = hook {
+                agent_parts = hook(&ctx.name, agent_parts);
+            }
+            if let Err(e) = Agent::new(cfg, agent_parts).run().await {
+                tracing::warn!(node = %ctx.name, error = %e, "agent stopped");
+            }
+        }
+    })
+}
