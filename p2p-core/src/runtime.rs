@@ -28,7 +28,7 @@ pub struct AppSpec {
     pub workdir: PathBuf,
     /// Program to run.
     pub entrypoint: String,
-    /// Arguments.
+    /// Arguments passed to the program.
     pub args: Vec<String>,
     /// Environment added to a clean base environment.
     pub env: BTreeMap<String, String>,
@@ -40,7 +40,7 @@ pub struct AppSpec {
     pub health: Option<HealthCheckSpec>,
     /// What to do when the app exits.
     pub restart: RestartPolicy,
-    /// Resource limits.
+    /// Memory and CPU limits to apply (what was applied is in the status).
     pub limits: ResourceLimits,
     /// How long `stop` waits after TERM before KILL.
     pub stop_grace: Duration,
@@ -89,7 +89,7 @@ pub enum HealthProbe {
     Exec {
         /// Program.
         command: String,
-        /// Arguments.
+        /// Arguments passed to the program.
         args: Vec<String>,
     },
 }
@@ -97,7 +97,7 @@ pub enum HealthProbe {
 /// A health check: a probe and its schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheckSpec {
-    /// The probe.
+    /// What is probed: the process, a TCP port, an HTTP URL or a command.
     pub probe: HealthProbe,
     /// Time between probes.
     pub interval: Duration,
