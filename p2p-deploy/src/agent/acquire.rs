@@ -53,7 +53,7 @@ impl swarm::Host for Agent {
     }
 
     fn reputation(&self) -> &Reputation {
-        &self.inner.reputation
+        &self.inner.swarm.reputation
     }
 
     fn swarm_config(&self) -> &SwarmConfig {
@@ -61,7 +61,7 @@ impl swarm::Host for Agent {
     }
 
     fn download_limit(&self) -> Option<Arc<Throttle>> {
-        self.inner.download.clone()
+        self.inner.swarm.download.clone()
     }
 
     fn local_id(&self) -> PeerId {
@@ -69,7 +69,7 @@ impl swarm::Host for Agent {
     }
 
     fn random(&self, n: usize) -> usize {
-        rand::RngExt::random_range(&mut *lock(&self.inner.rng), 0..n.max(1))
+        self.inner.swarm.random(n)
     }
 
     fn spawn(&self, f: BoxFuture<'static, ()>) {
@@ -105,11 +105,11 @@ impl Agent {
     /// before storing the release, so that no session finds the release
     /// without finding the transfer.
     pub(super) async fn transfer(&self, d: &Descriptor) -> Result<Arc<Transfer>> {
-        if let Some(t) = lock(&self.inner.transfers).get(&d.id()).cloned() {
+        if let Some(t) = self.inner.swarm.receiving(&d.id()) {
             return Ok(t);
         }
         let t = Transfer::from_store(d.clone(), &self.inner.chunks).await?;
-        Ok(lock(&self.inner.transfers)
+        Ok(lock(&self.inner.swarm.transfers)
             .entry(d.id())
             .or_insert(t)
             .clone())
@@ -130,7 +130,7 @@ impl Agent {
         impl Drop for Unregister<'_> {
             fn drop(&mut self) {
                 let t = &self.1;
-                let mut transfers = lock(&self.0.inner.transfers);
+                let mut transfers = lock(&self.0.inner.swarm.transfers);
                 if transfers.get(&t.id).is_some_and(|r| Arc::ptr_eq(r, t)) {
                     transfers.remove(&t.id);
                 }
@@ -313,7 +313,7 @@ impl Agent {
         addr: &PeerAddr,
         wait: Duration,
     ) -> Res<(Descriptor, Vec<p2p_core::Signature>)> {
-        if self.inner.reputation.is_banned(&addr.id) {
+        if self.inner.swarm.reputation.is_banned(&addr.id) {
             return Err(RpcError::new(
                 ErrorKind::Denied,
                 format!("peer {} is banned here", addr.id.short()),
@@ -363,7 +363,7 @@ impl Agent {
         match Descriptor::from_bytes(&bytes) {
             Ok(d) if d.id() == *package => Ok((d, signatures)),
             Ok(d) => {
-                self.inner.reputation.corrupt(id);
+                self.inner.swarm.reputation.corrupt(id);
                 Err(RpcError::new(
                     ErrorKind::Corrupt,
                     format!(
@@ -373,7 +373,7 @@ impl Agent {
                 ))
             }
             Err(e) => {
-                self.inner.reputation.corrupt(id);
+                self.inner.swarm.reputation.corrupt(id);
                 Err(RpcError::new(
                     ErrorKind::Corrupt,
                     format!("peer {peer} sent a descriptor that does not decode: {e}"),
@@ -460,8 +460,8 @@ impl Agent {
     /// The transfer a swarm session is about: the registered one (a
     /// fetch in progress), or one over the chunks held of a kept release.
     pub(super) async fn transfer_for(&self, package: &PackageId) -> Res<Arc<Transfer>> {
-        if let Some(t) = lock(&self.inner.transfers).get(package) {
-            return Ok(t.clone());
+        if let Some(t) = self.inner.swarm.receiving(package) {
+            return Ok(t);
         }
         let d = self
             .inner
@@ -492,6 +492,7 @@ impl Agent {
         };
         let provider = &*self.inner.parts.provider;
         self.inner
+            .swarm
             .dialed
             .connect(provider, &addr, Duration::from_secs(10), serve)
             .await

@@ -20,7 +20,7 @@ impl Agent {
             addr: p.local_addr(),
             sdk_version: SDK_VERSION.to_string(),
             apps: self.apps().await?,
-            peers: self.inner.reputation.snapshot(),
+            peers: self.inner.swarm.reputation.snapshot(),
         })
     }
 

@@ -65,10 +65,8 @@ use tokio::task::JoinSet;
 
 use crate::chunks::ChunkStore;
 use crate::install::Installer;
-use crate::package::PackageId;
-use crate::pool::Pool;
 use crate::proto::{DeployEvent, ErrorKind, Frame, Reply, Request, RpcError};
-use crate::swarm::{Reputation, SwarmConfig, Throttle, Transfer};
+use crate::swarm::{Reputation, SwarmConfig, SwarmPeer};
 use crate::trust::TrustStore;
 pub use error::DeployError;
 pub use gate::{GateFailure, GateStep, HealthGate};
@@ -200,11 +198,8 @@ struct Inner {
     parts: AgentParts,
     chunks: ChunkStore,
     locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Releases being received, for the sessions about them.
-    transfers: Mutex<BTreeMap<PackageId, Arc<Transfer>>>,
-    reputation: Reputation,
-    /// Caps on chunk bytes served and fetched.
-    upload: Option<Arc<Throttle>>,
+    /// The node's part in swarm transfers.
+    swarm: SwarmPeer,
     /// Chunk requests being served, in all and per peer.
     upload_slots: UploadSlots,
     /// Read-only requests per peer ([`AgentConfig::request_rate`]).
@@ -214,13 +209,9 @@ struct Inner {
     /// Changes refused as not an operator's, logged once per peer per
     /// period (any admitted peer can send them).
     denied: p2p_core::ratelog::LogLimiter,
-    download: Option<Arc<Throttle>>,
-    rng: Mutex<rand_chacha::ChaCha8Rng>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
     background: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
     background_rx: Mutex<Option<mpsc::UnboundedReceiver<BoxFuture<'static, ()>>>>,
-    /// Connections this agent dialed to swarm peers.
-    dialed: Pool,
 }
 
 /// Where deploy progress goes (the request stream, if the caller is still
@@ -236,24 +227,18 @@ fn emit(events: Option<&Events>, e: DeployEvent) {
 impl Agent {
     /// An agent over `parts`; [`run`](Self::run) starts it.
     pub fn new(cfg: AgentConfig, parts: AgentParts) -> Self {
-        use rand::SeedableRng;
         let chunks = ChunkStore::new(parts.storage.clone());
         let (background, background_rx) = mpsc::unbounded_channel();
         Agent {
             inner: Arc::new(Inner {
-                reputation: Reputation::new(cfg.swarm.reputation.clone()),
-                upload: cfg.swarm.upload_limit.map(|r| Arc::new(Throttle::new(r))),
+                swarm: SwarmPeer::new(&cfg.swarm, parts.seed),
                 upload_slots: UploadSlots::new(cfg.swarm.upload_slots),
-                download: cfg.swarm.download_limit.map(|r| Arc::new(Throttle::new(r))),
-                rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(parts.seed)),
                 cfg,
                 parts,
                 chunks,
                 locks: Mutex::new(BTreeMap::new()),
-                transfers: Mutex::new(BTreeMap::new()),
                 background,
                 background_rx: Mutex::new(Some(background_rx)),
-                dialed: Pool::default(),
                 rates: Mutex::default(),
                 over_rate: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
                 denied: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
@@ -268,7 +253,7 @@ impl Agent {
 
     /// Swarm peers' scores and bans.
     pub fn reputation(&self) -> &Reputation {
-        &self.inner.reputation
+        &self.inner.swarm.reputation
     }
 
     /// Recovers from a previous run, then serves the protocol and

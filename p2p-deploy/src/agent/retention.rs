@@ -99,7 +99,8 @@ impl Agent {
             return Ok(Vec::new());
         };
         let installed: BTreeSet<PackageId> = rec.installed.values().copied().collect();
-        let fetching: BTreeSet<PackageId> = lock(&self.inner.transfers).keys().copied().collect();
+        let fetching: BTreeSet<PackageId> =
+            lock(&self.inner.swarm.transfers).keys().copied().collect();
         Ok(self
             .inner
             .chunks

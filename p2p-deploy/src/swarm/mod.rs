@@ -74,6 +74,7 @@
 mod config;
 mod fetch;
 mod host;
+mod peer;
 mod reputation;
 mod schedule;
 mod seed;
@@ -86,6 +87,7 @@ pub use crate::proto::{Bitfield, PeerScore};
 pub use config::SwarmConfig;
 pub(crate) use fetch::fetch;
 pub(crate) use host::Host;
+pub(crate) use peer::SwarmPeer;
 pub use reputation::{Reputation, ReputationPolicy};
 pub(crate) use seed::Seed;
 pub(crate) use session::serve_session;

@@ -314,7 +314,7 @@ impl Agent {
             Err(e) => return Frame::Error(rpc(e)),
         };
         let chunks = &self.inner.chunks;
-        let (d, cap) = (&d, self.inner.upload.as_deref());
+        let (d, cap) = (&d, self.inner.swarm.upload.as_deref());
         send_chunks(framed, package, indexes, |i| async move {
             // Under an upload cap, a chunk whose turn would come after the
             // request's deadline is refused as busy at once (the client
