@@ -213,7 +213,8 @@ async fn fifty_nodes_with_each_plan() {
     let rolling = plan(Plan::Rolling {
         batch: BatchSize::Nodes(10),
     });
-    let (tx, mut rx) = mpsc::channel(1024);
+    // Read after the rollout: room for every event.
+    let (tx, mut rx) = mpsc::channel(16 * 1024);
     let report = ctl.deploy(v2, &t, &rolling, tx).await;
     assert!(report.is_success(), "{report:?}");
     let batches = std::iter::from_fn(|| rx.try_recv().ok())

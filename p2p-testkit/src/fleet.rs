@@ -163,9 +163,16 @@ impl FleetBuilder {
     /// node from now on), then the controller on node [`CONTROLLER`].
     ///
     /// # Panics
-    /// Outside a current-thread tokio runtime with paused time, or when
-    /// two nodes have the same name.
+    /// Outside a current-thread tokio runtime with paused time, when two
+    /// nodes have the same name, or when an agent is named
+    /// [`CONTROLLER`] (the controller's node).
     pub fn build(self) -> Fleet {
+        if let Some(node) = self.agents.iter().find(|n| n.name == CONTROLLER) {
+            panic!(
+                "an agent is named {:?}, the name of the controller's node: pick another name",
+                node.name
+            );
+        }
         let net = SimNet::builder(self.seed).default_link(self.link).build();
         let signer = self
             .signer
@@ -453,7 +460,8 @@ impl Fleet {
     /// runs, by name: the version it keeps active, when its runtime
     /// reports a live process of that version; `None` when the app is not
     /// installed, not running, or a process of another version runs.
-    /// Agents that do not answer are left out.
+    /// Agents that do not answer are left out: compare the count with
+    /// [`agents`](Self::agents) when every node should answer.
     pub async fn running(&self, app: &str) -> BTreeMap<String, Option<String>> {
         self.infos()
             .await

@@ -46,7 +46,9 @@
 //!     // The rest runs v2; once healed, zone b is on v1 still.
 //!     fleet.heal();
 //!     fleet.run_for(Duration::from_secs(60)).await;
-//!     for (name, version) in fleet.running("web").await {
+//!     let running = fleet.running("web").await;
+//!     assert_eq!(running.len(), 12, "every node answers once healed");
+//!     for (name, version) in running {
 //!         let want = if zone_b.contains(&name) { "1.0.0" } else { "2.0.0" };
 //!         assert_eq!(version.as_deref(), Some(want), "{name}");
 //!     }
@@ -113,8 +115,10 @@
 //! opt-level = 2
 //! ```
 //!
-//! The kit re-exports [`p2p_core`], [`p2p_deploy`] and [`p2p_sim`], so a
-//! test needs only this crate as a dev-dependency.
+//! The kit re-exports [`p2p_core`], [`p2p_deploy`] and [`p2p_sim`]
+//! (`p2p_testkit::p2p_deploy::RolloutPlan`), so a test needs this crate
+//! and, for `#[tokio::test(start_paused = true)]`, tokio with the
+//! `macros`, `rt` and `test-util` features (or [`block_on`] without it).
 
 // The crates a fleet is made of, so that a test needs one dependency.
 pub use p2p_core;

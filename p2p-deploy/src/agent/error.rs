@@ -11,12 +11,14 @@ use crate::package::{FormatError, PackageId};
 use crate::proto::{ErrorKind, RpcError};
 use crate::trust::VerifyError;
 
-/// Why a deploy, or a fetch of a release, did not happen.
+/// Why a deploy, or a fetch of a release, did not happen. The agent's
+/// deploy and fetch paths return it; [`Agent::handle`](crate::Agent::handle)
+/// answers with the [`RpcError`] it converts to (same kind and message).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeployError {
     /// The descriptor sent does not decode.
-    #[error("the release's descriptor is malformed: {0}")]
+    #[error(transparent)]
     Malformed(#[from] FormatError),
     /// The release's signatures do not satisfy the trust store.
     #[error("{release}: {source}")]
@@ -29,7 +31,7 @@ pub enum DeployError {
     /// The release would go below a version installed here.
     #[error("{app}: {source}")]
     Downgrade {
-        /// The app.
+        /// The app's name.
         app: String,
         /// The refusal ([`VerifyError::Downgrade`]).
         source: VerifyError,

@@ -67,7 +67,7 @@ pub enum GateFailure {
     },
     /// The app failed, stopped or is backing off.
     Down {
-        /// Its state.
+        /// The state the runtime reported.
         state: AppState,
         /// The last exit, if the runtime reported one.
         exit: Option<ExitStatus>,
@@ -76,7 +76,7 @@ pub enum GateFailure {
     },
     /// The gate's time limit passed before the app proved itself.
     TimedOut {
-        /// The limit.
+        /// The time limit the gate was given.
         limit: Duration,
         /// The app's state at the end.
         state: AppState,
@@ -205,7 +205,10 @@ impl HealthGate {
             settle: options.settle,
             limit,
             poll,
-            deadline: now + limit,
+            // A limit too far out to add is no limit at all.
+            deadline: now
+                .checked_add(limit)
+                .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400)),
             up_since: None,
             failed_probe: None,
         }

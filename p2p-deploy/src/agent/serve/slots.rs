@@ -28,8 +28,9 @@ pub(crate) struct UploadSlots {
 
 /// One upload slot, held by a peer until dropped.
 pub(crate) struct UploadSlot<'a> {
-    _all: SemaphorePermit<'a>,
+    // Dropped in this order: the peer's slot, then the node's.
     _mine: PeerSlot<'a>,
+    _all: SemaphorePermit<'a>,
 }
 
 impl UploadSlots {
@@ -54,8 +55,8 @@ impl UploadSlots {
             .try_acquire()
             .map_err(|_| format!("this node is serving {} chunk requests already", self.total))?;
         Ok(UploadSlot {
-            _all: all,
             _mine: mine,
+            _all: all,
         })
     }
 }

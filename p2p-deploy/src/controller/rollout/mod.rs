@@ -24,10 +24,14 @@ pub use report::{NodeResult, Progress, RolloutReport};
 
 impl Controller {
     /// Deploys `release` to `targets` by `plan`, sending progress to
-    /// `events`. The channel is bounded: the rollout waits while it is
-    /// full, so read it promptly, or drop the receiver (progress is then
-    /// discarded). A channel of a few hundred events keeps a rollout of
-    /// thousands of nodes from ever waiting on a reader that keeps up.
+    /// `events`. The channel is bounded: the rollout-level events
+    /// (selection, batches, each node's result, a halt, the end) wait
+    /// while it is full; a node's own progress (transfer, install, health)
+    /// is dropped when it is full, so that a slow reader never stalls the
+    /// deploys themselves. Read it promptly (a few hundred events of room
+    /// is plenty for a reader that keeps up), or drop the receiver:
+    /// progress is then discarded. The report has every result either
+    /// way.
     pub async fn deploy(
         &self,
         release: Arc<Release>,
@@ -336,7 +340,11 @@ impl Controller {
                         continue;
                     }
                 };
-                emit(events, p).await;
+                // Never waits: while this waited for a slow reader, the
+                // node's frames would go unread and its silence watchdog
+                // could call a working node dead. Progress is advisory;
+                // the report has every result.
+                let _ = events.try_send(p);
             }
         };
         match run.await {

@@ -121,7 +121,7 @@ pub enum Progress {
 /// How a rollout ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutReport {
-    /// App and version.
+    /// The app's name.
     pub app: String,
     /// Version deployed.
     pub version: semver::Version,
