@@ -15,7 +15,6 @@ use crate::chunks::ChunkStore;
 use crate::package::{Descriptor, PackageId};
 use crate::proto::{DeployEvent, ErrorKind, Reply, Request, RpcError};
 use crate::swarm::{self, Reputation, SwarmConfig, Throttle, Transfer};
-use crate::trust::check_not_downgrade;
 
 /// How long a node waits for one peer's answer to [`Request::Release`]:
 /// when fetching a release, and when looking for a [`Request::DeployRef`]'s
@@ -207,13 +206,7 @@ impl Agent {
                     // Kept only to be installed later: never below a
                     // version already installed.
                     if let Some(rec) = self.load(&m.name).await? {
-                        let installed: Vec<_> = rec.installed.keys().cloned().collect();
-                        check_not_downgrade(&m.version, &installed, false).map_err(|source| {
-                            DeployError::Downgrade {
-                                app: m.name.clone(),
-                                source,
-                            }
-                        })?;
+                        rec.check_not_below(m)?;
                     }
                     let t = self.transfer(&d).await?;
                     self.inner.chunks.add_release(&d).await?;

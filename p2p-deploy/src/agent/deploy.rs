@@ -14,7 +14,6 @@ use super::records::AppRecord;
 use super::{Agent, Events, emit};
 use crate::package::Descriptor;
 use crate::proto::{ActivateOptions, Activation, DeployEvent, Reply, Request};
-use crate::trust::check_not_downgrade;
 
 impl Agent {
     /// Answers [`Request::Deploy`] and [`Request::DeployRef`]: the
@@ -108,13 +107,7 @@ impl Agent {
                 }));
             }
         }
-        let installed: Vec<_> = rec.installed.keys().cloned().collect();
-        check_not_downgrade(&m.version, &installed, false).map_err(|source| {
-            DeployError::Downgrade {
-                app: m.name.clone(),
-                source,
-            }
-        })?;
+        rec.check_not_below(&m)?;
         emit(events, DeployEvent::Verified);
 
         if !rec.installed.contains_key(&m.version) {

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::DeployError;
+use crate::manifest::Manifest;
 use crate::package::PackageId;
 use crate::proto::{ErrorKind, HistoryEntry, RpcError};
+use crate::trust::check_not_downgrade;
 
 /// Deployment records kept per app.
 pub const HISTORY_KEPT: usize = 50;
@@ -28,6 +31,20 @@ pub(super) struct AppRecord {
 pub(super) struct Pending {
     pub(super) action: String,
     pub(super) to: semver::Version,
+}
+
+impl AppRecord {
+    /// Refuses `m` if its version is below one installed here: a deploy
+    /// (or a fetch ahead of one) never goes back; only a rollback does.
+    pub(super) fn check_not_below(&self, m: &Manifest) -> Result<(), DeployError> {
+        let installed: Vec<_> = self.installed.keys().cloned().collect();
+        check_not_downgrade(&m.version, &installed, false).map_err(|source| {
+            DeployError::Downgrade {
+                app: m.name.clone(),
+                source,
+            }
+        })
+    }
 }
 
 pub(super) fn record_key(app: &str) -> String {

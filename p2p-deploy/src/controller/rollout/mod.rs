@@ -61,18 +61,10 @@ impl Controller {
         .await;
         if targets.is_empty() {
             // Nothing deployed is no success: a selector that matched no
-            // node is a mistake the caller should hear about.
-            let reason = "no target nodes: the selection matched no node".to_string();
-            emit(
-                &events,
-                Progress::Halted {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            report.halted = Some(reason);
-            emit(&events, Progress::Done(report.clone())).await;
-            return report;
+            // node is a mistake the caller should hear about. (No batch
+            // runs, and there is nothing to roll back.)
+            let reason = "no target nodes: the selection matched no node";
+            halt(&events, &mut report, reason.to_string()).await;
         }
         let total = targets.len();
         let limit = plan.max_failures.of(total);
@@ -161,14 +153,7 @@ impl Controller {
                 } else {
                     format!("{failures} node(s) failed, more than the {limit} allowed: {names}")
                 };
-                emit(
-                    &events,
-                    Progress::Halted {
-                        reason: reason.clone(),
-                    },
-                )
-                .await;
-                report.halted = Some(reason);
+                halt(&events, &mut report, reason).await;
                 break;
             }
         }
@@ -371,6 +356,18 @@ impl Controller {
             ),
         }
     }
+}
+
+/// Halts the rollout `report` tells of, for `reason`, and says so.
+async fn halt(events: &mpsc::Sender<Progress>, report: &mut RolloutReport, reason: String) {
+    emit(
+        events,
+        Progress::Halted {
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    report.halted = Some(reason);
 }
 
 /// Sends `p` to a rollout's progress channel, waiting while it is full; a
