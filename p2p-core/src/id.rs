@@ -25,6 +25,13 @@ const SHORT_LEN: usize = 10;
 const KEY_FILE_HEADER: &str =
     "# p2p node key (Ed25519 seed, hex). Keep this file private (mode 0600).";
 
+/// Peer ids found to be valid points, so that each is checked once per
+/// process (cleared when [`VALID_IDS_KEPT`] is reached). Only valid ids
+/// are kept: a hit means the same check passed before.
+static VALID_IDS: std::sync::Mutex<Option<std::collections::HashSet<[u8; 32]>>> =
+    std::sync::Mutex::new(None);
+const VALID_IDS_KEPT: usize = 100_000;
+
 /// The public identity of a node: a 32-byte Ed25519 public key.
 ///
 /// Displayed in full as 64 lowercase hex characters (the same form iroh uses
@@ -38,8 +45,23 @@ impl PeerId {
     /// Builds a peer id from raw public key bytes, checking that they are a
     /// valid Ed25519 point.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self> {
+        // Checking the point costs a square root (tens of microseconds),
+        // and the same ids come in every message a peer sends (membership
+        // digests carry thousands): ids found valid are remembered.
+        if crate::sync::lock(&VALID_IDS)
+            .as_ref()
+            .is_some_and(|set| set.contains(&bytes))
+        {
+            return Ok(PeerId(bytes));
+        }
         VerifyingKey::from_bytes(&bytes)
             .map_err(|_| Error::invalid("peer id", "not a valid Ed25519 public key"))?;
+        let mut valid = crate::sync::lock(&VALID_IDS);
+        let set = valid.get_or_insert_with(Default::default);
+        if set.len() >= VALID_IDS_KEPT {
+            set.clear();
+        }
+        set.insert(bytes);
         Ok(PeerId(bytes))
     }
 

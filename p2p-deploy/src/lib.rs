@@ -120,6 +120,7 @@ pub mod agent;
 pub mod chunks;
 pub mod controller;
 pub mod install;
+pub mod membership;
 pub mod package;
 mod pool;
 pub mod proto;
@@ -128,8 +129,8 @@ pub mod swarm;
 
 pub use agent::{Agent, AgentConfig, AgentParts, RequestRate};
 pub use controller::{
-    BatchSize, Controller, ControllerConfig, FailureLimit, Holder, NodeResult, NodeView, Plan,
-    Progress, RolloutPlan, RolloutReport, Search, SearchHit,
+    BatchSize, Controller, ControllerConfig, FailureLimit, Holder, Members, NodeResult, NodeView,
+    Plan, Progress, RolloutPlan, RolloutReport, Search, SearchHit,
 };
 pub use install::{DirInstaller, Installer, MemInstaller};
 pub use package::manifest::{self, MANIFEST_FILE, Manifest};

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use p2p_deploy::membership::{Membership, MembershipConfig, Profile};
 use p2p_deploy::{Agent, AgentConfig, AgentParts, MemInstaller};
 use p2p_sim::{NodeConfig, SimNet};
 
@@ -28,7 +29,7 @@ pub fn spawn_agent(
     node: NodeConfig,
     cfg: AgentConfig,
 ) -> p2p_core::Result<()> {
-    spawn_agent_with(net, name, node, cfg, None)
+    spawn_agent_with(net, name, node, cfg, None, None)
 }
 
 /// [`spawn_agent`], with the parts changed by `parts` when given.
@@ -38,10 +39,12 @@ pub(crate) fn spawn_agent_with(
     node: NodeConfig,
     cfg: AgentConfig,
     parts: Option<PartsHook>,
+    membership: Option<MembershipConfig>,
 ) -> p2p_core::Result<()> {
     net.spawn_node(name, node, move |ctx| {
         let cfg = cfg.clone();
         let hook = parts.clone();
+        let membership = membership.clone();
         async move {
             let mut agent_parts = AgentParts {
                 provider: Arc::new(ctx.provider),
@@ -54,7 +57,25 @@ pub(crate) fn spawn_agent_with(
             if let Some(hook) = hook {
                 agent_parts = hook(&ctx.name, agent_parts);
             }
-            if let Err(e) = Agent::new(cfg, agent_parts).run().await {
+            let agent = Agent::new(cfg, agent_parts.clone());
+            if let Some(m) = membership {
+                let m = Membership::new(
+                    m,
+                    ctx.key.clone(),
+                    agent_parts.provider,
+                    agent_parts.storage,
+                    agent_parts.clock,
+                    Profile::default(),
+                    ctx.seed ^ 0x6d65_6d62,
+                )
+                .await
+                .and_then(|m| agent.set_membership(m));
+                if let Err(e) = m {
+                    tracing::warn!(node = %ctx.name, error = %e, "membership could not start");
+                    return;
+                }
+            }
+            if let Err(e) = agent.run().await {
                 tracing::warn!(node = %ctx.name, error = %e, "agent stopped");
             }
         }

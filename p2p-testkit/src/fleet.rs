@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use p2p_core::{Ed25519Signer, PeerId, Provider};
+use p2p_core::{Ed25519Signer, PeerAddr, PeerId, Provider};
 use p2p_deploy::{
     AgentConfig, AgentParts, BuildOptions, Controller, ControllerConfig, NodeInfo, Progress,
-    Release, RolloutPlan, Selector, TrustStore,
+    Release, RolloutPlan, Selector, TrustStore, membership::MembershipConfig,
 };
 use p2p_sim::{LinkSpec, NodeConfig, Script, SimNet};
 use tokio::sync::mpsc;
@@ -32,6 +32,7 @@ pub struct Node {
     name: String,
     labels: BTreeMap<String, String>,
     config: NodeConfig,
+    join: Vec<String>,
 }
 
 impl Node {
@@ -43,7 +44,15 @@ impl Node {
             name: name.into(),
             labels: BTreeMap::new(),
             config: NodeConfig::default().mbit(100),
+            join: Vec::new(),
         }
+    }
+
+    /// Joins the fleet's membership through the agent called `name` (see
+    /// [`FleetBuilder::membership`]); repeat for more bootstrap peers.
+    pub fn join(mut self, name: impl Into<String>) -> Self {
+        self.join.push(name.into());
+        self
     }
 
     /// With label `key=value`, for selectors.
@@ -86,9 +95,18 @@ pub struct FleetBuilder {
     agent_parts: Option<PartsHook>,
     controller: ControllerConfig,
     controller_node: NodeConfig,
+    membership: Option<MembershipConfig>,
 }
 
 impl FleetBuilder {
+    /// Every agent takes part in membership with `cfg`, its bootstrap
+    /// peers being the agents named with [`Node::join`] (none: it waits
+    /// to be found).
+    pub fn membership(mut self, cfg: MembershipConfig) -> Self {
+        self.membership = Some(cfg);
+        self
+    }
+
     /// Every link without a setting of its own: 10 ms one way, no jitter,
     /// no loss unless set here.
     pub fn link(mut self, link: LinkSpec) -> Self {
@@ -183,6 +201,14 @@ impl FleetBuilder {
             }
         }
         let trust = TrustStore::new([signer.key_id()]);
+        let keys: BTreeMap<String, PeerId> = self
+            .agents
+            .iter()
+            .map(|n| {
+                let key = n.config.key.clone().unwrap_or_else(|| net.key_for(&n.name));
+                (n.name.clone(), key.peer_id())
+            })
+            .collect();
         let mut agents = BTreeMap::new();
         let mut order = Vec::new();
         for node in self.agents {
@@ -194,7 +220,25 @@ impl FleetBuilder {
             }
             agents.insert(node.name.clone(), cfg.labels.clone());
             let parts = self.agent_parts.clone();
-            if let Err(e) = spawn_agent_with(&net, &node.name, node.config, cfg, parts) {
+            let membership = self.membership.clone().map(|mut m| {
+                m.bootstrap = node
+                    .join
+                    .iter()
+                    .map(|name| match keys.get(name) {
+                        Some(id) => PeerAddr {
+                            id: *id,
+                            addrs: vec![name.clone()],
+                        },
+                        None => panic!(
+                            "agent {} joins through {name:?}, which is no agent",
+                            node.name
+                        ),
+                    })
+                    .collect();
+                m
+            });
+            if let Err(e) = spawn_agent_with(&net, &node.name, node.config, cfg, parts, membership)
+            {
                 panic!("agent {}: {e}", node.name);
             }
             order.push(node.name);
@@ -272,6 +316,7 @@ impl Fleet {
             agent_parts: None,
             controller: ControllerConfig::default(),
             controller_node: NodeConfig::default().mbit(100),
+            membership: None,
         }
     }
 

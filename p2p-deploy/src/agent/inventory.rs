@@ -57,6 +57,52 @@ impl Agent {
         Ok(out)
     }
 
+    /// Publishes the node's membership record again if anything in it
+    /// changed: addresses (a relay address found, a new port), name,
+    /// labels, the releases held.
+    pub(super) async fn publish_profile(&self) {
+        let Some(m) = self.inner.membership.get() else {
+            return;
+        };
+        let mut held = match self.catalog().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "catalog unreadable; membership record not refreshed");
+                return;
+            }
+        };
+        // What a search wants most first: active, installed, complete,
+        // newest.
+        held.sort_by(|a, b| {
+            (b.active, b.installed, b.is_complete(), &b.version).cmp(&(
+                a.active,
+                a.installed,
+                a.is_complete(),
+                &a.version,
+            ))
+        });
+        let profile = crate::membership::Profile {
+            name: self.inner.cfg.name.clone(),
+            labels: self.inner.cfg.labels.clone(),
+            addrs: self.inner.parts.provider.local_addr().addrs,
+            held: held
+                .into_iter()
+                .map(|e| crate::membership::HeldRelease {
+                    complete: e.is_complete(),
+                    name: e.name,
+                    version: e.version,
+                    id: e.id,
+                    size: e.size,
+                    installed: e.installed,
+                    active: e.active,
+                })
+                .collect(),
+        };
+        if let Err(e) = m.publish(profile).await {
+            tracing::warn!(error = %e, "could not publish the membership record");
+        }
+    }
+
     /// Every app's info.
     pub async fn apps(&self) -> Result<Vec<AppInfo>> {
         let mut out = Vec::new();

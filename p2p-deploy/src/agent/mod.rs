@@ -209,6 +209,8 @@ struct Inner {
     /// Changes refused as not an operator's, logged once per peer per
     /// period (any admitted peer can send them).
     denied: p2p_core::ratelog::LogLimiter,
+    /// Membership, when the node takes part ([`Agent::set_membership`]).
+    membership: std::sync::OnceLock<crate::membership::Membership>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
     background: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
     background_rx: Mutex<Option<mpsc::UnboundedReceiver<BoxFuture<'static, ()>>>>,
@@ -239,6 +241,7 @@ impl Agent {
                 locks: Mutex::new(BTreeMap::new()),
                 background,
                 background_rx: Mutex::new(Some(background_rx)),
+                membership: std::sync::OnceLock::new(),
                 rates: Mutex::default(),
                 over_rate: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
                 denied: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
@@ -254,6 +257,22 @@ impl Agent {
     /// Swarm peers' scores and bans.
     pub fn reputation(&self) -> &Reputation {
         &self.inner.swarm.reputation
+    }
+
+    /// Makes the node take part in membership: [`run`](Self::run) runs its
+    /// gossip rounds and keeps its record up to date (addresses, labels,
+    /// the releases held, at every reconcile), and the agent answers
+    /// gossip and [`Request::Members`]. Once only, before `run`.
+    pub fn set_membership(&self, membership: crate::membership::Membership) -> Result<()> {
+        self.inner
+            .membership
+            .set(membership)
+            .map_err(|_| Error::invalid("agent", "membership is already set"))
+    }
+
+    /// The node's membership, if it takes part.
+    pub fn membership(&self) -> Option<&crate::membership::Membership> {
+        self.inner.membership.get()
     }
 
     /// Recovers from a previous run, then serves the protocol and
@@ -272,6 +291,10 @@ impl Agent {
         let mut tick = tokio::time::interval(self.inner.cfg.reconcile_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        if let Some(m) = self.inner.membership.get().cloned() {
+            self.publish_profile().await;
+            requests.spawn(async move { m.run().await });
+        }
         loop {
             tokio::select! {
                 biased;
@@ -299,6 +322,7 @@ impl Agent {
                         if let Err(e) = me.reconcile().await {
                             tracing::warn!(error = %e, "reconcile failed");
                         }
+                        me.publish_profile().await;
                     });
                 }
                 Some(work) = background.recv() => {

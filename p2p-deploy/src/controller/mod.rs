@@ -15,6 +15,7 @@
 mod chunk_server;
 mod config;
 mod logs;
+mod members;
 mod nodes;
 mod rollout;
 mod search;
@@ -30,6 +31,7 @@ use crate::pool::Pool;
 use crate::proto::{NodeInfo, Reply, Request, call_watched};
 use chunk_server::{Served, serve_chunks};
 pub use config::ControllerConfig;
+pub use members::Members;
 pub use nodes::NodeView;
 pub use rollout::{
     BatchSize, FailureLimit, NodeResult, Plan, Progress, RolloutPlan, RolloutReport,

@@ -200,6 +200,16 @@ pub enum Request {
         /// the release, to fetch chunks from.
         peers: Vec<PeerAddr>,
     },
+    /// A membership gossip exchange (see [`crate::membership`]): the
+    /// client's table root; the rest of the exchange follows on the
+    /// stream.
+    Gossip {
+        /// The root hash of the client's membership table.
+        root: u64,
+    },
+    /// The node's membership table ([`Reply::Members`]): every node it
+    /// knows of, with its signed record.
+    Members,
 }
 
 impl Request {
@@ -226,7 +236,9 @@ impl Request {
             | Request::Release { .. }
             | Request::FetchChunks { .. }
             | Request::FetchAny { .. }
-            | Request::Swarm { .. } => false,
+            | Request::Swarm { .. }
+            | Request::Gossip { .. }
+            | Request::Members => false,
         }
     }
 
@@ -250,6 +262,8 @@ impl Request {
             Request::Catalog => "catalog",
             Request::Release { .. } => "release",
             Request::Fetch { .. } => "fetch",
+            Request::Gossip { .. } => "gossip",
+            Request::Members => "members",
         }
     }
 }
@@ -403,6 +417,10 @@ pub enum Reply {
         /// The signatures the node received with it.
         signatures: Vec<Signature>,
     },
+    /// For [`Request::Members`]: each member's signed record, with the
+    /// claim that it is unreachable if one was made (check them with
+    /// [`crate::membership::open_entries`]).
+    Members(Vec<crate::membership::MemberEntry>),
 }
 
 /// A release a node holds, as its catalog lists it.

@@ -132,12 +132,17 @@ impl Agent {
             Request::Fetch { package, from } => Ok(self
                 .fetch_release(&package, from, events.as_ref(), timeout)
                 .await?),
+            Request::Members => match self.inner.membership.get() {
+                Some(m) => Ok(Reply::Members(m.entries())),
+                None => Err(not_found("membership: this node does not take part")),
+            },
             Request::Logs { .. }
             | Request::FetchChunks { .. }
             | Request::Swarm { .. }
-            | Request::FetchAny { .. } => Err(RpcError::new(
+            | Request::FetchAny { .. }
+            | Request::Gossip { .. } => Err(RpcError::new(
                 ErrorKind::Invalid,
-                "logs, chunk fetches and swarm sessions are streamed; use the protocol",
+                "logs, chunk fetches, swarm and gossip sessions are streamed; use the protocol",
             )),
         }
     }
@@ -215,6 +220,13 @@ impl Agent {
                     return;
                 }
                 Err(e) => Frame::Error(e),
+            },
+            Request::Gossip { root } => match self.inner.membership.get() {
+                Some(m) => {
+                    m.serve(peer, &mut framed, root).await;
+                    return;
+                }
+                None => Frame::Error(not_found("membership: this node does not take part")),
             },
             Request::FetchAny { .. } => Frame::Error(RpcError::new(
                 ErrorKind::Invalid,

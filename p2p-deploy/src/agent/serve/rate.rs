@@ -71,6 +71,9 @@ pub(in crate::agent) fn counts_against_rate(r: &Request) -> bool {
     !r.is_mutating()
         && !matches!(
             r,
-            Request::FetchChunks { .. } | Request::Swarm { .. } | Request::FetchAny { .. }
+            Request::FetchChunks { .. }
+                | Request::Swarm { .. }
+                | Request::FetchAny { .. }
+                | Request::Gossip { .. }
         )
 }
