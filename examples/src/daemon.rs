@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use bytesize::ByteSize;
 use p2p_core::{PeerAddr, PeerId, PreSharedKey};
+use p2p_deploy::membership::{AddressPolicy, IpNet, MembershipConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::net::{Backend, NetOptions, Reach, Relays};
@@ -98,6 +99,62 @@ pub struct DaemonConfig {
     pub relay_ca: Option<PathBuf>,
     /// libp2p: serve as a circuit relay for other nodes too.
     pub serve_relay: bool,
+    /// Membership: node records gossiped through the fleet.
+    pub membership: MembershipSettings,
+}
+
+/// The `[membership]` table of `p2pd.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipSettings {
+    /// Take part: publish this node's record, gossip the others' (joining
+    /// through `bootstrap`), answer `p2pctl peers`.
+    pub enabled: bool,
+    /// How long a node shown unreachable stays listed ("1h").
+    pub forget_after: String,
+    /// Networks (`10.0.0.0/8`) that records' IP addresses must be in;
+    /// empty: any.
+    pub allowed_networks: Vec<String>,
+}
+
+impl Default for MembershipSettings {
+    fn default() -> Self {
+        MembershipSettings {
+            enabled: true,
+            forget_after: "1h".into(),
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+impl MembershipSettings {
+    /// The SDK's membership settings, with `bootstrap` as the peers to
+    /// join through.
+    pub fn config(&self, bootstrap: Vec<PeerAddr>) -> Result<MembershipConfig> {
+        let forget_after = humantime::parse_duration(&self.forget_after).map_err(|e| {
+            anyhow!(
+                "membership.forget_after {:?}: {e} (write it as \"1h\" or \"30m\")",
+                self.forget_after
+            )
+        })?;
+        if forget_after < std::time::Duration::from_secs(10) {
+            bail!("membership.forget_after: at least 10s");
+        }
+        let allowed = self
+            .allowed_networks
+            .iter()
+            .map(|n| {
+                n.parse::<IpNet>()
+                    .map_err(|e| anyhow!("membership.allowed_networks: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MembershipConfig {
+            bootstrap,
+            forget_after,
+            addresses: AddressPolicy { allowed },
+            ..MembershipConfig::default()
+        })
+    }
 }
 
 impl Default for DaemonConfig {
@@ -125,6 +182,7 @@ impl Default for DaemonConfig {
             relays: Vec::new(),
             relay_ca: None,
             serve_relay: false,
+            membership: MembershipSettings::default(),
         }
     }
 }
@@ -163,6 +221,7 @@ impl DaemonConfig {
         peer_ids("allowed_peers", &self.allowed_peers)?;
         peer_ids("operators", &self.operators)?;
         peer_addrs("bootstrap", &self.bootstrap)?;
+        self.membership.config(Vec::new())?;
         for (k, v) in &self.labels {
             check_label(k, v)?;
         }
@@ -299,7 +358,9 @@ trusted_keys = "trusted"
 # Valid signatures from distinct trusted keys that a release needs.
 signatures_required = 1
 
-# Peers to dial at start ("<peer id>@<address>").
+# Peers to dial at start and join the fleet's membership through
+# ("<peer id>@<address>", what `p2pd id` prints on them). One that answers
+# is enough; those that do not are logged and the next is tried.
 bootstrap = []
 
 # Find peers on the local network by mDNS.
@@ -345,7 +406,18 @@ relays = []
 # libp2p: also serve as a circuit relay for other nodes of the network.
 serve_relay = false
 
+# Membership: this node's signed record (addresses, labels, site, the
+# releases it holds) and those of every node it hears of are gossiped
+# through the fleet, so that `p2pctl` reaches every node from one address.
+[membership]
+enabled = true
+# A node shown unreachable is dropped from the list after this long.
+forget_after = "1h"
+# Networks the IP addresses in records must be in; empty: any.
+allowed_networks = []
+
 # Labels controllers select this node by (p2pctl deploy --selector role=web).
+# A "site" label names the node's site (see the README's "Sites").
 [labels]
 "#
     )
@@ -399,6 +471,13 @@ mod tests {
             ),
             ("backend = \"libp2p\"\nrelay_ca = \"ca.pem\"", "relay_ca"),
             ("serve_relay = true", "serve_relay"),
+            ("[membership]\nforget_after = \"soon\"", "forget_after"),
+            ("[membership]\nforget_after = \"1s\"", "forget_after"),
+            (
+                "[membership]\nallowed_networks = [\"10.0.0.0/33\"]",
+                "allowed_networks",
+            ),
+            ("[membership]\nbogus = 1", "bogus"),
         ];
         for (text, name) in bad {
             let err = toml::from_str::<DaemonConfig>(text)

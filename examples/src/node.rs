@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use p2p_core::{FsStorage, NodeKey, PeerAddr, PeerId, Provider, Runtime, SystemClock};
+use p2p_deploy::membership::{Membership, Profile};
 use p2p_deploy::proto::Request;
 use p2p_deploy::{Agent, AgentConfig, AgentParts, DirInstaller, TrustStore, UnpackLimits};
 use p2p_runtime::{LogRotation, ProcessRuntime, RuntimeConfig};
@@ -94,12 +95,13 @@ impl RunningNode {
         acfg.keep_versions = cfg.keep_versions;
         acfg.swarm.upload_limit = cfg.upload_limit.map(|r| r.as_u64());
         acfg.swarm.download_limit = cfg.download_limit.map(|r| r.as_u64());
+        let storage: Arc<dyn p2p_core::Storage> = Arc::new(storage);
         let agent = Arc::new(Agent::new(
             acfg,
             AgentParts {
                 provider: provider.clone(),
                 runtime: runtime.clone(),
-                storage: Arc::new(storage),
+                storage: storage.clone(),
                 installer: Arc::new(DirInstaller::new(
                     dir.join("versions"),
                     UnpackLimits::default(),
@@ -108,6 +110,20 @@ impl RunningNode {
                 seed: rand::random(),
             },
         ));
+        if cfg.membership.enabled {
+            let membership = Membership::new(
+                cfg.membership.config(bootstrap.clone())?,
+                key.clone(),
+                provider.clone(),
+                storage,
+                Arc::new(SystemClock),
+                Profile::default(),
+                rand::random(),
+            )
+            .await
+            .context("starting membership")?;
+            agent.set_membership(membership)?;
+        }
         let serving = tokio::spawn({
             let agent = agent.clone();
             async move { agent.run().await }
@@ -132,7 +148,14 @@ impl RunningNode {
         write_addr(&addr_file, &addr)
             .with_context(|| format!("writing {}", addr_file.display()))?;
         let addr_task = tokio::spawn(follow_addr(provider.clone(), addr_file.clone(), addr));
-        for peer in bootstrap {
+        // With membership on, joining dials the bootstrap peers (and says
+        // which did not answer).
+        let dial = if cfg.membership.enabled {
+            Vec::new()
+        } else {
+            bootstrap
+        };
+        for peer in dial {
             let provider = provider.clone();
             tokio::spawn(async move {
                 match provider.connect(&peer).await {

@@ -48,6 +48,7 @@ pub fn result_text(r: &NodeResult) -> String {
         NodeResult::RolledBack { reason } => format!("ROLLED BACK: {reason}"),
         NodeResult::Failed { error } => format!("FAILED: {error}"),
         NodeResult::Skipped => "skipped (the rollout halted first)".into(),
+        NodeResult::Staged => "staged".into(),
         other => format!("{other:?}"),
     }
 }
@@ -186,6 +187,98 @@ impl NodeRow {
             path,
             self.apps.join(","),
             self.health
+        )
+    }
+}
+
+/// One row of the membership table (`p2pctl peers`): a node as the
+/// fleet's gossip knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRow {
+    /// Peer id.
+    pub id: String,
+    /// Name (may be empty).
+    pub name: String,
+    /// Its site (the `site` label), if any.
+    pub site: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The addresses it publishes.
+    pub addrs: Vec<String>,
+    /// `up`, or `unreachable`.
+    pub state: String,
+    /// Since when it is unreachable (milliseconds since the Unix epoch).
+    pub unreachable_since_ms: Option<u64>,
+    /// Which node found it unreachable.
+    pub reported_by: Option<String>,
+    /// Its record's sequence number.
+    pub seq: u64,
+    /// Releases it holds, as `app@version` (`*` after an active one).
+    pub held: Vec<String>,
+}
+
+impl PeerRow {
+    /// The row of `m`.
+    pub fn of(m: &p2p_deploy::membership::Member) -> Self {
+        let r = &m.record;
+        PeerRow {
+            id: r.id.to_string(),
+            name: r.name.clone(),
+            site: r.site.clone(),
+            labels: r.labels.clone(),
+            addrs: r.addrs.clone(),
+            state: if m.is_up() { "up" } else { "unreachable" }.into(),
+            unreachable_since_ms: m.down.as_ref().map(|c| c.since_ms),
+            reported_by: m.down.as_ref().map(|c| c.by.to_string()),
+            seq: r.seq,
+            held: r
+                .held
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{}@{}{}",
+                        h.name,
+                        h.version,
+                        if h.active { "*" } else { "" }
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The table's header line.
+    pub fn header() -> String {
+        format!(
+            "{:<12} {:<14} {:<10} {:<24} {:<34} STATE",
+            "ID", "NAME", "SITE", "LABELS", "ADDRESSES"
+        )
+    }
+
+    /// The row as a table line; `now_ms` turns the unreachable time into
+    /// an age.
+    pub fn line(&self, now_ms: u64) -> String {
+        let state = match (self.unreachable_since_ms, &self.reported_by) {
+            (Some(since), Some(by)) => format!(
+                "unreachable for {} (found by {})",
+                humantime::format_duration(Duration::from_secs(
+                    now_ms.saturating_sub(since) / 1000
+                )),
+                by.get(..10).unwrap_or(by)
+            ),
+            _ => self.state.clone(),
+        };
+        let mut addrs = self.addrs.first().cloned().unwrap_or_else(|| "-".into());
+        if self.addrs.len() > 1 {
+            addrs.push_str(&format!(" (+{})", self.addrs.len() - 1));
+        }
+        format!(
+            "{:<12} {:<14} {:<10} {:<24} {:<34} {}",
+            self.id.get(..10).unwrap_or(&self.id),
+            self.name,
+            self.site.as_deref().unwrap_or("-"),
+            labels_text(&self.labels),
+            addrs,
+            state
         )
     }
 }
@@ -333,6 +426,8 @@ pub struct DeployView {
     drawn: Option<std::collections::BTreeSet<PeerId>>,
     /// Draw the steps of the first this many selected nodes only.
     limit: Option<usize>,
+    /// Per node, the bytes it held before the deploy, and the total.
+    held: BTreeMap<PeerId, (u64, u64)>,
 }
 
 /// How a [`DeployView`] draws, once its bars (if any) exist.
@@ -358,6 +453,31 @@ impl DeployView {
             shown: BTreeMap::new(),
             drawn: None,
             limit: None,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// What the targets held before the deploy, in all: how much did not
+    /// have to move (a staged release moves nothing).
+    pub fn held_summary(&self) -> Option<String> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let (held, total) = self
+            .held
+            .values()
+            .fold((0u64, 0u64), |(h, t), (b, n)| (h + b, t + n));
+        let pct = (held * 100).checked_div(total).unwrap_or(100);
+        Some(format!(
+            "already held on the {} node(s) that fetched: {held} of {total} bytes ({pct}%)",
+            self.held.len()
+        ))
+    }
+
+    /// Prints [`held_summary`](Self::held_summary) on stderr, if any.
+    pub fn print_held(&self) {
+        if let Some(line) = self.held_summary() {
+            eprintln!("{line}");
         }
     }
 
@@ -512,6 +632,21 @@ impl DeployView {
                         }
                     }
                     Mode::Json => {}
+                }
+            }
+            Progress::AlreadyHeld { node, bytes, total } => {
+                self.held.insert(*node, (*bytes, *total));
+                if *bytes > 0 {
+                    let pct = if *total == 0 {
+                        100
+                    } else {
+                        bytes * 100 / total
+                    };
+                    self.step(
+                        node,
+                        format!("{pct}% already held ({bytes} of {total} bytes)"),
+                        false,
+                    )
                 }
             }
             Progress::Installed { node } => self.step(node, "installed".into(), false),

@@ -96,6 +96,11 @@
 //! - [`controller`]: discovery, [`selector`]s, rollout plans (all, rolling,
 //!   canary), failure limits with rollback on halt, progress events,
 //!   merged logs from many nodes.
+//! - [`membership`]: signed node records gossiped over the `Provider`, so
+//!   that a node joins through one bootstrap address and a controller
+//!   that knows one node reaches all ([`Controller::members`]); nodes
+//!   found unreachable are marked so by a signed claim, then dropped.
+//!   Enable it with [`Agent::set_membership`].
 //! - [`install`]: where versions are unpacked ([`DirInstaller`]) or, in
 //!   the simulator, recorded ([`MemInstaller`]).
 //! - [`swarm`]: how a release spreads: the controller seeds (each chunk

@@ -288,15 +288,17 @@ impl SimNet {
     }
 
     fn provider_for(&self, n: NodeIdx, inc: u64) -> SimProvider {
-        let (id, name) = self
-            .shared
-            .with(|st| (st.nodes[n as usize].id, st.nodes[n as usize].name.clone()));
+        let (id, name, addr) = self.shared.with(|st| {
+            let node = &st.nodes[n as usize];
+            (node.id, node.name.clone(), node.addr.clone())
+        });
         SimProvider {
             shared: self.shared.clone(),
             node: n,
             inc,
             id,
             name,
+            addr,
         }
     }
 
@@ -541,6 +543,42 @@ impl SimNet {
             self.crash(name)?;
         }
         Ok(self.start_incarnation(n))
+    }
+
+    /// [`restart`](Self::restart), at another address: the node is then
+    /// dialed at `addr` (what its provider's `local_addr` says), and its old
+    /// address reaches nobody, as when a host comes back with a new IP.
+    /// The node keeps its name for this API.
+    ///
+    /// # Errors
+    /// No node `name`; `addr` malformed or already another node's.
+    pub fn restart_at(&self, name: &str, addr: &str) -> Result<SimProvider> {
+        let n = self.idx(name)?;
+        if addr.is_empty()
+            || addr
+                .chars()
+                .any(|c| c.is_whitespace() || c == ',' || c == '@')
+        {
+            return Err(Error::invalid(
+                "simulated address",
+                format!("{addr:?}: use a non-empty address without spaces, ',' or '@'"),
+            ));
+        }
+        self.shared.with(|st| {
+            match st.addrs.get(addr).or(st.names.get(addr)) {
+                Some(&other) if other != n => {
+                    return Err(Error::AlreadyExists {
+                        what: format!("a simulated node at {addr:?}"),
+                    });
+                }
+                _ => {}
+            }
+            let old = std::mem::replace(&mut st.nodes[n as usize].addr, addr.to_string());
+            st.addrs.remove(&old);
+            st.addrs.insert(addr.to_string(), n);
+            Ok(())
+        })?;
+        self.restart(name)
     }
 
     /// Hex SHA-256 over every delivery, loss, partition hold, connection

@@ -18,7 +18,8 @@ use crate::engine::{ConnId, FlowId, NodeIdx, Shared};
 
 /// One incarnation of a simulated node, as a [`Provider`].
 ///
-/// Addresses are node names: `local_addr()` is `<peer id>@<name>`. After the
+/// Addresses are node names: `local_addr()` is `<peer id>@<name>` (or the
+/// address given to [`SimNet::restart_at`](crate::SimNet::restart_at)). After the
 /// node crashes or the provider is closed, every call fails with
 /// [`Error::Closed`]; a restarted node gets a new `SimProvider`.
 ///
@@ -35,6 +36,8 @@ pub struct SimProvider {
     pub(crate) inc: u64,
     pub(crate) id: PeerId,
     pub(crate) name: String,
+    /// The address it is dialed at (its name unless moved).
+    pub(crate) addr: String,
 }
 
 impl std::fmt::Debug for SimProvider {
@@ -69,7 +72,7 @@ impl Provider for SimProvider {
     fn local_addr(&self) -> PeerAddr {
         PeerAddr {
             id: self.id,
-            addrs: vec![self.name.clone()],
+            addrs: vec![self.addr.clone()],
         }
     }
 

@@ -32,6 +32,21 @@ pub fn spawn_agent(
     spawn_agent_with(net, name, node, cfg, None, None)
 }
 
+/// [`spawn_agent`], with the agent taking part in membership with
+/// `membership` (its bootstrap peers as given there).
+///
+/// # Errors
+/// A node called `name` exists already.
+pub fn spawn_agent_with_membership(
+    net: &SimNet,
+    name: &str,
+    node: NodeConfig,
+    cfg: AgentConfig,
+    membership: MembershipConfig,
+) -> p2p_core::Result<()> {
+    spawn_agent_with(net, name, node, cfg, None, Some(membership))
+}
+
 /// [`spawn_agent`], with the parts changed by `parts` when given.
 pub(crate) fn spawn_agent_with(
     net: &SimNet,

@@ -568,6 +568,18 @@ impl Fleet {
         or_panic(self.net.restart(name), format_args!("restarting {name}"));
     }
 
+    /// [`Fleet::restart`], the node coming back at another address `addr`
+    /// (its old one then reaches nobody), as a host with a new IP.
+    ///
+    /// # Panics
+    /// When there is no such node, or `addr` is another node's.
+    pub fn restart_at(&self, name: &str, addr: &str) {
+        or_panic(
+            self.net.restart_at(name, addr),
+            format_args!("restarting {name} at {addr}"),
+        );
+    }
+
     /// Sets the loss of every link without a setting of its own to `loss`
     /// (0 to 0.9): lost segments are sent again, so loss shows as delay,
     /// never as missing data.

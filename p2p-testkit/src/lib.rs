@@ -130,7 +130,7 @@ mod fleet;
 mod release;
 mod rollout;
 
-pub use agent::{PartsHook, spawn_agent};
+pub use agent::{PartsHook, spawn_agent, spawn_agent_with_membership};
 pub use fleet::{CONTROLLER, Fleet, FleetBuilder, Node};
 pub use release::{RANDOM_CHUNK_SIZE, RandomRelease, package};
 pub use rollout::Rollout;

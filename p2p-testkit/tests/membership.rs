@@ -171,6 +171,34 @@ fn a_healed_partition_converges_again() {
 }
 
 #[test]
+fn a_node_back_at_a_new_address_is_found_there() {
+    block_on(async {
+        let fleet = fleet(8, 30, quick());
+        fleet.run_for(Duration::from_secs(15)).await;
+        let moved = fleet.peer_id("n0012");
+        fleet.crash("n0012");
+        fleet.run_for(Duration::from_secs(20)).await;
+        fleet.restart_at("n0012", "n0012-moved");
+        fleet.run_for(Duration::from_secs(15)).await;
+        for agent in ["n0000", "n0029"] {
+            let ctl = controller_knowing(&fleet, &format!("ctl-{agent}"), agent);
+            let m = ctl.members().await.unwrap();
+            let member = m.members.iter().find(|m| m.record.id == moved).unwrap();
+            assert!(member.is_up(), "{agent}: {member:?}");
+            assert_eq!(member.record.addrs, ["n0012-moved"], "{agent}");
+            assert_eq!(m.up().count(), 30, "{agent}");
+        }
+        // And reached there: the controller's request goes to the new
+        // address.
+        let ctl = controller_knowing(&fleet, "ctl-check", "n0000");
+        ctl.members().await.unwrap();
+        let views = ctl.nodes().await;
+        let v = views.iter().find(|v| v.addr.id == moved).unwrap();
+        assert!(v.info.is_ok(), "{v:?}");
+    });
+}
+
+#[test]
 fn the_same_seed_gives_the_same_run() {
     let run = |seed| {
         block_on(async move {

@@ -15,7 +15,92 @@ use super::{Agent, Events, emit};
 use crate::package::Descriptor;
 use crate::proto::{ActivateOptions, Activation, DeployEvent, Reply, Request};
 
+/// Says how much of `t`'s release the node holds before fetching.
+fn emit_held(events: Option<&Events>, t: &crate::swarm::Transfer) {
+    let d = &t.d;
+    let bytes: u64 = t
+        .have()
+        .ones()
+        .map(|i| crate::chunks::chunk_len(d, i))
+        .sum();
+    emit(
+        events,
+        DeployEvent::AlreadyHeld {
+            bytes,
+            total: d.archive_size,
+        },
+    );
+}
+
 impl Agent {
+    /// Answers [`Request::Stage`]: verified as a deploy is (trust store,
+    /// anti-downgrade, a conflicting release of the same version), then
+    /// fetched from the sender and the swarm peers and kept, neither
+    /// installed nor activated. Answered with the release's catalog
+    /// entry.
+    pub(super) async fn stage_request(
+        &self,
+        request: Request,
+        conn: Option<Arc<dyn Connection>>,
+        events: Option<&Events>,
+        timeout: Duration,
+    ) -> Result<Reply, DeployError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Request::Stage {
+            descriptor,
+            signatures,
+            peers,
+        } = request
+        else {
+            return Err(Error::invalid("request", "not a stage request").into());
+        };
+        let d = Descriptor::from_bytes(&descriptor)?;
+        let id = d.id();
+        let m = d.manifest.clone();
+        let _g = self.busy(&m.name).await?;
+        let counted = self
+            .trusted(&d, &signatures)
+            .map_err(|source| DeployError::Untrusted {
+                release: format!("{} {}", m.name, m.version),
+                source,
+            })?;
+        if let Some(rec) = self.load(&m.name).await? {
+            match rec.installed.get(&m.version) {
+                Some(other) if *other != id => {
+                    return Err(DeployError::Conflict {
+                        release: format!("{} {}", m.name, m.version),
+                        other: *other,
+                    });
+                }
+                Some(_) => {}
+                None => rec.check_not_below(&m)?,
+            }
+        }
+        emit(events, DeployEvent::Verified);
+        let work = async {
+            let t = self.transfer(&d).await?;
+            emit_held(events, &t);
+            self.inner.chunks.add_release(&d).await?;
+            self.inner.chunks.add_signatures(&id, &counted).await?;
+            let sources = Sources { seed: conn, peers };
+            self.fetch(t, sources, events, deadline).await
+        };
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| DeployError::TimedOut {
+                what: format!("staging {} {}", m.name, m.version),
+                after: timeout,
+            })??;
+        tracing::info!(app = %m.name, version = %m.version, "release staged");
+        let entry = self
+            .catalog()
+            .await?
+            .into_iter()
+            .filter(|e| e.id == id)
+            .collect();
+        Ok(Reply::Catalog(entry))
+    }
+
     /// Answers [`Request::Deploy`] and [`Request::DeployRef`]: the
     /// descriptor (decoded, or found by reference), then [`deploy`](Self::deploy).
     pub(super) async fn deploy_request(
@@ -115,6 +200,7 @@ impl Agent {
             // activation, once begun, runs to its end.
             let fetch_install = async {
                 let t = self.transfer(&d).await?;
+                emit_held(events, &t);
                 self.inner.chunks.add_release(&d).await?;
                 self.inner.chunks.add_signatures(&id, &counted).await?;
                 self.fetch(t, sources, events, deadline).await?;

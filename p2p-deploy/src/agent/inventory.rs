@@ -84,7 +84,9 @@ impl Agent {
         let profile = crate::membership::Profile {
             name: self.inner.cfg.name.clone(),
             labels: self.inner.cfg.labels.clone(),
-            addrs: self.inner.parts.provider.local_addr().addrs,
+            addrs: crate::membership::worth_publishing(
+                self.inner.parts.provider.local_addr().addrs,
+            ),
             held: held
                 .into_iter()
                 .map(|e| crate::membership::HeldRelease {

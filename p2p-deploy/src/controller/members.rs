@@ -41,7 +41,20 @@ impl Controller {
     /// answered (or none was known).
     pub async fn members(&self) -> Result<Members> {
         let mut unanswered = Vec::new();
-        for addr in self.known() {
+        // The bootstrap nodes first, in the order given, then the others.
+        let mut order: Vec<PeerAddr> = Vec::new();
+        let known = self.known();
+        for b in &self.cfg.bootstrap {
+            if let Some(k) = known.iter().find(|k| k.id == b.id) {
+                order.push(k.clone());
+            }
+        }
+        for k in known {
+            if !order.iter().any(|o| o.id == k.id) {
+                order.push(k);
+            }
+        }
+        for addr in order {
             let entries = match self.request(&addr, Request::Members).await {
                 Ok(Reply::Members(e)) => e,
                 Ok(other) => {

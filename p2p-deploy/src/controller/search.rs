@@ -59,14 +59,52 @@ pub struct Holder {
 }
 
 impl Controller {
-    /// Searches the fleet's catalogs: every known node is asked which
-    /// releases it holds, concurrently. `name` matches an app name exactly,
+    /// Searches the releases held in the fleet. Through membership when
+    /// the nodes take part: the first node that answers
+    /// [`members`](Self::members) lists what every node up holds, as each
+    /// published it (a release fetched a moment ago shows within seconds).
+    /// Otherwise every known node is asked for its catalog, concurrently.
+    /// `name` matches an app name exactly,
     /// or, ending in `*`, as a prefix (`"web*"`; `"*"` or `""` match
     /// everything); `version` narrows to a semver requirement. Hits come
     /// sorted by name, newest version first, each with the nodes holding
     /// it (complete holders first); nodes that could not be asked are
     /// listed in [`Search::unanswered`].
     pub async fn search(&self, name: &str, version: Option<&semver::VersionReq>) -> Search {
+        let matches = |n: &str| match name.strip_suffix('*') {
+            Some(prefix) => n.starts_with(prefix),
+            None => name.is_empty() || n == name,
+        };
+        // Through membership: one node's table lists what every node
+        // holds. Only when no node takes part are catalogs asked one by
+        // one.
+        if let Ok(found) = self.members().await {
+            let mut hits: BTreeMap<PackageId, SearchHit> = BTreeMap::new();
+            for m in found.up() {
+                for h in &m.record.held {
+                    if !matches(&h.name) || version.is_some_and(|req| !req.matches(&h.version)) {
+                        continue;
+                    }
+                    let hit = hits.entry(h.id).or_insert_with(|| SearchHit {
+                        name: h.name.clone(),
+                        version: h.version.clone(),
+                        id: h.id,
+                        size: h.size,
+                        holders: Vec::new(),
+                    });
+                    hit.holders.push(Holder {
+                        node: m.peer_addr(),
+                        complete: h.complete,
+                        installed: h.installed,
+                        active: h.active,
+                    });
+                }
+            }
+            return Search {
+                hits: sorted(hits),
+                unanswered: found.unanswered,
+            };
+        }
         let addrs = self.known();
         let answers = futures::future::join_all(addrs.into_iter().map(|addr| async move {
             let r = match self.request(&addr, Request::Catalog).await {
@@ -77,10 +115,6 @@ impl Controller {
             (addr, r)
         }))
         .await;
-        let matches = |n: &str| match name.strip_suffix('*') {
-            Some(prefix) => n.starts_with(prefix),
-            None => name.is_empty() || n == name,
-        };
         let mut hits: BTreeMap<PackageId, SearchHit> = BTreeMap::new();
         let mut unanswered = Vec::new();
         for (addr, r) in answers {
@@ -110,16 +144,7 @@ impl Controller {
                 });
             }
         }
-        let mut hits: Vec<SearchHit> = hits.into_values().collect();
-        for h in &mut hits {
-            h.holders.sort_by_key(|h| (!h.complete, h.node.id));
-        }
-        hits.sort_by(|a, b| {
-            a.name
-                .cmp(&b.name)
-                .then_with(|| b.version.cmp(&a.version))
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        let hits = sorted(hits);
         Search { hits, unanswered }
     }
 
@@ -149,4 +174,19 @@ impl Controller {
             ))),
         }
     }
+}
+
+/// Hits by name, newest version first, complete holders first.
+fn sorted(hits: BTreeMap<PackageId, SearchHit>) -> Vec<SearchHit> {
+    let mut hits: Vec<SearchHit> = hits.into_values().collect();
+    for h in &mut hits {
+        h.holders.sort_by_key(|h| (!h.complete, h.node.id));
+    }
+    hits.sort_by(|a, b| {
+        a.name
+            .cmp(&b.name)
+            .then_with(|| b.version.cmp(&a.version))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    hits
 }

@@ -20,28 +20,34 @@ use p2p_core::framing::Framed;
 use p2p_core::{Error, PeerId, Result};
 use serde::{Deserialize, Serialize};
 
-use super::table::{BUCKETS, DigestItem, MemberEntry};
+use super::table::MemberEntry;
+pub use super::table::{BUCKETS, DigestItem};
 
 /// The most entries one message carries.
-pub(crate) const MAX_ENTRIES_PER_MESSAGE: usize = 512;
+pub const MAX_ENTRIES_PER_MESSAGE: usize = 512;
 /// The most digest items one message carries.
-pub(crate) const MAX_DIGESTS_PER_MESSAGE: usize = 50_000;
+pub const MAX_DIGESTS_PER_MESSAGE: usize = 50_000;
 
 /// The messages after the request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum GossipMsg {
+#[non_exhaustive]
+pub enum GossipMsg {
     /// Same root: nothing to exchange.
     InSync,
     /// The server's bucket hashes.
     Buckets(Vec<u64>),
     /// The buckets that differ, and the client's digests of them.
     Digests {
+        /// Bucket numbers, below [`BUCKETS`].
         buckets: Vec<u8>,
+        /// The client's digest of every entry in them.
         items: Vec<DigestItem>,
     },
     /// Entries the other side lacks, and the ids this side wants.
     Entries {
+        /// Entries, at most [`MAX_ENTRIES_PER_MESSAGE`].
         entries: Vec<MemberEntry>,
+        /// Ids whose entries this side wants.
         want: Vec<PeerId>,
     },
     /// Refused (over the rate, membership off); the text says why.
@@ -50,7 +56,7 @@ pub(crate) enum GossipMsg {
 
 impl GossipMsg {
     /// Checks the bounds a well-behaved peer keeps.
-    pub(crate) fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<()> {
         let bad = |what: String| Err(Error::protocol(format!("gossip message: {what}")));
         match self {
             GossipMsg::Buckets(b) if b.len() != BUCKETS => {

@@ -31,6 +31,22 @@
 //! unreachable node is dropped, and kept out until it publishes a newer
 //! record.
 //!
+//! ```no_run
+//! use std::sync::Arc;
+//! use p2p_core::{NodeKey, PeerAddr, Provider, Storage, SystemClock};
+//! use p2p_deploy::Agent;
+//! use p2p_deploy::membership::{Membership, MembershipConfig, Profile};
+//!
+//! # async fn demo(agent: Agent, key: NodeKey, provider: Arc<dyn Provider>,
+//! #     storage: Arc<dyn Storage>, first: PeerAddr) -> p2p_core::Result<()> {
+//! let cfg = MembershipConfig { bootstrap: vec![first], ..MembershipConfig::default() };
+//! let m = Membership::new(cfg, key, provider, storage, Arc::new(SystemClock),
+//!     Profile::default(), rand::random()).await?;
+//! agent.set_membership(m)?; // the agent publishes its profile and runs the rounds
+//! tokio::spawn(async move { agent.run().await });
+//! # Ok(()) }
+//! ```
+//!
 //! # Joining
 //!
 //! A node starts with one or more bootstrap addresses and gossips with
@@ -39,7 +55,7 @@
 //! record with a higher sequence number (each run starts above the last
 //! stored one and above the wall clock), which replaces the old one.
 
-pub(crate) mod gossip;
+pub mod gossip;
 mod record;
 mod table;
 
@@ -826,6 +842,20 @@ fn peek_id(r: &SignedRecord) -> Option<PeerId> {
     postcard::from_bytes::<NodeRecord>(&r.bytes)
         .ok()
         .map(|r| r.id)
+}
+
+/// The addresses worth putting in a record: loopback ones are left out
+/// when there are others (a peer dialing 127.0.0.1 reaches itself), and
+/// at most [`MAX_ADDRS`] are kept.
+pub fn worth_publishing(addrs: Vec<String>) -> Vec<String> {
+    let loopback = |a: &String| record::ip_of(a).is_some_and(|ip| ip.is_loopback());
+    let mut out: Vec<String> = if addrs.iter().all(loopback) {
+        addrs
+    } else {
+        addrs.into_iter().filter(|a| !loopback(a)).collect()
+    };
+    out.truncate(MAX_ADDRS);
+    out
 }
 
 fn truncate_held(mut held: Vec<HeldRelease>) -> Vec<HeldRelease> {

@@ -247,7 +247,7 @@ impl IpNet {
 }
 
 /// The IP of a socket address or of a multiaddr's `/ip4/` or `/ip6/` part.
-fn ip_of(addr: &str) -> Option<IpAddr> {
+pub(crate) fn ip_of(addr: &str) -> Option<IpAddr> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
         return Some(sa.ip());
     }

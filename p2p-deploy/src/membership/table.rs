@@ -14,21 +14,24 @@ use sha2::{Digest as _, Sha256};
 use super::record::{Claim, NodeRecord, SignedRecord};
 
 /// Digest buckets: a node's id picks its bucket.
-pub(crate) const BUCKETS: usize = 64;
+pub const BUCKETS: usize = 64;
 
 /// What a table says about one node, in a digest: enough to tell whether
 /// the other side's entry is newer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct DigestItem {
-    pub(crate) id: PeerId,
-    pub(crate) seq: u64,
-    pub(crate) down: bool,
+pub struct DigestItem {
+    /// The node.
+    pub id: PeerId,
+    /// Its record's sequence number.
+    pub seq: u64,
+    /// Whether a claim marks it unreachable.
+    pub down: bool,
 }
 
 impl DigestItem {
     /// Whether an entry with this digest replaces one with `other`: a
     /// higher sequence number, or the same one found unreachable.
-    pub(crate) fn newer_than(&self, other: &DigestItem) -> bool {
+    pub fn newer_than(&self, other: &DigestItem) -> bool {
         (self.seq, self.down) > (other.seq, other.down)
     }
 }

@@ -121,7 +121,7 @@ impl Call {
     }
 
     /// The stream, for a session that goes on past the request.
-    pub(crate) fn into_framed(self) -> Framed {
+    pub fn into_framed(self) -> Framed {
         self.framed
     }
 

@@ -210,6 +210,20 @@ pub enum Request {
     /// The node's membership table ([`Reply::Members`]): every node it
     /// knows of, with its signed record.
     Members,
+    /// Stage a signed release: verify it as a deploy would (trust store,
+    /// anti-downgrade), fetch the chunks the node lacks from the sender and
+    /// `peers`, and keep it in the chunk store, neither installed nor
+    /// activated, so that a later deploy of it starts with every chunk
+    /// present. Answered with [`Reply::Catalog`] holding its entry.
+    Stage {
+        /// The descriptor's canonical bytes.
+        #[serde(with = "serde_bytes")]
+        descriptor: Vec<u8>,
+        /// Signatures over the descriptor.
+        signatures: Vec<Signature>,
+        /// Other nodes receiving or holding the release (the swarm).
+        peers: Vec<PeerAddr>,
+    },
 }
 
 impl Request {
@@ -227,7 +241,8 @@ impl Request {
             | Request::Remove { .. }
             | Request::Deploy { .. }
             | Request::DeployRef { .. }
-            | Request::Fetch { .. } => true,
+            | Request::Fetch { .. }
+            | Request::Stage { .. } => true,
             Request::Info
             | Request::List
             | Request::Status { .. }
@@ -264,6 +279,7 @@ impl Request {
             Request::Fetch { .. } => "fetch",
             Request::Gossip { .. } => "gossip",
             Request::Members => "members",
+            Request::Stage { .. } => "stage",
         }
     }
 }
@@ -389,6 +405,15 @@ pub enum DeployEvent {
     RolledBack {
         /// The version active again.
         to: Option<semver::Version>,
+    },
+    /// Bytes of the release the node held before this deploy began (a
+    /// staged release, a shared earlier transfer); sent once, before the
+    /// transfer.
+    AlreadyHeld {
+        /// Bytes present.
+        bytes: u64,
+        /// Archive size.
+        total: u64,
     },
 }
 

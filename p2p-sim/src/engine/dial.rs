@@ -44,7 +44,7 @@ impl State {
         }
         addr.addrs
             .iter()
-            .find_map(|a| self.names.get(a).copied())
+            .find_map(|a| self.addrs.get(a).copied())
             .ok_or_else(|| {
                 Error::unreachable(format!("no simulated node at {}", addr.addrs.join(", ")))
             })

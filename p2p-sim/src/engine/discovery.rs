@@ -45,7 +45,7 @@ impl State {
         }
         let addr = PeerAddr {
             id: f.id,
-            addrs: vec![f.name.clone()],
+            addrs: vec![f.addr.clone()],
         };
         let t = &mut self.nodes[to as usize];
         t.subs.retain(|s| !s.is_closed());

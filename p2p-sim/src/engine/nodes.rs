@@ -28,7 +28,7 @@ impl State {
                 format!("{name:?}: use a non-empty name without spaces, ',' or '@'"),
             ));
         }
-        if self.names.contains_key(name) {
+        if self.names.contains_key(name) || self.addrs.contains_key(name) {
             return Err(Error::AlreadyExists {
                 what: format!("simulated node {name:?}"),
             });
@@ -46,6 +46,7 @@ impl State {
         let idx = self.nodes.len() as NodeIdx;
         self.nodes.push(Node {
             name: name.to_string(),
+            addr: name.to_string(),
             key,
             id,
             up: false,
@@ -66,6 +67,7 @@ impl State {
             traffic: NodeTraffic::default(),
         });
         self.names.insert(name.to_string(), idx);
+        self.addrs.insert(name.to_string(), idx);
         self.ids.insert(id, idx);
         Ok(idx)
     }

@@ -241,6 +241,8 @@ pub(super) struct PendingConnect {
 /// listener and discovery subscriptions, its tasks, and its storage.
 pub(crate) struct Node {
     pub(crate) name: String,
+    /// Where it is dialed: its name, until [`SimNet::restart_at`](crate::SimNet::restart_at) moves it.
+    pub(crate) addr: String,
     pub(crate) key: NodeKey,
     pub(crate) id: PeerId,
     pub(crate) up: bool,
@@ -277,6 +279,8 @@ pub(crate) struct State {
     pub(super) effects: Vec<Effect>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) names: BTreeMap<String, NodeIdx>,
+    /// Nodes by the address they are dialed at.
+    pub(crate) addrs: BTreeMap<String, NodeIdx>,
     pub(super) ids: BTreeMap<PeerId, NodeIdx>,
     pub(crate) default_link: LinkSpec,
     pub(super) links: BTreeMap<(NodeIdx, NodeIdx), LinkSpec>,
@@ -304,6 +308,7 @@ impl State {
             effects: Vec::new(),
             nodes: Vec::new(),
             names: BTreeMap::new(),
+            addrs: BTreeMap::new(),
             ids: BTreeMap::new(),
             default_link,
             links: BTreeMap::new(),

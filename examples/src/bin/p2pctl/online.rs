@@ -16,7 +16,7 @@ use p2p_deploy::proto::{Activation, Reply, Request};
 use p2p_deploy::{ActivateOptions, Controller, ControllerConfig, NodeInfo, PackageFile, Selector};
 use p2p_examples::net::{self, Backend, NetOptions, Reach, Relays};
 use p2p_examples::show::{
-    DeployView, NodeRow, StatusRow, ViewStyle, report_lines, result_text, state_name,
+    DeployView, NodeRow, PeerRow, StatusRow, ViewStyle, report_lines, result_text, state_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -369,6 +369,21 @@ pub(crate) enum Online {
         #[arg(long)]
         no_rollback: bool,
     },
+    /// Preheat: spread a signed package to the selected nodes' chunk
+    /// stores (verified there, from this controller and from each other)
+    /// without installing or activating it; a later `deploy` of it then
+    /// moves nothing and activates at once.
+    Stage {
+        #[command(flatten)]
+        net: Global,
+        /// The package file.
+        package: PathBuf,
+        #[command(flatten)]
+        targets: Targets,
+        /// Failed nodes tolerated: a number or a percentage.
+        #[arg(long, default_value = "0", value_parser = failure_limit)]
+        max_failures: FailureLimit,
+    },
     /// Start an app (and keep it running).
     Start {
         #[command(flatten)]
@@ -446,6 +461,13 @@ pub(crate) enum Online {
         #[command(flatten)]
         targets: Targets,
     },
+    /// The fleet as membership knows it: every node a node has heard of
+    /// (asked from the first bootstrap node that answers), up or
+    /// unreachable since when.
+    Peers {
+        #[command(flatten)]
+        net: Global,
+    },
     /// Find releases held in the fleet: a name, or a prefix ending in `*`.
     Search {
         #[command(flatten)]
@@ -466,6 +488,7 @@ impl Online {
             Online::Nodes { net, .. }
             | Online::Status { net, .. }
             | Online::Deploy { net, .. }
+            | Online::Stage { net, .. }
             | Online::Start { net, .. }
             | Online::Stop { net, .. }
             | Online::Restart { net, .. }
@@ -473,6 +496,7 @@ impl Online {
             | Online::Rollback { net, .. }
             | Online::Remove { net, .. }
             | Online::Logs { net, .. }
+            | Online::Peers { net }
             | Online::Search { net, .. } => Some(net),
         }
     }
@@ -493,6 +517,11 @@ fn out<T: Serialize>(s: &Settings, value: &T, text: impl FnOnce()) {
 /// did not answer are left out (their labels are unknown); callers count
 /// them as failed.
 async fn pick(ctl: &Controller, targets: &Targets) -> Result<(Vec<NodeView>, Vec<NodeInfo>)> {
+    // Every node membership knows of, beyond the bootstrap list; nodes
+    // that do not take part in membership are reached as listed.
+    if let Err(e) = ctl.members().await {
+        tracing::debug!(error = %e, "no membership list; asking the listed nodes only");
+    }
     let views = ctl.nodes().await;
     for v in NodeView::unanswered(&views) {
         if let Err(e) = &v.info {
@@ -570,7 +599,9 @@ pub(crate) async fn run(cmd: Online) -> Result<ExitCode> {
     // A package is checked, every byte against its signed descriptor,
     // before anything else: no node hears of a bad one.
     let release = match &cmd {
-        Online::Deploy { package, .. } => Some(checked_release(package)?),
+        Online::Deploy { package, .. } | Online::Stage { package, .. } => {
+            Some(checked_release(package)?)
+        }
         _ => None,
     };
     let s = &net.settings()?;
@@ -785,6 +816,7 @@ async fn run_with(
                 max_failures,
                 rollback_on_halt: !no_rollback,
                 options: ActivateOptions::default(),
+                stage: false,
             };
             let what = format!(
                 "deploy {} {}",
@@ -813,6 +845,9 @@ async fn run_with(
             };
             let (report, ()) = tokio::join!(deploy, show);
             view.finish();
+            if !s.json {
+                view.print_held();
+            }
             out(s, &serde_json::json!({"report": &report}), || {
                 for line in report_lines(&report, &names) {
                     println!("{line}");
@@ -826,6 +861,60 @@ async fn run_with(
                     tally.done();
                 } else if report.rolled_back.contains(id) {
                     tally.failed(name, "rolled back when the rollout halted");
+                } else {
+                    tally.failed(name, result_text(r));
+                }
+            }
+            Ok(tally.finish(true))
+        }
+        Online::Stage {
+            package,
+            targets,
+            max_failures,
+            ..
+        } => {
+            let release = release.ok_or_else(|| anyhow!("{}: not loaded", package.display()))?;
+            let rollout = RolloutPlan {
+                max_failures,
+                stage: true,
+                ..RolloutPlan::default()
+            };
+            let what = format!(
+                "stage {} {}",
+                release.descriptor.manifest.name, release.descriptor.manifest.version
+            );
+            let (views, chosen) = pick(ctl, &targets).await?;
+            let mut tally = Tally::new(&what);
+            if targets.nodes.is_empty() {
+                tally.unanswered(&views);
+            }
+            if chosen.is_empty() {
+                if tally.failed.is_empty() {
+                    bail!("no node matches the selector: nothing to stage on");
+                }
+                return Ok(tally.finish(true));
+            }
+            let names: BTreeMap<PeerId, String> =
+                chosen.iter().map(|n| (n.id, n.label())).collect();
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+            let stage = ctl.deploy(release, &chosen, &rollout, tx);
+            let mut view = DeployView::new(names.clone(), ViewStyle::auto(s.json));
+            let show = async {
+                while let Some(p) = rx.recv().await {
+                    view.show(&p);
+                }
+            };
+            let (report, ()) = tokio::join!(stage, show);
+            view.finish();
+            out(s, &serde_json::json!({"report": &report}), || {
+                for line in report_lines(&report, &names) {
+                    println!("{line}");
+                }
+            });
+            for (id, r) in &report.nodes {
+                let name = names.get(id).cloned().unwrap_or_else(|| id.short());
+                if matches!(r, NodeResult::Staged) {
+                    tally.done();
                 } else {
                     tally.failed(name, result_text(r));
                 }
@@ -924,6 +1013,36 @@ async fn run_with(
                 tally.done();
             }
             Ok(tally.finish(false))
+        }
+        Online::Peers { .. } => {
+            let found = ctl.members().await?;
+            for (addr, e) in &found.unanswered {
+                eprintln!("p2pctl: node {} did not answer: {e}", addr.id.short());
+            }
+            for e in &found.refused {
+                eprintln!(
+                    "p2pctl: node {} sent a record that does not verify: {e}",
+                    found.from.short()
+                );
+            }
+            if !s.json {
+                println!("{}", PeerRow::header());
+            }
+            let now_ms = p2p_core::Clock::now(&p2p_core::SystemClock).as_millis();
+            for m in &found.members {
+                let row = PeerRow::of(m);
+                out(s, &row, || println!("{}", row.line(now_ms)));
+            }
+            let up = found.up().count();
+            if !s.json {
+                eprintln!(
+                    "p2pctl: {} node(s) known to {}: {up} up, {} unreachable",
+                    found.members.len(),
+                    found.from.short(),
+                    found.members.len() - up
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Online::Search { query, version, .. } => {
             let found = ctl.search(&query, version.as_ref()).await;

@@ -49,6 +49,15 @@ impl Agent {
         let mutating = request.is_mutating();
         let address = conn.as_ref().and_then(|c| c.path().remote);
         let result = self.dispatch(from, request, conn, events, timeout).await;
+        if mutating && self.inner.membership.get().is_some() {
+            // The record lists the releases held: publish a change now,
+            // not at the next reconcile.
+            let me = self.clone();
+            let _ = self
+                .inner
+                .background
+                .send(Box::pin(async move { me.publish_profile().await }));
+        }
         if let Err(e) = &result {
             let address = address.as_deref().unwrap_or("unknown");
             if !mutating {
@@ -108,6 +117,9 @@ impl Agent {
                     .deploy_request(request, conn, events.as_ref(), timeout)
                     .await?)
             }
+            request @ Request::Stage { .. } => Ok(self
+                .stage_request(request, conn, events.as_ref(), timeout)
+                .await?),
             Request::Catalog => Ok(Reply::Catalog(self.catalog().await.map_err(rpc)?)),
             Request::Release { package } => {
                 let d = self

@@ -106,9 +106,12 @@ impl Controller {
                 let peers = self.swarm_peers(&candidates, t.id);
                 let from = (i >= full).then(|| self.pick(&sources, t.id, 2));
                 async move {
-                    let (result, previous) = self
-                        .deploy_one(&release, t, &plan.options, from, peers, &events)
-                        .await;
+                    let (result, previous) = if plan.stage {
+                        (self.stage_one(&release, t, peers, &events).await, None)
+                    } else {
+                        self.deploy_one(&release, t, &plan.options, from, peers, &events)
+                            .await
+                    };
                     // Reported as soon as this node is done, not when its
                     // batch is.
                     emit(
@@ -157,7 +160,8 @@ impl Controller {
                 break;
             }
         }
-        if report.halted.is_some() && plan.rollback_on_halt {
+        // A stage changes no node's version: nothing to roll back.
+        if report.halted.is_some() && plan.rollback_on_halt && !plan.stage {
             // A node that failed on our side but is on the new version was
             // changed by this rollout too.
             let asked = futures::future::join_all(uncertain.into_iter().map(|t| async move {
@@ -318,6 +322,11 @@ impl Controller {
                             Progress::HealthFailed { node: id, reason }
                         }
                         DeployEvent::RolledBack { to } => Progress::RolledBack { node: id, to },
+                        DeployEvent::AlreadyHeld { bytes, total } => Progress::AlreadyHeld {
+                            node: id,
+                            bytes,
+                            total,
+                        },
                         DeployEvent::Verified => continue,
                     },
                     other => {
@@ -354,6 +363,64 @@ impl Controller {
                 },
                 None,
             ),
+        }
+    }
+}
+
+impl Controller {
+    /// Stages the release on one node ([`Request::Stage`]).
+    async fn stage_one(
+        &self,
+        release: &Release,
+        node: &NodeInfo,
+        peers: Vec<PeerAddr>,
+        events: &mpsc::Sender<Progress>,
+    ) -> NodeResult {
+        let id = node.id;
+        let run = async {
+            let conn = self.connect(&node.addr).await?;
+            let request = Request::Stage {
+                descriptor: release.descriptor_bytes.clone(),
+                signatures: release.signatures.clone(),
+                peers,
+            };
+            let mut c = Call::open_watched(
+                &conn,
+                request,
+                self.cfg.deploy_timeout,
+                self.cfg.node_silence,
+            )
+            .await?;
+            loop {
+                let p = match c.next().await? {
+                    Frame::Done(reply) => return Ok::<_, p2p_core::Error>(reply),
+                    Frame::Event(DeployEvent::Transfer { bytes, total }) => Progress::Transfer {
+                        node: id,
+                        bytes,
+                        total,
+                    },
+                    Frame::Event(DeployEvent::AlreadyHeld { bytes, total }) => {
+                        Progress::AlreadyHeld {
+                            node: id,
+                            bytes,
+                            total,
+                        }
+                    }
+                    _ => continue,
+                };
+                let _ = events.try_send(p);
+            }
+        };
+        match run.await {
+            Ok(Reply::Catalog(e)) if e.iter().any(|e| e.id == release.id() && e.is_complete()) => {
+                NodeResult::Staged
+            }
+            Ok(other) => NodeResult::Failed {
+                error: format!("unexpected answer {other:?}"),
+            },
+            Err(e) => NodeResult::Failed {
+                error: e.to_string(),
+            },
         }
     }
 }

@@ -79,6 +79,11 @@ pub struct RolloutPlan {
     pub rollback_on_halt: bool,
     /// How each node activates the release.
     pub options: ActivateOptions,
+    /// Only stage the release: each target verifies it and fetches it
+    /// into its chunk store (from the controller and the swarm) without
+    /// installing or activating it; a later deploy of it then moves
+    /// nothing. Results are [`NodeResult::Staged`](super::NodeResult::Staged).
+    pub stage: bool,
 }
 
 impl Default for RolloutPlan {
@@ -88,6 +93,7 @@ impl Default for RolloutPlan {
             max_failures: FailureLimit::Count(0),
             rollback_on_halt: true,
             options: ActivateOptions::default(),
+            stage: false,
         }
     }
 }

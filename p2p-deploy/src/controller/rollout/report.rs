@@ -27,6 +27,9 @@ pub enum NodeResult {
     },
     /// Not attempted: the rollout halted first.
     Skipped,
+    /// Staged ([`RolloutPlan::stage`](super::RolloutPlan::stage)): every
+    /// chunk held, nothing installed or activated.
+    Staged,
 }
 
 impl NodeResult {
@@ -58,6 +61,16 @@ pub enum Progress {
     },
     /// Bytes a node holds of the release.
     Transfer {
+        /// The node.
+        node: PeerId,
+        /// Bytes present.
+        bytes: u64,
+        /// Archive size.
+        total: u64,
+    },
+    /// Bytes of the release a node held before the deploy (staged
+    /// earlier, or left by an interrupted transfer): what did not move.
+    AlreadyHeld {
         /// The node.
         node: PeerId,
         /// Bytes present.
