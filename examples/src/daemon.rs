@@ -157,6 +157,22 @@ impl MembershipSettings {
     }
 }
 
+impl DaemonConfig {
+    /// The membership settings of a node with id `me`: joining through
+    /// `bootstrap`, and with an allow-list set, taking only the records
+    /// of the nodes on it (and its own).
+    pub fn membership_config(&self, me: PeerId) -> Result<MembershipConfig> {
+        let mut cfg = self.membership.config(self.bootstrap_addrs()?)?;
+        let allow = peer_ids("allowed_peers", &self.allowed_peers)?;
+        if !allow.is_empty() {
+            let mut ids = allow;
+            ids.insert(me);
+            cfg.allowed_ids = Some(ids);
+        }
+        Ok(cfg)
+    }
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
@@ -509,6 +525,23 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn an_allow_list_bounds_whose_membership_records_are_taken() {
+        let me = p2p_core::NodeKey::from_seed([1; 32]).peer_id();
+        let other = "0ef8fe5306adfe90fc0b42b301865084c4f48171ec4e992399614cee529904e0";
+        let cfg: DaemonConfig = toml::from_str(&format!(
+            "allowed_peers = [\"{other}\"]\n[membership]\nforget_after = \"10m\""
+        ))
+        .unwrap();
+        cfg.check().unwrap();
+        let m = cfg.membership_config(me).unwrap();
+        assert_eq!(m.forget_after, std::time::Duration::from_secs(600));
+        let ids = m.allowed_ids.unwrap();
+        assert!(ids.contains(&me) && ids.contains(&other.parse().unwrap()) && ids.len() == 2);
+        let open = DaemonConfig::default().membership_config(me).unwrap();
+        assert!(open.allowed_ids.is_none());
     }
 
     #[test]

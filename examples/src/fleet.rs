@@ -385,7 +385,11 @@ pub async fn run_real(opts: &RealOptions) -> Result<Summary> {
     let result = async {
         for i in 1..=opts.nodes {
             let dir = root.join(format!("n{i}"));
-            let cfg = node_dir(&dir, i, opts.backend, Some(&psk_path))?;
+            let mut cfg = node_dir(&dir, i, opts.backend, Some(&psk_path))?;
+            // Every node but the first joins the fleet through the first.
+            if let Some(first) = nodes.first() {
+                cfg.bootstrap = vec![RunningNode::addr(first).to_string()];
+            }
             std::fs::copy(&public, dir.join("trusted").join("publisher.pub"))
                 .with_context(|| format!("trusting the publisher key in {}", dir.display()))?;
             let node = RunningNode::start(&dir, &cfg)
@@ -399,7 +403,9 @@ pub async fn run_real(opts: &RealOptions) -> Result<Summary> {
             ..NetOptions::loopback(opts.backend)
         };
         let provider = net::bind(&ctl_key, &net_opts).await?;
-        let bootstrap: Vec<_> = nodes.iter().map(RunningNode::addr).collect();
+        // The controller is told of the first node only: membership
+        // gives it the rest.
+        let bootstrap: Vec<_> = nodes.iter().take(1).map(RunningNode::addr).collect();
         let ctl = Controller::new(
             provider.clone(),
             ControllerConfig {
@@ -407,6 +413,7 @@ pub async fn run_real(opts: &RealOptions) -> Result<Summary> {
                 ..ControllerConfig::default()
             },
         );
+        members(&ctl, opts.nodes).await?;
         let summary = story(&ctl, opts.nodes, &root, &demo_app, &SystemClock, &signer).await;
         provider.close("the fleet example is done").await;
         let summary = summary?;
@@ -427,6 +434,30 @@ pub async fn run_real(opts: &RealOptions) -> Result<Summary> {
         n.shutdown(crate::daemon::OnShutdown::Restart).await;
     }
     result
+}
+
+/// Waits (a few seconds at most) until the first node's membership table
+/// lists every node, and prints it.
+async fn members(ctl: &Controller, nodes: usize) -> Result<()> {
+    heading("membership: the controller knows n1 only; n1 knows the fleet");
+    let mut last = None;
+    for _ in 0..40 {
+        match ctl.members().await {
+            Ok(m) if m.up().count() >= nodes => {
+                let mut names: Vec<String> = m.up().map(|m| m.record.label()).collect();
+                names.sort_by(|a, b| crate::show::by_name(a, b));
+                println!("{} nodes up: {}", names.len(), names.join(", "));
+                return Ok(());
+            }
+            Ok(m) => last = Some(format!("{} of {nodes} nodes up", m.up().count())),
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    bail!(
+        "membership did not list the fleet within 10 s: {}",
+        last.unwrap_or_default()
+    )
 }
 
 /// Makes the publisher's signing key, `publisher.key` and
@@ -505,7 +536,8 @@ async fn keep_running(root: &Path, backend: Backend, addrs: &[p2p_core::PeerAddr
         "export P2PCTL_KEY={}",
         root.join("controller.key").display()
     );
-    println!("export P2PCTL_BOOTSTRAP={bootstrap}");
+    println!("export P2PCTL_BOOTSTRAP={bootstrap}   # one node: membership finds the rest");
+    println!("cargo run -p p2p-examples --bin p2pctl -- peers");
     println!("cargo run -p p2p-examples --bin p2pctl -- nodes");
     println!("cargo run -p p2p-examples --bin p2pctl -- status {APP}");
     println!("cargo run -p p2p-examples --bin p2pctl -- logs {APP} -f");

@@ -112,7 +112,7 @@ impl RunningNode {
         ));
         if cfg.membership.enabled {
             let membership = Membership::new(
-                cfg.membership.config(bootstrap.clone())?,
+                cfg.membership_config(key.peer_id())?,
                 key.clone(),
                 provider.clone(),
                 storage,

@@ -176,7 +176,11 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
     let v2 = w.package_with("2.0.0", "\"--name\", \"v2\"", 2 << 20);
     let o = ctl(&["stage", &v2, "--selector", "role=web"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("stage demo 2.0.0: done on 2 node(s)"), "{}", text(&o));
+    assert!(
+        text(&o).contains("stage demo 2.0.0: done on 2 node(s)"),
+        "{}",
+        text(&o)
+    );
     let st = json_lines(&String::from_utf8_lossy(
         &ctl(&["status", "demo", "--json"]).stdout,
     ));

@@ -256,3 +256,64 @@ fn a_bootstrap_address_that_does_not_answer_is_passed_over() {
         assert_eq!(table(&conn).await.len(), 2, "n1 joined through n0");
     });
 }
+
+#[test]
+fn with_an_allow_list_only_the_listed_nodes_records_are_taken() {
+    block_on(async {
+        let keys: Vec<NodeKey> = (0..3u8).map(|i| NodeKey::from_seed([i + 1; 32])).collect();
+        let node = |i: usize| {
+            Node::new(format!("n{i}")).config(p2p_sim::NodeConfig {
+                key: Some(keys[i].clone()),
+                ..p2p_sim::NodeConfig::default().mbit(100)
+            })
+        };
+        let fleet = Fleet::builder(22)
+            .membership(MembershipConfig {
+                allowed_ids: Some(keys.iter().map(|k| k.peer_id()).collect()),
+                ..MembershipConfig::default()
+            })
+            .node(node(0))
+            .node(node(1).join("n0"))
+            .node(node(2).join("n0"))
+            .build();
+        fleet.run_for(Duration::from_secs(5)).await;
+        // A peer that gets through the transport (the simulator has no
+        // allow-list of its own) offers its own, validly signed record.
+        let outsider_key = NodeKey::from_seed([77; 32]);
+        let outsider = fleet
+            .net()
+            .add_node_with(
+                "outsider",
+                p2p_sim::NodeConfig {
+                    key: Some(outsider_key.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let n0 = fleet.net().provider("n0").unwrap().local_addr();
+        let conn = outsider.connect(&n0).await.unwrap();
+        let own = NodeRecord {
+            id: outsider_key.peer_id(),
+            seq: 1,
+            addrs: vec!["outsider".into()],
+            name: "outsider".into(),
+            labels: Default::default(),
+            site: None,
+            held: Vec::new(),
+        }
+        .sign(&outsider_key);
+        gossip(
+            &conn,
+            vec![MemberEntry {
+                record: own,
+                down: None,
+            }],
+        )
+        .await
+        .unwrap();
+        fleet.run_for(Duration::from_secs(5)).await;
+        let t = table(&conn).await;
+        assert_eq!(t.len(), 3, "{t:?}");
+        assert!(t.iter().all(|r| r.id != outsider_key.peer_id()));
+    });
+}

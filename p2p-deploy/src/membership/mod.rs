@@ -101,6 +101,11 @@ pub struct MembershipConfig {
     pub forget_after: Duration,
     /// Which addresses records may claim.
     pub addresses: AddressPolicy,
+    /// Whose records are taken: on a private network, the transport's
+    /// allow-list, so that a peer cannot fill tables with records of
+    /// nodes that may not even connect. `None`: anyone's (bounded by
+    /// [`max_members`](Self::max_members)).
+    pub allowed_ids: Option<std::collections::BTreeSet<PeerId>>,
     /// How long a dial to a gossip partner may take.
     pub connect_timeout: Duration,
     /// How long one exchange may take.
@@ -122,6 +127,7 @@ impl Default for MembershipConfig {
             idle_every: Duration::from_secs(3),
             forget_after: Duration::from_secs(3600),
             addresses: AddressPolicy::default(),
+            allowed_ids: None,
             connect_timeout: Duration::from_secs(3),
             round_timeout: Duration::from_secs(10),
             max_members: 20_000,
@@ -446,6 +452,15 @@ impl Membership {
             }
             let seq = record.seq;
             let id = record.id;
+            if let Some(allowed) = &self.inner.cfg.allowed_ids
+                && !allowed.contains(&id)
+            {
+                self.inner.reputation.failed(from);
+                bad.get_or_insert_with(|| {
+                    format!("record of {}, which is not on the allow-list", id.short())
+                });
+                continue;
+            }
             match s.table.offer(e.record, record, now) {
                 Merge::New | Merge::Updated => changed = true,
                 Merge::Stale => {
