@@ -91,7 +91,7 @@ pub mod trace;
 
 pub use clock::SimClock;
 pub use engine::{NetStats, NodeTraffic};
-pub use link::{LinkSpec, NodeConfig, Reach};
+pub use link::{LinkSpec, NodeConfig, Reach, SiteLink};
 pub use net::{NodeCtx, SimNet, SimNetBuilder};
 pub use process::{Script, ScriptBook, SimHealthChecker, SimRuntime};
 pub use provider::SimProvider;

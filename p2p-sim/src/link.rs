@@ -67,6 +67,35 @@ pub struct NodeConfig {
     pub lan: u32,
     /// How other nodes reach it: directly, or behind NAT.
     pub reach: Reach,
+    /// The site it is at: traffic with nodes elsewhere crosses the site's
+    /// WAN link ([`SimNet::set_site_link`](crate::SimNet::set_site_link)).
+    /// `None`: at no site (its traffic crosses only the other side's).
+    pub site: Option<String>,
+}
+
+/// A site's link to the rest of the network: every byte between a node
+/// of the site and a node elsewhere crosses it, first-come first-served,
+/// on top of the nodes' own upload and download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SiteLink {
+    /// Bytes per second out of the site; `None` is unlimited.
+    pub upload: Option<u64>,
+    /// Bytes per second into the site; `None` is unlimited.
+    pub download: Option<u64>,
+    /// One-way delay added to every path in or out of the site.
+    pub latency: Duration,
+}
+
+impl SiteLink {
+    /// `mbit_per_s` megabits per second each way, `latency` one way.
+    pub fn mbit(mbit_per_s: u64, latency: Duration) -> Self {
+        let bytes = mbit_per_s * 1_000_000 / 8;
+        SiteLink {
+            upload: Some(bytes),
+            download: Some(bytes),
+            latency,
+        }
+    }
 }
 
 /// How a simulated node is reached through NAT.
@@ -113,6 +142,12 @@ impl NodeConfig {
     /// This config behind NAT, reached as `reach` says.
     pub fn reach(mut self, reach: Reach) -> Self {
         self.reach = reach;
+        self
+    }
+
+    /// This config at site `site`.
+    pub fn at_site(mut self, site: impl Into<String>) -> Self {
+        self.site = Some(site.into());
         self
     }
 

@@ -603,6 +603,33 @@ impl SimNet {
         self.shared.with(|st| st.stats)
     }
 
+    /// Sets the WAN link of site `site` (nodes are put at a site by
+    /// [`NodeConfig::site`]); a site without a link is unlimited, with no
+    /// extra delay. Takes effect for the segments that come after.
+    pub fn set_site_link(&self, site: &str, link: crate::link::SiteLink) {
+        self.shared.with(|st| {
+            let i = st.site_index(site);
+            st.sites[i].link = link;
+        });
+    }
+
+    /// The bytes that left site `site` over its WAN link (`sent`) and
+    /// came in over it (`received`) so far.
+    ///
+    /// # Errors
+    /// No node is at that site and no link was set for it.
+    pub fn site_traffic(&self, site: &str) -> Result<NodeTraffic> {
+        self.shared.with(|st| {
+            st.sites
+                .iter()
+                .find(|s| s.name == site)
+                .map(|s| s.traffic)
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("simulated site {site:?}"),
+                })
+        })
+    }
+
     /// What the node called `name` sent and received so far.
     pub fn traffic(&self, name: &str) -> Result<NodeTraffic> {
         let n = self.idx(name)?;

@@ -819,3 +819,66 @@ async fn a_relay_going_down_ends_its_connections_and_says_why() {
     let (ba, _) = tokio::join!(b.connect(&addr), l.accept());
     assert_eq!(ba.unwrap().path().kind, PathKind::Relayed);
 }
+
+/// Two sites behind 10 Mbit/s WAN links, nodes at 1 Gbit/s: a flow
+/// between sites runs at the WAN rate and is counted on both WAN links;
+/// a flow inside a site does not touch them; two flows out of one site
+/// share its uplink.
+#[tokio::test(start_paused = true)]
+async fn traffic_between_sites_crosses_and_shares_their_wan_links() {
+    use p2p_sim::SiteLink;
+    let net = net(4);
+    for site in ["s1", "s2"] {
+        net.set_site_link(site, SiteLink::mbit(10, Duration::from_millis(10)));
+    }
+    let node = |name: &str, site: &str| {
+        net.add_node_with(name, NodeConfig::default().mbit(1000).at_site(site))
+            .unwrap()
+    };
+    let (a1, b1, a2, b2) = (
+        node("a1", "s1"),
+        node("b1", "s1"),
+        node("a2", "s2"),
+        node("b2", "s2"),
+    );
+    // Inside site 1: at the nodes' rate, nothing on the WAN.
+    let (x, y) = connect(&a1, &b1).await;
+    let start = Instant::now();
+    stream_bytes(x, y, 10_000_000, Arc::new(AtomicU64::new(0))).await;
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+    let wan = net.site_traffic("s1").unwrap();
+    assert!(wan.sent < 10_000 && wan.received < 10_000, "{wan:?}");
+    // Site 1 to site 2: 10 Mbit/s, so 5 MB take 4 s.
+    let (x, y) = connect(&a1, &a2).await;
+    let start = Instant::now();
+    stream_bytes(x, y, 5_000_000, Arc::new(AtomicU64::new(0))).await;
+    let took = start.elapsed().as_secs_f64();
+    assert!(
+        (took - 4.0).abs() < 0.2,
+        "5 MB over a 10 Mbit/s WAN took {took:.2} s"
+    );
+    let (s1, s2) = (
+        net.site_traffic("s1").unwrap(),
+        net.site_traffic("s2").unwrap(),
+    );
+    assert!((5_000_000..5_100_000).contains(&s1.sent), "{s1:?}");
+    assert!((5_000_000..5_100_000).contains(&s2.received), "{s2:?}");
+    // Two flows out of site 1 share its uplink: 2 x 2.5 MB take 4 s.
+    let (x1, y1) = connect(&a1, &a2).await;
+    let (x2, y2) = connect(&b1, &b2).await;
+    let start = Instant::now();
+    tokio::join!(
+        stream_bytes(x1, y1, 2_500_000, Arc::new(AtomicU64::new(0))),
+        stream_bytes(x2, y2, 2_500_000, Arc::new(AtomicU64::new(0)))
+    );
+    let took = start.elapsed().as_secs_f64();
+    assert!(
+        (took - 4.0).abs() < 0.3,
+        "two flows sharing the WAN took {took:.2} s"
+    );
+    assert!(net.site_traffic("nowhere").is_err());
+}

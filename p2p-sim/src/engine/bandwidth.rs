@@ -145,3 +145,23 @@ impl State {
         }
     }
 }
+
+impl super::state::SiteState {
+    /// A segment of `len` bytes reaching the site's uplink at `at`: sent
+    /// when the link is free, first come first served. Returns when it
+    /// has left.
+    pub(super) fn pass_up(&mut self, at: u64, len: usize) -> u64 {
+        let start = at.max(self.up_free_at);
+        self.up_free_at = start + tx_ns(len, self.link.upload);
+        self.traffic.sent += len as u64;
+        self.up_free_at
+    }
+
+    /// The same for the site's downlink.
+    pub(super) fn pass_down(&mut self, at: u64, len: usize) -> u64 {
+        let start = at.max(self.down_free_at);
+        self.down_free_at = start + tx_ns(len, self.link.download);
+        self.traffic.received += len as u64;
+        self.down_free_at
+    }
+}

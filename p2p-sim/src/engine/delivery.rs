@@ -47,7 +47,20 @@ impl State {
             self.schedule(at, Event::Retransmit { seg });
             return;
         }
-        let at = self.now + self.delay(src, dst);
+        let len = seg.len();
+        let (from_site, to_site) = (self.nodes[src as usize].site, self.nodes[dst as usize].site);
+        let mut at = self.now;
+        if from_site != to_site
+            && let Some(s) = from_site
+        {
+            at = self.sites[s].pass_up(at, len);
+        }
+        at += self.delay(src, dst);
+        if from_site != to_site
+            && let Some(s) = to_site
+        {
+            at = self.sites[s].pass_down(at, len);
+        }
         self.schedule(at, Event::Arrive { seg });
     }
 

@@ -23,7 +23,20 @@ impl State {
         } else {
             0
         };
-        l.latency.as_nanos() as u64 + j
+        l.latency.as_nanos() as u64 + j + self.site_latency(a, b)
+    }
+
+    /// The extra one-way delay of leaving `a`'s site and entering `b`'s.
+    fn site_latency(&self, a: NodeIdx, b: NodeIdx) -> u64 {
+        let (sa, sb) = (self.nodes[a as usize].site, self.nodes[b as usize].site);
+        if sa == sb {
+            return 0;
+        }
+        [sa, sb]
+            .iter()
+            .flatten()
+            .map(|&s| self.sites[s].link.latency.as_nanos() as u64)
+            .sum()
     }
 
     /// One-way delay from `a` to `b` along flow `fid`'s path: through its

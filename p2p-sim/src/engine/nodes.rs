@@ -44,7 +44,9 @@ impl State {
             });
         }
         let idx = self.nodes.len() as NodeIdx;
+        let site = cfg.site.as_deref().map(|s| self.site_index(s));
         self.nodes.push(Node {
+            site,
             name: name.to_string(),
             addr: name.to_string(),
             key,

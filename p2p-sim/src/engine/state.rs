@@ -237,10 +237,39 @@ pub(super) struct PendingConnect {
     pub(super) conn: Option<ConnId>,
 }
 
+/// A site's WAN link and its state.
+pub(crate) struct SiteState {
+    pub(crate) name: String,
+    pub(crate) link: crate::link::SiteLink,
+    /// Virtual time (ns) when the uplink and the downlink are free next.
+    pub(super) up_free_at: u64,
+    pub(super) down_free_at: u64,
+    pub(crate) traffic: super::stats::NodeTraffic,
+}
+
+impl State {
+    /// The index of site `name`, made (with an unlimited link) if new.
+    pub(crate) fn site_index(&mut self, name: &str) -> usize {
+        if let Some(i) = self.sites.iter().position(|s| s.name == name) {
+            return i;
+        }
+        self.sites.push(SiteState {
+            name: name.to_string(),
+            link: crate::link::SiteLink::default(),
+            up_free_at: 0,
+            down_free_at: 0,
+            traffic: Default::default(),
+        });
+        self.sites.len() - 1
+    }
+}
+
 /// A simulated node: identity, incarnation, link rates and rings, the
 /// listener and discovery subscriptions, its tasks, and its storage.
 pub(crate) struct Node {
     pub(crate) name: String,
+    /// Its site, an index into `State::sites`.
+    pub(crate) site: Option<usize>,
     /// Where it is dialed: its name, until [`SimNet::restart_at`](crate::SimNet::restart_at) moves it.
     pub(crate) addr: String,
     pub(crate) key: NodeKey,
@@ -281,6 +310,8 @@ pub(crate) struct State {
     pub(crate) names: BTreeMap<String, NodeIdx>,
     /// Nodes by the address they are dialed at.
     pub(crate) addrs: BTreeMap<String, NodeIdx>,
+    /// Sites: their WAN links, when each is free next, their traffic.
+    pub(crate) sites: Vec<SiteState>,
     pub(super) ids: BTreeMap<PeerId, NodeIdx>,
     pub(crate) default_link: LinkSpec,
     pub(super) links: BTreeMap<(NodeIdx, NodeIdx), LinkSpec>,
@@ -309,6 +340,7 @@ impl State {
             nodes: Vec::new(),
             names: BTreeMap::new(),
             addrs: BTreeMap::new(),
+            sites: Vec::new(),
             ids: BTreeMap::new(),
             default_link,
             links: BTreeMap::new(),
