@@ -58,6 +58,43 @@ pub struct SwarmScenario {
     pub descriptor_copies: usize,
     /// Records [`SwarmOutcome::traffic`] at this interval; `None`: not.
     pub sample_every: Option<Duration>,
+    /// Targets spread over sites behind WAN links, the controller at a
+    /// site of its own; `None`: one flat network.
+    pub sites: Option<Sites>,
+}
+
+/// A topology of sites: `count` sites of `nodes / count` targets each
+/// (`s0`, `s1`, ...), every target at `mbit` inside its site, each site
+/// and the controller's (`ctl-site`) behind a WAN link of `wan_mbit` up
+/// and down with `wan_latency` one way.
+#[derive(Debug, Clone)]
+pub struct Sites {
+    /// Sites of targets.
+    pub count: usize,
+    /// Each site's WAN rate, Mbit/s each way.
+    pub wan_mbit: u64,
+    /// Each site's WAN one-way delay.
+    pub wan_latency: Duration,
+    /// Agents and controller use sites (membership, labels, the site
+    /// rules); off: the same topology with a swarm blind to it.
+    pub aware: bool,
+}
+
+impl Sites {
+    /// The topology: 5 sites behind 50 Mbit/s, 10 ms.
+    pub fn five(aware: bool) -> Self {
+        Sites {
+            count: 5,
+            wan_mbit: 50,
+            wan_latency: Duration::from_millis(10),
+            aware,
+        }
+    }
+
+    fn of(&self, i: usize, nodes: usize) -> String {
+        let per = nodes.div_ceil(self.count).max(1);
+        format!("s{}", i / per)
+    }
 }
 
 /// The longest a deploy may take in these runs (virtual time).
@@ -82,6 +119,19 @@ impl SwarmScenario {
             agent: SwarmConfig::default(),
             descriptor_copies: ControllerConfig::default().descriptor_copies,
             sample_every: None,
+            sites: None,
+        }
+    }
+
+    /// `nodes` targets in five sites of 1 Gbit/s behind 50 Mbit/s WAN
+    /// links, the controller at a sixth, 1 ms inside a site.
+    pub fn five_sites(nodes: usize, size: usize, aware: bool) -> Self {
+        SwarmScenario {
+            size,
+            mbit: 1000,
+            latency: Duration::from_millis(1),
+            sites: Some(Sites::five(aware)),
+            ..SwarmScenario::new(nodes)
         }
     }
 
@@ -97,8 +147,22 @@ impl SwarmScenario {
         }
     }
 
-    /// The Kumar-Ross minimum distribution time.
+    /// The Kumar-Ross minimum distribution time; with sites, the bound of
+    /// that topology: every site's WAN downlink must carry the release
+    /// once, and the controller's WAN uplink must send it once, so no
+    /// schedule beats F / (WAN rate), nor the flat bound inside a site.
     pub fn bound(&self) -> Duration {
+        let flat = self.flat_bound();
+        match &self.sites {
+            Some(s) => {
+                let wan = self.size as f64 * 8.0 / (s.wan_mbit as f64 * 1e6);
+                flat.max(Duration::from_secs_f64(wan))
+            }
+            None => flat,
+        }
+    }
+
+    fn flat_bound(&self) -> Duration {
         let f = self.size as f64 * 8.0;
         let us = self.mbit as f64 * 1e6;
         let rates: Vec<f64> = (0..self.nodes)
@@ -125,6 +189,17 @@ impl SwarmScenario {
     /// Runs it on the current runtime (which must have paused time).
     pub async fn run_async(&self) -> SwarmOutcome {
         let fleet = self.fleet();
+        if let Some(s) = &self.sites {
+            let link = p2p_sim::SiteLink::mbit(s.wan_mbit, s.wan_latency);
+            for i in 0..s.count {
+                fleet.net().set_site_link(&format!("s{i}"), link);
+            }
+            fleet.net().set_site_link("ctl-site", link);
+            if s.aware {
+                // Membership tells each node its peers' sites.
+                fleet.run_for(Duration::from_secs(15)).await;
+            }
+        }
         let release = release(self.size, self.chunk_size, fleet.signer());
         let names: Vec<String> = fleet.agents().map(str::to_string).collect();
         let ctl = fleet.controller();
@@ -141,12 +216,36 @@ impl SwarmScenario {
     /// reading them, and a controller at the fleet's bandwidth.
     fn fleet(&self) -> Fleet {
         let shared = SharedChunks::default();
-        let swarm = self.agent.clone();
-        Fleet::builder(self.seed)
+        let mut swarm = self.agent.clone();
+        let aware = self.sites.as_ref().is_none_or(|s| s.aware);
+        swarm.sites = aware;
+        let mut builder = Fleet::builder(self.seed);
+        if self.sites.as_ref().is_some_and(|s| s.aware) {
+            builder = builder.membership(p2p_deploy::membership::MembershipConfig::default());
+        }
+        let mut ctl_node = NodeConfig::default().mbit(self.mbit);
+        if self.sites.is_some() {
+            ctl_node = ctl_node.at_site("ctl-site");
+        }
+        builder
             .link(LinkSpec::latency(self.latency).with_loss(self.loss))
             .signer(Ed25519Signer::from_seed(&[3; 32]))
             .nodes(self.nodes, |i| {
-                Node::new(format!("t{i:03}")).mbit(self.mbit_of(i))
+                let node = Node::new(format!("t{i:03}"));
+                match &self.sites {
+                    Some(s) => {
+                        let site = s.of(i, self.nodes);
+                        let node = node
+                            .config(NodeConfig::default().mbit(self.mbit_of(i)).at_site(&site))
+                            .label("site", &site);
+                        if s.aware && i > 0 {
+                            node.join("t000")
+                        } else {
+                            node
+                        }
+                    }
+                    None => node.mbit(self.mbit_of(i)),
+                }
             })
             .agent_config(move |cfg| {
                 cfg.swarm = swarm.clone();
@@ -157,9 +256,10 @@ impl SwarmScenario {
                 installer: Arc::new(RecordOnly),
                 ..parts
             })
-            .controller_node(NodeConfig::default().mbit(self.mbit))
+            .controller_node(ctl_node)
             .controller(ControllerConfig {
                 swarm: self.swarm,
+                sites: aware,
                 seed: self.seed,
                 descriptor_copies: self.descriptor_copies,
                 // Every byte from the controller to 500 targets takes
@@ -206,8 +306,15 @@ impl SwarmScenario {
             stop.notify_one();
             out
         };
+        let wan_before = self.wan_down(net);
         let ((report, done), traffic) = tokio::join!(deploy, sample);
+        let wan_after = self.wan_down(net);
         SwarmOutcome {
+            site_wan_down: wan_after
+                .into_iter()
+                .zip(wan_before)
+                .map(|((site, after), (_, before))| (site, after - before))
+                .collect(),
             traffic,
             finished: {
                 let mut t: Vec<Duration> = done.values().copied().collect();
@@ -219,6 +326,22 @@ impl SwarmScenario {
             trace_hash: net.trace_hash(),
             report,
         }
+    }
+}
+
+impl SwarmScenario {
+    /// Bytes that came in over each target site's WAN link so far.
+    fn wan_down(&self, net: &SimNet) -> Vec<(String, u64)> {
+        let Some(s) = &self.sites else {
+            return Vec::new();
+        };
+        (0..s.count)
+            .map(|i| {
+                let site = format!("s{i}");
+                let got = net.site_traffic(&site).map_or(0, |t| t.received);
+                (site, got)
+            })
+            .collect()
     }
 }
 
@@ -267,6 +390,9 @@ pub struct SwarmOutcome {
     pub report: RolloutReport,
     /// Traffic over time, if [`SwarmScenario::sample_every`] asked for it.
     pub traffic: Vec<TrafficSample>,
+    /// With sites: the bytes each target site's WAN downlink carried
+    /// during the deploy.
+    pub site_wan_down: Vec<(String, u64)>,
 }
 
 /// The traffic of a run at one moment since the deploy began.

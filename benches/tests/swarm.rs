@@ -58,3 +58,44 @@ fn the_swarm_is_deterministic() {
     let c = SwarmScenario { seed: 7, ..s }.run();
     assert_ne!(a.trace_hash, c.trace_hash, "another seed, another run");
 }
+
+/// Five sites of 10 targets behind 50 Mbit/s WAN links, 16 MB: with site
+/// awareness each site's WAN downlink carries the release about once and
+/// the rollout ends near the topology's bound; blind to sites, the same
+/// swarm pulls many copies over each WAN link and takes longer.
+#[test]
+fn at_five_sites_each_chunk_crosses_each_wan_link_about_once() {
+    let size = 16_000_000;
+    let run = |aware| SwarmScenario::five_sites(50, size, aware).run();
+    let (aware, blind) = (run(true), run(false));
+    for (what, o) in [("aware", &aware), ("blind", &blind)] {
+        assert_eq!(o.complete(), 50, "{what}: {:?}", o.report);
+        let wan: Vec<String> = o
+            .site_wan_down
+            .iter()
+            .map(|(s, b)| format!("{s} {:.2}", *b as f64 / size as f64))
+            .collect();
+        eprintln!(
+            "{what}: {:.1} s, {:.2}x the bound {:.1} s; WAN down per site (in releases): {}",
+            o.completion().as_secs_f64(),
+            o.ratio(),
+            o.bound.as_secs_f64(),
+            wan.join(", ")
+        );
+    }
+    let most = |o: &p2p_benches::swarm::SwarmOutcome| {
+        o.site_wan_down.iter().map(|(_, b)| *b).max().unwrap() as f64 / size as f64
+    };
+    assert!(
+        most(&aware) <= 1.5,
+        "aware: {:.2} releases over one WAN link",
+        most(&aware)
+    );
+    assert!(
+        most(&blind) > most(&aware),
+        "blind {:.2} vs aware {:.2}",
+        most(&blind),
+        most(&aware)
+    );
+    assert!(aware.completion() < blind.completion());
+}

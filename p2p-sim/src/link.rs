@@ -74,8 +74,11 @@ pub struct NodeConfig {
 }
 
 /// A site's link to the rest of the network: every byte between a node
-/// of the site and a node elsewhere crosses it, first-come first-served,
-/// on top of the nodes' own upload and download.
+/// of the site and a node elsewhere crosses it, on top of the nodes' own
+/// upload and download. Each direction serves the streams waiting on it
+/// round robin, one segment at a time (as a router with fair queueing
+/// does), so a busy link delays a small message by one turn of the
+/// streams crossing it, not by everything queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SiteLink {
     /// Bytes per second out of the site; `None` is unlimited.

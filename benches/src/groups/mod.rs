@@ -7,6 +7,7 @@ pub mod nat_netns;
 pub mod packages;
 pub mod runtime;
 pub mod sim;
+pub mod sites;
 pub mod swarm;
 pub mod swarm_netns;
 pub mod transport;
@@ -54,6 +55,11 @@ pub const ALL: &[Group] = &[
         name: "swarm",
         about: "a 100 MB release to 10 and 100 simulated agents (SWARM_NODES=500 for more): swarm vs Kumar-Ross bound vs controller only",
         run: swarm::run,
+    },
+    Group {
+        name: "sites",
+        about: "a 100 MB release to 200 simulated agents at 5 sites behind 50 Mbit/s WAN links: WAN bytes per site and time vs the topology's bound, against the swarm blind to sites",
+        run: sites::run,
     },
     Group {
         name: "swarm-netns",

@@ -79,6 +79,14 @@ impl swarm::Host for Agent {
         let me = self.clone();
         Box::pin(async move { me.dial_peer(addr).await })
     }
+
+    fn site(&self) -> Option<String> {
+        self.inner.cfg.labels.get("site").cloned()
+    }
+
+    fn site_of(&self, peer: &PeerId) -> Option<String> {
+        self.inner.membership.get()?.site_of(peer)
+    }
 }
 
 impl Agent {

@@ -52,6 +52,15 @@ impl Serving {
     }
 }
 
+impl Serving {
+    /// Tells the seed each target's site (see `Seed::set_sites`).
+    pub(super) fn set_sites(&self, sites: &BTreeMap<p2p_core::PeerId, String>) {
+        if let Some((seeding, _)) = lock(&self.served).get(&self.id) {
+            seeding.seed.set_sites(sites);
+        }
+    }
+}
+
 impl Drop for Serving {
     fn drop(&mut self) {
         let mut served = lock(&self.served);

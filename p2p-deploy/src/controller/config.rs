@@ -28,6 +28,16 @@ pub struct ControllerConfig {
     pub swarm: bool,
     /// Swarm peers given to each target (a random subset of the others).
     pub swarm_peers: usize,
+    /// Site awareness, for targets with a `site` label: each target is
+    /// given every other target at its site (up to
+    /// [`SITE_PEERS`](crate::controller::SITE_PEERS)) and
+    /// [`remote_peers`](Self::remote_peers) at other sites as swarm peers,
+    /// and the seed sends each chunk to every site once before any site
+    /// twice.
+    pub sites: bool,
+    /// With [`sites`](Self::sites): swarm peers at other sites given to
+    /// each target.
+    pub remote_peers: usize,
     /// With the swarm on: how many nodes are sent the release's
     /// descriptor itself ([`Request::Deploy`](crate::proto::Request::Deploy)), counting those that took
     /// it in earlier batches. The others get [`Request::DeployRef`](crate::proto::Request::DeployRef) and
@@ -52,6 +62,8 @@ impl Default for ControllerConfig {
             node_silence: Some(Duration::from_secs(5)),
             swarm: true,
             swarm_peers: 12,
+            sites: true,
+            remote_peers: 4,
             descriptor_copies: 16,
             seed: 0,
         }

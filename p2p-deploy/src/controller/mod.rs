@@ -34,7 +34,7 @@ pub use config::ControllerConfig;
 pub use members::Members;
 pub use nodes::NodeView;
 pub use rollout::{
-    BatchSize, FailureLimit, NodeResult, Plan, Progress, RolloutPlan, RolloutReport,
+    BatchSize, FailureLimit, NodeResult, Plan, Progress, RolloutPlan, RolloutReport, SITE_PEERS,
 };
 pub use search::{Holder, Search, SearchHit};
 

@@ -335,6 +335,11 @@ impl Membership {
             .collect()
     }
 
+    /// The site `id`'s record names, if the node is known and has one.
+    pub fn site_of(&self, id: &PeerId) -> Option<String> {
+        lock(&self.inner.state).table.get(id)?.record.site.clone()
+    }
+
     /// The table as it travels (for [`Request::Members`]).
     pub fn entries(&self) -> Vec<MemberEntry> {
         lock(&self.inner.state)

@@ -36,6 +36,13 @@ pub struct SwarmConfig {
     pub upload_limit: Option<u64>,
     /// Most bytes per second of chunks this node fetches; `None`: no cap.
     pub download_limit: Option<u64>,
+    /// Site awareness: a node that knows its site (its `site` label) and
+    /// its neighbours' (from membership records) fetches from neighbours
+    /// at other sites only the chunks no neighbour at its own site holds,
+    /// and of those only the ones it is designated for among its site's
+    /// peers in the deploy, so that each chunk crosses the site's WAN
+    /// link about once. See the [swarm docs](super).
+    pub sites: bool,
 }
 
 impl Default for SwarmConfig {
@@ -50,6 +57,7 @@ impl Default for SwarmConfig {
             reputation: ReputationPolicy::default(),
             upload_limit: None,
             download_limit: None,
+            sites: true,
         }
     }
 }

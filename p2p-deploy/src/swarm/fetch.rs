@@ -17,9 +17,9 @@ use super::schedule;
 use super::session::{dial_peers, open_session};
 use super::sources::{BadChunks, orphan_chunk, usable_neighbors};
 use super::throttle::Throttle;
-use super::transfer::{BUSY_REST, NO_SOURCE_GRACE, SEED_GONE_GRACE, SEED_WAIT, Transfer};
+use super::transfer::{BUSY_REST, NO_SOURCE_GRACE, SEED_GONE_GRACE, SEED_WAIT, SiteRole, Transfer};
 use crate::chunks::{ChunkError, chunk_len};
-use crate::proto::{Call, Frame, Reply, Request, unexpected};
+use crate::proto::{Bitfield, Call, Frame, Reply, Request, unexpected};
 
 enum Fetched {
     Chunk {
@@ -116,6 +116,9 @@ pub(crate) async fn fetch<H: Host>(
         ));
     }
     progress(t.have_bytes());
+    if cfg.sites {
+        take_site_role(host, t, &peers);
+    }
     if let Some(conn) = &seed
         && let Err(e) = open_session(host, t, conn.clone(), true).await
     {
@@ -399,6 +402,55 @@ fn adapt(t: &Transfer, cfg: &SwarmConfig, from: PeerId, took: Option<Duration>) 
 /// hole punching can turn a relayed connection direct after a while.
 const PATH_RECHECK: Duration = Duration::from_secs(1);
 
+/// With the node's site known: the chunks this node brings into its site
+/// from other sites. Each chunk goes to one node of the site's peers in
+/// the deploy (this node and those of `peers` at its site): the one whose
+/// hash of (its id, the chunk) is highest, so every node of the site
+/// computes the same split without talking (rendezvous hashing).
+fn take_site_role<H: Host>(host: &H, t: &Transfer, peers: &[PeerAddr]) {
+    let Some(site) = host.site() else { return };
+    let me = host.local_id();
+    let mut roster: Vec<PeerId> = peers
+        .iter()
+        .filter(|p| p.id != me && host.site_of(&p.id).as_deref() == Some(site.as_str()))
+        .map(|p| p.id)
+        .collect();
+    roster.sort();
+    roster.dedup();
+    let n = t.d.chunks.len();
+    let mut designated = Bitfield::new(n);
+    for i in 0..n {
+        let mine = rendezvous(&me, i);
+        if roster.iter().all(|p| rendezvous(p, i) < mine) {
+            designated.set(i);
+        }
+    }
+    let mut st = t.st();
+    if st.site.is_none() {
+        tracing::debug!(
+            %site,
+            peers_at_site = roster.len(),
+            designated = designated.count(),
+            "fetching by site"
+        );
+        st.site = Some(SiteRole {
+            site,
+            designated,
+            stalled_since: None,
+        });
+    }
+}
+
+/// The rendezvous hash of `peer` for chunk `i`.
+fn rendezvous(peer: &PeerId, i: usize) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(peer.as_bytes());
+    h.update((i as u64).to_be_bytes());
+    let out = h.finalize();
+    u64::from_be_bytes(out[..8].try_into().expect("8 bytes"))
+}
+
 /// Asks neighbours for the chunks the [scheduler](schedule::plan) picks,
 /// each request a task in `inflight`, after looking again at which
 /// neighbours are reached through a relay.
@@ -416,6 +468,11 @@ fn request_chunks<H: Host>(
         if now >= n.path_checked + PATH_RECHECK {
             n.relayed = n.conn.path().kind == PathKind::Relayed;
             n.path_checked = now;
+        }
+    }
+    if let Some(role) = &st.site {
+        for (id, n) in st.neighbors.iter_mut().filter(|(_, n)| n.remote.is_none()) {
+            n.remote = Some(host.site_of(id).is_some_and(|theirs| theirs != role.site));
         }
     }
     let wanted = schedule::plan(st, cfg, host.reputation(), now, |k| host.random(k));

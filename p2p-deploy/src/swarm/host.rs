@@ -24,4 +24,8 @@ pub(crate) trait Host: Clone + Send + Sync + 'static {
     fn spawn(&self, f: BoxFuture<'static, ()>);
     /// A connection to `addr` whose inbound streams the node serves.
     fn dial(&self, addr: PeerAddr) -> BoxFuture<'static, Result<Arc<dyn Connection>>>;
+    /// The node's site, if it knows it.
+    fn site(&self) -> Option<String>;
+    /// `peer`'s site, if the node knows it.
+    fn site_of(&self, peer: &PeerId) -> Option<String>;
 }

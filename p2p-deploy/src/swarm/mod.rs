@@ -40,13 +40,45 @@
 //!   they arrive, so a transfer that is interrupted resumes where it was.
 //!   Once every chunk exists somewhere in the fleet, the seed may go away.
 //!
+//! # Sites
+//!
+//! A fleet at several sites, each behind a slow WAN link, would otherwise
+//! pull many copies of every chunk over each site's link: neighbours are
+//! picked at random, and most of a node's are at other sites. With
+//! [`SwarmConfig::sites`] (on by default), a node's site is its `site`
+//! label, and its neighbours' sites come from their membership records
+//! (so site awareness needs [membership](crate::membership); without it,
+//! or without the label, the swarm is as above):
+//!
+//! - The controller gives each target every other target at its site (up
+//!   to [`SITE_PEERS`](crate::controller::SITE_PEERS)) and
+//!   [`ControllerConfig::remote_peers`](crate::ControllerConfig::remote_peers)
+//!   at other sites, and a target dials a couple of those first.
+//! - The seed sends "any chunk" requests the chunk the asker's *site*
+//!   holds fewest copies of (then the fleet), so each chunk goes to every
+//!   site once before any site twice.
+//! - A target asks neighbours at other sites only for chunks that no
+//!   neighbour at its own site holds, and of those only for the ones it is
+//!   *designated* for: each chunk is assigned to one node of the site's
+//!   peers in the deploy, the one whose hash of (id, chunk) is highest
+//!   (rendezvous hashing), which every node of the site computes alike
+//!   without talking. So each chunk crosses the site's link about once,
+//!   and the site's nodes share the work of bringing it in. A node whose
+//!   site has had nothing for it for two seconds while it lacks chunks
+//!   fetches any of them from other sites: a designated node may be down.
+//!
+//! `bench-report sites` measures it: five sites of 40 targets (1 Gbit/s
+//! inside, 50 Mbit/s WAN links), against the same swarm blind to sites.
+//!
 //! # Finding and fetching releases
 //!
 //! Every agent answers [`Request::Catalog`](crate::proto::Request::Catalog) with the releases it holds
 //! (name, version, id, chunks held, installed, active), and
 //! [`Request::Release`](crate::proto::Request::Release) with a held release's descriptor and the
-//! signatures it arrived with. [`Controller::search`](crate::Controller::search)
-//! asks the whole fleet, by name (`web`) or prefix (`web*`) and a semver
+//! signatures it arrived with, and each node's membership record lists
+//! what it holds. [`Controller::search`](crate::Controller::search)
+//! answers from one node's membership table (or, without membership,
+//! asks every node), by name (`web`) or prefix (`web*`) and a semver
 //! requirement; [`Request::Fetch`](crate::proto::Request::Fetch) (or
 //! [`Controller::prefetch`](crate::Controller::prefetch)) has an agent
 //! take a release from the peers that hold it: the descriptor and

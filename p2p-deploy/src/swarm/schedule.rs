@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::config::SwarmConfig;
 use super::reputation::Reputation;
-use super::transfer::TState;
+use super::transfer::{SITE_STALL, TState};
 use crate::proto::Bitfield;
 
 /// Shuffles `v` (Fisher-Yates; `random(k)` is uniform in `0..k`).
@@ -81,6 +81,37 @@ pub(super) fn plan(
         .filter(|n| !n.seed)
         .map(|n| n.have.count());
     let boost = catch_up(st.have.count(), theirs, st.have.len());
+    // Site awareness: neighbours at other sites are asked only for
+    // chunks no neighbour at this node's site holds, and of those, the
+    // ones this node is designated for, unless its site has had nothing
+    // for it for a while.
+    let sites = st.site.is_some() && st.neighbors.values().any(|n| n.remote == Some(true));
+    let local_has = sites.then(|| {
+        st.neighbors
+            .values()
+            .filter(|n| !n.seed && n.remote != Some(true))
+            .fold(Bitfield::new(st.have.len()), |acc, n| acc.union(&n.have))
+    });
+    let stalled = match (&mut st.site, &local_has) {
+        (Some(role), Some(local)) => {
+            let busy = st
+                .neighbors
+                .values()
+                .any(|n| !n.seed && n.remote != Some(true) && n.inflight > 0);
+            let offered = local
+                .ones()
+                .any(|i| !st.have.get(i) && !st.requested.get(i));
+            if busy || offered || st.have.is_full() {
+                role.stalled_since = None;
+                false
+            } else {
+                let since = *role.stalled_since.get_or_insert(now);
+                now.duration_since(since) >= SITE_STALL
+            }
+        }
+        _ => false,
+    };
+    let designated = st.site.as_ref().map(|r| r.designated.clone());
     let mut order: Vec<(bool, PeerId)> = st
         .neighbors
         .iter()
@@ -99,6 +130,7 @@ pub(super) fn plan(
             continue;
         };
         let relayed = n.relayed;
+        let remote = sites && n.remote == Some(true);
         let room = if relayed { 1 } else { n.window(cfg) * boost };
         while n.inflight < room {
             // Rarest first among what this neighbour has and we lack
@@ -108,6 +140,11 @@ pub(super) fn plan(
                 .ones()
                 .filter(|&i| !st.have.get(i) && !st.requested.get(i))
                 .filter(|&i| !relayed || direct_has.as_ref().is_none_or(|d| !d.get(i)))
+                .filter(|&i| {
+                    !remote
+                        || (local_has.as_ref().is_none_or(|l| !l.get(i))
+                            && (stalled || designated.as_ref().is_none_or(|d| d.get(i))))
+                })
                 .map(|i| (st.counts[i], i));
             let Some(i) = fewest(wanted_here, &mut random) else {
                 break;

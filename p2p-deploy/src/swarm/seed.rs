@@ -22,6 +22,18 @@ pub(crate) struct SeedState {
     /// Copies the seed sent.
     sent: Vec<u32>,
     sending: BTreeMap<PeerId, BTreeSet<u32>>,
+    /// Each target's site (an index), when the controller knows them.
+    site_of: BTreeMap<PeerId, usize>,
+    /// Per site, copies of each chunk held there or sent there.
+    site_counts: Vec<Vec<u32>>,
+}
+
+impl SeedState {
+    fn count_at_site(&mut self, peer: &PeerId, i: usize) {
+        if let Some(&s) = self.site_of.get(peer) {
+            self.site_counts[s][i] += 1;
+        }
+    }
 }
 
 /// A release a seed serves: the bytes, the fleet's have-maps, and the
@@ -66,10 +78,37 @@ impl Seed {
                 held: vec![0; n],
                 sent: vec![0; n],
                 sending: BTreeMap::new(),
+                site_of: BTreeMap::new(),
+                site_counts: Vec::new(),
             }),
             slots: tokio::sync::Semaphore::new(SEED_FIRST_SLOTS),
             opened: std::sync::atomic::AtomicUsize::new(SEED_FIRST_SLOTS),
             rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Tells the seed each target's site: "any chunk" then goes for the
+    /// chunk the asker's site holds fewest copies of (then the fleet), so
+    /// that the seed's uplink spreads each chunk to every site once before
+    /// any site twice. Targets not named here are served as before.
+    pub(crate) fn set_sites(&self, sites: &BTreeMap<PeerId, String>) {
+        let n = self.d.chunks.len();
+        let mut names: Vec<&String> = sites.values().collect();
+        names.sort();
+        names.dedup();
+        let mut st = self.st();
+        st.site_counts = vec![vec![0; n]; names.len()];
+        st.site_of = sites
+            .iter()
+            .filter_map(|(id, s)| Some((*id, names.iter().position(|x| *x == s)?)))
+            .collect();
+        // What sessions reported before.
+        let haves: Vec<(PeerId, Bitfield)> =
+            st.haves.iter().map(|(p, h)| (*p, h.clone())).collect();
+        for (p, h) in haves {
+            for i in h.ones() {
+                st.count_at_site(&p, i);
+            }
         }
     }
 
@@ -89,10 +128,15 @@ impl Seed {
             let mut st = self.st();
             let st = &mut *st;
             let have = st.haves.entry(peer).or_insert_with(|| Bitfield::new(n));
+            let mut new = Vec::new();
             for i in theirs.ones() {
                 if have.set(i) {
                     st.held[i] += 1;
+                    new.push(i);
                 }
+            }
+            for i in new {
+                st.count_at_site(&peer, i);
             }
         }
         if framed.send(&Frame::Have(Bitfield::full(n))).await.is_err() {
@@ -111,6 +155,11 @@ impl Seed {
                         && have.set(i as usize)
                     {
                         st.held[i as usize] += 1;
+                        // Sent by the seed: counted at the site then.
+                        let from_seed = st.sending.get(&peer).is_some_and(|s| s.contains(&i));
+                        if !from_seed {
+                            st.count_at_site(&peer, i as usize);
+                        }
                     }
                 }
                 _ => return,
@@ -141,21 +190,31 @@ impl Seed {
             let mut st = self.st();
             let st = &mut *st;
             let known = st.haves.get(&peer);
+            let site = st.site_of.get(&peer).copied();
             let sending = st.sending.entry(peer).or_default();
             let mut rng = p2p_core::sync::lock(&self.rng);
+            let (held, sent, site_counts) = (&st.held, &st.sent, &st.site_counts);
             let lacking = (0..n)
                 .filter(|&i| {
                     !have.get(i)
                         && !known.is_some_and(|k| k.get(i))
                         && !sending.contains(&(i as u32))
                 })
-                .map(|i| (st.held[i] + st.sent[i], i));
+                .map(|i| {
+                    let fleet = (held[i] + sent[i]).min(0xffff);
+                    // At a known site: fewest copies there first.
+                    let at_site = site.map_or(0, |s| site_counts[s][i].min(0xffff));
+                    (at_site << 16 | fleet, i)
+                });
             let best = fewest(lacking, |ties| {
                 rand::RngExt::random_range(&mut *rng, 0..ties)
             });
             if let Some(i) = best {
                 st.sent[i] += 1;
                 sending.insert(i as u32);
+                if let Some(s) = site {
+                    st.site_counts[s][i] += 1;
+                }
             }
             best
         };

@@ -108,6 +108,7 @@ async fn session(
             window: None,
             relayed,
             path_checked: Instant::now(),
+            remote: None,
         });
         n.sessions += 1;
         n.seed |= seed;
@@ -210,6 +211,17 @@ pub(super) fn dial_peers<H: Host>(
     let mut seen = BTreeSet::new();
     peers.retain(|p| seen.insert(p.id));
     shuffle(&mut peers, |k| host.random(k));
+    if host.swarm_config().sites
+        && let Some(site) = host.site()
+    {
+        // A couple of neighbours at other sites first (the chunks this
+        // node brings into its site come from them), then its own site's.
+        let (mut remote, local): (Vec<PeerAddr>, Vec<PeerAddr>) = peers
+            .into_iter()
+            .partition(|p| host.site_of(&p.id).is_some_and(|s| s != site));
+        let rest = remote.split_off(remote.len().min(REMOTE_DIALS));
+        peers = remote.into_iter().chain(local).chain(rest).collect();
+    }
     let queue = Arc::new(Mutex::new(VecDeque::from(peers)));
     for _ in 0..DIALS_AT_ONCE.min(want) {
         let (host2, t, queue) = (host.clone(), t.clone(), queue.clone());
@@ -229,6 +241,9 @@ pub(super) fn dial_peers<H: Host>(
         }));
     }
 }
+
+/// Neighbours at other sites a node dials first, when it knows sites.
+const REMOTE_DIALS: usize = 2;
 
 /// Dials one peer and opens a session with it, unless it is banned or a
 /// neighbour already.

@@ -35,7 +35,27 @@ pub(super) struct TState {
     pub(super) neighbors: BTreeMap<PeerId, Neighbor>,
     pub(super) subs: Vec<mpsc::UnboundedSender<u32>>,
     pub(super) closed: bool,
+    /// Site awareness, when the node knows its site: the chunks it is
+    /// designated to bring into its site from neighbours elsewhere.
+    pub(super) site: Option<SiteRole>,
 }
+
+/// A node's part in bringing a release into its site.
+pub(super) struct SiteRole {
+    /// The node's site.
+    pub(super) site: String,
+    /// Chunks this node fetches from other sites (the rest it waits for
+    /// from its own site's nodes).
+    pub(super) designated: Bitfield,
+    /// Since when nothing could be asked of a neighbour at the node's
+    /// site while it still lacked chunks: past [`SITE_STALL`], it
+    /// fetches any chunk from other sites (a designated node may be down).
+    pub(super) stalled_since: Option<Instant>,
+}
+
+/// How long a node waits for its site to hold chunks it lacks before it
+/// fetches them from other sites itself.
+pub(super) const SITE_STALL: Duration = Duration::from_secs(2);
 
 pub(super) struct Neighbor {
     pub(super) conn: Arc<dyn Connection>,
@@ -52,6 +72,8 @@ pub(super) struct Neighbor {
     /// Its connection goes through a relay (as of `path_checked`).
     pub(super) relayed: bool,
     pub(super) path_checked: Instant,
+    /// At another site than this node (`None`: not looked up yet).
+    pub(super) remote: Option<bool>,
 }
 
 impl Neighbor {
@@ -92,6 +114,7 @@ impl Transfer {
                 neighbors: BTreeMap::new(),
                 subs: Vec::new(),
                 closed: false,
+                site: None,
             }),
             wake: Notify::new(),
         })

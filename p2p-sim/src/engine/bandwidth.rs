@@ -146,22 +146,53 @@ impl State {
     }
 }
 
-impl super::state::SiteState {
-    /// A segment of `len` bytes reaching the site's uplink at `at`: sent
-    /// when the link is free, first come first served. Returns when it
-    /// has left.
-    pub(super) fn pass_up(&mut self, at: u64, len: usize) -> u64 {
-        let start = at.max(self.up_free_at);
-        self.up_free_at = start + tx_ns(len, self.link.upload);
-        self.traffic.sent += len as u64;
-        self.up_free_at
+impl State {
+    /// Queues `seg` on a direction of site `site`'s WAN link and starts
+    /// the link if idle.
+    pub(super) fn wan_enqueue(&mut self, site: usize, up: bool, seg: Segment) {
+        let fid = seg.flow;
+        let s = &mut self.sites[site];
+        let dir = if up { &mut s.up } else { &mut s.down };
+        let q = dir.queues.entry(fid).or_default();
+        if q.is_empty() {
+            dir.ring.push_back(fid);
+        }
+        q.push_back(seg);
+        self.wan_next(site, up);
     }
 
-    /// The same for the site's downlink.
-    pub(super) fn pass_down(&mut self, at: u64, len: usize) -> u64 {
-        let start = at.max(self.down_free_at);
-        self.down_free_at = start + tx_ns(len, self.link.download);
-        self.traffic.received += len as u64;
-        self.down_free_at
+    /// Sends the next segment on a direction of a site's WAN link, the
+    /// streams waiting taking turns.
+    pub(super) fn wan_next(&mut self, site: usize, up: bool) {
+        let s = &mut self.sites[site];
+        let rate = if up { s.link.upload } else { s.link.download };
+        let dir = if up { &mut s.up } else { &mut s.down };
+        if dir.busy {
+            return;
+        }
+        while let Some(fid) = dir.ring.pop_front() {
+            let Some(q) = dir.queues.get_mut(&fid) else {
+                continue;
+            };
+            let Some(seg) = q.pop_front() else {
+                dir.queues.remove(&fid);
+                continue;
+            };
+            if q.is_empty() {
+                dir.queues.remove(&fid);
+            } else {
+                dir.ring.push_back(fid);
+            }
+            dir.busy = true;
+            let len = seg.len() as u64;
+            if up {
+                s.traffic.sent += len;
+            } else {
+                s.traffic.received += len;
+            }
+            let at = self.now + tx_ns(seg.len(), rate);
+            self.schedule(at, Event::WanDone { site, up, seg });
+            return;
+        }
     }
 }

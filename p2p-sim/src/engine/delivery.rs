@@ -3,7 +3,7 @@
 //! receiver's (or relay's) downlink, through the reorder buffer, and into
 //! the reader's buffer or the peer's accept queue.
 
-use super::state::{Event, Handle, Parked, SegKind, Segment, State};
+use super::state::{Event, Handle, NodeIdx, Parked, SegKind, Segment, State};
 use crate::trace::TraceKind;
 
 /// Streams waiting to be accepted on one side of a connection; past this,
@@ -47,21 +47,62 @@ impl State {
             self.schedule(at, Event::Retransmit { seg });
             return;
         }
-        let len = seg.len();
-        let (from_site, to_site) = (self.nodes[src as usize].site, self.nodes[dst as usize].site);
-        let mut at = self.now;
-        if from_site != to_site
-            && let Some(s) = from_site
+        // Out of the sender's site: through its WAN uplink first.
+        if let (Some(s), _) = self.crossing(src, dst)
+            && self.sites[s].link.upload.is_some()
         {
-            at = self.sites[s].pass_up(at, len);
+            self.wan_enqueue(s, true, seg);
+            return;
         }
-        at += self.delay(src, dst);
-        if from_site != to_site
-            && let Some(s) = to_site
-        {
-            at = self.sites[s].pass_down(at, len);
+        self.cross(src, dst, seg);
+    }
+
+    /// The sites a segment from `src` to `dst` leaves and enters, when
+    /// they differ.
+    fn crossing(&self, src: NodeIdx, dst: NodeIdx) -> (Option<usize>, Option<usize>) {
+        let (a, b) = (self.nodes[src as usize].site, self.nodes[dst as usize].site);
+        if a == b { (None, None) } else { (a, b) }
+    }
+
+    /// The link's delay, then into the receiving site's WAN downlink, or
+    /// straight to the receiver.
+    fn cross(&mut self, src: NodeIdx, dst: NodeIdx, seg: Segment) {
+        let at = self.now + self.delay(src, dst);
+        match self.crossing(src, dst) {
+            (_, Some(site)) if self.sites[site].link.download.is_some() => {
+                self.schedule(at, Event::WanArrive { site, seg });
+            }
+            _ => self.schedule(at, Event::Arrive { seg }),
         }
-        self.schedule(at, Event::Arrive { seg });
+    }
+
+    /// The two ends of the hop `seg` is on.
+    fn hop_ends(&self, seg: &Segment) -> Option<(NodeIdx, NodeIdx)> {
+        let f = self.flows.get(&seg.flow)?;
+        Some(match (f.via, seg.hop) {
+            (Some(relay), 0) => (f.src, relay),
+            (Some(relay), _) => (relay, f.dst),
+            (None, _) => (f.src, f.dst),
+        })
+    }
+
+    /// A segment left a site's WAN link.
+    pub(super) fn wan_done(&mut self, site: usize, up: bool, seg: Segment) {
+        if let Some(s) = self.sites.get_mut(site) {
+            if up {
+                s.up.busy = false;
+            } else {
+                s.down.busy = false;
+            }
+        }
+        if up {
+            if let Some((src, dst)) = self.hop_ends(&seg) {
+                self.cross(src, dst, seg);
+            }
+        } else {
+            self.arrive(seg);
+        }
+        self.wan_next(site, up);
     }
 
     pub(super) fn arrive(&mut self, seg: Segment) {

@@ -90,6 +90,8 @@ impl State {
             Event::CloseArrive { conn, side, reason } => self.close_end(conn, side, &reason, false),
             Event::Announce { from, from_inc, to } => self.announce(from, from_inc, to),
             Event::IdleCheck { conn } => self.idle_check(conn),
+            Event::WanDone { site, up, seg } => self.wan_done(site, up, seg),
+            Event::WanArrive { site, seg } => self.wan_enqueue(site, false, seg),
         }
     }
 }

@@ -144,6 +144,17 @@ pub(super) enum Event {
     IdleCheck {
         conn: ConnId,
     },
+    /// A segment finished crossing a site's WAN uplink (`up`) or downlink.
+    WanDone {
+        site: usize,
+        up: bool,
+        seg: Segment,
+    },
+    /// A segment reached a site's WAN downlink.
+    WanArrive {
+        site: usize,
+        seg: Segment,
+    },
 }
 
 /// Whether a stream half's handle (reader or writer) exists yet, still, or
@@ -241,10 +252,18 @@ pub(super) struct PendingConnect {
 pub(crate) struct SiteState {
     pub(crate) name: String,
     pub(crate) link: crate::link::SiteLink,
-    /// Virtual time (ns) when the uplink and the downlink are free next.
-    pub(super) up_free_at: u64,
-    pub(super) down_free_at: u64,
+    pub(super) up: WanDir,
+    pub(super) down: WanDir,
     pub(crate) traffic: super::stats::NodeTraffic,
+}
+
+/// One direction of a site's WAN link: the streams with segments waiting,
+/// served round robin.
+#[derive(Default)]
+pub(crate) struct WanDir {
+    pub(super) busy: bool,
+    pub(super) ring: VecDeque<FlowId>,
+    pub(super) queues: HashMap<FlowId, VecDeque<Segment>>,
 }
 
 impl State {
@@ -256,8 +275,8 @@ impl State {
         self.sites.push(SiteState {
             name: name.to_string(),
             link: crate::link::SiteLink::default(),
-            up_free_at: 0,
-            down_free_at: 0,
+            up: WanDir::default(),
+            down: WanDir::default(),
             traffic: Default::default(),
         });
         self.sites.len() - 1

@@ -41,6 +41,18 @@ impl Controller {
     ) -> RolloutReport {
         let m = &release.descriptor.manifest;
         let _serving = Serving::new(&self.releases, &release, self.cfg.seed);
+        // Targets' sites, from their `site` labels.
+        let sites: BTreeMap<PeerId, String> = if self.cfg.sites {
+            targets
+                .iter()
+                .filter_map(|t| Some((t.id, t.labels.get("site")?.clone())))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        if !sites.is_empty() {
+            _serving.set_sites(&sites);
+        }
         let mut report = RolloutReport {
             app: m.name.clone(),
             version: m.version.clone(),
@@ -103,7 +115,7 @@ impl Controller {
             let results = futures::future::join_all(batch.iter().enumerate().map(|(i, t)| {
                 let release = release.clone();
                 let events = events.clone();
-                let peers = self.swarm_peers(&candidates, t.id);
+                let peers = self.swarm_peers(&candidates, t.id, &sites);
                 let from = (i >= full).then(|| self.pick(&sources, t.id, 2));
                 async move {
                     let (result, previous) = if plan.stage {
@@ -244,12 +256,28 @@ impl Controller {
         report
     }
 
-    /// Up to `swarm_peers` of `candidates` other than `node`, at random.
-    pub(super) fn swarm_peers(&self, candidates: &[PeerAddr], node: PeerId) -> Vec<PeerAddr> {
+    /// Up to `swarm_peers` of `candidates` other than `node`, at random;
+    /// for a node whose site is in `sites`, the candidates at its site (up
+    /// to [`SITE_PEERS`]) and `remote_peers` at others instead.
+    pub(super) fn swarm_peers(
+        &self,
+        candidates: &[PeerAddr],
+        node: PeerId,
+        sites: &BTreeMap<PeerId, String>,
+    ) -> Vec<PeerAddr> {
         if !self.cfg.swarm {
             return Vec::new();
         }
-        self.pick(candidates, node, self.cfg.swarm_peers)
+        let Some(site) = sites.get(&node) else {
+            return self.pick(candidates, node, self.cfg.swarm_peers);
+        };
+        let (local, remote): (Vec<PeerAddr>, Vec<PeerAddr>) = candidates
+            .iter()
+            .cloned()
+            .partition(|c| sites.get(&c.id) == Some(site));
+        let mut peers = self.pick(&local, node, SITE_PEERS);
+        peers.extend(self.pick(&remote, node, self.cfg.remote_peers));
+        peers
     }
 
     /// Up to `want` of `candidates` other than `node`, at random.
@@ -424,6 +452,11 @@ impl Controller {
         }
     }
 }
+
+/// The most swarm peers at its own site a target is given: the site's
+/// nodes each bring an even share of the release in from other sites,
+/// split among the peers they know of (see the swarm docs).
+pub const SITE_PEERS: usize = 64;
 
 /// Halts the rollout `report` tells of, for `reason`, and says so.
 async fn halt(events: &mpsc::Sender<Progress>, report: &mut RolloutReport, reason: String) {
