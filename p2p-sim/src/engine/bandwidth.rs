@@ -153,6 +153,11 @@ impl State {
         let fid = seg.flow;
         let s = &mut self.sites[site];
         let dir = if up { &mut s.up } else { &mut s.down };
+        if seg.len() <= super::state::SMALL_SEGMENT {
+            dir.small.push_back(seg);
+            self.wan_next(site, up);
+            return;
+        }
         let q = dir.queues.entry(fid).or_default();
         if q.is_empty() {
             dir.ring.push_back(fid);
@@ -168,6 +173,18 @@ impl State {
         let rate = if up { s.link.upload } else { s.link.download };
         let dir = if up { &mut s.up } else { &mut s.down };
         if dir.busy {
+            return;
+        }
+        if let Some(seg) = dir.small.pop_front() {
+            dir.busy = true;
+            let len = seg.len() as u64;
+            if up {
+                s.traffic.sent += len;
+            } else {
+                s.traffic.received += len;
+            }
+            let at = self.now + tx_ns(seg.len(), rate);
+            self.schedule(at, Event::WanDone { site, up, seg });
             return;
         }
         while let Some(fid) = dir.ring.pop_front() {

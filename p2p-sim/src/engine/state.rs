@@ -248,6 +248,9 @@ pub(super) struct PendingConnect {
     pub(super) conn: Option<ConnId>,
 }
 
+/// The largest segment a WAN link sends ahead of the bulk.
+pub(super) const SMALL_SEGMENT: usize = 4096;
+
 /// A site's WAN link and its state.
 pub(crate) struct SiteState {
     pub(crate) name: String,
@@ -258,10 +261,15 @@ pub(crate) struct SiteState {
 }
 
 /// One direction of a site's WAN link: the streams with segments waiting,
-/// served round robin.
+/// served round robin, small segments first.
 #[derive(Default)]
 pub(crate) struct WanDir {
     pub(super) busy: bool,
+    /// Segments of at most [`SMALL_SEGMENT`] bytes (requests, heartbeats,
+    /// announcements, stream control), sent before the bulk: as a router
+    /// with fair queueing serves a sparse flow's packet before the next
+    /// packet of a bulk one.
+    pub(super) small: VecDeque<Segment>,
     pub(super) ring: VecDeque<FlowId>,
     pub(super) queues: HashMap<FlowId, VecDeque<Segment>>,
 }
