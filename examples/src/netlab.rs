@@ -363,6 +363,67 @@ impl Lab {
         Ok(router)
     }
 
+    /// A router between `wan` and `lan` that forwards IPv4 without
+    /// translating: a site's link to the others. Hosts attached to `lan`
+    /// afterwards route through it; hosts elsewhere reach the site once
+    /// told with [`Lab::route_via`].
+    pub fn router(
+        &mut self,
+        name: &str,
+        wan: (SegmentId, u8),
+        lan: (SegmentId, u8),
+    ) -> Result<Host, String> {
+        if self.segments[lan.0.0].gateway.is_some() {
+            return Err(format!(
+                "segment {} has a router already",
+                self.segments[lan.0.0].name
+            ));
+        }
+        let router = self.host(name)?;
+        self.link(&router, wan.0, wan.1)?;
+        let gw = self.link(&router, lan.0, lan.1)?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &router.ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        self.segments[lan.0.0].gateway = Some(gw);
+        Ok(router)
+    }
+
+    /// Tells `host` that segment `seg`'s /24 is reached through `via` (a
+    /// router's address on a segment `host` is on).
+    pub fn route_via(&self, host: &Host, seg: SegmentId, via: Ipv4Addr) -> Result<(), String> {
+        let [a, b, c] = self.segments[seg.0].net;
+        ip(&[
+            "-n",
+            &host.ns,
+            "route",
+            "add",
+            &format!("{a}.{b}.{c}.0/24"),
+            "via",
+            &via.to_string(),
+        ])
+    }
+
+    /// Bytes `host` received and sent on its link to `seg` so far.
+    pub fn link_bytes(&self, host: &Host, seg: SegmentId) -> Result<(u64, u64), String> {
+        let read = |what: &str| -> Result<u64, String> {
+            let path = format!("/sys/class/net/eth{}/statistics/{what}", seg.0);
+            let out = run("ip", &["netns", "exec", &host.ns, "cat", &path])?;
+            out.trim()
+                .parse()
+                .map_err(|e| format!("{path} in {}: {e}", host.name))
+        };
+        Ok((read("rx_bytes")?, read("tx_bytes")?))
+    }
+
     /// Makes `router` forward nothing between `inside` (a host of its site)
     /// and any address but `only`: a host that can reach the outside world
     /// through one address alone, such as a node behind a firewall that

@@ -419,9 +419,9 @@ fn take_site_role<H: Host>(host: &H, t: &Transfer, peers: &[PeerAddr]) {
     roster.dedup();
     let n = t.d.chunks.len();
     let mut designated = Bitfield::new(n);
+    roster.push(me);
     for i in 0..n {
-        let mine = rendezvous(&me, i);
-        if roster.iter().all(|p| rendezvous(p, i) < mine) {
+        if schedule::designee(&roster, i) == Some(me) {
             designated.set(i);
         }
     }
@@ -436,19 +436,10 @@ fn take_site_role<H: Host>(host: &H, t: &Transfer, peers: &[PeerAddr]) {
         st.site = Some(SiteRole {
             site,
             designated,
-            stalled_since: None,
+            site_held: 0,
+            last_news: None,
         });
     }
-}
-
-/// The rendezvous hash of `peer` for chunk `i`.
-fn rendezvous(peer: &PeerId, i: usize) -> u64 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(peer.as_bytes());
-    h.update((i as u64).to_be_bytes());
-    let out = h.finalize();
-    u64::from_be_bytes(out[..8].try_into().expect("8 bytes"))
 }
 
 /// Asks neighbours for the chunks the [scheduler](schedule::plan) picks,

@@ -11,6 +11,22 @@ use super::reputation::Reputation;
 use super::transfer::{SITE_STALL, TState};
 use crate::proto::Bitfield;
 
+/// The node of `roster` that brings chunk `i` into its site: the one whose
+/// hash of (id, chunk) is highest (rendezvous hashing). Every node of a
+/// site, and the seed, computes the same from the same roster.
+pub(super) fn designee(roster: &[PeerId], i: usize) -> Option<PeerId> {
+    roster.iter().copied().max_by_key(|p| rendezvous(p, i))
+}
+
+fn rendezvous(peer: &PeerId, i: usize) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(peer.as_bytes());
+    h.update((i as u64).to_be_bytes());
+    let out = h.finalize();
+    u64::from_be_bytes(out[..8].try_into().expect("8 bytes"))
+}
+
 /// Shuffles `v` (Fisher-Yates; `random(k)` is uniform in `0..k`).
 pub(super) fn shuffle<T>(v: &mut [T], mut random: impl FnMut(usize) -> usize) {
     for i in (1..v.len()).rev() {
@@ -92,21 +108,18 @@ pub(super) fn plan(
             .filter(|n| !n.seed && n.remote != Some(true))
             .fold(Bitfield::new(st.have.len()), |acc, n| acc.union(&n.have))
     });
+    // The site is stalled when nothing new reached it (this node or its
+    // neighbours there) for a while.
     let stalled = match (&mut st.site, &local_has) {
         (Some(role), Some(local)) => {
-            let busy = st
-                .neighbors
-                .values()
-                .any(|n| !n.seed && n.remote != Some(true) && n.inflight > 0);
-            let offered = local
-                .ones()
-                .any(|i| !st.have.get(i) && !st.requested.get(i));
-            if busy || offered || st.have.is_full() {
-                role.stalled_since = None;
+            let held = local.union(&st.have).count();
+            let last = *role.last_news.get_or_insert(now);
+            if held > role.site_held {
+                role.site_held = held;
+                role.last_news = Some(now);
                 false
             } else {
-                let since = *role.stalled_since.get_or_insert(now);
-                now.duration_since(since) >= SITE_STALL
+                !st.have.is_full() && now.duration_since(last) >= SITE_STALL
             }
         }
         _ => false,

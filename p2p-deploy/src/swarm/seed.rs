@@ -26,6 +26,9 @@ pub(crate) struct SeedState {
     site_of: BTreeMap<PeerId, usize>,
     /// Per site, copies of each chunk held there or sent there.
     site_counts: Vec<Vec<u32>>,
+    /// Per site, the target designated to bring each chunk in (see
+    /// `schedule::designee`).
+    designees: Vec<Vec<Option<PeerId>>>,
 }
 
 impl SeedState {
@@ -80,6 +83,7 @@ impl Seed {
                 sending: BTreeMap::new(),
                 site_of: BTreeMap::new(),
                 site_counts: Vec::new(),
+                designees: Vec::new(),
             }),
             slots: tokio::sync::Semaphore::new(SEED_FIRST_SLOTS),
             opened: std::sync::atomic::AtomicUsize::new(SEED_FIRST_SLOTS),
@@ -101,6 +105,21 @@ impl Seed {
         st.site_of = sites
             .iter()
             .filter_map(|(id, s)| Some((*id, names.iter().position(|x| *x == s)?)))
+            .collect();
+        // A site's roster: the targets there, as the controller gives
+        // each of them the others as peers.
+        st.designees = (0..names.len())
+            .map(|s| {
+                let roster: Vec<PeerId> = st
+                    .site_of
+                    .iter()
+                    .filter(|(_, x)| **x == s)
+                    .map(|(id, _)| *id)
+                    .collect();
+                (0..n)
+                    .map(|i| super::schedule::designee(&roster, i))
+                    .collect()
+            })
             .collect();
         // What sessions reported before.
         let haves: Vec<(PeerId, Bitfield)> =
@@ -193,7 +212,8 @@ impl Seed {
             let site = st.site_of.get(&peer).copied();
             let sending = st.sending.entry(peer).or_default();
             let mut rng = p2p_core::sync::lock(&self.rng);
-            let (held, sent, site_counts) = (&st.held, &st.sent, &st.site_counts);
+            let (held, sent, site_counts, designees) =
+                (&st.held, &st.sent, &st.site_counts, &st.designees);
             let lacking = (0..n)
                 .filter(|&i| {
                     !have.get(i)
@@ -202,9 +222,15 @@ impl Seed {
                 })
                 .map(|i| {
                     let fleet = (held[i] + sent[i]).min(0xffff);
-                    // At a known site: fewest copies there first.
-                    let at_site = site.map_or(0, |s| site_counts[s][i].min(0xffff));
-                    (at_site << 16 | fleet, i)
+                    // At a known site: the chunks this target is to bring
+                    // into it first (so that each enters the site once,
+                    // whether from here or from another site), then the
+                    // fewest copies there.
+                    let (others, at_site) = site.map_or((0, 0), |s| {
+                        let theirs = designees[s].get(i).copied().flatten() != Some(peer);
+                        (u32::from(theirs), site_counts[s][i].min(0x3fff))
+                    });
+                    (others << 30 | at_site << 16 | fleet, i)
                 });
             let best = fewest(lacking, |ties| {
                 rand::RngExt::random_range(&mut *rng, 0..ties)

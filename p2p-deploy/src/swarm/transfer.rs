@@ -47,10 +47,12 @@ pub(super) struct SiteRole {
     /// Chunks this node fetches from other sites (the rest it waits for
     /// from its own site's nodes).
     pub(super) designated: Bitfield,
-    /// Since when nothing could be asked of a neighbour at the node's
-    /// site while it still lacked chunks: past [`SITE_STALL`], it
-    /// fetches any chunk from other sites (a designated node may be down).
-    pub(super) stalled_since: Option<Instant>,
+    /// Chunks held by the node and its neighbours at its site, as last
+    /// counted, and when that count last grew: when it has not for
+    /// [`SITE_STALL`] while the node lacks chunks, the node fetches any
+    /// chunk from other sites (a designated node may be down).
+    pub(super) site_held: usize,
+    pub(super) last_news: Option<Instant>,
 }
 
 /// How long a node waits for its site to hold chunks it lacks before it
