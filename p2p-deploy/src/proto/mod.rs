@@ -21,6 +21,10 @@
 //! within seconds, long before the transport's idle timeout; see
 //! [`Call::open_watched`]. A version-1 peer neither sends nor gets them.
 //!
+//! Version 3 adds membership ([`Request::Gossip`], [`Request::Members`]),
+//! staging ([`Request::Stage`]) and the [`DeployEvent::AlreadyHeld`]
+//! progress event, which a server sends only to version 3 clients.
+//!
 //! Every request carries its deadline (`timeout_ms`); the server gives up
 //! at the deadline with [`ErrorKind::Timeout`], and the client waits a
 //! little longer than that for the answer. Errors travel as [`RpcError`]:

@@ -16,12 +16,18 @@ use crate::package::PackageId;
 pub const PROTOCOL: ProtocolId = ProtocolId {
     name: "p2p/deploy",
     min: 1,
-    max: 2,
+    max: 3,
 };
 
 /// The protocol version from which a server sends [`Frame::Alive`]
 /// while it works on a request.
 pub const ALIVE_VERSION: u16 = 2;
+
+/// The first protocol version whose clients know
+/// [`DeployEvent::AlreadyHeld`] (and the membership and stage requests):
+/// a server sends that event only to them, so an older controller's
+/// deploy does not fail on a frame it cannot read.
+pub const HELD_VERSION: u16 = 3;
 
 /// How often a server sends [`Frame::Alive`] while it works on a request
 /// (version 2 on).

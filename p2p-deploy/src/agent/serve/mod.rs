@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use super::{Agent, not_found, rpc};
 use crate::package::PackageId;
 use crate::proto::{
-    ALIVE_VERSION, ErrorKind, Frame, HEARTBEAT, MAX_FRAME, Reply, Request, RpcError,
-    accept_request, end_with, send_chunks,
+    ALIVE_VERSION, DeployEvent, ErrorKind, Frame, HEARTBEAT, HELD_VERSION, MAX_FRAME, Reply,
+    Request, RpcError, accept_request, end_with, send_chunks,
 };
 use crate::swarm;
 use authorize::authorize;
@@ -269,6 +269,7 @@ impl Agent {
                 // install and the whole health gate: the client tells a
                 // busy node from a dead one by them.
                 let beat = version >= ALIVE_VERSION;
+                let knows_held = version >= HELD_VERSION;
                 let forward = async {
                     let mut gone = false;
                     let mut tick = tokio::time::interval_at(
@@ -279,6 +280,7 @@ impl Agent {
                     loop {
                         let f = tokio::select! {
                             f = rx.recv() => match f {
+                                Some(Frame::Event(DeployEvent::AlreadyHeld { .. })) if !knows_held => continue,
                                 Some(f) => f,
                                 None => break,
                             },
