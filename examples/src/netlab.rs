@@ -333,33 +333,13 @@ impl Lab {
         let tool = self
             .nat_tool
             .ok_or("needs nftables (`nft`) or iptables for NAT")?;
-        if self.segments[lan.0.0].gateway.is_some() {
-            return Err(format!(
-                "segment {} has a router already",
-                self.segments[lan.0.0].name
-            ));
-        }
-        let router = self.host(name)?;
-        self.link(&router, wan.0, wan.1)?;
-        let gw = self.link(&router, lan.0, lan.1)?;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &router.ns,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )?;
+        let router = self.router(name, wan, lan)?;
         masquerade(
             &router.ns,
             &format!("eth{}", wan.0.0),
             tool,
             nat == Nat::Symmetric,
         )?;
-        self.segments[lan.0.0].gateway = Some(gw);
         Ok(router)
     }
 

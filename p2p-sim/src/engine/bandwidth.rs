@@ -166,50 +166,40 @@ impl State {
         self.wan_next(site, up);
     }
 
-    /// Sends the next segment on a direction of a site's WAN link, the
-    /// streams waiting taking turns.
+    /// Sends the next segment on a direction of a site's WAN link: a
+    /// small one if any waits, else the streams waiting take turns.
     pub(super) fn wan_next(&mut self, site: usize, up: bool) {
         let s = &mut self.sites[site];
-        let rate = if up { s.link.upload } else { s.link.download };
         let dir = if up { &mut s.up } else { &mut s.down };
         if dir.busy {
             return;
         }
-        if let Some(seg) = dir.small.pop_front() {
-            dir.busy = true;
-            let len = seg.len() as u64;
-            if up {
-                s.traffic.sent += len;
-            } else {
-                s.traffic.received += len;
-            }
-            let at = self.now + tx_ns(seg.len(), rate);
-            self.schedule(at, Event::WanDone { site, up, seg });
-            return;
-        }
-        while let Some(fid) = dir.ring.pop_front() {
+        let mut next = dir.small.pop_front();
+        while next.is_none() {
+            let Some(fid) = dir.ring.pop_front() else {
+                return;
+            };
             let Some(q) = dir.queues.get_mut(&fid) else {
                 continue;
             };
-            let Some(seg) = q.pop_front() else {
-                dir.queues.remove(&fid);
-                continue;
-            };
+            next = q.pop_front();
             if q.is_empty() {
                 dir.queues.remove(&fid);
             } else {
                 dir.ring.push_back(fid);
             }
-            dir.busy = true;
-            let len = seg.len() as u64;
-            if up {
-                s.traffic.sent += len;
-            } else {
-                s.traffic.received += len;
-            }
-            let at = self.now + tx_ns(seg.len(), rate);
-            self.schedule(at, Event::WanDone { site, up, seg });
-            return;
         }
+        let Some(seg) = next else { return };
+        dir.busy = true;
+        let len = seg.len() as u64;
+        let rate = if up {
+            s.traffic.sent += len;
+            s.link.upload
+        } else {
+            s.traffic.received += len;
+            s.link.download
+        };
+        let at = self.now + tx_ns(seg.len(), rate);
+        self.schedule(at, Event::WanDone { site, up, seg });
     }
 }

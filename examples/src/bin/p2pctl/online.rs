@@ -818,54 +818,7 @@ async fn run_with(
                 options: ActivateOptions::default(),
                 stage: false,
             };
-            let what = format!(
-                "deploy {} {}",
-                release.descriptor.manifest.name, release.descriptor.manifest.version
-            );
-            let (views, chosen) = pick(ctl, &targets).await?;
-            let mut tally = Tally::new(&what);
-            if targets.nodes.is_empty() {
-                tally.unanswered(&views);
-            }
-            if chosen.is_empty() {
-                if tally.failed.is_empty() {
-                    bail!("no node matches the selector: nothing to deploy to");
-                }
-                return Ok(tally.finish(true));
-            }
-            let names: BTreeMap<PeerId, String> =
-                chosen.iter().map(|n| (n.id, n.label())).collect();
-            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-            let deploy = ctl.deploy(release, &chosen, &rollout, tx);
-            let mut view = DeployView::new(names.clone(), ViewStyle::auto(s.json));
-            let show = async {
-                while let Some(p) = rx.recv().await {
-                    view.show(&p);
-                }
-            };
-            let (report, ()) = tokio::join!(deploy, show);
-            view.finish();
-            if !s.json {
-                view.print_held();
-            }
-            out(s, &serde_json::json!({"report": &report}), || {
-                for line in report_lines(&report, &names) {
-                    println!("{line}");
-                }
-            });
-            for (id, r) in &report.nodes {
-                let name = names.get(id).cloned().unwrap_or_else(|| id.short());
-                let kept = matches!(r, NodeResult::Activated | NodeResult::AlreadyActive)
-                    && !report.rolled_back.contains(id);
-                if kept {
-                    tally.done();
-                } else if report.rolled_back.contains(id) {
-                    tally.failed(name, "rolled back when the rollout halted");
-                } else {
-                    tally.failed(name, result_text(r));
-                }
-            }
-            Ok(tally.finish(true))
+            roll_out(s, ctl, release, &targets, &rollout).await
         }
         Online::Stage {
             package,
@@ -879,47 +832,7 @@ async fn run_with(
                 stage: true,
                 ..RolloutPlan::default()
             };
-            let what = format!(
-                "stage {} {}",
-                release.descriptor.manifest.name, release.descriptor.manifest.version
-            );
-            let (views, chosen) = pick(ctl, &targets).await?;
-            let mut tally = Tally::new(&what);
-            if targets.nodes.is_empty() {
-                tally.unanswered(&views);
-            }
-            if chosen.is_empty() {
-                if tally.failed.is_empty() {
-                    bail!("no node matches the selector: nothing to stage on");
-                }
-                return Ok(tally.finish(true));
-            }
-            let names: BTreeMap<PeerId, String> =
-                chosen.iter().map(|n| (n.id, n.label())).collect();
-            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-            let stage = ctl.deploy(release, &chosen, &rollout, tx);
-            let mut view = DeployView::new(names.clone(), ViewStyle::auto(s.json));
-            let show = async {
-                while let Some(p) = rx.recv().await {
-                    view.show(&p);
-                }
-            };
-            let (report, ()) = tokio::join!(stage, show);
-            view.finish();
-            out(s, &serde_json::json!({"report": &report}), || {
-                for line in report_lines(&report, &names) {
-                    println!("{line}");
-                }
-            });
-            for (id, r) in &report.nodes {
-                let name = names.get(id).cloned().unwrap_or_else(|| id.short());
-                if matches!(r, NodeResult::Staged) {
-                    tally.done();
-                } else {
-                    tally.failed(name, result_text(r));
-                }
-            }
-            Ok(tally.finish(true))
+            roll_out(s, ctl, release, &targets, &rollout).await
         }
         Online::Start { app, targets, .. } => {
             let r = Request::Start { app: app.clone() };
@@ -1081,6 +994,72 @@ async fn run_with(
             Ok(tally.finish(false))
         }
     }
+}
+
+/// A deploy, or with `rollout.stage` a stage, to the selected nodes:
+/// progress as it goes, the report, and the exit code (a node counts as
+/// done when it runs the release, or holds it for a stage).
+async fn roll_out(
+    s: &Settings,
+    ctl: &Controller,
+    release: Arc<Release>,
+    targets: &Targets,
+    rollout: &RolloutPlan,
+) -> Result<ExitCode> {
+    let (verb, onto) = if rollout.stage {
+        ("stage", "stage on")
+    } else {
+        ("deploy", "deploy to")
+    };
+    let m = &release.descriptor.manifest;
+    let what = format!("{verb} {} {}", m.name, m.version);
+    let (views, chosen) = pick(ctl, targets).await?;
+    let mut tally = Tally::new(&what);
+    if targets.nodes.is_empty() {
+        tally.unanswered(&views);
+    }
+    if chosen.is_empty() {
+        if tally.failed.is_empty() {
+            bail!("no node matches the selector: nothing to {onto}");
+        }
+        return Ok(tally.finish(true));
+    }
+    let names: BTreeMap<PeerId, String> = chosen.iter().map(|n| (n.id, n.label())).collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let run = ctl.deploy(release, &chosen, rollout, tx);
+    let mut view = DeployView::new(names.clone(), ViewStyle::auto(s.json));
+    let show = async {
+        while let Some(p) = rx.recv().await {
+            view.show(&p);
+        }
+    };
+    let (report, ()) = tokio::join!(run, show);
+    view.finish();
+    if !s.json && !rollout.stage {
+        view.print_held();
+    }
+    out(s, &serde_json::json!({"report": &report}), || {
+        for line in report_lines(&report, &names) {
+            println!("{line}");
+        }
+    });
+    for (id, r) in &report.nodes {
+        let name = names.get(id).cloned().unwrap_or_else(|| id.short());
+        let rolled_back = report.rolled_back.contains(id);
+        let done = if rollout.stage {
+            matches!(r, NodeResult::Staged)
+        } else {
+            matches!(r, NodeResult::Activated | NodeResult::AlreadyActive) && !rolled_back
+        };
+        if done {
+            tally.done();
+        } else if rolled_back {
+            tally.failed(name, "rolled back when the rollout halted");
+        } else {
+            tally.failed(name, result_text(r));
+        }
+    }
+    Ok(tally.finish(true))
 }
 
 /// The same request to every selected node; one line per node.

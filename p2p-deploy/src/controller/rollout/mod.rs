@@ -337,25 +337,9 @@ impl Controller {
             loop {
                 let p = match c.next().await? {
                     Frame::Done(reply) => return Ok::<_, p2p_core::Error>(reply),
-                    Frame::Event(e) => match e {
-                        DeployEvent::Transfer { bytes, total } => Progress::Transfer {
-                            node: id,
-                            bytes,
-                            total,
-                        },
-                        DeployEvent::Installed => Progress::Installed { node: id },
-                        DeployEvent::Started => Progress::Started { node: id },
-                        DeployEvent::HealthPassed => Progress::HealthPassed { node: id },
-                        DeployEvent::HealthFailed { reason } => {
-                            Progress::HealthFailed { node: id, reason }
-                        }
-                        DeployEvent::RolledBack { to } => Progress::RolledBack { node: id, to },
-                        DeployEvent::AlreadyHeld { bytes, total } => Progress::AlreadyHeld {
-                            node: id,
-                            bytes,
-                            total,
-                        },
-                        DeployEvent::Verified => continue,
+                    Frame::Event(e) => match progress_of(id, e) {
+                        Some(p) => p,
+                        None => continue,
                     },
                     other => {
                         tracing::debug!(node = %id.short(), "ignored frame {other:?}");
@@ -422,18 +406,10 @@ impl Controller {
             loop {
                 let p = match c.next().await? {
                     Frame::Done(reply) => return Ok::<_, p2p_core::Error>(reply),
-                    Frame::Event(DeployEvent::Transfer { bytes, total }) => Progress::Transfer {
-                        node: id,
-                        bytes,
-                        total,
+                    Frame::Event(e) => match progress_of(id, e) {
+                        Some(p) => p,
+                        None => continue,
                     },
-                    Frame::Event(DeployEvent::AlreadyHeld { bytes, total }) => {
-                        Progress::AlreadyHeld {
-                            node: id,
-                            bytes,
-                            total,
-                        }
-                    }
                     _ => continue,
                 };
                 let _ = events.try_send(p);
@@ -451,6 +427,20 @@ impl Controller {
             },
         }
     }
+}
+
+/// A node's deploy event as rollout progress (`None`: not reported).
+fn progress_of(node: PeerId, e: DeployEvent) -> Option<Progress> {
+    Some(match e {
+        DeployEvent::Transfer { bytes, total } => Progress::Transfer { node, bytes, total },
+        DeployEvent::AlreadyHeld { bytes, total } => Progress::AlreadyHeld { node, bytes, total },
+        DeployEvent::Installed => Progress::Installed { node },
+        DeployEvent::Started => Progress::Started { node },
+        DeployEvent::HealthPassed => Progress::HealthPassed { node },
+        DeployEvent::HealthFailed { reason } => Progress::HealthFailed { node, reason },
+        DeployEvent::RolledBack { to } => Progress::RolledBack { node, to },
+        DeployEvent::Verified => return None,
+    })
 }
 
 /// The most swarm peers at its own site a target is given: the site's
