@@ -33,6 +33,19 @@ fn emit_held(events: Option<&Events>, t: &crate::swarm::Transfer) {
 }
 
 impl Agent {
+    /// [`trusted`](Self::trusted), as a deploy's error naming the release.
+    fn trusted_release(
+        &self,
+        d: &Descriptor,
+        signatures: &[p2p_core::Signature],
+    ) -> Result<Vec<p2p_core::Signature>, DeployError> {
+        self.trusted(d, signatures)
+            .map_err(|source| DeployError::Untrusted {
+                release: format!("{} {}", d.manifest.name, d.manifest.version),
+                source,
+            })
+    }
+
     /// Answers [`Request::Stage`]: verified as a deploy is (trust store,
     /// anti-downgrade, a conflicting release of the same version), then
     /// fetched from the sender and the swarm peers and kept, neither
@@ -58,12 +71,7 @@ impl Agent {
         let id = d.id();
         let m = d.manifest.clone();
         let _g = self.busy(&m.name).await?;
-        let counted = self
-            .trusted(&d, &signatures)
-            .map_err(|source| DeployError::Untrusted {
-                release: format!("{} {}", m.name, m.version),
-                source,
-            })?;
+        let counted = self.trusted_release(&d, &signatures)?;
         if let Some(rec) = self.load(&m.name).await? {
             match rec.installed.get(&m.version) {
                 Some(other) if *other != id => {
@@ -166,12 +174,7 @@ impl Agent {
         let m = d.manifest.clone();
         let _g = self.busy(&m.name).await?;
         // A refusal is logged by `handle_within`, with the peer.
-        let counted = self
-            .trusted(&d, signatures)
-            .map_err(|source| DeployError::Untrusted {
-                release: format!("{} {}", m.name, m.version),
-                source,
-            })?;
+        let counted = self.trusted_release(&d, signatures)?;
         let mut rec = self.load(&m.name).await?.unwrap_or(AppRecord {
             name: m.name.clone(),
             ..AppRecord::default()

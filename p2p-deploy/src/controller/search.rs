@@ -85,19 +85,13 @@ impl Controller {
                     if !matches(&h.name) || version.is_some_and(|req| !req.matches(&h.version)) {
                         continue;
                     }
-                    let hit = hits.entry(h.id).or_insert_with(|| SearchHit {
-                        name: h.name.clone(),
-                        version: h.version.clone(),
-                        id: h.id,
-                        size: h.size,
-                        holders: Vec::new(),
-                    });
-                    hit.holders.push(Holder {
+                    let holder = Holder {
                         node: m.peer_addr(),
                         complete: h.complete,
                         installed: h.installed,
                         active: h.active,
-                    });
+                    };
+                    add_holder(&mut hits, &h.name, &h.version, h.id, h.size, holder);
                 }
             }
             return Search {
@@ -129,19 +123,13 @@ impl Controller {
                 if !matches(&e.name) || version.is_some_and(|req| !req.matches(&e.version)) {
                     continue;
                 }
-                let hit = hits.entry(e.id).or_insert_with(|| SearchHit {
-                    name: e.name.clone(),
-                    version: e.version.clone(),
-                    id: e.id,
-                    size: e.size,
-                    holders: Vec::new(),
-                });
-                hit.holders.push(Holder {
+                let holder = Holder {
                     node: addr.clone(),
                     complete: e.is_complete(),
                     installed: e.installed,
                     active: e.active,
-                });
+                };
+                add_holder(&mut hits, &e.name, &e.version, e.id, e.size, holder);
             }
         }
         let hits = sorted(hits);
@@ -174,6 +162,27 @@ impl Controller {
             ))),
         }
     }
+}
+
+/// Adds `holder` to the hit for release `id`, made if new.
+fn add_holder(
+    hits: &mut BTreeMap<PackageId, SearchHit>,
+    name: &str,
+    version: &semver::Version,
+    id: PackageId,
+    size: u64,
+    holder: Holder,
+) {
+    hits.entry(id)
+        .or_insert_with(|| SearchHit {
+            name: name.to_string(),
+            version: version.clone(),
+            id,
+            size,
+            holders: Vec::new(),
+        })
+        .holders
+        .push(holder);
 }
 
 /// Hits by name, newest version first, complete holders first.

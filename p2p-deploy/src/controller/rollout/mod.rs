@@ -327,31 +327,7 @@ impl Controller {
                     peers,
                 },
             };
-            let mut c = Call::open_watched(
-                &conn,
-                request,
-                self.cfg.deploy_timeout,
-                self.cfg.node_silence,
-            )
-            .await?;
-            loop {
-                let p = match c.next().await? {
-                    Frame::Done(reply) => return Ok::<_, p2p_core::Error>(reply),
-                    Frame::Event(e) => match progress_of(id, e) {
-                        Some(p) => p,
-                        None => continue,
-                    },
-                    other => {
-                        tracing::debug!(node = %id.short(), "ignored frame {other:?}");
-                        continue;
-                    }
-                };
-                // Never waits: while this waited for a slow reader, the
-                // node's frames would go unread and its silence watchdog
-                // could call a working node dead. Progress is advisory;
-                // the report has every result.
-                let _ = events.try_send(p);
-            }
+            self.follow(&conn, id, request, events).await
         };
         match run.await {
             Ok(Reply::Activation(Activation::Activated { previous, .. })) => {
@@ -380,6 +356,42 @@ impl Controller {
 }
 
 impl Controller {
+    /// Sends a deploy or stage `request` to node `id` on `conn` and
+    /// forwards its progress until the reply.
+    async fn follow(
+        &self,
+        conn: &Arc<dyn p2p_core::Connection>,
+        id: PeerId,
+        request: Request,
+        events: &mpsc::Sender<Progress>,
+    ) -> p2p_core::Result<Reply> {
+        let mut c = Call::open_watched(
+            conn,
+            request,
+            self.cfg.deploy_timeout,
+            self.cfg.node_silence,
+        )
+        .await?;
+        loop {
+            let p = match c.next().await? {
+                Frame::Done(reply) => return Ok(reply),
+                Frame::Event(e) => match progress_of(id, e) {
+                    Some(p) => p,
+                    None => continue,
+                },
+                other => {
+                    tracing::debug!(node = %id.short(), "ignored frame {other:?}");
+                    continue;
+                }
+            };
+            // Never waits: while this waited for a slow reader, the
+            // node's frames would go unread and its silence watchdog
+            // could call a working node dead. Progress is advisory;
+            // the report has every result.
+            let _ = events.try_send(p);
+        }
+    }
+
     /// Stages the release on one node ([`Request::Stage`]).
     async fn stage_one(
         &self,
@@ -396,24 +408,7 @@ impl Controller {
                 signatures: release.signatures.clone(),
                 peers,
             };
-            let mut c = Call::open_watched(
-                &conn,
-                request,
-                self.cfg.deploy_timeout,
-                self.cfg.node_silence,
-            )
-            .await?;
-            loop {
-                let p = match c.next().await? {
-                    Frame::Done(reply) => return Ok::<_, p2p_core::Error>(reply),
-                    Frame::Event(e) => match progress_of(id, e) {
-                        Some(p) => p,
-                        None => continue,
-                    },
-                    _ => continue,
-                };
-                let _ = events.try_send(p);
-            }
+            self.follow(&conn, id, request, events).await
         };
         match run.await {
             Ok(Reply::Catalog(e)) if e.iter().any(|e| e.id == release.id() && e.is_complete()) => {
