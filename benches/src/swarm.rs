@@ -61,6 +61,11 @@ pub struct SwarmScenario {
     /// Targets spread over sites behind WAN links, the controller at a
     /// site of its own; `None`: one flat network.
     pub sites: Option<Sites>,
+    /// The targets first get version 1.0.0 (not measured), and the
+    /// release measured is a 2.0.0 whose chunks differ from it in about
+    /// this share (1.0: none shared, a full release); `None`: the targets
+    /// hold nothing before.
+    pub previous: Option<f64>,
 }
 
 /// A topology of sites: `count` sites of `nodes / count` targets each
@@ -120,6 +125,7 @@ impl SwarmScenario {
             descriptor_copies: ControllerConfig::default().descriptor_copies,
             sample_every: None,
             sites: None,
+            previous: None,
         }
     }
 
@@ -200,13 +206,22 @@ impl SwarmScenario {
                 fleet.run_for(Duration::from_secs(15)).await;
             }
         }
-        let release = release(self.size, self.chunk_size, fleet.signer());
+        let mut release = release(self.size, self.chunk_size, fleet.signer());
         let names: Vec<String> = fleet.agents().map(str::to_string).collect();
         let ctl = fleet.controller();
         let views = ctl.nodes().await;
         let targets =
             Controller::select(&views, Some(&"".parse().expect("selector")), &[]).expect("targets");
         assert_eq!(targets.len(), self.nodes, "every agent answers");
+        if let Some(changed) = self.previous {
+            let (report, _) = timed_deploy(ctl, release, &targets).await;
+            assert!(report.is_success(), "the first version: {report:?}");
+            release = RandomRelease::new("payload", "2.0.0", self.size)
+                .chunk_size(self.chunk_size)
+                .seed(self.size as u64)
+                .changed(changed, 7)
+                .sign(fleet.signer());
+        }
         self.deploy(fleet.net(), &names, ctl, release, &targets)
             .await
     }

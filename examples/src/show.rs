@@ -469,8 +469,10 @@ impl DeployView {
             .fold((0u64, 0u64), |(h, t), (b, n)| (h + b, t + n));
         let pct = (held * 100).checked_div(total).unwrap_or(100);
         Some(format!(
-            "already held on the {} node(s) that fetched: {held} of {total} bytes ({pct}%)",
-            self.held.len()
+            "already held on the {} node(s) that fetched: {held} of {total} bytes ({pct}%); \
+             {} bytes to move",
+            self.held.len(),
+            total - held
         ))
     }
 
@@ -636,18 +638,13 @@ impl DeployView {
             }
             Progress::AlreadyHeld { node, bytes, total } => {
                 self.held.insert(*node, (*bytes, *total));
-                if *bytes > 0 {
-                    let pct = if *total == 0 {
-                        100
-                    } else {
-                        bytes * 100 / total
-                    };
-                    self.step(
-                        node,
-                        format!("{pct}% already held ({bytes} of {total} bytes)"),
-                        false,
-                    )
-                }
+                let pct = (bytes * 100).checked_div(*total).unwrap_or(100);
+                let to_move = total.saturating_sub(*bytes);
+                self.step(
+                    node,
+                    format!("{to_move} bytes to move ({pct}% of {total} already held)"),
+                    false,
+                )
             }
             Progress::Installed { node } => self.step(node, "installed".into(), false),
             Progress::Started { node } => {

@@ -238,3 +238,107 @@ fn a_package_with_a_changed_archive_byte_is_named_by_inspect_and_never_sent() {
         text(&o)
     );
 }
+
+/// Bytes that do not compress, the same for the same seed.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// `SOURCE_DATE_EPOCH` makes `p2pctl package` reproducible (the same
+/// file and id from two builds); `inspect --against` says how much of a
+/// new version an old one covers; a package of format 1 is named.
+#[test]
+fn reproducible_packages_and_what_a_new_version_moves() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir_all(d.join("web/lib")).unwrap();
+    let manifest = |v: &str| {
+        std::fs::write(
+            d.join("web/p2p.toml"),
+            format!("name = \"web\"\nversion = \"{v}\"\nentrypoint = \"lib/a\"\n"),
+        )
+        .unwrap();
+    };
+    manifest("1.0.0");
+    for (i, f) in ["a", "b", "c", "d"].iter().enumerate() {
+        std::fs::write(d.join("web/lib").join(f), noise(1 << 20, i as u64)).unwrap();
+    }
+    let package = |out: &str, epoch: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_p2pctl"));
+        c.current_dir(d).args(["package", "web", "--out", out]);
+        match epoch {
+            Some(e) => c.env("SOURCE_DATE_EPOCH", e),
+            None => c.env_remove("SOURCE_DATE_EPOCH"),
+        };
+        c.output().unwrap()
+    };
+    let a = package("a.p2p", Some("1700000000"));
+    let b = package("b.p2p", Some("1700000000"));
+    assert!(a.status.success(), "{}", text(&a));
+    let id = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("id ").map(str::to_string))
+            .unwrap()
+    };
+    assert_eq!(id(&a), id(&b));
+    assert_eq!(
+        std::fs::read(d.join("a.p2p")).unwrap(),
+        std::fs::read(d.join("b.p2p")).unwrap(),
+        "same files, same SOURCE_DATE_EPOCH: the same package"
+    );
+    let o = package("c.p2p", Some("yesterday"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("SOURCE_DATE_EPOCH"), "{}", text(&o));
+
+    // Version 1.1.0 changes one file of four.
+    manifest("1.1.0");
+    std::fs::write(d.join("web/lib/c"), noise(1 << 20, 99)).unwrap();
+    let o = package("new.p2p", None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = p2pctl(d, &["inspect", "new.p2p", "--against", "a.p2p", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let total = v["archive_bytes"].as_u64().unwrap();
+    let against = &v["against"][0];
+    assert_eq!(against["version"], "web 1.0.0");
+    let to_move = against["to_move_bytes"].as_u64().unwrap();
+    assert!(
+        ((1 << 20)..(1 << 20) + (600 << 10)).contains(&to_move),
+        "{to_move} of {total} bytes to move for one changed 1 MiB file: {v}"
+    );
+    assert_eq!(
+        against["shared_bytes"].as_u64().unwrap() + to_move,
+        total,
+        "{v}"
+    );
+    let o = p2pctl(d, &["inspect", "new.p2p", "--against", "a.p2p"]);
+    assert!(
+        text(&o).contains(&format!("{to_move} bytes to move")),
+        "{}",
+        text(&o)
+    );
+    let o = p2pctl(d, &["inspect", "new.p2p", "--against", "notes.txt"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("notes.txt"), "{}", text(&o));
+
+    // A package file of format 1 is refused, naming both formats.
+    let mut old = std::fs::read(d.join("a.p2p")).unwrap();
+    old[9] = 1;
+    std::fs::write(d.join("old.p2p"), old).unwrap();
+    let o = p2pctl(d, &["inspect", "old.p2p"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("format 1 is not supported") && text(&o).contains("format 2"),
+        "{}",
+        text(&o)
+    );
+}

@@ -4,7 +4,7 @@
 //!
 //! The input is the whole file. Checked: opening never panics and accepts
 //! only consistent sections; an archive that passes `check_archive`
-//! hashes to what the descriptor says; and the only file that verifies
+//! has the chunks the descriptor lists (hash, size, one zstd frame each); and the only file that verifies
 //! against the trusted key is the one that key signed (the committed
 //! seed `corpus/package/seed-signed`): same descriptor, same archive.
 #![no_main]
@@ -60,10 +60,13 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(p.archive_len, p.descriptor.archive_size);
     if p.check_archive().is_ok() {
         let archive = archive_of(&p);
-        let h = p2p_deploy::package::hash_archive(&archive[..], p.descriptor.chunk_size).unwrap();
-        assert_eq!(h.len, p.descriptor.archive_size);
-        assert_eq!(h.sha256, p.descriptor.archive_sha256);
-        assert_eq!(h.chunks, p.descriptor.chunks);
+        let offsets = p.descriptor.offsets();
+        assert_eq!(archive.len() as u64, p.descriptor.archive_size);
+        for (i, c) in p.descriptor.chunks.iter().enumerate() {
+            let bytes = &archive[offsets[i] as usize..offsets[i + 1] as usize];
+            assert_eq!(p2p_deploy::package::ChunkInfo::of(bytes, c.raw_size), *c);
+            p2p_deploy::package::check_frame(i, bytes, c.raw_size).unwrap();
+        }
     }
     if p.verify(&known.trust).is_ok() {
         assert_eq!(

@@ -344,7 +344,7 @@ pub async fn package_seeds(scratch: &Path) -> Vec<Seed> {
         "name = \"web\"\nversion = \"1.0.0\"\nentrypoint = \"bin/web\"\n",
     )
     .expect("scratch");
-    // Incompressible enough for three chunks of 4 KiB.
+    // Incompressible enough for several chunks of 4 KiB on average.
     let body: Vec<u8> = (0..12_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -353,6 +353,7 @@ pub async fn package_seeds(scratch: &Path) -> Vec<Seed> {
     let opts = BuildOptions {
         chunk_size: 4096,
         level: 1,
+        created_at: None,
     };
     build(&app, &out, &Epoch, opts).expect("building the seed package");
     let unsigned = std::fs::read(&out).expect("reading it back");

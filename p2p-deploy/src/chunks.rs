@@ -89,11 +89,10 @@ fn signatures_key(id: &PackageId) -> String {
     format!("signatures/{id}")
 }
 
-/// The length of chunk `index` of `d`.
+/// The length of chunk `index` of `d` as stored and moved (0 past the
+/// end).
 pub fn chunk_len(d: &Descriptor, index: usize) -> u64 {
-    let cs = u64::from(d.chunk_size);
-    let start = index as u64 * cs;
-    d.archive_size.saturating_sub(start).min(cs)
+    d.chunks.get(index).map_or(0, |c| u64::from(c.size))
 }
 
 impl ChunkStore {
@@ -157,6 +156,24 @@ impl ChunkStore {
         }
     }
 
+    /// The manifest of release `id`, if kept: from its descriptor, or from
+    /// a format-1 descriptor stored before an upgrade (such a release is
+    /// installed and runs, but is never served or fetched again).
+    pub async fn manifest(&self, id: &PackageId) -> Result<Option<crate::Manifest>> {
+        let Some(bytes) = self.storage.get(&release_key(id)).await? else {
+            return Ok(None);
+        };
+        match Descriptor::from_bytes(&bytes) {
+            Ok(d) => Ok(Some(d.manifest)),
+            Err(e) => match crate::package::legacy_v1(&bytes) {
+                Some((m, _)) => Ok(Some(m)),
+                None => Err(Error::protocol(format!(
+                    "stored release {id} is corrupt: {e}"
+                ))),
+            },
+        }
+    }
+
     /// The releases kept. A stored descriptor that does not decode is
     /// skipped with a warning (and left where it is): one damaged record
     /// must not hide every other release from the catalog, or stop an
@@ -199,28 +216,66 @@ impl ChunkStore {
             chunks: d.chunks.len(),
         })?;
         let hash: [u8; 32] = Sha256::digest(bytes).into();
-        if bytes.len() as u64 != chunk_len(d, index) || &hash != want {
+        if bytes.len() != want.size as usize || hash != want.sha256 {
             return Err(ChunkError::Corrupt { index });
         }
         let _w = self.sweep.read().await;
-        Ok(self.storage.put(&chunk_key(want), bytes).await?)
+        Ok(self.storage.put(&chunk_key(&want.sha256), bytes).await?)
     }
 
     /// Chunk `index` of `d`, if present (checked again on the way out, so
-    /// a chunk damaged on disk is never served).
+    /// a chunk damaged on disk is never served). A chunk held under the
+    /// same hash with another length than `d` gives is an error naming
+    /// it: `d` lists a hash it cannot have.
     pub async fn get(&self, d: &Descriptor, index: usize) -> Result<Option<Vec<u8>>> {
         let Some(want) = d.chunks.get(index) else {
             return Ok(None);
         };
-        match self.storage.get(&chunk_key(want)).await? {
-            Some(bytes) if Sha256::digest(&bytes).as_slice() == want => Ok(Some(bytes)),
+        let key = chunk_key(&want.sha256);
+        match self.storage.get(&key).await? {
+            Some(bytes) if Sha256::digest(&bytes).as_slice() == want.sha256 => {
+                if bytes.len() != want.size as usize {
+                    return Err(Error::protocol(format!(
+                        "chunk {index} of {} {}: this node holds a chunk with its hash \
+                         of {} bytes, the descriptor says {}",
+                        d.manifest.name,
+                        d.manifest.version,
+                        bytes.len(),
+                        want.size
+                    )));
+                }
+                Ok(Some(bytes))
+            }
             Some(_) => {
                 tracing::warn!(index, "a stored chunk is damaged; dropping it");
-                self.storage.delete(&chunk_key(want)).await?;
+                self.storage.delete(&key).await?;
                 Ok(None)
             }
             None => Ok(None),
         }
+    }
+
+    /// Chunk `index` of `d`, which must be present, checked as
+    /// [`get`](Self::get) does and as one zstd frame of the size `d` gives.
+    pub async fn get_frame(&self, d: &Descriptor, index: usize) -> Result<Vec<u8>> {
+        let name = || format!("{} {}", d.manifest.name, d.manifest.version);
+        let bytes = self.get(d, index).await?.ok_or_else(|| Error::NotFound {
+            what: format!("chunk {index} of {}", name()),
+        })?;
+        crate::package::check_frame(index, &bytes, d.chunks[index].raw_size)
+            .map_err(|e| Error::protocol(format!("{}: {e}", name())))?;
+        Ok(bytes)
+    }
+
+    /// Checks that every chunk of `d` is present, matches its hash and
+    /// size, and is one zstd frame that says it decompresses to the size
+    /// `d` gives: what an install checks before it writes anything
+    /// outside the store.
+    pub async fn check_release(&self, d: &Descriptor) -> Result<()> {
+        for i in 0..d.chunks.len() {
+            self.get_frame(d, i).await?;
+        }
+        Ok(())
     }
 
     /// The keys of every chunk stored.
@@ -237,7 +292,7 @@ impl ChunkStore {
             .map(|d| {
                 d.chunks
                     .iter()
-                    .filter(|h| have.contains(&chunk_key(h)))
+                    .filter(|c| have.contains(&chunk_key(&c.sha256)))
                     .count()
             })
             .collect())
@@ -247,23 +302,17 @@ impl ChunkStore {
     pub async fn missing(&self, d: &Descriptor) -> Result<Vec<usize>> {
         let have = self.stored_keys().await?;
         Ok((0..d.chunks.len())
-            .filter(|i| !have.contains(&chunk_key(&d.chunks[*i])))
+            .filter(|i| !have.contains(&chunk_key(&d.chunks[*i].sha256)))
             .collect())
     }
 
-    /// Writes the whole archive of `d` to `out`, checking its SHA-256.
+    /// Writes the whole archive of `d` to `out` (its chunks one after
+    /// another), each chunk checked as [`get_frame`](Self::get_frame) does.
     pub async fn assemble(&self, d: &Descriptor, out: &mut impl Write) -> Result<()> {
-        let mut total = Sha256::new();
         for i in 0..d.chunks.len() {
-            let bytes = self.get(d, i).await?.ok_or_else(|| Error::NotFound {
-                what: format!("chunk {i} of {} {}", d.manifest.name, d.manifest.version),
-            })?;
-            total.update(&bytes);
+            let bytes = self.get_frame(d, i).await?;
             out.write_all(&bytes)
                 .map_err(|e| Error::io("writing the archive", e))?;
-        }
-        if total.finalize().as_slice() != d.archive_sha256 {
-            return Err(FormatError::ArchiveHash.into());
         }
         Ok(())
     }
@@ -273,13 +322,22 @@ impl ChunkStore {
         let _alone = self.sweep.write().await;
         let mut live = BTreeSet::new();
         // Every release's chunks must be known before any is deleted.
-        for (key, d) in self.stored_releases().await? {
-            let d = d.map_err(|e| {
-                Error::protocol(format!(
-                    "stored release {key} is corrupt ({e}); no chunk collected"
-                ))
-            })?;
-            live.extend(d.chunks.iter().map(chunk_key));
+        for key in self.storage.list("releases/").await? {
+            let Some(bytes) = self.storage.get(&key).await? else {
+                continue;
+            };
+            match Descriptor::from_bytes(&bytes) {
+                Ok(d) => live.extend(d.chunks.iter().map(|c| chunk_key(&c.sha256))),
+                Err(e) => match crate::package::legacy_v1(&bytes) {
+                    // Kept from before an upgrade: its chunks stay with it.
+                    Some((_, chunks)) => live.extend(chunks.iter().map(chunk_key)),
+                    None => {
+                        return Err(Error::protocol(format!(
+                            "stored release {key} is corrupt ({e}); no chunk collected"
+                        )));
+                    }
+                },
+            }
         }
         let mut gone = 0;
         for key in self.storage.list("chunks/").await? {
@@ -300,18 +358,56 @@ mod tests {
     use crate::Manifest;
 
     fn descriptor(version: &str, bytes: &[u8]) -> Descriptor {
-        let h = crate::package::hash_archive(bytes, 4096).unwrap();
-        Descriptor {
-            manifest: Manifest::parse(&format!(
+        Descriptor::new(
+            Manifest::parse(&format!(
                 "name = \"app\"\nversion = \"{version}\"\nentrypoint = \"run\"\n"
             ))
             .unwrap(),
-            archive_size: h.len,
-            archive_sha256: h.sha256,
-            chunk_size: 4096,
-            chunks: h.chunks,
-            created_at: Timestamp(0),
+            vec![crate::package::ChunkInfo::of(bytes, bytes.len() as u32)],
+            Timestamp(0),
+        )
+    }
+
+    /// A node upgraded from format 1 keeps what it installed then: the
+    /// manifest reads, the chunks are kept while the release is, and the
+    /// release is left out of the catalog.
+    #[tokio::test]
+    async fn format_1_releases_stored_before_an_upgrade_stay_usable() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            manifest: Manifest,
+            archive_size: u64,
+            archive_sha256: [u8; 32],
+            chunk_size: u32,
+            chunks: Vec<[u8; 32]>,
+            created_at: Timestamp,
         }
+        let storage = Arc::new(MemStorage::new());
+        let store = ChunkStore::new(storage.clone());
+        let old_chunk = b"a chunk of a format-1 archive";
+        let hash: [u8; 32] = Sha256::digest(old_chunk).into();
+        let m = descriptor("1.0.0", b"x").manifest;
+        let v1 = postcard::to_allocvec(&V1 {
+            manifest: m.clone(),
+            archive_size: old_chunk.len() as u64,
+            archive_sha256: hash,
+            chunk_size: 256 << 10,
+            chunks: vec![hash],
+            created_at: Timestamp(0),
+        })
+        .unwrap();
+        let id = PackageId(Sha256::digest(&v1).into());
+        storage.put(&release_key(&id), &v1).await.unwrap();
+        storage.put(&chunk_key(&hash), old_chunk).await.unwrap();
+        storage.put(&chunk_key(&[9; 32]), b"orphan").await.unwrap();
+        assert_eq!(store.manifest(&id).await.unwrap(), Some(m));
+        assert!(store.releases().await.unwrap().is_empty());
+        let e = store.release(&id).await.unwrap_err().to_string();
+        assert!(e.contains("format 1"), "{e}");
+        assert_eq!(store.collect().await.unwrap(), 1, "only the orphan goes");
+        assert!(storage.get(&chunk_key(&hash)).await.unwrap().is_some());
+        store.remove_release(&id).await.unwrap();
+        assert_eq!(store.collect().await.unwrap(), 1);
     }
 
     /// One damaged descriptor used to fail `releases()`, and with it the
@@ -338,7 +434,7 @@ mod tests {
         let e = store.collect().await.unwrap_err().to_string();
         assert!(e.contains("corrupt"), "{e}");
         assert_eq!(store.get(&a, 0).await.unwrap().unwrap(), b"first");
-        let b_chunk = storage.get(&chunk_key(&b.chunks[0])).await.unwrap();
+        let b_chunk = storage.get(&chunk_key(&b.chunks[0].sha256)).await.unwrap();
         assert_eq!(b_chunk.as_deref(), Some(&b"second"[..]));
     }
 }

@@ -12,7 +12,7 @@ use p2p_core::{Error, Result};
 
 use crate::chunks::ChunkStore;
 use crate::package::Descriptor;
-use crate::unpack::{UnpackLimits, unpack, version_dir};
+use crate::unpack::{UnpackLimits, unpack_release, version_dir};
 
 /// Installs and removes versions of apps.
 ///
@@ -73,22 +73,11 @@ impl DirInstaller {
 impl Installer for DirInstaller {
     async fn install(&self, d: &Descriptor, chunks: &ChunkStore) -> Result<PathBuf> {
         let m = &d.manifest;
+        // Every chunk is checked (hash, size, one frame of the size the
+        // descriptor gives) before anything is written outside the store.
+        chunks.check_release(d).await?;
         std::fs::create_dir_all(&self.root)
             .map_err(|e| Error::io(format!("creating {}", self.root.display()), e))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".incoming-")
-            .tempfile_in(&self.root)
-            .map_err(|e| Error::io(format!("creating a file in {}", self.root.display()), e))?;
-        let at = tmp.path().to_path_buf();
-        chunks
-            .assemble(d, tmp.as_file_mut())
-            .await
-            .map_err(|e| match e {
-                Error::Io { context, source } => {
-                    Error::io(format!("{context} to {}", at.display()), source)
-                }
-                other => other,
-            })?;
         let target = version_dir(&self.root, &m.name, &m.version)?;
         if target.exists() {
             // Left by an install that was never recorded: replace it.
@@ -96,25 +85,34 @@ impl Installer for DirInstaller {
             std::fs::remove_dir_all(&target)
                 .map_err(|e| Error::io(format!("removing {}", target.display()), e))?;
         }
-        let (root, name, version, limits) = (
-            self.root.clone(),
-            m.name.clone(),
-            m.version.clone(),
-            self.limits,
-        );
-        tokio::task::spawn_blocking(move || {
-            use std::io::Seek;
-            let mut f = tmp
-                .reopen()
-                .map_err(|e| Error::io("reading the archive", e))?;
-            f.seek(std::io::SeekFrom::Start(0))
-                .map_err(|e| Error::io("reading the archive", e))?;
-            let dir = unpack(std::io::BufReader::new(f), &root, &name, &version, limits);
-            drop(tmp);
-            Ok(dir?)
-        })
-        .await
-        .map_err(|e| Error::io("unpacking", std::io::Error::other(e)))?
+        // The chunks go from the store to the unpacking thread a few at a
+        // time: the archive is never written out whole.
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+        let (root, limits, desc) = (self.root.clone(), self.limits, d.clone());
+        let unpacking = tokio::task::spawn_blocking(move || {
+            let feed = ChunkFeed {
+                rx,
+                buf: Vec::new(),
+                at: 0,
+            };
+            unpack_release(feed, &desc, &root, limits)
+        });
+        for i in 0..d.chunks.len() {
+            let chunk = chunks
+                .get_frame(d, i)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                // The unpacking stopped (its error is reported below).
+                break;
+            }
+        }
+        drop(tx);
+        let dir = unpacking
+            .await
+            .map_err(|e| Error::io("unpacking", std::io::Error::other(e)))?;
+        Ok(dir?)
     }
 
     fn workdir(&self, name: &str, version: &semver::Version) -> PathBuf {
@@ -228,7 +226,7 @@ impl MemInstaller {
 #[async_trait]
 impl Installer for MemInstaller {
     async fn install(&self, d: &Descriptor, chunks: &ChunkStore) -> Result<PathBuf> {
-        chunks.assemble(d, &mut std::io::sink()).await?;
+        chunks.check_release(d).await?;
         let m = &d.manifest;
         self.lock().insert((m.name.clone(), m.version.clone()));
         Ok(self.workdir(&m.name, &m.version))
@@ -241,5 +239,30 @@ impl Installer for MemInstaller {
     async fn uninstall(&self, name: &str, version: &semver::Version) -> Result<()> {
         self.lock().remove(&(name.to_string(), version.clone()));
         Ok(())
+    }
+}
+
+/// Chunks handed over a channel, read as one stream.
+struct ChunkFeed {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ChunkFeed {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.buf = chunk?;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }

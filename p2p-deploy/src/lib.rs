@@ -63,12 +63,15 @@
 //! ```
 //!
 //! - [`manifest`]: `p2p.toml`, validated with errors that name the field.
-//! - [`build`]: a directory to a deterministic tar + zstd archive (sorted
-//!   entries, zero times and owners, modes 0644/0755 by the execute bit,
-//!   `.p2pignore` in gitignore syntax), hashed in the same pass: archive
-//!   SHA-256 and one SHA-256 per chunk (256 KiB by default).
-//! - [`package`]: the [`Descriptor`] (manifest, sizes, hashes, creation
-//!   time from the injected clock) in canonical postcard bytes, whose
+//! - [`build`]: a directory to a deterministic tar stream (sorted entries,
+//!   zero times and owners, modes 0644/0755 by the execute bit,
+//!   `.p2pignore` in gitignore syntax) cut into content-defined chunks
+//!   (256 KiB on average), each compressed on its own and hashed in the
+//!   same pass, so that a new version shares every unchanged chunk with
+//!   the old one (delta releases: see [`package`]).
+//! - [`package`]: the [`Descriptor`] (manifest, each chunk's hash and
+//!   sizes, creation time from `SOURCE_DATE_EPOCH` or the injected
+//!   clock) in canonical postcard bytes, whose
 //!   SHA-256 is the [`PackageId`]; the one-file package format (magic,
 //!   version, archive, descriptor, signatures: layout in the module docs);
 //!   signing in place; verification of every archive byte in one pass.
@@ -83,8 +86,9 @@
 //!   while a release refers to it, collected after; transfers resume from
 //!   the chunks present.
 //! - [`unpack`](mod@unpack): an archive into `versions/<name>/<version>` through a
-//!   staging directory and an atomic rename, refusing every unsafe entry,
-//!   or nothing at all.
+//!   staging directory and an atomic rename, refusing every unsafe entry
+//!   and every chunk that does not decompress to its declared size, or
+//!   nothing at all.
 //! - [`proto`]: the deploy RPC protocol (versioned hello, one request per
 //!   stream, streamed progress, typed errors, deadlines).
 //! - [`agent`]: the node agent: persistent per-app state, reconcile,
@@ -140,7 +144,7 @@ pub use controller::{
 pub use install::{DirInstaller, Installer, MemInstaller};
 pub use package::manifest::{self, MANIFEST_FILE, Manifest};
 pub use package::trust::{self, TrustStore, VerifyError, check_not_downgrade};
-pub use package::unpack::{self, UnpackLimits, unpack};
+pub use package::unpack::{self, UnpackLimits, unpack, unpack_release};
 pub use package::{BuildOptions, Descriptor, IGNORE_FILE, PackageFile, PackageId, Release, build};
 pub use proto::{ActivateOptions, CatalogEntry, NodeInfo};
 pub use selector::Selector;

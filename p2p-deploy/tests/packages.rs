@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use p2p_core::{Ed25519Signer, Error, Signer, Timestamp};
-use p2p_deploy::package::FormatError;
+use p2p_deploy::package::{ChunkInfo, FormatError};
 use p2p_deploy::trust::{read_public_key, read_secret_key, write_key_pair};
 use p2p_deploy::{
     BuildOptions, Descriptor, PackageFile, TrustStore, VerifyError, build, check_not_downgrade,
@@ -193,10 +193,16 @@ async fn a_signed_package_verifies_and_inspects() {
     assert_eq!(pkg.descriptor.manifest.version.to_string(), "1.2.3");
     assert_eq!(pkg.descriptor.created_at, FixedClock.now());
     assert_eq!(pkg.id(), pkg.descriptor.id());
+    // Content-defined chunks of 64 KiB on average: at most 256 KiB each,
+    // adding up to the archive and to the tar stream.
+    let d = &pkg.descriptor;
+    assert!(d.chunks.len() >= 3, "{} chunks", d.chunks.len());
+    assert!(d.chunks.iter().all(|c| c.raw_size <= 256 * 1024));
     assert_eq!(
-        pkg.descriptor.chunks.len() as u64,
-        pkg.descriptor.archive_size.div_ceil(64 * 1024)
+        pkg.archive_len,
+        d.chunks.iter().map(|c| u64::from(c.size)).sum::<u64>()
     );
+    assert!(d.unpacked_size() > 300_000 && d.unpacked_size() % 512 == 0);
     let keys = pkg.verify(&trust(&[1])).unwrap();
     assert_eq!(keys, [signer(1).key_id()]);
     // Signing again with the same key replaces, not adds.
@@ -225,7 +231,10 @@ async fn security_tampered_archive_is_refused() {
     let t = tempfile::tempdir().unwrap();
     // A byte of the archive, in its third chunk.
     let pkg = signed(t.path(), "1.0.0", &[1]).await;
-    flip(&pkg.path, pkg.archive_offset + 2 * 64 * 1024 + 5);
+    flip(
+        &pkg.path,
+        pkg.archive_offset + pkg.descriptor.chunk_offset(2) + 5,
+    );
     assert_eq!(
         verify(&pkg.path, &trust(&[1])).unwrap_err(),
         VerifyError::Format(FormatError::ChunkHash { index: 2 })
@@ -268,13 +277,13 @@ async fn security_header_lengths_past_the_file_are_refused() {
 #[tokio::test]
 async fn security_tampered_descriptor_is_refused() {
     let t = tempfile::tempdir().unwrap();
-    // A byte of the descriptor, inside the archive hash it vouches for.
+    // A byte of the descriptor, inside a chunk hash it vouches for.
     let pkg = signed(t.path(), "1.0.2", &[1]).await;
     let d_off = pkg.archive_offset + pkg.archive_len;
     let hash_at = pkg
         .descriptor_bytes
         .windows(32)
-        .position(|w| w == pkg.descriptor.archive_sha256)
+        .position(|w| w == pkg.descriptor.chunks[1].sha256)
         .unwrap() as u64;
     flip(&pkg.path, d_off + hash_at + 3);
     assert!(matches!(
@@ -376,6 +385,13 @@ fn foreign_and_truncated_files_are_named() {
         PackageFile::open(&p).unwrap_err(),
         FormatError::UnsupportedFormat(9)
     );
+    h[9] = 1;
+    std::fs::write(&p, &h).unwrap();
+    let e = PackageFile::open(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("format 1 is not supported") && e.contains("reads format 2"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -439,31 +455,118 @@ async fn key_files_round_trip_and_bad_ones_are_named() {
 proptest! {
     #[test]
     fn descriptors_round_trip_canonically(
-        size in 0u64..10_000_000,
-        chunk_kib in 4u32..2048,
+        sizes in proptest::collection::vec((1u32..16 << 20, 0u32..16 << 20), 1..50),
         seed in any::<[u8; 32]>(),
         millis in 0u64..4_000_000_000_000,
         name in "[a-z][a-z0-9-]{0,20}",
         major in 0u64..100, minor in 0u64..100, patch in 0u64..100,
     ) {
-        let chunk_size = chunk_kib * 1024;
-        let n = size.div_ceil(u64::from(chunk_size)).max(1) as usize;
         let manifest = p2p_deploy::Manifest::parse(&format!(
             "name = \"{name}\"\nversion = \"{major}.{minor}.{patch}\"\nentrypoint = \"run\"\n"
         )).unwrap();
-        let d = Descriptor {
-            manifest,
-            archive_size: size,
-            archive_sha256: seed,
-            chunk_size,
-            chunks: vec![seed; n],
-            created_at: Timestamp(millis),
-        };
+        let chunks = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(size, raw_size))| {
+                let mut sha256 = seed;
+                sha256[0] ^= i as u8;
+                sha256[1] ^= (i >> 8) as u8;
+                ChunkInfo { sha256, size, raw_size }
+            })
+            .collect();
+        let d = Descriptor::new(manifest, chunks, Timestamp(millis));
         let bytes = d.to_bytes();
         let back = Descriptor::from_bytes(&bytes).unwrap();
         prop_assert_eq!(&back, &d);
         prop_assert_eq!(back.to_bytes(), bytes);
         prop_assert_eq!(back.id(), d.id());
+    }
+}
+
+fn chunk(n: u8, size: u32, raw_size: u32) -> ChunkInfo {
+    ChunkInfo {
+        sha256: [n; 32],
+        size,
+        raw_size,
+    }
+}
+
+fn manifest() -> p2p_deploy::Manifest {
+    p2p_deploy::Manifest::parse("name = \"web\"\nversion = \"1.0.0\"\nentrypoint = \"run\"\n")
+        .unwrap()
+}
+
+/// Descriptors whose chunk list cannot describe an archive are refused
+/// when they are decoded, each naming what is wrong.
+#[test]
+fn a_descriptor_whose_chunks_do_not_add_up_is_refused() {
+    let refused = |d: &Descriptor| {
+        Descriptor::from_bytes(&d.to_bytes())
+            .unwrap_err()
+            .to_string()
+    };
+    let mut d = Descriptor::new(
+        manifest(),
+        vec![chunk(1, 100, 200), chunk(2, 50, 80)],
+        Timestamp(0),
+    );
+    assert!(Descriptor::from_bytes(&d.to_bytes()).is_ok());
+    d.archive_size = 151;
+    let e = refused(&d);
+    assert!(
+        e.contains("adds up to 150 bytes") && e.contains("151"),
+        "{e}"
+    );
+    let d = Descriptor::new(
+        manifest(),
+        vec![chunk(1, 100, 200), chunk(1, 101, 200)],
+        Timestamp(0),
+    );
+    let e = refused(&d);
+    assert!(
+        e.contains("chunks 0 and 1 have the same hash and different sizes"),
+        "{e}"
+    );
+    let d = Descriptor::new(manifest(), vec![chunk(1, 100, 17 << 20)], Timestamp(0));
+    let e = refused(&d);
+    assert!(e.contains("chunk 0 is 100 bytes"), "{e}");
+    let d = Descriptor::new(manifest(), vec![], Timestamp(0));
+    assert!(refused(&d).contains("no chunks"));
+    // The same hash twice with the same size is a chunk repeated: fine.
+    let d = Descriptor::new(
+        manifest(),
+        vec![chunk(1, 100, 200), chunk(1, 100, 200)],
+        Timestamp(0),
+    );
+    assert!(Descriptor::from_bytes(&d.to_bytes()).is_ok());
+}
+
+/// A format-1 descriptor (as format 1 wrote it, without a format field)
+/// is named as such wherever it is decoded.
+#[test]
+fn a_format_1_descriptor_is_named() {
+    #[derive(serde::Serialize)]
+    struct V1 {
+        manifest: p2p_deploy::Manifest,
+        archive_size: u64,
+        archive_sha256: [u8; 32],
+        chunk_size: u32,
+        chunks: Vec<[u8; 32]>,
+        created_at: Timestamp,
+    }
+    for name in ["w", "we", "web", "a-much-longer-app-name"] {
+        let mut m = manifest();
+        m.name = name.into();
+        let v1 = V1 {
+            manifest: m,
+            archive_size: 10,
+            archive_sha256: [1; 32],
+            chunk_size: 1024,
+            chunks: vec![[2; 32]],
+            created_at: Timestamp(0),
+        };
+        let e = Descriptor::from_bytes(&postcard::to_allocvec(&v1).unwrap()).unwrap_err();
+        assert_eq!(e, FormatError::UnsupportedFormat(1), "app {name}");
     }
 }
 
@@ -478,14 +581,7 @@ fn a_descriptor_with_an_impossible_manifest_is_refused() {
          [health]\nprocess = true\n",
     )
     .unwrap();
-    let with = |m: p2p_deploy::Manifest| Descriptor {
-        manifest: m,
-        archive_size: 10,
-        archive_sha256: [1; 32],
-        chunk_size: 1024,
-        chunks: vec![[2; 32]],
-        created_at: Timestamp(0),
-    };
+    let with = |m: p2p_deploy::Manifest| Descriptor::new(m, vec![chunk(2, 10, 10)], Timestamp(0));
     assert!(Descriptor::from_bytes(&with(good.clone()).to_bytes()).is_ok());
     let mut gate0 = good.clone();
     gate0.health.as_mut().unwrap().gate = 0;
@@ -515,10 +611,8 @@ async fn chunks_are_verified_resumed_reassembled_and_collected() {
         .unwrap()
         .read_to_end(&mut archive)
         .unwrap();
-    let chunk = |i: usize| {
-        let cs = d.chunk_size as usize;
-        archive[i * cs..((i + 1) * cs).min(archive.len())].to_vec()
-    };
+    let offsets = d.offsets();
+    let chunk = |i: usize| archive[offsets[i] as usize..offsets[i + 1] as usize].to_vec();
     let storage = std::sync::Arc::new(p2p_core::MemStorage::new());
     let store = ChunkStore::new(storage.clone());
     let id = store.add_release(d).await.unwrap();

@@ -6,15 +6,15 @@ use std::io::Write;
 use std::path::Path;
 
 use p2p_deploy::unpack::{Refusal, UnpackError};
-use p2p_deploy::{UnpackLimits, unpack};
+use p2p_deploy::{Descriptor, UnpackLimits, unpack, unpack_release};
 
 fn v(s: &str) -> semver::Version {
     semver::Version::parse(s).unwrap()
 }
 
-/// A tar + zstd archive from raw entries, names written as given (the tar
-/// crate's builder would refuse the bad ones).
-fn archive(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+/// A tar stream from raw entries, names written as given (the tar crate's
+/// builder would refuse the bad ones).
+fn tar(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, data, link) in entries {
         let mut h = tar::Header::new_old();
@@ -30,10 +30,31 @@ fn archive(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
         h.set_cksum();
         b.append(&h, *data).unwrap();
     }
-    let tar = b.into_inner().unwrap();
+    b.into_inner().unwrap()
+}
+
+/// The tar stream as one zstd stream (what [`unpack`] reads).
+fn zst(tar: &[u8]) -> Vec<u8> {
     let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-    z.write_all(&tar).unwrap();
+    z.write_all(tar).unwrap();
     z.finish().unwrap()
+}
+
+/// The tar stream as a format-2 release of `web` `version`: 1 KiB pieces,
+/// each its own zstd frame (what agents unpack, with
+/// [`unpack_release`]).
+fn release(tar: &[u8], version: &str) -> (Vec<u8>, Descriptor) {
+    let (archive, chunks) = p2p_deploy::package::frame_pieces(tar, 1024, 3).unwrap();
+    let m = p2p_deploy::Manifest::parse(&format!(
+        "name = \"web\"\nversion = \"{version}\"\nentrypoint = \"run\"\n"
+    ))
+    .unwrap();
+    (archive, Descriptor::new(m, chunks, p2p_core::Timestamp(0)))
+}
+
+/// A tar + zstd archive from raw entries, as one zstd stream.
+fn archive(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    zst(&tar(entries))
 }
 
 fn leftovers(root: &Path) -> Vec<String> {
@@ -87,15 +108,51 @@ fn a_good_archive_lands_whole() {
         matches!(e, UnpackError::Other(p2p_core::Error::AlreadyExists { .. })),
         "{e}"
     );
+    // The same entries as a format-2 release, in chunks.
+    let (a2, d) = release(
+        &tar(&[
+            ("bin/", Directory, b"", None),
+            ("bin/run", Regular, b"#!/bin/sh\n", None),
+            ("data.txt", Regular, &[7u8; 5000], None),
+            ("link", Symlink, b"", Some("bin/run")),
+        ]),
+        "1.1.0",
+    );
+    assert!(d.chunks.len() >= 4);
+    let dir = unpack_release(&a2[..], &d, t.path(), UnpackLimits::default()).unwrap();
+    assert_eq!(dir, t.path().join("web/1.1.0"));
+    assert_eq!(std::fs::read(dir.join("data.txt")).unwrap(), [7u8; 5000]);
 }
 
 // The security matrix, archive cases: every unsafe entry refused by name,
 // nothing left behind, nothing written outside (README, "Security").
 
-/// Unpacks `bytes` into a fresh directory and checks it was refused for
+/// Unpacks `tar`, as one zstd stream and as a format-2 release in
+/// chunks, each into a fresh directory, and checks it was refused for
 /// `kind`, with a message naming `want`, and that nothing was written,
 /// inside or outside.
-fn refused(what: &str, bytes: &[u8], kind: Refusal, want: &str) {
+fn refused(what: &str, tar: &[u8], kind: Refusal, want: &str) {
+    refused_by(
+        what,
+        |root, limits| unpack(&zst(tar)[..], root, "web", &v("2.0.0"), limits),
+        kind,
+        want,
+    );
+    let (archive, d) = release(tar, "2.0.0");
+    refused_by(
+        what,
+        |root, limits| unpack_release(&archive[..], &d, root, limits),
+        kind,
+        want,
+    );
+}
+
+fn refused_by(
+    what: &str,
+    unpack: impl FnOnce(&Path, UnpackLimits) -> Result<std::path::PathBuf, UnpackError>,
+    kind: Refusal,
+    want: &str,
+) {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("versions");
     std::fs::create_dir_all(&root).unwrap();
@@ -103,7 +160,7 @@ fn refused(what: &str, bytes: &[u8], kind: Refusal, want: &str) {
         max_bytes: 4096,
         max_entries: 100,
     };
-    let e = unpack(bytes, &root, "web", &v("2.0.0"), limits)
+    let e = unpack(&root, limits)
         .err()
         .unwrap_or_else(|| panic!("{what}: unpacked"));
     assert!(
@@ -129,7 +186,7 @@ fn refused(what: &str, bytes: &[u8], kind: Refusal, want: &str) {
 fn security_absolute_path_is_refused() {
     refused(
         "absolute",
-        &archive(&[("/etc/evil", Regular, b"x", None)]),
+        &tar(&[("/etc/evil", Regular, b"x", None)]),
         Refusal::AbsolutePath,
         "absolute",
     );
@@ -139,7 +196,7 @@ fn security_absolute_path_is_refused() {
 fn security_path_traversal_is_refused() {
     refused(
         "dotdot",
-        &archive(&[("a/../../evil", Regular, b"x", None)]),
+        &tar(&[("a/../../evil", Regular, b"x", None)]),
         Refusal::ParentDir,
         "..",
     );
@@ -149,13 +206,13 @@ fn security_path_traversal_is_refused() {
 fn security_escaping_symlinks_are_refused() {
     refused(
         "symlink out",
-        &archive(&[("l", Symlink, b"", Some("../../etc"))]),
+        &tar(&[("l", Symlink, b"", Some("../../etc"))]),
         Refusal::LinkOutside,
         "outside",
     );
     refused(
         "symlink absolute",
-        &archive(&[("l", Symlink, b"", Some("/etc/passwd"))]),
+        &tar(&[("l", Symlink, b"", Some("/etc/passwd"))]),
         Refusal::LinkOutside,
         "outside",
     );
@@ -165,7 +222,7 @@ fn security_escaping_symlinks_are_refused() {
 fn security_writing_through_a_symlink_is_refused() {
     refused(
         "through a symlink",
-        &archive(&[("d", Symlink, b"", Some(".")), ("d/f", Regular, b"x", None)]),
+        &tar(&[("d", Symlink, b"", Some(".")), ("d/f", Regular, b"x", None)]),
         Refusal::ThroughLink,
         "symlink",
     );
@@ -175,13 +232,13 @@ fn security_writing_through_a_symlink_is_refused() {
 fn security_escaping_hardlinks_are_refused() {
     refused(
         "hardlink out",
-        &archive(&[("h", Link, b"", Some("../../etc/passwd"))]),
+        &tar(&[("h", Link, b"", Some("../../etc/passwd"))]),
         Refusal::LinkOutside,
         "outside",
     );
     refused(
         "hardlink to nothing",
-        &archive(&[("h", Link, b"", Some("missing"))]),
+        &tar(&[("h", Link, b"", Some("missing"))]),
         Refusal::BadLink,
         "not a file",
     );
@@ -191,19 +248,19 @@ fn security_escaping_hardlinks_are_refused() {
 fn security_device_files_and_fifos_are_refused() {
     refused(
         "char device",
-        &archive(&[("dev", Char, b"", None)]),
+        &tar(&[("dev", Char, b"", None)]),
         Refusal::DeviceFile,
         "device",
     );
     refused(
         "block device",
-        &archive(&[("dev", Block, b"", None)]),
+        &tar(&[("dev", Block, b"", None)]),
         Refusal::DeviceFile,
         "device",
     );
     refused(
         "fifo",
-        &archive(&[("p", Fifo, b"", None)]),
+        &tar(&[("p", Fifo, b"", None)]),
         Refusal::Fifo,
         "fifo",
     );
@@ -213,7 +270,7 @@ fn security_device_files_and_fifos_are_refused() {
 fn security_oversized_archive_is_refused() {
     refused(
         "too big",
-        &archive(&[("big", Regular, &[0u8; 5000], None)]),
+        &tar(&[("big", Regular, &[0u8; 5000], None)]),
         Refusal::TooLarge,
         "more than 4096 bytes",
     );
@@ -221,11 +278,57 @@ fn security_oversized_archive_is_refused() {
 
 #[test]
 fn security_not_an_archive_is_refused() {
-    refused(
+    let plain = b"plain text, not zstd";
+    refused_by(
         "not an archive",
-        b"plain text, not zstd",
+        |root, limits| unpack(&plain[..], root, "web", &v("2.0.0"), limits),
         Refusal::Unreadable,
         "archive",
+    );
+    // A release whose one chunk is not a zstd frame.
+    let (_, mut d) = release(b"", "2.0.0");
+    d.chunks = vec![p2p_deploy::package::ChunkInfo::of(plain, 20)];
+    d.archive_size = plain.len() as u64;
+    refused_by(
+        "a chunk that is not a frame",
+        |root, limits| unpack_release(&plain[..], &d, root, limits),
+        Refusal::Unreadable,
+        "chunk 0 of the archive: it is not a zstd frame",
+    );
+}
+
+/// A chunk that decompresses to more (or less) than the descriptor says
+/// is refused by index, and nothing is left; so is one whose frame does
+/// not say its size.
+#[test]
+fn security_a_chunk_of_another_size_than_declared_is_refused() {
+    let tar = tar(&[("data.txt", Regular, &[7u8; 3000], None)]);
+    let (archive, d) = release(&tar, "2.0.0");
+    for (i, delta) in [(1usize, -1i64), (2, 1)] {
+        let mut lying = d.clone();
+        lying.chunks[i].raw_size = (i64::from(lying.chunks[i].raw_size) + delta) as u32;
+        refused_by(
+            "a chunk of another size",
+            |root, limits| unpack_release(&archive[..], &lying, root, limits),
+            Refusal::Unreadable,
+            &format!("chunk {i} of the archive: it decompresses to 1024 bytes"),
+        );
+    }
+    // A frame without its content size (zstd's streaming encoder).
+    let mut streamed = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    streamed.write_all(&tar).unwrap();
+    let streamed = streamed.finish().unwrap();
+    let (_, mut d) = release(b"", "2.0.0");
+    d.chunks = vec![p2p_deploy::package::ChunkInfo::of(
+        &streamed,
+        tar.len() as u32,
+    )];
+    d.archive_size = streamed.len() as u64;
+    refused_by(
+        "a frame without its size",
+        |root, limits| unpack_release(&streamed[..], &d, root, limits),
+        Refusal::Unreadable,
+        "does not give its content size",
     );
 }
 
@@ -251,14 +354,26 @@ fn a_built_package_unpacks_to_its_files() {
     )
     .unwrap();
     let pkg = p2p_deploy::PackageFile::open(&out).unwrap();
-    let dir = unpack(
+    let dir = unpack_release(
         pkg.archive_reader().unwrap(),
+        &pkg.descriptor,
         &t.path().join("versions"),
+        UnpackLimits::default(),
+    )
+    .unwrap();
+    // The chunks one after another are also one zstd stream of the tar.
+    let other = unpack(
+        pkg.archive_reader().unwrap(),
+        &t.path().join("stream"),
         "web",
         &v("1.0.0"),
         UnpackLimits::default(),
     )
     .unwrap();
+    assert_eq!(
+        std::fs::read(other.join("bin/run")).unwrap(),
+        std::fs::read(dir.join("bin/run")).unwrap()
+    );
     assert_eq!(
         std::fs::metadata(dir.join("bin/run"))
             .unwrap()

@@ -33,6 +33,7 @@ pub struct RandomRelease {
     chunk_size: u32,
     manifest: String,
     seed: Option<u64>,
+    changed: Option<(f64, u64)>,
 }
 
 /// The chunk size of a [`RandomRelease`] unless set: small, so that even a
@@ -53,6 +54,7 @@ impl RandomRelease {
             chunk_size: RANDOM_CHUNK_SIZE,
             manifest: String::new(),
             seed: None,
+            changed: None,
         }
     }
 
@@ -77,6 +79,15 @@ impl RandomRelease {
         self
     }
 
+    /// Redraws about `fraction` of the chunks (chosen by `salt`, spread
+    /// over the release) from other random bytes: with the same
+    /// [`seed`](Self::seed) as an earlier release, a new version that
+    /// shares all but those chunks with it, as a delta release would.
+    pub fn changed(mut self, fraction: f64, salt: u64) -> Self {
+        self.changed = Some((fraction, salt));
+        self
+    }
+
     /// The release, signed by `signer`.
     ///
     /// # Panics
@@ -97,28 +108,35 @@ impl RandomRelease {
         });
         let mut bytes = vec![0u8; self.size];
         rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill(&mut bytes[..]);
+        if let Some((fraction, salt)) = self.changed {
+            let piece = self.chunk_size as usize;
+            let mut other = rand_chacha::ChaCha8Rng::seed_from_u64(salt ^ seed.rotate_left(17));
+            let n = self.size.div_ceil(piece);
+            // Every k-th piece, from an offset the salt picks.
+            let k = ((1.0 / fraction.clamp(1e-9, 1.0)).round() as usize).max(1);
+            let first = (salt as usize) % k;
+            for i in (first..n).step_by(k) {
+                let end = ((i + 1) * piece).min(self.size);
+                other.fill(&mut bytes[i * piece..end]);
+            }
+        }
         let text = format!(
             "name = \"{}\"\nversion = \"{}\"\nentrypoint = \"run\"\n{}",
             self.name, self.version, self.manifest
         );
         let manifest = Manifest::parse(&text)
             .unwrap_or_else(|e| panic!("the manifest of a random release: {e}\n{text}"));
-        // Hashing bytes in memory fails only for a chunk size of 0.
-        let h = p2p_deploy::package::hash_archive(&bytes[..], self.chunk_size)
-            .unwrap_or_else(|e| panic!("hashing a random release: {e}"));
-        let descriptor = Descriptor {
-            manifest,
-            archive_size: h.len,
-            archive_sha256: h.sha256,
-            chunk_size: self.chunk_size,
-            chunks: h.chunks,
-            created_at: Timestamp(0),
-        };
+        // Each piece is one zstd frame, as a package's chunks are (random
+        // bytes stay about their size). Compressing in memory does not fail.
+        let (archive, chunks) =
+            p2p_deploy::package::frame_pieces(&bytes, self.chunk_size as usize, 1)
+                .unwrap_or_else(|e| panic!("compressing a random release: {e}"));
+        let descriptor = Descriptor::new(manifest, chunks, Timestamp(0));
         // Ed25519 signing is computation only: nothing here waits on I/O
         // or a timer, so it runs to completion in place.
         let sig = futures::executor::block_on(signer.sign(&descriptor.signing_message()))
             .unwrap_or_else(|e| panic!("signing a random release: {e}"));
-        let release = Release::from_parts(descriptor, vec![sig], bytes)
+        let release = Release::from_parts(descriptor, vec![sig], archive)
             .unwrap_or_else(|e| panic!("a random release: {e}"));
         Arc::new(release)
     }

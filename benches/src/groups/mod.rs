@@ -3,6 +3,7 @@
 
 pub mod agent;
 mod children;
+pub mod delta;
 pub mod nat_netns;
 pub mod packages;
 pub mod runtime;
@@ -55,6 +56,11 @@ pub const ALL: &[Group] = &[
         name: "swarm",
         about: "a 100 MB release to 10 and 100 simulated agents (SWARM_NODES=500 for more): swarm vs Kumar-Ross bound vs controller only",
         run: swarm::run,
+    },
+    Group {
+        name: "delta",
+        about: "a new version to nodes holding the old: bytes moved for a changed file, a changed byte and an inserted file, package size and build speed, a 2% delta rollout on 100 simulated agents; each against format 1 or a full release",
+        run: delta::run,
     },
     Group {
         name: "sites",

@@ -6,20 +6,24 @@
 //!   package on a memory file system (`/dev/shm`), so the descriptor
 //!   pipeline sets the pace, not the disk; against reading and SHA-256
 //!   hashing the same files. No target of its own: on two cores it is
-//!   bounded near 0.5 (see `descriptor_create`); the figure tracks it.
+//!   bounded by the compression on two cores; the figure tracks it.
+//! - `package_build_mem_vs_format1`: the same build against format 1's
+//!   pipeline (the same tar stream as one zstd stream, SHA-256 of every
+//!   256 KiB chunk and of the whole on a thread of its own) into the same
+//!   place. Target at least 0.8.
 //! - `package_build_disk`: the same build onto the disk (with the fsync a
 //!   package gets before it is renamed into place), against copying the
 //!   same files into one file on that disk with an fsync: packaging should
 //!   cost about what writing the bytes costs. Target at least 0.8.
-//! - `descriptor_create`: computing a descriptor's hashes of the built
-//!   archive (`p2p_deploy::package::hash_archive`: SHA-256 of the whole
-//!   and of every 256 KiB chunk, on two threads), against reading and
-//!   SHA-256 hashing the archive. Target at least 0.8. The full build
-//!   runs below this on two cores: it also compresses, and the two hashes
-//!   the descriptor format requires take one core each.
 //! - `package_verify`: checking every archive byte against the descriptor
-//!   (`PackageFile::check_archive`: the total hash and every chunk hash),
-//!   against reading and SHA-256 hashing the archive. Target at least 0.8.
+//!   (`PackageFile::check_archive`: every chunk's hash and zstd frame
+//!   header), against reading and SHA-256 hashing the archive. Target at
+//!   least 0.8.
+//!
+//! Format 2 computes the chunk hashes while it builds (one SHA-256 pass
+//! over the compressed chunks, on the compressing threads), so the
+//! separate `descriptor_create` figure of format 1 is gone; the `delta`
+//! group compares build throughput with format 1's pipeline.
 
 #![allow(clippy::disallowed_methods)] // benchmarks measure wall time
 
@@ -27,7 +31,6 @@ use std::io::Read;
 use std::time::Instant;
 
 use p2p_core::SystemClock;
-use p2p_deploy::package::hash_archive;
 use p2p_deploy::{BuildOptions, PackageFile, build};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -121,6 +124,10 @@ pub fn run() -> Vec<Figure> {
         )
     };
     let (_, mem_secs) = timed_build(&dir, &mem_out.path().join("bench.p2p"));
+    std::fs::remove_file(mem_out.path().join("bench.p2p")).expect("remove");
+    let started = Instant::now();
+    let _ = crate::groups::delta::format1(&dir, &mem_out.path().join("bench.f1"), 3);
+    let f1_secs = started.elapsed().as_secs_f64();
     drop(mem_out);
 
     let out = t.path().join("bench.p2p");
@@ -130,11 +137,6 @@ pub fn run() -> Vec<Figure> {
     let pkg = PackageFile::open(&out).expect("open package");
     // Warm the page cache once for the three passes over the package.
     let _ = sha_files(std::slice::from_ref(&out));
-    let started = Instant::now();
-    let hashes =
-        hash_archive(pkg.archive_reader().expect("archive"), d.chunk_size).expect("hash archive");
-    let describe_secs = started.elapsed().as_secs_f64();
-    assert_eq!(hashes.sha256, d.archive_sha256, "same hashes as the build");
     let started = Instant::now();
     pkg.check_archive().expect("verify");
     let verify_secs = started.elapsed().as_secs_f64();
@@ -154,6 +156,18 @@ pub fn run() -> Vec<Figure> {
         ),
         Figure::new(
             "packages",
+            "package_build_mem_vs_format1",
+            mib_s(bytes, mem_secs),
+            "MiB/s",
+        )
+        .target(">= 0.8 x format 1's build")
+        .goal(crate::Goal::RatioAtLeast(0.8))
+        .baseline(
+            mib_s(bytes, f1_secs),
+            format!("MiB/s format 1's pipeline (tar | zstd -3, fixed chunks) {mem_note}"),
+        ),
+        Figure::new(
+            "packages",
             "package_build_disk",
             mib_s(bytes, build_secs),
             "MiB/s",
@@ -163,18 +177,6 @@ pub fn run() -> Vec<Figure> {
         .baseline(
             mib_s(copied, copy_secs),
             "MiB/s copying the files into one file with fsync",
-        ),
-        Figure::new(
-            "packages",
-            "descriptor_create",
-            mib_s(d.archive_size, describe_secs),
-            "MiB/s",
-        )
-        .target(">= 0.8 x plain SHA-256")
-        .goal(crate::Goal::RatioAtLeast(0.8))
-        .baseline(
-            mib_s(abytes, asha_secs),
-            "MiB/s plain SHA-256 of the package file",
         ),
         Figure::new(
             "packages",

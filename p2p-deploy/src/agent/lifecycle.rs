@@ -130,15 +130,15 @@ impl Agent {
         let id = rec.installed.get(v).ok_or_else(|| Error::NotFound {
             what: format!("version {v} of {} is not installed", rec.name),
         })?;
-        let d = self
-            .inner
+        // `manifest` also reads a format-1 release installed before an
+        // upgrade, so such a version keeps running.
+        self.inner
             .chunks
-            .release(id)
+            .manifest(id)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: format!("the release of {} {v} ({id})", rec.name),
-            })?;
-        Ok(d.manifest)
+            })
     }
 
     pub(super) async fn start_version(

@@ -12,7 +12,11 @@ pub enum FormatError {
     #[error("{0} is not a p2p-deploy package")]
     NotAPackage(String),
     /// A format version this build does not read.
-    #[error("package format version {0} is not supported (this build reads version 1)")]
+    #[error(
+        "package format {0} is not supported: this build reads format {f} \
+         (build the package again with this version's `p2pctl package`)",
+        f = super::descriptor::DESCRIPTOR_FORMAT
+    )]
     UnsupportedFormat(u16),
     /// The file is shorter or longer than its header says.
     #[error("truncated or malformed package: {0}")]
@@ -37,9 +41,15 @@ pub enum FormatError {
         /// The first bad chunk.
         index: usize,
     },
-    /// The archive's SHA-256 differs from the descriptor's.
-    #[error("the archive does not match its SHA-256")]
-    ArchiveHash,
+    /// A chunk is not one zstd frame that decompresses to the size the
+    /// descriptor gives.
+    #[error("chunk {index} of the archive: {detail}")]
+    ChunkContent {
+        /// The chunk.
+        index: usize,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// Reading the file failed.
     #[error("{0}")]
     Io(String),

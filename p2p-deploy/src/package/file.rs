@@ -1,16 +1,16 @@
 //! The one-file package a user copies, signs, inspects and verifies.
 //!
-//! # File layout (format 1)
+//! # File layout (format 2)
 //!
 //! | offset | size | content |
 //! |---|---|---|
 //! | 0 | 8 | magic `P2PDPKG\n` |
-//! | 8 | 2 | format version, big-endian (1) |
+//! | 8 | 2 | format version, big-endian (2) |
 //! | 10 | 6 | zero |
 //! | 16 | 8 | archive length `A`, big-endian |
 //! | 24 | 4 | descriptor length `D`, big-endian |
 //! | 28 | 4 | zero |
-//! | 32 | `A` | the archive (tar + zstd) |
+//! | 32 | `A` | the archive: the chunks, each a zstd frame |
 //! | 32 + `A` | `D` | the descriptor, canonical postcard |
 //! | 32 + `A` + `D` | 4 | signature section length `S`, big-endian |
 //! | 36 + `A` + `D` | `S` | the signatures, postcard `Vec<Signature>` |
@@ -26,15 +26,17 @@ use std::path::{Path, PathBuf};
 use p2p_core::{Error, KeyId, Result, Signature, Signer};
 use sha2::{Digest, Sha256};
 
-use super::archive::{ArchiveHashes, hash_parallel};
-use super::descriptor::{Descriptor, PackageId};
+use super::archive::check_frame;
+use super::descriptor::{DESCRIPTOR_FORMAT, Descriptor, PackageId};
 use super::error::FormatError;
 use crate::trust::{TrustStore, VerifyError};
 
 /// The first bytes of every package file.
 pub const MAGIC: [u8; 8] = *b"P2PDPKG\n";
-/// The package file format this crate writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The package file format this crate writes and reads (the descriptor's
+/// format). Format 1 (one zstd stream cut into fixed chunks) is refused
+/// with an error that names both versions.
+pub const FORMAT_VERSION: u16 = DESCRIPTOR_FORMAT;
 pub(super) const HEADER_LEN: u64 = 32;
 /// Descriptors and signature sections larger than this are refused
 /// before they are read (a 100 GiB archive has 100k chunk hashes, 3 MiB).
@@ -148,29 +150,31 @@ impl PackageFile {
         PackageId(Sha256::digest(&self.descriptor_bytes).into())
     }
 
-    /// Checks every archive byte against the descriptor, in one pass
-    /// (the total and the chunk hashes on two threads): size, each
-    /// chunk's hash (the first bad one is named), the total.
+    /// Checks every archive byte against the descriptor, chunk by chunk:
+    /// each chunk's hash, and that it is one zstd frame of the size the
+    /// descriptor gives. The first bad chunk is named.
     pub fn check_archive(&self) -> std::result::Result<(), FormatError> {
         let io = |e: io::Error| FormatError::Io(format!("{}: {e}", self.path.display()));
-        let mut f = File::open(&self.path).map_err(io)?;
-        f.seek(SeekFrom::Start(self.archive_offset)).map_err(io)?;
-        let ArchiveHashes {
-            len,
-            sha256: total,
-            chunks,
-        } = hash_parallel(f.take(self.archive_len), self.descriptor.chunk_size).map_err(io)?;
-        if len != self.descriptor.archive_size {
-            return Err(FormatError::ArchiveSize {
-                expected: self.descriptor.archive_size,
-                actual: len,
-            });
-        }
-        if let Some(i) = (0..chunks.len()).find(|i| chunks[*i] != self.descriptor.chunks[*i]) {
-            return Err(FormatError::ChunkHash { index: i });
-        }
-        if total != self.descriptor.archive_sha256 {
-            return Err(FormatError::ArchiveHash);
+        let f = File::open(&self.path).map_err(io)?;
+        let mut r = io::BufReader::with_capacity(1 << 20, f);
+        r.seek(SeekFrom::Start(self.archive_offset)).map_err(io)?;
+        let mut buf = Vec::new();
+        for (index, c) in self.descriptor.chunks.iter().enumerate() {
+            buf.resize(c.size as usize, 0);
+            r.read_exact(&mut buf).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    FormatError::ArchiveSize {
+                        expected: self.descriptor.archive_size,
+                        actual: self.descriptor.chunk_offset(index),
+                    }
+                } else {
+                    io(e)
+                }
+            })?;
+            if Sha256::digest(&buf).as_slice() != c.sha256 {
+                return Err(FormatError::ChunkHash { index });
+            }
+            check_frame(index, &buf, c.raw_size)?;
         }
         Ok(())
     }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use p2p_core::{Error, Result, Signature};
+use sha2::{Digest, Sha256};
 
 use super::{Descriptor, PackageFile, PackageId};
-use crate::chunks::chunk_len;
 
 /// A release the controller deploys and serves.
 #[derive(Debug, Clone)]
@@ -19,6 +19,7 @@ pub struct Release {
     /// The signatures sent with every deploy of it.
     pub signatures: Vec<Signature>,
     archive: Archive,
+    offsets: Arc<Vec<u64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,7 @@ impl Release {
                 path: pkg.path.clone(),
                 offset: pkg.archive_offset,
             },
+            offsets: Arc::new(pkg.descriptor.offsets()),
         }
     }
 
@@ -51,21 +53,26 @@ impl Release {
         signatures: Vec<Signature>,
         archive: Vec<u8>,
     ) -> Result<Self> {
-        let h = crate::package::hash_archive(&archive[..], descriptor.chunk_size)
-            .map_err(|e| Error::io("hashing the archive", e))?;
-        if h.len != descriptor.archive_size || h.sha256 != descriptor.archive_sha256 {
-            return Err(super::FormatError::ArchiveHash.into());
+        let offsets = descriptor.offsets();
+        if archive.len() as u64 != descriptor.archive_size {
+            return Err(super::FormatError::ArchiveSize {
+                expected: descriptor.archive_size,
+                actual: archive.len() as u64,
+            }
+            .into());
         }
-        if let Some(index) =
-            (0..descriptor.chunks.len()).find(|&i| h.chunks.get(i) != descriptor.chunks.get(i))
-        {
-            return Err(super::FormatError::ChunkHash { index }.into());
+        for (index, c) in descriptor.chunks.iter().enumerate() {
+            let bytes = &archive[offsets[index] as usize..offsets[index + 1] as usize];
+            if Sha256::digest(bytes).as_slice() != c.sha256 {
+                return Err(super::FormatError::ChunkHash { index }.into());
+            }
         }
         Ok(Release {
             descriptor_bytes: descriptor.to_bytes(),
             descriptor,
             signatures,
             archive: Archive::Memory(Arc::new(archive)),
+            offsets: Arc::new(offsets),
         })
     }
 
@@ -87,8 +94,8 @@ impl Release {
                 what: format!("chunk {index} of {}", self.id()),
             });
         }
-        let start = index as u64 * u64::from(self.descriptor.chunk_size);
-        let len = chunk_len(&self.descriptor, index) as usize;
+        let start = self.offsets[index];
+        let len = self.descriptor.chunks[index].size as usize;
         match &self.archive {
             Archive::Memory(b) => Ok(b[start as usize..start as usize + len].to_vec()),
             Archive::File { path, offset } => {

@@ -151,12 +151,63 @@ pub fn version_dir(root: &Path, name: &str, version: &semver::Version) -> Result
     Ok(root.join(name).join(version.to_string()))
 }
 
-/// Unpacks the tar + zstd `archive` into `<root>/<name>/<version>`.
+/// Unpacks the tar + zstd `archive` (one zstd stream, or frames one
+/// after another) into `<root>/<name>/<version>`.
 /// Refuses an unsafe or malformed archive with [`UnpackError::Refused`]
 /// (its [`Refusal`] says why), fails with [`Error::AlreadyExists`] if that
 /// version is there already, and leaves nothing behind on any error.
+/// Agents unpack with [`unpack_release`], which also holds each chunk to
+/// its declared size.
 pub fn unpack(
     archive: impl Read,
+    root: &Path,
+    name: &str,
+    version: &semver::Version,
+    limits: UnpackLimits,
+) -> std::result::Result<PathBuf, UnpackError> {
+    let mut dec = zstd::stream::read::Decoder::new(archive)
+        .map_err(|e| Error::io("starting decompression", e))?;
+    dec.window_log_max(27)
+        .map_err(|e| Error::io("limiting the decompression window", e))?;
+    unpack_tar(dec, root, name, version, limits)
+}
+
+/// Unpacks release `d` from `archive` (its chunks, one after another)
+/// into `<root>/<name>/<version>`: each chunk is decompressed to exactly
+/// the size the descriptor gives (one that is not a single frame of that
+/// size is refused, naming it), then the tar stream is unpacked as
+/// [`unpack`] does, with the same refusals, and nothing left behind on
+/// any error.
+pub fn unpack_release(
+    archive: impl Read,
+    d: &super::Descriptor,
+    root: &Path,
+    limits: UnpackLimits,
+) -> std::result::Result<PathBuf, UnpackError> {
+    let tar = super::archive::FrameReader::new(archive, &d.chunks)
+        .map_err(|e| Error::io("starting decompression", e))?;
+    unpack_tar(tar, root, &d.manifest.name, &d.manifest.version, limits).map_err(|e| {
+        // A bad chunk surfaces as a read error wherever the tar reader
+        // was (inside a file's content, say): it is the archive's fault.
+        match &e {
+            UnpackError::Other(Error::Io { source, .. }) => {
+                match source
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<super::FormatError>())
+                {
+                    Some(bad) => refuse_archive(Refusal::Unreadable, bad),
+                    None => e,
+                }
+            }
+            _ => e,
+        }
+    })
+}
+
+/// Unpacks the uncompressed tar stream `tar` into
+/// `<root>/<name>/<version>`, as [`unpack`] does.
+pub fn unpack_tar(
+    tar: impl Read,
     root: &Path,
     name: &str,
     version: &semver::Version,
@@ -183,7 +234,7 @@ pub fn unpack(
                 e,
             )
         })?;
-    extract(archive, staging.path(), limits)?;
+    extract(tar, staging.path(), limits)?;
     sync_dir(staging.path())?;
     let staged = staging.keep();
     if let Err(e) = fs::rename(&staged, &target) {
@@ -247,16 +298,12 @@ fn no_link_on_the_way(
 }
 
 fn extract(
-    archive: impl Read,
+    tar: impl Read,
     dest: &Path,
     limits: UnpackLimits,
 ) -> std::result::Result<(), UnpackError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut dec = zstd::stream::read::Decoder::new(archive)
-        .map_err(|e| Error::io("starting decompression", e))?;
-    dec.window_log_max(27)
-        .map_err(|e| Error::io("limiting the decompression window", e))?;
-    let mut ar = tar::Archive::new(dec);
+    let mut ar = tar::Archive::new(tar);
     let mut total: u64 = 0;
     let mut count: u64 = 0;
     let entries = ar

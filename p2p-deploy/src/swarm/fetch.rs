@@ -259,7 +259,7 @@ pub(crate) async fn fetch<H: Host>(
                 let timeout = (deadline - now).min(cfg.chunk_timeout.max(SEED_WAIT));
                 let cap = host
                     .download_limit()
-                    .map(|limit| (limit, u64::from(t.d.chunk_size)));
+                    .map(|limit| (limit, u64::from(t.d.max_chunk_size())));
                 inflight.spawn(fetch_one(conn.clone(), request, timeout, cap));
             }
         }

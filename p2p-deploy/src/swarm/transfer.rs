@@ -167,13 +167,10 @@ impl Transfer {
         self.wake.notify_one();
     }
 
-    /// Bytes held: every chunk is full size but the last.
+    /// Bytes held.
     pub(super) fn have_bytes(&self) -> u64 {
         let st = self.st();
-        let n = st.have.len();
-        let full = u64::from(self.d.chunk_size);
-        let short = full - chunk_len(&self.d, n - 1);
-        st.have.count() as u64 * full - if st.have.get(n - 1) { short } else { 0 }
+        st.have.ones().map(|i| chunk_len(&self.d, i)).sum()
     }
 
     /// We now hold chunk `i`: tell every session.

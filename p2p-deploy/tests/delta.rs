@@ -1,0 +1,309 @@
+//! Delta releases: content-defined chunks that a new version shares with
+//! the old one, so a node that holds the old one fetches only what
+//! changed; reproducible packages; and descriptors that lie about their
+//! chunks refused before anything is unpacked.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use p2p_core::{MemStorage, Timestamp};
+use p2p_deploy::chunks::ChunkStore;
+use p2p_deploy::{BuildOptions, Descriptor, DirInstaller, Installer, PackageFile, build};
+
+struct Clock(u64);
+impl p2p_core::Clock for Clock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0)
+    }
+}
+
+/// Incompressible bytes, the same for the same seed.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut v = vec![0u8; n];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// Text that compresses about 3:1, the same for the same seed.
+fn text(n: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "deploy", "node", "chunk", "swarm", "release", "health", "gate", "rollback", "fleet",
+        "signed", "package", "version", "agent", "peer", "relay", "site", "label",
+    ];
+    let r = noise(n / 4 + 1, seed);
+    let mut out = Vec::with_capacity(n + 16);
+    for b in r {
+        out.extend_from_slice(WORDS[b as usize % WORDS.len()].as_bytes());
+        out.push(if b % 11 == 0 { b'\n' } else { b' ' });
+        if out.len() >= n {
+            break;
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+/// An app of `files` files of 128 KiB (noise and text in turn) plus a
+/// manifest, at version `version`.
+fn app(root: &Path, name: &str, version: &str, files: usize) -> PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(d.join("lib")).unwrap();
+    std::fs::write(
+        d.join("p2p.toml"),
+        format!("name = \"web\"\nversion = \"{version}\"\nentrypoint = \"lib/f00\"\n"),
+    )
+    .unwrap();
+    for i in 0..files {
+        let body = if i % 2 == 0 {
+            noise(128 << 10, i as u64)
+        } else {
+            text(128 << 10, i as u64)
+        };
+        std::fs::write(d.join(format!("lib/f{i:02}")), body).unwrap();
+    }
+    d
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions {
+        chunk_size: 32 << 10,
+        ..BuildOptions::default()
+    }
+}
+
+fn package(dir: &Path, out: &Path) -> PackageFile {
+    build(dir, out, &Clock(1), opts()).unwrap();
+    PackageFile::open(out).unwrap()
+}
+
+/// The chunks of `new` that `old` lacks: what a node holding `old` moves.
+fn to_move(new: &Descriptor, old: &Descriptor) -> (usize, u64) {
+    let held: HashSet<[u8; 32]> = old.chunks.iter().map(|c| c.sha256).collect();
+    let fresh: Vec<_> = new
+        .chunks
+        .iter()
+        .filter(|c| !held.contains(&c.sha256))
+        .collect();
+    (fresh.len(), fresh.iter().map(|c| u64::from(c.size)).sum())
+}
+
+fn set_version(dir: &Path, version: &str) {
+    std::fs::write(
+        dir.join("p2p.toml"),
+        format!("name = \"web\"\nversion = \"{version}\"\nentrypoint = \"lib/f00\"\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_changed_file_moves_about_its_own_size() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = app(t.path(), "app", "1.0.0", 16);
+    let v1 = package(&dir, &t.path().join("v1.p2p"));
+    // Rewrite one incompressible file of 128 KiB in the middle.
+    set_version(&dir, "1.1.0");
+    std::fs::write(dir.join("lib/f08"), noise(128 << 10, 99)).unwrap();
+    let v2 = package(&dir, &t.path().join("v2.p2p"));
+    let (n, bytes) = to_move(&v2.descriptor, &v1.descriptor);
+    // The file, the manifest's chunk, and at most a chunk's worth of
+    // neighbours on each side.
+    assert!(
+        bytes <= (128 << 10) + 2 * (32 << 10) + 4096,
+        "{bytes} bytes in {n} chunks moved for a 128 KiB change"
+    );
+    assert!(bytes >= 128 << 10, "{bytes}");
+}
+
+#[test]
+fn one_changed_byte_moves_at_most_two_chunks() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p2p.toml"),
+        "name = \"web\"\nversion = \"1.0.0\"\nentrypoint = \"bin\"\n",
+    )
+    .unwrap();
+    let mut bin = noise(2 << 20, 5);
+    std::fs::write(dir.join("bin"), &bin).unwrap();
+    let v1 = package(&dir, &t.path().join("v1.p2p"));
+    bin[1 << 20] ^= 0x40;
+    std::fs::write(dir.join("bin"), &bin).unwrap();
+    let v2 = package(&dir, &t.path().join("v2.p2p"));
+    let (n, bytes) = to_move(&v2.descriptor, &v1.descriptor);
+    assert!(n <= 2, "{n} chunks ({bytes} bytes) for one byte");
+    assert!(n >= 1);
+}
+
+#[test]
+fn a_file_inserted_early_moves_about_its_size() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = app(t.path(), "app", "1.0.0", 12);
+    let v1 = package(&dir, &t.path().join("v1.p2p"));
+    set_version(&dir, "1.1.0");
+    // "lib/a-new" sorts before every other file in lib/.
+    std::fs::write(dir.join("lib/a-new"), noise(100 << 10, 77)).unwrap();
+    let v2 = package(&dir, &t.path().join("v2.p2p"));
+    let (n, bytes) = to_move(&v2.descriptor, &v1.descriptor);
+    assert!(
+        bytes as f64 <= 1.5 * f64::from(100u32 << 10),
+        "{bytes} bytes in {n} chunks moved for a 100 KiB insertion"
+    );
+}
+
+/// The same files and creation time give the same package, byte for
+/// byte, and the same id; another creation time changes the id and no
+/// chunk.
+#[test]
+fn packages_are_reproducible() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = app(t.path(), "app", "1.0.0", 6);
+    let at = BuildOptions {
+        created_at: Some(Timestamp(1_700_000_000_000)),
+        ..opts()
+    };
+    let a = build(&dir, &t.path().join("a.p2p"), &Clock(5), at).unwrap();
+    let b = build(&dir, &t.path().join("b.p2p"), &Clock(9), at).unwrap();
+    assert_eq!(a.id(), b.id());
+    assert_eq!(
+        std::fs::read(t.path().join("a.p2p")).unwrap(),
+        std::fs::read(t.path().join("b.p2p")).unwrap()
+    );
+    let c = build(&dir, &t.path().join("c.p2p"), &Clock(5), opts()).unwrap();
+    let d = build(&dir, &t.path().join("d.p2p"), &Clock(9), opts()).unwrap();
+    assert_ne!(c.id(), d.id(), "the clock's time is in the descriptor");
+    assert_eq!(c.chunks, d.chunks);
+    assert_eq!(c.chunks, a.chunks);
+}
+
+/// The store keeps a chunk once for every release that lists it: a node
+/// holding v1 misses only v2's new chunks, installs v2 from them, and
+/// keeps the shared chunks when v1 goes.
+#[tokio::test]
+async fn a_node_holding_v1_fetches_only_what_v2_adds() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = app(t.path(), "app", "1.0.0", 10);
+    let v1 = package(&dir, &t.path().join("v1.p2p"));
+    set_version(&dir, "1.1.0");
+    std::fs::write(dir.join("lib/f03"), text(128 << 10, 1234)).unwrap();
+    let v2 = package(&dir, &t.path().join("v2.p2p"));
+    let store = ChunkStore::new(Arc::new(MemStorage::new()));
+    let archive = |p: &PackageFile| {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut p.archive_reader().unwrap(), &mut b).unwrap();
+        b
+    };
+    let put_all = async |p: &PackageFile, only: &[usize]| {
+        let bytes = archive(p);
+        let off = p.descriptor.offsets();
+        for &i in only {
+            store
+                .put(
+                    &p.descriptor,
+                    i,
+                    &bytes[off[i] as usize..off[i + 1] as usize],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let (d1, d2) = (&v1.descriptor, &v2.descriptor);
+    store.add_release(d1).await.unwrap();
+    put_all(&v1, &(0..d1.chunks.len()).collect::<Vec<_>>()).await;
+    store.add_release(d2).await.unwrap();
+    let missing = store.missing(d2).await.unwrap();
+    let (n, _) = to_move(d2, d1);
+    assert_eq!(missing.len(), n);
+    assert!(n < d2.chunks.len() / 2, "{n} of {}", d2.chunks.len());
+    put_all(&v2, &missing).await;
+    let root = t.path().join("versions");
+    let installed = DirInstaller::new(&root, p2p_deploy::UnpackLimits::default())
+        .install(d2, &store)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(installed.join("lib/f03")).unwrap(),
+        text(128 << 10, 1234)
+    );
+    assert_eq!(
+        std::fs::read(installed.join("lib/f04")).unwrap(),
+        noise(128 << 10, 4)
+    );
+    // v1 goes: its own chunks are collected, the shared ones stay.
+    store.remove_release(&d1.id()).await.unwrap();
+    let gone = store.collect().await.unwrap();
+    assert_eq!(gone, to_move(d1, d2).0);
+    assert!(store.missing(d2).await.unwrap().is_empty());
+}
+
+/// A descriptor that lists a chunk the node holds (another release's)
+/// with another length, or says a chunk decompresses to another size
+/// than its frame does, is refused naming the chunk, before anything is
+/// written outside the chunk store.
+#[tokio::test]
+async fn lying_chunk_lists_are_refused_before_anything_is_unpacked() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = app(t.path(), "app", "1.0.0", 4);
+    let v1 = package(&dir, &t.path().join("v1.p2p"));
+    let d1 = &v1.descriptor;
+    let store = ChunkStore::new(Arc::new(MemStorage::new()));
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut v1.archive_reader().unwrap(), &mut bytes).unwrap();
+    store.add_release(d1).await.unwrap();
+    let off = d1.offsets();
+    for i in 0..d1.chunks.len() {
+        store
+            .put(d1, i, &bytes[off[i] as usize..off[i + 1] as usize])
+            .await
+            .unwrap();
+    }
+    let root = t.path().join("versions");
+    let installer = DirInstaller::new(&root, p2p_deploy::UnpackLimits::default());
+    let nothing_written = || {
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
+    };
+    // Chunk 2 listed with v1's hash and one byte more.
+    let mut longer = d1.clone();
+    longer.manifest.version = semver::Version::new(2, 0, 0);
+    longer.chunks[2].size += 1;
+    longer.archive_size += 1;
+    let longer = Descriptor::from_bytes(&longer.to_bytes()).unwrap();
+    store.add_release(&longer).await.unwrap();
+    assert!(
+        store.missing(&longer).await.unwrap().is_empty(),
+        "the node holds every hash"
+    );
+    let e = installer
+        .install(&longer, &store)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("chunk 2 of web 2.0.0") && e.contains("descriptor says"),
+        "{e}"
+    );
+    nothing_written();
+    // Chunk 1 said to decompress to more than its frame holds.
+    let mut bigger = d1.clone();
+    bigger.manifest.version = semver::Version::new(3, 0, 0);
+    bigger.chunks[1].raw_size += 4096;
+    let e = installer
+        .install(&bigger, &store)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("chunk 1 of the archive: it decompresses to")
+            && e.contains(&format!("descriptor says {}", bigger.chunks[1].raw_size)),
+        "{e}"
+    );
+    nothing_written();
+    // The honest one installs.
+    installer.install(d1, &store).await.unwrap();
+}
