@@ -11,39 +11,13 @@ use std::sync::Arc;
 use p2p_core::{MemStorage, Timestamp};
 use p2p_deploy::chunks::ChunkStore;
 use p2p_deploy::{BuildOptions, Descriptor, DirInstaller, Installer, PackageFile, build};
+use p2p_testkit::{noise, text};
 
 struct Clock(u64);
 impl p2p_core::Clock for Clock {
     fn now(&self) -> Timestamp {
         Timestamp(self.0)
     }
-}
-
-/// Incompressible bytes, the same for the same seed.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    use rand::{Rng, SeedableRng};
-    let mut v = vec![0u8; n];
-    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-/// Text that compresses about 3:1, the same for the same seed.
-fn text(n: usize, seed: u64) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "deploy", "node", "chunk", "swarm", "release", "health", "gate", "rollback", "fleet",
-        "signed", "package", "version", "agent", "peer", "relay", "site", "label",
-    ];
-    let r = noise(n / 4 + 1, seed);
-    let mut out = Vec::with_capacity(n + 16);
-    for b in r {
-        out.extend_from_slice(WORDS[b as usize % WORDS.len()].as_bytes());
-        out.push(if b % 11 == 0 { b'\n' } else { b' ' });
-        if out.len() >= n {
-            break;
-        }
-    }
-    out.truncate(n);
-    out
 }
 
 /// An app of `files` files of 128 KiB (noise and text in turn) plus a

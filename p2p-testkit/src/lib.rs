@@ -132,7 +132,7 @@ mod rollout;
 
 pub use agent::{PartsHook, spawn_agent, spawn_agent_with_membership};
 pub use fleet::{CONTROLLER, Fleet, FleetBuilder, Node};
-pub use release::{RANDOM_CHUNK_SIZE, RandomRelease, package};
+pub use release::{RANDOM_CHUNK_SIZE, RandomRelease, noise, package, text};
 pub use rollout::Rollout;
 
 /// Runs `fut` to completion on a new current-thread tokio runtime with

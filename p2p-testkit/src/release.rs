@@ -172,3 +172,36 @@ pub async fn package(
         archive,
     )?))
 }
+
+/// `n` incompressible bytes, the same for the same `seed`: file contents
+/// for packages whose chunks must not compress.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngExt, SeedableRng};
+    let mut v = vec![0u8; n];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill(&mut v[..]);
+    v
+}
+
+/// `n` bytes of text from a small vocabulary (with numbers), the same for
+/// the same `seed`: zstd at level 3 takes it to about a quarter.
+pub fn text(n: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "deploy", "node", "chunk", "swarm", "release", "health", "gate", "rollback", "fleet",
+        "signed", "package", "version", "agent", "peer", "relay", "site", "label", "config",
+        "listen", "address", "timeout", "retry", "error", "warning", "info", "debug",
+    ];
+    let r = noise(n / 3 + 16, seed);
+    let mut out = Vec::with_capacity(n + 32);
+    for pair in r.chunks(2) {
+        out.extend_from_slice(WORDS[pair[0] as usize % WORDS.len()].as_bytes());
+        if pair.len() > 1 && pair[1] % 5 == 0 {
+            out.extend_from_slice(format!("={}", pair[1]).as_bytes());
+        }
+        out.push(if pair[0] % 13 == 0 { b'\n' } else { b' ' });
+        if out.len() >= n {
+            break;
+        }
+    }
+    out.truncate(n);
+    out
+}

@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use p2p_core::SystemClock;
 use p2p_deploy::{BuildOptions, Descriptor, build};
-use rand::{Rng, SeedableRng};
+use p2p_testkit::{noise, text};
 use sha2::{Digest, Sha256};
 
 use crate::swarm::SwarmScenario;
@@ -48,36 +48,6 @@ use crate::{Figure, Goal};
 
 const MIB: u64 = 1 << 20;
 const FORMAT1_CHUNK: usize = 256 << 10;
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-/// Text from a small vocabulary with numbers: zstd at level 3 takes it to
-/// about a quarter.
-fn text(n: usize, seed: u64) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "deploy", "node", "chunk", "swarm", "release", "health", "gate", "rollback", "fleet",
-        "signed", "package", "version", "agent", "peer", "relay", "site", "label", "config",
-        "listen", "address", "timeout", "retry", "error", "warning", "info", "debug",
-    ];
-    let r = noise(n / 3 + 16, seed);
-    let mut out = Vec::with_capacity(n + 32);
-    for pair in r.chunks(2) {
-        out.extend_from_slice(WORDS[pair[0] as usize % WORDS.len()].as_bytes());
-        if pair.len() > 1 && pair[1] % 5 == 0 {
-            out.extend_from_slice(format!("={}", pair[1]).as_bytes());
-        }
-        out.push(if pair[0] % 13 == 0 { b'\n' } else { b' ' });
-        if out.len() >= n {
-            break;
-        }
-    }
-    out.truncate(n);
-    out
-}
 
 fn write_manifest(dir: &Path, version: &str) {
     std::fs::write(
