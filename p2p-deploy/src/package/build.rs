@@ -15,8 +15,8 @@ use super::manifest::Manifest;
 #[derive(Debug, Clone, Copy)]
 pub struct BuildOptions {
     /// Average chunk size in bytes (default [`DEFAULT_CHUNK_SIZE`],
-    /// 256 KiB), between 4 KiB and 4 MiB. Chunks are a quarter to four
-    /// times that.
+    /// 256 KiB), between 4 KiB and 4 MiB. Chunks are a quarter to twice
+    /// that.
     pub chunk_size: u32,
     /// zstd level (default 3). Chunks are shared between releases only
     /// when built at the same level.

@@ -20,7 +20,7 @@ pub const SIGNING_DOMAIN: &[u8] = b"p2p-deploy release v2\0";
 pub const DESCRIPTOR_FORMAT: u16 = 2;
 /// Default average chunk size: 256 KiB of uncompressed archive. Chunks
 /// are cut where the content says (content-defined chunking), between a
-/// quarter and four times the average, and always where a file starts or
+/// quarter and twice the average, and always where a file starts or
 /// ends once the chunk has its minimum size. The swarm moves a release
 /// chunk by chunk, and a chunk is passed on only once it has arrived
 /// whole, so smaller chunks spread sooner; each chunk is compressed on its

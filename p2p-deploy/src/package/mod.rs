@@ -33,7 +33,7 @@
 //! # Chunks and delta releases
 //!
 //! The archive is a deterministic tar stream cut into content-defined
-//! chunks (FastCDC; 256 KiB on average, a quarter to four times that, and
+//! chunks (FastCDC; 256 KiB on average, a quarter to twice that, and
 //! also cut where a file ends once a chunk has its minimum size), each
 //! compressed on its own as one zstd frame that records its content size.
 //! The frames one after another are still one valid zstd stream of the

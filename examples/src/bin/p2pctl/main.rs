@@ -71,7 +71,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Average chunk size in KiB (4 to 4096); chunks are cut where the
-        /// content says, a quarter to four times that. Smaller chunks
+        /// content says, a quarter to twice that. Smaller chunks
         /// spread through the swarm sooner and make smaller deltas, but
         /// compress a little worse; each adds about 40 bytes to the
         /// descriptor. With SOURCE_DATE_EPOCH set (seconds), the package's
