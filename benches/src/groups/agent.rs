@@ -19,6 +19,15 @@
 //!   every agent runs it behind its health check. The design's target was
 //!   under 30 s. Baseline: copying the same bytes once over loopback TCP
 //!   to one peer.
+//! - `release_100mb_receiver_cpu_per_mib`: the CPU time (user and system,
+//!   from `/proc/<pid>/stat`) each agent process used during that deploy,
+//!   per MiB of the release, the mean over the agents (the most in the
+//!   name). It covers all the agent does for it: receiving, verifying,
+//!   storing, passing chunks on to peers, unpacking and starting the app.
+//!   Tracked; the floor program of issue 27 is still to come.
+//! - `release_100mb_receiver_peak_rss`: the most resident memory
+//!   (`VmHWM`) any of those agents had, start included. Target at most
+//!   64 MB (issue 27 sets it for a 200 MB release).
 
 #![allow(clippy::disallowed_methods)] // benchmarks measure wall time
 
@@ -116,6 +125,34 @@ impl Proc {
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// CPU time (user and system) the process has used so far, from
+    /// `/proc/<pid>/stat` (in USER_HZ ticks, 100 a second on Linux).
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The fields after the command name (which may hold spaces):
+        // state is field 3, utime 14 and stime 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        f.iter().sum::<u64>() as f64 / 100.0
+    }
+
+    /// The most resident memory the process has had (`VmHWM`).
+    fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
     }
@@ -246,7 +283,18 @@ pub fn run() -> Vec<Figure> {
     let agents: Vec<Proc> = dirs.iter().map(|d| start_agent(d).0).collect();
     let addrs: Vec<PeerAddr> = dirs.iter().map(|d| addr_of(d)).collect();
     let package = rt.block_on(package_100mb(root, &publisher));
+    let cpu_before: Vec<f64> = agents.iter().map(Proc::cpu_secs).collect();
     let (held, done, ok) = rt.block_on(deploy_to_all(&package, addrs));
+    let cpu: Vec<f64> = agents
+        .iter()
+        .zip(&cpu_before)
+        .map(|(a, before)| a.cpu_secs() - before)
+        .collect();
+    let peak = agents.iter().map(Proc::peak_rss_bytes).max().unwrap_or(0);
+    let mib = PackageFile::open(&package)
+        .map(|p| p.descriptor.archive_size)
+        .unwrap_or(RELEASE_BYTES as u64) as f64
+        / (1024.0 * 1024.0);
     let copy = rt.block_on(tcp_copy(RELEASE_BYTES));
     for a in agents {
         a.stop();
@@ -279,6 +327,31 @@ pub fn run() -> Vec<Figure> {
         .target("< 30000 ms")
         .goal(crate::Goal::AtMost(30000.0))
         .baseline(base, "ms (one loopback TCP copy of the bytes)"),
+    );
+    let per_mib = |secs: f64| secs * 1000.0 / mib;
+    let mean = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
+    let most = cpu.iter().copied().fold(0.0, f64::max);
+    figures.push(
+        Figure::new(
+            GROUP,
+            format!(
+                "release_100mb_receiver_cpu_per_mib (mean of {AGENTS}; the most {:.1} ms/MiB; receive, verify, store, pass on, unpack and start)",
+                per_mib(most)
+            ),
+            per_mib(mean),
+            "ms/MiB",
+        )
+        .target("tracked; issue 27 compares it with a floor program"),
+    );
+    figures.push(
+        Figure::new(
+            GROUP,
+            "release_100mb_receiver_peak_rss",
+            peak as f64 / 1e6,
+            "MB",
+        )
+        .target("<= 64 MB (for 200 MB)")
+        .goal(crate::Goal::AtMost(64.0)),
     );
     figures
 }
