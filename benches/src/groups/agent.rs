@@ -119,14 +119,19 @@ impl Proc {
         Proc { child }
     }
 
-    fn rss_bytes(&self) -> u64 {
+    /// A memory figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+    fn status_bytes(&self, key: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        self.status_bytes("VmRSS")
     }
 
     /// CPU time (user and system) the process has used so far, from
@@ -148,13 +153,7 @@ impl Proc {
 
     /// The most resident memory the process has had (`VmHWM`).
     fn peak_rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        self.status_bytes("VmHWM")
     }
 
     fn stop(mut self) {

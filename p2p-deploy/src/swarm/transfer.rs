@@ -26,6 +26,9 @@ pub(crate) struct Transfer {
 
 pub(super) struct TState {
     pub(super) have: Bitfield,
+    /// Bytes of the chunks in `have` (chunks differ in size), kept as
+    /// they arrive: it is read after every chunk.
+    have_bytes: u64,
     pub(super) requested: Bitfield,
     /// Neighbours holding each chunk.
     pub(super) counts: Vec<u32>,
@@ -105,11 +108,13 @@ pub(super) const SEED_GONE_GRACE: Duration = Duration::from_secs(5);
 impl Transfer {
     pub(crate) fn new(d: Descriptor, have: Bitfield) -> Arc<Self> {
         let n = d.chunks.len();
+        let have_bytes = have.ones().map(|i| chunk_len(&d, i)).sum();
         Arc::new(Transfer {
             id: d.id(),
             d,
             st: Mutex::new(TState {
                 have,
+                have_bytes,
                 requested: Bitfield::new(n),
                 counts: vec![0; n],
                 typical: None,
@@ -169,8 +174,7 @@ impl Transfer {
 
     /// Bytes held.
     pub(super) fn have_bytes(&self) -> u64 {
-        let st = self.st();
-        st.have.ones().map(|i| chunk_len(&self.d, i)).sum()
+        self.st().have_bytes
     }
 
     /// We now hold chunk `i`: tell every session.
@@ -179,6 +183,7 @@ impl Transfer {
         if !st.have.set(i) {
             return false;
         }
+        st.have_bytes += chunk_len(&self.d, i);
         st.requested.clear(i);
         st.subs.retain(|tx| tx.send(i as u32).is_ok());
         true
