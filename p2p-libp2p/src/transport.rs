@@ -100,7 +100,8 @@ fn from_upgrade<X: StdError + Send + Sync + 'static>(
     }
 }
 
-/// Streams yamux allows on one connection, both directions together: at
+/// Streams yamux allows on one connection, both directions together (and
+/// QUIC in each direction): at
 /// least 1024, and room for both sides' budgets. A receiver holds a
 /// stream until its app drops it, which can be after the opener let go,
 /// so the limit leaves headroom over the budgets.
@@ -209,7 +210,11 @@ pub fn build_transport(
     }
     let mut qc = quic::Config::new(key);
     qc.handshake_timeout = setup;
-    qc.max_concurrent_stream_limit = u32::try_from(config.max_concurrent_streams)
+    // The same headroom as yamux: a receiver holds a stream until its app
+    // drops it, and ping and identify open streams outside the budget. At
+    // exactly the budget, one stream still held by the peer made QUIC hold
+    // back the next open, and with it every later open on the connection.
+    qc.max_concurrent_stream_limit = u32::try_from(yamux_stream_limit(config))
         .map_err(|_| Error::invalid("max_concurrent_streams", "too large for QUIC"))?;
     let quic = quic::tokio::Transport::new(qc)
         .map_err(|e| {

@@ -112,6 +112,14 @@ pub(crate) struct Session {
     /// the whole per-peer stream budget.
     pub(super) pending_opens: Arc<tokio::sync::Semaphore>,
     guard: OnceLock<Weak<Guard>>,
+    /// Set by `close` before it marks the session closed when it will put
+    /// the reason on the control stream: the reader then waits for the
+    /// peer's answer instead of letting go of its half at once.
+    close_sent: std::sync::atomic::AtomicBool,
+    /// Cancelled when the control reader is done: after the peer's answer
+    /// to our close (its side of the control stream finished), or at once
+    /// when no answer is awaited.
+    answered: CancellationToken,
 }
 
 impl Session {
@@ -140,6 +148,8 @@ impl Session {
             handed_over: std::sync::atomic::AtomicBool::new(key.we_dialed),
             pending_opens: Arc::new(tokio::sync::Semaphore::new(share)),
             guard: OnceLock::new(),
+            close_sent: std::sync::atomic::AtomicBool::new(false),
+            answered: CancellationToken::new(),
         });
         let guard = Arc::new(Guard {
             session: session.clone(),
@@ -227,13 +237,22 @@ impl Session {
     }
 
     /// Closes with `reason` and tells the peer, within the close timeout.
+    ///
+    /// Returns once the peer answered (finished its side of the control
+    /// stream), so the reason has arrived: a QUIC connection closed right
+    /// after (as the provider's `close` does next) drops stream data not
+    /// yet sent, and the peer would see the connection end without it.
     pub(crate) async fn close(&self, reason: &str, local_reason: String) {
-        let writer = lock(&self.control_send).take();
+        let handed_over = self.handed_over.load(std::sync::atomic::Ordering::Acquire);
+        let writer = lock(&self.control_send).take().filter(|_| handed_over);
+        if writer.is_some() {
+            self.close_sent
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         if !self.mark_closed(local_reason) {
             return;
         }
-        let handed_over = self.handed_over.load(std::sync::atomic::Ordering::Acquire);
-        if let Some(mut w) = writer.filter(|_| handed_over) {
+        if let Some(mut w) = writer {
             let msg = ControlMsg::Close {
                 reason: truncate(reason).to_string(),
             };
@@ -241,7 +260,9 @@ impl Session {
                 write_frame(&mut w, &msg, MAX_CONTROL_FRAME).await?;
                 w.shutdown()
                     .await
-                    .map_err(|e| Error::from_stream_io("finishing the control stream", e))
+                    .map_err(|e| Error::from_stream_io("finishing the control stream", e))?;
+                self.answered.cancelled().await;
+                Ok::<_, Error>(())
             })
             .await;
         }
@@ -286,7 +307,19 @@ async fn read_control(session: Arc<Session>, mut read: ReadHalf<Io>) {
     let mut buf = Vec::new();
     let r = tokio::select! {
         biased;
-        _ = session.closed.cancelled() => return,
+        _ = session.closed.cancelled() => {
+            if session.close_sent.load(std::sync::atomic::Ordering::Acquire) {
+                // Our close is on its way: the peer answers by finishing
+                // its side once it has read it.
+                let _ = tokio::time::timeout(
+                    session.env.close_timeout,
+                    tokio::io::copy(&mut read, &mut tokio::io::sink()),
+                )
+                .await;
+            }
+            session.answered.cancel();
+            return;
+        }
         r = read_frame_bytes(&mut read, &mut buf, MAX_CONTROL_FRAME) => r,
     };
     let who = session.who();
@@ -305,6 +338,8 @@ async fn read_control(session: Arc<Session>, mut read: ReadHalf<Io>) {
     if let Some(mut w) = writer {
         let _ = tokio::time::timeout(session.env.close_timeout, w.shutdown()).await;
     }
+    // Both sides closing at once: ours need not wait for an answer.
+    session.answered.cancel();
 }
 
 /// Keeps a session open: held by every connection handle and every stream.
