@@ -68,7 +68,9 @@ pub struct Libp2pConfig {
     /// Established libp2p connections per peer (simultaneous dials can
     /// make two).
     pub max_connections_per_peer: u32,
-    /// Established inbound libp2p connections in total.
+    /// Peers with established inbound libp2p connections; a new peer
+    /// beyond it is refused. Counted per peer, so that the TCP and QUIC
+    /// connections of one dial never take two places.
     pub max_incoming_connections: u32,
     /// Inbound connections in their handshake at once.
     pub max_pending_incoming: u32,

@@ -59,7 +59,7 @@
 //! | `ping_interval` | 15 s | liveness of idle connections |
 //! | `max_concurrent_streams` | 256 | streams this node keeps open to one peer; a quarter of it is one connection's `accept_bi` queue; yamux allows twice it (at least 1024) per libp2p connection |
 //! | `max_connections_per_peer` | 4 | established libp2p connections per peer |
-//! | `max_incoming_connections` | 1024 | established inbound libp2p connections |
+//! | `max_incoming_connections` | 1024 | peers with inbound libp2p connections (a peer's TCP and QUIC connections count once) |
 //! | `max_pending_incoming` | 128 | inbound connections in their handshake |
 //! | `accept_backlog` | 64 | inbound connections waiting for `Listener::accept`; beyond it dialers hear "busy" |
 //! | `close_timeout` | 3 s | how long `close` waits for close reasons to go out |

@@ -51,9 +51,32 @@ async fn link_to(
     addr: &PeerAddr,
     l: &mut Box<dyn Listener>,
 ) -> (Result<Arc<dyn Connection>>, Result<Arc<dyn Connection>>) {
-    timeout(STEP, async { tokio::join!(from.connect(addr), l.accept()) })
-        .await
-        .expect("connect and accept within the step bound")
+    let mut connect = std::pin::pin!(from.connect(addr));
+    let mut accept = std::pin::pin!(l.accept());
+    let (mut c, mut a) = (None, None);
+    timeout(STEP, async {
+        while c.is_none() || a.is_none() {
+            tokio::select! {
+                r = &mut connect, if c.is_none() => {
+                    // A failed dial is never accepted: report it at once.
+                    if let Err(e) = r {
+                        panic!("connect to {addr} failed: {e}");
+                    }
+                    c = Some(r);
+                }
+                r = &mut accept, if a.is_none() => a = Some(r),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "connect ({}) and accept ({}) within the step bound",
+            if c.is_some() { "done" } else { "pending" },
+            if a.is_some() { "done" } else { "pending" }
+        )
+    });
+    (c.expect("connected"), a.expect("accepted"))
 }
 
 /// A round trip on a new stream from `a` to `b`.

@@ -11,6 +11,8 @@ use libp2p::{allow_block_list, connection_limits, dcutr, identify, mdns, ping, r
 pub(crate) struct Behaviour {
     pub(crate) allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     pub(crate) limits: connection_limits::Behaviour,
+    /// `max_incoming_connections`, counted per peer.
+    pub(crate) incoming: super::incoming::IncomingPeers,
     pub(crate) stream: crate::streams::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,

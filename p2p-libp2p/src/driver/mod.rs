@@ -13,6 +13,7 @@ mod commands;
 mod dialing;
 mod errors;
 mod events;
+mod incoming;
 mod relays;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,7 @@ use crate::addr;
 use crate::paths::PathBook;
 
 pub(crate) use behaviour::Behaviour;
+pub(crate) use incoming::IncomingPeers;
 
 /// Where a node stands with one of its relays.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -101,7 +101,6 @@ impl Libp2pProvider {
         });
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established_per_peer(Some(config.max_connections_per_peer))
-            .with_max_established_incoming(Some(config.max_incoming_connections))
             .with_max_pending_incoming(Some(config.max_pending_incoming));
         let mdns = if config.mdns {
             let mc = mdns::Config {
@@ -147,6 +146,7 @@ impl Libp2pProvider {
         let behaviour = Behaviour {
             allow: Toggle::from(allow),
             limits: connection_limits::Behaviour::new(limits),
+            incoming: crate::driver::IncomingPeers::new(config.max_incoming_connections),
             stream,
             ping,
             mdns: Toggle::from(mdns),
