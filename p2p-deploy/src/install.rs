@@ -73,9 +73,6 @@ impl DirInstaller {
 impl Installer for DirInstaller {
     async fn install(&self, d: &Descriptor, chunks: &ChunkStore) -> Result<PathBuf> {
         let m = &d.manifest;
-        // Every chunk is checked (hash, size, one frame of the size the
-        // descriptor gives) before anything is written outside the store.
-        chunks.check_release(d).await?;
         std::fs::create_dir_all(&self.root)
             .map_err(|e| Error::io(format!("creating {}", self.root.display()), e))?;
         let target = version_dir(&self.root, &m.name, &m.version)?;
@@ -86,7 +83,11 @@ impl Installer for DirInstaller {
                 .map_err(|e| Error::io(format!("removing {}", target.display()), e))?;
         }
         // The chunks go from the store to the unpacking thread a few at a
-        // time: the archive is never written out whole.
+        // time: the archive is never written out whole. Each is checked on
+        // its way out of the store (hash, size, one frame of the size the
+        // descriptor gives), in the one pass that unpacks it: the files
+        // go to a staging directory that only becomes the version's
+        // directory once every chunk passed, and is removed otherwise.
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
         let (root, limits, desc) = (self.root.clone(), self.limits, d.clone());
         let unpacking = tokio::task::spawn_blocking(move || {
@@ -97,22 +98,58 @@ impl Installer for DirInstaller {
             };
             unpack_release(feed, &desc, &root, limits)
         });
-        for i in 0..d.chunks.len() {
-            let chunk = chunks
-                .get_frame(d, i)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()));
-            let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
-                // The unpacking stopped (its error is reported below).
-                break;
+        let mut sent = 0;
+        let mut bad_chunk = None;
+        while sent < d.chunks.len() {
+            match chunks.get_frame(d, sent).await {
+                Ok(chunk) => {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        // The unpacking stopped (its error is reported
+                        // below, or the archive ended early).
+                        break;
+                    }
+                    sent += 1;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    bad_chunk = Some(e);
+                    break;
+                }
             }
         }
         drop(tx);
         let dir = unpacking
             .await
             .map_err(|e| Error::io("unpacking", std::io::Error::other(e)))?;
-        Ok(dir?)
+        // Chunks the unpacking did not read (the end of the archive's
+        // padding) are checked too: a release installs whole or not at all.
+        if bad_chunk.is_none() && dir.is_ok() {
+            for i in sent..d.chunks.len() {
+                if let Err(e) = chunks.get_frame(d, i).await {
+                    bad_chunk = Some(e);
+                    break;
+                }
+            }
+        }
+        let result = match (bad_chunk, dir) {
+            // A damaged chunk is the error to report, whatever the
+            // unpacking made of the bytes before it.
+            (Some(e), dir) => {
+                if let Ok(dir) = dir {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Err(e)
+            }
+            (None, dir) => Ok(dir?),
+        };
+        if result.is_err()
+            && let Some(app_dir) = target.parent()
+        {
+            // The app's directory goes too if this install made it (it is
+            // empty then).
+            let _ = std::fs::remove_dir(app_dir);
+        }
+        result
     }
 
     fn workdir(&self, name: &str, version: &semver::Version) -> PathBuf {

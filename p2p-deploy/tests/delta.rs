@@ -1,7 +1,8 @@
 //! Delta releases: content-defined chunks that a new version shares with
 //! the old one, so a node that holds the old one fetches only what
-//! changed; reproducible packages; and descriptors that lie about their
-//! chunks refused before anything is unpacked.
+//! changed; reproducible packages; descriptors that lie about their
+//! chunks refused, leaving nothing behind; chunks damaged on disk never
+//! served.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
@@ -215,10 +216,10 @@ async fn a_node_holding_v1_fetches_only_what_v2_adds() {
 
 /// A descriptor that lists a chunk the node holds (another release's)
 /// with another length, or says a chunk decompresses to another size
-/// than its frame does, is refused naming the chunk, before anything is
-/// written outside the chunk store.
+/// than its frame does, is refused naming the chunk, and nothing is left
+/// outside the chunk store.
 #[tokio::test]
-async fn lying_chunk_lists_are_refused_before_anything_is_unpacked() {
+async fn lying_chunk_lists_are_refused_and_leave_nothing_behind() {
     let t = tempfile::tempdir().unwrap();
     let dir = app(t.path(), "app", "1.0.0", 4);
     let v1 = package(&dir, &t.path().join("v1.p2p"));
@@ -280,4 +281,64 @@ async fn lying_chunk_lists_are_refused_before_anything_is_unpacked() {
     nothing_written();
     // The honest one installs.
     installer.install(d1, &store).await.unwrap();
+}
+
+/// A chunk damaged on disk after it was stored is never served: the store
+/// checks every chunk it hands out (to a peer, or to an install) against
+/// its hash, drops a bad one so that the node lists it as missing and
+/// fetches it again, and the install refuses the release until it is
+/// whole again.
+#[tokio::test]
+async fn a_chunk_damaged_on_disk_is_never_served_and_is_fetched_again() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = app(t.path(), "app", "1.0.0", 8);
+    let pkg = package(&dir, &t.path().join("v1.p2p"));
+    let d = pkg.descriptor.clone();
+    let release = p2p_deploy::Release::from_package(&pkg);
+    let storage = Arc::new(
+        p2p_core::FsStorage::open(t.path().join("store"))
+            .await
+            .unwrap(),
+    );
+    let store = ChunkStore::new(storage);
+    store.add_release(&d).await.unwrap();
+    for i in 0..d.chunks.len() {
+        store.put(&d, i, &release.chunk(i).unwrap()).await.unwrap();
+    }
+    assert!(store.missing(&d).await.unwrap().is_empty());
+    // One byte of chunk 3 flips on disk.
+    let bad = 3;
+    let hex: String = d.chunks[bad]
+        .sha256
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let file = t.path().join("store/chunks").join(hex);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let installer = DirInstaller::new(t.path().join("apps"), p2p_deploy::UnpackLimits::default());
+    let e = installer.install(&d, &store).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("chunk {bad}")), "{e}");
+    assert!(
+        !t.path().join("apps/web").exists(),
+        "nothing is unpacked from a damaged release"
+    );
+    // Not served, dropped from the store, and so fetched again.
+    assert_eq!(store.get(&d, bad).await.unwrap(), None);
+    assert!(!file.exists());
+    assert_eq!(store.missing(&d).await.unwrap(), vec![bad]);
+    // Damaged bytes offered again are refused; the good ones make it whole.
+    assert!(store.put(&d, bad, &bytes).await.is_err());
+    store
+        .put(&d, bad, &release.chunk(bad).unwrap())
+        .await
+        .unwrap();
+    let at = installer.install(&d, &store).await.unwrap();
+    assert_eq!(
+        std::fs::read(at.join("lib/f03")).unwrap(),
+        std::fs::read(dir.join("lib/f03")).unwrap()
+    );
 }

@@ -297,6 +297,38 @@ fn no_link_on_the_way(
     Ok(())
 }
 
+/// The size of the writes that unpack a file.
+const WRITE_BLOCK: usize = 256 << 10;
+
+/// Copies `r` to `w` in writes of `buf`'s whole size, the last one
+/// excepted: every write starts on a multiple of it, so on a block
+/// boundary.
+///
+/// `io::copy` wrote in pieces of 8 KiB as the decompressor handed them
+/// over, rarely on a block boundary; for each write the file system
+/// zeroed the rest of the block it ended in before the next write filled
+/// it. In a profile of the agent receiving 100 MB, that zeroing was an
+/// eighth of all its CPU time.
+fn copy_blocks(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+        if n < buf.len() {
+            return Ok(total);
+        }
+    }
+}
+
 fn extract(
     tar: impl Read,
     dest: &Path,
@@ -306,6 +338,7 @@ fn extract(
     let mut ar = tar::Archive::new(tar);
     let mut total: u64 = 0;
     let mut count: u64 = 0;
+    let mut block = vec![0u8; WRITE_BLOCK];
     let entries = ar
         .entries()
         .map_err(|e| refuse_archive(Refusal::Unreadable, format!("unreadable: {e}")))?;
@@ -365,7 +398,7 @@ fn extract(
                             format!("cannot be written: {e}"),
                         )
                     })?;
-                let copied = io::copy(&mut (&mut entry).take(size), &mut f)
+                let copied = copy_blocks(&mut (&mut entry).take(size), &mut f, &mut block)
                     .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
                 if copied != size {
                     return Err(refuse(
