@@ -27,6 +27,10 @@ fn main() {
     if let Some(code) = p2p_benches::groups::nat_netns::child_main() {
         std::process::exit(code)
     }
+    // And the floor programs the `agent` and `swarm-netns` groups compare with.
+    if let Some(code) = p2p_benches::groups::floor::child_main() {
+        std::process::exit(code)
+    }
     // So does an agent of the `agent` group.
     if let Some(code) = p2p_benches::groups::agent::child_main() {
         std::process::exit(code)

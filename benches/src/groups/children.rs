@@ -13,6 +13,14 @@ use std::time::Duration;
 #[derive(Default)]
 pub(crate) struct Children(Vec<Child>);
 
+impl Children {
+    /// The children's process ids, in the order they were started (the
+    /// program's own: `ip netns exec` replaces itself with it).
+    pub(crate) fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().map(Child::id)
+    }
+}
+
 impl Drop for Children {
     fn drop(&mut self) {
         for c in &mut self.0 {

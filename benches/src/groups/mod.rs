@@ -4,6 +4,7 @@
 pub mod agent;
 mod children;
 pub mod delta;
+pub mod floor;
 pub mod nat_netns;
 pub mod packages;
 pub mod runtime;

@@ -23,6 +23,19 @@
 //! swarm-netns iroh 8 agents 32 MiB 40 Mbit/s serial push completion (...): P s (target ratio >= 4 ..., baseline S s (swarm, same run), ratio=P/S)
 //! ```
 //!
+//! Three more lines give CPU time per MiB (user and system, read from
+//! `/proc/<pid>/stat` of the processes themselves as the controller
+//! starts and ends each rollout): the seed's per MiB sent in the serial
+//! push (where it sends every byte), and the agents' per MiB received in
+//! each rollout. Each is set against the floor programs
+//! ([`super::floor`]) run afterwards between the controller's namespace
+//! and an agent's, over the same shaped links, on a package of the same
+//! size: a raw iroh stream and a SHA-256 per chunk (the agents here keep
+//! chunks in memory, so the floor writes nothing). In the swarm the
+//! agents' floor adds the sender's per MiB times the fraction of their
+//! chunks they got from each other (their swarm peer scores). Targets:
+//! at most 1.5x the floor.
+//!
 //! The bound is Kumar-Ross (see [`crate::swarm`]): max(F/u_s, F/d_min,
 //! N F / (u_s + N u)) with F = 32 MiB in bits, every rate 40 Mbit/s and
 //! N = 8, which is F/u_s = 6.7 s. Targets: the swarm within 1.5x the
@@ -130,8 +143,11 @@ const AGENTS_VAR: &str = "P2P_SWARM_NETNS_AGENTS";
 
 /// Prefix of an agent's one line of output.
 const ADDR_LINE: &str = "swarm-netns-addr ";
-/// Prefix of the controller's one line of output.
+/// Prefix of the controller's last line of output.
 const RESULT_LINE: &str = "swarm-netns-result ";
+/// Prefix of the controller's lines as a rollout starts and ends (the
+/// parent reads the agents' CPU time then).
+const PHASE_LINE: &str = "swarm-netns-phase ";
 
 /// How long an agent may take to print its address.
 const AGENT_WAIT: Duration = Duration::from_secs(30);
@@ -144,14 +160,18 @@ const AGENTS_ANSWER_WAIT: Duration = Duration::from_secs(60);
 pub fn run() -> Vec<Figure> {
     match measure() {
         // A time over the targets that finished would flatter the run.
-        Ok((serial, swarm)) if serial.complete < AGENTS || swarm.complete < AGENTS => {
+        Ok(m) if m.serial.complete < AGENTS || m.swarm.complete < AGENTS => {
             eprintln!(
                 "{GROUP}: failed: not every agent got the release (serial push {}/{AGENTS}, swarm {}/{AGENTS})",
-                serial.complete, swarm.complete
+                m.serial.complete, m.swarm.complete
             );
             Vec::new()
         }
-        Ok((serial, swarm)) => figures(serial, swarm),
+        Ok(m) => {
+            let mut f = figures(m.serial, m.swarm);
+            f.extend(cpu_figures(&m));
+            f
+        }
         Err(Stop::Skip(why)) => {
             eprintln!("{GROUP}: skipped: {why}");
             Vec::new()
@@ -200,14 +220,29 @@ struct Rollout {
     complete: usize,
     /// The rollout report's `is_success()`.
     ok: bool,
+    /// CPU seconds the controller (the seed) used during the rollout.
+    seed_cpu: f64,
+    /// Of the chunks the agents got, the fraction they got from each
+    /// other (from their swarm peer scores).
+    passed_on: f64,
+}
+
+/// Everything one run measured.
+struct Measured {
+    serial: Rollout,
+    swarm: Rollout,
+    /// CPU seconds all agents used together during each rollout.
+    agents_cpu: (f64, f64),
+    /// The floor programs between two of the namespaces.
+    floor: Result<super::floor::Floor, String>,
 }
 
 impl Rollout {
     /// `<name>_s=.. <name>_complete=.. <name>_ok=..`
     fn to_fields(self, name: &str) -> String {
         format!(
-            "{name}_s={:.3} {name}_complete={} {name}_ok={}",
-            self.secs, self.complete, self.ok
+            "{name}_s={:.3} {name}_complete={} {name}_ok={} {name}_seedcpu={:.3} {name}_passedon={:.4}",
+            self.secs, self.complete, self.ok, self.seed_cpu, self.passed_on
         )
     }
 
@@ -223,6 +258,12 @@ impl Rollout {
             ok: field(fields, &format!("{name}_ok"))?
                 .parse::<bool>()
                 .map_err(|e| bad("ok", &e))?,
+            seed_cpu: field(fields, &format!("{name}_seedcpu"))?
+                .parse::<f64>()
+                .map_err(|e| bad("seedcpu", &e))?,
+            passed_on: field(fields, &format!("{name}_passedon"))?
+                .parse::<f64>()
+                .map_err(|e| bad("passedon", &e))?,
         })
     }
 }
@@ -289,8 +330,68 @@ fn figures(serial: Rollout, swarm: Rollout) -> Vec<Figure> {
     ]
 }
 
+/// CPU per MiB: the seed's per MiB sent in the serial push (it sends
+/// every byte), the agents' per MiB received in both rollouts, each
+/// against the floor programs run between two of the namespaces.
+fn cpu_figures(m: &Measured) -> Vec<Figure> {
+    let mib = SIZE as f64 / (1024.0 * 1024.0);
+    let all = AGENTS as f64 * mib;
+    let per_mib = |secs: f64| secs * 1000.0 / all;
+    let what = format!("iroh {AGENTS} agents {} MiB {MBIT} Mbit/s", SIZE >> 20);
+    let seed = per_mib(m.serial.seed_cpu);
+    let serial = per_mib(m.agents_cpu.0);
+    let swarm = per_mib(m.agents_cpu.1);
+    let names = [
+        format!("{what} seed cpu per MiB sent (serial push)"),
+        format!("{what} receiver cpu per MiB (serial push: receive and verify)"),
+        format!(
+            "{what} receiver cpu per MiB (swarm: receive, verify, pass on {:.2} of it)",
+            m.swarm.passed_on
+        ),
+    ];
+    let f = match &m.floor {
+        Ok(f) => *f,
+        Err(e) => {
+            eprintln!("{GROUP}: the floor programs failed: {e}");
+            return names
+                .into_iter()
+                .zip([seed, serial, swarm])
+                .map(|(n, v)| {
+                    Figure::new(GROUP, n, v, "ms/MiB").target("<= 1.5x the floor (it failed)")
+                })
+                .collect();
+        }
+    };
+    let goal = |fig: Figure, base: f64, how: String| {
+        fig.target("<= 1.5x the floor")
+            .goal(crate::Goal::RatioAtMost(1.5))
+            .baseline(base, how)
+    };
+    let [n_seed, n_serial, n_swarm] = names;
+    vec![
+        goal(
+            Figure::new(GROUP, n_seed, seed, "ms/MiB"),
+            f.send_ms_per_mib,
+            "ms/MiB (the floor: read and send a MiB on one stream)".into(),
+        ),
+        goal(
+            Figure::new(GROUP, n_serial, serial, "ms/MiB"),
+            f.receive_ms_per_mib,
+            "ms/MiB (the floor: receive a MiB on one stream and hash it)".into(),
+        ),
+        goal(
+            Figure::new(GROUP, n_swarm, swarm, "ms/MiB"),
+            f.receive_ms_per_mib + m.swarm.passed_on * f.send_ms_per_mib,
+            format!(
+                "ms/MiB (the floor: {:.1} to receive and hash a MiB, {:.1} to send one, times {:.2})",
+                f.receive_ms_per_mib, f.send_ms_per_mib, m.swarm.passed_on
+            ),
+        ),
+    ]
+}
+
 /// The parent: namespaces, children, their answers.
-fn measure() -> Result<(Rollout, Rollout), Stop> {
+fn measure() -> Result<Measured, Stop> {
     preflight().map_err(Stop::Skip)?;
     let exe = std::env::current_exe()
         .map_err(|e| Stop::Fail(format!("cannot find this program's path: {e}")))?;
@@ -336,12 +437,75 @@ fn measure() -> Result<(Rollout, Rollout), Stop> {
         &mut children,
     )
     .map_err(Stop::Fail)?;
+    let agents_cpu = || -> f64 {
+        children
+            .pids()
+            .take(AGENTS)
+            .map(|pid| super::floor::proc_cpu_secs(&pid.to_string()))
+            .sum()
+    };
+    let mut at = Vec::new();
+    for _ in 0..4 {
+        wait_line(&lines, PHASE_LINE, RESULT_WAIT)
+            .map_err(|e| Stop::Fail(format!("controller: {e}")))?;
+        at.push(agents_cpu());
+    }
     let line = wait_line(&lines, RESULT_LINE, RESULT_WAIT)
         .map_err(|e| Stop::Fail(format!("controller: {e}")))?;
-    let result = parse_result(&line).map_err(Stop::Fail)?;
+    let (serial, swarm) = parse_result(&line).map_err(Stop::Fail)?;
     drop(children);
+    // The floor, between the controller's namespace and an agent's, over
+    // the same shaped links, on a package of the same size.
+    let floor = floor_package().and_then(|(_dir, package)| {
+        let (recv_ns, send_ns) = (topo.node(1), topo.node(0));
+        super::floor::measure_on(
+            &package,
+            None,
+            Some((
+                &["ip", "netns", "exec", &recv_ns],
+                SocketAddr::from((node_ip(1), 0)),
+            )),
+            Some((
+                &["ip", "netns", "exec", &send_ns],
+                SocketAddr::from((node_ip(0), 0)),
+            )),
+        )
+    });
     drop(topo);
-    Ok(result)
+    Ok(Measured {
+        serial,
+        swarm,
+        agents_cpu: (at[1] - at[0], at[3] - at[2]),
+        floor,
+    })
+}
+
+/// A signed-off package of `SIZE` random bytes for the floor programs,
+/// in a temporary directory kept while it is used.
+fn floor_package() -> Result<(tempfile::TempDir, std::path::PathBuf), String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).map_err(|e| format!("app dir: {e}"))?;
+    std::fs::write(app.join("payload.bin"), p2p_testkit::noise(SIZE, 7))
+        .map_err(|e| format!("payload: {e}"))?;
+    let script = app.join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 3600\n").map_err(|e| format!("run.sh: {e}"))?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| format!("run.sh: {e}"))?;
+    std::fs::write(
+        app.join("p2p.toml"),
+        "name = \"floor\"\nversion = \"1.0.0\"\nentrypoint = \"run.sh\"\n",
+    )
+    .map_err(|e| format!("manifest: {e}"))?;
+    let out = dir.path().join("floor.p2p");
+    p2p_deploy::build(
+        &app,
+        &out,
+        &SystemClock,
+        p2p_deploy::BuildOptions::default(),
+    )
+    .map_err(|e| format!("package: {e}"))?;
+    Ok((dir, out))
 }
 
 /// Root, `ip` and `tc`, and a network namespace made and removed, or
@@ -609,8 +773,21 @@ async fn controller_async(
         .map_err(|e| format!("binding iroh on {ip}: {e}"))?;
     let provider: Arc<dyn Provider> = Arc::new(provider);
     let result = async {
-        let serial = rollout(&provider, &agents, false, serial_release).await?;
-        let swarm = rollout(&provider, &agents, true, swarm_release).await?;
+        let before = from_agents(&provider, &agents).await?;
+        say(&format!("{PHASE_LINE}serial-start"))?;
+        let cpu = super::floor::own_cpu_secs();
+        let mut serial = rollout(&provider, &agents, false, serial_release).await?;
+        serial.seed_cpu = super::floor::own_cpu_secs() - cpu;
+        say(&format!("{PHASE_LINE}serial-end"))?;
+        let mid = from_agents(&provider, &agents).await?;
+        say(&format!("{PHASE_LINE}swarm-start"))?;
+        let cpu = super::floor::own_cpu_secs();
+        let mut swarm = rollout(&provider, &agents, true, swarm_release).await?;
+        swarm.seed_cpu = super::floor::own_cpu_secs() - cpu;
+        say(&format!("{PHASE_LINE}swarm-end"))?;
+        let after = from_agents(&provider, &agents).await?;
+        serial.passed_on = fraction(before, mid);
+        swarm.passed_on = fraction(mid, after);
         Ok::<_, String>((serial, swarm))
     }
     .await;
@@ -651,6 +828,8 @@ async fn rollout(
         }
     }
     Ok(Rollout {
+        seed_cpu: 0.0,
+        passed_on: 0.0,
         secs: done
             .values()
             .copied()
@@ -660,6 +839,29 @@ async fn rollout(
         complete: done.len(),
         ok,
     })
+}
+
+/// Good chunks the agents say they got from each other (their swarm peer
+/// scores, which count peers and not the seed).
+async fn from_agents(provider: &Arc<dyn Provider>, agents: &[PeerAddr]) -> Result<u64, String> {
+    let ctl = Controller::new(provider.clone(), ControllerConfig::default());
+    let mut n = 0;
+    for a in agents {
+        match ctl.request(a, p2p_deploy::proto::Request::Info).await {
+            Ok(p2p_deploy::proto::Reply::Info(info)) => {
+                n += info.peers.iter().map(|s| s.good).sum::<u64>();
+            }
+            other => return Err(format!("no info from {}: {other:?}", a.id.short())),
+        }
+    }
+    Ok(n)
+}
+
+/// The fraction of the chunks every agent got in a rollout that came from
+/// other agents, from [`from_agents`] before and after it.
+fn fraction(before: u64, after: u64) -> f64 {
+    let chunks = SIZE.div_ceil(CHUNK as usize);
+    after.saturating_sub(before) as f64 / (AGENTS * chunks) as f64
 }
 
 /// Every agent, once all `want` of them answer.

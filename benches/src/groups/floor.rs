@@ -1,0 +1,289 @@
+//! The floor of a node's CPU per byte (issue 27): two processes doing
+//! only the work a node cannot avoid for the bytes of a release, on the
+//! same transport and the same bytes as the agents they are compared with.
+//!
+//! - The receiver takes one raw stream (an iroh QUIC stream: decryption),
+//!   checks the SHA-256 of every chunk against the descriptor and, when
+//!   given a directory, writes each chunk to its own file (synced, as the
+//!   chunk store does), decompresses it (zstd) and appends the result to
+//!   one file, the unpacked archive.
+//! - The sender reads every chunk from the package file and writes it to
+//!   the stream (encryption): what a node does for each chunk it passes
+//!   on, and what a seed does for each one it sends.
+//!
+//! Both report their own CPU time (user and system, from `/proc/self/stat`)
+//! from the connection's start to the last byte, as one line on stdout:
+//! `floor cpu=<seconds> bytes=<bytes>`.
+//!
+//! `bench-report` runs itself as either role ([`child_main`]), so the
+//! figures are those of separate processes, like the agents'.
+
+#![allow(clippy::disallowed_methods)] // benchmarks measure wall time
+
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use p2p_core::{NodeKey, PeerAddr};
+use p2p_deploy::PackageFile;
+use p2p_examples::net::{self, Backend, NetOptions};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `recv` or `send` in a child playing a floor role.
+const ROLE_VAR: &str = "P2P_BENCH_FLOOR";
+/// The package whose chunks travel.
+const PACKAGE_VAR: &str = "P2P_BENCH_FLOOR_PACKAGE";
+/// The receiver's directory for chunks and the unpacked archive; absent:
+/// nothing is written (a node with its chunks in memory).
+const DIR_VAR: &str = "P2P_BENCH_FLOOR_DIR";
+/// The sender's peer: the receiver's address in text form.
+const PEER_VAR: &str = "P2P_BENCH_FLOOR_PEER";
+/// The address to bind (default `127.0.0.1:0`).
+const BIND_VAR: &str = "P2P_BENCH_FLOOR_BIND";
+
+/// What the two floor processes used.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Floor {
+    /// The receiver's CPU seconds per MiB received.
+    pub(crate) receive_ms_per_mib: f64,
+    /// The sender's CPU seconds per MiB sent.
+    pub(crate) send_ms_per_mib: f64,
+}
+
+/// CPU time (user and system) this process used so far, in seconds.
+pub(crate) fn own_cpu_secs() -> f64 {
+    proc_cpu_secs("self")
+}
+
+/// CPU time of process `pid` (`self` for this one), from `/proc/<pid>/stat`
+/// (USER_HZ ticks, 100 a second on Linux).
+pub(crate) fn proc_cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in brackets.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12
+    // counted from the state field.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs both floor processes over loopback: the sender sends every chunk
+/// of `package` once to the receiver, which writes to `dir` when given.
+pub(crate) fn measure(package: &Path, dir: Option<&Path>) -> Result<Floor, String> {
+    measure_on(package, dir, None, None)
+}
+
+/// As [`measure`], with each process started through `wrap` (for example
+/// `ip netns exec <ns>`) and bound to the given address.
+pub(crate) fn measure_on(
+    package: &Path,
+    dir: Option<&Path>,
+    receiver: Option<(&[&str], SocketAddr)>,
+    sender: Option<(&[&str], SocketAddr)>,
+) -> Result<Floor, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("bench-report's path: {e}"))?;
+    let command = |wrap: Option<(&[&str], SocketAddr)>| {
+        let mut c = match wrap {
+            Some((prefix, _)) if !prefix.is_empty() => {
+                let mut c = Command::new(prefix[0]);
+                c.args(&prefix[1..]).arg(&exe);
+                c
+            }
+            _ => Command::new(&exe),
+        };
+        if let Some((_, at)) = wrap {
+            c.env(BIND_VAR, at.to_string());
+        }
+        c.env(PACKAGE_VAR, package)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        c
+    };
+    let mut recv = command(receiver);
+    recv.env(ROLE_VAR, "recv").stdin(Stdio::null());
+    if let Some(d) = dir {
+        recv.env(DIR_VAR, d);
+    }
+    let mut recv = recv.spawn().map_err(|e| format!("floor receiver: {e}"))?;
+    let mut out = std::io::BufReader::new(recv.stdout.take().ok_or("receiver stdout")?);
+    let mut addr = String::new();
+    out.read_line(&mut addr)
+        .map_err(|e| format!("floor receiver's address: {e}"))?;
+    let mut send = command(sender)
+        .env(ROLE_VAR, "send")
+        .env(PEER_VAR, addr.trim())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("floor sender: {e}"))?;
+    let mut send_out = String::new();
+    if let Some(mut s) = send.stdout.take() {
+        let _ = s.read_to_string(&mut send_out);
+    }
+    let mut recv_out = String::new();
+    let _ = out.read_to_string(&mut recv_out);
+    let (rs, ss) = (recv.wait(), send.wait());
+    if !rs.is_ok_and(|s| s.success()) || !ss.is_ok_and(|s| s.success()) {
+        return Err("a floor process failed (its error is above)".into());
+    }
+    let per_mib = |line: &str, who: &str| -> Result<f64, String> {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| format!("floor {who} printed {line:?}"))
+        };
+        Ok(field("cpu=")? * 1000.0 / (field("bytes=")? / (1024.0 * 1024.0)))
+    };
+    Ok(Floor {
+        receive_ms_per_mib: per_mib(&recv_out, "receiver")?,
+        send_ms_per_mib: per_mib(&send_out, "sender")?,
+    })
+}
+
+/// In a child started by [`measure`]: plays its role and returns the exit
+/// code. `None` in any other process.
+pub fn child_main() -> Option<i32> {
+    let role = std::env::var(ROLE_VAR).ok()?;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("floor {role}: {e}");
+            return Some(1);
+        }
+    };
+    let result = rt.block_on(async {
+        let package = PathBuf::from(std::env::var(PACKAGE_VAR).map_err(|_| "no package")?);
+        let package = PackageFile::open(&package).map_err(|e| e.to_string())?;
+        let bind: SocketAddr = match std::env::var(BIND_VAR) {
+            Ok(v) => v.parse().map_err(|e| format!("{BIND_VAR}: {e}"))?,
+            Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let opts = NetOptions {
+            listen: vec![bind],
+            ..NetOptions::loopback(Backend::Iroh)
+        };
+        let key = NodeKey::generate(&mut rand::rng());
+        let provider = net::bind(&key, &opts).await.map_err(|e| e.to_string())?;
+        match role.as_str() {
+            "recv" => {
+                let dir = std::env::var_os(DIR_VAR).map(PathBuf::from);
+                receive(&*provider, &package, dir.as_deref()).await
+            }
+            "send" => {
+                let peer: PeerAddr = std::env::var(PEER_VAR)
+                    .map_err(|_| "no peer")?
+                    .parse()
+                    .map_err(|e| format!("{PEER_VAR}: {e}"))?;
+                send(&*provider, &package, &peer).await
+            }
+            other => Err(format!("unknown floor role {other:?}")),
+        }
+    });
+    Some(match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("floor {role}: {e}");
+            1
+        }
+    })
+}
+
+async fn receive(
+    provider: &dyn p2p_core::Provider,
+    package: &PackageFile,
+    dir: Option<&Path>,
+) -> Result<(), String> {
+    let mut listener = provider.listen().await.map_err(|e| e.to_string())?;
+    println!("{}", provider.local_addr());
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let conn = listener.accept().await.map_err(|e| e.to_string())?;
+    let begun = own_cpu_secs();
+    let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let d = &package.descriptor;
+    let mut unpacked = match dir {
+        Some(dir) => Some(
+            std::fs::File::create(dir.join("archive.tar")).map_err(|e| format!("output: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut unzstd = zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut raw = Vec::new();
+    let mut bytes = 0u64;
+    for c in &d.chunks {
+        buf.resize(c.size as usize, 0);
+        rx.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("receiving: {e}"))?;
+        if Sha256::digest(&buf).as_slice() != c.sha256 {
+            return Err("a chunk arrived damaged".into());
+        }
+        bytes += u64::from(c.size);
+        if let (Some(dir), Some(out)) = (dir, unpacked.as_mut()) {
+            let name: String = c.sha256.iter().map(|b| format!("{b:02x}")).collect();
+            let name = dir.join(name);
+            let mut f = std::fs::File::create(&name).map_err(|e| format!("chunk file: {e}"))?;
+            f.write_all(&buf).map_err(|e| format!("chunk file: {e}"))?;
+            f.sync_all().map_err(|e| format!("chunk file: {e}"))?;
+            raw.clear();
+            raw.reserve(c.raw_size as usize);
+            unzstd
+                .decompress_to_buffer(&buf, &mut raw)
+                .map_err(|e| format!("decompressing: {e}"))?;
+            out.write_all(&raw).map_err(|e| format!("output: {e}"))?;
+        }
+    }
+    if let Some(out) = unpacked {
+        out.sync_all().map_err(|e| format!("output: {e}"))?;
+    }
+    let used = own_cpu_secs() - begun;
+    // Tell the sender it all arrived, so it does not exit before.
+    tx.write_all(b"k").await.map_err(|e| e.to_string())?;
+    tx.shutdown().await.map_err(|e| e.to_string())?;
+    // And wait for it to close the connection once it has the answer.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.accept_bi()).await;
+    println!("floor cpu={used} bytes={bytes}");
+    provider.close("done").await;
+    Ok(())
+}
+
+async fn send(
+    provider: &dyn p2p_core::Provider,
+    package: &PackageFile,
+    peer: &PeerAddr,
+) -> Result<(), String> {
+    let conn = provider.connect(peer).await.map_err(|e| e.to_string())?;
+    let begun = own_cpu_secs();
+    let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::open(&package.path).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut bytes = 0u64;
+    let offsets = package.descriptor.offsets();
+    for (c, at) in package.descriptor.chunks.iter().zip(offsets) {
+        buf.resize(c.size as usize, 0);
+        file.seek(SeekFrom::Start(package.archive_offset + at))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(|e| format!("reading the package: {e}"))?;
+        tx.write_all(&buf)
+            .await
+            .map_err(|e| format!("sending: {e}"))?;
+        bytes += u64::from(c.size);
+    }
+    tx.shutdown().await.map_err(|e| e.to_string())?;
+    let mut ack = [0u8; 1];
+    rx.read_exact(&mut ack)
+        .await
+        .map_err(|e| format!("the receiver's answer: {e}"))?;
+    let used = own_cpu_secs() - begun;
+    println!("floor cpu={used} bytes={bytes}");
+    conn.close("done").await;
+    provider.close("done").await;
+    Ok(())
+}
