@@ -6,7 +6,8 @@
 //!   checks the SHA-256 of every chunk against the descriptor and, when
 //!   given a directory, writes each chunk to its own file (synced, as the
 //!   chunk store does), decompresses it (zstd) and appends the result to
-//!   one file, the unpacked archive.
+//!   one file, the unpacked archive; without one, it keeps each chunk in
+//!   memory (as an agent on a `MemStorage` does).
 //! - The sender reads every chunk from the package file and writes it to
 //!   the stream (encryption): what a node does for each chunk it passes
 //!   on, and what a seed does for each one it sends.
@@ -36,7 +37,7 @@ const ROLE_VAR: &str = "P2P_BENCH_FLOOR";
 /// The package whose chunks travel.
 const PACKAGE_VAR: &str = "P2P_BENCH_FLOOR_PACKAGE";
 /// The receiver's directory for chunks and the unpacked archive; absent:
-/// nothing is written (a node with its chunks in memory).
+/// chunks are kept in memory (a node with its chunks in memory).
 const DIR_VAR: &str = "P2P_BENCH_FLOOR_DIR";
 /// The sender's peer: the receiver's address in text form.
 const PEER_VAR: &str = "P2P_BENCH_FLOOR_PEER";
@@ -217,6 +218,7 @@ async fn receive(
     let mut buf = Vec::new();
     let mut raw = Vec::new();
     let mut bytes = 0u64;
+    let mut kept = Vec::new();
     for c in &d.chunks {
         buf.resize(c.size as usize, 0);
         rx.read_exact(&mut buf)
@@ -238,6 +240,8 @@ async fn receive(
                 .decompress_to_buffer(&buf, &mut raw)
                 .map_err(|e| format!("decompressing: {e}"))?;
             out.write_all(&raw).map_err(|e| format!("output: {e}"))?;
+        } else {
+            kept.push(std::mem::take(&mut buf));
         }
     }
     if let Some(out) = unpacked {

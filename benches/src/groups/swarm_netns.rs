@@ -30,8 +30,8 @@
 //! each rollout. Each is set against the floor programs
 //! ([`super::floor`]) run afterwards between the controller's namespace
 //! and an agent's, over the same shaped links, on a package of the same
-//! size: a raw iroh stream and a SHA-256 per chunk (the agents here keep
-//! chunks in memory, so the floor writes nothing). In the swarm the
+//! size: a raw iroh stream and a SHA-256 per chunk, the chunk then kept
+//! in memory (where the agents here store chunks). In the swarm the
 //! agents' floor adds the sender's per MiB times the fraction of their
 //! chunks they got from each other (their swarm peer scores). Targets:
 //! at most 1.5x the floor.
@@ -377,7 +377,7 @@ fn cpu_figures(m: &Measured) -> Vec<Figure> {
         goal(
             Figure::new(GROUP, n_serial, serial, "ms/MiB"),
             f.receive_ms_per_mib,
-            "ms/MiB (the floor: receive a MiB on one stream and hash it)".into(),
+            "ms/MiB (the floor: receive a MiB on one stream, hash it, keep it)".into(),
         ),
         goal(
             Figure::new(GROUP, n_swarm, swarm, "ms/MiB"),
