@@ -17,7 +17,8 @@
 //! - `status_p50`: a `Status` request from a controller over an open
 //!   connection to the answer, median of 300. Target at most 5 ms.
 //!   Baseline: a 64-byte request and answer over loopback TCP.
-//! - `release_100mb_to_10`: a 100 MB release (incompressible) deployed to
+//! - `release_100mb_to_10`: a 100 MB release (incompressible; `AGENT_MB`
+//!   sets another size, in MB, in every figure of the deploy) deployed to
 //!   10 agent processes at once: until every agent holds it, and until
 //!   every agent runs it behind its health check. The design's target was
 //!   under 30 s. Baseline: copying the same bytes once over loopback TCP
@@ -67,7 +68,15 @@ const GROUP: &str = "agent";
 /// Set in a child: the data directory to run an agent in, or `idle` /
 /// `exit` for the baselines.
 const ROLE_VAR: &str = "P2P_BENCH_AGENT";
-const RELEASE_BYTES: usize = 100_000_000;
+/// The release's size in MB: 100, or `AGENT_MB` (the peak memory
+/// target is set for 200).
+fn release_mb() -> usize {
+    std::env::var("AGENT_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&mb| mb > 0)
+        .unwrap_or(100)
+}
 const AGENTS: usize = 10;
 
 /// In a child process started by this group: plays its role until its
@@ -278,10 +287,13 @@ pub fn run() -> Vec<Figure> {
     );
     agent.stop();
 
-    // 100 MB to 10 agents, against one loopback TCP copy of the bytes.
+    // 100 MB (or AGENT_MB) to 10 agents, against one loopback TCP copy of
+    // the bytes.
+    let mb = release_mb();
+    let release_bytes = mb * 1_000_000;
     let agents: Vec<Proc> = dirs.iter().map(|d| start_agent(d).0).collect();
     let addrs: Vec<PeerAddr> = dirs.iter().map(|d| addr_of(d)).collect();
-    let package = rt.block_on(package_100mb(root, &publisher));
+    let package = rt.block_on(package_of(root, &publisher, release_bytes));
     // The floor once before the deploy and twice after: what a first
     // write into memory costs varies a lot on a virtual machine (see the
     // README's "CPU per byte"); the median is the baseline.
@@ -298,9 +310,9 @@ pub fn run() -> Vec<Figure> {
     let peak = agents.iter().map(Proc::peak_rss_bytes).max().unwrap_or(0);
     let mib = PackageFile::open(&package)
         .map(|p| p.descriptor.archive_size)
-        .unwrap_or(RELEASE_BYTES as u64) as f64
+        .unwrap_or(release_bytes as u64) as f64
         / (1024.0 * 1024.0);
-    let copy = rt.block_on(tcp_copy(RELEASE_BYTES));
+    let copy = rt.block_on(tcp_copy(release_bytes));
     for a in agents {
         a.stop();
     }
@@ -324,7 +336,7 @@ pub fn run() -> Vec<Figure> {
     figures.push(
         Figure::new(
             GROUP,
-            format!("release_100mb_to_{AGENTS}_held"),
+            format!("release_{mb}mb_to_{AGENTS}_held"),
             ms(held),
             "ms",
         )
@@ -336,7 +348,7 @@ pub fn run() -> Vec<Figure> {
         Figure::new(
             GROUP,
             format!(
-                "release_100mb_to_{AGENTS}_running{}",
+                "release_{mb}mb_to_{AGENTS}_running{}",
                 if ok { "" } else { "_FAILED" }
             ),
             ms(done),
@@ -350,7 +362,7 @@ pub fn run() -> Vec<Figure> {
     let mean = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
     let most = cpu.iter().copied().fold(0.0, f64::max);
     let name = format!(
-        "release_100mb_receiver_cpu_per_mib (mean of {AGENTS}; the most {:.1} ms/MiB; receive, verify, store, pass on, unpack and start; passed on {:.2} of what they received)",
+        "release_{mb}mb_receiver_cpu_per_mib (mean of {AGENTS}; the most {:.1} ms/MiB; receive, verify, store, pass on, unpack and start; passed on {:.2} of what they received)",
         per_mib(most),
         passed_on
     );
@@ -382,7 +394,7 @@ pub fn run() -> Vec<Figure> {
     figures.push(
         Figure::new(
             GROUP,
-            "release_100mb_receiver_peak_rss",
+            format!("release_{mb}mb_receiver_peak_rss"),
             peak as f64 / 1e6,
             "MB",
         )
@@ -516,12 +528,12 @@ async fn tcp_copy(bytes: usize) -> Duration {
     begun.elapsed()
 }
 
-/// A signed package of a shell-script app carrying 100 MB of random
+/// A signed package of a shell-script app carrying `bytes` of random
 /// bytes, with a health check that passes at once.
-async fn package_100mb(root: &Path, publisher: &Ed25519Signer) -> PathBuf {
+async fn package_of(root: &Path, publisher: &Ed25519Signer, bytes: usize) -> PathBuf {
     let app = root.join("app");
     std::fs::create_dir_all(&app).expect("app dir");
-    let mut data = vec![0u8; RELEASE_BYTES];
+    let mut data = vec![0u8; bytes];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut data);
     std::fs::write(app.join("payload.bin"), &data).expect("payload");
     let script = app.join("run.sh");
