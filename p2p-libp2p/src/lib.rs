@@ -62,7 +62,7 @@
 //! | `max_incoming_connections` | 1024 | peers with inbound libp2p connections (a peer's TCP and QUIC connections count once) |
 //! | `max_pending_incoming` | 128 | inbound connections in their handshake |
 //! | `accept_backlog` | 64 | inbound connections waiting for `Listener::accept`; beyond it dialers hear "busy" |
-//! | `close_timeout` | 3 s | how long `close` waits for close reasons to go out |
+//! | `close_timeout` | 3 s | how long `close` waits for peers to answer its close reasons |
 //! | `command_buffer` | 64 | depth of the channel to the swarm task |
 //! | `relays` | none | circuit relay v2 nodes to reserve a slot on (below) |
 //! | `relay_server` | off | serve as a circuit relay for other nodes |
@@ -193,8 +193,10 @@
 //! connection (peers get [`Error::Closed`](p2p_core::Error::Closed) carrying
 //! it), stops accepting, closes the libp2p connections and the listeners,
 //! and ends discovery subscriptions. It waits at most `close_timeout` for
-//! the close reasons to go out and as long again for the connections to
-//! close, so it returns within twice `close_timeout`. It is idempotent;
+//! the peers to answer the close reasons (each answers by finishing its
+//! side of the control stream; without that wait a QUIC connection closed
+//! next would drop a reason not yet sent) and as long again for the
+//! connections to close, so it returns within twice `close_timeout`. It is idempotent;
 //! dropping the last provider handle does the same in the background.
 //!
 //! ## Performance
