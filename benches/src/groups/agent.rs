@@ -410,19 +410,13 @@ pub fn run() -> Vec<Figure> {
 /// over the `chunks` every agent got.
 async fn passed_on(addrs: &[PeerAddr], chunks: usize) -> f64 {
     let ctl = controller(addrs.to_vec()).await;
-    let mut from_agents = 0u64;
-    for a in addrs {
-        match ctl.request(a, Request::Info).await {
-            Ok(p2p_deploy::proto::Reply::Info(info)) => {
-                from_agents += info.peers.iter().map(|s| s.good).sum::<u64>();
-            }
-            other => {
-                eprintln!("{GROUP}: no info from an agent ({other:?}); counting all as passed on");
-                return 1.0;
-            }
+    match super::floor::chunks_from_peers(&ctl, addrs).await {
+        Ok(n) => n as f64 / (addrs.len() * chunks).max(1) as f64,
+        Err(e) => {
+            eprintln!("{GROUP}: {e}; counting all as passed on");
+            1.0
         }
     }
-    from_agents as f64 / (addrs.len() * chunks).max(1) as f64
 }
 
 /// One run of the floor programs on `package`, writing under `root`.

@@ -71,6 +71,26 @@ pub(crate) fn proc_cpu_secs(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Good chunks the agents at `addrs` say they got from other agents: the
+/// sum of their swarm peer scores, which count peers and not the seed.
+/// Set against the chunks they got in all, it is the fraction they passed
+/// on to each other.
+pub(crate) async fn chunks_from_peers(
+    ctl: &p2p_deploy::Controller,
+    addrs: &[PeerAddr],
+) -> Result<u64, String> {
+    let mut n = 0;
+    for a in addrs {
+        match ctl.request(a, p2p_deploy::proto::Request::Info).await {
+            Ok(p2p_deploy::proto::Reply::Info(info)) => {
+                n += info.peers.iter().map(|s| s.good).sum::<u64>();
+            }
+            other => return Err(format!("no info from {}: {other:?}", a.id.short())),
+        }
+    }
+    Ok(n)
+}
+
 /// Runs both floor processes over loopback: the sender sends every chunk
 /// of `package` once to the receiver, which writes to `dir` when given.
 pub(crate) fn measure(package: &Path, dir: Option<&Path>) -> Result<Floor, String> {

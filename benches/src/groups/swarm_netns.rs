@@ -773,21 +773,8 @@ async fn controller_async(
         .map_err(|e| format!("binding iroh on {ip}: {e}"))?;
     let provider: Arc<dyn Provider> = Arc::new(provider);
     let result = async {
-        let before = from_agents(&provider, &agents).await?;
-        say(&format!("{PHASE_LINE}serial-start"))?;
-        let cpu = super::floor::own_cpu_secs();
-        let mut serial = rollout(&provider, &agents, false, serial_release).await?;
-        serial.seed_cpu = super::floor::own_cpu_secs() - cpu;
-        say(&format!("{PHASE_LINE}serial-end"))?;
-        let mid = from_agents(&provider, &agents).await?;
-        say(&format!("{PHASE_LINE}swarm-start"))?;
-        let cpu = super::floor::own_cpu_secs();
-        let mut swarm = rollout(&provider, &agents, true, swarm_release).await?;
-        swarm.seed_cpu = super::floor::own_cpu_secs() - cpu;
-        say(&format!("{PHASE_LINE}swarm-end"))?;
-        let after = from_agents(&provider, &agents).await?;
-        serial.passed_on = fraction(before, mid);
-        swarm.passed_on = fraction(mid, after);
+        let serial = measured_rollout(&provider, &agents, false, serial_release).await?;
+        let swarm = measured_rollout(&provider, &agents, true, swarm_release).await?;
         Ok::<_, String>((serial, swarm))
     }
     .await;
@@ -841,27 +828,28 @@ async fn rollout(
     })
 }
 
-/// Good chunks the agents say they got from each other (their swarm peer
-/// scores, which count peers and not the seed).
-async fn from_agents(provider: &Arc<dyn Provider>, agents: &[PeerAddr]) -> Result<u64, String> {
+/// [`rollout`] between the phase lines the parent reads the agents' CPU
+/// time at, with the seed's own CPU time and the fraction of the chunks
+/// the agents got from each other (their swarm peer scores, before and
+/// after).
+async fn measured_rollout(
+    provider: &Arc<dyn Provider>,
+    agents: &[PeerAddr],
+    swarm: bool,
+    release: Arc<Release>,
+) -> Result<Rollout, String> {
+    let phase = if swarm { "swarm" } else { "serial" };
     let ctl = Controller::new(provider.clone(), ControllerConfig::default());
-    let mut n = 0;
-    for a in agents {
-        match ctl.request(a, p2p_deploy::proto::Request::Info).await {
-            Ok(p2p_deploy::proto::Reply::Info(info)) => {
-                n += info.peers.iter().map(|s| s.good).sum::<u64>();
-            }
-            other => return Err(format!("no info from {}: {other:?}", a.id.short())),
-        }
-    }
-    Ok(n)
-}
-
-/// The fraction of the chunks every agent got in a rollout that came from
-/// other agents, from [`from_agents`] before and after it.
-fn fraction(before: u64, after: u64) -> f64 {
+    let before = super::floor::chunks_from_peers(&ctl, agents).await?;
+    say(&format!("{PHASE_LINE}{phase}-start"))?;
+    let cpu = super::floor::own_cpu_secs();
+    let mut r = rollout(provider, agents, swarm, release).await?;
+    r.seed_cpu = super::floor::own_cpu_secs() - cpu;
+    say(&format!("{PHASE_LINE}{phase}-end"))?;
+    let after = super::floor::chunks_from_peers(&ctl, agents).await?;
     let chunks = SIZE.div_ceil(CHUNK as usize);
-    after.saturating_sub(before) as f64 / (AGENTS * chunks) as f64
+    r.passed_on = after.saturating_sub(before) as f64 / (AGENTS * chunks) as f64;
+    Ok(r)
 }
 
 /// Every agent, once all `want` of them answer.
