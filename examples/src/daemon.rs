@@ -99,6 +99,10 @@ pub struct DaemonConfig {
     pub relay_ca: Option<PathBuf>,
     /// libp2p: serve as a circuit relay for other nodes too.
     pub serve_relay: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); unset: off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Events kept in the node's event log (`p2pctl events`), the newest.
+    pub events_kept: usize,
     /// Membership: node records gossiped through the fleet.
     pub membership: MembershipSettings,
 }
@@ -198,6 +202,8 @@ impl Default for DaemonConfig {
             relays: Vec::new(),
             relay_ca: None,
             serve_relay: false,
+            metrics_addr: None,
+            events_kept: p2p_deploy::events::EVENTS_KEPT,
             membership: MembershipSettings::default(),
         }
     }
@@ -230,6 +236,9 @@ impl DaemonConfig {
         }
         if self.keep_versions == Some(0) {
             bail!("keep_versions: at least 1 (the active version)");
+        }
+        if self.events_kept == 0 {
+            bail!("events_kept: at least 1");
         }
         if self.app_log_files == 0 || self.app_log_max_size.as_u64() < 1024 {
             bail!("app_log_files must be at least 1 and app_log_max_size at least 1 KiB");
@@ -422,6 +431,14 @@ relays = []
 # libp2p: also serve as a circuit relay for other nodes of the network.
 serve_relay = false
 
+# Prometheus metrics (OpenMetrics text at GET /metrics) on this address.
+# Unset: off. Keep it on localhost or a monitoring network: the metrics
+# name the node's apps and versions.
+# metrics_addr = "127.0.0.1:9464"
+
+# Events kept in the node's event log (`p2pctl events`), the newest.
+events_kept = 10000
+
 # Membership: this node's signed record (addresses, labels, site, the
 # releases it holds) and those of every node it hears of are gossiped
 # through the fleet, so that `p2pctl` reaches every node from one address.
@@ -494,6 +511,8 @@ mod tests {
                 "allowed_networks",
             ),
             ("[membership]\nbogus = 1", "bogus"),
+            ("metrics_addr = \"localhost\"", "metrics_addr"),
+            ("events_kept = 0", "events_kept"),
         ];
         for (text, name) in bad {
             let err = toml::from_str::<DaemonConfig>(text)

@@ -27,6 +27,7 @@
 
 pub mod daemon;
 pub mod fleet;
+pub mod metrics;
 pub mod net;
 pub mod netlab;
 pub mod node;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use p2p_core::metrics::{Metered, Registry};
 use p2p_core::{FsStorage, NodeKey, PeerAddr, PeerId, Provider, Runtime, SystemClock};
 use p2p_deploy::membership::{Membership, Profile};
 use p2p_deploy::proto::Request;
@@ -32,6 +33,7 @@ use crate::net;
 /// A running agent and the parts it was built from.
 pub struct RunningNode {
     agent: Arc<Agent>,
+    registry: Arc<Registry>,
     provider: Arc<dyn Provider>,
     runtime: Arc<ProcessRuntime>,
     serving: JoinHandle<p2p_core::Result<()>>,
@@ -72,7 +74,11 @@ impl RunningNode {
         }
         let operators = cfg.operator_ids()?;
         let bootstrap = cfg.bootstrap_addrs()?;
-        let provider = net::bind(&key, &cfg.net(dir)?).await?;
+        let mut registry = p2p_core::metrics::new_registry();
+        let provider = Metered::wrap(
+            net::bind(&key, &cfg.net(dir)?).await?,
+            registry.sub_registry_with_prefix("p2p"),
+        );
         let runtime = Arc::new(
             ProcessRuntime::new(
                 RuntimeConfig::new(dir.join("runtime"))
@@ -93,6 +99,7 @@ impl RunningNode {
         acfg.labels = cfg.labels.clone();
         acfg.operators = operators;
         acfg.keep_versions = cfg.keep_versions;
+        acfg.events_kept = cfg.events_kept;
         acfg.swarm.upload_limit = cfg.upload_limit.map(|r| r.as_u64());
         acfg.swarm.download_limit = cfg.download_limit.map(|r| r.as_u64());
         let storage: Arc<dyn p2p_core::Storage> = Arc::new(storage);
@@ -124,6 +131,8 @@ impl RunningNode {
             .context("starting membership")?;
             agent.set_membership(membership)?;
         }
+        agent.register_metrics(registry.sub_registry_with_prefix("p2p"));
+        let registry = Arc::new(registry);
         let serving = tokio::spawn({
             let agent = agent.clone();
             async move { agent.run().await }
@@ -168,6 +177,7 @@ impl RunningNode {
         }
         Ok(RunningNode {
             agent,
+            registry,
             provider,
             runtime,
             serving,
@@ -179,6 +189,11 @@ impl RunningNode {
     /// The node's full peer address (`<id>@<addresses>`).
     pub fn addr(&self) -> PeerAddr {
         self.provider.local_addr()
+    }
+
+    /// The node's metrics registry (what `p2pd` serves at `/metrics`).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 
     /// The agent, for in-process requests.

@@ -339,6 +339,10 @@ impl<P: Provider> Provider for Admitted<P> {
         self.inner.local_id()
     }
 
+    fn stats(&self) -> crate::TransportStats {
+        self.inner.stats()
+    }
+
     fn local_addr(&self) -> PeerAddr {
         self.inner.local_addr()
     }

@@ -16,6 +16,9 @@
 //!   key and an allow-list on both sides of every connection.
 //! - **Conformance** (feature `conformance`): the contract suites every
 //!   transport ([`Provider`]) and every [`Runtime`] must pass.
+//! - **Metrics** ([`metrics`]): the Prometheus registry the SDK fills, a
+//!   provider wrapper that counts connections and bytes, and the process
+//!   collector.
 //! - **Locking** ([`sync::lock`]): the one poison-ignoring lock the SDK
 //!   uses.
 //!
@@ -43,6 +46,7 @@ pub mod discovery;
 pub mod error;
 pub mod framing;
 pub mod id;
+pub mod metrics;
 pub mod ratelog;
 pub mod runtime;
 pub mod signing;
@@ -64,4 +68,5 @@ pub use signing::{Ed25519Signer, Ed25519Verifier, KeyId, Signature, Signer, Veri
 pub use storage::{FsStorage, MemStorage, Storage};
 pub use transport::{
     Connection, Discovered, Listener, PathInfo, PathKind, Provider, RecvStream, SendStream,
+    TransportStats,
 };

@@ -143,6 +143,23 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Closes every connection with `reason` and stops accepting.
     async fn close(&self, reason: &str);
+
+    /// Counters the backend keeps about its paths (hole punching), for
+    /// metrics. Backends that do not punch holes keep the default: zeros.
+    fn stats(&self) -> TransportStats {
+        TransportStats::default()
+    }
+}
+
+/// Counters a backend keeps about its paths, read by
+/// [`metrics`](crate::metrics) at every scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Hole punches tried: connections that began relayed and set out to
+    /// find a direct path (iroh), or DCUtR attempts (libp2p).
+    pub hole_punches_tried: u64,
+    /// Of those, how many ended on a direct path.
+    pub hole_punches_succeeded: u64,
 }
 
 /// Inbound connections of a [`Provider`].
@@ -237,6 +254,9 @@ impl<P: Provider + ?Sized> Provider for Arc<P> {
     }
     async fn close(&self, reason: &str) {
         (**self).close(reason).await
+    }
+    fn stats(&self) -> TransportStats {
+        (**self).stats()
     }
 }
 

@@ -298,6 +298,22 @@ impl ChunkStore {
             .collect())
     }
 
+    /// Bytes of the chunks stored that the kept releases list (each chunk
+    /// once, however many releases share it).
+    pub async fn stored_bytes(&self) -> Result<u64> {
+        let have = self.stored_keys().await?;
+        let mut sizes = std::collections::BTreeMap::new();
+        for d in self.releases().await? {
+            for c in &d.chunks {
+                let k = chunk_key(&c.sha256);
+                if have.contains(&k) {
+                    sizes.insert(k, c.size);
+                }
+            }
+        }
+        Ok(sizes.values().map(|s| u64::from(*s)).sum())
+    }
+
     /// Indexes of the chunks of `d` not yet stored.
     pub async fn missing(&self, d: &Descriptor) -> Result<Vec<usize>> {
         let have = self.stored_keys().await?;

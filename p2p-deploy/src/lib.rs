@@ -128,8 +128,10 @@
 pub mod agent;
 pub mod chunks;
 pub mod controller;
+pub mod events;
 pub mod install;
 pub mod membership;
+pub mod metrics;
 pub mod package;
 mod pool;
 pub mod proto;

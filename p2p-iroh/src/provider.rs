@@ -112,6 +112,16 @@ struct Core {
     key: iroh::SecretKey,
     /// Its own relays (`Connectivity::CustomRelays`), parsed.
     relays: Option<Vec<RelayUrl>>,
+    /// Hole punches tried and succeeded ([`Provider::stats`]).
+    punches: Arc<Punches>,
+}
+
+/// Connections that began relayed (iroh then tries to punch a direct
+/// path), and those of them that became direct.
+#[derive(Debug, Default)]
+struct Punches {
+    tried: std::sync::atomic::AtomicU64,
+    succeeded: std::sync::atomic::AtomicU64,
 }
 
 impl Core {
@@ -131,7 +141,7 @@ impl Core {
         let peer = crate::addr::peer_id(&conn.remote_id()).short();
         let events = conn.path_events();
         let now = crate::conn::selected_path(&conn);
-        tokio::spawn(log_paths(peer, now, events));
+        tokio::spawn(log_paths(peer, now, events, self.punches.clone()));
         let c = IrohConnection::new(conn);
         let refused = lock(&self.registry).track(c.inner(), c.reason_slot());
         match refused {
@@ -242,6 +252,7 @@ impl IrohProvider {
             dial_transport: config.quic_transport_config()?,
             key: secret_key(key),
             relays: relay_urls(&config.connectivity),
+            punches: Arc::default(),
             relay_health: Mutex::new(match config.connectivity {
                 Connectivity::LocalOnly => crate::relay::RelayHealth::Off,
                 _ => crate::relay::RelayHealth::Connecting,
@@ -538,15 +549,38 @@ async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> 
 
 /// Logs the path changes of `conn` until it closes: the first path chosen
 /// at debug level, every change after it (a relayed connection that hole
-/// punching made direct, a direct one that fell back to the relay) at info.
-async fn log_paths(peer: String, now: p2p_core::PathInfo, mut events: endpoint::PathEventStream) {
+/// punching made direct, a direct one that fell back to the relay) at info;
+/// and counts the hole punches: a connection whose first path is relayed
+/// is one tried, and one succeeded when it first becomes direct.
+async fn log_paths(
+    peer: String,
+    now: p2p_core::PathInfo,
+    mut events: endpoint::PathEventStream,
+    punches: Arc<Punches>,
+) {
     use futures::StreamExt;
+    use std::sync::atomic::Ordering::Relaxed;
     let mut last: Option<p2p_core::PathKind> = None;
+    // None: no path seen yet; Some(true): began relayed, not yet direct.
+    let mut punching: Option<bool> = None;
+    let mut count = |kind: p2p_core::PathKind| match (punching, kind) {
+        (None, p2p_core::PathKind::Relayed) => {
+            punches.tried.fetch_add(1, Relaxed);
+            punching = Some(true);
+        }
+        (None, p2p_core::PathKind::Direct) => punching = Some(false),
+        (Some(true), p2p_core::PathKind::Direct) => {
+            punches.succeeded.fetch_add(1, Relaxed);
+            punching = Some(false);
+        }
+        _ => {}
+    };
     // The path chosen during the handshake, read after subscribing, so
     // that no choice goes unlogged.
     if now.kind != p2p_core::PathKind::Unknown {
         let remote = now.remote.unwrap_or_default();
         tracing::debug!(%peer, path = %now.kind, %remote, "path selected");
+        count(now.kind);
         last = Some(now.kind);
     }
     while let Some(ev) = events.next().await {
@@ -558,6 +592,7 @@ async fn log_paths(peer: String, now: p2p_core::PathInfo, mut events: endpoint::
         if last == Some(kind) {
             continue;
         }
+        count(kind);
         match last {
             None => tracing::debug!(%peer, path = %kind, %remote, "path selected"),
             Some(was) => tracing::info!(%peer, path = %kind, was = %was, %remote, "path changed"),
@@ -837,6 +872,15 @@ impl Provider for IrohProvider {
 
     fn discovered(&self) -> Discovered {
         self.inner.book.subscribe()
+    }
+
+    fn stats(&self) -> p2p_core::TransportStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = &self.inner.core.punches;
+        p2p_core::TransportStats {
+            hole_punches_tried: p.tried.load(Relaxed),
+            hole_punches_succeeded: p.succeeded.load(Relaxed),
+        }
     }
 
     async fn close(&self, reason: &str) {

@@ -34,9 +34,29 @@ struct ConnPath {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PathBook {
     inner: Arc<Mutex<BTreeMap<libp2p::PeerId, BTreeMap<ConnectionId, ConnPath>>>>,
+    /// DCUtR attempts and successes, for [`p2p_core::Provider::stats`].
+    punches: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl PathBook {
+    /// Counts a hole punch (DCUtR) that ended, succeeded or not.
+    pub(crate) fn punched(&self, succeeded: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.punches[0].fetch_add(1, Relaxed);
+        if succeeded {
+            self.punches[1].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Hole punches tried and succeeded.
+    pub(crate) fn stats(&self) -> p2p_core::TransportStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        p2p_core::TransportStats {
+            hole_punches_tried: self.punches[0].load(Relaxed),
+            hole_punches_succeeded: self.punches[1].load(Relaxed),
+        }
+    }
+
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, BTreeMap<libp2p::PeerId, BTreeMap<ConnectionId, ConnPath>>> {

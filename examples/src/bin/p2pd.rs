@@ -194,6 +194,13 @@ struct Overrides {
     /// libp2p: serve as a circuit relay for other nodes.
     #[arg(long, env = "P2PD_SERVE_RELAY")]
     serve_relay: Option<bool>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (such as
+    /// 127.0.0.1:9464).
+    #[arg(long, env = "P2PD_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Events kept in the node's event log.
+    #[arg(long, env = "P2PD_EVENTS_KEPT")]
+    events_kept: Option<usize>,
 }
 
 impl Overrides {
@@ -267,6 +274,12 @@ impl Overrides {
         }
         if let Some(s) = self.serve_relay {
             cfg.serve_relay = s;
+        }
+        if let Some(a) = self.metrics_addr {
+            cfg.metrics_addr = Some(a);
+        }
+        if let Some(n) = self.events_kept {
+            cfg.events_kept = n;
         }
         cfg.check()
     }
@@ -459,7 +472,27 @@ async fn run(dir: &Path, config: &Path, overrides: Overrides) -> Result<()> {
     let mut cfg = DaemonConfig::load(config)?;
     overrides.apply(&mut cfg)?;
     init_logs(cfg.log_format);
+    // Bound before the node starts: a bad address stops p2pd before any
+    // app is started.
+    let metrics = match cfg.metrics_addr {
+        Some(a) => Some(p2p_examples::metrics::MetricsListener::bind(a).await?),
+        None => None,
+    };
     let mut node = RunningNode::start(dir, &cfg).await?;
+    let _metrics = match metrics {
+        Some(listener) => {
+            let server = listener.serve(node.registry())?;
+            if !server.addr().ip().is_loopback() {
+                tracing::warn!(
+                    address = %server.addr(),
+                    "metrics are served beyond this host: keep the address on a monitoring network"
+                );
+            }
+            tracing::info!(address = %server.addr(), "metrics at http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     let addr = node.addr();
     tracing::info!(
         id = %addr.id,

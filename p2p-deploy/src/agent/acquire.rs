@@ -51,6 +51,10 @@ impl swarm::Host for Agent {
         &self.inner.chunks
     }
 
+    fn metrics(&self) -> &crate::metrics::DeployMetrics {
+        &self.inner.metrics
+    }
+
     fn reputation(&self) -> &Reputation {
         &self.inner.swarm.reputation
     }

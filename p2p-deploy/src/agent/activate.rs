@@ -6,6 +6,7 @@
 use super::gate::{GateFailure, GateStep, HealthGate};
 use super::records::{AppRecord, Pending, list_versions, push_history};
 use super::{Agent, Events, Res, emit, not_found, rpc};
+use crate::events::EventKind;
 use crate::manifest::Manifest;
 use crate::proto::{ActivateOptions, Activation, DeployEvent, HistoryEntry, Outcome, Reply};
 
@@ -98,6 +99,7 @@ impl Agent {
         tracing::info!(app = %name, from = ?from.as_ref().map(|v| v.to_string()), to = %to, action, "activating");
 
         let started = self.start_version(&rec, to).await;
+        let gate_began = tokio::time::Instant::now();
         let verdict = match started {
             Ok(_) => {
                 emit(events, DeployEvent::Started);
@@ -108,6 +110,15 @@ impl Agent {
             }),
         };
         let now = self.inner.parts.clock.now().as_millis();
+        let gate_took = gate_began.elapsed();
+        self.inner
+            .metrics
+            .gate_seconds
+            .get_or_create(&p2p_core::metrics::label(
+                "outcome",
+                if verdict.is_ok() { "passed" } else { "failed" },
+            ))
+            .observe(gate_took.as_secs_f64());
         rec.pending = None;
         match verdict {
             Ok(()) => {
@@ -128,6 +139,13 @@ impl Agent {
                 );
                 self.save(&rec).await.map_err(rpc)?;
                 tracing::info!(app = %name, version = %to, "activated");
+                self.record(EventKind::GatePassed {
+                    app: name.clone(),
+                    version: to.clone(),
+                    action: action.to_string(),
+                    took_ms: u64::try_from(gate_took.as_millis()).unwrap_or(u64::MAX),
+                })
+                .await;
                 if let Err(e) = self
                     .collect_versions(
                         &mut rec,
@@ -154,6 +172,14 @@ impl Agent {
                     },
                 );
                 tracing::warn!(app = %name, version = %to, %reason, "activation failed; going back");
+                self.inner.metrics.rollbacks.inc();
+                self.record(EventKind::GateFailed {
+                    app: name.clone(),
+                    version: to.clone(),
+                    action: action.to_string(),
+                    reason: reason.clone(),
+                })
+                .await;
                 let _ = rt.stop(&name).await;
                 let _ = rt.remove(&name).await;
                 let mut reason = reason;
@@ -180,6 +206,13 @@ impl Agent {
                     },
                 );
                 self.save(&rec).await.map_err(rpc)?;
+                self.record(EventKind::RolledBack {
+                    app: name.clone(),
+                    from: to.clone(),
+                    to: from.clone(),
+                    reason: reason.clone(),
+                })
+                .await;
                 emit(events, DeployEvent::RolledBack { to: from.clone() });
                 Ok(Reply::Activation(Activation::RolledBack {
                     reason,

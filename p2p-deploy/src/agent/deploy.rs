@@ -12,11 +12,13 @@ use super::acquire::{Sources, no_space};
 use super::error::DeployError;
 use super::records::AppRecord;
 use super::{Agent, Events, emit};
+use crate::events::EventKind;
 use crate::package::Descriptor;
 use crate::proto::{ActivateOptions, Activation, DeployEvent, Reply, Request};
 
-/// Says how much of `t`'s release the node holds before fetching.
-fn emit_held(events: Option<&Events>, t: &crate::swarm::Transfer) {
+/// Says how much of `t`'s release the node holds before fetching, and
+/// returns it.
+fn emit_held(events: Option<&Events>, t: &crate::swarm::Transfer) -> u64 {
     let d = &t.d;
     let bytes: u64 = t
         .have()
@@ -30,6 +32,7 @@ fn emit_held(events: Option<&Events>, t: &crate::swarm::Transfer) {
             total: d.archive_size,
         },
     );
+    bytes
 }
 
 impl Agent {
@@ -197,16 +200,34 @@ impl Agent {
         }
         rec.check_not_below(&m)?;
         emit(events, DeployEvent::Verified);
+        let from = sources
+            .seed
+            .as_ref()
+            .map_or_else(|| self.inner.parts.provider.local_id(), |c| c.remote_id());
+        self.record(EventKind::DeployAccepted {
+            app: m.name.clone(),
+            version: m.version.clone(),
+            package: id,
+            from,
+        })
+        .await;
 
         if !rec.installed.contains_key(&m.version) {
             // Verification, transfer and install end at the deadline;
             // activation, once begun, runs to its end.
             let fetch_install = async {
                 let t = self.transfer(&d).await?;
-                emit_held(events, &t);
+                let held = emit_held(events, &t);
                 self.inner.chunks.add_release(&d).await?;
                 self.inner.chunks.add_signatures(&id, &counted).await?;
                 self.fetch(t, sources, events, deadline).await?;
+                self.record(EventKind::TransferDone {
+                    app: m.name.clone(),
+                    version: m.version.clone(),
+                    fetched: d.archive_size - held,
+                    held,
+                })
+                .await;
                 match self
                     .inner
                     .parts
@@ -227,6 +248,11 @@ impl Agent {
                 })??;
             rec.installed.insert(m.version.clone(), id);
             self.save(&rec).await?;
+            self.record(EventKind::Installed {
+                app: m.name.clone(),
+                version: m.version.clone(),
+            })
+            .await;
         }
         emit(events, DeployEvent::Installed);
         Ok(self

@@ -33,6 +33,16 @@ impl Agent {
                     "the agent stopped during an activation; staying on the active version"
                 );
                 let to = rec.active.clone();
+                self.record(crate::events::EventKind::RolledBack {
+                    app: name.clone(),
+                    from: p.to.clone(),
+                    to: to.clone(),
+                    reason: format!(
+                        "the agent stopped during the {} (activation interrupted)",
+                        p.action
+                    ),
+                })
+                .await;
                 push_history(
                     &mut rec,
                     HistoryEntry {

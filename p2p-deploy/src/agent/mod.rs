@@ -45,9 +45,10 @@ mod error;
 pub mod gate;
 mod inventory;
 mod lifecycle;
+mod observe;
 mod records;
 mod retention;
-mod serve;
+pub(crate) mod serve;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -105,6 +106,8 @@ pub struct AgentConfig {
     /// the other peers. Changes (deploy, switch, stop...) and chunk
     /// transfers are not counted (the transfers have upload slots).
     pub request_rate: RequestRate,
+    /// Events kept in the node's [event log](crate::events), the newest.
+    pub events_kept: usize,
 }
 
 impl AgentConfig {
@@ -121,6 +124,7 @@ impl AgentConfig {
             swarm: SwarmConfig::default(),
             keep_versions: None,
             request_rate: RequestRate::default(),
+            events_kept: crate::events::EVENTS_KEPT,
         }
     }
 }
@@ -184,7 +188,7 @@ fn not_found(what: impl Into<String>) -> RpcError {
 /// A node agent. Cheap to clone; clones share state.
 #[derive(Clone)]
 pub struct Agent {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -193,7 +197,7 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     cfg: AgentConfig,
     parts: AgentParts,
     chunks: ChunkStore,
@@ -209,12 +213,25 @@ struct Inner {
     /// Changes refused as not an operator's, logged once per peer per
     /// period (any admitted peer can send them).
     denied: p2p_core::ratelog::LogLimiter,
+    /// The counters ([`Agent::metrics`]).
+    pub(crate) metrics: crate::metrics::DeployMetrics,
+    /// The event log, opened on first use.
+    events: tokio::sync::OnceCell<crate::events::EventLog>,
+    /// Each app's (version, restarts, state) when last looked at, for the
+    /// restart and failure events.
+    apps_seen: Mutex<BTreeMap<String, (String, u32, p2p_core::AppState)>>,
+    /// An app watch is running.
+    watching: std::sync::atomic::AtomicBool,
     /// Membership, when the node takes part ([`Agent::set_membership`]).
     membership: std::sync::OnceLock<crate::membership::Membership>,
     /// Work for [`Agent::run`] to own: sessions, connections we dialed.
     background: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
     background_rx: Mutex<Option<mpsc::UnboundedReceiver<BoxFuture<'static, ()>>>>,
 }
+
+/// How often the agent looks at its apps for restarts and failures (the
+/// event log and the app metrics).
+const APP_WATCH: Duration = Duration::from_secs(2);
 
 /// Where deploy progress goes (the request stream, if the caller is still
 /// there).
@@ -242,6 +259,10 @@ impl Agent {
                 background,
                 background_rx: Mutex::new(Some(background_rx)),
                 membership: std::sync::OnceLock::new(),
+                metrics: crate::metrics::DeployMetrics::default(),
+                events: tokio::sync::OnceCell::new(),
+                apps_seen: Mutex::default(),
+                watching: std::sync::atomic::AtomicBool::new(false),
                 rates: Mutex::default(),
                 over_rate: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
                 denied: p2p_core::ratelog::LogLimiter::new(Duration::from_secs(10)),
@@ -295,6 +316,10 @@ impl Agent {
             self.publish_profile().await;
             requests.spawn(async move { m.run().await });
         }
+        self.watch_apps().await;
+        self.measure_store().await;
+        let mut look = tokio::time::interval(APP_WATCH);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -323,7 +348,12 @@ impl Agent {
                             tracing::warn!(error = %e, "reconcile failed");
                         }
                         me.publish_profile().await;
+                        me.measure_store().await;
                     });
+                }
+                _ = look.tick() => {
+                    let me = self.clone();
+                    requests.spawn(async move { me.watch_apps().await });
                 }
                 Some(work) = background.recv() => {
                     requests.spawn(work);

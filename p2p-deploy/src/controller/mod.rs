@@ -14,6 +14,7 @@
 
 mod chunk_server;
 mod config;
+mod events;
 mod logs;
 mod members;
 mod nodes;
@@ -31,10 +32,12 @@ use crate::pool::Pool;
 use crate::proto::{NodeInfo, Reply, Request, call_watched};
 use chunk_server::{Served, serve_chunks};
 pub use config::ControllerConfig;
+pub use events::{FOLLOW_SILENCE, FleetEvent, Resume};
 pub use members::Members;
 pub use nodes::NodeView;
 pub use rollout::{
-    BatchSize, FailureLimit, NodeResult, Plan, Progress, RolloutPlan, RolloutReport, SITE_PEERS,
+    BatchSize, DryRun, FailureLimit, NodeResult, Plan, PlannedNode, Progress, RolloutPlan,
+    RolloutReport, SITE_PEERS,
 };
 pub use search::{Holder, Search, SearchHit};
 

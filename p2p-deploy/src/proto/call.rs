@@ -20,6 +20,8 @@ pub struct Call {
     /// [`Frame::Alive`] only), and close `conn`.
     silence: Option<Duration>,
     conn: Option<std::sync::Arc<dyn p2p_core::Connection>>,
+    /// The protocol version both sides speak.
+    version: u16,
 }
 
 impl std::fmt::Debug for Call {
@@ -117,7 +119,14 @@ impl Call {
             deadline,
             silence: silence.filter(|_| version >= ALIVE_VERSION),
             conn: watched_conn,
+            version,
         })
+    }
+
+    /// The protocol version both sides speak (the server's answers to
+    /// newer requests depend on it).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// The stream, for a session that goes on past the request.
@@ -133,6 +142,21 @@ impl Call {
     /// The next frame without the request's deadline (a followed log).
     pub async fn next_unbounded(&mut self) -> Result<Frame> {
         self.next_until(None).await
+    }
+
+    /// The next frame, heartbeats ([`Frame::Alive`]) included, without
+    /// the request's deadline: a follower that watches for silence
+    /// itself.
+    pub async fn next_or_alive(&mut self) -> Result<Frame> {
+        match self
+            .framed
+            .recv::<Frame>()
+            .await
+            .map_err(|e| self.gone(e))?
+        {
+            Frame::Error(e) => Err(e.into_error(&self.peer, self.timeout)),
+            other => Ok(other),
+        }
     }
 
     async fn next_until(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Frame> {

@@ -116,6 +116,7 @@ pub(crate) fn unexpected(peer: &PeerId, what: &str, got: &Frame) -> Error {
         Frame::Done(_) => "a reply",
         Frame::Error(_) => "an error",
         Frame::Alive => "a heartbeat",
+        Frame::NodeEvent(_) => "an event",
     };
     Error::protocol(format!(
         "node {} sent {shown} where {what} was expected",

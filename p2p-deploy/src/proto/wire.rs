@@ -16,7 +16,7 @@ use crate::package::PackageId;
 pub const PROTOCOL: ProtocolId = ProtocolId {
     name: "p2p/deploy",
     min: 1,
-    max: 3,
+    max: 4,
 };
 
 /// The protocol version from which a server sends [`Frame::Alive`]
@@ -28,6 +28,10 @@ pub const ALIVE_VERSION: u16 = 2;
 /// a server sends that event only to them, so an older controller's
 /// deploy does not fail on a frame it cannot read.
 pub const HELD_VERSION: u16 = 3;
+
+/// The first protocol version whose servers answer [`Request::Events`]
+/// and [`Request::Plan`].
+pub const EVENTS_VERSION: u16 = 4;
 
 /// How often a server sends [`Frame::Alive`] while it works on a request
 /// (version 2 on).
@@ -230,6 +234,26 @@ pub enum Request {
         /// Other nodes receiving or holding the release (the swarm).
         peers: Vec<PeerAddr>,
     },
+    /// The node's event log after index `after` (0: from the oldest
+    /// kept), streamed as [`Frame::NodeEvent`]; with `follow`, new events
+    /// as they are recorded until the client goes away. Version
+    /// [`EVENTS_VERSION`] on.
+    Events {
+        /// Send the events after this index.
+        after: u64,
+        /// Keep sending new events.
+        follow: bool,
+    },
+    /// What a deploy of this release would do here, changing nothing
+    /// ([`Reply::Plan`]): whether it would be refused and why, what the
+    /// node holds of it already. Version [`EVENTS_VERSION`] on.
+    Plan {
+        /// The descriptor's canonical bytes.
+        #[serde(with = "serde_bytes")]
+        descriptor: Vec<u8>,
+        /// Signatures over the descriptor.
+        signatures: Vec<Signature>,
+    },
 }
 
 impl Request {
@@ -259,7 +283,9 @@ impl Request {
             | Request::FetchAny { .. }
             | Request::Swarm { .. }
             | Request::Gossip { .. }
-            | Request::Members => false,
+            | Request::Members
+            | Request::Events { .. }
+            | Request::Plan { .. } => false,
         }
     }
 
@@ -286,6 +312,8 @@ impl Request {
             Request::Gossip { .. } => "gossip",
             Request::Members => "members",
             Request::Stage { .. } => "stage",
+            Request::Events { .. } => "events",
+            Request::Plan { .. } => "plan",
         }
     }
 }
@@ -452,6 +480,29 @@ pub enum Reply {
     /// claim that it is unreachable if one was made (check them with
     /// [`crate::membership::open_entries`]).
     Members(Vec<crate::membership::MemberEntry>),
+    /// For [`Request::Plan`].
+    Plan(Box<DeployPlan>),
+}
+
+/// What a deploy of a release would do on one node ([`Request::Plan`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployPlan {
+    /// The app's active version there now, if any.
+    pub active: Option<semver::Version>,
+    /// The release is that version, active and running: nothing to do.
+    pub already_active: bool,
+    /// The version is installed there already (activation only).
+    pub installed: bool,
+    /// Bytes of the release's chunks the node holds already.
+    pub held_bytes: u64,
+    /// Bytes it would fetch.
+    pub missing_bytes: u64,
+    /// Chunks it would fetch.
+    pub missing_chunks: u32,
+    /// Why the node would refuse the deploy, if it would: not an
+    /// operator, untrusted signatures, a downgrade, a conflicting release
+    /// of the same version.
+    pub refusal: Option<RpcError>,
 }
 
 /// A release a node holds, as its catalog lists it.
@@ -535,6 +586,8 @@ pub enum Frame {
     /// Version 2 on: the server is still working on the request. Sent
     /// every [`HEARTBEAT`]; [`Call`](super::Call) reads past it.
     Alive,
+    /// An event of the node's log ([`Request::Events`]).
+    NodeEvent(crate::events::NodeEvent),
 }
 
 /// One peer's standing, as node info shows it.

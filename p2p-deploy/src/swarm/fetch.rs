@@ -281,6 +281,8 @@ pub(crate) async fn fetch<H: Host>(
                         }
                         match host.chunks().put(&t.d, i, &bytes).await {
                             Ok(()) => {
+                                host.metrics().chunks_verified.inc();
+                                host.metrics().chunk("received", is_seed, bytes.len());
                                 if !is_seed {
                                     rep.good(from);
                                 }
@@ -296,6 +298,7 @@ pub(crate) async fn fetch<H: Host>(
                             }
                             Err(ChunkError::OutOfRange { .. }) => {
                                 tracing::debug!(peer = %from.short(), index, "a chunk out of range");
+                                host.metrics().refused("out_of_range");
                                 rep.corrupt(from);
                             }
                             Err(e @ ChunkError::Corrupt { .. }) => {
@@ -304,6 +307,7 @@ pub(crate) async fn fetch<H: Host>(
                                 } else {
                                     tracing::debug!(peer = %from.short(), index, error = %e, "a bad chunk");
                                 }
+                                host.metrics().refused("corrupt");
                                 bad.record(i, from);
                                 // The seed is not asked again for it
                                 // (`bad`); its standing is left alone, so

@@ -14,6 +14,8 @@ use crate::chunks::ChunkStore;
 pub(crate) trait Host: Clone + Send + Sync + 'static {
     fn chunks(&self) -> &ChunkStore;
     fn reputation(&self) -> &Reputation;
+    /// The node's counters.
+    fn metrics(&self) -> &crate::metrics::DeployMetrics;
     fn swarm_config(&self) -> &SwarmConfig;
     /// The node's download cap, if it has one.
     fn download_limit(&self) -> Option<Arc<Throttle>>;

@@ -54,6 +54,8 @@ struct Standing {
 pub struct Reputation {
     policy: ReputationPolicy,
     peers: Mutex<BTreeMap<PeerId, Standing>>,
+    /// Bans so far.
+    bans: std::sync::atomic::AtomicU64,
 }
 
 impl Reputation {
@@ -62,6 +64,7 @@ impl Reputation {
         Reputation {
             policy,
             peers: Mutex::new(BTreeMap::new()),
+            bans: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -77,6 +80,7 @@ impl Reputation {
         if s.score <= self.policy.ban_at && s.banned_until.is_none() {
             tracing::warn!(peer = %peer.short(), score = s.score, "banning a peer");
             s.banned_until = Some(Instant::now() + self.policy.ban_for);
+            self.bans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -111,6 +115,11 @@ impl Reputation {
             }
             None => false,
         }
+    }
+
+    /// Bans so far (a peer banned twice counts twice).
+    pub fn bans(&self) -> u64 {
+        self.bans.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `peer`'s score (0 for a peer never seen).

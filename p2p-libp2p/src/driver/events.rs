@@ -186,6 +186,7 @@ impl Driver {
                 result,
             })) => match result {
                 Ok(conn) => {
+                    self.paths.punched(true);
                     let remote = self
                         .paths
                         .remote_of(&remote_peer_id, conn)
@@ -200,6 +201,7 @@ impl Driver {
                     );
                 }
                 Err(e) => {
+                    self.paths.punched(false);
                     tracing::info!(
                         peer = %short(&remote_peer_id),
                         error = %error_chain(&e),

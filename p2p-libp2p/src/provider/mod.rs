@@ -152,6 +152,10 @@ impl Provider for Libp2pProvider {
         }))
     }
 
+    fn stats(&self) -> p2p_core::TransportStats {
+        self.core.paths.stats()
+    }
+
     fn discovered(&self) -> Discovered {
         self.core.book.subscribe()
     }

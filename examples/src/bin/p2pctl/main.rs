@@ -2,7 +2,8 @@
 //! files alone: make a signing key, package a directory, sign, verify and
 //! inspect packages, make a pre-shared key. The online commands talk to
 //! the nodes (`p2pd`): `nodes`, `status`, `deploy`, `start`, `stop`,
-//! `restart`, `switch`, `rollback`, `remove`, `logs`, `search`.
+//! `restart`, `switch`, `rollback`, `remove`, `logs`, `events`, `peers`,
+//! `search`; `deploy --dry-run` shows what a deploy would do.
 //!
 //! Exit codes, one rule for every command: 0 when every node asked did
 //! it; 3 when some did and some did not (refused, failed, or did not
@@ -23,6 +24,7 @@ use p2p_deploy::trust::{read_secret_key, write_key_pair};
 use p2p_deploy::{BuildOptions, PackageFile, TrustStore, build};
 use serde::Serialize;
 
+mod observe;
 mod online;
 
 #[derive(Parser)]

@@ -368,6 +368,12 @@ pub(crate) enum Online {
         /// Leave changed nodes on the new version when the rollout halts.
         #[arg(long)]
         no_rollback: bool,
+        /// Show what the deploy would do, changing nothing: the targets
+        /// in their batches, what each would fetch, which would refuse
+        /// and why, where the rollout would halt. The exit code is the
+        /// deploy's, as foreseen.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Preheat: spread a signed package to the selected nodes' chunk
     /// stores (verified there, from this controller and from each other)
@@ -461,6 +467,26 @@ pub(crate) enum Online {
         #[command(flatten)]
         targets: Targets,
     },
+    /// The nodes' event logs, merged: deploys accepted, transfers done,
+    /// installs, health gates passed and failed, rollbacks, app restarts
+    /// and failures, refused requests. Each event has an index per node
+    /// that only grows; `--since` reads on after one.
+    Events {
+        #[command(flatten)]
+        net: Global,
+        /// Keep following: new events as they come; a node that goes
+        /// away is waited for and read on from where it was, nothing lost
+        /// or repeated.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events after index N: `N` for every node, `NODE=N` for
+        /// one (a name or id; repeat the flag). Default: every event the
+        /// nodes keep.
+        #[arg(long, value_name = "[NODE=]N")]
+        since: Vec<String>,
+        #[command(flatten)]
+        targets: Targets,
+    },
     /// The fleet as membership knows it: every node a node has heard of
     /// (asked from the first bootstrap node that answers), up or
     /// unreachable since when.
@@ -496,13 +522,14 @@ impl Online {
             | Online::Rollback { net, .. }
             | Online::Remove { net, .. }
             | Online::Logs { net, .. }
+            | Online::Events { net, .. }
             | Online::Peers { net }
             | Online::Search { net, .. } => Some(net),
         }
     }
 }
 
-fn out<T: Serialize>(s: &Settings, value: &T, text: impl FnOnce()) {
+pub(crate) fn out<T: Serialize>(s: &Settings, value: &T, text: impl FnOnce()) {
     if s.json {
         match serde_json::to_string(value) {
             Ok(line) => println!("{line}"),
@@ -516,7 +543,10 @@ fn out<T: Serialize>(s: &Settings, value: &T, text: impl FnOnce()) {
 /// Asks every known node for its info and picks the targets. Nodes that
 /// did not answer are left out (their labels are unknown); callers count
 /// them as failed.
-async fn pick(ctl: &Controller, targets: &Targets) -> Result<(Vec<NodeView>, Vec<NodeInfo>)> {
+pub(crate) async fn pick(
+    ctl: &Controller,
+    targets: &Targets,
+) -> Result<(Vec<NodeView>, Vec<NodeInfo>)> {
     // Every node membership knows of, beyond the bootstrap list; nodes
     // that do not take part in membership are reached as listed.
     if let Err(e) = ctl.members().await {
@@ -543,7 +573,7 @@ fn parse_selector(s: &str) -> std::result::Result<Selector, String> {
 
 /// A node by name, full id or id prefix. A name wins: a node named `b1`
 /// is found by `b1` even when another node's id starts with `b1`.
-fn resolve(views: &[NodeView], s: &str) -> Result<PeerId> {
+pub(crate) fn resolve(views: &[NodeView], s: &str) -> Result<PeerId> {
     let named: Vec<PeerId> = views
         .iter()
         .filter(|v| {
@@ -634,14 +664,14 @@ fn checked_release(package: &Path) -> Result<Arc<Release>> {
 /// last line (on stderr): 0 when every node did it, 3 when some did, 1
 /// when none did. A node that did not answer counts as one that did not
 /// do it.
-struct Tally {
+pub(crate) struct Tally {
     what: String,
-    done: usize,
-    failed: Vec<(String, String)>,
+    pub(crate) done: usize,
+    pub(crate) failed: Vec<(String, String)>,
 }
 
 impl Tally {
-    fn new(what: impl Into<String>) -> Self {
+    pub(crate) fn new(what: impl Into<String>) -> Self {
         Tally {
             what: what.into(),
             done: 0,
@@ -649,16 +679,16 @@ impl Tally {
         }
     }
 
-    fn done(&mut self) {
+    pub(crate) fn done(&mut self) {
         self.done += 1;
     }
 
-    fn failed(&mut self, node: impl Into<String>, why: impl Into<String>) {
+    pub(crate) fn failed(&mut self, node: impl Into<String>, why: impl Into<String>) {
         self.failed.push((node.into(), why.into()));
     }
 
     /// The nodes of `views` that did not answer.
-    fn unanswered(&mut self, views: &[NodeView]) {
+    pub(crate) fn unanswered(&mut self, views: &[NodeView]) {
         for v in NodeView::unanswered(views) {
             if let Err(e) = &v.info {
                 self.failed(v.addr.id.short(), format!("did not answer: {e}"));
@@ -668,7 +698,7 @@ impl Tally {
 
     /// The exit code, after the last line when something failed, or
     /// always with `always`.
-    fn finish(self, always: bool) -> ExitCode {
+    pub(crate) fn finish(self, always: bool) -> ExitCode {
         let total = self.done + self.failed.len();
         let list = || {
             self.failed
@@ -800,6 +830,7 @@ async fn run_with(
             canary,
             max_failures,
             no_rollback,
+            dry_run,
             ..
         } => {
             // Checked in `run`, before any node was contacted.
@@ -818,6 +849,9 @@ async fn run_with(
                 options: ActivateOptions::default(),
                 stage: false,
             };
+            if dry_run {
+                return crate::observe::dry_run(s, ctl, release, &targets, &rollout).await;
+            }
             roll_out(s, ctl, release, &targets, &rollout).await
         }
         Online::Stage {
@@ -927,6 +961,12 @@ async fn run_with(
             }
             Ok(tally.finish(false))
         }
+        Online::Events {
+            follow,
+            since,
+            targets,
+            ..
+        } => crate::observe::events(s, ctl, &targets, &since, follow).await,
         Online::Peers { .. } => {
             let found = ctl.members().await?;
             for (addr, e) in &found.unanswered {

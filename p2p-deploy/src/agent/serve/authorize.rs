@@ -33,3 +33,22 @@ pub(crate) fn authorize(
         _ => Ok(()),
     }
 }
+
+/// Whether `from` may deploy to the node, for a deploy's plan (which
+/// anyone may ask for): the refusal a deploy would get.
+pub(crate) fn authorize_plan(
+    from: PeerId,
+    operators: Option<&BTreeSet<PeerId>>,
+    local: PeerId,
+) -> Result<(), RpcError> {
+    match operators {
+        Some(ops) if !ops.contains(&from) && from != local => Err(RpcError::new(
+            ErrorKind::Denied,
+            format!(
+                "deploy refused: peer {} is not an operator of this node",
+                from.short()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}

@@ -4,7 +4,7 @@
 //! slots](slots), progress and heartbeats streamed back while a change
 //! runs.
 
-mod authorize;
+pub(super) mod authorize;
 pub(super) mod rate;
 pub(super) mod slots;
 
@@ -48,7 +48,24 @@ impl Agent {
         let kind = request.kind();
         let mutating = request.is_mutating();
         let address = conn.as_ref().and_then(|c| c.path().remote);
+        let is_deploy = matches!(request, Request::Deploy { .. } | Request::DeployRef { .. });
         let result = self.dispatch(from, request, conn, events, timeout).await;
+        if is_deploy {
+            use crate::proto::Activation;
+            self.inner.metrics.deploy(match &result {
+                Ok(Reply::Activation(Activation::Activated { .. })) => "activated",
+                Ok(Reply::Activation(Activation::AlreadyActive { .. })) => "already_active",
+                Ok(Reply::Activation(Activation::RolledBack { .. })) => "rolled_back",
+                Ok(_) => "activated",
+                Err(e) => match e.kind {
+                    ErrorKind::Denied
+                    | ErrorKind::BadSignature
+                    | ErrorKind::Downgrade
+                    | ErrorKind::Invalid => "refused",
+                    _ => "failed",
+                },
+            });
+        }
         if mutating && self.inner.membership.get().is_some() {
             // The record lists the releases held: publish a change now,
             // not at the next reconcile.
@@ -77,6 +94,15 @@ impl Agent {
                     "{kind} refused or failed: {e}{}",
                     p2p_core::ratelog::held_back(held)
                 );
+                // The event log is rate-limited as the log is: a peer
+                // that is no operator cannot flood it.
+                self.record(crate::events::EventKind::Refused {
+                    request: kind.to_string(),
+                    peer: from,
+                    error: e.kind.name().to_string(),
+                    reason: e.message.clone(),
+                })
+                .await;
             }
         }
         result
@@ -148,7 +174,12 @@ impl Agent {
                 Some(m) => Ok(Reply::Members(m.entries())),
                 None => Err(not_found("membership: this node does not take part")),
             },
+            Request::Plan {
+                descriptor,
+                signatures,
+            } => self.plan(from, &descriptor, &signatures).await,
             Request::Logs { .. }
+            | Request::Events { .. }
             | Request::FetchChunks { .. }
             | Request::Swarm { .. }
             | Request::FetchAny { .. }
@@ -201,6 +232,9 @@ impl Agent {
         tracing::debug!(peer = %peer.short(), request = kind, "request");
         let end = match env.request {
             Request::Logs { app, selection } => self.serve_logs(&mut framed, &app, selection).await,
+            Request::Events { after, follow } => {
+                self.serve_events(&mut framed, after, follow).await
+            }
             Request::FetchChunks { package, indexes } => {
                 let deadline = tokio::time::Instant::now() + timeout;
                 // A slot per request, or "busy" at once: the client asks
@@ -341,6 +375,7 @@ impl Agent {
         };
         let chunks = &self.inner.chunks;
         let (d, cap) = (&d, self.inner.swarm.upload.as_deref());
+        let metrics = &self.inner.metrics;
         send_chunks(framed, package, indexes, |i| async move {
             // Under an upload cap, a chunk whose turn would come after the
             // request's deadline is refused as busy at once (the client
@@ -359,7 +394,11 @@ impl Agent {
                     }
                 }
             }
-            chunks.get(d, i as usize).await
+            let chunk = chunks.get(d, i as usize).await;
+            if let Ok(Some(bytes)) = &chunk {
+                metrics.chunk("sent", false, bytes.len());
+            }
+            chunk
         })
         .await
     }

@@ -2,6 +2,7 @@
 //! limits, halting, and the rollback of the nodes a halted rollout had
 //! changed.
 
+mod dry_run;
 mod plan;
 mod report;
 
@@ -18,6 +19,7 @@ use crate::package::Release;
 use crate::proto::{
     ActivateOptions, Activation, Call, DeployEvent, Frame, NodeInfo, Reply, Request,
 };
+pub use dry_run::{DryRun, PlannedNode};
 pub use plan::{BatchSize, FailureLimit, Plan, RolloutPlan};
 use plan::{batches, sent_whole};
 pub use report::{NodeResult, Progress, RolloutReport};
