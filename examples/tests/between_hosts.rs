@@ -51,7 +51,13 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
         w.node_on("n2", backend, listen),
     );
     let args = |labels: &'static str| vec!["--label", labels, "--psk-file", psk.to_str().unwrap()];
-    let n1 = Daemon::start_in(&s.lab, &s.n1, &d1, &args("role=web,zone=a"));
+    // n1 serves its metrics to the monitoring network (here, the LAN).
+    let n1_args = [
+        &args("role=web,zone=a")[..],
+        &["--metrics-addr", "0.0.0.0:9464"],
+    ]
+    .concat();
+    let mut n1 = Daemon::start_in(&s.lab, &s.n1, &d1, &n1_args);
     let mut n2 = Daemon::start_in(&s.lab, &s.n2, &d2, &args("role=web,zone=b"));
 
     // What `p2pd id` prints is pasted as it is: every address of the host
@@ -101,8 +107,141 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
 
     let v1 = w.package("1.0.0", "\"--name\", \"v1\"");
     let v2 = w.package("2.0.0", "\"--name\", \"v2\"");
+    // The plan first: two batches, every byte to move, nothing changed.
+    let plan = json_lines(&ok(&[
+        "deploy",
+        &v1,
+        "--dry-run",
+        "--json",
+        "--plan",
+        "rolling",
+        "--batch",
+        "1",
+    ]));
+    assert_eq!(plan.len(), 3, "{plan:?}");
+    for (i, row) in plan[..2].iter().enumerate() {
+        assert_eq!(row["batch"], i as u64 + 1, "{row}");
+        assert!(row["refusal"].is_null() && row["active"].is_null(), "{row}");
+        assert!(row["missing_bytes"].as_u64().unwrap() > 100_000, "{row}");
+    }
+    assert!(
+        plan[2]["dry_run"]["halts_after_batch"].is_null(),
+        "{plan:?}"
+    );
+    let st = json_lines(&ok(&["status", "--json"]));
+    assert!(
+        st.iter().all(|n| n["app"].is_null()),
+        "a dry run installed: {st:?}"
+    );
     let o = ctl(&["deploy", &v1, "--plan", "rolling", "--batch", "1"]);
     assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(active(), pair("1.0.0", "1.0.0"));
+    let plan = json_lines(&ok(&["deploy", &v1, "--dry-run", "--json"]));
+    assert!(
+        plan[..2]
+            .iter()
+            .all(|r| r["already_active"] == true && r["missing_bytes"] == 0),
+        "{plan:?}"
+    );
+
+    // The events of both logs, merged; n1's metrics, scraped from the
+    // controller's host, pass promtool.
+    let events = json_lines(&ok(&["events", "--json"]));
+    for node in ["n1", "n2"] {
+        let mine: Vec<_> = events.iter().filter(|e| e["name"] == node).collect();
+        let types: Vec<&str> = mine.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "deploy_accepted",
+                "transfer_done",
+                "installed",
+                "gate_passed"
+            ],
+            "{node}: {events:?}"
+        );
+        let idx: Vec<u64> = mine.iter().map(|e| e["index"].as_u64().unwrap()).collect();
+        assert_eq!(idx, [1, 2, 3, 4], "{node}");
+    }
+    let o = ctl(&["events", "--since", "9"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("beyond this node's event log, which ends at 4"),
+        "{}",
+        text(&o)
+    );
+    if let Some(promtool) = tool_for_test(test, "promtool") {
+        let url = format!("http://10.{net}.0.1:9464/metrics");
+        let o = s
+            .lab
+            .command(&s.ctl, "python3")
+            .args([
+                "-c",
+                "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let metrics = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            metrics.contains("p2p_deploys_total{outcome=\"activated\"} 1"),
+            "{metrics}"
+        );
+        let (fine, said) = promtool_check(&promtool, &metrics);
+        assert!(fine, "{said}");
+    }
+
+    // A follower of the logs sees n1's events across a restart of n1:
+    // none lost, none twice.
+    let mut follow = w.spawn_ctl_in(
+        &s.lab,
+        &s.ctl,
+        &env,
+        &["events", "-f", "--json", "--since", "4"],
+        Stdio::piped(),
+    );
+    let follow_out = follow.stdout.take().unwrap();
+    let followed = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(follow_out)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(n1.terminate().success());
+    n1 = Daemon::start_in(&s.lab, &s.n1, &d1, &n1_args);
+    // Events on both while the follower waits for n1 to answer again.
+    ok(&["stop", "demo"]);
+    ok(&["deploy", &v2, "--nodes", "n1"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let followed = json_lines(&followed.join().unwrap().join("\n"));
+    let n1_idx: Vec<u64> = followed
+        .iter()
+        .filter(|e| e["name"] == "n1")
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(n1_idx, [5, 6, 7, 8], "n1 after its restart: {followed:?}");
+    let n1_types: Vec<&str> = followed
+        .iter()
+        .filter(|e| e["name"] == "n1")
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        n1_types,
+        [
+            "deploy_accepted",
+            "transfer_done",
+            "installed",
+            "gate_passed"
+        ],
+        "{followed:?}"
+    );
+    ok(&["start", "demo"]);
+    ok(&["rollback", "demo", "--nodes", "n1"]);
     assert_eq!(active(), pair("1.0.0", "1.0.0"));
 
     let logs = ok(&["logs", "demo", "--tail", "5"]);

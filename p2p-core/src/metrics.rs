@@ -375,6 +375,21 @@ impl Metered {
             "Connections set up (identity verified and admitted), by direction",
             counters.established.clone(),
         );
+        for reason in [
+            "timeout",
+            "unreachable",
+            "denied",
+            "closed",
+            "protocol",
+            "other",
+        ] {
+            let _ = counters.failed.get_or_create(&label("reason", reason));
+        }
+        for direction in ["in", "out"] {
+            let _ = counters
+                .established
+                .get_or_create(&label("direction", direction));
+        }
         registry.register(
             "connection_failures",
             "Outgoing connections that failed, by reason",

@@ -14,7 +14,8 @@
 //! The log keeps the newest [`EVENTS_KEPT`] events (or what
 //! [`AgentConfig::events_kept`](crate::AgentConfig::events_kept) says):
 //! asking from an index older than that is refused, naming the events
-//! that are gone, rather than answered with a silent gap.
+//! that are gone, rather than answered with a silent gap. Asking from 0
+//! means "whatever is kept".
 //!
 //! # Storage
 //!
@@ -405,8 +406,9 @@ impl EventLog {
             ));
         }
         let first = st.kept.front().map_or(st.next, |e| e.index);
-        // Events after `after` that are gone: after+1 .. first-1.
-        if after + 1 < first {
+        // Events after `after` that are gone: after+1 .. first-1. Asked
+        // from 0, the reader wants whatever is kept.
+        if after > 0 && after + 1 < first {
             return Err(RpcError::new(
                 ErrorKind::NotFound,
                 format!(
@@ -464,9 +466,11 @@ mod tests {
         assert_eq!(log.bounds(), LogBounds { first: 3, last: 5 });
         let got: Vec<u64> = log.after(2, 10).unwrap().iter().map(|e| e.index).collect();
         assert_eq!(got, [3, 4, 5]);
-        let gone = log.after(0, 10).unwrap_err();
+        let gone = log.after(1, 10).unwrap_err();
         assert_eq!(gone.kind, ErrorKind::NotFound);
-        assert!(gone.message.contains("events 1..2 are gone"), "{gone}");
+        assert!(gone.message.contains("events 2..2 are gone"), "{gone}");
+        // From 0: whatever is kept.
+        assert_eq!(log.after(0, 10).unwrap().len(), 3);
         let beyond = log.after(9, 10).unwrap_err();
         assert_eq!(beyond.kind, ErrorKind::Invalid);
         assert!(beyond.message.contains("ends at 5"), "{beyond}");

@@ -59,7 +59,7 @@ pub struct DeployMetrics {
 
 impl Default for DeployMetrics {
     fn default() -> Self {
-        DeployMetrics {
+        let m = DeployMetrics {
             chunk_bytes: Family::default(),
             chunks_verified: Counter::default(),
             chunks_refused: Family::default(),
@@ -70,7 +70,33 @@ impl Default for DeployMetrics {
             store_bytes: Gauge::default(),
             events: Family::default(),
             apps: Mutex::default(),
+        };
+        // Every known label value from the start, at zero: a dashboard
+        // or an alert finds the series before the first event.
+        for direction in ["received", "sent"] {
+            for peer in ["seed", "peer"] {
+                let _ = m.chunk_bytes.get_or_create(&vec![
+                    ("direction", direction.into()),
+                    ("peer", peer.into()),
+                ]);
+            }
         }
+        for reason in ["corrupt", "out_of_range"] {
+            let _ = m.chunks_refused.get_or_create(&label("reason", reason));
+        }
+        for outcome in [
+            "activated",
+            "already_active",
+            "rolled_back",
+            "refused",
+            "failed",
+        ] {
+            let _ = m.deploys.get_or_create(&label("outcome", outcome));
+        }
+        for outcome in ["passed", "failed"] {
+            let _ = m.gate_seconds.get_or_create(&label("outcome", outcome));
+        }
+        m
     }
 }
 

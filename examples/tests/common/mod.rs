@@ -447,3 +447,78 @@ pub fn n1_id(dir: &Path) -> String {
     let addr = std::fs::read_to_string(dir.join("p2pd.addr")).unwrap();
     addr.split('@').next().unwrap().trim().to_string()
 }
+
+/// The path of `tool` (`promtool`, `prometheus`), or `None` after saying
+/// on stderr that `test` is skipped for want of it. Under `CI=true` as
+/// root the tool must be there (`.ci/run` installs it): the test fails.
+pub fn tool_for_test(test: &str, tool: &str) -> Option<PathBuf> {
+    use std::io::Write;
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") && p2p_examples::netlab::is_root() {
+            panic!("{test}: CI runs as root and must run this test, but `{tool}` is missing");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: needs `{tool}` (Debian: apt-get install prometheus)"
+        );
+    }
+    found
+}
+
+/// A free TCP port on loopback (bound and let go: good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` from `addr` over HTTP/1.0: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+/// Runs `promtool check metrics` on `text`: its verdict and what it said.
+pub fn promtool_check(promtool: &Path, text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}

@@ -117,6 +117,13 @@ impl Agent {
             let mut seen = lock(&self.inner.apps_seen);
             let mut now = std::collections::BTreeMap::new();
             for s in &statuses {
+                // The app's restart counter exists from when it is first
+                // seen, at zero.
+                let _ = self
+                    .inner
+                    .metrics
+                    .app_restarts
+                    .get_or_create(&p2p_core::metrics::label("app", s.name.clone()));
                 let before = seen.get(&s.name).cloned();
                 let busy = self.lock(&s.name).try_lock().is_err();
                 if let Some((version, restarts, state)) = before

@@ -66,14 +66,17 @@ impl Agent {
                 },
             });
         }
-        if mutating && self.inner.membership.get().is_some() {
+        if mutating {
             // The record lists the releases held: publish a change now,
-            // not at the next reconcile.
+            // not at the next reconcile; and the store's size changed.
             let me = self.clone();
-            let _ = self
-                .inner
-                .background
-                .send(Box::pin(async move { me.publish_profile().await }));
+            let _ = self.inner.background.send(Box::pin(async move {
+                if me.inner.membership.get().is_some() {
+                    me.publish_profile().await;
+                }
+                me.measure_store().await;
+                me.watch_apps().await;
+            }));
         }
         if let Err(e) = &result {
             let address = address.as_deref().unwrap_or("unknown");
