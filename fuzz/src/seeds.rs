@@ -107,6 +107,20 @@ fn requests() -> Vec<(&'static str, Request)> {
                 peers: vec![PeerAddr::new(peer(4), ["127.0.0.1:4000"]).expect("an address")],
             },
         ),
+        (
+            "events",
+            Request::Events {
+                after: 12,
+                follow: true,
+            },
+        ),
+        (
+            "plan",
+            Request::Plan {
+                descriptor: vec![1, 2, 3],
+                signatures: Vec::new(),
+            },
+        ),
     ]
 }
 
@@ -199,6 +213,17 @@ pub fn rpc_seeds(descriptor: &[u8]) -> Vec<Seed> {
             Frame::Error(RpcError::new(ErrorKind::NotFound, "no app \"web\"")),
         ),
         ("alive", Frame::Alive),
+        (
+            "node-event",
+            Frame::NodeEvent(p2p_deploy::events::NodeEvent {
+                index: 7,
+                at_ms: 1_700_000_000_000,
+                kind: p2p_deploy::events::EventKind::Installed {
+                    app: "web".into(),
+                    version: semver::Version::new(1, 2, 0),
+                },
+            }),
+        ),
     ];
     for (name, f) in &frames {
         out.push((format!("frame-{name}"), with(&[4], &enc(f))));

@@ -99,7 +99,15 @@
 //!   stay typed ([`agent::DeployError`]) until the request is answered.
 //! - [`controller`]: discovery, [`selector`]s, rollout plans (all, rolling,
 //!   canary), failure limits with rollback on halt, progress events,
-//!   merged logs from many nodes.
+//!   merged logs from many nodes, merged event logs followed across
+//!   disconnects ([`Controller::events`]), and a rollout's dry run
+//!   ([`Controller::dry_run`]: each target's plan, nothing changed).
+//! - [`events`]: each node's bounded, persisted event log with indexes
+//!   that only grow (what was deployed, installed, passed or failed its
+//!   gate, rolled back, restarted, refused).
+//! - [`metrics`]: the agent's Prometheus metrics
+//!   ([`Agent::register_metrics`]), beside the transport's and the
+//!   process's from `p2p_core::metrics`.
 //! - [`membership`]: signed node records gossiped over the `Provider`, so
 //!   that a node joins through one bootstrap address and a controller
 //!   that knows one node reaches all ([`Controller::members`]); nodes
