@@ -221,6 +221,9 @@ impl Fleet {
                 psk.clone(),
                 "--relay".to_string(),
                 relay_addr.clone(),
+                // Each agent's own namespace: localhost is its own.
+                "--metrics-addr".to_string(),
+                "127.0.0.1:9464".to_string(),
             ];
             if backend == "iroh" {
                 args.extend(["--relay-ca".to_string(), cert.display().to_string()]);
@@ -281,6 +284,23 @@ impl Fleet {
             text(&o),
             std::fs::read_to_string(self.w.path().join("relay.log")).unwrap_or_default()
         );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Agent `i`'s metrics, scraped on its host.
+    fn metrics(&self, i: usize) -> String {
+        let o = self
+            .x
+            .lab
+            .command(&self.x.agents[i].host, "python3")
+            .args([
+                "-c",
+                "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+                "http://127.0.0.1:9464/metrics",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -374,6 +394,31 @@ fn hole_punched_sites(test: &str, tag: &str, backend: &str) {
         "no chunk crossed between the sites: {:?}",
         f.daemons.iter().map(chunk_sources).collect::<Vec<_>>()
     );
+    // The metrics say what the logs say: an agent whose connection moved
+    // from the relay to a direct path counted a hole punch that
+    // succeeded, and tried at least as many.
+    let sample = |m: &str, name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    for (i, d) in f.daemons.iter().enumerate() {
+        let m = f.metrics(i);
+        let (tried, succeeded) = (
+            sample(&m, "p2p_hole_punches_tried_total"),
+            sample(&m, "p2p_hole_punches_succeeded_total"),
+        );
+        assert!(
+            tried >= succeeded,
+            "agent {i}: {tried} tried, {succeeded} succeeded"
+        );
+        if !paths(d, "direct", false).is_empty() {
+            assert!(
+                succeeded >= 1.0,
+                "agent {i} went direct, yet counted no punch:\n{m}"
+            );
+        }
+    }
     // b2 has no direct path to anything outside its site.
     let mut b2_direct = paths(&f.daemons[3], "direct", false);
     b2_direct.extend(paths(&f.daemons[3], "direct", true));

@@ -550,8 +550,8 @@ async fn build_endpoint(key: &NodeKey, config: &IrohConfig) -> Result<Endpoint> 
 /// Logs the path changes of `conn` until it closes: the first path chosen
 /// at debug level, every change after it (a relayed connection that hole
 /// punching made direct, a direct one that fell back to the relay) at info;
-/// and counts the hole punches: a connection whose first path is relayed
-/// is one tried, and one succeeded when it first becomes direct.
+/// and counts the hole punches: a move onto the relay is one tried, a move
+/// from the relay to a direct path one succeeded.
 async fn log_paths(
     peer: String,
     now: p2p_core::PathInfo,
@@ -561,17 +561,15 @@ async fn log_paths(
     use futures::StreamExt;
     use std::sync::atomic::Ordering::Relaxed;
     let mut last: Option<p2p_core::PathKind> = None;
-    // None: no path seen yet; Some(true): began relayed, not yet direct.
-    let mut punching: Option<bool> = None;
-    let mut count = |kind: p2p_core::PathKind| match (punching, kind) {
-        (None, p2p_core::PathKind::Relayed) => {
-            punches.tried.fetch_add(1, Relaxed);
-            punching = Some(true);
-        }
-        (None, p2p_core::PathKind::Direct) => punching = Some(false),
-        (Some(true), p2p_core::PathKind::Direct) => {
+    // Each time the connection goes onto the relay (at first, or falling
+    // back), iroh sets out to punch a direct path: one tried; each move
+    // from the relay to a direct path: one succeeded.
+    let count = |was: Option<p2p_core::PathKind>, kind: p2p_core::PathKind| match (was, kind) {
+        (Some(p2p_core::PathKind::Relayed), p2p_core::PathKind::Direct) => {
             punches.succeeded.fetch_add(1, Relaxed);
-            punching = Some(false);
+        }
+        (w, p2p_core::PathKind::Relayed) if w != Some(p2p_core::PathKind::Relayed) => {
+            punches.tried.fetch_add(1, Relaxed);
         }
         _ => {}
     };
@@ -580,7 +578,7 @@ async fn log_paths(
     if now.kind != p2p_core::PathKind::Unknown {
         let remote = now.remote.unwrap_or_default();
         tracing::debug!(%peer, path = %now.kind, %remote, "path selected");
-        count(now.kind);
+        count(None, now.kind);
         last = Some(now.kind);
     }
     while let Some(ev) = events.next().await {
@@ -592,7 +590,7 @@ async fn log_paths(
         if last == Some(kind) {
             continue;
         }
-        count(kind);
+        count(last, kind);
         match last {
             None => tracing::debug!(%peer, path = %kind, %remote, "path selected"),
             Some(was) => tracing::info!(%peer, path = %kind, was = %was, %remote, "path changed"),
