@@ -246,7 +246,8 @@ async fn a_deploy_and_a_failed_gate_are_in_every_log_and_in_the_metrics() {
         "{failed:?}"
     );
 
-    // The agent's metrics.
+    // The agent's metrics (the app states are read every 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let reg = lab.registries.lock().unwrap()["n1"].clone();
     let m = |name: &str| sample(&reg, name).unwrap_or_else(|| panic!("{name}:\n{}", encode(&reg)));
     assert_eq!(m("p2p_deploys_total{outcome=\"activated\"}"), 1.0);
@@ -523,5 +524,88 @@ async fn a_dry_run_shows_batches_bytes_and_refusals_and_changes_nothing() {
     assert!(
         n3.plan.as_ref().unwrap_err().contains("did not answer"),
         "{n3:?}"
+    );
+}
+
+/// A node of protocol version 3 (before event logs and plans): it answers
+/// the hello, and every request with an error, as an older agent answers
+/// a request it cannot decode.
+fn spawn_old_node(net: &SimNet) -> NodeInfo {
+    use p2p_core::framing::{Framed, ProtocolId};
+    use p2p_deploy::proto::{Frame, MAX_FRAME, RpcError};
+    let p = net.add_node("old").unwrap();
+    let addr = p.local_addr();
+    tokio::spawn(async move {
+        let mut listener = p.listen().await.unwrap();
+        while let Ok(conn) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let mut framed = Framed::with_max(send, recv, MAX_FRAME);
+                        let old = ProtocolId {
+                            max: 3,
+                            ..p2p_deploy::proto::PROTOCOL
+                        };
+                        if framed.hello(&old).await.is_err() {
+                            return;
+                        }
+                        let _ = framed.recv_opt::<serde_bytes::ByteBuf>().await;
+                        let e = RpcError::new(ErrorKind::Invalid, "cannot decode the request");
+                        let _ = framed.send(&Frame::Error(e)).await;
+                    });
+                }
+            });
+        }
+    });
+    NodeInfo {
+        id: addr.id,
+        name: "old".into(),
+        labels: BTreeMap::new(),
+        addr,
+        sdk_version: "0.0.9".into(),
+        apps: Vec::new(),
+        peers: Vec::new(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_older_node_is_named_as_one_without_events_or_plans() {
+    let (lab, _) = lab(5, 1, 0, 1000).await;
+    let old = spawn_old_node(&lab.net);
+    let nodes = vec![lab.targets[0].clone(), old];
+    let mut failed = Vec::new();
+    let mut s = lab.ctl.events(&nodes, &Resume::default(), true);
+    // The new node has nothing to say yet; the old one is named at once.
+    if let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+        failed.push(item);
+    }
+    match &failed[..] {
+        [FleetEvent::Failed { name, error, .. }] => {
+            assert_eq!(name, "old");
+            assert!(
+                error.contains("older p2pd (protocol version 3) that keeps no event log"),
+                "{error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(s);
+    let v1 = release("1.0.0", 100_000).await;
+    let run = lab.ctl.dry_run(v1, &nodes, &RolloutPlan::default()).await;
+    let old = run.batches[0].iter().find(|n| n.name == "old").unwrap();
+    assert!(
+        old.plan
+            .as_ref()
+            .unwrap_err()
+            .contains("cannot plan a deploy"),
+        "{old:?}"
+    );
+    assert!(
+        run.batches[0]
+            .iter()
+            .find(|n| n.name == "n0")
+            .unwrap()
+            .plan
+            .is_ok()
     );
 }
