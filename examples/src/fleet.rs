@@ -53,6 +53,9 @@ pub struct Summary {
     pub active: BTreeMap<String, Option<String>>,
     /// Log lines printed from the nodes.
     pub log_lines: usize,
+    /// `rolled_back` events in the event log of a node that rolled v2
+    /// back.
+    pub rollback_events: usize,
     /// The simulated network's trace hash (simulator only): the same
     /// seed gives the same hash.
     pub trace_hash: Option<String>,
@@ -96,6 +99,9 @@ impl Summary {
         }
         if self.log_lines == 0 {
             bail!("no log line came back");
+        }
+        if self.rollback_events == 0 {
+            bail!("the event log of a node that rolled v2 back does not say so");
         }
         Ok(())
     }
@@ -327,12 +333,48 @@ async fn story(
             Err(e) => println!("(logs: {e})"),
         }
     }
+    // What happened on a node that took v2, as its event log says
+    // (`p2pctl events`).
+    let mut rollback_events = 0;
+    let rolled = v2_report
+        .nodes
+        .iter()
+        .find(|(_, r)| matches!(r, NodeResult::RolledBack { .. }))
+        .and_then(|(id, _)| infos.iter().find(|n| n.id == *id));
+    if let Some(node) = rolled {
+        heading(&format!(
+            "the event log of {} (p2pctl events)",
+            node.label()
+        ));
+        let mut events = ctl.events(
+            std::slice::from_ref(node),
+            &p2p_deploy::controller::Resume::default(),
+            false,
+        );
+        while let Some(item) = events.next().await {
+            match item {
+                p2p_deploy::controller::FleetEvent::Event { event, .. } => {
+                    if event.kind.name() == "rolled_back" {
+                        rollback_events += 1;
+                    }
+                    println!(
+                        "#{:<3} {:<15} {}",
+                        event.index,
+                        event.kind.name(),
+                        event.kind
+                    );
+                }
+                other => println!("({other:?})"),
+            }
+        }
+    }
     Ok(Summary {
         nodes,
         v1: v1_report,
         v2: v2_report,
         active,
         log_lines,
+        rollback_events,
         trace_hash: None,
     })
 }
