@@ -172,18 +172,7 @@ fn story(test: &str, tag: &str, net: u8, backend: &str) {
     );
     if let Some(promtool) = tool_for_test(test, "promtool") {
         let url = format!("http://10.{net}.0.1:9464/metrics");
-        let o = s
-            .lab
-            .command(&s.ctl, "python3")
-            .args([
-                "-c",
-                "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
-                &url,
-            ])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        let metrics = String::from_utf8_lossy(&o.stdout).into_owned();
+        let metrics = http_get_in(&s.lab, &s.ctl, &url);
         assert!(
             metrics.contains("p2p_deploys_total{outcome=\"activated\"} 1"),
             "{metrics}"

@@ -289,19 +289,11 @@ impl Fleet {
 
     /// Agent `i`'s metrics, scraped on its host.
     fn metrics(&self, i: usize) -> String {
-        let o = self
-            .x
-            .lab
-            .command(&self.x.agents[i].host, "python3")
-            .args([
-                "-c",
-                "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
-                "http://127.0.0.1:9464/metrics",
-            ])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        http_get_in(
+            &self.x.lab,
+            &self.x.agents[i].host,
+            "http://127.0.0.1:9464/metrics",
+        )
     }
 
     fn short(&self, i: usize) -> String {

@@ -522,3 +522,19 @@ pub fn promtool_check(promtool: &Path, text: &str) -> (bool, String) {
         ),
     )
 }
+
+/// `GET url` from inside `host`'s namespace (with the python3 every CI
+/// machine has): the body. Panics when the request fails.
+pub fn http_get_in(lab: &Lab, host: &Host, url: &str) -> String {
+    let o = lab
+        .command(host, "python3")
+        .args([
+            "-c",
+            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "GET {url}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
