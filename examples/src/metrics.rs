@@ -30,6 +30,9 @@ const MAX_SCRAPES: usize = 16;
 /// A client has this long to send its request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest a connection is served, whatever the client does.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The running endpoint; dropping it stops serving.
 pub struct MetricsServer {
     addr: SocketAddr,
@@ -97,8 +100,11 @@ async fn serve(listener: TcpListener, registry: Arc<Registry>) {
                 continue;
             }
         };
-        let Ok(turn) = turns.clone().acquire_owned().await else {
-            return;
+        // Full: the connection is dropped at once (a scraper retries at
+        // its next interval), never queued behind clients that stall.
+        let Ok(turn) = turns.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: too many connections; dropped one");
+            continue;
         };
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -107,13 +113,17 @@ async fn serve(listener: TcpListener, registry: Arc<Registry>) {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &registry)) }
             });
+            // One request per connection: a client cannot hold a slot by
+            // pipelining requests whose answers it never reads.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "metrics: connection ended");
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics: connection ended"),
+                Err(_) => tracing::debug!(%peer, "metrics: connection timed out"),
+                Ok(Ok(())) => {}
             }
         });
     }

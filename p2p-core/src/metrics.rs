@@ -329,7 +329,7 @@ impl Collector for PathCollector {
         for (name, help, v) in [
             (
                 "hole_punches_tried",
-                "Hole punches tried (connections that began relayed, or DCUtR attempts)",
+                "Hole punches tried (moves of a connection onto the relay, or DCUtR attempts)",
                 stats.hole_punches_tried,
             ),
             (

@@ -155,8 +155,9 @@ pub trait Provider: Send + Sync + 'static {
 /// [`metrics`](crate::metrics) at every scrape.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {
-    /// Hole punches tried: connections that began relayed and set out to
-    /// find a direct path (iroh), or DCUtR attempts (libp2p).
+    /// Hole punches tried: each move of a connection onto a relay, from
+    /// where it sets out to find a direct path (iroh), or DCUtR attempts
+    /// (libp2p).
     pub hole_punches_tried: u64,
     /// Of those, how many ended on a direct path.
     pub hole_punches_succeeded: u64,

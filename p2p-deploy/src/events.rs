@@ -20,8 +20,17 @@
 //! # Storage
 //!
 //! One key per event, `agent/events/<index, 20 digits>`, postcard; the
-//! oldest are deleted as new ones come. An event that cannot be read back
-//! (a damaged file) is skipped with a warning, and its index is not reused.
+//! oldest are deleted as new ones come. An event is shown to readers only
+//! once it is stored; one that cannot be stored (a full disk) is logged
+//! and dropped. An event that cannot be read back (a damaged file) is
+//! skipped with a warning, and its index is not reused.
+//!
+//! # Compatibility
+//!
+//! Events travel as postcard, which cannot skip a variant it does not
+//! know: a new [`EventKind`] must only be sent to clients of a protocol
+//! version that knows it (as [`crate::proto::HELD_VERSION`] does for
+//! deploy progress).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -340,10 +349,11 @@ impl EventLog {
         })
     }
 
-    /// Records an event: kept in storage, then shown to readers. A
-    /// storage failure is logged; the event is still shown to readers
-    /// (it is lost at the next restart).
-    pub async fn record(&self, kind: EventKind) -> u64 {
+    /// Records an event: kept in storage, then shown to readers, and
+    /// returns its index. An event that cannot be kept (a full disk) is
+    /// logged and dropped, and its index is given to the next event: a
+    /// reader never sees an index that a restart would hand out again.
+    pub async fn record(&self, kind: EventKind) -> Option<u64> {
         let _w = self.inner.write.lock().await;
         let index = lock(&self.inner.state).next;
         let event = NodeEvent {
@@ -351,13 +361,13 @@ impl EventLog {
             at_ms: self.inner.clock.now().as_millis(),
             kind,
         };
-        match postcard::to_stdvec(&event) {
-            Ok(bytes) => {
-                if let Err(e) = self.inner.storage.put(&key(index), &bytes).await {
-                    tracing::warn!(index, error = %e, "cannot keep an event");
-                }
-            }
-            Err(e) => tracing::warn!(index, error = %e, "cannot encode an event"),
+        let kept = match postcard::to_stdvec(&event) {
+            Ok(bytes) => self.inner.storage.put(&key(index), &bytes).await,
+            Err(e) => Err(p2p_core::Error::invalid("event", e.to_string())),
+        };
+        if let Err(e) = kept {
+            tracing::warn!(index, event = %event.kind, error = %e, "cannot keep an event; it is dropped");
+            return None;
         }
         let dropped = {
             let mut st = lock(&self.inner.state);
@@ -375,7 +385,7 @@ impl EventLog {
             let _ = self.inner.storage.delete(&key(old)).await;
         }
         self.inner.newest.send_replace(index);
-        index
+        Some(index)
     }
 
     /// The oldest and newest index.
@@ -460,7 +470,7 @@ mod tests {
         assert_eq!(log.bounds(), LogBounds { first: 1, last: 0 });
         assert!(log.after(0, 10).unwrap().is_empty());
         for i in 1..=5 {
-            assert_eq!(log.record(kind(i)).await, i);
+            assert_eq!(log.record(kind(i)).await, Some(i));
         }
         // Kept: 3, 4, 5.
         assert_eq!(log.bounds(), LogBounds { first: 3, last: 5 });
@@ -483,7 +493,7 @@ mod tests {
             .unwrap();
         assert_eq!(log.bounds(), LogBounds { first: 3, last: 5 });
         assert_eq!(log.after(4, 10).unwrap()[0].kind, kind(5));
-        assert_eq!(log.record(kind(6)).await, 6);
+        assert_eq!(log.record(kind(6)).await, Some(6));
         // Reopened with a smaller bound: the oldest go.
         let log = EventLog::open(storage.clone(), Arc::new(SystemClock), 2)
             .await
@@ -507,7 +517,7 @@ mod tests {
             .unwrap();
         let got: Vec<u64> = log.after(0, 10).unwrap().iter().map(|e| e.index).collect();
         assert_eq!(got, [1, 3]);
-        assert_eq!(log.record(kind(4)).await, 4);
+        assert_eq!(log.record(kind(4)).await, Some(4));
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 //! | `peer_bans_total` | counter | | bans so far |
 //! | `deploys_total` | counter | `outcome` (`activated`, `already_active`, `rolled_back`, `refused`, `failed`) | deploy requests, by how they ended |
 //! | `health_gate_duration_seconds` | histogram | `outcome` (`passed`, `failed`) | how long health gates took |
-//! | `rollbacks_total` | counter | | activations that failed their gate and went back |
+//! | `rollbacks_total` | counter | | activations that failed their gate (or that a restart of the agent interrupted) and went back |
 //! | `app_restarts_total` | counter | `app` | restarts by the apps' restart policies |
 //! | `app_state` | gauge | `app`, `version`, `state` | 1 for each app's current state (`running`, `healthy`, `backing_off`, `failed`...) |
 //! | `chunk_store_bytes` | gauge | | bytes of release chunks held |
@@ -161,7 +161,7 @@ impl DeployMetrics {
         );
         registry.register(
             "rollbacks",
-            "Activations that failed their health gate and went back",
+            "Activations that failed their health gate, or that a restart interrupted, and went back",
             self.rollbacks.clone(),
         );
         registry.register(

@@ -486,6 +486,11 @@ async fn a_dry_run_shows_batches_bytes_and_refusals_and_changes_nothing() {
     // after the first batch.
     assert_eq!(run.failing(), 1);
     assert_eq!(run.halts_after, Some(0));
+    let why = run.halt_reason.as_deref().unwrap();
+    assert!(
+        why.contains("1 node(s) would fail, more than the 0 allowed: n0"),
+        "{why}"
+    );
     assert_eq!(run.bytes_to_move(), 3 * v2.descriptor.archive_size);
 
     // Nothing changed: no node holds v2, no event was recorded.

@@ -33,6 +33,7 @@ impl Agent {
                     "the agent stopped during an activation; staying on the active version"
                 );
                 let to = rec.active.clone();
+                self.inner.metrics.rollbacks.inc();
                 self.record(crate::events::EventKind::RolledBack {
                     app: name.clone(),
                     from: p.to.clone(),

@@ -111,7 +111,23 @@ impl Agent {
         if self.inner.watching.swap(true, Ordering::AcqRel) {
             return; // the last look is still going
         }
-        let statuses = self.inner.parts.runtime.list().await.unwrap_or_default();
+        // Cleared however the look ends (a task aborted at shutdown too).
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.inner.watching);
+        // A runtime that cannot list its apps now changes nothing: what
+        // was seen stays, for the next look to compare with.
+        let statuses = match self.inner.parts.runtime.list().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the apps");
+                return;
+            }
+        };
         let mut events = Vec::new();
         {
             let mut seen = lock(&self.inner.apps_seen);
@@ -165,7 +181,6 @@ impl Agent {
         for e in events {
             self.record(e).await;
         }
-        self.inner.watching.store(false, Ordering::Release);
     }
 
     /// Sets the chunk store size gauge.

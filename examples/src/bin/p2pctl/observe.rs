@@ -43,8 +43,14 @@ fn since_of(views: &[p2p_deploy::NodeView], since: &[String]) -> Result<Resume> 
     Ok(r)
 }
 
-/// The time of an event, for people (UTC).
+/// The time of an event, for people (UTC); a time a node got wrong
+/// beyond what RFC 3339 can write (year 10000 on) as milliseconds.
 fn when(at_ms: u64) -> String {
+    // 9999-12-31T23:59:59Z.
+    const LAST: u64 = 253_402_300_799_000;
+    if at_ms > LAST {
+        return format!("@{at_ms}ms");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(at_ms)).to_string()
 }
 
@@ -231,31 +237,43 @@ pub(crate) async fn dry_run(
             run.batches.len()
         );
     }
+    // Counted as the deploy would count them: after a halt, the later
+    // batches are skipped, and (unless --no-rollback) the nodes changed
+    // before it are rolled back.
+    let rolls_back = rollout.rollback_on_halt && !rollout.stage;
     for (i, batch) in run.batches.iter().enumerate() {
         if !s.json {
             println!("batch {}", i + 1);
         }
+        let skipped = run.halts_after.is_some_and(|h| i > h);
         for n in batch {
             out(s, &planned_json(i, n), || {
                 println!("{}", planned_line(width, &m.version, n))
             });
+            let name = n.name.clone();
             match &n.plan {
+                Err(e) => tally.failed(name, e.clone()),
                 Ok(p) => match &p.refusal {
-                    Some(r) => tally.failed(n.name.clone(), format!("would refuse: {}", r.message)),
+                    Some(r) => tally.failed(name, format!("would refuse: {}", r.message)),
+                    None if skipped => tally.failed(
+                        name,
+                        format!(
+                            "would be skipped: the rollout halts after batch {}",
+                            run.halts_after.map_or(0, |h| h + 1)
+                        ),
+                    ),
+                    None if run.halts_after.is_some() && rolls_back && !p.already_active => {
+                        tally.failed(name, "would be rolled back when the rollout halts")
+                    }
                     None => tally.done(),
                 },
-                Err(e) => tally.failed(n.name.clone(), e.clone()),
             }
         }
     }
-    let halt = run.halts_after.map(|b| {
-        format!(
-            "the rollout would halt after batch {}: {} node(s) would fail, {} allowed",
-            b + 1,
-            run.failing(),
-            run.failures_allowed
-        )
-    });
+    let halt = run
+        .halts_after
+        .zip(run.halt_reason.as_ref())
+        .map(|(b, why)| format!("the rollout would halt after batch {}: {why}", b + 1));
     out(
         s,
         &serde_json::json!({

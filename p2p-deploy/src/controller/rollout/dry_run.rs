@@ -46,6 +46,8 @@ pub struct DryRun {
     /// The batch (counted from 0) after which the rollout would halt,
     /// given the refusals foreseen; `None`: it would run to the end.
     pub halts_after: Option<usize>,
+    /// Why it would halt, as the rollout would say it.
+    pub halt_reason: Option<String>,
 }
 
 impl DryRun {
@@ -93,6 +95,8 @@ impl Controller {
         let limit = plan.max_failures.of(targets.len());
         let mut failures = 0;
         let mut halts_after = None;
+        let mut halt_reason = None;
+        let mut failed_names: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for (index, batch) in batches(targets, plan.plan).into_iter().enumerate() {
             let nodes: Vec<PlannedNode> = batch
@@ -106,11 +110,27 @@ impl Controller {
                 })
                 .collect();
             let failed = nodes.iter().filter(|n| n.would_fail()).count();
-            failures += failed;
-            let canary_failed =
-                matches!(plan.plan, Plan::Canary { .. }) && index == 0 && failed > 0;
-            if halts_after.is_none() && (canary_failed || failures > limit) {
-                halts_after = Some(index);
+            if halts_after.is_none() {
+                failures += failed;
+                failed_names.extend(
+                    nodes
+                        .iter()
+                        .filter(|n| n.would_fail())
+                        .map(|n| n.name.clone()),
+                );
+                let canary_failed =
+                    matches!(plan.plan, Plan::Canary { .. }) && index == 0 && failed > 0;
+                if canary_failed || failures > limit {
+                    halts_after = Some(index);
+                    let names = failed_names.join(", ");
+                    halt_reason = Some(if canary_failed {
+                        format!("{failed} canary node(s) would fail: {names}")
+                    } else {
+                        format!(
+                            "{failures} node(s) would fail, more than the {limit} allowed: {names}"
+                        )
+                    });
+                }
             }
             out.push(nodes);
         }
@@ -118,6 +138,7 @@ impl Controller {
             batches: out,
             failures_allowed: limit,
             halts_after,
+            halt_reason,
         }
     }
 
