@@ -103,15 +103,20 @@ where
             max,
         });
     }
+    // Read into the buffer's spare capacity, which is not zeroed first (a
+    // chunk frame is a quarter of a MiB).
     buf.clear();
-    buf.resize(len as usize, 0);
-    r.read_exact(buf).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::protocol(format!("stream ended inside a frame of {len} bytes"))
-        } else {
-            Error::from_stream_io("reading frame", e)
-        }
-    })?;
+    buf.reserve(len as usize);
+    let got = (&mut *r)
+        .take(u64::from(len))
+        .read_to_end(buf)
+        .await
+        .map_err(|e| Error::from_stream_io("reading frame", e))?;
+    if got < len as usize {
+        return Err(Error::protocol(format!(
+            "stream ended inside a frame of {len} bytes"
+        )));
+    }
     Ok(true)
 }
 
