@@ -283,13 +283,12 @@ async fn lying_chunk_lists_are_refused_and_leave_nothing_behind() {
     installer.install(d1, &store).await.unwrap();
 }
 
-/// A chunk damaged on disk after it was stored is never served: the store
-/// checks every chunk it hands out (to a peer, or to an install) against
-/// its hash, drops a bad one so that the node lists it as missing and
-/// fetches it again, and the install refuses the release until it is
-/// whole again.
+/// A chunk damaged on disk after it was stored is never installed: the
+/// store checks every chunk it hands to an install against its hash, drops
+/// a bad one so that the node lists it as missing and fetches it again,
+/// and the install refuses the release until it is whole again.
 #[tokio::test]
-async fn a_chunk_damaged_on_disk_is_never_served_and_is_fetched_again() {
+async fn a_chunk_damaged_on_disk_is_never_installed_and_is_fetched_again() {
     let t = tempfile::tempdir().unwrap();
     let dir = app(t.path(), "app", "1.0.0", 8);
     let pkg = package(&dir, &t.path().join("v1.p2p"));
@@ -308,16 +307,7 @@ async fn a_chunk_damaged_on_disk_is_never_served_and_is_fetched_again() {
     assert!(store.missing(&d).await.unwrap().is_empty());
     // One byte of chunk 3 flips on disk.
     let bad = 3;
-    let hex: String = d.chunks[bad]
-        .sha256
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let file = t.path().join("store/chunks").join(hex);
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&file, &bytes).unwrap();
+    let (file, bytes) = damage_chunk(&t.path().join("store"), &d, bad);
 
     let installer = DirInstaller::new(t.path().join("apps"), p2p_deploy::UnpackLimits::default());
     let e = installer.install(&d, &store).await.unwrap_err().to_string();
@@ -326,7 +316,7 @@ async fn a_chunk_damaged_on_disk_is_never_served_and_is_fetched_again() {
         !t.path().join("apps/web").exists(),
         "nothing is unpacked from a damaged release"
     );
-    // Not served, dropped from the store, and so fetched again.
+    // Dropped from the store, and so fetched again.
     assert_eq!(store.get(&d, bad).await.unwrap(), None);
     assert!(!file.exists());
     assert_eq!(store.missing(&d).await.unwrap(), vec![bad]);
@@ -341,4 +331,100 @@ async fn a_chunk_damaged_on_disk_is_never_served_and_is_fetched_again() {
         std::fs::read(at.join("lib/f03")).unwrap(),
         std::fs::read(dir.join("lib/f03")).unwrap()
     );
+}
+
+/// The file of chunk `index` of `d` in the store under `store_dir`.
+fn chunk_file(store_dir: &Path, d: &Descriptor, index: usize) -> PathBuf {
+    let hex: String = d.chunks[index]
+        .sha256
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    store_dir.join("chunks").join(hex)
+}
+
+/// Flips one byte in the middle of the stored file of chunk `index` of
+/// `d` under `store_dir`; returns the file's path and its damaged bytes.
+fn damage_chunk(store_dir: &Path, d: &Descriptor, index: usize) -> (PathBuf, Vec<u8>) {
+    let file = chunk_file(store_dir, d, index);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    (file, bytes)
+}
+
+/// Serving a chunk to a peer hashes it again only if this process has not
+/// checked it yet. A chunk damaged on disk while the node was down is
+/// caught on its first serve: not served, dropped, listed as missing. One
+/// damaged under a running node after it was checked is served, and the
+/// peer, which checks every chunk it receives, refuses it; this node's own
+/// install still refuses it, and drops it, so it is not served again.
+#[tokio::test]
+async fn a_chunk_damaged_on_disk_is_caught_when_served() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = app(t.path(), "app", "1.0.0", 8);
+    let pkg = package(&dir, &t.path().join("v1.p2p"));
+    let d = pkg.descriptor.clone();
+    let release = p2p_deploy::Release::from_package(&pkg);
+    let at = t.path().join("store");
+    let open =
+        || async { ChunkStore::new(Arc::new(p2p_core::FsStorage::open(&at).await.unwrap())) };
+    let store = open().await;
+    store.add_release(&d).await.unwrap();
+    for i in 0..d.chunks.len() {
+        store.put(&d, i, &release.chunk(i).unwrap()).await.unwrap();
+    }
+
+    // Damaged while the node was down: the restarted node has not checked
+    // it, so it hashes it on the first serve.
+    let (file, _) = damage_chunk(&at, &d, 2);
+    let restarted = open().await;
+    assert_eq!(restarted.serve(&d, 2).await.unwrap(), None);
+    assert!(!file.exists(), "a damaged chunk is dropped");
+    assert_eq!(restarted.missing(&d).await.unwrap(), vec![2]);
+    // The others are served as stored, and checked once.
+    assert_eq!(
+        restarted.serve(&d, 1).await.unwrap().unwrap(),
+        release.chunk(1).unwrap()
+    );
+    // Fetched again, it is whole again.
+    restarted
+        .put(&d, 2, &release.chunk(2).unwrap())
+        .await
+        .unwrap();
+
+    // Damaged under the running node after it stored (and hashed) it: it
+    // is served as it is now...
+    let (file, damaged) = damage_chunk(&at, &d, 5);
+    let served = store.serve(&d, 5).await.unwrap().unwrap();
+    assert_eq!(served, damaged);
+    // ...and the peer refuses it: every chunk is checked on arrival.
+    let peer = ChunkStore::new(Arc::new(MemStorage::new()));
+    peer.add_release(&d).await.unwrap();
+    let e = peer.put(&d, 5, &served).await.unwrap_err();
+    assert!(
+        matches!(e, p2p_deploy::chunks::ChunkError::Corrupt { index: 5 }),
+        "{e}"
+    );
+    assert!(peer.missing(&d).await.unwrap().contains(&5));
+    // This node's install refuses it and drops it: not served again.
+    let installer = DirInstaller::new(t.path().join("apps"), p2p_deploy::UnpackLimits::default());
+    let e = installer.install(&d, &store).await.unwrap_err().to_string();
+    assert!(e.contains("chunk 5"), "{e}");
+    assert!(
+        !t.path().join("apps/web").exists(),
+        "nothing is unpacked from a damaged release"
+    );
+    assert_eq!(store.get(&d, 5).await.unwrap(), None);
+    assert!(!file.exists());
+    assert_eq!(store.serve(&d, 5).await.unwrap(), None);
+
+    // Cut short (another length than the descriptor gives): hashed again
+    // on the serve, dropped, not served.
+    let file = chunk_file(&at, &d, 6);
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+    assert_eq!(store.serve(&d, 6).await.unwrap(), None);
+    assert!(!file.exists());
 }

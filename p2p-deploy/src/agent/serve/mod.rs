@@ -371,7 +371,7 @@ impl Agent {
         indexes: &[u32],
         deadline: tokio::time::Instant,
     ) -> Frame {
-        let d = match self.inner.chunks.release(package).await {
+        let d = match self.inner.chunks.release_to_serve(package).await {
             Ok(Some(d)) => d,
             Ok(None) => return Frame::Error(not_found(format!("release {package}"))),
             Err(e) => return Frame::Error(rpc(e)),
@@ -397,7 +397,7 @@ impl Agent {
                     }
                 }
             }
-            let chunk = chunks.get(d, i as usize).await;
+            let chunk = chunks.serve(d, i as usize).await;
             if let Ok(Some(bytes)) = &chunk {
                 metrics.chunk("sent", false, bytes.len());
             }
