@@ -39,7 +39,8 @@ const PACKAGE_VAR: &str = "P2P_BENCH_FLOOR_PACKAGE";
 /// The receiver's directory for chunks and the unpacked archive; absent:
 /// chunks are kept in memory (a node with its chunks in memory).
 const DIR_VAR: &str = "P2P_BENCH_FLOOR_DIR";
-/// The sender's peer: the receiver's address in text form.
+/// The sender's peers: the receivers' addresses in text form, separated
+/// by spaces.
 const PEER_VAR: &str = "P2P_BENCH_FLOOR_PEER";
 /// The address to bind (default `127.0.0.1:0`).
 const BIND_VAR: &str = "P2P_BENCH_FLOOR_BIND";
@@ -91,22 +92,33 @@ pub(crate) async fn chunks_from_peers(
     Ok(n)
 }
 
-/// Runs both floor processes over loopback: the sender sends every chunk
-/// of `package` once to the receiver, which writes to `dir` when given.
-pub(crate) fn measure(package: &Path, dir: Option<&Path>) -> Result<Floor, String> {
-    measure_on(package, dir, None, None)
+/// Where a floor process runs: a command prefix to start it through (for
+/// example `ip netns exec <ns>`; empty for none) and the address it binds.
+pub(crate) type Place<'a> = (&'a [&'a str], SocketAddr);
+
+/// Runs the floor processes over loopback: `receivers` receivers at once
+/// and one sender that sends every chunk of `package` to each of them, as
+/// a seed does to the nodes it serves. With `dir`, receiver `i` writes
+/// under `dir/r<i>`.
+pub(crate) fn measure(
+    package: &Path,
+    dir: Option<&Path>,
+    receivers: usize,
+) -> Result<Floor, String> {
+    measure_on(package, dir, &vec![None; receivers.max(1)], None)
 }
 
-/// As [`measure`], with each process started through `wrap` (for example
-/// `ip netns exec <ns>`) and bound to the given address.
+/// As [`measure`], with one receiver per entry of `receivers` and each
+/// process started and bound where its [`Place`] says (`None`: directly,
+/// on loopback).
 pub(crate) fn measure_on(
     package: &Path,
     dir: Option<&Path>,
-    receiver: Option<(&[&str], SocketAddr)>,
-    sender: Option<(&[&str], SocketAddr)>,
+    receivers: &[Option<Place<'_>>],
+    sender: Option<Place<'_>>,
 ) -> Result<Floor, String> {
     let exe = std::env::current_exe().map_err(|e| format!("bench-report's path: {e}"))?;
-    let command = |wrap: Option<(&[&str], SocketAddr)>| {
+    let command = |wrap: Option<Place<'_>>| {
         let mut c = match wrap {
             Some((prefix, _)) if !prefix.is_empty() => {
                 let mut c = Command::new(prefix[0]);
@@ -124,19 +136,35 @@ pub(crate) fn measure_on(
             .stderr(Stdio::inherit());
         c
     };
-    let mut recv = command(receiver);
-    recv.env(ROLE_VAR, "recv").stdin(Stdio::null());
-    if let Some(d) = dir {
-        recv.env(DIR_VAR, d);
+    // Every receiver, each printing its address first. Children still
+    // running when this returns early are killed by `Running`'s drop.
+    let mut running = Running(Vec::new());
+    let mut outs = Vec::new();
+    let mut addrs = Vec::new();
+    for (i, place) in receivers.iter().enumerate() {
+        let mut recv = command(*place);
+        recv.env(ROLE_VAR, "recv").stdin(Stdio::null());
+        if let Some(d) = dir {
+            let d = d.join(format!("r{i}"));
+            std::fs::create_dir_all(&d).map_err(|e| format!("floor dir {}: {e}", d.display()))?;
+            recv.env(DIR_VAR, d);
+        }
+        let mut child = recv.spawn().map_err(|e| format!("floor receiver: {e}"))?;
+        let out = child.stdout.take().ok_or("receiver stdout")?;
+        running.0.push(child);
+        let mut out = std::io::BufReader::new(out);
+        let mut addr = String::new();
+        out.read_line(&mut addr)
+            .map_err(|e| format!("floor receiver {i}'s address: {e}"))?;
+        if addr.trim().is_empty() {
+            return Err(format!("floor receiver {i} exited before it listened"));
+        }
+        addrs.push(addr.trim().to_string());
+        outs.push(out);
     }
-    let mut recv = recv.spawn().map_err(|e| format!("floor receiver: {e}"))?;
-    let mut out = std::io::BufReader::new(recv.stdout.take().ok_or("receiver stdout")?);
-    let mut addr = String::new();
-    out.read_line(&mut addr)
-        .map_err(|e| format!("floor receiver's address: {e}"))?;
     let mut send = command(sender)
         .env(ROLE_VAR, "send")
-        .env(PEER_VAR, addr.trim())
+        .env(PEER_VAR, addrs.join(" "))
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("floor sender: {e}"))?;
@@ -144,25 +172,61 @@ pub(crate) fn measure_on(
     if let Some(mut s) = send.stdout.take() {
         let _ = s.read_to_string(&mut send_out);
     }
-    let mut recv_out = String::new();
-    let _ = out.read_to_string(&mut recv_out);
-    let (rs, ss) = (recv.wait(), send.wait());
-    if !rs.is_ok_and(|s| s.success()) || !ss.is_ok_and(|s| s.success()) {
+    running.0.push(send);
+    let recv_outs: Vec<String> = outs
+        .into_iter()
+        .map(|mut out| {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        })
+        .collect();
+    if !running.wait_all() {
         return Err("a floor process failed (its error is above)".into());
     }
-    let per_mib = |line: &str, who: &str| -> Result<f64, String> {
+    let used = |line: &str, who: &str| -> Result<(f64, f64), String> {
         let field = |k: &str| {
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix(k))
                 .and_then(|v| v.parse::<f64>().ok())
                 .ok_or_else(|| format!("floor {who} printed {line:?}"))
         };
-        Ok(field("cpu=")? * 1000.0 / (field("bytes=")? / (1024.0 * 1024.0)))
+        Ok((field("cpu=")?, field("bytes=")? / (1024.0 * 1024.0)))
     };
+    let (mut cpu, mut mib) = (0.0, 0.0);
+    for out in &recv_outs {
+        let (c, m) = used(out, "receiver")?;
+        cpu += c;
+        mib += m;
+    }
+    let (send_cpu, send_mib) = used(&send_out, "sender")?;
     Ok(Floor {
-        receive_ms_per_mib: per_mib(&recv_out, "receiver")?,
-        send_ms_per_mib: per_mib(&send_out, "sender")?,
+        receive_ms_per_mib: cpu * 1000.0 / mib,
+        send_ms_per_mib: send_cpu * 1000.0 / send_mib,
     })
+}
+
+/// Floor processes, killed if still running when dropped.
+struct Running(Vec<std::process::Child>);
+
+impl Running {
+    /// Waits for every process; whether all exited with success.
+    fn wait_all(&mut self) -> bool {
+        let mut ok = true;
+        for mut c in self.0.drain(..) {
+            ok &= c.wait().is_ok_and(|s| s.success());
+        }
+        ok
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// In a child started by [`measure`]: plays its role and returns the exit
@@ -198,11 +262,12 @@ pub fn child_main() -> Option<i32> {
                 receive(&*provider, &package, dir.as_deref()).await
             }
             "send" => {
-                let peer: PeerAddr = std::env::var(PEER_VAR)
+                let peers = std::env::var(PEER_VAR)
                     .map_err(|_| "no peer")?
-                    .parse()
-                    .map_err(|e| format!("{PEER_VAR}: {e}"))?;
-                send(&*provider, &package, &peer).await
+                    .split_whitespace()
+                    .map(|p| p.parse().map_err(|e| format!("{PEER_VAR}: {e}")))
+                    .collect::<Result<Vec<PeerAddr>, String>>()?;
+                send(&*provider, &package, &peers).await
             }
             other => Err(format!("unknown floor role {other:?}")),
         }
@@ -278,13 +343,30 @@ async fn receive(
     Ok(())
 }
 
+/// Sends every chunk of `package` to each of `peers` at once, each on its
+/// own connection and stream, reading each chunk from the package file
+/// for every peer (as a node reads a chunk from its store for every peer
+/// it serves). Prints the CPU time from the last connection up to the
+/// last receiver's answer.
 async fn send(
     provider: &dyn p2p_core::Provider,
     package: &PackageFile,
-    peer: &PeerAddr,
+    peers: &[PeerAddr],
 ) -> Result<(), String> {
-    let conn = provider.connect(peer).await.map_err(|e| e.to_string())?;
+    let conns = futures::future::try_join_all(peers.iter().map(|p| provider.connect(p)))
+        .await
+        .map_err(|e| e.to_string())?;
     let begun = own_cpu_secs();
+    let sent = futures::future::try_join_all(conns.iter().map(|c| send_one(&**c, package))).await?;
+    let used = own_cpu_secs() - begun;
+    println!("floor cpu={used} bytes={}", sent.iter().sum::<u64>());
+    provider.close("done").await;
+    Ok(())
+}
+
+/// Sends every chunk of `package` on one stream of `conn`, waits for the
+/// receiver's answer and closes the connection: the bytes sent.
+async fn send_one(conn: &dyn p2p_core::Connection, package: &PackageFile) -> Result<u64, String> {
     let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut file = std::fs::File::open(&package.path).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
@@ -305,9 +387,6 @@ async fn send(
     rx.read_exact(&mut ack)
         .await
         .map_err(|e| format!("the receiver's answer: {e}"))?;
-    let used = own_cpu_secs() - begun;
-    println!("floor cpu={used} bytes={bytes}");
     conn.close("done").await;
-    provider.close("done").await;
-    Ok(())
+    Ok(bytes)
 }
