@@ -72,8 +72,8 @@ impl From<ChunkError> for Error {
 /// Every chunk is checked against its SHA-256 on the way in
 /// ([`put`](Self::put)) and on every read for an install
 /// ([`get`](Self::get)). Serving a chunk to a peer ([`serve`](Self::serve))
-/// skips the second hash for a chunk this process already checked; why
-/// that is safe is said there.
+/// skips the second hash for a chunk this process checked in the last
+/// [`SERVE_UNHASHED_FOR`]; why that is safe is said there.
 #[derive(Clone)]
 pub struct ChunkStore {
     storage: Arc<dyn Storage>,
@@ -81,14 +81,27 @@ pub struct ChunkStore {
     /// takes it alone, so it never deletes a chunk stored for a release
     /// it did not see.
     sweep: Arc<tokio::sync::RwLock<()>>,
-    /// Hashes of the chunks this process checked against their hash since
-    /// it started: stored by [`put`](Self::put), or read whole by
-    /// [`get`](Self::get). Shared by clones.
-    checked: Arc<std::sync::Mutex<BTreeSet<[u8; 32]>>>,
-    /// Descriptors of kept releases as [`serve`](Self::serve)'s callers
-    /// last read them, by id; dropped by [`remove_release`](Self::remove_release).
-    served: Arc<std::sync::Mutex<BTreeMap<PackageId, Arc<Descriptor>>>>,
+    /// Chunks this process checked against their hash, and when: stored
+    /// by [`put`](Self::put), or read whole by [`get`](Self::get). Shared
+    /// by clones.
+    checked: Arc<std::sync::Mutex<BTreeMap<[u8; 32], tokio::time::Instant>>>,
+    /// Descriptors of kept releases as [`release_to_serve`](Self::release_to_serve)
+    /// read them, by id, and how many releases were removed so far (a read
+    /// that a removal overtook is not kept).
+    served: Arc<std::sync::Mutex<Served>>,
 }
+
+/// Descriptors kept for serving, and how many releases were removed.
+#[derive(Default)]
+struct Served {
+    removals: u64,
+    releases: BTreeMap<PackageId, Arc<Descriptor>>,
+}
+
+/// How long after this process checked a chunk against its hash it serves
+/// the chunk to peers without hashing it again ([`ChunkStore::serve`]):
+/// about as long as a rollout passes a chunk on.
+pub const SERVE_UNHASHED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn chunk_key(hash: &[u8; 32]) -> String {
     format!("chunks/{}", hex::encode(hash))
@@ -119,8 +132,12 @@ impl ChunkStore {
         }
     }
 
-    fn checked(&self) -> std::sync::MutexGuard<'_, BTreeSet<[u8; 32]>> {
+    fn checked(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 32], tokio::time::Instant>> {
         p2p_core::sync::lock(&self.checked)
+    }
+
+    fn served(&self) -> std::sync::MutexGuard<'_, Served> {
+        p2p_core::sync::lock(&self.served)
     }
 
     /// Keeps `d`: its chunks are referenced until [`remove_release`](Self::remove_release).
@@ -133,8 +150,15 @@ impl ChunkStore {
 
     /// Stops keeping release `id` (its chunks go at the next collect).
     pub async fn remove_release(&self, id: &PackageId) -> Result<bool> {
-        p2p_core::sync::lock(&self.served).remove(id);
-        let removed = self.storage.delete(&release_key(id)).await?;
+        let removed = self.storage.delete(&release_key(id)).await;
+        // After the delete: a `release_to_serve` that read the descriptor
+        // before it sees the count change and does not keep it.
+        {
+            let mut served = self.served();
+            served.removals += 1;
+            served.releases.remove(id);
+        }
+        let removed = removed?;
         self.storage.delete(&signatures_key(id)).await?;
         Ok(removed)
     }
@@ -180,14 +204,21 @@ impl ChunkStore {
     /// in memory after the first read until the release is removed: what
     /// serving chunks to peers looks up on every request.
     pub async fn release_to_serve(&self, id: &PackageId) -> Result<Option<Arc<Descriptor>>> {
-        if let Some(d) = p2p_core::sync::lock(&self.served).get(id) {
-            return Ok(Some(d.clone()));
-        }
+        let removals = {
+            let served = self.served();
+            if let Some(d) = served.releases.get(id) {
+                return Ok(Some(d.clone()));
+            }
+            served.removals
+        };
         let Some(d) = self.release(id).await? else {
             return Ok(None);
         };
         let d = Arc::new(d);
-        p2p_core::sync::lock(&self.served).insert(*id, d.clone());
+        let mut served = self.served();
+        if served.removals == removals {
+            served.releases.insert(*id, d.clone());
+        }
         Ok(Some(d))
     }
 
@@ -256,7 +287,8 @@ impl ChunkStore {
         }
         let _w = self.sweep.read().await;
         self.storage.put(&chunk_key(&want.sha256), bytes).await?;
-        self.checked().insert(want.sha256);
+        self.checked()
+            .insert(want.sha256, tokio::time::Instant::now());
         Ok(())
     }
 
@@ -281,7 +313,8 @@ impl ChunkStore {
                         want.size
                     )));
                 }
-                self.checked().insert(want.sha256);
+                self.checked()
+                    .insert(want.sha256, tokio::time::Instant::now());
                 Ok(Some(bytes))
             }
             Some(_) => {
@@ -299,23 +332,30 @@ impl ChunkStore {
 
     /// Chunk `index` of `d`, if present, to send to a peer.
     ///
-    /// A chunk this process has not checked yet since it started (one
-    /// stored before a restart, while the node was down) is read as
-    /// [`get`](Self::get) reads it: hashed, and dropped if damaged. One it
-    /// has checked (it stored it after [`put`](Self::put) hashed it, or
-    /// read it whole through `get`) is read back without hashing it again,
-    /// only its length checked. This is safe to skip:
+    /// A chunk this process checked in the last [`SERVE_UNHASHED_FOR`]
+    /// (it stored it after [`put`](Self::put) hashed it, or read it whole
+    /// through [`get`](Self::get)) is read back without hashing it again,
+    /// only its length checked. Any other (one stored before a restart,
+    /// while the node was down, or checked longer ago, kept for a
+    /// rollback or a late node) is read as `get` reads it: hashed, dropped
+    /// if damaged, and then trusted for as long again. Skipping the hash
+    /// is safe:
     ///
     /// - the store holds nothing that did not pass its hash on the way
     ///   in, and a storage writes each value whole or not at all
     ///   ([`Storage::put`]), so what is read back is what was checked;
+    ///   minutes after it was written it is most likely read from the page
+    ///   cache, not the disk;
     /// - it could differ only if the disk damaged it silently under a
     ///   running node, or another process wrote into the node's data
     ///   directory (which could as well replace its trust store). Either
     ///   way the peer checks every chunk it receives against the hash in
     ///   its own copy of the signed descriptor, refuses a bad one and gets
     ///   it elsewhere, and this node's own install hashes every chunk again
-    ///   before it writes anything outside the store.
+    ///   before it writes anything outside the store. The cost of such a
+    ///   chunk falls on this node: each peer it sends it to scores it down
+    ///   (and bans it for a while after two), which is why the trust lasts
+    ///   only [`SERVE_UNHASHED_FOR`].
     ///
     /// Hashing again on every serve was about 30% of a node's hashing in a
     /// rollout where it passed most of what it got on to its peers (the
@@ -324,7 +364,11 @@ impl ChunkStore {
         let Some(want) = d.chunks.get(index) else {
             return Ok(None);
         };
-        if !self.checked().contains(&want.sha256) {
+        let fresh = self
+            .checked()
+            .get(&want.sha256)
+            .is_some_and(|at| at.elapsed() < SERVE_UNHASHED_FOR);
+        if !fresh {
             return self.get(d, index).await;
         }
         match self.storage.get(&chunk_key(&want.sha256)).await? {
@@ -447,7 +491,7 @@ impl ChunkStore {
                 gone += 1;
             }
         }
-        self.checked().retain(|h| live.contains(&chunk_key(h)));
+        self.checked().retain(|h, _| live.contains(&chunk_key(h)));
         Ok(gone)
     }
 }

@@ -355,11 +355,13 @@ fn damage_chunk(store_dir: &Path, d: &Descriptor, index: usize) -> (PathBuf, Vec
 }
 
 /// Serving a chunk to a peer hashes it again only if this process has not
-/// checked it yet. A chunk damaged on disk while the node was down is
-/// caught on its first serve: not served, dropped, listed as missing. One
-/// damaged under a running node after it was checked is served, and the
-/// peer, which checks every chunk it receives, refuses it; this node's own
-/// install still refuses it, and drops it, so it is not served again.
+/// checked it in the last `SERVE_UNHASHED_FOR`. A chunk damaged on disk
+/// while the node was down is caught on its first serve: not served,
+/// dropped, listed as missing. One damaged under a running node soon after
+/// it was checked is served, and the peer, which checks every chunk it
+/// receives, refuses it; this node's own install still refuses it, and
+/// drops it, so it is not served again; and once the trust has lapsed
+/// the next serve catches it.
 #[tokio::test]
 async fn a_chunk_damaged_on_disk_is_caught_when_served() {
     let t = tempfile::tempdir().unwrap();
@@ -426,5 +428,16 @@ async fn a_chunk_damaged_on_disk_is_caught_when_served() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
     assert_eq!(store.serve(&d, 6).await.unwrap(), None);
+    assert!(!file.exists());
+
+    // Trusted only for a while: once SERVE_UNHASHED_FOR has passed since
+    // the node checked a chunk, its next serve hashes it again.
+    let (file, _) = damage_chunk(&at, &d, 0);
+    tokio::time::pause();
+    tokio::time::advance(
+        p2p_deploy::chunks::SERVE_UNHASHED_FOR + std::time::Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(store.serve(&d, 0).await.unwrap(), None);
     assert!(!file.exists());
 }
