@@ -45,7 +45,10 @@ const PEER_VAR: &str = "P2P_BENCH_FLOOR_PEER";
 /// The address to bind (default `127.0.0.1:0`).
 const BIND_VAR: &str = "P2P_BENCH_FLOOR_BIND";
 
-/// What the two floor processes used.
+/// How long a receiver waits for the sender to connect.
+const ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the floor processes used.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Floor {
     /// The receiver's CPU seconds per MiB received.
@@ -172,7 +175,11 @@ pub(crate) fn measure_on(
     if let Some(mut s) = send.stdout.take() {
         let _ = s.read_to_string(&mut send_out);
     }
-    running.0.push(send);
+    // A sender that failed leaves receivers waiting for bytes that will
+    // not come: returning kills them (`Running`'s drop).
+    if !send.wait().is_ok_and(|s| s.success()) {
+        return Err("the floor sender failed (its error is above)".into());
+    }
     let recv_outs: Vec<String> = outs
         .into_iter()
         .map(|mut out| {
@@ -289,7 +296,10 @@ async fn receive(
     let mut listener = provider.listen().await.map_err(|e| e.to_string())?;
     println!("{}", provider.local_addr());
     std::io::stdout().flush().map_err(|e| e.to_string())?;
-    let conn = listener.accept().await.map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(ACCEPT_WAIT, listener.accept())
+        .await
+        .map_err(|_| format!("no sender connected within {ACCEPT_WAIT:?}"))?
+        .map_err(|e| e.to_string())?;
     let begun = own_cpu_secs();
     let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     let d = &package.descriptor;
