@@ -300,8 +300,21 @@ impl ChunkStore {
         let Some(want) = d.chunks.get(index) else {
             return Ok(None);
         };
-        let key = chunk_key(&want.sha256);
-        match self.storage.get(&key).await? {
+        let read = self.storage.get(&chunk_key(&want.sha256)).await?;
+        self.check_read(d, index, read).await
+    }
+
+    /// What [`get`](Self::get) makes of `read`, the stored bytes of chunk
+    /// `index` of `d` (which has it): checked against its hash and size,
+    /// recorded as checked, or dropped from the store if damaged.
+    async fn check_read(
+        &self,
+        d: &Descriptor,
+        index: usize,
+        read: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
+        let want = &d.chunks[index];
+        match read {
             Some(bytes) if Sha256::digest(&bytes).as_slice() == want.sha256 => {
                 if bytes.len() != want.size as usize {
                     return Err(Error::protocol(format!(
@@ -320,7 +333,7 @@ impl ChunkStore {
             Some(_) => {
                 tracing::warn!(index, "a stored chunk is damaged; dropping it");
                 self.checked().remove(&want.sha256);
-                self.storage.delete(&key).await?;
+                self.storage.delete(&chunk_key(&want.sha256)).await?;
                 Ok(None)
             }
             None => {
@@ -368,20 +381,11 @@ impl ChunkStore {
             .checked()
             .get(&want.sha256)
             .is_some_and(|at| at.elapsed() < SERVE_UNHASHED_FOR);
-        if !fresh {
-            return self.get(d, index).await;
-        }
-        match self.storage.get(&chunk_key(&want.sha256)).await? {
-            Some(bytes) if bytes.len() == want.size as usize => Ok(Some(bytes)),
-            // Not what was checked: check it all again (and drop it).
-            Some(_) => {
-                self.checked().remove(&want.sha256);
-                self.get(d, index).await
-            }
-            None => {
-                self.checked().remove(&want.sha256);
-                Ok(None)
-            }
+        let read = self.storage.get(&chunk_key(&want.sha256)).await?;
+        match read {
+            Some(bytes) if fresh && bytes.len() == want.size as usize => Ok(Some(bytes)),
+            // Not checked lately, or not what was checked: check it now.
+            read => self.check_read(d, index, read).await,
         }
     }
 
