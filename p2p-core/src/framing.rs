@@ -56,19 +56,29 @@ pub async fn write_frame_bytes<W>(w: &mut W, body: &[u8], max: u32) -> Result<()
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
-    if body.len() as u64 > u64::from(max) {
-        return Err(Error::FrameTooLarge {
-            len: body.len() as u64,
-            max,
-        });
+    write_frame_parts(w, &[body], max).await
+}
+
+/// Writes one frame whose body is `parts` one after another, without
+/// joining them first: a header encoded apart from a large payload (a
+/// chunk) goes out without the payload being copied into a message.
+pub async fn write_frame_parts<W>(w: &mut W, parts: &[&[u8]], max: u32) -> Result<()>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    if total > u64::from(max) {
+        return Err(Error::FrameTooLarge { len: total, max });
     }
-    let len = (body.len() as u32).to_be_bytes();
+    let len = (total as u32).to_be_bytes();
     w.write_all(&len)
         .await
         .map_err(|e| Error::from_stream_io("writing frame", e))?;
-    w.write_all(body)
-        .await
-        .map_err(|e| Error::from_stream_io("writing frame", e))?;
+    for part in parts {
+        w.write_all(part)
+            .await
+            .map_err(|e| Error::from_stream_io("writing frame", e))?;
+    }
     Ok(())
 }
 
@@ -225,6 +235,27 @@ impl Framed {
             .map_err(|e| Error::from_stream_io("flushing frame", e))
     }
 
+    /// Sends one frame whose body is `parts` one after another (see
+    /// [`write_frame_parts`]).
+    pub async fn send_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        write_frame_parts(&mut self.send, parts, self.max).await?;
+        self.send
+            .flush()
+            .await
+            .map_err(|e| Error::from_stream_io("flushing frame", e))
+    }
+
+    /// Receives one frame's body undecoded, in a buffer of its own that
+    /// the caller keeps (nothing is copied out of it), or `None` when the
+    /// peer finished the stream. Decode it with [`decode`].
+    pub async fn recv_raw(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut body = Vec::new();
+        if !read_frame_bytes(&mut self.recv, &mut body, self.max).await? {
+            return Ok(None);
+        }
+        Ok(Some(body))
+    }
+
     /// Receives one message; end of stream is an error.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
         match self.recv_opt().await? {
@@ -377,6 +408,30 @@ mod tests {
             err.to_string().contains("ended inside a frame of 10 bytes"),
             "{err}"
         );
+    }
+
+    /// A frame sent in parts is one frame: read whole by `recv`, or raw
+    /// by `recv_raw`, with the limit applied to the sum of the parts.
+    #[tokio::test]
+    async fn a_frame_sent_in_parts_arrives_as_one() {
+        let (mut a, mut b) = pair();
+        let whole = postcard::to_stdvec(&(7u32, String::from("seven"))).unwrap();
+        let (head, tail) = whole.split_at(3);
+        a.send_parts(&[head, tail]).await.unwrap();
+        a.send_parts(&[&whole, b"", b"xy"]).await.unwrap();
+        assert_eq!(
+            b.recv::<(u32, String)>().await.unwrap(),
+            (7, "seven".into())
+        );
+        let raw = b.recv_raw().await.unwrap().unwrap();
+        assert_eq!(raw, [&whole[..], b"xy"].concat());
+        a.finish().await.unwrap();
+        assert_eq!(b.recv_raw().await.unwrap(), None);
+        let (mut w, _r) = tokio::io::duplex(64);
+        let err = write_frame_parts(&mut w, &[&[0; 6], &[0; 6]], 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { len: 12, max: 10 }));
     }
 
     #[tokio::test]

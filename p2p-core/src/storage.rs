@@ -50,6 +50,12 @@ pub const MAX_KEY_LEN: usize = 512;
 pub trait Storage: Send + Sync {
     /// Stores `value` under `key`, replacing any previous value atomically.
     async fn put(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// [`put`](Storage::put) with a value the storage may keep or move
+    /// without copying it: a chunk received in a frame buffer goes to disk
+    /// as it came. The same contract as `put`; the default calls it.
+    async fn put_bytes(&self, key: &str, value: bytes::Bytes) -> Result<()> {
+        self.put(key, &value).await
+    }
     /// Reads the value under `key`.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Removes `key`; returns whether it existed.
@@ -320,8 +326,13 @@ fn list_dir(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<String>) -> std
 #[async_trait]
 impl Storage for FsStorage {
     async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.put_bytes(key, bytes::Bytes::copy_from_slice(value))
+            .await
+    }
+
+    async fn put_bytes(&self, key: &str, value: bytes::Bytes) -> Result<()> {
         let path = self.path(key)?;
-        let (root, key, value) = (self.root.clone(), key.to_string(), value.to_vec());
+        let (root, key) = (self.root.clone(), key.to_string());
         blocking(move || put_file(&root, &path, &key, &value)).await
     }
 
@@ -411,6 +422,27 @@ mod tests {
         assert_eq!(store.get("big").await.unwrap().unwrap(), big);
         store.put("empty", b"").await.unwrap();
         assert_eq!(store.get("empty").await.unwrap().unwrap(), b"");
+        // put_bytes: exactly the slice given, under the same rules.
+        let frame = bytes::Bytes::from((0..=255u8).cycle().take(4096).collect::<Vec<u8>>());
+        store
+            .put_bytes("sliced", frame.slice(10..4000))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get("sliced").await.unwrap().unwrap(),
+            &frame[10..4000]
+        );
+        store.put_bytes("sliced", frame.slice(..3)).await.unwrap();
+        assert_eq!(store.get("sliced").await.unwrap().unwrap(), &frame[..3]);
+        assert!(matches!(
+            store.put_bytes("sliced/x", frame.clone()).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            store.put_bytes("../x", frame).await,
+            Err(Error::Invalid { .. })
+        ));
+        assert_eq!(store.list("sl").await.unwrap(), ["sliced"]);
     }
 
     #[tokio::test]

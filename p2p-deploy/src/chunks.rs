@@ -277,19 +277,44 @@ impl ChunkStore {
         index: usize,
         bytes: &[u8],
     ) -> std::result::Result<(), ChunkError> {
+        let hash = Self::check_in(d, index, bytes)?;
+        let _w = self.sweep.read().await;
+        self.storage.put(&chunk_key(&hash), bytes).await?;
+        self.checked().insert(hash, tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// [`put`](Self::put) with bytes the storage takes as they are (a
+    /// chunk received into a frame buffer is written from there, not
+    /// copied first: [`Storage::put_bytes`]).
+    pub async fn put_bytes(
+        &self,
+        d: &Descriptor,
+        index: usize,
+        bytes: bytes::Bytes,
+    ) -> std::result::Result<(), ChunkError> {
+        let hash = Self::check_in(d, index, &bytes)?;
+        let _w = self.sweep.read().await;
+        self.storage.put_bytes(&chunk_key(&hash), bytes).await?;
+        self.checked().insert(hash, tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Checks `bytes` against chunk `index` of `d` (length and SHA-256);
+    /// its hash if they match.
+    fn check_in(
+        d: &Descriptor,
+        index: usize,
+        bytes: &[u8],
+    ) -> std::result::Result<[u8; 32], ChunkError> {
         let want = d.chunks.get(index).ok_or(ChunkError::OutOfRange {
             index,
             chunks: d.chunks.len(),
         })?;
-        let hash: [u8; 32] = Sha256::digest(bytes).into();
-        if bytes.len() != want.size as usize || hash != want.sha256 {
+        if bytes.len() != want.size as usize || Sha256::digest(bytes).as_slice() != want.sha256 {
             return Err(ChunkError::Corrupt { index });
         }
-        let _w = self.sweep.read().await;
-        self.storage.put(&chunk_key(&want.sha256), bytes).await?;
-        self.checked()
-            .insert(want.sha256, tokio::time::Instant::now());
-        Ok(())
+        Ok(want.sha256)
     }
 
     /// Chunk `index` of `d`, if present (checked again on the way out, so

@@ -12,7 +12,8 @@ use p2p_core::{Error, Result};
 
 use crate::chunks::ChunkStore;
 use crate::package::Descriptor;
-use crate::unpack::{UnpackLimits, unpack_release, version_dir};
+use crate::package::archive::ChunkSource;
+use crate::unpack::{UnpackLimits, unpack_chunks, version_dir};
 
 /// Installs and removes versions of apps.
 ///
@@ -91,12 +92,7 @@ impl Installer for DirInstaller {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
         let (root, limits, desc) = (self.root.clone(), self.limits, d.clone());
         let unpacking = tokio::task::spawn_blocking(move || {
-            let feed = ChunkFeed {
-                rx,
-                buf: Vec::new(),
-                at: 0,
-            };
-            unpack_release(feed, &desc, &root, limits)
+            unpack_chunks(ChunkFeed { rx }, &desc, &root, limits)
         });
         let mut sent = 0;
         let mut bad_chunk = None;
@@ -279,27 +275,22 @@ impl Installer for MemInstaller {
     }
 }
 
-/// Chunks handed over a channel, read as one stream.
+/// Chunks handed over a channel, each given to the unpacking as it came.
 struct ChunkFeed {
     rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-    at: usize,
 }
 
-impl std::io::Read for ChunkFeed {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.buf.len() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => {
-                    self.buf = chunk?;
-                    self.at = 0;
-                }
-                None => return Ok(0),
+impl ChunkSource for ChunkFeed {
+    fn next_chunk(&mut self, _len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        match self.rx.blocking_recv() {
+            Some(chunk) => {
+                *buf = chunk?;
+                Ok(())
             }
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the chunks ended before the archive",
+            )),
         }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }

@@ -379,11 +379,28 @@ pub fn check_frame(
     }
 }
 
+/// Where a [`FrameReader`] takes each chunk's compressed bytes from.
+pub(crate) trait ChunkSource {
+    /// Puts the next chunk's bytes, `len` of them, in `buf` (replacing
+    /// what it held).
+    fn next_chunk(&mut self, len: usize, buf: &mut Vec<u8>) -> io::Result<()>;
+}
+
+/// Chunks read one after another from a byte stream (an archive file).
+pub(crate) struct Sequential<R>(pub(crate) R);
+
+impl<R: Read> ChunkSource for Sequential<R> {
+    fn next_chunk(&mut self, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.resize(len, 0);
+        self.0.read_exact(buf)
+    }
+}
+
 /// Decompresses an archive chunk by chunk, each to exactly the size the
 /// descriptor gives (a frame that would produce more is stopped at that
 /// size and refused): the tar stream the archive holds.
-pub(crate) struct FrameReader<'d, R> {
-    inner: R,
+pub(crate) struct FrameReader<'d, S> {
+    source: S,
     chunks: &'d [ChunkInfo],
     next: usize,
     out: Vec<u8>,
@@ -392,10 +409,19 @@ pub(crate) struct FrameReader<'d, R> {
     dec: zstd::bulk::Decompressor<'static>,
 }
 
-impl<'d, R: Read> FrameReader<'d, R> {
+#[cfg(test)]
+impl<'d, R: Read> FrameReader<'d, Sequential<R>> {
+    /// A reader of the archive `inner` holds.
     pub(crate) fn new(inner: R, chunks: &'d [ChunkInfo]) -> io::Result<Self> {
+        FrameReader::from_chunks(Sequential(inner), chunks)
+    }
+}
+
+impl<'d, S: ChunkSource> FrameReader<'d, S> {
+    /// A reader of the archive whose chunks `source` gives.
+    pub(crate) fn from_chunks(source: S, chunks: &'d [ChunkInfo]) -> io::Result<Self> {
         Ok(FrameReader {
-            inner,
+            source,
             chunks,
             next: 0,
             out: Vec::new(),
@@ -410,12 +436,20 @@ impl<'d, R: Read> FrameReader<'d, R> {
             return Ok(false);
         };
         let index = self.next;
-        self.zin.resize(c.size as usize, 0);
-        self.inner.read_exact(&mut self.zin)?;
+        self.source.next_chunk(c.size as usize, &mut self.zin)?;
+        if self.zin.len() != c.size as usize {
+            return Err(io::Error::other(FormatError::ChunkContent {
+                index,
+                detail: format!("{} bytes, the descriptor says {}", self.zin.len(), c.size),
+            }));
+        }
         check_frame(index, &self.zin, c.raw_size).map_err(io::Error::other)?;
-        self.out = self
-            .dec
-            .decompress(&self.zin, c.raw_size as usize)
+        // Into the same buffer every time, room for the size the
+        // descriptor gives and no more than the buffer had already.
+        self.out.clear();
+        self.out.reserve(c.raw_size as usize);
+        self.dec
+            .decompress_to_buffer(&self.zin, &mut self.out)
             .map_err(|e| {
                 io::Error::other(FormatError::ChunkContent {
                     index,
@@ -438,7 +472,7 @@ impl<'d, R: Read> FrameReader<'d, R> {
     }
 }
 
-impl<R: Read> Read for FrameReader<'_, R> {
+impl<S: ChunkSource> Read for FrameReader<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.out.len() {
             if !self.fill()? {

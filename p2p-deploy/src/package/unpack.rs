@@ -184,7 +184,19 @@ pub fn unpack_release(
     root: &Path,
     limits: UnpackLimits,
 ) -> std::result::Result<PathBuf, UnpackError> {
-    let tar = super::archive::FrameReader::new(archive, &d.chunks)
+    unpack_chunks(super::archive::Sequential(archive), d, root, limits)
+}
+
+/// [`unpack_release`] with the chunks handed over one by one, as they
+/// are (an install's, from the chunk store): none is copied into a
+/// stream first.
+pub(crate) fn unpack_chunks(
+    chunks: impl super::archive::ChunkSource,
+    d: &super::Descriptor,
+    root: &Path,
+    limits: UnpackLimits,
+) -> std::result::Result<PathBuf, UnpackError> {
+    let tar = super::archive::FrameReader::from_chunks(chunks, &d.chunks)
         .map_err(|e| Error::io("starting decompression", e))?;
     unpack_tar(tar, root, &d.manifest.name, &d.manifest.version, limits).map_err(|e| {
         // A bad chunk surfaces as a read error wherever the tar reader

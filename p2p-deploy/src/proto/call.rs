@@ -8,7 +8,7 @@ use p2p_core::{Error, PeerId, Result};
 
 use p2p_core::framing::{Hello, negotiate};
 
-use super::wire::{ALIVE_VERSION, Envelope, Frame, MAX_FRAME, PROTOCOL, Reply, Request};
+use super::wire::{ALIVE_VERSION, Envelope, Frame, Incoming, MAX_FRAME, PROTOCOL, Reply, Request};
 
 /// A client side of one request stream.
 pub struct Call {
@@ -139,6 +139,12 @@ impl Call {
         self.next_until(Some(self.deadline)).await
     }
 
+    /// [`next`](Self::next), with a chunk's bytes left in the buffer they
+    /// arrived in instead of copied into a [`Frame::Chunk`].
+    pub(crate) async fn next_incoming(&mut self) -> Result<Incoming> {
+        self.incoming_until(Some(self.deadline)).await
+    }
+
     /// The next frame without the request's deadline (a followed log).
     pub async fn next_unbounded(&mut self) -> Result<Frame> {
         self.next_until(None).await
@@ -160,12 +166,18 @@ impl Call {
     }
 
     async fn next_until(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Frame> {
+        self.incoming_until(deadline)
+            .await
+            .map(Incoming::into_frame)
+    }
+
+    async fn incoming_until(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Incoming> {
         loop {
             let frame = match deadline {
                 Some(d) => {
                     let quiet = self.silence.map(|s| tokio::time::Instant::now() + s);
                     let until = quiet.map_or(d, |q| q.min(d));
-                    match tokio::time::timeout_at(until, self.framed.recv::<Frame>()).await {
+                    match tokio::time::timeout_at(until, recv_incoming(&mut self.framed)).await {
                         Ok(f) => f.map_err(|e| self.gone(e))?,
                         Err(_) if until < d => {
                             return Err(stopped_answering(
@@ -183,15 +195,15 @@ impl Call {
                         }
                     }
                 }
-                None => self
-                    .framed
-                    .recv::<Frame>()
+                None => recv_incoming(&mut self.framed)
                     .await
                     .map_err(|e| self.gone(e))?,
             };
             match frame {
-                Frame::Alive => {}
-                Frame::Error(e) => return Err(e.into_error(&self.peer, self.timeout)),
+                Incoming::Frame(Frame::Alive) => {}
+                Incoming::Frame(Frame::Error(e)) => {
+                    return Err(e.into_error(&self.peer, self.timeout));
+                }
                 other => return Ok(other),
             }
         }
@@ -222,6 +234,17 @@ impl Call {
 
 /// The error of a node that sent nothing for `silence`; its connection
 /// `conn` is closed.
+/// The next frame of `framed`, a chunk's bytes left in place; the end of
+/// the stream is an error, as [`Framed::recv`] makes it.
+async fn recv_incoming(framed: &mut Framed) -> Result<Incoming> {
+    match framed.recv_raw().await? {
+        Some(body) => Incoming::decode(body),
+        None => Err(Error::closed(
+            "peer finished the stream while we expected a Frame",
+        )),
+    }
+}
+
 async fn stopped_answering(
     peer: &PeerId,
     silence: Option<Duration>,

@@ -45,5 +45,5 @@ pub use bitfield::Bitfield;
 pub use call::{Call, call, call_watched};
 pub use error::{ErrorKind, RpcError};
 pub use serve::MAX_FETCH_INDEXES;
-pub(crate) use serve::{accept_request, end_with, send_chunks, unexpected};
+pub(crate) use serve::{accept_request, end_with, send_chunk, send_chunks, unexpected};
 pub use wire::*;

@@ -7,7 +7,7 @@ use p2p_core::framing::Framed;
 use p2p_core::{Error, PeerId, Result};
 
 use super::error::{ErrorKind, RpcError};
-use super::wire::{Envelope, Frame, PROTOCOL, Reply, SDK_VERSION};
+use super::wire::{Envelope, Frame, PROTOCOL, Reply, SDK_VERSION, chunk_header};
 use crate::package::PackageId;
 
 /// How long a server waits for a client's hello and request.
@@ -89,7 +89,7 @@ where
     for &index in indexes {
         match get(index).await {
             Ok(Some(bytes)) => {
-                if framed.send(&Frame::Chunk { index, bytes }).await.is_err() {
+                if send_chunk(framed, index, &bytes).await.is_err() {
                     return Frame::Done(Reply::Ok);
                 }
             }
@@ -103,6 +103,14 @@ where
         }
     }
     Frame::Done(Reply::Ok)
+}
+
+/// Sends chunk `index` as a [`Frame::Chunk`]: its header, then its bytes
+/// as they are (not copied into an encoded frame first).
+pub(crate) async fn send_chunk(framed: &mut Framed, index: u32, bytes: &[u8]) -> Result<()> {
+    framed
+        .send_parts(&[&chunk_header(index, bytes.len()), bytes])
+        .await
 }
 
 /// Names a peer for messages.

@@ -590,6 +590,69 @@ pub enum Frame {
     NodeEvent(crate::events::NodeEvent),
 }
 
+/// [`Frame::Chunk`]'s variant index in postcard's encoding (its first
+/// byte, as `byte_strings_keep_their_wire_form` pins).
+const CHUNK_VARIANT: u32 = 2;
+
+/// The bytes a [`Frame::Chunk`] of `len` bytes starts with, as postcard
+/// encodes it (variant, index, length, each a varint); the chunk's bytes
+/// follow. A chunk is sent as this header and its bytes, written one
+/// after the other ([`Framed::send_parts`](p2p_core::framing::Framed::send_parts)),
+/// instead of being copied into an encoded message first.
+pub(crate) fn chunk_header(index: u32, len: usize) -> Vec<u8> {
+    // A slice's length is a varint of the same form as a u32's.
+    postcard::to_stdvec(&(CHUNK_VARIANT, index, len as u64)).unwrap_or_default()
+}
+
+/// A frame as received: a chunk with its bytes left where they arrived
+/// (a slice of the frame's buffer, not a copy), or any other frame.
+pub(crate) enum Incoming {
+    /// A [`Frame::Chunk`].
+    Chunk {
+        /// Its index.
+        index: u32,
+        /// Its bytes.
+        bytes: bytes::Bytes,
+    },
+    /// Any other frame.
+    Frame(Frame),
+}
+
+impl Incoming {
+    /// Decodes a frame's body as [`decode`](p2p_core::framing::decode)
+    /// decodes a [`Frame`], with the same errors.
+    pub(crate) fn decode(body: Vec<u8>) -> p2p_core::Result<Incoming> {
+        let chunk = |body: &[u8]| -> Option<(u32, std::ops::Range<usize>)> {
+            let (variant, rest) = postcard::take_from_bytes::<u32>(body).ok()?;
+            if variant != CHUNK_VARIANT {
+                return None;
+            }
+            let (index, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
+            let (bytes, _) = postcard::take_from_bytes::<&[u8]>(rest).ok()?;
+            let start = bytes.as_ptr() as usize - body.as_ptr() as usize;
+            Some((index, start..start + bytes.len()))
+        };
+        match chunk(&body) {
+            Some((index, range)) => Ok(Incoming::Chunk {
+                index,
+                bytes: bytes::Bytes::from(body).slice(range),
+            }),
+            None => p2p_core::framing::decode::<Frame>(&body).map(Incoming::Frame),
+        }
+    }
+
+    /// The frame it is (a chunk's bytes copied into it).
+    pub(crate) fn into_frame(self) -> Frame {
+        match self {
+            Incoming::Chunk { index, bytes } => Frame::Chunk {
+                index,
+                bytes: bytes.to_vec(),
+            },
+            Incoming::Frame(f) => f,
+        }
+    }
+}
+
 /// One peer's standing, as node info shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerScore {
@@ -629,5 +692,57 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&release).unwrap();
         assert_eq!(&bytes[1..], [2, 1, 2, 0]);
+    }
+
+    /// A chunk sent as a header and its bytes is the frame postcard makes
+    /// of it, and a received chunk frame comes out as the same chunk
+    /// without being copied; every other frame, or a damaged chunk
+    /// frame, decodes (or fails) exactly as a `Frame` does.
+    #[test]
+    fn chunks_travel_in_parts_and_arrive_in_place() {
+        for (index, len) in [
+            (0u32, 0usize),
+            (3, 3),
+            (200, 127),
+            (70_000, 128),
+            (1, 300_000),
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let frame = Frame::Chunk {
+                index,
+                bytes: bytes.clone(),
+            };
+            let whole = postcard::to_allocvec(&frame).unwrap();
+            let parts = [chunk_header(index, len), bytes.clone()].concat();
+            assert_eq!(parts, whole, "chunk {index} of {len} bytes");
+            let at = whole.as_ptr() as usize;
+            match Incoming::decode(whole).unwrap() {
+                Incoming::Chunk { index: i, bytes: b } => {
+                    assert_eq!((i, &b[..]), (index, &bytes[..]));
+                    // In place: a slice of the frame's own buffer.
+                    assert_eq!(b.as_ptr() as usize, at + (parts.len() - len));
+                    assert_eq!(Incoming::Chunk { index: i, bytes: b }.into_frame(), frame);
+                }
+                Incoming::Frame(f) => panic!("a chunk decoded as {f:?}"),
+            }
+        }
+        let got = postcard::to_allocvec(&Frame::Got(9)).unwrap();
+        assert!(matches!(
+            Incoming::decode(got),
+            Ok(Incoming::Frame(Frame::Got(9)))
+        ));
+        // A chunk frame cut short says what a Frame decode says.
+        let mut cut = postcard::to_allocvec(&Frame::Chunk {
+            index: 1,
+            bytes: vec![5; 10],
+        })
+        .unwrap();
+        cut.truncate(8);
+        let want = p2p_core::framing::decode::<Frame>(&cut)
+            .unwrap_err()
+            .to_string();
+        let e = Incoming::decode(cut).err().expect("cut short").to_string();
+        assert_eq!(e, want);
+        assert!(e.contains("malformed Frame frame"), "{e}");
     }
 }

@@ -19,13 +19,13 @@ use super::sources::{BadChunks, orphan_chunk, usable_neighbors};
 use super::throttle::Throttle;
 use super::transfer::{BUSY_REST, NO_SOURCE_GRACE, SEED_GONE_GRACE, SEED_WAIT, SiteRole, Transfer};
 use crate::chunks::{ChunkError, chunk_len};
-use crate::proto::{Bitfield, Call, Frame, Reply, Request, unexpected};
+use crate::proto::{Bitfield, Call, Frame, Incoming, Reply, Request, unexpected};
 
 enum Fetched {
     Chunk {
         from: PeerId,
         index: u32,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
         asked: Option<u32>,
         took: Duration,
     },
@@ -57,9 +57,11 @@ async fn fetch_one(
     let begun = Instant::now();
     let run = async {
         let mut call = Call::open(&*conn, request, timeout).await?;
-        let (got, bytes) = match call.next().await? {
-            Frame::Chunk { index, bytes } => (index, bytes),
-            other => return Err(unexpected(&from, "a chunk", &other)),
+        // The chunk's bytes stay in the buffer they arrived in, on to the
+        // store.
+        let (got, bytes) = match call.next_incoming().await? {
+            Incoming::Chunk { index, bytes } => (index, bytes),
+            Incoming::Frame(other) => return Err(unexpected(&from, "a chunk", &other)),
         };
         if index.is_some_and(|i| i != got) {
             return Err(Error::protocol(format!(
@@ -279,10 +281,11 @@ pub(crate) async fn fetch<H: Host>(
                         if t.st().have.get(i) {
                             continue; // a duplicate
                         }
-                        match host.chunks().put(&t.d, i, &bytes).await {
+                        let len = bytes.len();
+                        match host.chunks().put_bytes(&t.d, i, bytes).await {
                             Ok(()) => {
                                 host.metrics().chunks_verified.inc();
-                                host.metrics().chunk("received", is_seed, bytes.len());
+                                host.metrics().chunk("received", is_seed, len);
                                 if !is_seed {
                                     rep.good(from);
                                 }

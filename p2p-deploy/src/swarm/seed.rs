@@ -12,7 +12,7 @@ use p2p_core::{PeerId, Result};
 
 use super::schedule::fewest;
 use crate::package::Descriptor;
-use crate::proto::{Bitfield, ErrorKind, Frame, Reply, RpcError, end_with};
+use crate::proto::{Bitfield, ErrorKind, Frame, Reply, RpcError, end_with, send_chunk};
 
 /// What a seed (the controller) knows of one release's spread.
 pub(crate) struct SeedState {
@@ -256,13 +256,7 @@ impl Seed {
                 format!("chunk {i} is not held here"),
             ))),
             Ok(Some(bytes)) => {
-                let sent = framed
-                    .send(&Frame::Chunk {
-                        index: i as u32,
-                        bytes,
-                    })
-                    .await
-                    .is_ok()
+                let sent = send_chunk(framed, i as u32, &bytes).await.is_ok()
                     && framed.send(&Frame::Done(Reply::Ok)).await.is_ok();
                 if sent {
                     // The slot is free once the chunk has arrived: the
