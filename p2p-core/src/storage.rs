@@ -56,6 +56,17 @@ pub trait Storage: Send + Sync {
     async fn put_bytes(&self, key: &str, value: bytes::Bytes) -> Result<()> {
         self.put(key, &value).await
     }
+    /// [`put_bytes`](Storage::put_bytes) without waiting for the disk: as
+    /// atomic against the process dying (a reader sees the old value or
+    /// the new one, whole), but not durable: after a power loss or a
+    /// kernel crash the key may be missing, or hold a value cut short or
+    /// damaged. For values that are checked whenever they are read after
+    /// a restart and can be had again, such as content-addressed chunks;
+    /// on slow storage (an SD card) a sync per value is what takes the
+    /// time. The default is `put_bytes`.
+    async fn put_unsynced(&self, key: &str, value: bytes::Bytes) -> Result<()> {
+        self.put_bytes(key, value).await
+    }
     /// Reads the value under `key`.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Removes `key`; returns whether it existed.
@@ -186,7 +197,8 @@ impl Storage for MemStorage {
 ///
 /// `put` writes a temporary file next to the target, syncs it, renames it
 /// over the target and syncs the directory, so a crash leaves the old value
-/// or the new one. Temporary files left by a crash start with `.` and are
+/// or the new one. `put_unsynced` writes and renames without the two syncs.
+/// Temporary files left by a crash start with `.` and are
 /// ignored by `list` (and removed by [`FsStorage::open`]).
 #[derive(Debug, Clone)]
 pub struct FsStorage {
@@ -248,7 +260,15 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn put_file(root: &Path, path: &Path, key: &str, value: &[u8]) -> Result<()> {
+/// Whether a put waits for the disk ([`Storage::put`]) or not
+/// ([`Storage::put_unsynced`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Durable,
+    Unsynced,
+}
+
+fn put_file(root: &Path, path: &Path, key: &str, value: &[u8], sync: Durability) -> Result<()> {
     use std::io::Write;
     let ctx = |what: &str| format!("{what} storage key {key:?} at {}", path.display());
     let dir = path.parent().unwrap_or(root);
@@ -276,6 +296,11 @@ fn put_file(root: &Path, path: &Path, key: &str, value: &[u8]) -> Result<()> {
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(value)?;
+        if sync == Durability::Unsynced {
+            // The rename alone makes the value appear whole or not at all
+            // to readers; the disk catches up in its own time.
+            return std::fs::rename(&tmp, path);
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         sync_dir(dir)
@@ -333,7 +358,13 @@ impl Storage for FsStorage {
     async fn put_bytes(&self, key: &str, value: bytes::Bytes) -> Result<()> {
         let path = self.path(key)?;
         let (root, key) = (self.root.clone(), key.to_string());
-        blocking(move || put_file(&root, &path, &key, &value)).await
+        blocking(move || put_file(&root, &path, &key, &value, Durability::Durable)).await
+    }
+
+    async fn put_unsynced(&self, key: &str, value: bytes::Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        let (root, key) = (self.root.clone(), key.to_string());
+        blocking(move || put_file(&root, &path, &key, &value, Durability::Unsynced)).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -439,10 +470,26 @@ mod tests {
             Err(Error::AlreadyExists { .. })
         ));
         assert!(matches!(
-            store.put_bytes("../x", frame).await,
+            store.put_bytes("../x", frame.clone()).await,
             Err(Error::Invalid { .. })
         ));
         assert_eq!(store.list("sl").await.unwrap(), ["sliced"]);
+        // put_unsynced: the same rules, the same value read back.
+        store
+            .put_unsynced("loose", frame.slice(5..9))
+            .await
+            .unwrap();
+        assert_eq!(store.get("loose").await.unwrap().unwrap(), &frame[5..9]);
+        store.put_unsynced("loose", frame.slice(..1)).await.unwrap();
+        assert_eq!(store.get("loose").await.unwrap().unwrap(), &frame[..1]);
+        assert!(matches!(
+            store.put_unsynced("loose/x", frame.clone()).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            store.put_unsynced("a/../x", frame).await,
+            Err(Error::Invalid { .. })
+        ));
     }
 
     #[tokio::test]

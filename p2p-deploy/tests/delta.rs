@@ -441,3 +441,70 @@ async fn a_chunk_damaged_on_disk_is_caught_when_served() {
     assert_eq!(store.serve(&d, 0).await.unwrap(), None);
     assert!(!file.exists());
 }
+
+/// Chunks are stored without a sync, so a power loss may leave some cut
+/// short, damaged or gone. The next process finds out before it relies on
+/// them: a transfer starting over the store (`to_fetch`) hashes every
+/// chunk an earlier process stored, drops the bad ones and fetches them
+/// again, and only those; it reads a release through once, not on every
+/// transfer.
+#[tokio::test]
+async fn chunks_a_power_loss_damaged_are_fetched_again_by_the_next_process() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = app(t.path(), "app", "1.0.0", 8);
+    let pkg = package(&dir, &t.path().join("v1.p2p"));
+    let d = pkg.descriptor.clone();
+    let release = p2p_deploy::Release::from_package(&pkg);
+    let store_dir = t.path().join("store");
+    let open = || async {
+        let storage = p2p_core::FsStorage::open(&store_dir).await.unwrap();
+        ChunkStore::new(Arc::new(storage))
+    };
+    let before = open().await;
+    before.add_release(&d).await.unwrap();
+    for i in 0..d.chunks.len() {
+        before.put(&d, i, &release.chunk(i).unwrap()).await.unwrap();
+    }
+    assert!(d.chunks.len() >= 4, "{} chunks", d.chunks.len());
+    // Nothing left behind by the writes but the chunks themselves.
+    let names: Vec<String> = std::fs::read_dir(store_dir.join("chunks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), d.chunks.len());
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    // What a power loss can do: one chunk damaged, one cut short, one
+    // emptied, one gone.
+    damage_chunk(&store_dir, &d, 0);
+    let cut = chunk_file(&store_dir, &d, 1);
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(chunk_file(&store_dir, &d, 2), b"").unwrap();
+    std::fs::remove_file(chunk_file(&store_dir, &d, 3)).unwrap();
+    // The process that stored them checked them: it does not read them
+    // again (its install would: `..._is_never_installed_...`).
+    assert_eq!(before.to_fetch(&d).await.unwrap(), vec![3]);
+    drop(before);
+
+    let after = open().await;
+    // A listing alone counts the damaged chunks as held.
+    assert_eq!(after.missing(&d).await.unwrap(), vec![3]);
+    assert_eq!(after.to_fetch(&d).await.unwrap(), vec![0, 1, 2, 3]);
+    // Dropped: listed missing from now on.
+    assert_eq!(after.missing(&d).await.unwrap(), vec![0, 1, 2, 3]);
+    for i in 0..3 {
+        assert!(!chunk_file(&store_dir, &d, i).exists(), "chunk {i} dropped");
+    }
+    for i in 0..4 {
+        after.put(&d, i, &release.chunk(i).unwrap()).await.unwrap();
+    }
+    assert_eq!(after.to_fetch(&d).await.unwrap(), Vec::<usize>::new());
+    // Checked once per process: a chunk damaged now, under this process,
+    // is not found by another listing (the install's hash finds it).
+    damage_chunk(&store_dir, &d, 5);
+    assert_eq!(after.to_fetch(&d).await.unwrap(), Vec::<usize>::new());
+    let installer = DirInstaller::new(t.path().join("apps"), p2p_deploy::UnpackLimits::default());
+    let e = installer.install(&d, &after).await.unwrap_err().to_string();
+    assert!(e.contains("chunk 5"), "{e}");
+    assert_eq!(after.to_fetch(&d).await.unwrap(), vec![5]);
+}

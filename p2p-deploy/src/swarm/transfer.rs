@@ -127,10 +127,11 @@ impl Transfer {
         })
     }
 
-    /// A transfer over what `chunks` holds of `d`.
+    /// A transfer over what `chunks` holds of `d` (chunks stored before a
+    /// restart checked first: [`ChunkStore::to_fetch`]).
     pub(crate) async fn from_store(d: Descriptor, chunks: &ChunkStore) -> Result<Arc<Self>> {
         let mut have = Bitfield::full(d.chunks.len());
-        for i in chunks.missing(&d).await? {
+        for i in chunks.to_fetch(&d).await? {
             have.clear(i);
         }
         Ok(Transfer::new(d, have))
