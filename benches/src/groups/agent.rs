@@ -35,8 +35,8 @@
 //!   ten processes writing into the page cache and sharing the two
 //!   cores), the median of three runs (one before the deploy, two
 //!   after): the receivers' CPU per MiB (receive, SHA-256, write each
-//!   chunk to its own synced file, decompress, write the unpacked
-//!   archive) plus the sender's (read from the package file and send)
+//!   chunk to its own file, decompress, write the unpacked archive and
+//!   sync it) plus the sender's (read from the package file and send)
 //!   times the fraction of their chunks the agents got from each other,
 //!   which is what they passed on (from their swarm peer scores). The
 //!   baseline text also gives one floor receiver alone, fed by one
@@ -307,6 +307,9 @@ pub fn run() -> Vec<Figure> {
     // The floor once before the deploy and twice after: what a first
     // write into memory costs varies a lot on a virtual machine (see the
     // README's "CPU per byte"); the median is the baseline.
+    // Memory the guest frees stays with it while the group measures CPU
+    // (see `PagesKept`); restored when this goes out of scope.
+    let _kept = PagesKept::keep();
     let mut floors = vec![floor_run(root, &package, 0, AGENTS)];
     // What the agents write: each its chunks and the unpacked files.
     warm_page_cache(root, page_cache_of(AGENTS, release_bytes));
@@ -498,6 +501,72 @@ fn warm_page_cache(dir: &Path, bytes: u64) {
     }
 }
 
+/// The kernel's free page reporting (virtio-balloon: the guest tells the
+/// host which memory it freed, and the host takes it back) turned off
+/// while this lives, by raising the smallest block it reports past the
+/// largest there is, and turned back on when it drops.
+///
+/// On such a virtual machine the first write into a page the host took
+/// back costs many times what a write into a page freed a moment ago does
+/// (see `warm_page_cache`), and whether a phase of the group met such
+/// pages depended on how long it ran after the last warm-up: in one
+/// profile the agents' writes of the files they unpacked took 1.7 ms of
+/// CPU time per MiB, where a write into warm memory takes about 0.1.
+/// That is the virtual machine's cost, not the node's, and it fell on the
+/// agents and the floor unevenly. Needs root and
+/// `/sys/module/page_reporting`; without them the group says so and runs
+/// as it is (the warm-ups still apply). If the run is killed before it
+/// ends, `echo <order> > /sys/module/page_reporting/parameters/page_reporting_order`
+/// with the order it printed turns reporting back on.
+struct PagesKept {
+    restore: Option<String>,
+}
+
+const PAGE_REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+
+impl PagesKept {
+    fn keep() -> PagesKept {
+        let Ok(order) = std::fs::read_to_string(PAGE_REPORTING_ORDER) else {
+            eprintln!("{GROUP}: no free page reporting on this machine ({PAGE_REPORTING_ORDER})");
+            return PagesKept { restore: None };
+        };
+        let order = order.trim().to_string();
+        // Order 11 is past the largest block (order 10): nothing is reported.
+        match std::fs::write(PAGE_REPORTING_ORDER, "11") {
+            Ok(()) => {
+                eprintln!(
+                    "{GROUP}: free page reporting off while CPU is measured (page_reporting_order \
+                     {order} -> 11; set back to {order} after)"
+                );
+                PagesKept {
+                    restore: Some(order),
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "{GROUP}: free page reporting stays on ({e}; needs root): CPU figures of \
+                     the deploy and the floor may differ by what the virtual machine charges \
+                     for memory its host took back"
+                );
+                PagesKept { restore: None }
+            }
+        }
+    }
+}
+
+impl Drop for PagesKept {
+    fn drop(&mut self) {
+        if let Some(order) = &self.restore
+            && let Err(e) = std::fs::write(PAGE_REPORTING_ORDER, order)
+        {
+            eprintln!(
+                "{GROUP}: could not set page_reporting_order back to {order}: {e}; \
+                 run: echo {order} > {PAGE_REPORTING_ORDER}"
+            );
+        }
+    }
+}
+
 /// One run of the floor programs on `package`, `receivers` receivers fed
 /// by one sender, writing under `root`.
 fn floor_run(
@@ -510,9 +579,15 @@ fn floor_run(
     std::fs::create_dir_all(&dir).map_err(|e| format!("floor dir: {e}"))?;
     let size = std::fs::metadata(package).map_or(0, |m| m.len() as usize);
     warm_page_cache(root, page_cache_of(receivers, size));
-    let f = super::floor::measure(package, Some(&dir), receivers);
-    let _ = std::fs::remove_dir_all(&dir);
-    f
+    // The files stay until the group ends (its temporary directory goes
+    // then): on ext4 without a journal, as on the machines these figures
+    // come from, every file created looks past each inode deleted in the
+    // last 5 min (300 more while its inode table is dirty) in its block
+    // group, one at a time. Deleting a floor run's thousands of chunk
+    // files made the phase after it pay for them: File::create was 11% of
+    // the agents' CPU time in a profile of a deploy that came right after
+    // such a deletion.
+    super::floor::measure(package, Some(&dir), receivers)
 }
 
 async fn controller(bootstrap: Vec<PeerAddr>) -> Controller {

@@ -4,9 +4,10 @@
 //!
 //! - The receiver takes one raw stream (an iroh QUIC stream: decryption),
 //!   checks the SHA-256 of every chunk against the descriptor and, when
-//!   given a directory, writes each chunk to its own file (synced, as the
-//!   chunk store does), decompresses it (zstd) and appends the result to
-//!   one file, the unpacked archive; without one, it keeps each chunk in
+//!   given a directory, writes each chunk to its own file (not synced, as
+//!   the chunk store does), decompresses it (zstd) and appends the result
+//!   to one file, the unpacked archive, synced at the end (as an install
+//!   syncs what it unpacks); without one, it keeps each chunk in
 //!   memory (as an agent on a `MemStorage` does).
 //! - The sender reads every chunk from the package file and writes it to
 //!   the stream (encryption): what a node does for each chunk it passes
@@ -328,7 +329,6 @@ async fn receive(
             let name = dir.join(name);
             let mut f = std::fs::File::create(&name).map_err(|e| format!("chunk file: {e}"))?;
             f.write_all(&buf).map_err(|e| format!("chunk file: {e}"))?;
-            f.sync_all().map_err(|e| format!("chunk file: {e}"))?;
             raw.clear();
             raw.reserve(c.raw_size as usize);
             unzstd
