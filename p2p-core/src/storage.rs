@@ -40,6 +40,9 @@ pub const MAX_KEY_LEN: usize = 512;
 /// - [`put`](Storage::put) is atomic: after a crash at any point, a reader
 ///   sees either the old value or the new one, never a mix or a truncation.
 ///   When `put` returns, the value is durable.
+/// - [`put_unsynced`](Storage::put_unsynced) is atomic against the process
+///   dying, but not durable: after a power loss the key may be missing or
+///   hold a damaged value. Use it only for values checked when read.
 /// - [`get`](Storage::get) of a missing key is `Ok(None)`.
 /// - [`delete`](Storage::delete) returns whether the key existed.
 /// - [`list`](Storage::list) returns every key starting with `prefix`
