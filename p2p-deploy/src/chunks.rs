@@ -357,9 +357,9 @@ impl ChunkStore {
         bytes: bytes::Bytes,
     ) -> std::result::Result<(), ChunkError> {
         let hash = Self::check_in(d, index, &bytes)?;
+        let mac = self.mac_of(&bytes);
         let _w = self.sweep.read().await;
         // Not synced: see "Durability" in the type's docs.
-        let mac = self.mac_of(&bytes);
         self.storage.put_unsynced(&chunk_key(&hash), bytes).await?;
         self.record_checked(hash, mac);
         Ok(())
@@ -462,8 +462,9 @@ impl ChunkStore {
     ///   directory (which could as well replace its trust store). Either
     ///   way the peer checks every chunk it receives against the hash in
     ///   its own copy of the signed descriptor, refuses a bad one and gets
-    ///   it elsewhere, and this node's own install hashes every chunk again
-    ///   before it writes anything outside the store. The cost of such a
+    ///   it elsewhere, and this node's own install checks every chunk again
+    ///   (its hash, or the MAC of the bytes that passed it: see "Checks on
+    ///   the way out") before it writes anything outside the store. The cost of such a
     ///   chunk falls on this node: each peer it sends it to scores it down
     ///   (and bans it for a while after two), which is why the trust lasts
     ///   only [`SERVE_UNHASHED_FOR`].

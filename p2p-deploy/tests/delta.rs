@@ -290,20 +290,7 @@ async fn lying_chunk_lists_are_refused_and_leave_nothing_behind() {
 #[tokio::test]
 async fn a_chunk_damaged_on_disk_is_never_installed_and_is_fetched_again() {
     let t = tempfile::tempdir().unwrap();
-    let dir = app(t.path(), "app", "1.0.0", 8);
-    let pkg = package(&dir, &t.path().join("v1.p2p"));
-    let d = pkg.descriptor.clone();
-    let release = p2p_deploy::Release::from_package(&pkg);
-    let storage = Arc::new(
-        p2p_core::FsStorage::open(t.path().join("store"))
-            .await
-            .unwrap(),
-    );
-    let store = ChunkStore::new(storage);
-    store.add_release(&d).await.unwrap();
-    for i in 0..d.chunks.len() {
-        store.put(&d, i, &release.chunk(i).unwrap()).await.unwrap();
-    }
+    let (dir, d, release, store) = stored_release(t.path()).await;
     assert!(store.missing(&d).await.unwrap().is_empty());
     // One byte of chunk 3 flips on disk.
     let bad = 3;
@@ -331,6 +318,29 @@ async fn a_chunk_damaged_on_disk_is_never_installed_and_is_fetched_again() {
         std::fs::read(at.join("lib/f03")).unwrap(),
         std::fs::read(dir.join("lib/f03")).unwrap()
     );
+}
+
+/// A chunk store over `store_dir`, as a node process opens it.
+async fn open_store(store_dir: &Path) -> ChunkStore {
+    ChunkStore::new(Arc::new(
+        p2p_core::FsStorage::open(store_dir).await.unwrap(),
+    ))
+}
+
+/// An app of 8 files packaged as version 1.0.0 under `root`, and every
+/// chunk of it stored in a chunk store at `<root>/store`: the app's
+/// directory, the release's descriptor and chunks, and the store.
+async fn stored_release(root: &Path) -> (PathBuf, Descriptor, p2p_deploy::Release, ChunkStore) {
+    let dir = app(root, "app", "1.0.0", 8);
+    let pkg = package(&dir, &root.join("v1.p2p"));
+    let d = pkg.descriptor.clone();
+    let release = p2p_deploy::Release::from_package(&pkg);
+    let store = open_store(&root.join("store")).await;
+    store.add_release(&d).await.unwrap();
+    for i in 0..d.chunks.len() {
+        store.put(&d, i, &release.chunk(i).unwrap()).await.unwrap();
+    }
+    (dir, d, release, store)
 }
 
 /// The file of chunk `index` of `d` in the store under `store_dir`.
@@ -365,18 +375,9 @@ fn damage_chunk(store_dir: &Path, d: &Descriptor, index: usize) -> (PathBuf, Vec
 #[tokio::test]
 async fn a_chunk_damaged_on_disk_is_caught_when_served() {
     let t = tempfile::tempdir().unwrap();
-    let dir = app(t.path(), "app", "1.0.0", 8);
-    let pkg = package(&dir, &t.path().join("v1.p2p"));
-    let d = pkg.descriptor.clone();
-    let release = p2p_deploy::Release::from_package(&pkg);
+    let (_, d, release, store) = stored_release(t.path()).await;
     let at = t.path().join("store");
-    let open =
-        || async { ChunkStore::new(Arc::new(p2p_core::FsStorage::open(&at).await.unwrap())) };
-    let store = open().await;
-    store.add_release(&d).await.unwrap();
-    for i in 0..d.chunks.len() {
-        store.put(&d, i, &release.chunk(i).unwrap()).await.unwrap();
-    }
+    let open = || open_store(&at);
 
     // Damaged while the node was down: the restarted node has not checked
     // it, so it hashes it on the first serve.
@@ -451,20 +452,9 @@ async fn a_chunk_damaged_on_disk_is_caught_when_served() {
 #[tokio::test]
 async fn chunks_a_power_loss_damaged_are_fetched_again_by_the_next_process() {
     let t = tempfile::tempdir().unwrap();
-    let dir = app(t.path(), "app", "1.0.0", 8);
-    let pkg = package(&dir, &t.path().join("v1.p2p"));
-    let d = pkg.descriptor.clone();
-    let release = p2p_deploy::Release::from_package(&pkg);
+    let (_, d, release, before) = stored_release(t.path()).await;
     let store_dir = t.path().join("store");
-    let open = || async {
-        let storage = p2p_core::FsStorage::open(&store_dir).await.unwrap();
-        ChunkStore::new(Arc::new(storage))
-    };
-    let before = open().await;
-    before.add_release(&d).await.unwrap();
-    for i in 0..d.chunks.len() {
-        before.put(&d, i, &release.chunk(i).unwrap()).await.unwrap();
-    }
+    let open = || open_store(&store_dir);
     assert!(d.chunks.len() >= 4, "{} chunks", d.chunks.len());
     // Nothing left behind by the writes but the chunks themselves.
     let names: Vec<String> = std::fs::read_dir(store_dir.join("chunks"))
