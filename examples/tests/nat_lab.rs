@@ -332,7 +332,18 @@ fn hole_punched_sites(test: &str, tag: &str, backend: &str) {
     let nodes = json_lines(&f.ok(&["nodes", "--json"]));
     assert_eq!(nodes.len(), 4, "{nodes:?}");
     let v1 = f.w.package_with("1.0.0", "\"--name\", \"v1\"", BALLAST);
-    let v2 = f.w.package_with("2.0.0", "\"--name\", \"v2\"", BALLAST);
+    // v2's gate takes five seconds a node, so that the rollout through
+    // a1, b1 and a2 leaves the controller's own hole punches (each try
+    // may take seconds, up to three tries) the time to land before it
+    // is over: the relay must die while a node is still to be deployed
+    // over a direct path. With the default gate the three took 4.5 s
+    // and the punches had not landed yet.
+    let v2 = f.w.package_full(
+        "2.0.0",
+        "\"--name\", \"v2\"",
+        BALLAST,
+        "interval = \"1s\"\ntimeout = \"2s\"\nretries = 3\ngate = 5\n",
+    );
     f.ok(&["deploy", &v1]);
     assert_eq!(f.active(), four("1.0.0"));
 

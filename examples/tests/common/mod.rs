@@ -309,7 +309,10 @@ impl World {
         self.package_full(version, args, 0, health)
     }
 
-    fn package_full(&self, version: &str, args: &str, ballast: usize, health: &str) -> String {
+    /// A signed package of demo-app at `version` with `ballast` bytes of
+    /// incompressible data and the health settings `health` (see
+    /// [`World::package_health`]).
+    pub fn package_full(&self, version: &str, args: &str, ballast: usize, health: &str) -> String {
         let app = self.path().join(format!("app-{version}"));
         std::fs::create_dir_all(&app).unwrap();
         if ballast > 0 {
