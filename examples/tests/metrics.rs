@@ -98,6 +98,7 @@ fn metrics_pass_promtool_and_a_prometheus_server_scrapes_them() {
         "p2p_deploys_total{outcome=\"activated\"}",
         "p2p_connections_established_total{direction=\"in\"}",
         "p2p_chunks_verified_total",
+        "p2p_chunk_duplicate_bytes_total{peer=\"peer\"}",
         "p2p_health_gate_duration_seconds_count{outcome=\"passed\"}",
         "p2p_app_state{app=\"demo\",version=\"1.0.0\",state=\"healthy\"}",
         "p2p_chunk_store_bytes",

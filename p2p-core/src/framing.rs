@@ -89,6 +89,28 @@ pub async fn read_frame_bytes<R>(r: &mut R, buf: &mut Vec<u8>, max: u32) -> Resu
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    Ok(read_frame_bytes_if(r, buf, max, 0, |_| true)
+        .await?
+        .is_some())
+}
+
+/// [`read_frame_bytes`], with a look at the frame before the rest of it
+/// is read: once its first `head` bytes (all of it, when it is shorter)
+/// are in `buf`, `go_on` says whether to read the rest. `Ok(None)`: the
+/// stream ended cleanly before a frame; `Ok(Some(true))`: the whole body
+/// is in `buf`; `Ok(Some(false))`: `go_on` declined it and the rest is
+/// left unread, so the stream is of no more use (dropping it tells the
+/// sender to stop).
+pub async fn read_frame_bytes_if<R>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: u32,
+    head: usize,
+    go_on: impl FnOnce(&[u8]) -> bool,
+) -> Result<Option<bool>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -98,7 +120,7 @@ where
             .map_err(|e| Error::from_stream_io("reading frame length", e))?;
         if n == 0 {
             if got == 0 {
-                return Ok(false);
+                return Ok(None);
             }
             return Err(Error::protocol(format!(
                 "stream ended inside a frame header ({got} of 4 bytes)"
@@ -117,17 +139,34 @@ where
     // chunk frame is a quarter of a MiB).
     buf.clear();
     buf.reserve(len as usize);
+    let first = head.min(len as usize) as u64;
+    read_more(r, buf, first, len).await?;
+    if !go_on(buf) {
+        return Ok(Some(false));
+    }
+    read_more(r, buf, u64::from(len) - first, len).await?;
+    Ok(Some(true))
+}
+
+/// Appends the next `n` bytes of `r` to `buf`, of a frame of `len`.
+async fn read_more<R>(r: &mut R, buf: &mut Vec<u8>, n: u64, len: u32) -> Result<()>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    if n == 0 {
+        return Ok(());
+    }
     let got = (&mut *r)
-        .take(u64::from(len))
+        .take(n)
         .read_to_end(buf)
         .await
         .map_err(|e| Error::from_stream_io("reading frame", e))?;
-    if got < len as usize {
+    if (got as u64) < n {
         return Err(Error::protocol(format!(
             "stream ended inside a frame of {len} bytes"
         )));
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Decodes a frame body, naming the expected type in the error.
@@ -180,6 +219,18 @@ impl Hello {
             max: ours.max,
         }
     }
+}
+
+/// A frame received by [`Framed::recv_raw_if`].
+#[derive(Debug)]
+pub enum Peeked {
+    /// Its whole body, undecoded.
+    Body(Vec<u8>),
+    /// Declined after its first bytes; the rest is unread, and the stream
+    /// is of no more use.
+    Declined,
+    /// The peer finished the stream before a frame began.
+    Ended,
 }
 
 /// A framed bidirectional stream: typed send and receive with a size limit.
@@ -254,6 +305,24 @@ impl Framed {
             return Ok(None);
         }
         Ok(Some(body))
+    }
+
+    /// [`recv_raw`](Self::recv_raw), with a look at the frame before the
+    /// rest of it is read (see [`read_frame_bytes_if`]): once `head`
+    /// bytes are in, `go_on` says whether to read on.
+    pub async fn recv_raw_if(
+        &mut self,
+        head: usize,
+        go_on: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<Peeked> {
+        let mut body = Vec::new();
+        Ok(
+            match read_frame_bytes_if(&mut self.recv, &mut body, self.max, head, go_on).await? {
+                None => Peeked::Ended,
+                Some(false) => Peeked::Declined,
+                Some(true) => Peeked::Body(body),
+            },
+        )
     }
 
     /// Receives one message; end of stream is an error.
@@ -432,6 +501,44 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::FrameTooLarge { len: 12, max: 10 }));
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_looked_at_before_the_rest_of_it_is_read() {
+        let (mut a, mut b) = pair();
+        let big = vec![7u8; 1000];
+        a.send_parts(&[b"keep", &big]).await.unwrap();
+        a.send_parts(&[b"drop", &big]).await.unwrap();
+        // Looked at after its first 4 bytes, then read whole.
+        let mut seen = Vec::new();
+        let got = b
+            .recv_raw_if(4, |h| {
+                seen = h.to_vec();
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, b"keep");
+        assert!(matches!(got, Peeked::Body(body) if body == [&b"keep"[..], &big].concat()));
+        // Declined after 4 bytes: the rest stays unread.
+        let got = b.recv_raw_if(4, |h| h != b"drop").await.unwrap();
+        assert!(matches!(got, Peeked::Declined));
+        // A frame shorter than the look: shown whole.
+        let (mut c, mut d) = pair();
+        c.send_parts(&[b"ab"]).await.unwrap();
+        let got = d
+            .recv_raw_if(16, |h| {
+                assert_eq!(h, b"ab");
+                true
+            })
+            .await
+            .unwrap();
+        assert!(matches!(got, Peeked::Body(body) if body == b"ab"));
+        c.finish().await.unwrap();
+        assert!(matches!(
+            d.recv_raw_if(16, |_| true).await.unwrap(),
+            Peeked::Ended
+        ));
     }
 
     #[tokio::test]

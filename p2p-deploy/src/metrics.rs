@@ -8,6 +8,7 @@
 //! | `chunk_bytes_total` | counter | `direction` (`received`, `sent`), `peer` (`seed`, `peer`) | release chunk bytes: verified ones from the seed (the controller) and from other nodes, and those served to other nodes |
 //! | `chunks_verified_total` | counter | | chunks that arrived and matched their hash |
 //! | `chunks_refused_total` | counter | `reason` (`corrupt`, `out_of_range`) | chunks that arrived and were thrown away |
+//! | `chunk_duplicate_bytes_total` | counter | `peer` (`seed`, `peer`) | bytes of chunks that arrived when the node already held them (fetched twice), thrown away unchecked |
 //! | `peers_banned` | gauge | | swarm peers banned now (bad chunks, failures) |
 //! | `peer_bans_total` | counter | | bans so far |
 //! | `deploys_total` | counter | `outcome` (`activated`, `already_active`, `rolled_back`, `refused`, `failed`) | deploy requests, by how they ended |
@@ -47,6 +48,7 @@ pub struct DeployMetrics {
     pub(crate) chunk_bytes: Family<Labels, Counter>,
     pub(crate) chunks_verified: Counter,
     pub(crate) chunks_refused: Family<Labels, Counter>,
+    pub(crate) duplicate_bytes: Family<Labels, Counter>,
     pub(crate) deploys: Family<Labels, Counter>,
     pub(crate) gate_seconds: Histograms,
     pub(crate) rollbacks: Counter,
@@ -63,6 +65,7 @@ impl Default for DeployMetrics {
             chunk_bytes: Family::default(),
             chunks_verified: Counter::default(),
             chunks_refused: Family::default(),
+            duplicate_bytes: Family::default(),
             deploys: Family::default(),
             gate_seconds: Family::new_with_constructor(slow_histogram),
             rollbacks: Counter::default(),
@@ -83,6 +86,9 @@ impl Default for DeployMetrics {
         }
         for reason in ["corrupt", "out_of_range"] {
             let _ = m.chunks_refused.get_or_create(&label("reason", reason));
+        }
+        for peer in ["seed", "peer"] {
+            let _ = m.duplicate_bytes.get_or_create(&label("peer", peer));
         }
         for outcome in [
             "activated",
@@ -111,6 +117,24 @@ impl DeployMetrics {
                 ("peer", peer.into()),
             ])
             .inc_by(bytes as u64);
+    }
+
+    /// A chunk of `bytes` that arrived (`from_seed`: from the
+    /// controller) when the node already held it.
+    pub(crate) fn duplicate(&self, from_seed: bool, bytes: usize) {
+        let peer = if from_seed { "seed" } else { "peer" };
+        self.duplicate_bytes
+            .get_or_create(&label("peer", peer))
+            .inc_by(bytes as u64);
+    }
+
+    /// Bytes of chunks that arrived twice so far, from the seed
+    /// (`from_seed`) or from peers.
+    pub fn duplicate_bytes(&self, from_seed: bool) -> u64 {
+        let peer = if from_seed { "seed" } else { "peer" };
+        self.duplicate_bytes
+            .get_or_create(&label("peer", peer))
+            .get()
     }
 
     pub(crate) fn refused(&self, reason: &'static str) {
@@ -148,6 +172,11 @@ impl DeployMetrics {
             "chunks_refused",
             "Chunks that arrived and were thrown away, by reason",
             self.chunks_refused.clone(),
+        );
+        registry.register(
+            "chunk_duplicate_bytes",
+            "Bytes of chunks that arrived when the node already held them (fetched twice), from the seed or peers",
+            self.duplicate_bytes.clone(),
         );
         registry.register(
             "deploys",

@@ -614,3 +614,42 @@ async fn an_older_node_is_named_as_one_without_events_or_plans() {
             .is_ok()
     );
 }
+
+/// A deploy to a fleet moves every chunk to each node once: the seed's
+/// "any chunk" choice and the chunks a node asks its neighbours for never
+/// overlap (a choice the node holds, or has asked a neighbour for, is
+/// declined at its header), and the metrics say so. Seeds and sizes where
+/// nodes did fetch chunks twice before (the seed chose the rarest chunk,
+/// which the node was fetching from a neighbour at the same time).
+#[tokio::test(start_paused = true)]
+async fn a_deploy_fetches_no_chunk_twice_and_the_metrics_count_every_byte_once() {
+    for seed in [3, 4] {
+        let (lab, _) = lab(seed, 12, 0, 100).await;
+        let v1 = release("1.0.0", 3_000_000).await;
+        let plan = RolloutPlan {
+            plan: Plan::All,
+            ..RolloutPlan::default()
+        };
+        assert!(deploy(&lab, &v1, plan).await.is_success());
+        let size = v1.descriptor.archive_size as f64;
+        let (mut from_peers, mut twice) = (0.0, Vec::new());
+        for i in 0..12 {
+            let reg = lab.registries.lock().unwrap()[&format!("n{i}")].clone();
+            let m = |name: &str| {
+                sample(&reg, name).unwrap_or_else(|| panic!("{name}:\n{}", encode(&reg)))
+            };
+            let seed = m("p2p_chunk_bytes_total{direction=\"received\",peer=\"seed\"}");
+            let peers = m("p2p_chunk_bytes_total{direction=\"received\",peer=\"peer\"}");
+            assert_eq!(seed + peers, size, "n{i}: every byte counted once");
+            from_peers += peers;
+            let dup = m("p2p_chunk_duplicate_bytes_total{peer=\"seed\"}")
+                + m("p2p_chunk_duplicate_bytes_total{peer=\"peer\"}");
+            if dup > 0.0 {
+                twice.push(format!("n{i}: {dup} bytes"));
+            }
+        }
+        // The swarm did its work: most bytes came from other nodes.
+        assert!(from_peers > 6.0 * size, "seed {seed}: {from_peers}");
+        assert!(twice.is_empty(), "seed {seed}: fetched twice: {twice:?}");
+    }
+}

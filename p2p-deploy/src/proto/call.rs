@@ -6,9 +6,12 @@ use std::time::Duration;
 use p2p_core::framing::Framed;
 use p2p_core::{Error, PeerId, Result};
 
-use p2p_core::framing::{Hello, negotiate};
+use p2p_core::framing::{Hello, Peeked, negotiate};
 
-use super::wire::{ALIVE_VERSION, Envelope, Frame, Incoming, MAX_FRAME, PROTOCOL, Reply, Request};
+use super::wire::{
+    ALIVE_VERSION, CHUNK_HEAD, Envelope, Frame, Incoming, MAX_FRAME, PROTOCOL, Reply, Request,
+    chunk_index,
+};
 
 /// A client side of one request stream.
 pub struct Call {
@@ -145,6 +148,17 @@ impl Call {
         self.incoming_until(Some(self.deadline)).await
     }
 
+    /// [`next_incoming`](Self::next_incoming), with a say on a chunk
+    /// before its bytes are read: `take(index)` is asked as soon as the
+    /// chunk's header is in. `Ok(None)` when it declined: the rest is
+    /// left unread, and dropping the call tells the sender to stop.
+    pub(crate) async fn next_chunk_if(
+        &mut self,
+        take: &mut (dyn FnMut(u32) -> bool + Send),
+    ) -> Result<Option<Incoming>> {
+        self.incoming_checked(Some(self.deadline), Some(take)).await
+    }
+
     /// The next frame without the request's deadline (a followed log).
     pub async fn next_unbounded(&mut self) -> Result<Frame> {
         self.next_until(None).await
@@ -172,12 +186,28 @@ impl Call {
     }
 
     async fn incoming_until(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Incoming> {
+        match self.incoming_checked(deadline, None).await? {
+            Some(incoming) => Ok(incoming),
+            None => Err(Error::protocol("a frame was declined unasked")),
+        }
+    }
+
+    async fn incoming_checked<'a>(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+        mut take: Option<&mut (dyn FnMut(u32) -> bool + Send + 'a)>,
+    ) -> Result<Option<Incoming>> {
         loop {
             let frame = match deadline {
                 Some(d) => {
                     let quiet = self.silence.map(|s| tokio::time::Instant::now() + s);
                     let until = quiet.map_or(d, |q| q.min(d));
-                    match tokio::time::timeout_at(until, recv_incoming(&mut self.framed)).await {
+                    match tokio::time::timeout_at(
+                        until,
+                        recv_incoming(&mut self.framed, take.as_deref_mut()),
+                    )
+                    .await
+                    {
                         Ok(f) => f.map_err(|e| self.gone(e))?,
                         Err(_) if until < d => {
                             return Err(stopped_answering(
@@ -195,16 +225,17 @@ impl Call {
                         }
                     }
                 }
-                None => recv_incoming(&mut self.framed)
+                None => recv_incoming(&mut self.framed, take.as_deref_mut())
                     .await
                     .map_err(|e| self.gone(e))?,
             };
             match frame {
-                Incoming::Frame(Frame::Alive) => {}
-                Incoming::Frame(Frame::Error(e)) => {
+                None => return Ok(None),
+                Some(Incoming::Frame(Frame::Alive)) => {}
+                Some(Incoming::Frame(Frame::Error(e))) => {
                     return Err(e.into_error(&self.peer, self.timeout));
                 }
-                other => return Ok(other),
+                Some(other) => return Ok(Some(other)),
             }
         }
     }
@@ -236,10 +267,27 @@ impl Call {
 /// `conn` is closed.
 /// The next frame of `framed`, a chunk's bytes left in place; the end of
 /// the stream is an error, as [`Framed::recv`] makes it.
-async fn recv_incoming(framed: &mut Framed) -> Result<Incoming> {
-    match framed.recv_raw().await? {
-        Some(body) => Incoming::decode(body),
-        None => Err(Error::closed(
+/// With `take`: a chunk it declines at its header is `None`, its bytes
+/// left unread.
+async fn recv_incoming<'a>(
+    framed: &mut Framed,
+    take: Option<&mut (dyn FnMut(u32) -> bool + Send + 'a)>,
+) -> Result<Option<Incoming>> {
+    let peeked = match take {
+        None => match framed.recv_raw().await? {
+            Some(body) => Peeked::Body(body),
+            None => Peeked::Ended,
+        },
+        Some(take) => {
+            framed
+                .recv_raw_if(CHUNK_HEAD, |head| chunk_index(head).is_none_or(&mut *take))
+                .await?
+        }
+    };
+    match peeked {
+        Peeked::Body(body) => Incoming::decode(body).map(Some),
+        Peeked::Declined => Ok(None),
+        Peeked::Ended => Err(Error::closed(
             "peer finished the stream while we expected a Frame",
         )),
     }

@@ -157,7 +157,9 @@ pub enum Request {
     /// One chunk the seed (the controller) chooses: one the client lacks
     /// and the fleet holds fewest copies of. Answered with one
     /// [`Frame::Chunk`]; [`ErrorKind::NotFound`](super::ErrorKind::NotFound) when there is nothing
-    /// left to give.
+    /// left to give. The client may drop the stream once it has read the
+    /// chunk's header (a chunk it got elsewhere meanwhile): the seed then
+    /// does not count that copy.
     FetchAny {
         /// The release.
         package: PackageId,
@@ -604,6 +606,20 @@ pub(crate) fn chunk_header(index: u32, len: usize) -> Vec<u8> {
     postcard::to_stdvec(&(CHUNK_VARIANT, index, len as u64)).unwrap_or_default()
 }
 
+/// How many bytes of a frame [`chunk_index`] needs: the variant and the
+/// index, each a varint of a `u32` (5 bytes at most).
+pub(crate) const CHUNK_HEAD: usize = 10;
+
+/// The index of the chunk a frame starting with `head` carries, or `None`
+/// when it is not a [`Frame::Chunk`] (or `head` is too short to say).
+pub(crate) fn chunk_index(head: &[u8]) -> Option<u32> {
+    let (variant, rest) = postcard::take_from_bytes::<u32>(head).ok()?;
+    if variant != CHUNK_VARIANT {
+        return None;
+    }
+    postcard::take_from_bytes::<u32>(rest).ok().map(|(i, _)| i)
+}
+
 /// A frame as received: a chunk with its bytes left where they arrived
 /// (a slice of the frame's buffer, not a copy), or any other frame.
 pub(crate) enum Incoming {
@@ -715,6 +731,11 @@ mod tests {
             let whole = postcard::to_allocvec(&frame).unwrap();
             let parts = [chunk_header(index, len), bytes.clone()].concat();
             assert_eq!(parts, whole, "chunk {index} of {len} bytes");
+            // Its index, from the frame's first bytes alone.
+            assert_eq!(
+                chunk_index(&whole[..CHUNK_HEAD.min(whole.len())]),
+                Some(index)
+            );
             let at = whole.as_ptr() as usize;
             match Incoming::decode(whole).unwrap() {
                 Incoming::Chunk { index: i, bytes: b } => {
@@ -727,6 +748,7 @@ mod tests {
             }
         }
         let got = postcard::to_allocvec(&Frame::Got(9)).unwrap();
+        assert_eq!(chunk_index(&got), None, "not a chunk");
         assert!(matches!(
             Incoming::decode(got),
             Ok(Incoming::Frame(Frame::Got(9)))

@@ -17,6 +17,16 @@
 //!   first, so that the first chunks arrive soon, then up to twelve). So
 //!   the seed's uplink, the scarcest resource at the start, sends every
 //!   chunk once before it sends any twice.
+//! - No chunk comes twice: a chunk asked of a neighbour is asked of no
+//!   other, and the target looks at the seed's choice as soon as its
+//!   header arrives: one it holds, or has asked a neighbour for, it
+//!   declines there (dropping the stream stops the seed sending the
+//!   rest); any other it books, so that no neighbour is asked for it
+//!   while it arrives. (The seed's choice, the fleet's rarest chunk, is
+//!   also what the target's rarest-first asks its neighbours for, and the
+//!   have-map in the request is as old as the wait for an upload slot: a
+//!   tenth of the seed's chunks came from a neighbour too, before.)
+//!   `chunk_duplicate_bytes_total` counts what still comes twice.
 //! - Each target opens *swarm sessions* ([`Request::Swarm`](crate::proto::Request::Swarm)) to peers
 //!   from the deploy's peer list until it has [`SwarmConfig::dial`]
 //!   neighbours, counting the sessions others opened to it: both sides

@@ -205,11 +205,11 @@ impl Seed {
                 "the seed is closing",
             )));
         };
+        let site = self.st().site_of.get(&peer).copied();
         let pick = {
             let mut st = self.st();
             let st = &mut *st;
             let known = st.haves.get(&peer);
-            let site = st.site_of.get(&peer).copied();
             let sending = st.sending.entry(peer).or_default();
             let mut rng = p2p_core::sync::lock(&self.rng);
             let (held, sent, site_counts, designees) =
@@ -256,8 +256,17 @@ impl Seed {
                 format!("chunk {i} is not held here"),
             ))),
             Ok(Some(bytes)) => {
-                let sent = send_chunk(framed, i as u32, &bytes).await.is_ok()
-                    && framed.send(&Frame::Done(Reply::Ok)).await.is_ok();
+                let sent = send_chunk(framed, i as u32, &bytes).await.is_ok();
+                if !sent {
+                    // Not sent (the node declined it at its header, or
+                    // went away): one copy fewer than counted.
+                    let mut st = self.st();
+                    st.sent[i] = st.sent[i].saturating_sub(1);
+                    if let Some(s) = site {
+                        st.site_counts[s][i] = st.site_counts[s][i].saturating_sub(1);
+                    }
+                }
+                let sent = sent && framed.send(&Frame::Done(Reply::Ok)).await.is_ok();
                 if sent {
                     // The slot is free once the chunk has arrived: the
                     // client closes its side after reading it.
