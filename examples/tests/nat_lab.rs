@@ -415,6 +415,10 @@ fn hole_punched_sites(test: &str, tag: &str, backend: &str) {
             tried >= succeeded,
             "agent {i}: {tried} tried, {succeeded} succeeded"
         );
+        // No chunk came twice, over direct paths or the relay.
+        let twice = sample(&m, "p2p_chunk_duplicate_bytes_total{peer=\"seed\"}")
+            + sample(&m, "p2p_chunk_duplicate_bytes_total{peer=\"peer\"}");
+        assert_eq!(twice, 0.0, "agent {i} fetched chunks twice:\n{m}");
         if !paths(d, "direct", false).is_empty() {
             assert!(
                 succeeded >= 1.0,

@@ -233,6 +233,13 @@ impl FsStorage {
         validate_key(key)?;
         Ok(self.root.join(key))
     }
+
+    /// Writes `value` under `key` on the blocking pool, synced or not.
+    async fn put_with(&self, key: &str, value: bytes::Bytes, sync: Durability) -> Result<()> {
+        let path = self.path(key)?;
+        let (root, key) = (self.root.clone(), key.to_string());
+        blocking(move || put_file(&root, &path, &key, &value, sync)).await
+    }
 }
 
 fn remove_stale_temps(dir: &Path) {
@@ -359,15 +366,11 @@ impl Storage for FsStorage {
     }
 
     async fn put_bytes(&self, key: &str, value: bytes::Bytes) -> Result<()> {
-        let path = self.path(key)?;
-        let (root, key) = (self.root.clone(), key.to_string());
-        blocking(move || put_file(&root, &path, &key, &value, Durability::Durable)).await
+        self.put_with(key, value, Durability::Durable).await
     }
 
     async fn put_unsynced(&self, key: &str, value: bytes::Bytes) -> Result<()> {
-        let path = self.path(key)?;
-        let (root, key) = (self.root.clone(), key.to_string());
-        blocking(move || put_file(&root, &path, &key, &value, Durability::Unsynced)).await
+        self.put_with(key, value, Durability::Unsynced).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -218,8 +218,9 @@ fn addr_of(dir: &Path) -> PeerAddr {
         .expect("a peer address")
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+/// The middle of `v` (not empty), durations or figures alike.
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
 }
 
@@ -399,7 +400,7 @@ pub fn run() -> Vec<Figure> {
         .iter()
         .flat_map(|r| r.cpu_ms_per_mib.iter().copied())
         .fold(0.0, f64::max);
-    let passed_on = median_f(rounds.iter().map(|r| r.passed_on).collect());
+    let passed_on = median(rounds.iter().map(|r| r.passed_on).collect());
     let name = format!(
         "release_{mb}mb_receiver_cpu_per_mib (median of {ROUNDS} deploys of the mean of {AGENTS}; the most {most:.1} ms/MiB; receive, verify, store, pass on, unpack and start; passed on {passed_on:.2} of what they received)",
     );
@@ -426,11 +427,11 @@ pub fn run() -> Vec<Figure> {
             let recv: Vec<f64> = floors.iter().map(|f| f.receive_ms_per_mib).collect();
             let send: Vec<f64> = floors.iter().map(|f| f.send_ms_per_mib).collect();
             figures.push(
-                Figure::new(GROUP, name, median_f(agents_mean.clone()), "ms/MiB")
+                Figure::new(GROUP, name, median(agents_mean.clone()), "ms/MiB")
                     .target("<= 1.5x the floor")
                     .goal(crate::Goal::RatioAtMost(1.5))
                     .baseline(
-                        median_f(bases.clone()),
+                        median(bases.clone()),
                         format!(
                             "ms/MiB (the floor, median of {ROUNDS} rounds, each run just before its deploy with {AGENTS} receivers at once: {} against the agents' {agents_text}; to receive, verify, store and unpack a MiB {}, to send one {}, times what the agents passed on; one receiver alone: {})",
                             runs(&bases),
@@ -447,7 +448,7 @@ pub fn run() -> Vec<Figure> {
         Err(e) => {
             eprintln!("{GROUP}: the floor programs failed: {e}");
             figures.push(
-                Figure::new(GROUP, name, median_f(agents_mean), "ms/MiB")
+                Figure::new(GROUP, name, median(agents_mean), "ms/MiB")
                     .target("<= 1.5x the floor (the floor failed)"),
             );
         }
@@ -491,11 +492,6 @@ struct Round {
 
 /// Floor runs and deploys, taken in turns.
 const ROUNDS: usize = 3;
-
-fn median_f(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
 
 /// The page cache `receivers` receivers of a release of `release_bytes`
 /// fill: its chunks and its unpacked files, each about the release's size,

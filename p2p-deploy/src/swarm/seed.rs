@@ -258,8 +258,9 @@ impl Seed {
             Ok(Some(bytes)) => {
                 let sent = send_chunk(framed, i as u32, &bytes).await.is_ok();
                 if !sent {
-                    // Not sent (the node declined it at its header, or
-                    // went away): one copy fewer than counted.
+                    // Not sent whole (the node went away, or declined it
+                    // at its header before all of it was written): one
+                    // copy fewer than counted.
                     let mut st = self.st();
                     st.sent[i] = st.sent[i].saturating_sub(1);
                     if let Some(s) = site {
