@@ -481,36 +481,51 @@ fn hole_punched_sites(test: &str, tag: &str, backend: &str) {
     let mut rest = Vec::new();
     let mut done: BTreeSet<usize> = BTreeSet::new();
     let mut started = false;
+    // The nodes whose batch has begun, and those the controller had a
+    // direct path to before their batch began (so their deploy request
+    // goes over it: a libp2p stream stays on the connection it was
+    // opened on, and one opened through the relay dies with it).
+    let mut in_batch: BTreeSet<usize> = BTreeSet::new();
+    let mut direct_first: BTreeSet<usize> = BTreeSet::new();
     // The relay dies as soon as the controller has a direct path (its
-    // transport logs it) to an agent it has not finished with, or at the
+    // transport logs it) to an agent whose batch has not begun, or at the
     // latest when the third is done, before the last batch (b2). Hole
     // punching through NAT does not always succeed (TCP, for libp2p, less
     // often than QUIC): the agents left on the relay may fail with it.
     let begun = Instant::now();
-    let punched = loop {
+    loop {
         while let Ok(line) = rx.try_recv() {
             // The rollout began: every node answered through the relay.
-            started |= line.contains("\"batch\"");
+            let batch = line.contains("\"batch\"");
+            started |= batch;
             for i in 0..4 {
+                if batch && line.contains(&id(i)) {
+                    in_batch.insert(i);
+                }
                 if line.contains("\"node_done\"") && line.contains(&id(i)) {
                     done.insert(i);
                 }
             }
             rest.push(line);
         }
+        // Read after the progress so far: a direct path logged now
+        // counts only for nodes whose batch has not begun yet.
         let said = std::fs::read_to_string(&ctl_log).unwrap_or_default();
-        let punched: BTreeSet<usize> = (0..3)
-            .filter(|i| direct_in_text_log(&said, &f.short(*i)))
-            .collect();
+        for i in 0..3 {
+            if !in_batch.contains(&i) && direct_in_text_log(&said, &f.short(i)) {
+                direct_first.insert(i);
+            }
+        }
         // Agents are a1, a2, b1, b2 (0 to 3); the rollout takes a1, b1, a2,
         // then b2.
         let a2_done = done.contains(&1);
-        let pending_direct = punched.iter().any(|i| !done.contains(i));
+        let pending_direct = direct_first.iter().any(|i| !done.contains(i));
         if (started && pending_direct) || a2_done || begun.elapsed() > Duration::from_secs(60) {
-            break punched;
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    let punched = direct_first;
     let done_before = done.clone();
     drop(relay); // killed
     rest.extend(rx.iter());
